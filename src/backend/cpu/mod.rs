@@ -1,0 +1,48 @@
+//! CPU backend: all cores.
+
+mod evaluate;
+
+use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
+use crate::data::SampleSource;
+use crate::error::Result;
+use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+
+/// The CPU implementation of [`Backend`].
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend {}
+
+impl CpuBackend {
+    /// Uses rayon's global pool (all cores unless RAYON_NUM_THREADS says otherwise).
+    pub fn new() -> Self {
+        CpuBackend {}
+    }
+}
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn description(&self) -> String {
+        format!("CPU, {} threads", rayon::current_num_threads())
+    }
+
+    fn moments(
+        &self,
+        source: &dyn SampleSource,
+        spec: &BinSpec,
+        weight: SampleWeight,
+        _progress: &indicatif::ProgressBar,
+    ) -> Result<FilteredMoments> {
+        // Temporary: the f64 twin until the blocked kernel lands.
+        crate::moments::reference_moments(source, spec, weight)
+    }
+
+    fn evaluate_candidates(
+        &self,
+        samples: &ProjectedSamples,
+        batch: &CandidateBatch,
+    ) -> Result<CandidateStats> {
+        evaluate::evaluate_candidates(samples, batch)
+    }
+}

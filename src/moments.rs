@@ -1,0 +1,366 @@
+//! Moments stage: the binned, filtered second-moment statistic that filtered PCA, its baselines
+//! and every later round need (ALGORITHM.md sections 5.1, 5.2).
+//!
+//! A sample falls in one bin, found from its projection z = B^T x onto the current basis (a cell
+//! of an equal-mass grid, per axis) and then from its label (y-bins per cell). Per bin we sum
+//! count, weight, w x, w x x^T (upper triangle), y and y^2. Any filter that is a union of bins is
+//! then a sum of bins, computed on the host.
+
+use crate::data::SampleSource;
+use crate::error::{Error, Result};
+
+/// Per-sample weight w_i.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleWeight {
+    /// w = 1: filtered moments, SIR, SAVE.
+    Unit,
+    /// w = y: pHd, the correlational (CSQ) moment E[y x x^T].
+    Label,
+    /// w = y^2: y^2-PCA.
+    LabelSquared,
+}
+
+impl SampleWeight {
+    /// The weight of a sample with label `y`.
+    pub fn of(self, y: f64) -> f64 {
+        match self {
+            SampleWeight::Unit => 1.0,
+            SampleWeight::Label => y,
+            SampleWeight::LabelSquared => y * y,
+        }
+    }
+}
+
+/// How samples are assigned to bins: `bin = cell * y_bins + y_bin`.
+///
+/// Edges use the rule "index = number of edges strictly below the value", so bin j holds
+/// values in (e_{j-1}, e_j]. An atom at y = 0 becomes its own bin with edges (-tiny, 0].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinSpec {
+    /// Input dimension d.
+    pub dim: usize,
+    /// r orthonormal rows of length d, row-major (B^T); r = 0 means a single cell.
+    pub basis: Vec<f64>,
+    /// Edges per z axis (the same count on every axis): cells per axis = edges + 1.
+    pub axis_edges: Vec<Vec<f64>>,
+    /// Per cell, sorted y edges (the same count in every cell): y-bins per cell = edges + 1.
+    pub y_edges: Vec<Vec<f64>>,
+}
+
+impl BinSpec {
+    /// One bin for everything: plain (unfiltered) moments.
+    pub fn single(dim: usize) -> Self {
+        BinSpec {
+            dim,
+            basis: Vec::new(),
+            axis_edges: Vec::new(),
+            y_edges: vec![Vec::new()],
+        }
+    }
+
+    /// Label bins only (round 1: no basis yet).
+    pub fn label_bins(dim: usize, y_edges: Vec<f64>) -> Self {
+        BinSpec {
+            dim,
+            basis: Vec::new(),
+            axis_edges: Vec::new(),
+            y_edges: vec![y_edges],
+        }
+    }
+
+    /// Number of basis rows r.
+    pub fn rank(&self) -> usize {
+        if self.dim == 0 {
+            0
+        } else {
+            self.basis.len() / self.dim
+        }
+    }
+
+    /// Cells per z axis.
+    pub fn cells_per_axis(&self) -> usize {
+        self.axis_edges.first().map_or(1, |e| e.len() + 1)
+    }
+
+    /// Number of cells (cells_per_axis^r).
+    pub fn cells(&self) -> usize {
+        self.cells_per_axis().pow(self.rank() as u32)
+    }
+
+    /// y-bins per cell.
+    pub fn y_bins(&self) -> usize {
+        self.y_edges.first().map_or(1, |e| e.len() + 1)
+    }
+
+    /// Total number of bins K.
+    pub fn bins(&self) -> usize {
+        self.cells() * self.y_bins()
+    }
+
+    /// Checks the spec: sizes agree, edges sorted, basis orthonormal, K > 0.
+    pub fn validate(&self) -> Result<()> {
+        let r = self.rank();
+        if self.dim == 0 {
+            return Err(Error::invalid("bin spec: dimension d must be positive"));
+        }
+        if self.basis.len() != r * self.dim {
+            return Err(Error::invalid(format!(
+                "bin spec: basis has {} values, not a multiple of d = {}",
+                self.basis.len(),
+                self.dim
+            )));
+        }
+        if r > 8 {
+            return Err(Error::invalid(format!(
+                "bin spec: basis rank {r} exceeds the supported maximum of 8"
+            )));
+        }
+        for i in 0..r {
+            for j in 0..=i {
+                let bi = &self.basis[i * self.dim..(i + 1) * self.dim];
+                let bj = &self.basis[j * self.dim..(j + 1) * self.dim];
+                let g: f64 = bi.iter().zip(bj).map(|(a, b)| a * b).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                if (g - want).abs() > 1e-6 {
+                    return Err(Error::invalid(format!(
+                        "bin spec: basis rows are not orthonormal (row {i} . row {j} = {g:.3e}); orthonormalise them first"
+                    )));
+                }
+            }
+        }
+        if r > 0 && self.axis_edges.len() != r {
+            return Err(Error::invalid(format!(
+                "bin spec: {} axis edge lists for a basis of rank {r}",
+                self.axis_edges.len()
+            )));
+        }
+        if r == 0 && !self.axis_edges.is_empty() {
+            return Err(Error::invalid("bin spec: axis edges given without a basis"));
+        }
+        let per_axis = self.cells_per_axis() - 1;
+        if self.axis_edges.iter().any(|e| e.len() != per_axis || !is_sorted(e)) {
+            return Err(Error::invalid(
+                "bin spec: every axis needs the same number of sorted edges",
+            ));
+        }
+        if self.y_edges.len() != self.cells() {
+            return Err(Error::invalid(format!(
+                "bin spec: {} y-edge lists for {} cells",
+                self.y_edges.len(),
+                self.cells()
+            )));
+        }
+        let per_cell = self.y_bins() - 1;
+        if self.y_edges.iter().any(|e| e.len() != per_cell || !is_sorted(e)) {
+            return Err(Error::invalid(
+                "bin spec: every cell needs the same number of sorted y edges",
+            ));
+        }
+        if self.bins() == 0 {
+            return Err(Error::invalid("bin spec: K = 0 bins"));
+        }
+        Ok(())
+    }
+
+    /// Bin of one sample (f64 reference rule; kernels must agree with it).
+    pub fn bin_of(&self, x: &[f64], y: f64) -> usize {
+        let r = self.rank();
+        let per_axis = self.cells_per_axis();
+        let mut cell = 0usize;
+        for j in 0..r {
+            let row = &self.basis[j * self.dim..(j + 1) * self.dim];
+            let z: f64 = row.iter().zip(x).map(|(a, b)| a * b).sum();
+            cell = cell * per_axis + count_below(&self.axis_edges[j], z);
+        }
+        cell * self.y_bins() + count_below(&self.y_edges[cell], y)
+    }
+}
+
+/// Number of edges strictly below `v`.
+pub fn count_below(edges: &[f64], v: f64) -> usize {
+    edges.iter().filter(|&&e| e < v).count()
+}
+
+fn is_sorted(e: &[f64]) -> bool {
+    e.windows(2).all(|w| w[0] <= w[1]) && e.iter().all(|v| v.is_finite())
+}
+
+/// Per-bin sums over a stream of samples. Everything in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilteredMoments {
+    /// Input dimension d.
+    pub dim: usize,
+    /// Number of bins K.
+    pub bins: usize,
+    /// n_b: samples per bin.
+    pub count: Vec<u64>,
+    /// Sum of weights per bin.
+    pub weight_sum: Vec<f64>,
+    /// s_b = sum of w x, K x d row-major.
+    pub sum_x: Vec<f64>,
+    /// S_b = sum of w x x^T, K x d(d+1)/2, each bin's upper triangle packed row by row
+    /// ((0,0),(0,1)..(0,d-1),(1,1)..).
+    pub sum_xx: Vec<f64>,
+    /// Sum of y per bin (unweighted).
+    pub sum_y: Vec<f64>,
+    /// Sum of y^2 per bin (unweighted).
+    pub sum_y2: Vec<f64>,
+}
+
+impl FilteredMoments {
+    /// All-zero accumulators.
+    pub fn zeros(dim: usize, bins: usize) -> Self {
+        let tri = dim * (dim + 1) / 2;
+        FilteredMoments {
+            dim,
+            bins,
+            count: vec![0; bins],
+            weight_sum: vec![0.0; bins],
+            sum_x: vec![0.0; bins * dim],
+            sum_xx: vec![0.0; bins * tri],
+            sum_y: vec![0.0; bins],
+            sum_y2: vec![0.0; bins],
+        }
+    }
+
+    /// Length of one packed upper triangle.
+    pub fn tri_len(&self) -> usize {
+        self.dim * (self.dim + 1) / 2
+    }
+
+    /// Adds another set of sums (same shape) into this one.
+    pub fn merge(&mut self, other: &FilteredMoments) {
+        assert_eq!((self.dim, self.bins), (other.dim, other.bins));
+        for (a, b) in self.count.iter_mut().zip(&other.count) {
+            *a += b;
+        }
+        add(&mut self.weight_sum, &other.weight_sum);
+        add(&mut self.sum_x, &other.sum_x);
+        add(&mut self.sum_xx, &other.sum_xx);
+        add(&mut self.sum_y, &other.sum_y);
+        add(&mut self.sum_y2, &other.sum_y2);
+    }
+
+    /// Total samples.
+    pub fn total_count(&self) -> u64 {
+        self.count.iter().sum()
+    }
+
+    /// Sum of S_b over the given bins, unpacked to a full symmetric d x d matrix.
+    pub fn second_moment<I: IntoIterator<Item = usize>>(&self, bins: I) -> nalgebra::DMatrix<f64> {
+        let d = self.dim;
+        let tri = self.tri_len();
+        let mut packed = vec![0.0; tri];
+        for b in bins {
+            add(&mut packed, &self.sum_xx[b * tri..(b + 1) * tri]);
+        }
+        unpack_upper(&packed, d)
+    }
+
+    /// Sum of s_b over the given bins.
+    pub fn first_moment<I: IntoIterator<Item = usize>>(&self, bins: I) -> nalgebra::DVector<f64> {
+        let d = self.dim;
+        let mut s = nalgebra::DVector::zeros(d);
+        for b in bins {
+            for i in 0..d {
+                s[i] += self.sum_x[b * d + i];
+            }
+        }
+        s
+    }
+
+    /// Largest relative Frobenius difference between the x-sums of two results (tests).
+    pub fn relative_difference(&self, other: &FilteredMoments) -> f64 {
+        rel(&self.sum_xx, &other.sum_xx)
+            .max(rel(&self.sum_x, &other.sum_x))
+            .max(rel(&self.weight_sum, &other.weight_sum))
+            .max(rel(&self.sum_y, &other.sum_y))
+            .max(rel(&self.sum_y2, &other.sum_y2))
+    }
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum();
+    let den: f64 = b.iter().map(|q| q * q).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn add(a: &mut [f64], b: &[f64]) {
+    for (p, q) in a.iter_mut().zip(b) {
+        *p += q;
+    }
+}
+
+/// Unpacks a row-by-row upper triangle into a full symmetric matrix.
+pub fn unpack_upper(packed: &[f64], d: usize) -> nalgebra::DMatrix<f64> {
+    let mut m = nalgebra::DMatrix::zeros(d, d);
+    let mut k = 0;
+    for i in 0..d {
+        for j in i..d {
+            m[(i, j)] = packed[k];
+            m[(j, i)] = packed[k];
+            k += 1;
+        }
+    }
+    m
+}
+
+/// The f64 CPU twin: a plain, obviously correct loop. Tests hold both backends to it.
+pub fn reference_moments(
+    source: &dyn SampleSource,
+    spec: &BinSpec,
+    weight: SampleWeight,
+) -> Result<FilteredMoments> {
+    spec.validate()?;
+    if source.dim() != spec.dim {
+        return Err(Error::invalid(format!(
+            "samples have d = {} but the bin spec has d = {}",
+            source.dim(),
+            spec.dim
+        )));
+    }
+    let d = spec.dim;
+    let tri = d * (d + 1) / 2;
+    let mut m = FilteredMoments::zeros(d, spec.bins());
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let chunk = 8192;
+    let mut start = 0u64;
+    let mut xd = vec![0.0f64; d];
+    while start < source.len() {
+        let rows = source.read(start, chunk, &mut xs, &mut ys)?;
+        for i in 0..rows {
+            for (t, v) in xd.iter_mut().zip(&xs[i * d..(i + 1) * d]) {
+                *t = *v as f64;
+            }
+            let y = ys[i] as f64;
+            let b = spec.bin_of(&xd, y);
+            let w = weight.of(y);
+            m.count[b] += 1;
+            m.weight_sum[b] += w;
+            m.sum_y[b] += y;
+            m.sum_y2[b] += y * y;
+            let sx = &mut m.sum_x[b * d..(b + 1) * d];
+            for (s, v) in sx.iter_mut().zip(&xd) {
+                *s += w * v;
+            }
+            let sxx = &mut m.sum_xx[b * tri..(b + 1) * tri];
+            let mut k = 0;
+            for a in 0..d {
+                let wa = w * xd[a];
+                for c in a..d {
+                    sxx[k] += wa * xd[c];
+                    k += 1;
+                }
+            }
+        }
+        start += rows as u64;
+        if rows == 0 {
+            break;
+        }
+    }
+    Ok(m)
+}
