@@ -112,3 +112,22 @@ pub trait Backend: Send + Sync {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats>;
 }
+
+/// Opens the backend the user asked for. `Auto` takes a hardware GPU when there is one and
+/// otherwise the CPU, saying so in one line on stderr; `Gpu` also accepts a software adapter
+/// (lavapipe), which is what CI tests.
+pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>> {
+    match choice {
+        BackendChoice::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        BackendChoice::Gpu => Ok(Box::new(gpu::GpuBackend::new(true)?)),
+        BackendChoice::Auto => match gpu::GpuBackend::new(false) {
+            Ok(g) => Ok(Box::new(g)),
+            Err(e) => {
+                eprintln!(
+                    "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
+                );
+                Ok(Box::new(cpu::CpuBackend::new()))
+            }
+        },
+    }
+}
