@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod moments;
 pub mod network;
+pub mod plot;
 pub mod progress;
 
 pub use error::{Error, Result};

@@ -138,7 +138,11 @@ impl BinSpec {
             return Err(Error::invalid("bin spec: axis edges given without a basis"));
         }
         let per_axis = self.cells_per_axis() - 1;
-        if self.axis_edges.iter().any(|e| e.len() != per_axis || !is_sorted(e)) {
+        if self
+            .axis_edges
+            .iter()
+            .any(|e| e.len() != per_axis || !is_sorted(e))
+        {
             return Err(Error::invalid(
                 "bin spec: every axis needs the same number of sorted edges",
             ));
@@ -151,7 +155,11 @@ impl BinSpec {
             )));
         }
         let per_cell = self.y_bins() - 1;
-        if self.y_edges.iter().any(|e| e.len() != per_cell || !is_sorted(e)) {
+        if self
+            .y_edges
+            .iter()
+            .any(|e| e.len() != per_cell || !is_sorted(e))
+        {
             return Err(Error::invalid(
                 "bin spec: every cell needs the same number of sorted y edges",
             ));

@@ -2,7 +2,6 @@
 //! layers, one linear scalar output. Teachers, candidates and learned models are all this type,
 //! so one code path evaluates everything.
 
-
 /// Errors about network files and shapes.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -75,7 +74,9 @@ impl Network {
     /// Checks the chain of shapes.
     pub fn validate(&self) -> Result<(), NetworkError> {
         if self.layers.is_empty() {
-            return Err(NetworkError::Shape("a network needs at least one layer".into()));
+            return Err(NetworkError::Shape(
+                "a network needs at least one layer".into(),
+            ));
         }
         let mut width = self.input_dim;
         for (i, l) in self.layers.iter().enumerate() {
@@ -86,7 +87,10 @@ impl Network {
                 )));
             }
             if l.weights.len() != l.inputs * l.outputs || l.bias.len() != l.outputs {
-                return Err(NetworkError::Shape(format!("layer {i}: weight or bias size does not match {}x{}", l.outputs, l.inputs)));
+                return Err(NetworkError::Shape(format!(
+                    "layer {i}: weight or bias size does not match {}x{}",
+                    l.outputs, l.inputs
+                )));
             }
             width = l.outputs;
         }
@@ -97,7 +101,9 @@ impl Network {
         }
         if let Some(rows) = &self.subspace {
             if rows.iter().any(|r| r.len() != self.input_dim) {
-                return Err(NetworkError::Shape("subspace rows must have input_dim entries".into()));
+                return Err(NetworkError::Shape(
+                    "subspace rows must have input_dim entries".into(),
+                ));
             }
         }
         Ok(())
@@ -105,7 +111,10 @@ impl Network {
 
     /// Hidden widths (all layers but the last).
     pub fn hidden_widths(&self) -> Vec<usize> {
-        self.layers[..self.layers.len() - 1].iter().map(|l| l.outputs).collect()
+        self.layers[..self.layers.len() - 1]
+            .iter()
+            .map(|l| l.outputs)
+            .collect()
     }
 
     /// Output for one sample, in f64 (the reference twin used by tests).

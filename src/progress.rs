@@ -10,9 +10,11 @@ pub fn bar(len: u64, label: &str) -> ProgressBar {
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {percent:>3}% {human_pos}/{human_len} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {percent:>3}% {human_pos}/{human_len} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(label.to_string());
     pb
