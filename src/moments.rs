@@ -70,11 +70,7 @@ impl BinSpec {
 
     /// Number of basis rows r.
     pub fn rank(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.basis.len() / self.dim
-        }
+        self.basis.len().checked_div(self.dim).unwrap_or(0)
     }
 
     /// Cells per z axis.
@@ -357,10 +353,10 @@ pub fn reference_moments(
             }
             let sxx = &mut m.sum_xx[b * tri..(b + 1) * tri];
             let mut k = 0;
-            for a in 0..d {
-                let wa = w * xd[a];
-                for c in a..d {
-                    sxx[k] += wa * xd[c];
+            for (a, xa) in xd.iter().enumerate() {
+                let wa = w * xa;
+                for xc in &xd[a..] {
+                    sxx[k] += wa * xc;
                     k += 1;
                 }
             }
