@@ -54,7 +54,11 @@ fn orthonormal_rows(rng: &mut Rng, r: usize, d: usize) -> Vec<f64> {
 fn spec(rng: &mut Rng, d: usize, r: usize, axis: &[f64], y_edges: &[f64]) -> BinSpec {
     let basis = orthonormal_rows(rng, r, d);
     let axis_edges = vec![axis.to_vec(); r];
-    let cells = if r == 0 { 1 } else { (axis.len() + 1).pow(r as u32) };
+    let cells = if r == 0 {
+        1
+    } else {
+        (axis.len() + 1).pow(r as u32)
+    };
     let y_edges = (0..cells)
         .map(|c| y_edges.iter().map(|e| e + 0.01 * c as f64).collect())
         .collect();
@@ -69,7 +73,10 @@ fn spec(rng: &mut Rng, d: usize, r: usize, axis: &[f64], y_edges: &[f64]) -> Bin
 }
 
 fn min_gap(edges: &[f64], v: f64) -> f64 {
-    edges.iter().map(|e| (e - v).abs()).fold(f64::INFINITY, f64::min)
+    edges
+        .iter()
+        .map(|e| (e - v).abs())
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// N Gaussian samples with a nonlinear label. f32 (device) and f64 (twin) z can put a sample
@@ -124,12 +131,22 @@ fn check(src: &MemorySource, spec: &BinSpec, weight: SampleWeight, got: &Filtere
     );
 }
 
-fn run_case(seed: u64, d: usize, n: usize, r: usize, axis: &[f64], y_edges: &[f64], w: SampleWeight) {
+fn run_case(
+    seed: u64,
+    d: usize,
+    n: usize,
+    r: usize,
+    axis: &[f64],
+    y_edges: &[f64],
+    w: SampleWeight,
+) {
     let mut rng = Rng(seed);
     let spec = spec(&mut rng, d, r, axis, y_edges);
     let src = samples(&mut rng, &spec, n);
     let bar = indicatif::ProgressBar::hidden();
-    let got = common::gpu().moments(&src, &spec, w, &bar).expect("GPU moments");
+    let got = common::gpu()
+        .moments(&src, &spec, w, &bar)
+        .expect("GPU moments");
     assert_eq!(bar.position(), n as u64, "progress counts rows");
     check(&src, &spec, w, &got);
 }
@@ -158,13 +175,29 @@ fn moments_d1_label_bins_unit() {
 fn moments_d3_r1_k64_label_weight() {
     // 4 cells x 16 y-bins = 64, edges beyond the labels leave bins empty.
     let y15: Vec<f64> = (0..15).map(|i| -0.8 + 0.2 * i as f64).collect();
-    run_case(2, 3, 20_011, 1, &[-0.7, 0.0, 0.7], &y15, SampleWeight::Label);
+    run_case(
+        2,
+        3,
+        20_011,
+        1,
+        &[-0.7, 0.0, 0.7],
+        &y15,
+        SampleWeight::Label,
+    );
 }
 
 #[test]
 fn moments_d17_r3_k64_label_squared() {
     // 4^3 = 64 cells, one y-bin each.
-    run_case(3, 17, 9_001, 3, &[-0.7, 0.0, 0.7], &[], SampleWeight::LabelSquared);
+    run_case(
+        3,
+        17,
+        9_001,
+        3,
+        &[-0.7, 0.0, 0.7],
+        &[],
+        SampleWeight::LabelSquared,
+    );
 }
 
 #[test]
@@ -174,7 +207,15 @@ fn moments_d64_single_bin_fast_path() {
 
 #[test]
 fn moments_d129_r1_label_weight() {
-    run_case(5, 129, 3_001, 1, &[0.3], &[-0.2, 0.4, 70.0], SampleWeight::Label);
+    run_case(
+        5,
+        129,
+        3_001,
+        1,
+        &[0.3],
+        &[-0.2, 0.4, 70.0],
+        SampleWeight::Label,
+    );
 }
 
 #[test]
@@ -237,7 +278,9 @@ fn bad_requests_give_typed_errors() {
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
     // Unsorted y edges.
     let bad = BinSpec::label_bins(3, vec![1.0, 0.0]);
-    let e = gpu.moments(&src, &bad, SampleWeight::Unit, &hidden()).unwrap_err();
+    let e = gpu
+        .moments(&src, &bad, SampleWeight::Unit, &hidden())
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
     // d far beyond what one binding holds.
     let big = MemorySource {
@@ -246,7 +289,12 @@ fn bad_requests_give_typed_errors() {
         y: vec![0.0],
     };
     let e = gpu
-        .moments(&big, &BinSpec::single(40_000), SampleWeight::Unit, &hidden())
+        .moments(
+            &big,
+            &BinSpec::single(40_000),
+            SampleWeight::Unit,
+            &hidden(),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Gpu(GpuError::TooLarge(_))), "{e}");
     // Kernel parameters out of range.
@@ -255,7 +303,13 @@ fn bad_requests_give_typed_errors() {
         ..Default::default()
     };
     let e = gpu
-        .moments_with(&src, &BinSpec::single(3), SampleWeight::Unit, &params, &hidden())
+        .moments_with(
+            &src,
+            &BinSpec::single(3),
+            SampleWeight::Unit,
+            &params,
+            &hidden(),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
 }

@@ -77,7 +77,7 @@ impl MomentKernelParams {
             && self.slab > 0
             && self.chunk > 0
             && self.chunk <= 4096
-            && self.chunk % self.slab == 0
+            && self.chunk.is_multiple_of(self.slab)
             && self.max_pieces_per_group > 0
             && self.max_batch_rows > 0;
         if ok {
@@ -363,18 +363,20 @@ pub(crate) fn gpu_moments(
             (6, &bins_buf),
         ],
     )?;
-    let mut syrk_entries = vec![
-        (0, &params_buf),
-        (1, &x_buf),
-        (2, &y_buf),
-        (8, &pieces_buf),
-        (9, &pairs_buf),
-        (10, &partial_buf),
-    ];
-    if use_perm {
-        syrk_entries.push((7, &perm_buf));
-    }
-    let syrk_bind = ctx.bind_group("moments syrk", &pipes.syrk, &syrk_entries)?;
+    // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
+    let syrk_bind = ctx.bind_group(
+        "moments syrk",
+        &pipes.syrk,
+        &[
+            (0, &params_buf),
+            (1, &x_buf),
+            (2, &y_buf),
+            (7, &perm_buf),
+            (8, &pieces_buf),
+            (9, &pairs_buf),
+            (10, &partial_buf),
+        ],
+    )?;
     let reduce_bind = ctx.bind_group(
         "moments reduce",
         &pipes.reduce,
@@ -423,10 +425,9 @@ pub(crate) fn gpu_moments(
             enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
             bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
             if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
-                return Err(GpuError::Kernel(format!(
-                    "bin kernel returned bin {bad} of {k}"
-                ))
-                .into());
+                return Err(
+                    GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
+                );
             }
         } else {
             bin_ids.clear();
@@ -516,9 +517,15 @@ pub(crate) fn gpu_moments(
             }
             let bytes = (runs.len() * plan.aug_tri * 4) as u64;
             enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
-            let packed: Vec<f32> = ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
+            let packed: Vec<f32> =
+                ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
             for (run, &b) in run_bins.iter().enumerate() {
-                add_augmented(&mut out, b, &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri], tri);
+                add_augmented(
+                    &mut out,
+                    b,
+                    &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri],
+                    tri,
+                );
             }
         }
         progress.inc(rows as u64);
@@ -535,12 +542,12 @@ fn add_augmented(out: &mut FilteredMoments, bin: usize, packed: &[f32], tri: usi
     let sx = &mut out.sum_x[bin * d..(bin + 1) * d];
     let mut src = 0;
     let mut dst = 0;
-    for i in 0..d {
+    for (i, s) in sx.iter_mut().enumerate() {
         let len = d - i;
         for (t, v) in sxx[dst..dst + len].iter_mut().zip(&packed[src..src + len]) {
             *t += *v as f64;
         }
-        sx[i] += packed[src + len] as f64;
+        *s += packed[src + len] as f64;
         src += len + 1;
         dst += len;
     }

@@ -7,9 +7,7 @@ const WORKGROUP: u32 = 64;
 
 /// The CPU twin of the smoke kernel, in f64.
 pub fn smoke_twin(a: f32, b: f32, x: &[f32]) -> Vec<f64> {
-    x.iter()
-        .map(|&v| a as f64 * v as f64 + b as f64)
-        .collect()
+    x.iter().map(|&v| a as f64 * v as f64 + b as f64).collect()
 }
 
 /// Runs y = a x + b on the device and returns y.
@@ -44,7 +42,9 @@ pub fn smoke_kernel(ctx: &GpuContext, a: f32, b: f32, x: &[f32]) -> Result<Vec<f
     let bind = ctx.bind_group("smoke", &pipeline, &[(0, &params), (1, &xs), (2, &ys)])?;
     let mut encoder = ctx
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("smoke") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("smoke"),
+        });
     {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         pass.set_pipeline(&pipeline);
