@@ -313,3 +313,77 @@ fn bad_requests_give_typed_errors() {
         .unwrap_err();
     assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
 }
+
+/// A memory source that counts how often it is read.
+struct CountingSource {
+    inner: MemorySource,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl relu_fpt::data::SampleSource for CountingSource {
+    fn dim(&self) -> usize {
+        self.inner.dim
+    }
+    fn len(&self) -> u64 {
+        self.inner.y.len() as u64
+    }
+    fn read(
+        &self,
+        start: u64,
+        rows: usize,
+        x: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> relu_fpt::Result<usize> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(start, rows, x, y)
+    }
+    fn describe(&self) -> String {
+        "counting test source".into()
+    }
+}
+
+#[test]
+fn resident_samples_are_not_read_again() {
+    // Its own backend: the residency setting must not leak into tests sharing common::gpu().
+    let gpu = relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter");
+    let mut rng = Rng(10);
+    let spec = spec(&mut rng, 6, 1, &[0.2], &Y7);
+    let src = CountingSource {
+        inner: samples(&mut rng, &spec, 5_003),
+        reads: Default::default(),
+    };
+    let reads = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    gpu.set_resident_budget(64 << 20);
+    let first = gpu
+        .moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("first pass");
+    let after_first = reads();
+    assert!(after_first > 0);
+    let second = gpu
+        .moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("second pass");
+    assert_eq!(reads(), after_first, "the resident copy is used");
+    check(&src.inner, &spec, SampleWeight::Label, &first);
+    check(&src.inner, &spec, SampleWeight::Label, &second);
+    // Several resident batches.
+    let params = MomentKernelParams {
+        max_batch_rows: 1_000,
+        ..MomentKernelParams::for_dim(6)
+    };
+    let before = reads();
+    for _ in 0..2 {
+        let got = gpu
+            .moments_with(&src, &spec, SampleWeight::Unit, &params, &hidden())
+            .expect("batched pass");
+        check(&src.inner, &spec, SampleWeight::Unit, &got);
+    }
+    assert_eq!(reads(), before + 6, "6 batches read once, then resident");
+    gpu.set_resident_budget(0);
+    gpu.moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("third pass");
+    assert!(
+        reads() > after_first,
+        "residency off reads the source again"
+    );
+}

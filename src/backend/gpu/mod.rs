@@ -6,7 +6,7 @@ mod moments;
 mod smoke;
 
 pub use context::GpuContext;
-pub use moments::{MomentKernelParams, MomentPipelineCache};
+pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
@@ -45,6 +45,7 @@ pub enum GpuError {
 pub struct GpuBackend {
     ctx: GpuContext,
     moment_pipelines: MomentPipelineCache,
+    resident: ResidentSamples,
 }
 
 impl GpuBackend {
@@ -53,6 +54,7 @@ impl GpuBackend {
         Ok(GpuBackend {
             ctx: GpuContext::new(allow_software)?,
             moment_pipelines: MomentPipelineCache::default(),
+            resident: ResidentSamples::default(),
         })
     }
 
@@ -77,8 +79,18 @@ impl GpuBackend {
             spec,
             weight,
             params,
+            Some(&self.resident),
             progress,
         )
+    }
+
+    /// Keeps sample data on the device between passes (later rounds re-read the same source)
+    /// when a whole source's x and y fit in `bytes`; 0 (the default) turns this off and frees
+    /// the copy. A source is recognised by `describe()`, `len()` and `dim()`: only enable this
+    /// when those identify the data (true for files; two different in-memory sources of the
+    /// same shape are NOT told apart). One source is held at a time.
+    pub fn set_resident_budget(&self, bytes: u64) {
+        self.resident.set_budget(bytes);
     }
 }
 

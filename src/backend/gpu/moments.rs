@@ -79,6 +79,7 @@ impl MomentKernelParams {
             && self.chunk <= 4096
             && self.chunk.is_multiple_of(self.slab)
             && self.max_pieces_per_group > 0
+            && self.max_pieces_per_group <= 4096
             && self.max_batch_rows > 0;
         if ok {
             Ok(())
@@ -137,6 +138,76 @@ impl MomentPipelineCache {
     }
 }
 
+/// Identifies a source's device copy: the caller promises that equal keys mean equal data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ResidentKey {
+    source: String,
+    len: u64,
+    dim: usize,
+    batch_rows: usize,
+}
+
+/// One uploaded batch kept on the device, with its labels on the host (the host needs them
+/// for the f64 scalar sums).
+struct ResidentBatch {
+    x: wgpu::Buffer,
+    y_buf: wgpu::Buffer,
+    y: Vec<f32>,
+}
+
+/// Device copies of sample sources that later passes read again (opt-in, see
+/// `GpuBackend::set_resident_budget`). Keyed by the source's `describe()`, `len()`, `dim()`
+/// and the batch size; a source is kept only when all of it fits the byte budget, and a new
+/// source evicts the old one.
+#[derive(Default)]
+pub struct ResidentSamples {
+    budget: std::sync::atomic::AtomicU64,
+    entry: Mutex<Option<(ResidentKey, Arc<Vec<ResidentBatch>>)>>,
+}
+
+impl ResidentSamples {
+    /// Sets the byte budget; 0 turns residency off and frees what is held.
+    pub fn set_budget(&self, bytes: u64) {
+        self.budget
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        if bytes == 0 {
+            self.clear();
+        }
+    }
+
+    /// Current byte budget (0 = off).
+    pub fn budget(&self) -> u64 {
+        self.budget.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Frees the device copy held, if any.
+    pub fn clear(&self) {
+        if let Ok(mut e) = self.entry.lock() {
+            *e = None;
+        }
+    }
+
+    /// True when a source of this many bytes would be kept.
+    fn fits(&self, bytes: u64) -> bool {
+        let budget = self.budget();
+        budget > 0 && bytes <= budget
+    }
+
+    fn lookup(&self, key: &ResidentKey) -> Option<Arc<Vec<ResidentBatch>>> {
+        let e = self.entry.lock().ok()?;
+        match e.as_ref() {
+            Some((k, batches)) if k == key => Some(batches.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, key: ResidentKey, batches: Vec<ResidentBatch>) {
+        if let Ok(mut e) = self.entry.lock() {
+            *e = Some((key, Arc::new(batches)));
+        }
+    }
+}
+
 fn weight_code(w: SampleWeight) -> u32 {
     match w {
         SampleWeight::Unit => 0,
@@ -165,13 +236,20 @@ struct Plan {
     max_pieces: usize,
 }
 
-fn plan(
-    ctx: &GpuContext,
-    d: usize,
-    bins: usize,
-    params: &MomentKernelParams,
-) -> Result<Plan, GpuError> {
+fn plan(ctx: &GpuContext, spec: &BinSpec, params: &MomentKernelParams) -> Result<Plan, GpuError> {
     params.check()?;
+    let d = spec.dim;
+    let bins = spec.bins();
+    // lavapipe silently truncates an invocation after 65,535 loop iterations in total;
+    // bin_samples loops r (d + axis edges) + y edges times.
+    let bin_loops = spec.rank() * (d + spec.cells_per_axis()) + spec.y_bins();
+    if ctx.is_software() && spec.bins() > 1 && bin_loops > 60_000 {
+        return Err(GpuError::TooLarge(format!(
+            "binning r = {} axes of d = {d} loops {bin_loops} times per sample, past the \
+             software adapter's 65,535-iteration budget",
+            spec.rank()
+        )));
+    }
     let lim = &ctx.limits;
     let wg = params.workgroup_side;
     let tile = params.tile() as usize;
@@ -269,6 +347,8 @@ fn f32s(v: impl Iterator<Item = f64>) -> Vec<f32> {
 }
 
 /// Computes [`FilteredMoments`] of `source` on the device (see the module docs for the plan).
+// The backend trait's four arguments plus device, pipeline cache, tunables and residency.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gpu_moments(
     ctx: &GpuContext,
     cache: &MomentPipelineCache,
@@ -276,6 +356,7 @@ pub(crate) fn gpu_moments(
     spec: &BinSpec,
     weight: SampleWeight,
     params: &MomentKernelParams,
+    resident: Option<&ResidentSamples>,
     progress: &indicatif::ProgressBar,
 ) -> Result<FilteredMoments> {
     let k = spec.bins();
@@ -291,7 +372,7 @@ pub(crate) fn gpu_moments(
         )));
     }
     let d = spec.dim;
-    let plan = plan(ctx, d, k, params)?;
+    let plan = plan(ctx, spec, params)?;
     let use_perm = k > 1;
     let pipes = cache.get(
         ctx,
@@ -311,8 +392,6 @@ pub(crate) fn gpu_moments(
     let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
     let y_edges = f32s(spec.y_edges.iter().flatten().copied());
     let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
-    let x_buf = ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
-    let y_buf = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
     let basis_buf = ctx.storage_buffer("moments basis", (basis.len() * 4) as u64)?;
     let axis_buf = ctx.storage_buffer("moments axis edges", (axis_edges.len() * 4) as u64)?;
     let yedge_buf = ctx.storage_buffer("moments y edges", (y_edges.len() * 4) as u64)?;
@@ -350,61 +429,97 @@ pub(crate) fn gpu_moments(
     ctx.queue
         .write_buffer(&pairs_buf, 0, bytemuck::cast_slice(&plan.pairs));
 
-    let bin_bind = ctx.bind_group(
-        "moments bin",
-        &pipes.bin,
-        &[
-            (0, &params_buf),
-            (1, &x_buf),
-            (2, &y_buf),
-            (3, &basis_buf),
-            (4, &axis_buf),
-            (5, &yedge_buf),
-            (6, &bins_buf),
-        ],
-    )?;
-    // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
-    let syrk_bind = ctx.bind_group(
-        "moments syrk",
-        &pipes.syrk,
-        &[
-            (0, &params_buf),
-            (1, &x_buf),
-            (2, &y_buf),
-            (7, &perm_buf),
-            (8, &pieces_buf),
-            (9, &pairs_buf),
-            (10, &partial_buf),
-        ],
-    )?;
-    let reduce_bind = ctx.bind_group(
-        "moments reduce",
-        &pipes.reduce,
-        &[
-            (0, &params_buf),
-            (10, &partial_buf),
-            (11, &runs_buf),
-            (12, &packed_buf),
-        ],
-    )?;
-
+    // Resident samples: reuse the device copy of an earlier call, or build one while streaming.
+    let key = ResidentKey {
+        source: source.describe(),
+        len: source.len(),
+        dim: d,
+        batch_rows: plan.batch_rows,
+    };
+    let reuse = resident.and_then(|store| store.lookup(&key));
+    let mut building = match (resident, &reuse) {
+        (Some(store), None) if store.fits(source.len() * (d as u64 + 1) * 4) => Some(Vec::new()),
+        _ => None,
+    };
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     let mut start = 0u64;
+    let mut batch = 0usize;
     let mut bin_ids: Vec<u32> = Vec::new();
+    let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
     while start < source.len() {
-        let rows = source.read(start, plan.batch_rows, &mut xs, &mut ys)?;
-        if rows == 0 {
-            break;
-        }
-        if xs.len() != rows * d || ys.len() != rows {
-            return Err(Error::invalid(format!(
-                "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
-                xs.len(),
-                ys.len()
-            )));
-        }
-        ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
-        ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
+        let (x_buf, y_buf, rows) = if let Some(entry) = reuse.as_ref().and_then(|r| r.get(batch)) {
+            ys.clone_from(&entry.y);
+            (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
+        } else {
+            let rows = source.read(start, plan.batch_rows, &mut xs, &mut ys)?;
+            if rows == 0 {
+                break;
+            }
+            if xs.len() != rows * d || ys.len() != rows {
+                return Err(Error::invalid(format!(
+                    "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
+                    xs.len(),
+                    ys.len()
+                )));
+            }
+            // Streaming reuses one pair of buffers; a resident copy needs its own per batch.
+            let (x_buf, y_buf) = match (&fresh, &building) {
+                (Some((x, y)), None) => (x.clone(), y.clone()),
+                _ => {
+                    let x = ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
+                    let y = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
+                    fresh = Some((x.clone(), y.clone()));
+                    (x, y)
+                }
+            };
+            ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
+            ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
+            if let Some(list) = building.as_mut() {
+                list.push(ResidentBatch {
+                    x: x_buf.clone(),
+                    y_buf: y_buf.clone(),
+                    y: ys.clone(),
+                });
+            }
+            (x_buf, y_buf, rows)
+        };
+        let bin_bind = ctx.bind_group(
+            "moments bin",
+            &pipes.bin,
+            &[
+                (0, &params_buf),
+                (1, &x_buf),
+                (2, &y_buf),
+                (3, &basis_buf),
+                (4, &axis_buf),
+                (5, &yedge_buf),
+                (6, &bins_buf),
+            ],
+        )?;
+        // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
+        let syrk_bind = ctx.bind_group(
+            "moments syrk",
+            &pipes.syrk,
+            &[
+                (0, &params_buf),
+                (1, &x_buf),
+                (2, &y_buf),
+                (7, &perm_buf),
+                (8, &pieces_buf),
+                (9, &pairs_buf),
+                (10, &partial_buf),
+            ],
+        )?;
+        let reduce_bind = ctx.bind_group(
+            "moments reduce",
+            &pipes.reduce,
+            &[
+                (0, &params_buf),
+                (10, &partial_buf),
+                (11, &runs_buf),
+                (12, &packed_buf),
+            ],
+        )?;
 
         // Bin ids: on the device, except for the single-bin fast path.
         if use_perm {
@@ -530,6 +645,10 @@ pub(crate) fn gpu_moments(
         }
         progress.inc(rows as u64);
         start += rows as u64;
+        batch += 1;
+    }
+    if let (Some(store), Some(batches)) = (resident, building) {
+        store.insert(key, batches);
     }
     Ok(out)
 }
