@@ -8,6 +8,9 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// The first error wgpu raised outside an error scope (its default handler would panic);
+    /// [`GpuContext::read_back`] turns it into [`GpuError::Kernel`].
+    uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -42,11 +45,19 @@ impl GpuContext {
         }))
         .map_err(|e| GpuError::NoAdapter(format!("{}: {e}", info.name)))?;
         let limits = device.limits();
+        let uncaptured = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }));
         Ok(GpuContext {
             device,
             queue,
             info,
             limits,
+            uncaptured,
         })
     }
 
@@ -203,6 +214,15 @@ impl GpuContext {
         self.read_back(what, staging, bytes)
     }
 
+    /// Fails with the error wgpu reported outside any error scope since the last check, if any.
+    pub(crate) fn take_uncaptured(&self, what: &str) -> Result<(), GpuError> {
+        let taken = self.uncaptured.lock().ok().and_then(|mut slot| slot.take());
+        match taken {
+            Some(e) => Err(GpuError::Kernel(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Maps the first `bytes` of a staging buffer after all submitted work, copies them out
     /// and unmaps. Device loss and map failures become typed errors.
     pub(crate) fn read_back<T: bytemuck::Pod>(
@@ -234,6 +254,7 @@ impl GpuContext {
             bytemuck::pod_collect_to_vec(&view[..])
         };
         staging.unmap();
+        self.take_uncaptured(what)?;
         Ok(out)
     }
 }
