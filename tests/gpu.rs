@@ -387,3 +387,17 @@ fn resident_samples_are_not_read_again() {
         "residency off reads the source again"
     );
 }
+
+#[test]
+fn empty_source_gives_zero_moments() {
+    let src = MemorySource {
+        dim: 4,
+        x: Vec::new(),
+        y: Vec::new(),
+    };
+    let spec = BinSpec::label_bins(4, vec![0.0, 1.0]);
+    let got = common::gpu()
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .expect("empty pass");
+    assert_eq!(got, FilteredMoments::zeros(4, 3));
+}

@@ -236,7 +236,13 @@ struct Plan {
     max_pieces: usize,
 }
 
-fn plan(ctx: &GpuContext, spec: &BinSpec, params: &MomentKernelParams) -> Result<Plan, GpuError> {
+/// Sizes for `spec` over `rows` samples in total: batches no larger than the data.
+fn plan(
+    ctx: &GpuContext,
+    spec: &BinSpec,
+    rows: u64,
+    params: &MomentKernelParams,
+) -> Result<Plan, GpuError> {
     params.check()?;
     let d = spec.dim;
     let bins = spec.bins();
@@ -303,6 +309,7 @@ fn plan(ctx: &GpuContext, spec: &BinSpec, params: &MomentKernelParams) -> Result
     if batch_rows > chunk {
         batch_rows -= batch_rows % chunk;
     }
+    batch_rows = batch_rows.min(rows.max(1) as usize);
     let group_pieces = (params.max_pieces_per_group as usize)
         .min(max_binding / piece_bytes)
         .min(max_binding / triangle_bytes)
@@ -372,7 +379,7 @@ pub(crate) fn gpu_moments(
         )));
     }
     let d = spec.dim;
-    let plan = plan(ctx, spec, params)?;
+    let plan = plan(ctx, spec, source.len(), params)?;
     let use_perm = k > 1;
     let pipes = cache.get(
         ctx,
@@ -407,7 +414,8 @@ pub(crate) fn gpu_moments(
         (plan.group_pieces * plan.pairs.len() * tile * tile * 4) as u64,
     )?;
     let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 8) as u64)?;
-    let packed_bytes = (plan.group_pieces * plan.aug_tri * 4) as u64;
+    // A group holds at most one run per bin.
+    let packed_bytes = (plan.group_pieces.min(k) * plan.aug_tri * 4) as u64;
     let packed_buf = ctx.storage_buffer("moments packed", packed_bytes)?;
     let packed_staging = ctx.staging_buffer("moments packed readback", packed_bytes);
     let bins_staging = ctx.staging_buffer(
