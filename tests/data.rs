@@ -3,8 +3,8 @@
 //! (`cd tests/fixtures && python3 make_fixtures.py`); bad files are built here in a temp dir.
 
 use relu_fpt::data::{
-    for_each_chunk, write_npy_f32, DataError, GaussianSource, MemorySource, NpyDtype, NpySource,
-    NpyWriter, SampleRange, SampleSource,
+    for_each_chunk, save_npy, write_npy_f32, DataError, GaussianSource, MemorySource, NpyDtype,
+    NpySource, NpyWriter, SampleRange, SampleSource,
 };
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::Error;
@@ -745,4 +745,21 @@ fn gaussian_rejects_bad_noise() {
             Err(Error::InvalidRequest(_))
         ));
     }
+}
+
+#[test]
+fn gaussian_source_saved_to_npy_reads_back_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = GaussianSource::new(teacher(), 5000, 11, 0.1).unwrap();
+    let (x_path, y_path) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    assert_eq!(save_npy(&source, &x_path, &y_path, 1500).unwrap(), 5000);
+    let saved = NpySource::open(&x_path, &y_path).unwrap();
+    assert_eq!((saved.len(), saved.dim()), (5000, 4));
+    assert_eq!(read_all(&saved), read_all(&source));
+    // A train / validation split of the saved file matches the same split of the generator.
+    let train = SampleRange::new(&saved, 0, 4000).unwrap();
+    let valid = SampleRange::new(&saved, 4000, 1000).unwrap();
+    let valid_gen = SampleRange::new(&source, 4000, 1000).unwrap();
+    assert_eq!(read_all(&valid), read_all(&valid_gen));
+    assert_eq!(train.len() + valid.len(), saved.len());
 }

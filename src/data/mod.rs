@@ -5,7 +5,7 @@ pub mod gaussian;
 pub mod npy;
 
 pub use gaussian::GaussianSource;
-pub use npy::{write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
+pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
 
 use crate::error::{Error, Result};
 use std::path::PathBuf;

@@ -833,3 +833,22 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     writer.finish()?;
     Ok(())
 }
+
+/// Streams every row of `source` into `x_path` (N, d) and `y_path` (N,) as float32 npy files,
+/// `chunk_rows` rows at a time; both files appear only once complete. Returns N.
+pub fn save_npy(
+    source: &dyn SampleSource,
+    x_path: &Path,
+    y_path: &Path,
+    chunk_rows: usize,
+) -> Result<u64> {
+    let mut x_writer = NpyWriter::create_matrix(x_path, source.dim())?;
+    let mut y_writer = NpyWriter::create_vector(y_path)?;
+    super::for_each_chunk(source, chunk_rows, |_, x, y| {
+        x_writer.write_rows(x)?;
+        y_writer.write_rows(y)
+    })?;
+    let rows = x_writer.finish()?;
+    y_writer.finish()?;
+    Ok(rows)
+}
