@@ -63,3 +63,177 @@ impl GpuContext {
         )
     }
 }
+
+/// Shared plumbing for kernel launchers: buffers, pipelines, error capture and readback.
+impl GpuContext {
+    /// Largest size one storage binding may have on this adapter (bytes).
+    pub(crate) fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Fails with [`GpuError::TooLarge`] when `bytes` does not fit one storage binding.
+    pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
+        let max = self.max_binding();
+        if bytes > max {
+            return Err(GpuError::TooLarge(format!(
+                "{what} needs a {bytes}-byte binding; this adapter allows {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `bytes` (rounded up to 16, never empty), usable as copy source and
+    /// destination. The size is checked against the adapter's binding limit first.
+    pub(crate) fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
+        let size = bytes.max(16).next_multiple_of(16);
+        self.check_binding(label, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A uniform buffer of `bytes` (rounded up to 16).
+    pub(crate) fn uniform_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A host-readable staging buffer for [`GpuContext::read_back`].
+    pub(crate) fn staging_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Compiles one WGSL entry point with `override` constants, capturing validation
+    /// errors as [`GpuError::Kernel`] instead of wgpu's default panic.
+    pub(crate) fn compute_pipeline(
+        &self,
+        label: &str,
+        wgsl: &str,
+        entry_point: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline, GpuError> {
+        self.capture(label, || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                });
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(label),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry_point),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                })
+        })
+    }
+
+    /// Binds `(binding, buffer)` pairs to group 0 of `pipeline` (auto layout).
+    pub(crate) fn bind_group(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.capture(label, || {
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        })
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; a captured error becomes
+    /// [`GpuError::Kernel`] (validation) or [`GpuError::OutOfMemory`].
+    pub(crate) fn capture<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v {
+            return Err(GpuError::Kernel(format!("{what}: {e}")));
+        }
+        if let Some(e) = o {
+            return Err(GpuError::OutOfMemory(format!("{what}: {e}")));
+        }
+        Ok(value)
+    }
+
+    /// Submits `encoder` (after it has copied its results into `staging`), waits, and returns
+    /// the first `bytes` of `staging` as `T`s.
+    pub(crate) fn submit_and_read<T: bytemuck::Pod>(
+        &self,
+        what: &str,
+        encoder: wgpu::CommandEncoder,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<T>, GpuError> {
+        self.capture(what, || self.queue.submit(Some(encoder.finish())))?;
+        self.read_back(what, staging, bytes)
+    }
+
+    /// Maps the first `bytes` of a staging buffer after all submitted work, copies them out
+    /// and unmaps. Device loss and map failures become typed errors.
+    pub(crate) fn read_back<T: bytemuck::Pod>(
+        &self,
+        what: &str,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<T>, GpuError> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let slice = staging.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(format!("{what}: {e}")))?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(GpuError::Map(format!("{what}: {e}"))),
+            Err(_) => return Err(GpuError::Map(format!("{what}: map callback never ran"))),
+        }
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| GpuError::Map(format!("{what}: {e}")))?;
+            bytemuck::pod_collect_to_vec(&view[..])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -2,12 +2,16 @@
 
 mod context;
 mod evaluate;
+mod moments;
+mod smoke;
 
 pub use context::GpuContext;
+pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
+pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
 
 /// Errors from adapter selection and kernels.
@@ -16,11 +20,32 @@ pub enum GpuError {
     /// No usable adapter.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
+    /// The request exceeds what this adapter supports (binding size, workgroup limits);
+    /// the message names the size and the limit.
+    #[error("too large for this GPU: {0}")]
+    TooLarge(String),
+    /// A bin specification with no bins (K = 0).
+    #[error("the bin specification has K = 0 bins")]
+    NoBins,
+    /// Shader compilation, pipeline or dispatch validation failed.
+    #[error("GPU kernel error: {0}")]
+    Kernel(String),
+    /// The device ran out of memory.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    /// The device was lost while waiting for work.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    /// Mapping a readback buffer failed.
+    #[error("GPU buffer map failed: {0}")]
+    Map(String),
 }
 
 /// The wgpu implementation of [`Backend`].
 pub struct GpuBackend {
     ctx: GpuContext,
+    moment_pipelines: MomentPipelineCache,
+    resident: ResidentSamples,
 }
 
 impl GpuBackend {
@@ -28,12 +53,44 @@ impl GpuBackend {
     pub fn new(allow_software: bool) -> Result<Self> {
         Ok(GpuBackend {
             ctx: GpuContext::new(allow_software)?,
+            moment_pipelines: MomentPipelineCache::default(),
+            resident: ResidentSamples::default(),
         })
     }
 
     /// The open device.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// [`Backend::moments`] with explicit kernel parameters (tests, tuning).
+    pub fn moments_with(
+        &self,
+        source: &dyn SampleSource,
+        spec: &BinSpec,
+        weight: SampleWeight,
+        params: &MomentKernelParams,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FilteredMoments> {
+        moments::gpu_moments(
+            &self.ctx,
+            &self.moment_pipelines,
+            source,
+            spec,
+            weight,
+            params,
+            Some(&self.resident),
+            progress,
+        )
+    }
+
+    /// Keeps sample data on the device between passes (later rounds re-read the same source)
+    /// when a whole source's x and y fit in `bytes`; 0 (the default) turns this off and frees
+    /// the copy. A source is recognised by `describe()`, `len()` and `dim()`: only enable this
+    /// when those identify the data (true for files; two different in-memory sources of the
+    /// same shape are NOT told apart). One source is held at a time.
+    pub fn set_resident_budget(&self, bytes: u64) {
+        self.resident.set_budget(bytes);
     }
 }
 
@@ -48,12 +105,13 @@ impl Backend for GpuBackend {
 
     fn moments(
         &self,
-        _source: &dyn SampleSource,
-        _spec: &BinSpec,
-        _weight: SampleWeight,
-        _progress: &indicatif::ProgressBar,
+        source: &dyn SampleSource,
+        spec: &BinSpec,
+        weight: SampleWeight,
+        progress: &indicatif::ProgressBar,
     ) -> Result<FilteredMoments> {
-        Err(Error::invalid("GPU moments: being written"))
+        let params = MomentKernelParams::for_dim(spec.dim);
+        self.moments_with(source, spec, weight, &params, progress)
     }
 
     fn evaluate_candidates(

@@ -1,0 +1,190 @@
+// Binned, filtered second moments (src/moments.rs defines the statistic; launcher in
+// src/backend/gpu/moments.rs). Three entry points, run per batch of samples:
+//   bin_samples  one invocation per sample: z = B^T x, cell, y-bin -> bin id.
+//   syrk_tiles   one workgroup per (upper-triangle output tile, piece): a piece is a run of at
+//                most CHUNK samples of one bin (the host groups samples by bin). Sums w a a^T
+//                over the augmented vector a = (x, 1) in f32, so row d of the tile gives
+//                s_b = sum w x for free. One partial tile per (piece, tile) - no atomics.
+//   reduce_runs  one invocation per (run of same-bin pieces, i <= j): sums that run's partial
+//                tiles and writes the packed upper triangle of the augmented matrix.
+// lavapipe caps every invocation at 65,535 loop iterations in total; here the longest loop is
+// CHUNK / BK slabs (256 by default), inner loops have constant trip counts and unroll.
+
+override WG: u32 = 16u;          // workgroup side: WG x WG invocations per tile
+override BK: u32 = 16u;          // samples staged in workgroup memory per slab
+override CHUNK: u32 = 4096u;     // most samples in one piece (a multiple of BK)
+override WEIGHT_MODE: u32 = 0u;  // 0: w = 1, 1: w = y, 2: w = y^2
+override USE_PERM: bool = true;  // false: samples are already in bin order (K = 1)
+override BIN_WG: u32 = 256u;     // invocations per workgroup of bin_samples
+const TM: u32 = 4u;              // each invocation owns a TM x TM block of the tile
+override TILE: u32 = WG * TM;
+
+struct Params {
+    dim: u32,         // d
+    rows: u32,        // samples in this batch
+    rank: u32,        // r (<= 8)
+    axis_edges: u32,  // edges per z axis
+    y_edges: u32,     // y edges per cell
+    y_bins: u32,      // y_edges + 1
+    pair_count: u32,  // upper-triangle tile pairs
+    tiles: u32,       // tiles per side
+    piece_base: u32,  // first piece of this dispatch group
+    aug: u32,         // d + 1
+    aug_tri: u32,     // (d + 1)(d + 2) / 2
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read> basis: array<f32>;
+@group(0) @binding(4) var<storage, read> axis_edges: array<f32>;
+@group(0) @binding(5) var<storage, read> y_edges: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bins: array<u32>;
+@group(0) @binding(7) var<storage, read> perm: array<u32>;
+@group(0) @binding(8) var<storage, read> pieces: array<vec2<u32>>;   // (start, length)
+@group(0) @binding(9) var<storage, read> pairs: array<vec2<u32>>;    // (tile row, tile col)
+@group(0) @binding(10) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(11) var<storage, read> runs: array<vec2<u32>>;    // (first piece, count)
+@group(0) @binding(12) var<storage, read_write> packed: array<f32>;
+
+@compute @workgroup_size(BIN_WG)
+fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i >= p.rows {
+        return;
+    }
+    let row = i * p.dim;
+    var cell = 0u;
+    for (var j = 0u; j < p.rank; j++) {
+        var z = 0.0;
+        let b = j * p.dim;
+        for (var k = 0u; k < p.dim; k++) {
+            z = fma(basis[b + k], x[row + k], z);
+        }
+        var below = 0u;
+        for (var e = 0u; e < p.axis_edges; e++) {
+            if axis_edges[j * p.axis_edges + e] < z {
+                below++;
+            }
+        }
+        cell = cell * (p.axis_edges + 1u) + below;
+    }
+    let yv = y[i];
+    var ybin = 0u;
+    for (var e = 0u; e < p.y_edges; e++) {
+        if y_edges[cell * p.y_edges + e] < yv {
+            ybin++;
+        }
+    }
+    bins[i] = cell * p.y_bins + ybin;
+}
+
+var<workgroup> a_slab: array<f32, BK * TILE>;
+var<workgroup> b_slab: array<f32, BK * TILE>;
+
+fn weight_of(v: f32) -> f32 {
+    if WEIGHT_MODE == 1u {
+        return v;
+    }
+    if WEIGHT_MODE == 2u {
+        return v * v;
+    }
+    return 1.0;
+}
+
+var<workgroup> piece_len: u32;
+
+@compute @workgroup_size(WG, WG)
+fn syrk_tiles(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let pair = pairs[wid.x];
+    let piece = pieces[p.piece_base + wid.y];
+    if lid.x == 0u && lid.y == 0u {
+        piece_len = min(piece.y, CHUNK);
+    }
+    // Uniform across the workgroup, so the barriers below sit in uniform control flow.
+    let len = workgroupUniformLoad(&piece_len);
+    let i0 = pair.x * TILE;
+    let j0 = pair.y * TILE;
+    let tid = lid.y * WG + lid.x;
+    var acc: array<f32, TM * TM>;
+    for (var s0 = 0u; s0 < len; s0 += BK) {
+        // Stage BK samples of both column blocks; row d of the augmented vector is 1.
+        for (var e = tid; e < BK * TILE; e += WG * WG) {
+            let k = e / TILE;
+            let c = e % TILE;
+            let s = s0 + k;
+            var av = 0.0;
+            var bv = 0.0;
+            if s < len {
+                var row = piece.x + s;
+                if USE_PERM {
+                    row = perm[row];
+                }
+                let w = weight_of(y[row]);
+                let ca = i0 + c;
+                let cb = j0 + c;
+                if ca < p.dim {
+                    av = w * x[row * p.dim + ca];
+                } else if ca == p.dim {
+                    av = w;
+                }
+                if cb < p.dim {
+                    bv = x[row * p.dim + cb];
+                } else if cb == p.dim {
+                    bv = 1.0;
+                }
+            }
+            a_slab[e] = av;
+            b_slab[e] = bv;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < BK; k++) {
+            var a: array<f32, TM>;
+            var b: array<f32, TM>;
+            for (var m = 0u; m < TM; m++) {
+                a[m] = a_slab[k * TILE + lid.y + m * WG];
+                b[m] = b_slab[k * TILE + lid.x + m * WG];
+            }
+            for (var m = 0u; m < TM; m++) {
+                for (var n = 0u; n < TM; n++) {
+                    acc[m * TM + n] = fma(a[m], b[n], acc[m * TM + n]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    let base = (wid.y * p.pair_count + wid.x) * TILE * TILE;
+    for (var m = 0u; m < TM; m++) {
+        for (var n = 0u; n < TM; n++) {
+            partial[base + (lid.y + m * WG) * TILE + lid.x + n * WG] = acc[m * TM + n];
+        }
+    }
+}
+
+@compute @workgroup_size(WG, WG)
+fn reduce_runs(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let i = gid.y;
+    let j = gid.x;
+    let dd = p.aug;
+    if i >= dd || j >= dd || j < i {
+        return;
+    }
+    let run = runs[wid.z];
+    let ti = i / TILE;
+    let tj = j / TILE;
+    // Tile pairs are numbered row by row over ti <= tj.
+    let pair = ti * (2u * p.tiles - ti + 1u) / 2u + (tj - ti);
+    let offset = (i % TILE) * TILE + (j % TILE);
+    var sum = 0.0;
+    for (var q = 0u; q < run.y; q++) {
+        sum += partial[((run.x + q) * p.pair_count + pair) * TILE * TILE + offset];
+    }
+    packed[wid.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i)] = sum;
+}

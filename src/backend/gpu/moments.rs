@@ -1,0 +1,673 @@
+//! Launcher of the binned filtered-moments kernels (`shaders/moments.wgsl`).
+//!
+//! Per batch of samples (as many rows as fit one storage binding, at most
+//! [`MomentKernelParams::max_batch_rows`]):
+//! 1. upload x and y (the only per-sample data that travels);
+//! 2. `bin_samples` computes z = B^T x and the bin id of every sample on the device (skipped
+//!    when K = 1: the fast path);
+//! 3. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
+//!    in f64, and counting-sorts the batch into bin order (a permutation, uploaded back) cut into
+//!    pieces of at most `chunk` samples of one bin;
+//! 4. `syrk_tiles` sums w a a^T (a = (x, 1)) in f32 per (piece, upper-triangle tile);
+//!    `reduce_runs` adds up each bin's pieces on the device (atomics-free second pass);
+//! 5. the host adds the per-bin triangles of every group and batch in f64.
+//!
+//! Pipelines are compiled once per (kernel parameters, weight, K = 1 or not) and cached in
+//! [`MomentPipelineCache`], held by the `GpuBackend`.
+
+use super::{GpuContext, GpuError};
+use crate::data::SampleSource;
+use crate::error::{Error, Result};
+use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const SHADER: &str = include_str!("../../../shaders/moments.wgsl");
+/// Invocations per workgroup of `bin_samples`.
+const BIN_WORKGROUP: u32 = 256;
+/// Each invocation of `syrk_tiles` owns a TM x TM block (a WGSL `const`).
+const TM: u32 = 4;
+/// Bytes of the uniform `Params` struct.
+const PARAMS_BYTES: u64 = 48;
+
+/// Tunables of the moments kernels, fed to WGSL `override` constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MomentKernelParams {
+    /// Workgroup side of `syrk_tiles`: WG x WG invocations, output tiles of 4 WG x 4 WG.
+    pub workgroup_side: u32,
+    /// Samples staged in workgroup memory per step (`BK`).
+    pub slab: u32,
+    /// Most samples one f32 accumulator sums (`CHUNK`, a multiple of `slab`, <= 4096).
+    pub chunk: u32,
+    /// Most pieces (partial tiles per output tile) per dispatch group.
+    pub max_pieces_per_group: u32,
+    /// Most samples per uploaded batch.
+    pub max_batch_rows: u32,
+}
+
+impl Default for MomentKernelParams {
+    fn default() -> Self {
+        MomentKernelParams {
+            workgroup_side: 16,
+            slab: 16,
+            chunk: 4096,
+            max_pieces_per_group: 256,
+            max_batch_rows: 1 << 20,
+        }
+    }
+}
+
+impl MomentKernelParams {
+    /// Defaults sized for dimension `d`: 32-wide tiles for small d (less padding work).
+    pub fn for_dim(d: usize) -> Self {
+        let mut p = Self::default();
+        if d < 32 {
+            p.workgroup_side = 8;
+        }
+        p
+    }
+
+    /// Output tile side.
+    pub fn tile(&self) -> u32 {
+        self.workgroup_side * TM
+    }
+
+    fn check(&self) -> Result<(), GpuError> {
+        let ok = self.workgroup_side > 0
+            && self.slab > 0
+            && self.chunk > 0
+            && self.chunk <= 4096
+            && self.chunk.is_multiple_of(self.slab)
+            && self.max_pieces_per_group > 0
+            && self.max_pieces_per_group <= 4096
+            && self.max_batch_rows > 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(GpuError::Kernel(format!(
+                "moment kernel parameters out of range: {self:?}"
+            )))
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    params: MomentKernelParams,
+    weight: u32,
+    use_perm: bool,
+}
+
+struct MomentPipelines {
+    bin: wgpu::ComputePipeline,
+    syrk: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+}
+
+/// Compiled moment pipelines, built once per configuration and reused by every call.
+#[derive(Default)]
+pub struct MomentPipelineCache {
+    pipelines: Mutex<HashMap<PipelineKey, Arc<MomentPipelines>>>,
+}
+
+impl MomentPipelineCache {
+    fn get(&self, ctx: &GpuContext, key: PipelineKey) -> Result<Arc<MomentPipelines>, GpuError> {
+        let mut map = self
+            .pipelines
+            .lock()
+            .map_err(|_| GpuError::Kernel("moment pipeline cache poisoned".into()))?;
+        if let Some(p) = map.get(&key) {
+            return Ok(p.clone());
+        }
+        let k = key.params;
+        let constants = [
+            ("WG", k.workgroup_side as f64),
+            ("BK", k.slab as f64),
+            ("CHUNK", k.chunk as f64),
+            ("WEIGHT_MODE", key.weight as f64),
+            ("USE_PERM", if key.use_perm { 1.0 } else { 0.0 }),
+            ("BIN_WG", BIN_WORKGROUP as f64),
+        ];
+        let built = Arc::new(MomentPipelines {
+            bin: ctx.compute_pipeline("moments bin", SHADER, "bin_samples", &constants)?,
+            syrk: ctx.compute_pipeline("moments syrk", SHADER, "syrk_tiles", &constants)?,
+            reduce: ctx.compute_pipeline("moments reduce", SHADER, "reduce_runs", &constants)?,
+        });
+        map.insert(key, built.clone());
+        Ok(built)
+    }
+}
+
+/// Identifies a source's device copy: the caller promises that equal keys mean equal data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ResidentKey {
+    source: String,
+    len: u64,
+    dim: usize,
+    batch_rows: usize,
+}
+
+/// One uploaded batch kept on the device, with its labels on the host (the host needs them
+/// for the f64 scalar sums).
+struct ResidentBatch {
+    x: wgpu::Buffer,
+    y_buf: wgpu::Buffer,
+    y: Vec<f32>,
+}
+
+/// Device copies of sample sources that later passes read again (opt-in, see
+/// `GpuBackend::set_resident_budget`). Keyed by the source's `describe()`, `len()`, `dim()`
+/// and the batch size; a source is kept only when all of it fits the byte budget, and a new
+/// source evicts the old one.
+#[derive(Default)]
+pub struct ResidentSamples {
+    budget: std::sync::atomic::AtomicU64,
+    entry: Mutex<Option<(ResidentKey, Arc<Vec<ResidentBatch>>)>>,
+}
+
+impl ResidentSamples {
+    /// Sets the byte budget; 0 turns residency off and frees what is held.
+    pub fn set_budget(&self, bytes: u64) {
+        self.budget
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        if bytes == 0 {
+            self.clear();
+        }
+    }
+
+    /// Current byte budget (0 = off).
+    pub fn budget(&self) -> u64 {
+        self.budget.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Frees the device copy held, if any.
+    pub fn clear(&self) {
+        if let Ok(mut e) = self.entry.lock() {
+            *e = None;
+        }
+    }
+
+    /// True when a source of this many bytes would be kept.
+    fn fits(&self, bytes: u64) -> bool {
+        let budget = self.budget();
+        budget > 0 && bytes <= budget
+    }
+
+    fn lookup(&self, key: &ResidentKey) -> Option<Arc<Vec<ResidentBatch>>> {
+        let e = self.entry.lock().ok()?;
+        match e.as_ref() {
+            Some((k, batches)) if k == key => Some(batches.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, key: ResidentKey, batches: Vec<ResidentBatch>) {
+        if let Ok(mut e) = self.entry.lock() {
+            *e = Some((key, Arc::new(batches)));
+        }
+    }
+}
+
+fn weight_code(w: SampleWeight) -> u32 {
+    match w {
+        SampleWeight::Unit => 0,
+        SampleWeight::Label => 1,
+        SampleWeight::LabelSquared => 2,
+    }
+}
+
+/// A run of consecutive samples of one bin in the sorted batch, at most `chunk` long.
+#[derive(Clone, Copy)]
+struct Piece {
+    bin: usize,
+    start: u32,
+    len: u32,
+}
+
+/// Sizes fixed for one call.
+struct Plan {
+    d: usize,
+    aug: usize,
+    aug_tri: usize,
+    tiles: usize,
+    pairs: Vec<[u32; 2]>,
+    batch_rows: usize,
+    group_pieces: usize,
+    max_pieces: usize,
+}
+
+fn plan(ctx: &GpuContext, spec: &BinSpec, params: &MomentKernelParams) -> Result<Plan, GpuError> {
+    params.check()?;
+    let d = spec.dim;
+    let bins = spec.bins();
+    // lavapipe silently truncates an invocation after 65,535 loop iterations in total;
+    // bin_samples loops r (d + axis edges) + y edges times.
+    let bin_loops = spec.rank() * (d + spec.cells_per_axis()) + spec.y_bins();
+    if ctx.is_software() && spec.bins() > 1 && bin_loops > 60_000 {
+        return Err(GpuError::TooLarge(format!(
+            "binning r = {} axes of d = {d} loops {bin_loops} times per sample, past the \
+             software adapter's 65,535-iteration budget",
+            spec.rank()
+        )));
+    }
+    let lim = &ctx.limits;
+    let wg = params.workgroup_side;
+    let tile = params.tile() as usize;
+    if wg * wg > lim.max_compute_invocations_per_workgroup
+        || wg > lim.max_compute_workgroup_size_x
+        || wg > lim.max_compute_workgroup_size_y
+        || BIN_WORKGROUP > lim.max_compute_workgroup_size_x
+        || BIN_WORKGROUP > lim.max_compute_invocations_per_workgroup
+    {
+        return Err(GpuError::TooLarge(format!(
+            "workgroups of {wg} x {wg} or {BIN_WORKGROUP} invocations exceed this adapter's limits"
+        )));
+    }
+    let shared = 2 * params.slab * params.tile() * 4 + 4;
+    if shared > lim.max_compute_workgroup_storage_size {
+        return Err(GpuError::TooLarge(format!(
+            "the moment kernel needs {shared} bytes of workgroup memory; this adapter has {}",
+            lim.max_compute_workgroup_storage_size
+        )));
+    }
+    let aug = d + 1;
+    let aug_tri = aug * (aug + 1) / 2;
+    let tiles = aug.div_ceil(tile);
+    let mut pairs = Vec::with_capacity(tiles * (tiles + 1) / 2);
+    for ti in 0..tiles {
+        for tj in ti..tiles {
+            pairs.push([ti as u32, tj as u32]);
+        }
+    }
+    let max_binding = ctx.max_binding() as usize;
+    let max_groups = lim.max_compute_workgroups_per_dimension as usize;
+    let piece_bytes = pairs.len() * tile * tile * 4;
+    let triangle_bytes = aug_tri * 4;
+    if piece_bytes > max_binding || triangle_bytes > max_binding || pairs.len() > max_groups {
+        return Err(GpuError::TooLarge(format!(
+            "d = {d}: one set of partial tiles needs {piece_bytes} bytes and one triangle \
+             {triangle_bytes} bytes; this adapter binds at most {max_binding} bytes"
+        )));
+    }
+    // Rows of x per batch: one binding, whole chunks when more than one fits.
+    let row_bytes = d * 4;
+    let mut batch_rows = (max_binding / row_bytes)
+        .min(params.max_batch_rows as usize)
+        .min(max_groups * BIN_WORKGROUP as usize);
+    if batch_rows == 0 {
+        return Err(GpuError::TooLarge(format!(
+            "d = {d}: one sample of {row_bytes} bytes exceeds the binding limit {max_binding}"
+        )));
+    }
+    let chunk = params.chunk as usize;
+    if batch_rows > chunk {
+        batch_rows -= batch_rows % chunk;
+    }
+    let group_pieces = (params.max_pieces_per_group as usize)
+        .min(max_binding / piece_bytes)
+        .min(max_binding / triangle_bytes)
+        .min(max_groups);
+    let max_pieces = batch_rows.min(batch_rows.div_ceil(chunk) + bins);
+    Ok(Plan {
+        d,
+        aug,
+        aug_tri,
+        tiles,
+        pairs,
+        batch_rows,
+        group_pieces,
+        max_pieces,
+    })
+}
+
+fn params_bytes(spec: &BinSpec, plan: &Plan, rows: usize, piece_base: usize) -> [u8; 48] {
+    let r = spec.rank();
+    let axis = if r > 0 { spec.cells_per_axis() - 1 } else { 0 };
+    let words: [u32; 12] = [
+        plan.d as u32,
+        rows as u32,
+        r as u32,
+        axis as u32,
+        (spec.y_bins() - 1) as u32,
+        spec.y_bins() as u32,
+        plan.pairs.len() as u32,
+        plan.tiles as u32,
+        piece_base as u32,
+        plan.aug as u32,
+        plan.aug_tri as u32,
+        0,
+    ];
+    let mut out = [0u8; 48];
+    out.copy_from_slice(bytemuck::cast_slice(&words));
+    out
+}
+
+fn f32s(v: impl Iterator<Item = f64>) -> Vec<f32> {
+    v.map(|e| e as f32).collect()
+}
+
+/// Computes [`FilteredMoments`] of `source` on the device (see the module docs for the plan).
+// The backend trait's four arguments plus device, pipeline cache, tunables and residency.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gpu_moments(
+    ctx: &GpuContext,
+    cache: &MomentPipelineCache,
+    source: &dyn SampleSource,
+    spec: &BinSpec,
+    weight: SampleWeight,
+    params: &MomentKernelParams,
+    resident: Option<&ResidentSamples>,
+    progress: &indicatif::ProgressBar,
+) -> Result<FilteredMoments> {
+    let k = spec.bins();
+    if k == 0 {
+        return Err(GpuError::NoBins.into());
+    }
+    spec.validate()?;
+    if source.dim() != spec.dim {
+        return Err(Error::invalid(format!(
+            "samples have d = {} but the bin spec has d = {}",
+            source.dim(),
+            spec.dim
+        )));
+    }
+    let d = spec.dim;
+    let plan = plan(ctx, spec, params)?;
+    let use_perm = k > 1;
+    let pipes = cache.get(
+        ctx,
+        PipelineKey {
+            params: *params,
+            weight: weight_code(weight),
+            use_perm,
+        },
+    )?;
+    let tile = params.tile() as usize;
+    let chunk = params.chunk as usize;
+    let tri = d * (d + 1) / 2;
+    let mut out = FilteredMoments::zeros(d, k);
+
+    // Buffers for the whole call, sized for the largest batch and group.
+    let basis = f32s(spec.basis.iter().copied());
+    let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
+    let y_edges = f32s(spec.y_edges.iter().flatten().copied());
+    let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
+    let basis_buf = ctx.storage_buffer("moments basis", (basis.len() * 4) as u64)?;
+    let axis_buf = ctx.storage_buffer("moments axis edges", (axis_edges.len() * 4) as u64)?;
+    let yedge_buf = ctx.storage_buffer("moments y edges", (y_edges.len() * 4) as u64)?;
+    let bins_buf = ctx.storage_buffer("moments bins", (plan.batch_rows * 4) as u64)?;
+    let perm_buf = ctx.storage_buffer(
+        "moments perm",
+        if use_perm { plan.batch_rows * 4 } else { 4 } as u64,
+    )?;
+    let pieces_buf = ctx.storage_buffer("moments pieces", (plan.max_pieces * 8) as u64)?;
+    let pairs_buf = ctx.storage_buffer("moments pairs", (plan.pairs.len() * 8) as u64)?;
+    let partial_buf = ctx.storage_buffer(
+        "moments partial tiles",
+        (plan.group_pieces * plan.pairs.len() * tile * tile * 4) as u64,
+    )?;
+    let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 8) as u64)?;
+    let packed_bytes = (plan.group_pieces * plan.aug_tri * 4) as u64;
+    let packed_buf = ctx.storage_buffer("moments packed", packed_bytes)?;
+    let packed_staging = ctx.staging_buffer("moments packed readback", packed_bytes);
+    let bins_staging = ctx.staging_buffer(
+        "moments bins readback",
+        if use_perm { plan.batch_rows * 4 } else { 4 } as u64,
+    );
+    if !basis.is_empty() {
+        ctx.queue
+            .write_buffer(&basis_buf, 0, bytemuck::cast_slice(&basis));
+    }
+    if !axis_edges.is_empty() {
+        ctx.queue
+            .write_buffer(&axis_buf, 0, bytemuck::cast_slice(&axis_edges));
+    }
+    if !y_edges.is_empty() {
+        ctx.queue
+            .write_buffer(&yedge_buf, 0, bytemuck::cast_slice(&y_edges));
+    }
+    ctx.queue
+        .write_buffer(&pairs_buf, 0, bytemuck::cast_slice(&plan.pairs));
+
+    // Resident samples: reuse the device copy of an earlier call, or build one while streaming.
+    let key = ResidentKey {
+        source: source.describe(),
+        len: source.len(),
+        dim: d,
+        batch_rows: plan.batch_rows,
+    };
+    let reuse = resident.and_then(|store| store.lookup(&key));
+    let mut building = match (resident, &reuse) {
+        (Some(store), None) if store.fits(source.len() * (d as u64 + 1) * 4) => Some(Vec::new()),
+        _ => None,
+    };
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut start = 0u64;
+    let mut batch = 0usize;
+    let mut bin_ids: Vec<u32> = Vec::new();
+    let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
+    while start < source.len() {
+        let (x_buf, y_buf, rows) = if let Some(entry) = reuse.as_ref().and_then(|r| r.get(batch)) {
+            ys.clone_from(&entry.y);
+            (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
+        } else {
+            let rows = source.read(start, plan.batch_rows, &mut xs, &mut ys)?;
+            if rows == 0 {
+                break;
+            }
+            if xs.len() != rows * d || ys.len() != rows {
+                return Err(Error::invalid(format!(
+                    "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
+                    xs.len(),
+                    ys.len()
+                )));
+            }
+            // Streaming reuses one pair of buffers; a resident copy needs its own per batch.
+            let (x_buf, y_buf) = match (&fresh, &building) {
+                (Some((x, y)), None) => (x.clone(), y.clone()),
+                _ => {
+                    let x = ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
+                    let y = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
+                    fresh = Some((x.clone(), y.clone()));
+                    (x, y)
+                }
+            };
+            ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
+            ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
+            if let Some(list) = building.as_mut() {
+                list.push(ResidentBatch {
+                    x: x_buf.clone(),
+                    y_buf: y_buf.clone(),
+                    y: ys.clone(),
+                });
+            }
+            (x_buf, y_buf, rows)
+        };
+        let bin_bind = ctx.bind_group(
+            "moments bin",
+            &pipes.bin,
+            &[
+                (0, &params_buf),
+                (1, &x_buf),
+                (2, &y_buf),
+                (3, &basis_buf),
+                (4, &axis_buf),
+                (5, &yedge_buf),
+                (6, &bins_buf),
+            ],
+        )?;
+        // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
+        let syrk_bind = ctx.bind_group(
+            "moments syrk",
+            &pipes.syrk,
+            &[
+                (0, &params_buf),
+                (1, &x_buf),
+                (2, &y_buf),
+                (7, &perm_buf),
+                (8, &pieces_buf),
+                (9, &pairs_buf),
+                (10, &partial_buf),
+            ],
+        )?;
+        let reduce_bind = ctx.bind_group(
+            "moments reduce",
+            &pipes.reduce,
+            &[
+                (0, &params_buf),
+                (10, &partial_buf),
+                (11, &runs_buf),
+                (12, &packed_buf),
+            ],
+        )?;
+
+        // Bin ids: on the device, except for the single-bin fast path.
+        if use_perm {
+            ctx.queue
+                .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, 0));
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("moments bin"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&pipes.bin);
+                pass.set_bind_group(0, &bin_bind, &[]);
+                pass.dispatch_workgroups((rows as u32).div_ceil(BIN_WORKGROUP), 1, 1);
+            }
+            let bytes = (rows * 4) as u64;
+            enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
+            bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
+            if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
+                return Err(
+                    GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
+                );
+            }
+        } else {
+            bin_ids.clear();
+            bin_ids.resize(rows, 0);
+        }
+
+        // Scalar sums in f64 and the counting sort, on the host.
+        let mut counts = vec![0usize; k];
+        for (&b, &yv) in bin_ids.iter().zip(&ys) {
+            let b = b as usize;
+            let yv = yv as f64;
+            counts[b] += 1;
+            out.count[b] += 1;
+            out.weight_sum[b] += weight.of(yv);
+            out.sum_y[b] += yv;
+            out.sum_y2[b] += yv * yv;
+        }
+        let mut pieces = Vec::new();
+        let mut offset = 0usize;
+        let mut next = vec![0u32; k];
+        for (b, &n) in counts.iter().enumerate() {
+            next[b] = offset as u32;
+            let mut s = 0;
+            while s < n {
+                let len = chunk.min(n - s);
+                pieces.push(Piece {
+                    bin: b,
+                    start: (offset + s) as u32,
+                    len: len as u32,
+                });
+                s += len;
+            }
+            offset += n;
+        }
+        if use_perm {
+            let mut perm = vec![0u32; rows];
+            for (i, &b) in bin_ids.iter().enumerate() {
+                let slot = &mut next[b as usize];
+                perm[*slot as usize] = i as u32;
+                *slot += 1;
+            }
+            ctx.queue
+                .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&perm));
+        }
+        let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
+        if !piece_words.is_empty() {
+            ctx.queue
+                .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
+        }
+
+        for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
+            let base = g * plan.group_pieces;
+            // Runs of consecutive pieces of one bin.
+            let mut runs: Vec<[u32; 2]> = Vec::new();
+            let mut run_bins: Vec<usize> = Vec::new();
+            for (q, piece) in group.iter().enumerate() {
+                match run_bins.last() {
+                    Some(&b) if b == piece.bin => {
+                        if let Some(last) = runs.last_mut() {
+                            last[1] += 1;
+                        }
+                    }
+                    _ => {
+                        runs.push([q as u32, 1]);
+                        run_bins.push(piece.bin);
+                    }
+                }
+            }
+            ctx.queue
+                .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
+            ctx.queue
+                .write_buffer(&runs_buf, 0, bytemuck::cast_slice(&runs));
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("moments syrk"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&pipes.syrk);
+                pass.set_bind_group(0, &syrk_bind, &[]);
+                pass.dispatch_workgroups(plan.pairs.len() as u32, group.len() as u32, 1);
+                pass.set_pipeline(&pipes.reduce);
+                pass.set_bind_group(0, &reduce_bind, &[]);
+                let side = (plan.aug as u32).div_ceil(params.workgroup_side);
+                pass.dispatch_workgroups(side, side, runs.len() as u32);
+            }
+            let bytes = (runs.len() * plan.aug_tri * 4) as u64;
+            enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
+            let packed: Vec<f32> =
+                ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
+            for (run, &b) in run_bins.iter().enumerate() {
+                add_augmented(
+                    &mut out,
+                    b,
+                    &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri],
+                    tri,
+                );
+            }
+        }
+        progress.inc(rows as u64);
+        start += rows as u64;
+        batch += 1;
+    }
+    if let (Some(store), Some(batches)) = (resident, building) {
+        store.insert(key, batches);
+    }
+    Ok(out)
+}
+
+/// Adds one bin's packed augmented triangle (rows of length d + 1 - i, the last entry of row
+/// i < d being sum w x_i) into `out`.
+fn add_augmented(out: &mut FilteredMoments, bin: usize, packed: &[f32], tri: usize) {
+    let d = out.dim;
+    let sxx = &mut out.sum_xx[bin * tri..(bin + 1) * tri];
+    let sx = &mut out.sum_x[bin * d..(bin + 1) * d];
+    let mut src = 0;
+    let mut dst = 0;
+    for (i, s) in sx.iter_mut().enumerate() {
+        let len = d - i;
+        for (t, v) in sxx[dst..dst + len].iter_mut().zip(&packed[src..src + len]) {
+            *t += *v as f64;
+        }
+        *s += packed[src + len] as f64;
+        src += len + 1;
+        dst += len;
+    }
+}

@@ -1,0 +1,389 @@
+//! GPU kernels against their f64 CPU twins, on whatever adapter is present (lavapipe in CI).
+//! lavapipe is slow: every case keeps n * d^2 around 1e8 or less.
+
+mod common;
+
+use relu_fpt::backend::gpu::{smoke_kernel, smoke_test, smoke_twin, GpuError, MomentKernelParams};
+use relu_fpt::backend::Backend;
+use relu_fpt::data::MemorySource;
+use relu_fpt::moments::{reference_moments, BinSpec, FilteredMoments, SampleWeight};
+use relu_fpt::Error;
+
+/// Deterministic generator for test data (splitmix64 + Box-Muller).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// r orthonormal rows of length d (Gram-Schmidt on Gaussian rows).
+fn orthonormal_rows(rng: &mut Rng, r: usize, d: usize) -> Vec<f64> {
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    while rows.len() < r {
+        let mut v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+        for q in &rows {
+            let dot: f64 = q.iter().zip(&v).map(|(a, b)| a * b).sum();
+            for (vi, qi) in v.iter_mut().zip(q) {
+                *vi -= dot * qi;
+            }
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 1e-3 {
+            rows.push(v.iter().map(|a| a / norm).collect());
+        }
+    }
+    rows.concat()
+}
+
+/// A spec with `r` basis rows, `axis` edges per axis and `y_edges` per cell. The y edges of
+/// every cell are the given ones plus a cell-dependent shift, and two of them sit far above
+/// any label, so some bins stay empty.
+fn spec(rng: &mut Rng, d: usize, r: usize, axis: &[f64], y_edges: &[f64]) -> BinSpec {
+    let basis = orthonormal_rows(rng, r, d);
+    let axis_edges = vec![axis.to_vec(); r];
+    let cells = if r == 0 {
+        1
+    } else {
+        (axis.len() + 1).pow(r as u32)
+    };
+    let y_edges = (0..cells)
+        .map(|c| y_edges.iter().map(|e| e + 0.01 * c as f64).collect())
+        .collect();
+    let s = BinSpec {
+        dim: d,
+        basis,
+        axis_edges,
+        y_edges,
+    };
+    s.validate().expect("test spec is valid");
+    s
+}
+
+fn min_gap(edges: &[f64], v: f64) -> f64 {
+    edges
+        .iter()
+        .map(|e| (e - v).abs())
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// N Gaussian samples with a nonlinear label. f32 (device) and f64 (twin) z can put a sample
+/// lying within ~1e-6 of an edge in different bins, so any sample whose z (any axis) or y lies
+/// within 1e-4 of an edge it is compared with is drawn again.
+fn samples(rng: &mut Rng, spec: &BinSpec, n: usize) -> MemorySource {
+    let d = spec.dim;
+    let r = spec.rank();
+    let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+    let mut row = vec![0f32; d];
+    while y.len() < n {
+        for v in row.iter_mut() {
+            *v = rng.normal() as f32;
+        }
+        let xd: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        let label = (xd[0] + 0.5 * xd[d - 1] * xd[d / 2]).abs() - 0.6 + 0.3 * rng.normal();
+        let label = label as f32;
+        let mut ok = true;
+        let mut cell = 0;
+        for j in 0..r {
+            let z: f64 = spec.basis[j * d..(j + 1) * d]
+                .iter()
+                .zip(&xd)
+                .map(|(a, b)| a * b)
+                .sum();
+            ok &= min_gap(&spec.axis_edges[j], z) > 1e-4;
+            cell = cell * spec.cells_per_axis()
+                + relu_fpt::moments::count_below(&spec.axis_edges[j], z);
+        }
+        ok &= min_gap(&spec.y_edges[cell], label as f64) > 1e-4;
+        if ok {
+            x.extend_from_slice(&row);
+            y.push(label);
+        }
+    }
+    MemorySource { dim: d, x, y }
+}
+
+fn hidden() -> indicatif::ProgressBar {
+    indicatif::ProgressBar::hidden()
+}
+
+fn check(src: &MemorySource, spec: &BinSpec, weight: SampleWeight, got: &FilteredMoments) {
+    let want = reference_moments(src, spec, weight).expect("twin runs");
+    assert_eq!(got.count, want.count, "per-bin counts differ");
+    let diff = got.relative_difference(&want);
+    assert!(
+        diff < 1e-5,
+        "relative difference {diff:.3e} (d = {}, K = {})",
+        spec.dim,
+        spec.bins()
+    );
+}
+
+fn run_case(
+    seed: u64,
+    d: usize,
+    n: usize,
+    r: usize,
+    axis: &[f64],
+    y_edges: &[f64],
+    w: SampleWeight,
+) {
+    let mut rng = Rng(seed);
+    let spec = spec(&mut rng, d, r, axis, y_edges);
+    let src = samples(&mut rng, &spec, n);
+    let bar = indicatif::ProgressBar::hidden();
+    let got = common::gpu()
+        .moments(&src, &spec, w, &bar)
+        .expect("GPU moments");
+    assert_eq!(bar.position(), n as u64, "progress counts rows");
+    check(&src, &spec, w, &got);
+}
+
+#[test]
+fn smoke_matches_twin() {
+    let err = smoke_test(common::gpu().context()).expect("smoke kernel runs");
+    assert!(err < 1e-5, "smoke max abs error {err:.3e}");
+    let x = [0.0f32, 1.0, -2.5, 1e3];
+    let got = smoke_kernel(common::gpu().context(), 2.0, 1.0, &x).expect("runs");
+    let want = smoke_twin(2.0, 1.0, &x);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-3, "{g} vs {w}");
+    }
+}
+
+const Y7: [f64; 6] = [-0.4, -0.1, 0.2, 0.5, 50.0, 60.0];
+
+#[test]
+fn moments_d1_label_bins_unit() {
+    // K = 7 (r = 0), two empty top bins.
+    run_case(1, 1, 10_007, 0, &[], &Y7, SampleWeight::Unit);
+}
+
+#[test]
+fn moments_d3_r1_k64_label_weight() {
+    // 4 cells x 16 y-bins = 64, edges beyond the labels leave bins empty.
+    let y15: Vec<f64> = (0..15).map(|i| -0.8 + 0.2 * i as f64).collect();
+    run_case(
+        2,
+        3,
+        20_011,
+        1,
+        &[-0.7, 0.0, 0.7],
+        &y15,
+        SampleWeight::Label,
+    );
+}
+
+#[test]
+fn moments_d17_r3_k64_label_squared() {
+    // 4^3 = 64 cells, one y-bin each.
+    run_case(
+        3,
+        17,
+        9_001,
+        3,
+        &[-0.7, 0.0, 0.7],
+        &[],
+        SampleWeight::LabelSquared,
+    );
+}
+
+#[test]
+fn moments_d64_single_bin_fast_path() {
+    run_case(4, 64, 8_193, 0, &[], &[], SampleWeight::Unit);
+}
+
+#[test]
+fn moments_d129_r1_label_weight() {
+    run_case(
+        5,
+        129,
+        3_001,
+        1,
+        &[0.3],
+        &[-0.2, 0.4, 70.0],
+        SampleWeight::Label,
+    );
+}
+
+#[test]
+fn moments_d300_r3_unit() {
+    run_case(6, 300, 1_201, 3, &[0.1], &[], SampleWeight::Unit);
+}
+
+#[test]
+fn moments_small_batches_and_groups() {
+    // Forces many batches, pieces and dispatch groups on a small problem.
+    let mut rng = Rng(7);
+    let spec = spec(&mut rng, 5, 1, &[-0.3, 0.4], &Y7);
+    let src = samples(&mut rng, &spec, 12_345);
+    let params = MomentKernelParams {
+        workgroup_side: 8,
+        slab: 8,
+        chunk: 512,
+        max_pieces_per_group: 3,
+        max_batch_rows: 4_001,
+    };
+    let got = common::gpu()
+        .moments_with(&src, &spec, SampleWeight::LabelSquared, &params, &hidden())
+        .expect("GPU moments");
+    check(&src, &spec, SampleWeight::LabelSquared, &got);
+}
+
+#[test]
+fn loop_budget_canary() {
+    // One bin of 70,001 samples: a kernel looping over a workgroup's samples naively would run
+    // past lavapipe's 65,535 iterations per invocation and silently truncate.
+    run_case(8, 4, 70_001, 0, &[], &[], SampleWeight::Label);
+}
+
+#[test]
+fn streamed_data_beyond_one_binding() {
+    // 1.09M x 31 f32 = 135 MB of x, more than lavapipe's 128 MiB binding, so the data is
+    // streamed in batches. d = 31 (augmented 32 = one tile) keeps the device work affordable.
+    let mut rng = Rng(9);
+    let spec = BinSpec::single(31);
+    let src = samples(&mut rng, &spec, 1_090_001);
+    assert!(src.x.len() * 4 > 128 << 20);
+    let got = common::gpu()
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .expect("GPU moments");
+    check(&src, &spec, SampleWeight::Unit, &got);
+}
+
+#[test]
+fn bad_requests_give_typed_errors() {
+    let gpu = common::gpu();
+    let src = MemorySource {
+        dim: 3,
+        x: vec![0.5; 30],
+        y: vec![1.0; 10],
+    };
+    // Dimension mismatch between samples and spec.
+    let e = gpu
+        .moments(&src, &BinSpec::single(4), SampleWeight::Unit, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    // Unsorted y edges.
+    let bad = BinSpec::label_bins(3, vec![1.0, 0.0]);
+    let e = gpu
+        .moments(&src, &bad, SampleWeight::Unit, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    // d far beyond what one binding holds.
+    let big = MemorySource {
+        dim: 40_000,
+        x: vec![0.0; 40_000],
+        y: vec![0.0],
+    };
+    let e = gpu
+        .moments(
+            &big,
+            &BinSpec::single(40_000),
+            SampleWeight::Unit,
+            &hidden(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::TooLarge(_))), "{e}");
+    // Kernel parameters out of range.
+    let params = MomentKernelParams {
+        chunk: 100_000,
+        ..Default::default()
+    };
+    let e = gpu
+        .moments_with(
+            &src,
+            &BinSpec::single(3),
+            SampleWeight::Unit,
+            &params,
+            &hidden(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
+}
+
+/// A memory source that counts how often it is read.
+struct CountingSource {
+    inner: MemorySource,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl relu_fpt::data::SampleSource for CountingSource {
+    fn dim(&self) -> usize {
+        self.inner.dim
+    }
+    fn len(&self) -> u64 {
+        self.inner.y.len() as u64
+    }
+    fn read(
+        &self,
+        start: u64,
+        rows: usize,
+        x: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> relu_fpt::Result<usize> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(start, rows, x, y)
+    }
+    fn describe(&self) -> String {
+        "counting test source".into()
+    }
+}
+
+#[test]
+fn resident_samples_are_not_read_again() {
+    // Its own backend: the residency setting must not leak into tests sharing common::gpu().
+    let gpu = relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter");
+    let mut rng = Rng(10);
+    let spec = spec(&mut rng, 6, 1, &[0.2], &Y7);
+    let src = CountingSource {
+        inner: samples(&mut rng, &spec, 5_003),
+        reads: Default::default(),
+    };
+    let reads = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    gpu.set_resident_budget(64 << 20);
+    let first = gpu
+        .moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("first pass");
+    let after_first = reads();
+    assert!(after_first > 0);
+    let second = gpu
+        .moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("second pass");
+    assert_eq!(reads(), after_first, "the resident copy is used");
+    check(&src.inner, &spec, SampleWeight::Label, &first);
+    check(&src.inner, &spec, SampleWeight::Label, &second);
+    // Several resident batches.
+    let params = MomentKernelParams {
+        max_batch_rows: 1_000,
+        ..MomentKernelParams::for_dim(6)
+    };
+    let before = reads();
+    for _ in 0..2 {
+        let got = gpu
+            .moments_with(&src, &spec, SampleWeight::Unit, &params, &hidden())
+            .expect("batched pass");
+        check(&src.inner, &spec, SampleWeight::Unit, &got);
+    }
+    assert_eq!(reads(), before + 6, "6 batches read once, then resident");
+    gpu.set_resident_budget(0);
+    gpu.moments(&src, &spec, SampleWeight::Label, &hidden())
+        .expect("third pass");
+    assert!(
+        reads() > after_first,
+        "residency off reads the source again"
+    );
+}
