@@ -14,5 +14,6 @@ pub mod moments;
 pub mod network;
 pub mod plot;
 pub mod progress;
+pub mod search;
 
 pub use error::{Error, Result};

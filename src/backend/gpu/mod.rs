@@ -4,6 +4,7 @@ mod context;
 mod evaluate;
 
 pub use context::GpuContext;
+pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
