@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod learn;
 pub mod moments;
 pub mod network;
 pub mod plot;
