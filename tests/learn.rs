@@ -33,7 +33,7 @@ fn teacher(steep: f64) -> Network {
                 vec![0.3, -0.5],
             )
             .unwrap(),
-            Layer::new(2, 1, vec![1.5 * steep, -1.0 * steep], vec![0.2]).unwrap(),
+            Layer::new(2, 1, vec![1.5 * steep, -steep], vec![0.2]).unwrap(),
         ],
     )
     .unwrap();
