@@ -6,6 +6,9 @@
 // chunks keep f32 error near 1e-7; the host sums in f64 across dispatches.
 // `reduce`: one invocation per (candidate, statistic) sums the chunk partials of one dispatch.
 //
+// Layouts are candidate-minor so that neighbouring invocations (candidates) touch neighbouring
+// words: params[i * cand_count + cand], partial[(chunk * stat_len + k) * cand_count + cand],
+// reduced[k * cand_count + cand], with k = 0 the SSE, then the packed triangle, then phi * y.
 // Limits: rank and hidden widths <= 64 (two halves of the activation array), depth <= 8.
 
 override WG: u32 = 64u;
@@ -46,14 +49,14 @@ fn evaluate(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (cand >= info.cand_count || chunk >= info.chunk_count) {
         return;
     }
-    let base = (chunk * info.cand_count + cand) * info.stat_len;
+    let cc = info.cand_count;
+    let base = chunk * info.stat_len * cc + cand;
     for (var k = 0u; k < info.stat_len; k++) {
-        partial[base + k] = 0.0;
+        partial[base + k * cc] = 0.0;
     }
-    let p0 = cand * info.params_per;
     let first = chunk * CHUNK;
     let last = min(first + CHUNK, info.sample_count);
-    let fy0 = base + 1u + info.tri;
+    let fy0 = base + (1u + info.tri) * cc;
     var act: array<f32, 130>;
     var sse = 0.0;
     for (var s = first; s < last; s++) {
@@ -63,15 +66,15 @@ fn evaluate(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         var width = info.rank;
         var inb = 0u;
-        var off = p0;
+        var off = 0u;
         for (var l = 0u; l < info.depth; l++) {
             let h = width_of(l);
             let outb = HALF - inb;
             for (var o = 0u; o < h; o++) {
-                var acc = params[off + h * width + o];
+                var acc = params[(off + h * width + o) * cc + cand];
                 let wrow = off + o * width;
                 for (var i = 0u; i < width; i++) {
-                    acc += params[wrow + i] * act[inb + i];
+                    acc += params[(wrow + i) * cc + cand] * act[inb + i];
                 }
                 act[outb + o] = max(acc, 0.0);
             }
@@ -83,16 +86,16 @@ fn evaluate(@builtin(global_invocation_id) gid: vec3<u32>) {
         let yv = ys[row];
         var out = 0.0;
         for (var i = 0u; i < info.feat; i++) {
-            out += params[off + i] * act[inb + i];
+            out += params[(off + i) * cc + cand] * act[inb + i];
         }
         sse += (out - yv) * (out - yv);
-        var k = base + 1u;
+        var k = base + cc;
         for (var i = 0u; i < info.feat; i++) {
             let pi = act[inb + i];
-            partial[fy0 + i] += pi * yv;
+            partial[fy0 + i * cc] += pi * yv;
             for (var j = i; j < info.feat; j++) {
                 partial[k] += pi * act[inb + j];
-                k++;
+                k += cc;
             }
         }
     }

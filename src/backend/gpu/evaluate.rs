@@ -234,9 +234,17 @@ pub fn evaluate_candidates_with(
     let samples_per = chunks_per * chunk as usize;
     for c0 in (0..count).step_by(cands_per) {
         let cc = cands_per.min(count - c0);
+        // Candidate-minor (transposed) so that neighbouring invocations read neighbouring words.
+        let block = &batch.params[c0 * per..(c0 + cc) * per];
+        let mut transposed = vec![0.0f32; cc * per];
+        for (c, p) in block.chunks_exact(per).enumerate() {
+            for (i, &v) in p.iter().enumerate() {
+                transposed[i * cc + c] = v;
+            }
+        }
         let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("evaluate params"),
-            contents: bytemuck::cast_slice(&batch.params[c0 * per..(c0 + cc) * per]),
+            contents: bytemuck::cast_slice(&transposed),
             usage: wgpu::BufferUsages::STORAGE,
         });
         let out_bytes = (cc * stat_len * 4) as u64;
@@ -317,20 +325,15 @@ pub fn evaluate_candidates_with(
             enc.copy_buffer_to_buffer(&reduced, 0, &readback, 0, out_bytes);
             ctx.queue.submit([enc.finish()]);
             let sums = read_f32(ctx, &readback)?;
-            for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
+            // sums is stat-major: sums[k * cc + ci].
+            for ci in 0..cc {
                 let c = c0 + ci;
-                stats.sse[c] += s[0] as f64;
-                for (g, &v) in stats.gram[c * tri..(c + 1) * tri]
-                    .iter_mut()
-                    .zip(&s[1..1 + tri])
-                {
-                    *g += v as f64;
+                stats.sse[c] += sums[ci] as f64;
+                for (k, g) in stats.gram[c * tri..(c + 1) * tri].iter_mut().enumerate() {
+                    *g += sums[(1 + k) * cc + ci] as f64;
                 }
-                for (g, &v) in stats.feature_y[c * f..(c + 1) * f]
-                    .iter_mut()
-                    .zip(&s[1 + tri..])
-                {
-                    *g += v as f64;
+                for (k, g) in stats.feature_y[c * f..(c + 1) * f].iter_mut().enumerate() {
+                    *g += sums[(1 + tri + k) * cc + ci] as f64;
                 }
             }
         }
