@@ -179,7 +179,7 @@ fn learn_parity4_on_its_subspace() {
 fn learn_a_random_deep_network_with_biases() {
     let d = 10;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut layer = |i: usize, o: usize, rng: &mut rand::rngs::StdRng| {
+    let layer = |i: usize, o: usize, rng: &mut rand::rngs::StdRng| {
         let w = (0..i * o)
             .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) / (i as f64).sqrt())
             .collect();
