@@ -229,3 +229,28 @@ fn learn_a_random_deep_network_with_biases() {
     let ratio = rep.validation_mse / rep.validation_var;
     assert!(ratio < 0.02, "random deep network MSE/Var {ratio}");
 }
+
+#[test]
+fn learn_is_deterministic_and_runs_on_the_gpu_backend() {
+    let net = teacher(1.0);
+    let src = source(&net, 1500, 6);
+    let cfg = LearnConfig {
+        budget: 300,
+        polish_config: relu_fpt::learn::PolishConfig {
+            epochs: 5,
+            ..Default::default()
+        },
+        ..config(0.03)
+    };
+    let a = learn(common::cpu(), &src, &cfg).unwrap();
+    let b = learn(common::cpu(), &src, &cfg).unwrap();
+    assert_eq!(a.model, b.model);
+    assert_eq!(a.validation_mse, b.validation_mse);
+    let g = learn(common::gpu(), &src, &cfg).unwrap();
+    assert!(
+        g.validation_mse / g.validation_var < 0.05,
+        "{}",
+        g.summary()
+    );
+    assert!(g.backend != a.backend);
+}

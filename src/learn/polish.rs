@@ -76,14 +76,22 @@ fn unflatten(net: &mut Network, p: &[f64]) {
 
 /// Mean squared error over dense samples (f64, parallel).
 pub fn dense_mse(net: &Network, s: &DenseSamples) -> f64 {
-    let sse: f64 =
-        s.x.par_chunks(s.dim)
-            .zip(s.y.par_iter())
-            .map(|(row, &y)| {
-                let x: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-                (net.forward_one_f64(&x) - y as f64).powi(2)
+    // Fixed blocks summed in order: deterministic whatever the thread timing.
+    let block = s.y.len().div_ceil(64).max(1);
+    let partial: Vec<f64> =
+        s.x.par_chunks(s.dim * block)
+            .zip(s.y.par_chunks(block))
+            .map(|(xb, yb)| {
+                xb.chunks_exact(s.dim)
+                    .zip(yb)
+                    .map(|(row, &y)| {
+                        let x: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+                        (net.forward_one_f64(&x) - y as f64).powi(2)
+                    })
+                    .sum::<f64>()
             })
-            .sum();
+            .collect();
+    let sse: f64 = partial.iter().sum();
     sse / s.y.len().max(1) as f64
 }
 
@@ -169,26 +177,26 @@ pub fn polish(
     for _ in 0..config.epochs {
         order.shuffle(&mut rng);
         for idx in order.chunks(batch) {
-            let grad = idx
-                .par_iter()
-                .fold(
-                    || vec![0.0; p.len()],
-                    |mut g, &i| {
+            // Eight fixed parts of the mini-batch, summed in order (deterministic).
+            let part = idx.len().div_ceil(8).max(1);
+            let parts: Vec<Vec<f64>> = idx
+                .par_chunks(part)
+                .map(|ids| {
+                    let mut g = vec![0.0; p.len()];
+                    for &i in ids {
                         let x: Vec<f64> = train.x[i * train.dim..(i + 1) * train.dim]
                             .iter()
                             .map(|&v| v as f64)
                             .collect();
                         accumulate_gradient(&net, &x, train.y[i] as f64, &mut g);
-                        g
-                    },
-                )
-                .reduce(
-                    || vec![0.0; p.len()],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                );
+                    }
+                    g
+                })
+                .collect();
+            let mut grad = vec![0.0; p.len()];
+            for g in &parts {
+                grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
             t += 1;
             let scale = 1.0 / idx.len() as f64;
             let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));

@@ -82,10 +82,13 @@ pub fn sphere_net_fit(
     let t = &config.thresholds;
     let f = dirs.len() * t.len() + r + 1;
     // Normal equations in f64, blocks of samples in parallel.
-    let (gram, fy) = train
+    // Fixed blocks summed in order afterwards: the same seed gives the same bits whatever the
+    // thread timing (rayon's own reduce tree is not fixed).
+    let block_rows = train.len().div_ceil(64).max(1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = train
         .z
-        .par_chunks(r * 512)
-        .zip(train.y.par_chunks(512))
+        .par_chunks(r * block_rows)
+        .zip(train.y.par_chunks(block_rows))
         .map(|(zb, yb)| {
             let mut g = vec![0.0f64; f * f];
             let mut fy = vec![0.0f64; f];
@@ -106,14 +109,12 @@ pub fn sphere_net_fit(
             }
             (g, fy)
         })
-        .reduce(
-            || (vec![0.0; f * f], vec![0.0; f]),
-            |(mut g, mut fy), (g2, fy2)| {
-                g.iter_mut().zip(&g2).for_each(|(a, b)| *a += b);
-                fy.iter_mut().zip(&fy2).for_each(|(a, b)| *a += b);
-                (g, fy)
-            },
-        );
+        .collect();
+    let (mut gram, mut fy) = (vec![0.0; f * f], vec![0.0; f]);
+    for (g2, fy2) in &partials {
+        gram.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
+        fy.iter_mut().zip(fy2).for_each(|(a, b)| *a += b);
+    }
     let mut packed = Vec::with_capacity(f * (f + 1) / 2);
     for i in 0..f {
         packed.extend_from_slice(&gram[i * f + i..(i + 1) * f]);
