@@ -60,9 +60,9 @@ impl Default for SearchConfig {
             weight_bound: 2.0,
             bias_bound: 2.0,
             ridge: 1e-6,
-            refine_rounds: 4,
-            refine_top: 16,
-            coarse_fraction: 0.4,
+            refine_rounds: 10,
+            refine_top: 8,
+            coarse_fraction: 0.3,
             batch_size: 2048,
             seed: 0,
         }
@@ -464,12 +464,16 @@ pub fn enumerate_and_test(
     // Refinement: perturb the best candidates with shrinking steps; first-layer rows stay unit.
     let remaining = config.budget.saturating_sub(evaluated);
     let per_round = remaining / config.refine_rounds.max(1);
+    // Steps start at half the coarse resolution and halve whenever a round fails to improve
+    // the best candidate by 1% (and after every round beyond the halfway mark).
+    let mut scale = 0.5;
     for round in 1..=config.refine_rounds {
         if per_round == 0 {
             break;
         }
-        let angle = config.sphere_delta / 2f64.powi(round as i32);
-        let step = config.grid_step / 2f64.powi(round as i32);
+        let angle = config.sphere_delta * scale;
+        let step = config.grid_step * scale;
+        let before = pool[0].0;
         let parents: Vec<Vec<f32>> = pool.iter().map(|(_, p)| p.clone()).collect();
         let cands: Vec<Vec<f32>> = (0..per_round)
             .map(|i| {
@@ -479,6 +483,9 @@ pub fn enumerate_and_test(
             .collect();
         run(cands, &mut pool, &mut evaluated)?;
         history.push(pool[0].0);
+        if pool[0].0 > 0.99 * before || 2 * round > config.refine_rounds {
+            scale *= 0.5;
+        }
     }
 
     let (validation_mse, best) = pool.swap_remove(0);
