@@ -254,3 +254,29 @@ fn learn_is_deterministic_and_runs_on_the_gpu_backend() {
     );
     assert!(g.backend != a.backend);
 }
+
+#[test]
+fn learn_without_polish_reports_the_search_fit() {
+    let net = teacher(1.0);
+    let src = source(&net, 1500, 7);
+    let cfg = LearnConfig {
+        budget: 300,
+        polish: false,
+        ..config(0.0)
+    };
+    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    assert!(rep.polished_mse.is_none());
+    let best = rep.enumerate_mse.min(rep.sphere_net_mse.unwrap());
+    assert_eq!(rep.validation_mse, best);
+    let val = DenseSamples {
+        dim: D,
+        x: &src.x[1200 * D..],
+        y: &src.y[1200..],
+    };
+    let direct = dense_mse(&rep.model, &val);
+    assert!(
+        (direct - rep.validation_mse).abs() < 1e-4 * rep.validation_var,
+        "{direct} vs {}",
+        rep.validation_mse
+    );
+}

@@ -233,18 +233,12 @@ pub fn lift_network(net: &Network, basis: &[Vec<f64>]) -> Result<Network> {
     Ok(lifted)
 }
 
-fn project(x: &[f32], y: &[f32], dim: usize, basis: &[Vec<f64>]) -> ProjectedSamples {
-    let r = basis.len();
-    let mut z = Vec::with_capacity(y.len() * r);
+/// Appends z = B x for every row of `x` (f64 dot products, stored as f32).
+fn project_into(x: &[f32], dim: usize, basis: &[Vec<f64>], z: &mut Vec<f32>) {
     for row in x.chunks_exact(dim) {
         for b in basis {
             z.push(b.iter().zip(row).map(|(a, &v)| a * v as f64).sum::<f64>() as f32);
         }
-    }
-    ProjectedSamples {
-        rank: r,
-        z,
-        y: y.to_vec(),
     }
 }
 
@@ -301,7 +295,11 @@ pub fn learn(
     }
 
     let t = Instant::now();
-    let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+    // Project while reading; the raw rows are kept only for the polish.
+    let keep_x = config.polish;
+    let mut x = Vec::with_capacity(if keep_x { n * d } else { 0 });
+    let mut z = Vec::with_capacity(n * r);
+    let mut y = Vec::with_capacity(n);
     let (mut xb, mut yb) = (Vec::new(), Vec::new());
     let mut at = 0u64;
     while (at as usize) < n {
@@ -311,14 +309,25 @@ pub fn learn(
                 "learn: source gave no rows at {at} of {n}"
             )));
         }
-        x.extend_from_slice(&xb);
+        project_into(&xb, d, &basis, &mut z);
+        if keep_x {
+            x.extend_from_slice(&xb);
+        }
         y.extend_from_slice(&yb);
         at += got as u64;
     }
-    let (x_train, x_val) = x.split_at(n_train * d);
     let (y_train, y_val) = y.split_at(n_train);
-    let train = project(x_train, y_train, d, &basis);
-    let val = project(x_val, y_val, d, &basis);
+    let train = ProjectedSamples {
+        rank: r,
+        z: z[..n_train * r].to_vec(),
+        y: y_train.to_vec(),
+    };
+    let val = ProjectedSamples {
+        rank: r,
+        z: z[n_train * r..].to_vec(),
+        y: y_val.to_vec(),
+    };
+    drop(z);
     timings.push(("read+project".to_string(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
@@ -347,6 +356,7 @@ pub fn learn(
     let mut polished_mse = None;
     if config.polish {
         let t = Instant::now();
+        let (x_train, x_val) = x.split_at(n_train * d);
         let train_dense = DenseSamples {
             dim: d,
             x: x_train,
