@@ -10,9 +10,11 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod learn;
 pub mod moments;
 pub mod network;
 pub mod plot;
 pub mod progress;
+pub mod search;
 
 pub use error::{Error, Result};

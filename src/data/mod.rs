@@ -1,7 +1,14 @@
 //! Samples: sources that hand out fixed-size chunks of (x, y) by row range, never the whole data
 //! set at once. Row-major f32: x is `rows x dim`, y is `rows`.
 
-use crate::error::Result;
+pub mod gaussian;
+pub mod npy;
+
+pub use gaussian::GaussianSource;
+pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
 
 /// A re-readable stream of samples. Passes over the data ask for row ranges, so a source is
 /// read as many times as the algorithm needs (one pass per round) with bounded memory.
@@ -21,12 +28,86 @@ pub trait SampleSource: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Errors about sample files (filled in by the data module).
+/// Errors about sample files. Each message is one line naming the file, the field at fault and
+/// how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// Placeholder until the npy reader lands.
-    #[error("{0}")]
-    Other(String),
+    /// x and y disagree on N.
+    #[error("{}: shape[0] is {x_rows} rows but {} has {y_rows}: x and y must have one row per sample (save matching arrays, e.g. x[:n] and y[:n])", x_path.display(), y_path.display())]
+    RowCountMismatch {
+        x_path: PathBuf,
+        x_rows: u64,
+        y_path: PathBuf,
+        y_rows: u64,
+    },
+    /// A NaN or infinite value (found while reading).
+    #[error("{}: row {row}, column {column} is {value}: samples must be finite; drop such rows in numpy with `keep = np.isfinite(x).all(axis=1) & np.isfinite(y); x, y = x[keep], y[keep]`", path.display())]
+    NonFinite {
+        path: PathBuf,
+        row: u64,
+        column: usize,
+        value: f32,
+    },
+    /// A dtype other than little-endian float32/float64.
+    #[error("{}: header field 'descr' is {descr}, but only float32 ('<f4') and float64 ('<f8') are read: save `x.astype(np.float32)`", path.display())]
+    UnsupportedDtype { path: PathBuf, descr: String },
+    /// A big-endian float dtype.
+    #[error("{}: header field 'descr' is {descr} (big-endian), but only little-endian floats are read: save `x.astype('<f4')`", path.display())]
+    BigEndian { path: PathBuf, descr: String },
+    /// Column-major data.
+    #[error("{}: header field 'fortran_order' is True, but rows must be contiguous (C order): save `np.ascontiguousarray(x)`", path.display())]
+    FortranOrder { path: PathBuf },
+    /// The file is shorter than its own header, or the header length runs past the end.
+    #[error("{}: truncated npy header ({detail}): the file was cut short; write it again with np.save", path.display())]
+    TruncatedHeader { path: PathBuf, detail: String },
+    /// A header dict that cannot be parsed or lacks a key.
+    #[error("{}: corrupt npy header, field '{field}': {detail}; write the file again with np.save", path.display())]
+    CorruptHeader {
+        path: PathBuf,
+        field: String,
+        detail: String,
+    },
+    /// The file does not start with the npy magic string.
+    #[error("{}: not an npy file (the magic string \\x93NUMPY is missing): save arrays with np.save(path, array)", path.display())]
+    BadMagic { path: PathBuf },
+    /// An npy format version other than 1.0, 2.0, 3.0.
+    #[error("{}: npy format version {major}.{minor} is not supported (1.0, 2.0 and 3.0 are): save with np.save from numpy >= 1.9", path.display())]
+    UnsupportedVersion { path: PathBuf, major: u8, minor: u8 },
+    /// Fewer data bytes than the header's shape and dtype need.
+    #[error("{}: header field 'shape' {} needs {expected_bytes} bytes but the file has {actual_bytes}: the file was cut short; write it again with np.save", path.display(), python_tuple(shape))]
+    DataTooShort {
+        path: PathBuf,
+        shape: Vec<u64>,
+        expected_bytes: u64,
+        actual_bytes: u64,
+    },
+    /// A zero-byte file.
+    #[error("{}: the file is empty (0 bytes): write the array with np.save(path, array)", path.display())]
+    EmptyFile { path: PathBuf },
+    /// shape[0] = 0.
+    #[error("{}: header field 'shape' has N = 0 rows: there must be at least one sample", path.display())]
+    NoRows { path: PathBuf },
+    /// x with d = 0 columns.
+    #[error("{}: header field 'shape' has d = 0 columns: x needs at least one feature per row", path.display())]
+    ZeroDim { path: PathBuf },
+    /// x not 2-D or y not (N,) / (N, 1).
+    #[error("{}: header field 'shape' is {}: {expected}", path.display(), python_tuple(shape))]
+    WrongDimensions {
+        path: PathBuf,
+        shape: Vec<u64>,
+        expected: &'static str,
+    },
+    /// Data handed to a writer does not match the shape asked for.
+    #[error("{}: {detail}: pass whole rows matching the shape", path.display())]
+    ShapeMismatch { path: PathBuf, detail: String },
+    /// A sub-range that runs past the end of its source.
+    #[error("sample range {start}..{end} runs past the {len} rows of {source_desc}: pick start + len <= {len}")]
+    RangeOutOfBounds {
+        start: u64,
+        end: u64,
+        len: u64,
+        source_desc: String,
+    },
 }
 
 /// Samples held in memory (tests, small experiments).
@@ -57,4 +138,102 @@ impl SampleSource for MemorySource {
     fn describe(&self) -> String {
         format!("{} samples in memory, d = {}", self.y.len(), self.dim)
     }
+}
+
+/// A shape as Python writes it: `(5,)`, `(5, 3)`.
+fn python_tuple(shape: &[u64]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        dims => {
+            let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(", "))
+        }
+    }
+}
+
+/// A contiguous block of rows `start .. start + len` of another source, itself a source (train /
+/// validation splits). Row 0 of the range is row `start` of the parent.
+#[derive(Clone, Copy)]
+pub struct SampleRange<'a> {
+    source: &'a dyn SampleSource,
+    start: u64,
+    len: u64,
+}
+
+impl<'a> SampleRange<'a> {
+    /// Rows `start .. start + len` of `source`; fails if they run past its end.
+    pub fn new(source: &'a dyn SampleSource, start: u64, len: u64) -> Result<SampleRange<'a>> {
+        match start.checked_add(len) {
+            Some(end) if end <= source.len() => Ok(SampleRange { source, start, len }),
+            _ => Err(DataError::RangeOutOfBounds {
+                start,
+                end: start.saturating_add(len),
+                len: source.len(),
+                source_desc: source.describe(),
+            }
+            .into()),
+        }
+    }
+
+    /// First row of the range in the parent source.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+}
+
+impl std::fmt::Debug for SampleRange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SampleSource for SampleRange<'_> {
+    fn dim(&self) -> usize {
+        self.source.dim()
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
+        let start = start.min(self.len);
+        let rows = (rows as u64).min(self.len - start) as usize;
+        self.source.read(self.start + start, rows, x, y)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "rows {}..{} of {}",
+            self.start,
+            self.start + self.len,
+            self.source.describe()
+        )
+    }
+}
+
+/// Reads the whole source in order, `chunk_rows` rows at a time, calling `f(start_row, x, y)`
+/// on each chunk (the last may be shorter). Stops at the first error.
+pub fn for_each_chunk(
+    source: &dyn SampleSource,
+    chunk_rows: usize,
+    mut f: impl FnMut(u64, &[f32], &[f32]) -> Result<()>,
+) -> Result<()> {
+    if chunk_rows == 0 {
+        return Err(Error::invalid(
+            "for_each_chunk: chunk_rows must be at least 1",
+        ));
+    }
+    let total = source.len();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut start = 0u64;
+    while start < total {
+        let n = source.read(start, chunk_rows, &mut x, &mut y)?;
+        if n == 0 {
+            return Err(Error::invalid(format!(
+                "{} returned no rows at row {start} of {total}",
+                source.describe()
+            )));
+        }
+        f(start, &x, &y)?;
+        start += n as u64;
+    }
+    Ok(())
 }

@@ -1,0 +1,401 @@
+//! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
+//! training split, project both splits, search a network on the projection (enumerate-and-test
+//! and the sphere-net fit, keeping the better), lift it to the d-dimensional input, polish it.
+
+mod polish;
+
+pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
+
+use crate::backend::{Backend, ProjectedSamples};
+use crate::data::SampleSource;
+use crate::error::{Error, Result};
+use crate::network::{Layer, Network};
+use crate::search::{label_variance, search, SearchConfig, SphereNetConfig};
+use std::time::Instant;
+
+/// Settings of [`learn`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LearnConfig {
+    /// Hidden widths of the enumerated candidates.
+    pub hidden: Vec<usize>,
+    /// Most candidates enumerate-and-test evaluates.
+    pub budget: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Fraction of the rows (the last ones) held out for validation, in (0, 1).
+    pub validation_fraction: f64,
+    /// Refine the found network in the full input after the search.
+    pub polish: bool,
+    /// Largest subspace dimension accepted (the evaluation kernels take up to 8).
+    pub max_dim: usize,
+    /// Also fit sphere-net features plus ridge and keep it if it validates better.
+    pub sphere_net: bool,
+    /// Polish settings (its seed is taken from `seed`).
+    pub polish_config: PolishConfig,
+    /// Enumerate-and-test settings other than hidden, budget and seed.
+    pub search_config: SearchConfig,
+    /// Sphere-net settings other than the seed.
+    pub sphere_config: SphereNetConfig,
+    /// A subspace basis (orthonormal rows, r x d) to use instead of filtered PCA: oracle runs
+    /// and tests. `None` runs filtered PCA.
+    pub known_basis: Option<Vec<Vec<f64>>>,
+}
+
+impl Default for LearnConfig {
+    fn default() -> Self {
+        LearnConfig {
+            hidden: vec![4],
+            budget: 4096,
+            seed: 0,
+            validation_fraction: 0.2,
+            polish: true,
+            max_dim: 8,
+            sphere_net: true,
+            polish_config: PolishConfig::default(),
+            search_config: SearchConfig::default(),
+            sphere_config: SphereNetConfig::default(),
+            known_basis: None,
+        }
+    }
+}
+
+/// Validation MSE before and after the polish.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PolishedMse {
+    pub before: f64,
+    pub after: f64,
+    /// Whether the polished network was kept (only when `after < before`).
+    pub kept: bool,
+}
+
+/// What [`learn`] returns.
+#[derive(Clone, Debug)]
+pub struct LearnReport {
+    /// The model on the original d-dim input, `subspace` filled in.
+    pub model: Network,
+    /// Subspace dimension r.
+    pub dimension: usize,
+    /// Validation MSE of the returned model.
+    pub validation_mse: f64,
+    /// Variance of the validation labels (MSE / Var is the relative error).
+    pub validation_var: f64,
+    /// Validation MSE of enumerate-and-test's best network.
+    pub enumerate_mse: f64,
+    /// Validation MSE of the sphere-net fit, when it ran.
+    pub sphere_net_mse: Option<f64>,
+    /// Polish errors, when it ran.
+    pub polished_mse: Option<PolishedMse>,
+    /// "enumerate" or "sphere-net".
+    pub chosen: String,
+    /// Candidates evaluated, and log10 of the full net's size at the chosen resolution.
+    pub candidates_evaluated: usize,
+    pub full_net_log10: f64,
+    /// Training and validation rows.
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Seconds per stage, in order.
+    pub timings: Vec<(String, f64)>,
+    /// The backend's description.
+    pub backend: String,
+}
+
+impl LearnReport {
+    /// A few human lines.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "learned a {:?} ReLU network on a {}-dim subspace of R^{} ({} train / {} validation rows, {})\n",
+            self.model.hidden_widths(),
+            self.dimension,
+            self.model.input_dim,
+            self.train_rows,
+            self.validation_rows,
+            self.backend
+        );
+        s += &format!(
+            "validation MSE {:.4e}, MSE/Var {:.4e}; kept {} (enumerate {:.4e} from {} candidates of a net of 10^{:.1}",
+            self.validation_mse,
+            self.validation_mse / self.validation_var.max(1e-300),
+            self.chosen,
+            self.enumerate_mse,
+            self.candidates_evaluated,
+            self.full_net_log10
+        );
+        if let Some(m) = self.sphere_net_mse {
+            s += &format!(", sphere-net {m:.4e}");
+        }
+        s += ")\n";
+        if let Some(p) = self.polished_mse {
+            s += &format!(
+                "polish: {:.4e} -> {:.4e} ({})\n",
+                p.before,
+                p.after,
+                if p.kept { "kept" } else { "not kept" }
+            );
+        }
+        let t: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}s"))
+            .collect();
+        s += &format!("time: {}", t.join(", "));
+        s
+    }
+
+    /// The report and the model as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let layers: Vec<serde_json::Value> = self
+            .model
+            .layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "inputs": l.inputs, "outputs": l.outputs,
+                    "weights": l.weights, "bias": l.bias,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "model": {
+                "input_dim": self.model.input_dim,
+                "layers": layers,
+                "subspace": self.model.subspace,
+            },
+            "dimension": self.dimension,
+            "validation_mse": self.validation_mse,
+            "validation_var": self.validation_var,
+            "enumerate_mse": self.enumerate_mse,
+            "sphere_net_mse": self.sphere_net_mse,
+            "polished_mse": self.polished_mse.map(|p| serde_json::json!({
+                "before": p.before, "after": p.after, "kept": p.kept,
+            })),
+            "chosen": self.chosen,
+            "candidates_evaluated": self.candidates_evaluated,
+            "full_net_log10": self.full_net_log10,
+            "train_rows": self.train_rows,
+            "validation_rows": self.validation_rows,
+            "timings": self.timings.iter().map(|(k, v)| serde_json::json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
+            "backend": self.backend,
+        })
+    }
+}
+
+/// The first `rows` rows of another source (the training split).
+struct Head<'a> {
+    inner: &'a dyn SampleSource,
+    rows: u64,
+}
+
+impl SampleSource for Head<'_> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn len(&self) -> u64 {
+        self.rows
+    }
+    fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
+        let start = start.min(self.rows);
+        let rows = rows.min((self.rows - start) as usize);
+        self.inner.read(start, rows, x, y)
+    }
+    fn describe(&self) -> String {
+        format!("first {} rows of {}", self.rows, self.inner.describe())
+    }
+}
+
+/// A network on r inputs composed with the basis (rows r x d): first layer W1' B.
+pub fn lift_network(net: &Network, basis: &[Vec<f64>]) -> Result<Network> {
+    let r = basis.len();
+    if r == 0 || net.input_dim != r {
+        return Err(Error::invalid(format!(
+            "lift: network takes {} inputs, basis has {r} rows",
+            net.input_dim
+        )));
+    }
+    let d = basis[0].len();
+    if basis.iter().any(|b| b.len() != d) {
+        return Err(Error::invalid("lift: basis rows differ in length"));
+    }
+    let first = &net.layers[0];
+    let mut w = vec![0.0; first.outputs * d];
+    for o in 0..first.outputs {
+        for (j, b) in basis.iter().enumerate() {
+            let c = first.weights[o * r + j];
+            for (dst, &v) in w[o * d..(o + 1) * d].iter_mut().zip(b) {
+                *dst += c * v;
+            }
+        }
+    }
+    let mut layers = vec![Layer::new(d, first.outputs, w, first.bias.clone())?];
+    layers.extend(net.layers[1..].iter().cloned());
+    let mut lifted = Network::new(d, layers)?;
+    lifted.subspace = Some(basis.to_vec());
+    lifted.validate()?;
+    Ok(lifted)
+}
+
+/// Appends z = B x for every row of `x` (f64 dot products, stored as f32).
+fn project_into(x: &[f32], dim: usize, basis: &[Vec<f64>], z: &mut Vec<f32>) {
+    for row in x.chunks_exact(dim) {
+        for b in basis {
+            z.push(b.iter().zip(row).map(|(a, &v)| a * v as f64).sum::<f64>() as f32);
+        }
+    }
+}
+
+/// The subspace basis: the configured one, or filtered PCA on the training split.
+fn find_basis(
+    _backend: &dyn Backend,
+    _train: &dyn SampleSource,
+    config: &LearnConfig,
+) -> Result<Vec<Vec<f64>>> {
+    match &config.known_basis {
+        Some(b) => Ok(b.clone()),
+        None => Err(Error::invalid(
+            "learn: filtered PCA (crate::subspace) is not part of this build; pass known_basis",
+        )),
+    }
+}
+
+/// Runs the pipeline; see the module docs.
+pub fn learn(
+    backend: &dyn Backend,
+    source: &dyn SampleSource,
+    config: &LearnConfig,
+) -> Result<LearnReport> {
+    let n = source.len() as usize;
+    let d = source.dim();
+    if !(config.validation_fraction > 0.0 && config.validation_fraction < 1.0) {
+        return Err(Error::invalid(
+            "learn: validation_fraction must lie strictly between 0 and 1",
+        ));
+    }
+    let n_val = ((n as f64 * config.validation_fraction).round() as usize).clamp(1, n.max(2) - 1);
+    if n < 2 || d == 0 {
+        return Err(Error::invalid(format!(
+            "learn: needs at least 2 samples of positive dimension (got {n} of dimension {d})"
+        )));
+    }
+    let n_train = n - n_val;
+    let mut timings = Vec::new();
+
+    let t = Instant::now();
+    let train_source = Head {
+        inner: source,
+        rows: n_train as u64,
+    };
+    let basis = find_basis(backend, &train_source, config)?;
+    timings.push(("subspace".to_string(), t.elapsed().as_secs_f64()));
+    let r = basis.len();
+    if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
+        return Err(Error::invalid(format!(
+            "learn: subspace of dimension {r} (rows of length {:?}) for d = {d}, max_dim {}",
+            basis.first().map(|b| b.len()),
+            config.max_dim
+        )));
+    }
+
+    let t = Instant::now();
+    // Project while reading; the raw rows are kept only for the polish.
+    let keep_x = config.polish;
+    let mut x = Vec::with_capacity(if keep_x { n * d } else { 0 });
+    let mut z = Vec::with_capacity(n * r);
+    let mut y = Vec::with_capacity(n);
+    let (mut xb, mut yb) = (Vec::new(), Vec::new());
+    let mut at = 0u64;
+    while (at as usize) < n {
+        let got = source.read(at, 65_536, &mut xb, &mut yb)?;
+        if got == 0 {
+            return Err(Error::invalid(format!(
+                "learn: source gave no rows at {at} of {n}"
+            )));
+        }
+        project_into(&xb, d, &basis, &mut z);
+        if keep_x {
+            x.extend_from_slice(&xb);
+        }
+        y.extend_from_slice(&yb);
+        at += got as u64;
+    }
+    let (y_train, y_val) = y.split_at(n_train);
+    let train = ProjectedSamples {
+        rank: r,
+        z: z[..n_train * r].to_vec(),
+        y: y_train.to_vec(),
+    };
+    let val = ProjectedSamples {
+        rank: r,
+        z: z[n_train * r..].to_vec(),
+        y: y_val.to_vec(),
+    };
+    drop(z);
+    timings.push(("read+project".to_string(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    let search_config = SearchConfig {
+        hidden: config.hidden.clone(),
+        budget: config.budget,
+        seed: config.seed,
+        ..config.search_config.clone()
+    };
+    let sphere_config = SphereNetConfig {
+        seed: config.seed,
+        ..config.sphere_config.clone()
+    };
+    let found = search(
+        backend,
+        &train,
+        &val,
+        &search_config,
+        config.sphere_net.then_some(&sphere_config),
+    )?;
+    timings.push(("search".to_string(), t.elapsed().as_secs_f64()));
+
+    let mut model = lift_network(&found.network, &basis)?;
+    let validation_var = label_variance(y_val);
+    let mut validation_mse = found.validation_mse;
+    let mut polished_mse = None;
+    if config.polish {
+        let t = Instant::now();
+        let (x_train, x_val) = x.split_at(n_train * d);
+        let train_dense = DenseSamples {
+            dim: d,
+            x: x_train,
+            y: y_train,
+        };
+        let val_dense = DenseSamples {
+            dim: d,
+            x: x_val,
+            y: y_val,
+        };
+        let pc = PolishConfig {
+            seed: config.seed,
+            ..config.polish_config.clone()
+        };
+        let res = polish(&model, &train_dense, &val_dense, &pc);
+        polished_mse = Some(PolishedMse {
+            before: res.before,
+            after: res.after,
+            kept: res.kept,
+        });
+        validation_mse = res.before.min(res.after);
+        model = res.network;
+        model.subspace = Some(basis.clone());
+        timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
+    }
+    Ok(LearnReport {
+        model,
+        dimension: r,
+        validation_mse,
+        validation_var,
+        enumerate_mse: found.enumerate.validation_mse,
+        sphere_net_mse: found.sphere_validation_mse,
+        polished_mse,
+        chosen: found.chosen.name().to_string(),
+        candidates_evaluated: found.enumerate.candidates_evaluated,
+        full_net_log10: found.enumerate.full_net_log10,
+        train_rows: n_train,
+        validation_rows: n_val,
+        timings,
+        backend: backend.description(),
+    })
+}

@@ -1,0 +1,186 @@
+//! Sphere-net ReLU features plus ridge (ALGORITHM.md section 3.2(a)): features
+//! relu(<u_j, z> - t) for directions u_j on a net of S^(r-1) and thresholds t, the linear
+//! features z and a constant, then ridge regression with the ridge picked on validation. The
+//! result is exactly a one-hidden-layer ReLU network (z_i = relu(z_i) - relu(-z_i)).
+
+use super::{label_variance, network_from_params, sphere_net};
+use crate::backend::ProjectedSamples;
+use crate::error::{Error, Result};
+use crate::network::Network;
+use rayon::prelude::*;
+
+/// Settings of the sphere-net fit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SphereNetConfig {
+    /// Covering radius of the direction net.
+    pub delta: f64,
+    /// Most directions (antipodal pairs included).
+    pub max_directions: usize,
+    /// Thresholds t of the features relu(<u, z> - t); {0} alone fits bias-free targets.
+    pub thresholds: Vec<f64>,
+    /// Ridge values tried (relative to the mean Gram diagonal); the best on validation is kept.
+    pub ridges: Vec<f64>,
+    /// Seed of the direction net (r >= 3).
+    pub seed: u64,
+}
+
+impl Default for SphereNetConfig {
+    fn default() -> Self {
+        SphereNetConfig {
+            delta: 0.35,
+            max_directions: 96,
+            thresholds: vec![-1.0, 0.0, 1.0],
+            ridges: vec![1e-8, 1e-6, 1e-4, 1e-2],
+            seed: 0,
+        }
+    }
+}
+
+/// The sphere-net fit.
+#[derive(Clone, Debug)]
+pub struct SphereNetFit {
+    /// One hidden layer on the r projected inputs.
+    pub network: Network,
+    /// MSE on the validation samples.
+    pub validation_mse: f64,
+    /// Features used (ReLU features + r linear + 1).
+    pub features: usize,
+    /// Relative ridge kept.
+    pub ridge: f64,
+}
+
+fn features(dirs: &[Vec<f64>], thresholds: &[f64], z: &[f32], out: &mut Vec<f64>) {
+    out.clear();
+    for u in dirs {
+        let s: f64 = u.iter().zip(z).map(|(a, &b)| a * b as f64).sum();
+        for &t in thresholds {
+            out.push((s - t).max(0.0));
+        }
+    }
+    out.extend(z.iter().map(|&v| v as f64));
+    out.push(1.0);
+}
+
+/// Fits sphere-net features by ridge on `train`, keeping the ridge that validates best.
+pub fn sphere_net_fit(
+    train: &ProjectedSamples,
+    val: &ProjectedSamples,
+    config: &SphereNetConfig,
+) -> Result<SphereNetFit> {
+    let r = train.rank;
+    if r == 0 || r != val.rank || train.is_empty() || val.is_empty() {
+        return Err(Error::invalid(
+            "sphere-net fit: non-empty train and validation samples of one positive rank",
+        ));
+    }
+    if config.thresholds.is_empty() || config.ridges.is_empty() || config.delta <= 0.0 {
+        return Err(Error::invalid(
+            "sphere-net fit: needs thresholds, ridges and a positive delta",
+        ));
+    }
+    let dirs = sphere_net(r, config.delta, config.max_directions.max(2), config.seed);
+    let t = &config.thresholds;
+    let f = dirs.len() * t.len() + r + 1;
+    // Normal equations in f64, blocks of samples in parallel.
+    // Fixed blocks summed in order afterwards: the same seed gives the same bits whatever the
+    // thread timing (rayon's own reduce tree is not fixed).
+    let block_rows = train.len().div_ceil(64).max(1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = train
+        .z
+        .par_chunks(r * block_rows)
+        .zip(train.y.par_chunks(block_rows))
+        .map(|(zb, yb)| {
+            let mut g = vec![0.0f64; f * f];
+            let mut fy = vec![0.0f64; f];
+            let mut phi = Vec::with_capacity(f);
+            for (zr, &y) in zb.chunks_exact(r).zip(yb) {
+                features(&dirs, t, zr, &mut phi);
+                for i in 0..f {
+                    let pi = phi[i];
+                    if pi == 0.0 {
+                        continue;
+                    }
+                    fy[i] += pi * y as f64;
+                    let row = &mut g[i * f..(i + 1) * f];
+                    for j in i..f {
+                        row[j] += pi * phi[j];
+                    }
+                }
+            }
+            (g, fy)
+        })
+        .collect();
+    let (mut gram, mut fy) = (vec![0.0; f * f], vec![0.0; f]);
+    for (g2, fy2) in &partials {
+        gram.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
+        fy.iter_mut().zip(fy2).for_each(|(a, b)| *a += b);
+    }
+    let mut packed = Vec::with_capacity(f * (f + 1) / 2);
+    for i in 0..f {
+        packed.extend_from_slice(&gram[i * f + i..(i + 1) * f]);
+    }
+    let val_phi: Vec<Vec<f64>> = val
+        .z
+        .chunks_exact(r)
+        .map(|zr| {
+            let mut p = Vec::with_capacity(f);
+            features(&dirs, t, zr, &mut p);
+            p
+        })
+        .collect();
+    let mut best: Option<(f64, f64, Vec<f64>)> = None;
+    for &ridge in &config.ridges {
+        let Some(a) = super::ridge_solve(&packed, &fy, ridge) else {
+            continue;
+        };
+        let sse: f64 = val_phi
+            .iter()
+            .zip(&val.y)
+            .map(|(p, &y)| {
+                let pred: f64 = p.iter().zip(&a).map(|(x, w)| x * w).sum();
+                (pred - y as f64).powi(2)
+            })
+            .sum();
+        let mse = sse / val.len() as f64;
+        if mse.is_finite() && best.as_ref().is_none_or(|b| mse < b.0) {
+            best = Some((mse, ridge, a));
+        }
+    }
+    let Some((validation_mse, ridge, a)) = best else {
+        return Err(Error::invalid(format!(
+            "sphere-net fit: no ridge gave a solution (label variance {})",
+            label_variance(&train.y)
+        )));
+    };
+    // As a network: ReLU units, then +-e_i units carrying the linear part.
+    let relu_units = dirs.len() * t.len();
+    let width = relu_units + 2 * r;
+    let mut params: Vec<f32> = Vec::with_capacity(width * (r + 2) + 1);
+    for u in &dirs {
+        for _ in t {
+            params.extend(u.iter().map(|&v| v as f32));
+        }
+    }
+    for i in 0..r {
+        for s in [1.0f32, -1.0] {
+            params.extend((0..r).map(|j| if j == i { s } else { 0.0 }));
+        }
+    }
+    for _ in &dirs {
+        params.extend(t.iter().map(|&th| -th as f32));
+    }
+    params.extend(std::iter::repeat_n(0.0f32, 2 * r));
+    params.extend(a[..relu_units].iter().map(|&v| v as f32));
+    for i in 0..r {
+        params.push(a[relu_units + i] as f32);
+        params.push(-a[relu_units + i] as f32);
+    }
+    params.push(a[f - 1] as f32);
+    let network = network_from_params(r, &[width], &params)?;
+    Ok(SphereNetFit {
+        network,
+        validation_mse,
+        features: f,
+        ridge,
+    })
+}
