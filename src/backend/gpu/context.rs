@@ -77,11 +77,13 @@ impl GpuContext {
 
 /// Shared plumbing for kernel launchers: buffers, pipelines, error capture and readback.
 impl GpuContext {
-    /// Largest size one storage binding may have on this adapter (bytes).
+    /// Largest size one storage binding may have on this adapter (bytes), rounded down to a
+    /// multiple of 16 (buffers are allocated in multiples of 16; some drivers report 2^31 - 1).
     pub(crate) fn max_binding(&self) -> u64 {
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+            & !15
     }
 
     /// Fails with [`GpuError::TooLarge`] when `bytes` does not fit one storage binding.
