@@ -463,7 +463,7 @@ pub(crate) fn gpu_moments(
             if rows == 0 {
                 break;
             }
-            if xs.len() != rows * d || ys.len() != rows {
+            if rows > plan.batch_rows || xs.len() != rows * d || ys.len() != rows {
                 return Err(Error::invalid(format!(
                     "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
                     xs.len(),
