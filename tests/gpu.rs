@@ -388,6 +388,43 @@ fn resident_samples_are_not_read_again() {
     );
 }
 
+/// A source whose reads fail.
+struct FailingSource;
+
+impl relu_fpt::data::SampleSource for FailingSource {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn len(&self) -> u64 {
+        100
+    }
+    fn read(
+        &self,
+        _: u64,
+        _: usize,
+        _: &mut Vec<f32>,
+        _: &mut Vec<f32>,
+    ) -> relu_fpt::Result<usize> {
+        Err(Error::invalid("disk on fire"))
+    }
+    fn describe(&self) -> String {
+        "failing test source".into()
+    }
+}
+
+#[test]
+fn read_errors_are_passed_on() {
+    let e = common::gpu()
+        .moments(
+            &FailingSource,
+            &BinSpec::single(2),
+            SampleWeight::Unit,
+            &hidden(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("disk on fire"), "{e}");
+}
+
 #[test]
 fn empty_source_gives_zero_moments() {
     let src = MemorySource {

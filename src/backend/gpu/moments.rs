@@ -449,216 +449,261 @@ pub(crate) fn gpu_moments(
         (Some(store), None) if store.fits(source.len() * (d as u64 + 1) * 4) => Some(Vec::new()),
         _ => None,
     };
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let mut start = 0u64;
-    let mut batch = 0usize;
-    let mut bin_ids: Vec<u32> = Vec::new();
-    let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
-    while start < source.len() {
-        let (x_buf, y_buf, rows) = if let Some(entry) = reuse.as_ref().and_then(|r| r.get(batch)) {
-            ys.clone_from(&entry.y);
-            (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
+    // A reader thread fetches the next batch from the source while the device works on this one.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
+        if reuse.is_none() {
+            let batch_rows = plan.batch_rows;
+            scope.spawn(move || read_ahead(source, batch_rows, tx));
         } else {
-            let rows = source.read(start, plan.batch_rows, &mut xs, &mut ys)?;
-            if rows == 0 {
-                break;
-            }
-            if rows > plan.batch_rows || xs.len() != rows * d || ys.len() != rows {
-                return Err(Error::invalid(format!(
+            drop(tx);
+        }
+        let mut ys: Vec<f32> = Vec::new();
+        let mut start = 0u64;
+        let mut batch = 0usize;
+        let mut bin_ids: Vec<u32> = Vec::new();
+        let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
+        while start < source.len() {
+            let (x_buf, y_buf, rows) = if let Some(resident) = reuse.as_ref() {
+                let Some(entry) = resident.get(batch) else {
+                    break;
+                };
+                ys.clone_from(&entry.y);
+                (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
+            } else {
+                let (xs, y_read, rows) = match rx.recv() {
+                    Ok(read) => read?,
+                    Err(_) => break,
+                };
+                ys = y_read;
+                if rows > plan.batch_rows || xs.len() != rows * d || ys.len() != rows {
+                    return Err(Error::invalid(format!(
                     "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
                     xs.len(),
                     ys.len()
                 )));
-            }
-            // Streaming reuses one pair of buffers; a resident copy needs its own per batch.
-            let (x_buf, y_buf) = match (&fresh, &building) {
-                (Some((x, y)), None) => (x.clone(), y.clone()),
-                _ => {
-                    let x = ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
-                    let y = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
-                    fresh = Some((x.clone(), y.clone()));
-                    (x, y)
                 }
+                // Streaming reuses one pair of buffers; a resident copy needs its own per batch.
+                let (x_buf, y_buf) = match (&fresh, &building) {
+                    (Some((x, y)), None) => (x.clone(), y.clone()),
+                    _ => {
+                        let x =
+                            ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
+                        let y = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
+                        fresh = Some((x.clone(), y.clone()));
+                        (x, y)
+                    }
+                };
+                ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
+                ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
+                if let Some(list) = building.as_mut() {
+                    list.push(ResidentBatch {
+                        x: x_buf.clone(),
+                        y_buf: y_buf.clone(),
+                        y: ys.clone(),
+                    });
+                }
+                (x_buf, y_buf, rows)
             };
-            ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
-            ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
-            if let Some(list) = building.as_mut() {
-                list.push(ResidentBatch {
-                    x: x_buf.clone(),
-                    y_buf: y_buf.clone(),
-                    y: ys.clone(),
-                });
-            }
-            (x_buf, y_buf, rows)
-        };
-        let bin_bind = ctx.bind_group(
-            "moments bin",
-            &pipes.bin,
-            &[
-                (0, &params_buf),
-                (1, &x_buf),
-                (2, &y_buf),
-                (3, &basis_buf),
-                (4, &axis_buf),
-                (5, &yedge_buf),
-                (6, &bins_buf),
-            ],
-        )?;
-        // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
-        let syrk_bind = ctx.bind_group(
-            "moments syrk",
-            &pipes.syrk,
-            &[
-                (0, &params_buf),
-                (1, &x_buf),
-                (2, &y_buf),
-                (7, &perm_buf),
-                (8, &pieces_buf),
-                (9, &pairs_buf),
-                (10, &partial_buf),
-            ],
-        )?;
-        let reduce_bind = ctx.bind_group(
-            "moments reduce",
-            &pipes.reduce,
-            &[
-                (0, &params_buf),
-                (10, &partial_buf),
-                (11, &runs_buf),
-                (12, &packed_buf),
-            ],
-        )?;
+            let bin_bind = ctx.bind_group(
+                "moments bin",
+                &pipes.bin,
+                &[
+                    (0, &params_buf),
+                    (1, &x_buf),
+                    (2, &y_buf),
+                    (3, &basis_buf),
+                    (4, &axis_buf),
+                    (5, &yedge_buf),
+                    (6, &bins_buf),
+                ],
+            )?;
+            // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
+            let syrk_bind = ctx.bind_group(
+                "moments syrk",
+                &pipes.syrk,
+                &[
+                    (0, &params_buf),
+                    (1, &x_buf),
+                    (2, &y_buf),
+                    (7, &perm_buf),
+                    (8, &pieces_buf),
+                    (9, &pairs_buf),
+                    (10, &partial_buf),
+                ],
+            )?;
+            let reduce_bind = ctx.bind_group(
+                "moments reduce",
+                &pipes.reduce,
+                &[
+                    (0, &params_buf),
+                    (10, &partial_buf),
+                    (11, &runs_buf),
+                    (12, &packed_buf),
+                ],
+            )?;
 
-        // Bin ids: on the device, except for the single-bin fast path.
-        if use_perm {
-            ctx.queue
-                .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, 0));
-            let mut enc = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("moments bin"),
-                });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                pass.set_pipeline(&pipes.bin);
-                pass.set_bind_group(0, &bin_bind, &[]);
-                pass.dispatch_workgroups((rows as u32).div_ceil(BIN_WORKGROUP), 1, 1);
+            // Bin ids: on the device, except for the single-bin fast path.
+            if use_perm {
+                ctx.queue
+                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, 0));
+                let mut enc = ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("moments bin"),
+                    });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    pass.set_pipeline(&pipes.bin);
+                    pass.set_bind_group(0, &bin_bind, &[]);
+                    pass.dispatch_workgroups((rows as u32).div_ceil(BIN_WORKGROUP), 1, 1);
+                }
+                let bytes = (rows * 4) as u64;
+                enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
+                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
+                if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
+                    return Err(
+                        GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
+                    );
+                }
+            } else {
+                bin_ids.clear();
+                bin_ids.resize(rows, 0);
             }
-            let bytes = (rows * 4) as u64;
-            enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
-            bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
-            if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
-                return Err(
-                    GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
-                );
-            }
-        } else {
-            bin_ids.clear();
-            bin_ids.resize(rows, 0);
-        }
 
-        // Scalar sums in f64 and the counting sort, on the host.
-        let mut counts = vec![0usize; k];
-        for (&b, &yv) in bin_ids.iter().zip(&ys) {
-            let b = b as usize;
-            let yv = yv as f64;
-            counts[b] += 1;
-            out.count[b] += 1;
-            out.weight_sum[b] += weight.of(yv);
-            out.sum_y[b] += yv;
-            out.sum_y2[b] += yv * yv;
-        }
-        let mut pieces = Vec::new();
-        let mut offset = 0usize;
-        let mut next = vec![0u32; k];
-        for (b, &n) in counts.iter().enumerate() {
-            next[b] = offset as u32;
-            let mut s = 0;
-            while s < n {
-                let len = chunk.min(n - s);
-                pieces.push(Piece {
-                    bin: b,
-                    start: (offset + s) as u32,
-                    len: len as u32,
-                });
-                s += len;
+            // Scalar sums in f64 and the counting sort, on the host.
+            let mut counts = vec![0usize; k];
+            for (&b, &yv) in bin_ids.iter().zip(&ys) {
+                let b = b as usize;
+                let yv = yv as f64;
+                counts[b] += 1;
+                out.count[b] += 1;
+                out.weight_sum[b] += weight.of(yv);
+                out.sum_y[b] += yv;
+                out.sum_y2[b] += yv * yv;
             }
-            offset += n;
-        }
-        if use_perm {
-            let mut perm = vec![0u32; rows];
-            for (i, &b) in bin_ids.iter().enumerate() {
-                let slot = &mut next[b as usize];
-                perm[*slot as usize] = i as u32;
-                *slot += 1;
+            let mut pieces = Vec::new();
+            let mut offset = 0usize;
+            let mut next = vec![0u32; k];
+            for (b, &n) in counts.iter().enumerate() {
+                next[b] = offset as u32;
+                let mut s = 0;
+                while s < n {
+                    let len = chunk.min(n - s);
+                    pieces.push(Piece {
+                        bin: b,
+                        start: (offset + s) as u32,
+                        len: len as u32,
+                    });
+                    s += len;
+                }
+                offset += n;
             }
-            ctx.queue
-                .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&perm));
-        }
-        let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
-        if !piece_words.is_empty() {
-            ctx.queue
-                .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
-        }
+            if use_perm {
+                let mut perm = vec![0u32; rows];
+                for (i, &b) in bin_ids.iter().enumerate() {
+                    let slot = &mut next[b as usize];
+                    perm[*slot as usize] = i as u32;
+                    *slot += 1;
+                }
+                ctx.queue
+                    .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&perm));
+            }
+            let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
+            if !piece_words.is_empty() {
+                ctx.queue
+                    .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
+            }
 
-        for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
-            let base = g * plan.group_pieces;
-            // Runs of consecutive pieces of one bin.
-            let mut runs: Vec<[u32; 2]> = Vec::new();
-            let mut run_bins: Vec<usize> = Vec::new();
-            for (q, piece) in group.iter().enumerate() {
-                match run_bins.last() {
-                    Some(&b) if b == piece.bin => {
-                        if let Some(last) = runs.last_mut() {
-                            last[1] += 1;
+            for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
+                let base = g * plan.group_pieces;
+                // Runs of consecutive pieces of one bin.
+                let mut runs: Vec<[u32; 2]> = Vec::new();
+                let mut run_bins: Vec<usize> = Vec::new();
+                for (q, piece) in group.iter().enumerate() {
+                    match run_bins.last() {
+                        Some(&b) if b == piece.bin => {
+                            if let Some(last) = runs.last_mut() {
+                                last[1] += 1;
+                            }
+                        }
+                        _ => {
+                            runs.push([q as u32, 1]);
+                            run_bins.push(piece.bin);
                         }
                     }
-                    _ => {
-                        runs.push([q as u32, 1]);
-                        run_bins.push(piece.bin);
-                    }
+                }
+                ctx.queue
+                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
+                ctx.queue
+                    .write_buffer(&runs_buf, 0, bytemuck::cast_slice(&runs));
+                let mut enc = ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("moments syrk"),
+                    });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    pass.set_pipeline(&pipes.syrk);
+                    pass.set_bind_group(0, &syrk_bind, &[]);
+                    pass.dispatch_workgroups(plan.pairs.len() as u32, group.len() as u32, 1);
+                    pass.set_pipeline(&pipes.reduce);
+                    pass.set_bind_group(0, &reduce_bind, &[]);
+                    let side = (plan.aug as u32).div_ceil(params.workgroup_side);
+                    pass.dispatch_workgroups(side, side, runs.len() as u32);
+                }
+                let bytes = (runs.len() * plan.aug_tri * 4) as u64;
+                enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
+                let packed: Vec<f32> =
+                    ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
+                for (run, &b) in run_bins.iter().enumerate() {
+                    add_augmented(
+                        &mut out,
+                        b,
+                        &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri],
+                        tri,
+                    );
                 }
             }
-            ctx.queue
-                .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
-            ctx.queue
-                .write_buffer(&runs_buf, 0, bytemuck::cast_slice(&runs));
-            let mut enc = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("moments syrk"),
-                });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                pass.set_pipeline(&pipes.syrk);
-                pass.set_bind_group(0, &syrk_bind, &[]);
-                pass.dispatch_workgroups(plan.pairs.len() as u32, group.len() as u32, 1);
-                pass.set_pipeline(&pipes.reduce);
-                pass.set_bind_group(0, &reduce_bind, &[]);
-                let side = (plan.aug as u32).div_ceil(params.workgroup_side);
-                pass.dispatch_workgroups(side, side, runs.len() as u32);
+            progress.inc(rows as u64);
+            start += rows as u64;
+            batch += 1;
+        }
+        if let (Some(store), Some(batches)) = (resident, building.take()) {
+            store.insert(key, batches);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// One batch read from the source: x (rows x d), y, rows.
+type Batch = (Vec<f32>, Vec<f32>, usize);
+
+/// Reads `source` in batches of `batch_rows` and sends them until the source ends, the
+/// receiver hangs up, or a read fails (the error is sent on).
+fn read_ahead(
+    source: &dyn SampleSource,
+    batch_rows: usize,
+    tx: std::sync::mpsc::SyncSender<Result<Batch>>,
+) {
+    let mut start = 0u64;
+    while start < source.len() {
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        match source.read(start, batch_rows, &mut xs, &mut ys) {
+            Ok(0) => break,
+            Ok(rows) => {
+                if tx.send(Ok((xs, ys, rows))).is_err() {
+                    break;
+                }
+                start += rows as u64;
             }
-            let bytes = (runs.len() * plan.aug_tri * 4) as u64;
-            enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
-            let packed: Vec<f32> =
-                ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
-            for (run, &b) in run_bins.iter().enumerate() {
-                add_augmented(
-                    &mut out,
-                    b,
-                    &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri],
-                    tri,
-                );
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                break;
             }
         }
-        progress.inc(rows as u64);
-        start += rows as u64;
-        batch += 1;
     }
-    if let (Some(store), Some(batches)) = (resident, building) {
-        store.insert(key, batches);
-    }
-    Ok(out)
 }
 
 /// Adds one bin's packed augmented triangle (rows of length d + 1 - i, the last entry of row
