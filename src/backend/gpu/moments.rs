@@ -13,7 +13,19 @@
 //! 5. the host adds the per-bin triangles of every group and batch in f64.
 //!
 //! Pipelines are compiled once per (kernel parameters, weight, K = 1 or not) and cached in
-//! [`MomentPipelineCache`], held by the `GpuBackend`.
+//! [`MomentPipelineCache`], held by the `GpuBackend`. A scoped reader thread fetches the next
+//! batch from the source while the device works. With a resident budget set
+//! (`GpuBackend::set_resident_budget`), a source that fits stays on the device and later calls
+//! skip reading and uploading it ([`ResidentSamples`]).
+//!
+//! Precision: f32 sums over at most `chunk` (4096) samples, f32 sums of at most 16 such
+//! partials in blocks (up to `max_pieces_per_group` in all), then f64 on the host; counts,
+//! weight, y and y^2 sums are f64 from the start. Measured on lavapipe against
+//! `reference_moments`: relative difference 1e-7 to 1.4e-6.
+//!
+//! Device limits: every buffer is checked against `max_storage_buffer_binding_size` and
+//! `max_buffer_size` before use ([`GpuError::TooLarge`] otherwise); on lavapipe one set of
+//! partial tiles and one packed triangle must each fit 128 MiB, which caps d near 8000.
 
 use super::{GpuContext, GpuError};
 use crate::data::SampleSource;
