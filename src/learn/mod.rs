@@ -7,7 +7,7 @@ mod polish;
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 
 use crate::backend::{Backend, ProjectedSamples};
-use crate::data::SampleSource;
+use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::{Layer, Network};
 use crate::search::{label_variance, search, SearchConfig, SphereNetConfig};
@@ -179,29 +179,6 @@ impl LearnReport {
     }
 }
 
-/// The first `rows` rows of another source (the training split).
-struct Head<'a> {
-    inner: &'a dyn SampleSource,
-    rows: u64,
-}
-
-impl SampleSource for Head<'_> {
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    fn len(&self) -> u64 {
-        self.rows
-    }
-    fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        let start = start.min(self.rows);
-        let rows = rows.min((self.rows - start) as usize);
-        self.inner.read(start, rows, x, y)
-    }
-    fn describe(&self) -> String {
-        format!("first {} rows of {}", self.rows, self.inner.describe())
-    }
-}
-
 /// A network on r inputs composed with the basis (rows r x d): first layer W1' B.
 pub fn lift_network(net: &Network, basis: &[Vec<f64>]) -> Result<Network> {
     let r = basis.len();
@@ -279,10 +256,7 @@ pub fn learn(
     let mut timings = Vec::new();
 
     let t = Instant::now();
-    let train_source = Head {
-        inner: source,
-        rows: n_train as u64,
-    };
+    let train_source = SampleRange::new(source, 0, n_train as u64)?;
     let basis = find_basis(backend, &train_source, config)?;
     timings.push(("subspace".to_string(), t.elapsed().as_secs_f64()));
     let r = basis.len();
@@ -300,22 +274,14 @@ pub fn learn(
     let mut x = Vec::with_capacity(if keep_x { n * d } else { 0 });
     let mut z = Vec::with_capacity(n * r);
     let mut y = Vec::with_capacity(n);
-    let (mut xb, mut yb) = (Vec::new(), Vec::new());
-    let mut at = 0u64;
-    while (at as usize) < n {
-        let got = source.read(at, 65_536, &mut xb, &mut yb)?;
-        if got == 0 {
-            return Err(Error::invalid(format!(
-                "learn: source gave no rows at {at} of {n}"
-            )));
-        }
-        project_into(&xb, d, &basis, &mut z);
+    for_each_chunk(source, 65_536, |_, xb, yb| {
+        project_into(xb, d, &basis, &mut z);
         if keep_x {
-            x.extend_from_slice(&xb);
+            x.extend_from_slice(xb);
         }
-        y.extend_from_slice(&yb);
-        at += got as u64;
-    }
+        y.extend_from_slice(yb);
+        Ok(())
+    })?;
     let (y_train, y_val) = y.split_at(n_train);
     let train = ProjectedSamples {
         rank: r,

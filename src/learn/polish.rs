@@ -74,25 +74,9 @@ fn unflatten(net: &mut Network, p: &[f64]) {
     }
 }
 
-/// Mean squared error over dense samples (f64, parallel).
+/// Mean squared error over dense samples (f64, parallel, deterministic).
 pub fn dense_mse(net: &Network, s: &DenseSamples) -> f64 {
-    // Fixed blocks summed in order: deterministic whatever the thread timing.
-    let block = s.y.len().div_ceil(64).max(1);
-    let partial: Vec<f64> =
-        s.x.par_chunks(s.dim * block)
-            .zip(s.y.par_chunks(block))
-            .map(|(xb, yb)| {
-                xb.chunks_exact(s.dim)
-                    .zip(yb)
-                    .map(|(row, &y)| {
-                        let x: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-                        (net.forward_one_f64(&x) - y as f64).powi(2)
-                    })
-                    .sum::<f64>()
-            })
-            .collect();
-    let sse: f64 = partial.iter().sum();
-    sse / s.y.len().max(1) as f64
+    crate::search::mse_on_rows(net, s.dim, s.x, s.y)
 }
 
 /// Adds the gradient of (F(x) - y)^2 with respect to the flattened parameters into `grad`.

@@ -535,17 +535,32 @@ fn perturb(
 
 /// Mean squared error of a network on projected samples (f64).
 pub fn mse_of(network: &Network, samples: &ProjectedSamples) -> f64 {
-    let r = samples.rank;
-    let mut x = vec![0.0f64; r];
-    let mut sse = 0.0;
-    for (row, &y) in samples.z.chunks_exact(r).zip(&samples.y) {
-        for (a, &b) in x.iter_mut().zip(row) {
-            *a = b as f64;
-        }
-        let e = network.forward_one_f64(&x) - y as f64;
-        sse += e * e;
-    }
-    sse / samples.len().max(1) as f64
+    mse_on_rows(network, samples.rank, &samples.z, &samples.y)
+}
+
+/// Mean squared error of a network on row-major f32 inputs (`dim` per row) and labels, in f64.
+/// Rows are cut into 64 fixed blocks summed in order, so the result does not depend on thread
+/// timing.
+pub fn mse_on_rows(network: &Network, dim: usize, x: &[f32], y: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    let block = y.len().div_ceil(64).max(1);
+    let partial: Vec<f64> = x
+        .par_chunks(dim * block)
+        .zip(y.par_chunks(block))
+        .map(|(xb, yb)| {
+            let mut row64 = vec![0.0f64; dim];
+            xb.chunks_exact(dim)
+                .zip(yb)
+                .map(|(row, &label)| {
+                    for (a, &b) in row64.iter_mut().zip(row) {
+                        *a = b as f64;
+                    }
+                    (network.forward_one_f64(&row64) - label as f64).powi(2)
+                })
+                .sum::<f64>()
+        })
+        .collect();
+    partial.iter().sum::<f64>() / y.len().max(1) as f64
 }
 
 /// Variance of the labels.

@@ -78,38 +78,22 @@ struct Pipelines {
 /// Pipelines per (device, workgroup size, chunk length), built once.
 type PipelineCache = Mutex<Vec<((wgpu::Device, u32, u32), Arc<Pipelines>)>>;
 
-fn pipelines(ctx: &GpuContext, wg: u32, chunk: u32) -> Arc<Pipelines> {
+fn pipelines(ctx: &GpuContext, wg: u32, chunk: u32) -> Result<Arc<Pipelines>> {
     static CACHE: OnceLock<PipelineCache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     let key = (ctx.device.clone(), wg, chunk);
     if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-        return p.clone();
+        return Ok(p.clone());
     }
-    let module = ctx
-        .device
-        .create_shader_module(wgpu::include_wgsl!("../../../shaders/evaluate.wgsl"));
+    let wgsl = include_str!("../../../shaders/evaluate.wgsl");
     let constants = [("WG", wg as f64), ("CHUNK", chunk as f64)];
-    let make = |entry: &str| {
-        ctx.device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    ..Default::default()
-                },
-                cache: None,
-            })
-    };
     let p = Arc::new(Pipelines {
-        evaluate: make("evaluate"),
-        reduce: make("reduce"),
+        evaluate: ctx.compute_pipeline("evaluate", wgsl, "evaluate", &constants)?,
+        reduce: ctx.compute_pipeline("evaluate reduce", wgsl, "reduce", &constants)?,
     });
     cache.push((key, p.clone()));
-    p
+    Ok(p)
 }
 
 pub(crate) fn evaluate_candidates(
@@ -188,17 +172,8 @@ pub fn evaluate_candidates_with(
     let chunk = chunk as u32;
 
     // Dispatch sizes within the binding limits.
-    let limit = ctx
-        .limits
-        .max_storage_buffer_binding_size
-        .min(ctx.limits.max_buffer_size)
-        .min(1 << 29);
-    let z_bytes = (samples.z.len() * 4) as u64;
-    if z_bytes > limit {
-        return Err(Error::invalid(format!(
-            "{n} projected samples ({z_bytes} bytes) exceed the adapter's storage binding of {limit} bytes"
-        )));
-    }
+    let limit = ctx.max_binding().min(1 << 29);
+    ctx.check_binding("projected samples", (samples.z.len() * 4) as u64)?;
     let total_chunks = n.div_ceil(chunk as usize);
     let mut chunks_per = total_chunks.min(kp.max_chunks_per_dispatch as usize);
     let stat_bytes = (stat_len * 4) as u64;
@@ -214,7 +189,7 @@ pub fn evaluate_candidates_with(
     cands_per = cands_per.min(max_groups * wg as usize);
     chunks_per = chunks_per.min(max_groups);
 
-    let pipes = pipelines(ctx, wg, chunk);
+    let pipes = pipelines(ctx, wg, chunk)?;
     let device = &ctx.device;
     let z_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("evaluate z"),
@@ -248,18 +223,8 @@ pub fn evaluate_candidates_with(
             usage: wgpu::BufferUsages::STORAGE,
         });
         let out_bytes = (cc * stat_len * 4) as u64;
-        let reduced = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("evaluate reduced"),
-            size: out_bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("evaluate readback"),
-            size: out_bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let reduced = ctx.storage_buffer("evaluate reduced", out_bytes)?;
+        let readback = ctx.staging_buffer("evaluate readback", out_bytes);
         for s0 in (0..n).step_by(samples_per) {
             let sc = samples_per.min(n - s0);
             let kc = sc.div_ceil(chunk as usize);
@@ -282,28 +247,24 @@ pub fn evaluate_candidates_with(
                 contents: bytemuck::bytes_of(&info),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-            let partial = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("evaluate partial"),
-                size: (kc * cc * stat_len * 4) as u64,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            let eval_bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("evaluate bind group"),
-                layout: &pipes.evaluate.get_bind_group_layout(0),
-                entries: &[
-                    entry(0, &info_buf),
-                    entry(1, &z_buf),
-                    entry(2, &y_buf),
-                    entry(3, &params_buf),
-                    entry(4, &partial),
+            let partial =
+                ctx.storage_buffer("evaluate partial", (kc * cc * stat_len * 4) as u64)?;
+            let eval_bg = ctx.bind_group(
+                "evaluate bind group",
+                &pipes.evaluate,
+                &[
+                    (0, &info_buf),
+                    (1, &z_buf),
+                    (2, &y_buf),
+                    (3, &params_buf),
+                    (4, &partial),
                 ],
-            });
-            let reduce_bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("reduce bind group"),
-                layout: &pipes.reduce.get_bind_group_layout(0),
-                entries: &[entry(0, &info_buf), entry(4, &partial), entry(5, &reduced)],
-            });
+            )?;
+            let reduce_bg = ctx.bind_group(
+                "evaluate reduce bind group",
+                &pipes.reduce,
+                &[(0, &info_buf), (4, &partial), (5, &reduced)],
+            )?;
             let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("evaluate"),
             });
@@ -323,8 +284,7 @@ pub fn evaluate_candidates_with(
                 pass.dispatch_workgroups(gx as u32, gy as u32, 1);
             }
             enc.copy_buffer_to_buffer(&reduced, 0, &readback, 0, out_bytes);
-            ctx.queue.submit([enc.finish()]);
-            let sums = read_f32(ctx, &readback)?;
+            let sums: Vec<f32> = ctx.submit_and_read("evaluate", enc, &readback, out_bytes)?;
             // sums is stat-major: sums[k * cc + ci].
             for ci in 0..cc {
                 let c = c0 + ci;
@@ -339,34 +299,4 @@ pub fn evaluate_candidates_with(
         }
     }
     Ok(stats)
-}
-
-fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: buffer.as_entire_binding(),
-    }
-}
-
-/// Maps a MAP_READ buffer after the queue finishes and copies it out.
-fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
-    let slice = buffer.slice(..);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::invalid(format!("GPU evaluation: device poll failed: {e}")))?;
-    rx.recv()
-        .map_err(|e| Error::invalid(format!("GPU evaluation: map callback lost: {e}")))?
-        .map_err(|e| Error::invalid(format!("GPU evaluation: buffer map failed: {e}")))?;
-    let data = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::invalid(format!("GPU evaluation: mapped range: {e}")))?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-    };
-    buffer.unmap();
-    Ok(data)
 }
