@@ -597,13 +597,15 @@ impl Network {
         };
         let layer_values = match obj.get("layers") {
             Some(Value::Array(a)) if !a.is_empty() => a,
-            Some(v) => return Err(p.bad(
-                "layers",
-                format!(
+            Some(v) => {
+                return Err(p.bad(
+                    "layers",
+                    format!(
                     "is {}, expected a non-empty array of {{\"weights\": [[..]], \"bias\": [..]}}",
                     short(v)
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(p.bad(
                     "layers",

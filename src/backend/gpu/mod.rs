@@ -6,9 +6,9 @@ mod moments;
 mod smoke;
 
 pub use context::GpuContext;
+pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
-pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
