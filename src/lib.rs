@@ -16,5 +16,6 @@ pub mod network;
 pub mod plot;
 pub mod progress;
 pub mod search;
+pub mod teacher;
 
 pub use error::{Error, Result};
