@@ -11,11 +11,13 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod learn;
+pub mod metrics;
 pub mod moments;
 pub mod network;
 pub mod plot;
 pub mod progress;
 pub mod search;
+pub mod subspace;
 pub mod teacher;
 
 pub use error::{Error, Result};

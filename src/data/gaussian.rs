@@ -6,7 +6,9 @@
 //! (seed, b, stream tag, a constant), so distinct (seed, block, stream) never share a state.
 //! Xoshiro256PlusPlus is one of rand's named portable generators (stable output across releases
 //! and platforms), and normals come from `rand_distr::StandardNormal` (ziggurat, f64, rounded to
-//! f32). A read of any row range slices whole blocks, so the bytes depend only on the seed, never
+//! f32). Labels come from `Network::forward_f32` (f64 arithmetic per row, so a row's label does
+//! not depend on which rows share its batch); noise is added in f64 before rounding to f32. A read
+//! of any row range slices whole blocks, so the bytes depend only on the seed, never
 //! on chunk size, start offset or thread count.
 
 use super::SampleSource;
@@ -96,7 +98,7 @@ impl GaussianSource {
     /// Fills rows `lo .. lo + y.len()` of `block` (offsets within the block) into `x`, `y`.
     fn fill_block(&self, block: u64, lo: usize, x: &mut [f32], y: &mut [f32]) {
         let d = self.network.input_dim;
-        let hi = lo + y.len();
+        debug_assert_eq!(x.len(), y.len() * d);
         // Rows before `lo` are drawn and dropped so each row's values do not depend on `lo`.
         let mut rng = block_rng(self.seed, block, STREAM_X);
         for _ in 0..lo * d {
@@ -106,12 +108,8 @@ impl GaussianSource {
             let z: f64 = rng.sample(StandardNormal);
             *v = z as f32;
         }
-        let mut row64 = vec![0f64; d];
-        for (row, label) in x.chunks_exact(d).zip(y.iter_mut()) {
-            for (dst, &src) in row64.iter_mut().zip(row) {
-                *dst = src as f64;
-            }
-            *label = self.network.forward_one_f64(&row64) as f32;
+        if !y.is_empty() {
+            y.copy_from_slice(&self.network.forward_f32(x, y.len()));
         }
         if self.noise_sd > 0.0 {
             let mut rng = block_rng(self.seed, block, STREAM_NOISE);
@@ -123,7 +121,6 @@ impl GaussianSource {
                 *label = (*label as f64 + self.noise_sd * z) as f32;
             }
         }
-        debug_assert_eq!(hi - lo, x.len() / d);
     }
 }
 

@@ -568,7 +568,8 @@ impl NpyArray {
 #[derive(Debug)]
 pub struct NpySource {
     x: NpyArray,
-    y: NpyArray,
+    /// None for inputs alone (`predict`): labels then read as zeros.
+    y: Option<NpyArray>,
 }
 
 impl NpySource {
@@ -586,7 +587,15 @@ impl NpySource {
             }
             .into());
         }
-        Ok(NpySource { x, y })
+        Ok(NpySource { x, y: Some(y) })
+    }
+
+    /// Opens an x file alone, for prediction; its labels read as zeros.
+    pub fn open_inputs(x_path: &Path) -> Result<NpySource> {
+        Ok(NpySource {
+            x: NpyArray::open(x_path, Role::X)?,
+            y: None,
+        })
     }
 
     /// The parsed header of the x file.
@@ -594,9 +603,9 @@ impl NpySource {
         &self.x.header
     }
 
-    /// The parsed header of the y file.
-    pub fn y_header(&self) -> &NpyHeader {
-        &self.y.header
+    /// The parsed header of the y file (None when opened with [`NpySource::open_inputs`]).
+    pub fn y_header(&self) -> Option<&NpyHeader> {
+        self.y.as_ref().map(|y| &y.header)
     }
 }
 
@@ -613,20 +622,32 @@ impl SampleSource for NpySource {
         let start = start.min(self.x.rows);
         let rows = (rows as u64).min(self.x.rows - start) as usize;
         self.x.read_rows(start, rows, x)?;
-        self.y.read_rows(start, rows, y)?;
+        match &self.y {
+            Some(labels) => labels.read_rows(start, rows, y)?,
+            None => {
+                y.clear();
+                y.resize(rows, 0.0);
+            }
+        }
         Ok(rows)
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} ({} x {}, {}) and {} ({})",
+        let inputs = format!(
+            "{} ({} x {}, {})",
             self.x.path.display(),
             self.x.rows,
             self.x.cols,
-            self.x.header.dtype.descr(),
-            self.y.path.display(),
-            self.y.header.dtype.descr()
-        )
+            self.x.header.dtype.descr()
+        );
+        match &self.y {
+            Some(y) => format!(
+                "{inputs} and {} ({})",
+                y.path.display(),
+                y.header.dtype.descr()
+            ),
+            None => inputs,
+        }
     }
 }
 

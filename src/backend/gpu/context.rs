@@ -13,6 +13,26 @@ pub struct GpuContext {
     uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// One line per adapter wgpu can see (honouring `WGPU_BACKEND`): name, kind, backend, driver.
+pub fn list_adapters() -> Vec<String> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    if adapters.is_empty() {
+        return vec!["no GPU adapter found (is a Vulkan driver installed?)".to_string()];
+    }
+    adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!(
+                "adapter: {} ({:?}, {:?}, {} {})",
+                i.name, i.device_type, i.backend, i.driver, i.driver_info
+            )
+        })
+        .collect()
+}
+
 impl GpuContext {
     /// Opens the preferred adapter. `WGPU_BACKEND` and `WGPU_POWER_PREF` are honoured.
     /// With `allow_software = false` a CPU (software) adapter is refused.

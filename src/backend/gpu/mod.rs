@@ -5,7 +5,7 @@ mod evaluate;
 mod moments;
 mod smoke;
 
-pub use context::GpuContext;
+pub use context::{list_adapters, GpuContext};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
