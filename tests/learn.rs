@@ -231,3 +231,61 @@ fn learn_without_polish_reports_the_search_fit() {
         rep.validation_mse
     );
 }
+
+/// The whole pipeline, filtered PCA included: parity-4 in d = 16.
+#[test]
+fn learn_end_to_end_parity4() {
+    let spec = TeacherSpec {
+        k: Some(4),
+        seed: 7,
+        ..TeacherSpec::new(TeacherKind::Parity, 16)
+    };
+    let teacher = build(&spec).unwrap();
+    let src = GaussianSource::new(teacher.network.clone(), 100_000, 8, 0.0).unwrap();
+    let cfg = LearnConfig {
+        hidden: vec![16],
+        budget: 200,
+        sphere_config: relu_fpt::search::SphereNetConfig {
+            max_directions: 48,
+            ..Default::default()
+        },
+        polish_config: relu_fpt::learn::PolishConfig {
+            epochs: 10,
+            ..Default::default()
+        },
+        ..LearnConfig::default()
+    };
+    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    eprintln!("{}", rep.summary());
+    assert_eq!(rep.dimension, 4, "{}", rep.summary());
+    assert!(rep.subspace.is_some());
+    let ratio = rep.validation_mse / rep.validation_var;
+    assert!(ratio < 0.02, "parity-4 end to end MSE/Var {ratio}");
+}
+
+/// The whole pipeline on a random depth-3 network with biases (k = 3) in d = 16.
+#[test]
+fn learn_end_to_end_random_network_with_biases() {
+    let spec = TeacherSpec {
+        widths: vec![4, 3],
+        k: Some(3),
+        bias: true,
+        seed: 9,
+        ..TeacherSpec::new(TeacherKind::Random, 16)
+    };
+    let teacher = build(&spec).unwrap();
+    let src = GaussianSource::new(teacher.network.clone(), 40_000, 10, 0.0).unwrap();
+    let cfg = LearnConfig {
+        hidden: vec![4, 3],
+        budget: 500,
+        polish_config: relu_fpt::learn::PolishConfig {
+            epochs: 10,
+            ..Default::default()
+        },
+        ..LearnConfig::default()
+    };
+    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    eprintln!("{}", rep.summary());
+    let ratio = rep.validation_mse / rep.validation_var;
+    assert!(ratio < 0.01, "random network end to end MSE/Var {ratio}");
+}

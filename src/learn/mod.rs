@@ -11,6 +11,7 @@ use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::search::{label_variance, search, SearchConfig, SphereNetConfig};
+use crate::subspace::{find_subspace, SubspaceConfig, SubspaceReport};
 use std::time::Instant;
 
 /// Settings of [`learn`].
@@ -36,6 +37,8 @@ pub struct LearnConfig {
     pub search_config: SearchConfig,
     /// Sphere-net settings other than the seed.
     pub sphere_config: SphereNetConfig,
+    /// Filtered-PCA settings other than max_dim and seed.
+    pub subspace_config: SubspaceConfig,
     /// A subspace basis (orthonormal rows, r x d) to use instead of filtered PCA: oracle runs
     /// and tests. `None` runs filtered PCA.
     pub known_basis: Option<Vec<Vec<f64>>>,
@@ -54,6 +57,7 @@ impl Default for LearnConfig {
             polish_config: PolishConfig::default(),
             search_config: SearchConfig::default(),
             sphere_config: SphereNetConfig::default(),
+            subspace_config: SubspaceConfig::default(),
             known_basis: None,
         }
     }
@@ -75,6 +79,8 @@ pub struct LearnReport {
     pub model: Network,
     /// Subspace dimension r.
     pub dimension: usize,
+    /// What filtered PCA reported (None when a known basis was given).
+    pub subspace: Option<SubspaceReport>,
     /// Validation MSE of the returned model.
     pub validation_mse: f64,
     /// Variance of the validation labels (MSE / Var is the relative error).
@@ -111,6 +117,10 @@ impl LearnReport {
             self.validation_rows,
             self.backend
         );
+        match &self.subspace {
+            Some(sub) => s += &sub.summary(),
+            None => s += "subspace: given (known basis)\n",
+        }
         s += &format!(
             "validation MSE {:.4e}, MSE/Var {:.4e}; kept {} (enumerate {:.4e} from {} candidates of a net of 10^{:.1}",
             self.validation_mse,
@@ -149,6 +159,7 @@ impl LearnReport {
         serde_json::json!({
             "model": model,
             "dimension": self.dimension,
+            "subspace": self.subspace.as_ref().and_then(|s| serde_json::from_str::<serde_json::Value>(&s.to_json()).ok()),
             "validation_mse": self.validation_mse,
             "validation_var": self.validation_var,
             "enumerate_mse": self.enumerate_mse,
@@ -178,16 +189,27 @@ fn project_into(x: &[f32], dim: usize, basis: &[Vec<f64>], z: &mut Vec<f32>) {
 
 /// The subspace basis: the configured one, or filtered PCA on the training split.
 fn find_basis(
-    _backend: &dyn Backend,
-    _train: &dyn SampleSource,
+    backend: &dyn Backend,
+    train: &dyn SampleSource,
     config: &LearnConfig,
-) -> Result<Vec<Vec<f64>>> {
-    match &config.known_basis {
-        Some(b) => Ok(b.clone()),
-        None => Err(Error::invalid(
-            "learn: filtered PCA (crate::subspace) is not part of this build; pass known_basis",
-        )),
+) -> Result<(Vec<Vec<f64>>, Option<SubspaceReport>)> {
+    if let Some(b) = &config.known_basis {
+        return Ok((b.clone(), None));
     }
+    let sc = SubspaceConfig {
+        max_dim: config.max_dim,
+        seed: config.seed,
+        ..config.subspace_config.clone()
+    };
+    let report = find_subspace(backend, train, &sc)?;
+    if report.basis.is_empty() {
+        return Err(Error::invalid(format!(
+            "learn: filtered PCA accepted no direction, so there is nothing to fit on \
+             (more samples, or a lower acceptance multiple, may help)\n{}",
+            report.summary()
+        )));
+    }
+    Ok((report.basis.clone(), Some(report)))
 }
 
 /// Runs the pipeline; see the module docs.
@@ -214,7 +236,7 @@ pub fn learn(
 
     let t = Instant::now();
     let train_source = SampleRange::new(source, 0, n_train as u64)?;
-    let basis = find_basis(backend, &train_source, config)?;
+    let (basis, subspace) = find_basis(backend, &train_source, config)?;
     timings.push(("subspace".to_string(), t.elapsed().as_secs_f64()));
     let r = basis.len();
     if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
@@ -308,6 +330,7 @@ pub fn learn(
     Ok(LearnReport {
         model,
         dimension: r,
+        subspace,
         validation_mse,
         validation_var,
         enumerate_mse: found.enumerate.validation_mse,
