@@ -131,28 +131,6 @@ fn bad_learn_requests_are_errors() {
     assert!(learn(cpu, &src, &wrong_len).is_err());
 }
 
-/// Parity-ReLU sum (ALGORITHM.md 4.2 (A)), k = 4, in d = 16, on its true subspace.
-#[test]
-fn learn_parity4_on_its_subspace() {
-    let spec = TeacherSpec {
-        k: Some(4),
-        seed: 3,
-        ..TeacherSpec::new(TeacherKind::Parity, 16)
-    };
-    let teacher = build(&spec).unwrap();
-    let src = GaussianSource::new(teacher.network.clone(), 20_000, 4, 0.0).unwrap();
-    let cfg = LearnConfig {
-        hidden: vec![16],
-        budget: 400,
-        known_basis: Some(teacher.basis.clone()),
-        ..LearnConfig::default()
-    };
-    let rep = learn(common::cpu(), &src, &cfg).unwrap();
-    eprintln!("{}", rep.summary());
-    let ratio = rep.validation_mse / rep.validation_var;
-    assert!(ratio < 0.06, "parity-4 MSE/Var {ratio}");
-}
-
 /// A random depth-3 network with biases (widths [4, 3], k = 3) in d = 10, on its subspace.
 #[test]
 fn learn_a_random_deep_network_with_biases() {
