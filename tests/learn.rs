@@ -4,9 +4,11 @@
 mod common;
 
 use rand::{RngExt, SeedableRng};
+use relu_fpt::data::GaussianSource;
 use relu_fpt::data::MemorySource;
-use relu_fpt::learn::{dense_mse, learn, lift_network, DenseSamples, LearnConfig};
+use relu_fpt::learn::{dense_mse, learn, DenseSamples, LearnConfig};
 use relu_fpt::network::{Layer, Network};
+use relu_fpt::teacher::{build, TeacherKind, TeacherSpec};
 
 const D: usize = 12;
 
@@ -37,7 +39,7 @@ fn teacher(steep: f64) -> Network {
         ],
     )
     .unwrap();
-    let mut t = lift_network(&inner, &basis(0.0)).unwrap();
+    let mut t = inner.lift(&basis(0.0)).unwrap();
     t.subspace = None;
     t
 }
@@ -129,43 +131,20 @@ fn bad_learn_requests_are_errors() {
     assert!(learn(cpu, &src, &wrong_len).is_err());
 }
 
-/// Parity-ReLU sum (ALGORITHM.md 4.2 (A)) with k = 4 on the first four coordinates of R^16.
-fn parity4_source(n: usize, seed: u64) -> MemorySource {
-    let d = 16;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..n * d)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    let y = x
-        .chunks_exact(d)
-        .map(|row| {
-            let mut f = 0.0f64;
-            for code in 0..16u32 {
-                let mut chi = 1.0;
-                let mut dot = 0.0;
-                for (i, &z) in row[..4].iter().enumerate() {
-                    let w = if code >> i & 1 == 1 { -1.0 } else { 1.0 };
-                    chi *= w;
-                    dot += w * z as f64;
-                }
-                f += chi * (dot / 2.0).max(0.0);
-            }
-            f as f32
-        })
-        .collect();
-    MemorySource { dim: d, x, y }
-}
-
+/// Parity-ReLU sum (ALGORITHM.md 4.2 (A)), k = 4, in d = 16, on its true subspace.
 #[test]
 fn learn_parity4_on_its_subspace() {
-    let src = parity4_source(20000, 4);
-    let basis: Vec<Vec<f64>> = (0..4)
-        .map(|i| (0..16).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
-        .collect();
+    let spec = TeacherSpec {
+        k: Some(4),
+        seed: 3,
+        ..TeacherSpec::new(TeacherKind::Parity, 16)
+    };
+    let teacher = build(&spec).unwrap();
+    let src = GaussianSource::new(teacher.network.clone(), 20_000, 4, 0.0).unwrap();
     let cfg = LearnConfig {
         hidden: vec![16],
         budget: 400,
-        known_basis: Some(basis),
+        known_basis: Some(teacher.basis.clone()),
         ..LearnConfig::default()
     };
     let rep = learn(common::cpu(), &src, &cfg).unwrap();
@@ -174,54 +153,26 @@ fn learn_parity4_on_its_subspace() {
     assert!(ratio < 0.06, "parity-4 MSE/Var {ratio}");
 }
 
-/// A random depth-3 network with biases on a random 3-dim subspace of R^10.
+/// A random depth-3 network with biases (widths [4, 3], k = 3) in d = 10, on its subspace.
 #[test]
 fn learn_a_random_deep_network_with_biases() {
-    let d = 10;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let layer = |i: usize, o: usize, rng: &mut rand::rngs::StdRng| {
-        let w = (0..i * o)
-            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) / (i as f64).sqrt())
-            .collect();
-        let b = (0..o)
-            .map(|_| 0.3 * rng.sample::<f64, _>(rand_distr::StandardNormal))
-            .collect();
-        Layer::new(i, o, w, b).unwrap()
+    let spec = TeacherSpec {
+        widths: vec![4, 3],
+        k: Some(3),
+        bias: true,
+        seed: 5,
+        ..TeacherSpec::new(TeacherKind::Random, 10)
     };
-    let inner = Network::new(
-        3,
-        vec![
-            layer(3, 4, &mut rng),
-            layer(4, 3, &mut rng),
-            layer(3, 1, &mut rng),
-        ],
-    )
-    .unwrap();
-    // Orthonormal basis: three coordinate directions mixed by a fixed rotation in (e2, e7).
-    let (c, s) = (0.6f64, 0.8f64);
-    let mut basis = vec![vec![0.0; d]; 3];
-    basis[0][0] = 1.0;
-    basis[1][2] = c;
-    basis[1][7] = s;
-    basis[2][4] = 1.0;
-    let mut teacher = lift_network(&inner, &basis).unwrap();
-    teacher.subspace = None;
-    let n = 8000;
-    let x: Vec<f32> = (0..n * d)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    let y = x
-        .chunks_exact(d)
-        .map(|row| {
-            let v: Vec<f64> = row.iter().map(|&a| a as f64).collect();
-            teacher.forward_one_f64(&v) as f32
-        })
-        .collect();
-    let src = MemorySource { dim: d, x, y };
+    let teacher = build(&spec).unwrap();
+    let src = GaussianSource::new(teacher.network.clone(), 8000, 6, 0.0).unwrap();
     let cfg = LearnConfig {
         hidden: vec![4, 3],
         budget: 1500,
-        known_basis: Some(basis),
+        known_basis: Some(teacher.basis.clone()),
+        polish_config: relu_fpt::learn::PolishConfig {
+            epochs: 80,
+            ..Default::default()
+        },
         ..LearnConfig::default()
     };
     let rep = learn(common::cpu(), &src, &cfg).unwrap();

@@ -9,7 +9,7 @@ pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 use crate::backend::{Backend, ProjectedSamples};
 use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
-use crate::network::{Layer, Network};
+use crate::network::Network;
 use crate::search::{label_variance, search, SearchConfig, SphereNetConfig};
 use std::time::Instant;
 
@@ -143,23 +143,11 @@ impl LearnReport {
 
     /// The report and the model as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        let layers: Vec<serde_json::Value> = self
-            .model
-            .layers
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "inputs": l.inputs, "outputs": l.outputs,
-                    "weights": l.weights, "bias": l.bias,
-                })
-            })
-            .collect();
+        // The model in the network module's own JSON schema.
+        let model: serde_json::Value =
+            serde_json::from_str(&self.model.to_json()).unwrap_or(serde_json::Value::Null);
         serde_json::json!({
-            "model": {
-                "input_dim": self.model.input_dim,
-                "layers": layers,
-                "subspace": self.model.subspace,
-            },
+            "model": model,
             "dimension": self.dimension,
             "validation_mse": self.validation_mse,
             "validation_var": self.validation_var,
@@ -177,37 +165,6 @@ impl LearnReport {
             "backend": self.backend,
         })
     }
-}
-
-/// A network on r inputs composed with the basis (rows r x d): first layer W1' B.
-pub fn lift_network(net: &Network, basis: &[Vec<f64>]) -> Result<Network> {
-    let r = basis.len();
-    if r == 0 || net.input_dim != r {
-        return Err(Error::invalid(format!(
-            "lift: network takes {} inputs, basis has {r} rows",
-            net.input_dim
-        )));
-    }
-    let d = basis[0].len();
-    if basis.iter().any(|b| b.len() != d) {
-        return Err(Error::invalid("lift: basis rows differ in length"));
-    }
-    let first = &net.layers[0];
-    let mut w = vec![0.0; first.outputs * d];
-    for o in 0..first.outputs {
-        for (j, b) in basis.iter().enumerate() {
-            let c = first.weights[o * r + j];
-            for (dst, &v) in w[o * d..(o + 1) * d].iter_mut().zip(b) {
-                *dst += c * v;
-            }
-        }
-    }
-    let mut layers = vec![Layer::new(d, first.outputs, w, first.bias.clone())?];
-    layers.extend(net.layers[1..].iter().cloned());
-    let mut lifted = Network::new(d, layers)?;
-    lifted.subspace = Some(basis.to_vec());
-    lifted.validate()?;
-    Ok(lifted)
 }
 
 /// Appends z = B x for every row of `x` (f64 dot products, stored as f32).
@@ -316,7 +273,7 @@ pub fn learn(
     )?;
     timings.push(("search".to_string(), t.elapsed().as_secs_f64()));
 
-    let mut model = lift_network(&found.network, &basis)?;
+    let mut model = found.network.lift(&basis)?;
     let validation_var = label_variance(y_val);
     let mut validation_mse = found.validation_mse;
     let mut polished_mse = None;

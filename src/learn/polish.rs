@@ -211,3 +211,44 @@ pub fn polish(
         epochs: config.epochs,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Layer;
+
+    #[test]
+    fn parameter_gradient_matches_finite_differences() {
+        let net = Network::new(
+            3,
+            vec![
+                Layer::new(3, 2, vec![0.5, -0.2, 0.3, -0.4, 0.8, 0.1], vec![0.1, 0.2]).unwrap(),
+                Layer::new(2, 2, vec![1.0, -0.5, 0.3, 0.7], vec![0.05, -0.1]).unwrap(),
+                Layer::new(2, 1, vec![1.2, -0.9], vec![0.3]).unwrap(),
+            ],
+        )
+        .unwrap();
+        let x = [0.7, -0.3, 1.1];
+        let y = 0.4;
+        let p = flatten(&net);
+        let mut grad = vec![0.0; p.len()];
+        accumulate_gradient(&net, &x, y, &mut grad);
+        let loss = |q: &[f64]| {
+            let mut n = net.clone();
+            unflatten(&mut n, q);
+            (n.forward_one_f64(&x) - y).powi(2)
+        };
+        for k in 0..p.len() {
+            let h = 1e-6;
+            let (mut up, mut down) = (p.clone(), p.clone());
+            up[k] += h;
+            down[k] -= h;
+            let numeric = (loss(&up) - loss(&down)) / (2.0 * h);
+            assert!(
+                (numeric - grad[k]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                "parameter {k}: analytic {} numeric {numeric}",
+                grad[k]
+            );
+        }
+    }
+}
