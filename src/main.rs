@@ -1,1 +1,699 @@
-fn main() {}
+//! The `relu-fpt` command line: thin wrappers over the library, friendly one-line errors.
+
+use clap::{Args, Parser, Subcommand};
+use relu_fpt::backend::{self, Backend, BackendChoice};
+use relu_fpt::data::{for_each_chunk, GaussianSource, NpySource, NpyWriter, SampleSource};
+use relu_fpt::learn::{learn, LearnConfig, LearnReport};
+use relu_fpt::network::Network;
+use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
+use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
+use relu_fpt::{metrics, plot, progress, Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "relu-fpt",
+    version,
+    about = "Learn deep ReLU networks from Gaussian samples: filtered PCA, then enumerate-and-test \
+             (Chen, Klivans, Meka, arXiv 2009.13512)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Learn the built-in hard parity teacher end to end and report how well it went.
+    Demo(DemoArgs),
+    /// Write samples of a teacher network: DIR/x.npy, DIR/y.npy and DIR/teacher.json.
+    Generate(GenerateArgs),
+    /// Recover the span of the first-layer weights (filtered PCA, or pHd / SIR / SAVE).
+    Subspace(SubspaceArgs),
+    /// Learn a ReLU network from samples: filtered PCA, enumerate-and-test, polish.
+    Learn(LearnArgs),
+    /// Predict labels for x.npy with a model, streamed.
+    Predict(PredictArgs),
+    /// Score a model on labelled samples (and against the teacher, when given).
+    Eval(EvalArgs),
+    /// List the GPU adapters and check the chosen one with a smoke kernel.
+    Devices,
+}
+
+/// A teacher network: a random deep network or one of the hard constructions.
+#[derive(Args, Clone)]
+struct TeacherFlags {
+    /// Teacher family (ALGORITHM.md 4.2): random, parity (A), fan (B), deep-parity (C), composite (D).
+    #[arg(long, value_enum)]
+    teacher: Option<TeacherKind>,
+    /// Input dimension d.
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    /// Hidden widths of the random teacher, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "4,4")]
+    widths: Vec<usize>,
+    /// Relevant dimension: parity / deep-parity coordinates, first-layer rank of the random
+    /// teacher (default: its first width).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Fan teacher: number of unit pairs (even, at least 4; default 4).
+    #[arg(long)]
+    m: Option<usize>,
+    /// Give the random teacher biases.
+    #[arg(long)]
+    bias: bool,
+    /// Standard deviation of Gaussian label noise.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// Number of samples.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+}
+
+impl TeacherFlags {
+    fn teacher(&self, seed: u64) -> Result<Option<Teacher>> {
+        let Some(kind) = self.teacher else {
+            return Ok(None);
+        };
+        if self.n == 0 {
+            return Err(Error::invalid("--n: need at least one sample"));
+        }
+        if !(self.noise >= 0.0 && self.noise.is_finite()) {
+            return Err(Error::invalid(
+                "--noise: must be a finite standard deviation >= 0",
+            ));
+        }
+        let mut spec = TeacherSpec::new(kind, self.d);
+        spec.widths = self.widths.clone();
+        spec.k = self.k;
+        spec.m = self.m;
+        spec.bias = self.bias;
+        spec.seed = seed;
+        Ok(Some(teacher::build(&spec)?))
+    }
+
+    fn sampler(&self, teacher: &Teacher, seed: u64) -> Result<GaussianSource> {
+        GaussianSource::new(teacher.network.clone(), self.n, seed, self.noise)
+    }
+}
+
+/// Samples from .npy files, or drawn from a built-in teacher (no files needed).
+#[derive(Args, Clone)]
+struct SourceFlags {
+    /// Inputs: an (N, d) .npy file of float32 or float64, C order.
+    #[arg(long, requires = "y", conflicts_with = "teacher")]
+    x: Option<PathBuf>,
+    /// Labels: an (N,) or (N, 1) .npy file.
+    #[arg(long, requires = "x")]
+    y: Option<PathBuf>,
+    #[command(flatten)]
+    teacher: TeacherFlags,
+}
+
+/// An opened source, with the teacher when the samples are synthetic (for reporting only:
+/// the algorithms never read it).
+struct Samples {
+    source: Box<dyn SampleSource>,
+    teacher: Option<Teacher>,
+}
+
+impl SourceFlags {
+    fn open(&self, seed: u64) -> Result<Samples> {
+        if let (Some(x), Some(y)) = (&self.x, &self.y) {
+            return Ok(Samples {
+                source: Box::new(NpySource::open(x, y)?),
+                teacher: None,
+            });
+        }
+        match self.teacher.teacher(seed)? {
+            Some(t) => Ok(Samples {
+                source: Box::new(self.teacher.sampler(&t, seed)?),
+                teacher: Some(t),
+            }),
+            None => Err(Error::invalid(
+                "no samples: give --x X.npy --y Y.npy, or a built-in teacher with --teacher (e.g. --teacher parity --d 128 --k 4 --n 1000000)",
+            )),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    teacher: TeacherFlags,
+    /// Seed of the teacher and the samples.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct SubspaceArgs {
+    #[command(flatten)]
+    source: SourceFlags,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Filtered PCA finds the dimension itself; pHd, SIR and SAVE need --dim.
+    #[arg(long, value_enum, default_value = "filtered")]
+    method: Method,
+    /// Upper bound on the dimension filtered PCA may find.
+    #[arg(long, default_value_t = 8)]
+    max_dim: usize,
+    /// Number of directions for pHd, SIR and SAVE.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Seed (also of the teacher and samples, for synthetic sources).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON line on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the per-round scores against the acceptance bar as an SVG chart.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Where to write the subspace (relu-fpt/subspace JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct LearnArgs {
+    #[command(flatten)]
+    source: SourceFlags,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Hidden widths of the enumerated student networks.
+    #[arg(long = "hidden", value_delimiter = ',', default_value = "4")]
+    hidden: Vec<usize>,
+    /// Most candidate networks enumerate-and-test evaluates.
+    #[arg(long, default_value_t = 4096)]
+    budget: usize,
+    /// Upper bound on the subspace dimension.
+    #[arg(long, default_value_t = 8)]
+    max_dim: usize,
+    /// Fraction of the samples held out for validation (the last rows).
+    #[arg(long, default_value_t = 0.2)]
+    validation: f64,
+    /// Skip the final joint refinement in the full input.
+    #[arg(long)]
+    no_polish: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON line on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the model (relu-fpt/network JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A model written by `learn` (relu-fpt/network JSON).
+    #[arg(long)]
+    model: PathBuf,
+    /// Inputs: an (N, d) .npy file.
+    #[arg(long)]
+    x: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Where to write the (N,) float32 predictions.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A model written by `learn`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Inputs: an (N, d) .npy file.
+    #[arg(long)]
+    x: PathBuf,
+    /// Labels: an (N,) or (N, 1) .npy file.
+    #[arg(long)]
+    y: PathBuf,
+    /// The teacher network (teacher.json from `generate`): adds principal angles and the
+    /// gradient energy the model's subspace misses.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Also draw predictions against labels (first 2000 samples) as an SVG chart.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Training samples.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    /// Input dimension.
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    // Errors are values; a panic would be a bug. Keep even that to one line, no backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("relu-fpt: internal error: {info} (please report this)");
+    }));
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Demo(a) => demo(a),
+        Command::Generate(a) => generate(a),
+        Command::Subspace(a) => subspace(a),
+        Command::Learn(a) => learn_cmd(a),
+        Command::Predict(a) => predict(a),
+        Command::Eval(a) => eval(a),
+        Command::Devices => devices(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relu-fpt: error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// 2 for bad input or requests (fix the command or the files), 1 for failures of the machine.
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Gpu(_) => 1,
+        _ => 2,
+    }
+}
+
+/// Writes a file under a temporary name in the same directory, then renames it into place, so
+/// a failure never leaves a half-written output.
+fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{}: not a file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let teacher = a.teacher.teacher(a.seed)?.ok_or_else(|| {
+        Error::invalid("--teacher is required: random, parity, fan, deep-parity or composite")
+    })?;
+    let source = a.teacher.sampler(&teacher, a.seed)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    // All three files are written under temporary names first and renamed only when all are
+    // complete, so a failure leaves the directory as it was.
+    let staging = a
+        .out
+        .join(format!(".relu-fpt-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let written = (|| -> Result<()> {
+        let bar = progress::bar(source.len(), "generate");
+        let mut x_out = NpyWriter::create_matrix(&staging.join("x.npy"), source.dim())?;
+        let mut y_out = NpyWriter::create_vector(&staging.join("y.npy"))?;
+        for_each_chunk(&source, 1 << 16, |_, x, y| {
+            x_out.write_rows(x)?;
+            y_out.write_rows(y)?;
+            bar.inc(y.len() as u64);
+            Ok(())
+        })?;
+        x_out.finish()?;
+        y_out.finish()?;
+        teacher.network.save(&staging.join("teacher.json"))?;
+        bar.finish_and_clear();
+        for f in ["x.npy", "y.npy", "teacher.json"] {
+            std::fs::rename(staging.join(f), a.out.join(f))
+                .map_err(|e| Error::io(a.out.join(f), e))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    written?;
+    println!(
+        "wrote {} samples (d = {}) of the {} teacher (relevant dimension {}) to {}: x.npy, y.npy, teacher.json",
+        source.len(),
+        source.dim(),
+        teacher.name,
+        teacher.relevant_dim,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn subspace(a: SubspaceArgs) -> Result<()> {
+    let samples = a.source.open(a.seed)?;
+    let backend = backend::select(a.backend)?;
+    let config = SubspaceConfig {
+        method: a.method,
+        max_dim: a.max_dim,
+        dim: a.dim,
+        seed: a.seed,
+        ..SubspaceConfig::default()
+    };
+    let t = Instant::now();
+    let report = find_subspace(backend.as_ref(), samples.source.as_ref(), &config)?;
+    let seconds = t.elapsed().as_secs_f64();
+    write_atomic(&a.out, report.to_json().as_bytes())?;
+    if let Some(path) = &a.plot {
+        write_atomic(path, subspace_plot(&report, config.acceptance).as_bytes())?;
+    }
+    let truth = samples
+        .teacher
+        .as_ref()
+        .map(|t| teacher_metrics(t, &report.basis, a.seed));
+    if a.json {
+        let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).expect("own JSON");
+        v["seconds"] = seconds.into();
+        v["backend"] = backend.description().into();
+        if let Some(m) = &truth {
+            v["teacher"] = m.to_json();
+        }
+        println!("{v}");
+    } else {
+        print!("{}", report.summary());
+        if let Some(m) = &truth {
+            println!("{}", m.line());
+        }
+        println!(
+            "{:.1} s on {}; wrote {}",
+            seconds,
+            backend.description(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Each round's strongest filter eigenvalues, in multiples of their null edge, against the
+/// acceptance bar: what cleared it and by how much, and how far the rest fell short.
+fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport, bar: f64) -> String {
+    let groups: Vec<plot::BarGroup> = report
+        .rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| plot::BarGroup {
+            label: format!("round {}", i + 1),
+            values: r.top_eigenvalues.iter().map(|l| l / r.null_edge).collect(),
+            threshold: bar,
+        })
+        .collect();
+    plot::bar_chart(
+        &format!("{}: strongest filter per round", report.method.name()),
+        "|eigenvalue| / null edge",
+        &groups,
+    )
+}
+
+/// How a recovered basis compares with a known teacher (reported, never used by the method).
+struct TeacherComparison {
+    true_dim: usize,
+    found_dim: usize,
+    largest_angle: f64,
+    energy_missed: f64,
+}
+
+impl TeacherComparison {
+    fn line(&self) -> String {
+        format!(
+            "against the teacher: dimension {} found / {} true, largest principal angle {:.4} rad, gradient energy missed {:.2e}",
+            self.found_dim, self.true_dim, self.largest_angle, self.energy_missed
+        )
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "true_dim": self.true_dim, "found_dim": self.found_dim,
+            "largest_angle": self.largest_angle, "gradient_energy_missed": self.energy_missed
+        })
+    }
+}
+
+fn teacher_metrics(teacher: &Teacher, basis: &[Vec<f64>], seed: u64) -> TeacherComparison {
+    let truth = teacher.network.first_layer_span();
+    let angles = metrics::principal_angles(basis, &truth);
+    // Missed directions count as right angles: compare the larger of the two dimensions.
+    let largest = if basis.len() < truth.len() || angles.is_empty() {
+        std::f64::consts::FRAC_PI_2
+    } else {
+        angles.iter().copied().fold(0.0, f64::max)
+    };
+    TeacherComparison {
+        true_dim: truth.len(),
+        found_dim: basis.len(),
+        largest_angle: largest,
+        energy_missed: metrics::gradient_energy_missed(
+            &teacher.network,
+            basis,
+            100_000,
+            seed ^ 0x5eed,
+        ),
+    }
+}
+
+fn learn_config(a: &LearnArgs) -> LearnConfig {
+    LearnConfig {
+        hidden: a.hidden.clone(),
+        budget: a.budget,
+        seed: a.seed,
+        validation_fraction: a.validation,
+        polish: !a.no_polish,
+        max_dim: a.max_dim,
+        ..LearnConfig::default()
+    }
+}
+
+fn learn_cmd(a: LearnArgs) -> Result<()> {
+    let samples = a.source.open(a.seed)?;
+    let backend = backend::select(a.backend)?;
+    let report = learn(backend.as_ref(), samples.source.as_ref(), &learn_config(&a))?;
+    report.model.save(&a.out)?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.summary());
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}
+
+/// Streams x through the model on the backend, handing each chunk's predictions to `sink`.
+fn predict_stream(
+    backend: &dyn Backend,
+    model: &Network,
+    source: &dyn SampleSource,
+    mut sink: impl FnMut(&[f32], &[f32]) -> Result<()>,
+) -> Result<()> {
+    let bar = progress::bar(source.len(), "predict");
+    for_each_chunk(source, 1 << 16, |_, x, y| {
+        let p = backend.predict(model, x, y.len())?;
+        bar.inc(y.len() as u64);
+        sink(&p, y)
+    })?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result<Network> {
+    let model = Network::load(path)?;
+    if model.input_dim != source.dim() {
+        return Err(Error::invalid(format!(
+            "{}: the model takes d = {} inputs but {} has d = {} columns: use the model learned on data of this dimension",
+            path.display(),
+            model.input_dim,
+            data.display(),
+            source.dim()
+        )));
+    }
+    Ok(model)
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let source = relu_fpt::data::NpySource::open_inputs(&a.x)?;
+    let model = load_model_for(&a.model, &source, &a.x)?;
+    let backend = backend::select(a.backend)?;
+    let mut out = NpyWriter::create_vector(&a.out)?;
+    predict_stream(backend.as_ref(), &model, &source, |p, _| out.write_rows(p))?;
+    let rows = out.finish()?;
+    println!("wrote {rows} predictions to {}", a.out.display());
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let source = NpySource::open(&a.x, &a.y)?;
+    let model = load_model_for(&a.model, &source, &a.x)?;
+    let teacher = match &a.teacher {
+        Some(p) => Some(Network::load(p)?),
+        None => None,
+    };
+    let backend = backend::select(a.backend)?;
+    let (mut n, mut sum_y, mut sum_y2, mut sse, mut sse2) = (0u64, 0.0, 0.0, 0.0, 0.0);
+    let mut points = Vec::new();
+    predict_stream(backend.as_ref(), &model, &source, |p, y| {
+        for (&pi, &yi) in p.iter().zip(y) {
+            let e = (pi as f64 - yi as f64).powi(2);
+            n += 1;
+            sum_y += yi as f64;
+            sum_y2 += (yi as f64).powi(2);
+            sse += e;
+            sse2 += e * e;
+            if points.len() < 2000 {
+                points.push((yi as f64, pi as f64));
+            }
+        }
+        Ok(())
+    })?;
+    let nf = n as f64;
+    let mse = sse / nf;
+    let var = (sum_y2 / nf - (sum_y / nf).powi(2)).max(f64::MIN_POSITIVE);
+    // 95% interval of the mean squared error by the central limit theorem.
+    let half = 1.96 * ((sse2 / nf - mse * mse).max(0.0) / nf).sqrt();
+    let mut v = serde_json::json!({
+        "n": n, "mse": mse, "mse_ci95": [mse - half, mse + half],
+        "var_y": var, "relative_mse": mse / var,
+        "relative_mse_ci95": [(mse - half) / var, (mse + half) / var],
+    });
+    let mut lines = vec![format!(
+        "{n} samples: MSE {mse:.5} (95% interval {:.5} to {:.5}), MSE/Var(y) {:.5} ({:.5} to {:.5})",
+        mse - half,
+        mse + half,
+        mse / var,
+        (mse - half) / var,
+        (mse + half) / var
+    )];
+    if let Some(t) = &teacher {
+        let truth = t.first_layer_span();
+        let found = model
+            .subspace
+            .clone()
+            .unwrap_or_else(|| model.first_layer_span());
+        let angles = metrics::principal_angles(&found, &truth);
+        let missed = metrics::gradient_energy_missed(t, &found, 100_000, 7);
+        v["principal_angles"] = serde_json::json!(angles);
+        v["gradient_energy_missed"] = missed.into();
+        lines.push(format!(
+            "against the teacher: principal angles {:?} rad, gradient energy missed {missed:.2e}",
+            angles
+                .iter()
+                .map(|a| (a * 1e4).round() / 1e4)
+                .collect::<Vec<_>>()
+        ));
+    }
+    if let Some(path) = &a.plot {
+        let svg = plot::scatter(
+            "predictions against labels",
+            "label y",
+            "prediction",
+            &points,
+        );
+        write_atomic(path, svg.as_bytes())?;
+    }
+    if a.json {
+        println!("{v}");
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let backend = backend::select(a.backend)?;
+    let mut spec = TeacherSpec::new(TeacherKind::Parity, a.d);
+    spec.k = Some(4);
+    spec.seed = a.seed;
+    let teacher = teacher::build(&spec)?;
+    println!(
+        "demo: learning the hard parity teacher (ALGORITHM.md 4.2 (A): d = {}, k = 4; every Hermite moment of degree < 4 vanishes, so pHd and online SGD see nothing) from {} samples on {}",
+        a.d,
+        a.n,
+        backend.description()
+    );
+    let train = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
+    let config = LearnConfig {
+        hidden: vec![16],
+        seed: a.seed,
+        ..LearnConfig::default()
+    };
+    let t = Instant::now();
+    let report: LearnReport = learn(backend.as_ref(), &train, &config)?;
+    let learn_seconds = t.elapsed().as_secs_f64();
+    print!("{}", report.summary());
+    // Fresh test samples from an independent seed.
+    let test = GaussianSource::new(
+        teacher.network.clone(),
+        100_000,
+        a.seed.wrapping_add(1_000_003),
+        0.0,
+    )?;
+    let (mut sse, mut sy, mut sy2, mut n) = (0.0, 0.0, 0.0, 0u64);
+    predict_stream(backend.as_ref(), &report.model, &test, |p, y| {
+        for (&pi, &yi) in p.iter().zip(y) {
+            sse += (pi as f64 - yi as f64).powi(2);
+            sy += yi as f64;
+            sy2 += (yi as f64).powi(2);
+            n += 1;
+        }
+        Ok(())
+    })?;
+    let nf = n as f64;
+    let var = sy2 / nf - (sy / nf).powi(2);
+    let cmp = teacher_metrics(
+        &teacher,
+        report.model.subspace.as_deref().unwrap_or(&[]),
+        a.seed,
+    );
+    println!("{}", cmp.line());
+    println!(
+        "test MSE/Var(y) on {} fresh samples: {:.4}; learned in {:.1} s",
+        n,
+        sse / nf / var,
+        learn_seconds
+    );
+    Ok(())
+}
+
+fn devices() -> Result<()> {
+    for line in relu_fpt::backend::gpu::list_adapters() {
+        println!("{line}");
+    }
+    match relu_fpt::backend::gpu::GpuBackend::new(true) {
+        Ok(gpu) => {
+            let err = relu_fpt::backend::gpu::smoke_test(gpu.context())?;
+            println!(
+                "chosen: {} (software: {}); smoke kernel max error {err:.1e}",
+                gpu.description(),
+                gpu.context().is_software()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("no adapter could be opened: {e}");
+            println!("--backend auto will use the CPU");
+            Ok(())
+        }
+    }
+}

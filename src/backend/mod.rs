@@ -7,6 +7,7 @@ pub mod gpu;
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::network::Network;
 
 /// Which device computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +112,24 @@ pub trait Backend: Send + Sync {
         samples: &ProjectedSamples,
         batch: &CandidateBatch,
     ) -> Result<CandidateStats>;
+    /// Outputs of `network` on `rows` samples (x row-major, rows x input_dim). The default is
+    /// the CPU forward pass (all cores); a device backend overrides it.
+    fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        check_predict_input(network, x, rows)?;
+        Ok(network.forward_f32(x, rows))
+    }
+}
+
+/// Typed error (not a panic) for an input block of the wrong size.
+pub fn check_predict_input(network: &Network, x: &[f32], rows: usize) -> Result<()> {
+    if x.len() != rows * network.input_dim {
+        return Err(crate::Error::invalid(format!(
+            "predict: {} input values for {rows} rows of d = {}",
+            x.len(),
+            network.input_dim
+        )));
+    }
+    Ok(())
 }
 
 /// Opens the backend the user asked for. `Auto` takes a hardware GPU when there is one and
