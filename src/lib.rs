@@ -8,6 +8,7 @@
 //! CPU or GPU (wgpu compute shaders in `shaders/`).
 
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod learn;

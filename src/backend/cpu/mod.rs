@@ -1,6 +1,7 @@
 //! CPU backend: all cores.
 
 mod evaluate;
+pub mod moments;
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
@@ -32,10 +33,9 @@ impl Backend for CpuBackend {
         source: &dyn SampleSource,
         spec: &BinSpec,
         weight: SampleWeight,
-        _progress: &indicatif::ProgressBar,
+        progress: &indicatif::ProgressBar,
     ) -> Result<FilteredMoments> {
-        // Temporary: the f64 twin until the blocked kernel lands.
-        crate::moments::reference_moments(source, spec, weight)
+        moments::moments(source, spec, weight, progress)
     }
 
     fn evaluate_candidates(

@@ -1,0 +1,161 @@
+//! Benchmarks a user can run (`relu-fpt bench moments`): timings of one backend's moment pass on
+//! data generated in memory, reported as one JSON line comparable with the peers in
+//! shared/peers (np_moment.py prints the same n, d, seconds, gflops fields).
+
+use crate::backend::Backend;
+use crate::data::MemorySource;
+use crate::error::{Error, Result};
+use crate::moments::{BinSpec, SampleWeight};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+/// Timed runs at least (after one warm-up).
+pub const MIN_TIMED_RUNS: usize = 5;
+
+/// Result of [`bench_moments`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MomentBench {
+    /// "cpu" or "gpu".
+    pub backend: String,
+    /// The backend's description (CPU threads or adapter name).
+    pub adapter: String,
+    /// Samples N.
+    pub n: u64,
+    /// Dimension d.
+    pub d: usize,
+    /// Bins K.
+    pub bins: usize,
+    /// Median wall time of one pass, seconds.
+    pub seconds: f64,
+    /// n d (d + 1) / seconds / 1e9 (the count np_moment.py uses).
+    pub gflops: f64,
+    /// n / seconds.
+    pub samples_per_second: f64,
+    /// Timed runs.
+    pub runs: usize,
+}
+
+impl MomentBench {
+    /// Exactly one JSON line: backend, adapter, n, d, bins, seconds, gflops, then extras.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("a struct of strings and numbers serialises")
+    }
+}
+
+/// Times `backend.moments` on n x d standard normal samples with `bins` bins: one warm-up,
+/// then max(runs, 5) timed runs, reporting the median. Data generation is not timed. For
+/// bins > 1 the spec uses a rank-2 basis (the first two axes) with equal-mass cells and
+/// equal-mass y-bins per cell, so that the spec has exactly `bins` bins.
+pub fn bench_moments(
+    backend: &dyn Backend,
+    n: u64,
+    d: usize,
+    bins: usize,
+    runs: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<MomentBench> {
+    if n == 0 || d == 0 || bins == 0 {
+        return Err(Error::invalid(format!(
+            "bench moments: n = {n}, d = {d}, bins = {bins}: all must be positive"
+        )));
+    }
+    if bins > 1 && d < 2 {
+        return Err(Error::invalid(
+            "bench moments: bins > 1 uses a rank-2 basis, so d must be at least 2",
+        ));
+    }
+    let source = bench_source(n as usize, d, 0x6d6f6d656e7473);
+    let spec = bench_spec(&source, bins);
+    spec.validate()?;
+    let runs = runs.max(MIN_TIMED_RUNS);
+    progress.set_length(n * (runs as u64 + 1));
+    backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        let m = backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
+        times.push(t.elapsed().as_secs_f64());
+        if m.total_count() != n {
+            return Err(Error::invalid(format!(
+                "bench moments: the backend counted {} samples of {n}",
+                m.total_count()
+            )));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[runs / 2];
+    Ok(MomentBench {
+        backend: backend.kind().to_string(),
+        adapter: backend.description(),
+        n,
+        d,
+        bins,
+        seconds,
+        gflops: n as f64 * d as f64 * (d as f64 + 1.0) / seconds / 1e9,
+        samples_per_second: n as f64 / seconds,
+        runs,
+    })
+}
+
+/// n x d standard normals (seeded, generated in parallel blocks) with labels y = x0 x1 + x2.
+fn bench_source(n: usize, d: usize, seed: u64) -> MemorySource {
+    const BLOCK: usize = 4096;
+    let mut x = vec![0.0f32; n * d];
+    x.par_chunks_mut(BLOCK * d)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ (b as u64).wrapping_mul(0x9e37));
+            for v in block {
+                let z: f64 = rng.sample(StandardNormal);
+                *v = z as f32;
+            }
+        });
+    let y = x
+        .chunks_exact(d)
+        .map(|r| {
+            let g = |j: usize| r.get(j).copied().unwrap_or(0.0);
+            g(0) * g(1) + g(2)
+        })
+        .collect();
+    MemorySource { dim: d, x, y }
+}
+
+/// K = bins: cells_per_axis^2 cells on the first two axes times bins / cells_per_axis^2 y-bins,
+/// with the largest cells_per_axis whose square divides `bins`. Edges are empirical quantiles.
+fn bench_spec(source: &MemorySource, bins: usize) -> BinSpec {
+    let d = source.dim;
+    if bins == 1 {
+        return BinSpec::single(d);
+    }
+    let per_axis = (1..=bins)
+        .take_while(|a| a * a <= bins)
+        .filter(|a| bins.is_multiple_of(a * a))
+        .last()
+        .unwrap_or(1);
+    let y_bins = bins / (per_axis * per_axis);
+    let mut basis = vec![0.0; 2 * d];
+    basis[0] = 1.0;
+    basis[d + 1] = 1.0;
+    let column = |j: usize| source.x.iter().skip(j).step_by(d).copied().collect();
+    let axis_edges = vec![
+        quantiles(column(0), per_axis),
+        quantiles(column(1), per_axis),
+    ];
+    let y_edge = quantiles(source.y.clone(), y_bins);
+    BinSpec {
+        dim: d,
+        basis,
+        axis_edges,
+        y_edges: vec![y_edge; per_axis * per_axis],
+    }
+}
+
+/// The `parts - 1` inner equal-mass edges of the values.
+fn quantiles(mut v: Vec<f32>, parts: usize) -> Vec<f64> {
+    v.sort_by(f32::total_cmp);
+    (1..parts)
+        .map(|j| v[(j * v.len() / parts).min(v.len() - 1)] as f64)
+        .collect()
+}
