@@ -38,8 +38,19 @@ enum Command {
     Predict(PredictArgs),
     /// Score a model on labelled samples (and against the teacher, when given).
     Eval(EvalArgs),
+    /// Time the computations.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// List the GPU adapters and check the chosen one with a smoke kernel.
     Devices,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Binned second moments: median of timed runs after a warm-up (data generation excluded).
+    Moments(BenchMomentsArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -265,6 +276,25 @@ struct DemoArgs {
     seed: u64,
 }
 
+#[derive(Args)]
+struct BenchMomentsArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    /// Number of bins K (K > 1 uses a rank-2 basis with label bins per cell).
+    #[arg(long, default_value_t = 1)]
+    bins: usize,
+    /// Timed runs after one warm-up (at least 5).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
+    /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     // Errors are values; a panic would be a bug. Keep even that to one line, no backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -278,6 +308,9 @@ fn main() -> ExitCode {
         Command::Learn(a) => learn_cmd(a),
         Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
+        Command::Bench {
+            what: BenchCommand::Moments(a),
+        } => bench_moments(a),
         Command::Devices => devices(),
     };
     match outcome {
@@ -673,6 +706,27 @@ fn demo(a: DemoArgs) -> Result<()> {
         sse / nf / var,
         learn_seconds
     );
+    Ok(())
+}
+
+fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
+    if a.runs < relu_fpt::bench::MIN_TIMED_RUNS {
+        return Err(Error::invalid(
+            "--runs: at least 5 timed runs, so the median means something",
+        ));
+    }
+    let backend = backend::select(a.backend)?;
+    let bar = progress::bar((a.runs + 1) as u64, "bench");
+    let r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", r.to_json_line());
+    } else {
+        println!(
+            "{} ({}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s), {:.3e} samples/s",
+            r.backend, r.adapter, r.n, r.d, r.bins, r.seconds, r.runs, r.gflops, r.samples_per_second
+        );
+    }
     Ok(())
 }
 
