@@ -244,3 +244,24 @@ fn bad_requests_are_typed_errors() {
     };
     assert!(find_subspace(common::cpu(), &empty, &SubspaceConfig::default()).is_err());
 }
+
+/// One full filtered-PCA run on the GPU backend (lavapipe in CI): same dimension as on the CPU
+/// and the same basis up to f32 rounding of the sums (both within the Davis-Kahan bound).
+#[test]
+fn filtered_pca_on_the_gpu_backend_matches_the_cpu() {
+    let t = teacher(TeacherKind::Fan, 16, 5);
+    let source = GaussianSource::new(t.network.clone(), 120_000, 11, 0.0).unwrap();
+    let config = SubspaceConfig::default();
+    let cpu = find_subspace(common::cpu(), &source, &config).unwrap();
+    let gpu = find_subspace(common::gpu(), &source, &config).unwrap();
+    assert_eq!(gpu.dim(), t.relevant_dim);
+    assert_eq!(gpu.dim(), cpu.dim());
+    let between = principal_angles(&gpu.basis, &cpu.basis)
+        .into_iter()
+        .fold(0.0, f64::max);
+    assert!(
+        between < 1e-3,
+        "GPU and CPU bases differ by {between:.2e} rad"
+    );
+    assert!(largest_angle(&gpu, &t) < angle_bound(&gpu));
+}
