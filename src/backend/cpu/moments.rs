@@ -3,7 +3,7 @@
 //! The rows are split into contiguous partitions, one per rayon thread (fewer when the f64
 //! accumulators would not fit in memory), so the f64 summation order depends only on N and the
 //! thread count: same data and thread count, same bits. Each partition reads chunks of
-//! [`CHUNK_ROWS`] rows and for each chunk
+//! [`CHUNK_ROWS`] rows (about 1 MiB of x when K = 1) and for each chunk
 //! 1. finds every row's bin by [`BinSpec::bin_of`]'s rule with z = B^T x computed in **f64**
 //!    (eight-lane sums), so bins agree with [`crate::moments::reference_moments`] except for a z
 //!    within ~1e-15 relative of an edge;
@@ -20,8 +20,19 @@ use crate::error::{Error, Result};
 use crate::moments::{count_below, BinSpec, FilteredMoments, SampleWeight};
 use rayon::prelude::*;
 
-/// Rows read per chunk.
+/// Rows read per chunk when rows are sorted by bin (K > 1): long bin segments.
 pub const CHUNK_ROWS: usize = 16384;
+/// Bytes of x per chunk when K = 1: the copy out of the source stays in cache for the kernel.
+const SINGLE_BIN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Rows per chunk for dimension d and K bins.
+fn chunk_rows(d: usize, bins: usize) -> usize {
+    if bins == 1 {
+        (SINGLE_BIN_CHUNK_BYTES / (4 * d)).clamp(KC, CHUNK_ROWS) / KC * KC
+    } else {
+        CHUNK_ROWS
+    }
+}
 /// Longest run summed in f32 before it is added into f64 (ALGORITHM.md 5.2).
 pub const RUN_ROWS: usize = 4096;
 /// Rows packed at once for the inner kernel (packed panels stay in L1/L2).
@@ -50,7 +61,8 @@ pub fn moments(
     let d = spec.dim;
     let bins = spec.bins();
     let n = source.len();
-    let chunks = n.div_ceil(CHUNK_ROWS as u64);
+    let chunk = chunk_rows(d, bins);
+    let chunks = n.div_ceil(chunk as u64);
     let acc_bytes = 8 * bins * (d * (d + 1) / 2 + d + 3) + 8 * bins;
     let by_memory = (ACCUMULATOR_BUDGET_BYTES / acc_bytes.max(1)).max(1) as u64;
     let parts = (rayon::current_num_threads() as u64)
@@ -64,9 +76,9 @@ pub fn moments(
             let last = (p + 1) * chunks / parts;
             let mut worker = Worker::new(spec, weight);
             for c in first..last {
-                let start = c * CHUNK_ROWS as u64;
-                let rows = source.read(start, CHUNK_ROWS, &mut worker.x, &mut worker.y)?;
-                let want = (n - start).min(CHUNK_ROWS as u64) as usize;
+                let start = c * chunk as u64;
+                let rows = source.read(start, chunk, &mut worker.x, &mut worker.y)?;
+                let want = (n - start).min(chunk as u64) as usize;
                 if rows != want || worker.x.len() != rows * d || worker.y.len() != rows {
                     return Err(Error::invalid(format!(
                         "{} returned {rows} rows at row {start}, expected {want}",
