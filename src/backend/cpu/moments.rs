@@ -143,7 +143,7 @@ impl Worker {
             let b = if bins == 1 {
                 0
             } else {
-                bin_of_row(spec, &self.x[i * d..(i + 1) * d], y)
+                bin_of_row(spec, self.kernel.use_fma, &self.x[i * d..(i + 1) * d], y)
             };
             let w = weight.of(y);
             self.acc.count[b] += 1;
@@ -215,31 +215,51 @@ impl Worker {
 }
 
 /// The bin of one f32 row: [`BinSpec::bin_of`]'s rule with z = B^T x in f64, summed in eight
-/// interleaved lanes (vectorisable; a sequential f64 sum is latency-bound and cost more than the
-/// SYRK at K = 64). The order differs from bin_of's, so a z within ~1e-15 relative of an edge may
-/// fall on the other side; nothing else differs.
-fn bin_of_row(spec: &BinSpec, x: &[f32], y: f64) -> usize {
-    const LANES: usize = 8;
+/// interleaved lanes (vectorised, with AVX2 when present: a sequential f64 sum is latency-bound
+/// and cost more than the SYRK at K = 64). The order differs from bin_of's, so a z within ~1e-15
+/// relative of an edge may fall on the other side; nothing else differs.
+fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
     let d = spec.dim;
     let per_axis = spec.cells_per_axis();
     let mut cell = 0usize;
     for (j, edges) in spec.axis_edges.iter().enumerate() {
-        let row = &spec.basis[j * d..(j + 1) * d];
-        let mut lanes = [0.0f64; LANES];
-        let mut bc = row.chunks_exact(LANES);
-        let mut xc = x.chunks_exact(LANES);
-        for (b, v) in (&mut bc).zip(&mut xc) {
-            for l in 0..LANES {
-                lanes[l] += b[l] * v[l] as f64;
-            }
-        }
-        for (l, (b, v)) in bc.remainder().iter().zip(xc.remainder()).enumerate() {
-            lanes[l] += b * *v as f64;
-        }
-        let z: f64 = lanes.iter().sum();
+        let z = dot_f64(use_avx2, &spec.basis[j * d..(j + 1) * d], x);
         cell = cell * per_axis + count_below(edges, z);
     }
     cell * spec.y_bins() + count_below(&spec.y_edges[cell], y)
+}
+
+fn dot_f64(use_avx2: bool, b: &[f64], x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { dot_f64_avx2(b, x) };
+    }
+    let _ = use_avx2;
+    dot_f64_lanes(b, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f64_avx2(b: &[f64], x: &[f32]) -> f64 {
+    dot_f64_lanes(b, x)
+}
+
+#[inline(always)]
+fn dot_f64_lanes(b: &[f64], x: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f64; LANES];
+    let mut bc = b.chunks_exact(LANES);
+    let mut xc = x.chunks_exact(LANES);
+    for (bb, v) in (&mut bc).zip(&mut xc) {
+        for l in 0..LANES {
+            lanes[l] += bb[l] * v[l] as f64;
+        }
+    }
+    for (l, (bb, v)) in bc.remainder().iter().zip(xc.remainder()).enumerate() {
+        lanes[l] += bb * *v as f64;
+    }
+    lanes.iter().sum()
 }
 
 /// Buffers of the f32 weighted SYRK: packed panels and the f32 result tile.
