@@ -318,11 +318,14 @@ impl SyrkWorkspace {
         let d = self.d;
         for ib in 0..self.da / MR {
             let panel = &mut self.apack[ib * KC * MR..(ib + 1) * KC * MR];
+            let c0 = ib * MR;
+            let width = MR.min(d - c0);
             for (i, (row, &wi)) in x.chunks_exact(d).zip(w).enumerate() {
-                for r in 0..MR {
-                    let col = ib * MR + r;
-                    panel[i * MR + r] = if col < d { wi * row[col] } else { 0.0 };
+                let dst = &mut panel[i * MR..(i + 1) * MR];
+                for (t, v) in dst[..width].iter_mut().zip(&row[c0..c0 + width]) {
+                    *t = wi * v;
                 }
+                dst[width..].iter_mut().for_each(|v| *v = 0.0);
             }
         }
         for jb in 0..self.db / NR {
