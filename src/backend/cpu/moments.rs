@@ -3,9 +3,10 @@
 //! The rows are split into contiguous partitions, one per rayon thread (fewer when the f64
 //! accumulators would not fit in memory), so the f64 summation order depends only on N and the
 //! thread count: same data and thread count, same bits. Each partition reads chunks of
-//! [`CHUNK_ROWS`] rows and for each chunk
-//! 1. finds every row's bin with [`BinSpec::bin_of`] itself: z = B^T x is computed in **f64**, in
-//!    the reference's order, so bins agree exactly with [`crate::moments::reference_moments`];
+//! [`CHUNK_ROWS`] rows (about 1 MiB of x when K = 1) and for each chunk
+//! 1. finds every row's bin by [`BinSpec::bin_of`]'s rule with z = B^T x computed in **f64**
+//!    (eight-lane sums), so bins agree with [`crate::moments::reference_moments`] except for a z
+//!    within ~1e-15 relative of an edge;
 //! 2. gathers the rows by bin (counting sort; skipped when K = 1);
 //! 3. per bin segment, in runs of at most [`RUN_ROWS`] rows, forms the upper triangle of
 //!    X^T diag(w) X in f32 with a register-blocked kernel (6 x 16 tiles, AVX2/FMA when the CPU
@@ -16,11 +17,22 @@
 
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
-use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::moments::{count_below, BinSpec, FilteredMoments, SampleWeight};
 use rayon::prelude::*;
 
-/// Rows read per chunk.
+/// Rows read per chunk when rows are sorted by bin (K > 1): long bin segments.
 pub const CHUNK_ROWS: usize = 16384;
+/// Bytes of x per chunk when K = 1: the copy out of the source stays in cache for the kernel.
+const SINGLE_BIN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Rows per chunk for dimension d and K bins.
+fn chunk_rows(d: usize, bins: usize) -> usize {
+    if bins == 1 {
+        (SINGLE_BIN_CHUNK_BYTES / (4 * d)).clamp(KC, CHUNK_ROWS) / KC * KC
+    } else {
+        CHUNK_ROWS
+    }
+}
 /// Longest run summed in f32 before it is added into f64 (ALGORITHM.md 5.2).
 pub const RUN_ROWS: usize = 4096;
 /// Rows packed at once for the inner kernel (packed panels stay in L1/L2).
@@ -49,7 +61,8 @@ pub fn moments(
     let d = spec.dim;
     let bins = spec.bins();
     let n = source.len();
-    let chunks = n.div_ceil(CHUNK_ROWS as u64);
+    let chunk = chunk_rows(d, bins);
+    let chunks = n.div_ceil(chunk as u64);
     let acc_bytes = 8 * bins * (d * (d + 1) / 2 + d + 3) + 8 * bins;
     let by_memory = (ACCUMULATOR_BUDGET_BYTES / acc_bytes.max(1)).max(1) as u64;
     let parts = (rayon::current_num_threads() as u64)
@@ -63,9 +76,9 @@ pub fn moments(
             let last = (p + 1) * chunks / parts;
             let mut worker = Worker::new(spec, weight);
             for c in first..last {
-                let start = c * CHUNK_ROWS as u64;
-                let rows = source.read(start, CHUNK_ROWS, &mut worker.x, &mut worker.y)?;
-                let want = (n - start).min(CHUNK_ROWS as u64) as usize;
+                let start = c * chunk as u64;
+                let rows = source.read(start, chunk, &mut worker.x, &mut worker.y)?;
+                let want = (n - start).min(chunk as u64) as usize;
                 if rows != want || worker.x.len() != rows * d || worker.y.len() != rows {
                     return Err(Error::invalid(format!(
                         "{} returned {rows} rows at row {start}, expected {want}",
@@ -91,7 +104,6 @@ struct Worker {
     acc: FilteredMoments,
     x: Vec<f32>,
     y: Vec<f32>,
-    xd: Vec<f64>,
     bin: Vec<u32>,
     w: Vec<f32>,
     sorted_x: Vec<f32>,
@@ -110,7 +122,6 @@ impl Worker {
             acc: FilteredMoments::zeros(d, bins),
             x: Vec::new(),
             y: Vec::new(),
-            xd: vec![0.0; d],
             bin: Vec::new(),
             w: Vec::new(),
             sorted_x: Vec::new(),
@@ -132,10 +143,7 @@ impl Worker {
             let b = if bins == 1 {
                 0
             } else {
-                for (t, v) in self.xd.iter_mut().zip(&self.x[i * d..(i + 1) * d]) {
-                    *t = *v as f64;
-                }
-                spec.bin_of(&self.xd, y)
+                bin_of_row(spec, self.kernel.use_fma, &self.x[i * d..(i + 1) * d], y)
             };
             let w = weight.of(y);
             self.acc.count[b] += 1;
@@ -206,6 +214,54 @@ impl Worker {
     }
 }
 
+/// The bin of one f32 row: [`BinSpec::bin_of`]'s rule with z = B^T x in f64, summed in eight
+/// interleaved lanes (vectorised, with AVX2 when present: a sequential f64 sum is latency-bound
+/// and cost more than the SYRK at K = 64). The order differs from bin_of's, so a z within ~1e-15
+/// relative of an edge may fall on the other side; nothing else differs.
+fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
+    let d = spec.dim;
+    let per_axis = spec.cells_per_axis();
+    let mut cell = 0usize;
+    for (j, edges) in spec.axis_edges.iter().enumerate() {
+        let z = dot_f64(use_avx2, &spec.basis[j * d..(j + 1) * d], x);
+        cell = cell * per_axis + count_below(edges, z);
+    }
+    cell * spec.y_bins() + count_below(&spec.y_edges[cell], y)
+}
+
+fn dot_f64(use_avx2: bool, b: &[f64], x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { dot_f64_avx2(b, x) };
+    }
+    let _ = use_avx2;
+    dot_f64_lanes(b, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f64_avx2(b: &[f64], x: &[f32]) -> f64 {
+    dot_f64_lanes(b, x)
+}
+
+#[inline(always)]
+fn dot_f64_lanes(b: &[f64], x: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f64; LANES];
+    let mut bc = b.chunks_exact(LANES);
+    let mut xc = x.chunks_exact(LANES);
+    for (bb, v) in (&mut bc).zip(&mut xc) {
+        for l in 0..LANES {
+            lanes[l] += bb[l] * v[l] as f64;
+        }
+    }
+    for (l, (bb, v)) in bc.remainder().iter().zip(xc.remainder()).enumerate() {
+        lanes[l] += bb * *v as f64;
+    }
+    lanes.iter().sum()
+}
+
 /// Buffers of the f32 weighted SYRK: packed panels and the f32 result tile.
 pub struct SyrkWorkspace {
     d: usize,
@@ -262,11 +318,14 @@ impl SyrkWorkspace {
         let d = self.d;
         for ib in 0..self.da / MR {
             let panel = &mut self.apack[ib * KC * MR..(ib + 1) * KC * MR];
+            let c0 = ib * MR;
+            let width = MR.min(d - c0);
             for (i, (row, &wi)) in x.chunks_exact(d).zip(w).enumerate() {
-                for r in 0..MR {
-                    let col = ib * MR + r;
-                    panel[i * MR + r] = if col < d { wi * row[col] } else { 0.0 };
+                let dst = &mut panel[i * MR..(i + 1) * MR];
+                for (t, v) in dst[..width].iter_mut().zip(&row[c0..c0 + width]) {
+                    *t = wi * v;
                 }
+                dst[width..].iter_mut().for_each(|v| *v = 0.0);
             }
         }
         for jb in 0..self.db / NR {
