@@ -267,3 +267,34 @@ fn learn_end_to_end_random_network_with_biases() {
     let ratio = rep.validation_mse / rep.validation_var;
     assert!(ratio < 0.01, "random network end to end MSE/Var {ratio}");
 }
+
+#[test]
+fn row_caps_bound_the_work_and_errors_stay_on_all_validation_rows() {
+    let net = teacher(1.0);
+    let src = source(&net, 2000, 11);
+    let mut cfg = config(0.02);
+    cfg.budget = 300;
+    cfg.search_config.max_rows = 300;
+    cfg.sphere_config.max_rows = 400;
+    cfg.polish_config.max_rows = 500;
+    cfg.polish_config.epochs = 5;
+    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    let val = DenseSamples {
+        dim: D,
+        x: &src.x[1600 * D..],
+        y: &src.y[1600..],
+    };
+    let direct = dense_mse(&rep.model, &val);
+    assert!(
+        (direct - rep.validation_mse).abs() < 1e-6 * rep.validation_var,
+        "{direct} vs {}",
+        rep.validation_mse
+    );
+    let p = rep.polished_mse.unwrap();
+    assert_eq!(p.kept, p.after < p.before);
+    assert!(
+        rep.validation_mse / rep.validation_var < 0.2,
+        "{}",
+        rep.summary()
+    );
+}

@@ -147,7 +147,7 @@ impl LearnReport {
             .iter()
             .map(|(k, v)| format!("{k} {v:.2}s"))
             .collect();
-        s += &format!("time: {}", t.join(", "));
+        s += &format!("time: {}\n", t.join(", "));
         s
     }
 
@@ -248,15 +248,28 @@ pub fn learn(
     }
 
     let t = Instant::now();
-    // Project while reading; the raw rows are kept only for the polish.
-    let keep_x = config.polish;
-    let mut x = Vec::with_capacity(if keep_x { n * d } else { 0 });
+    // Project while reading. Raw rows are kept only for the polish: the training rows it uses
+    // (the first polish max_rows) and every validation row.
+    let keep_train = if config.polish {
+        n_train.min(config.polish_config.max_rows.max(1))
+    } else {
+        0
+    };
+    let mut x_train = Vec::with_capacity(keep_train * d);
+    let mut x_val = Vec::with_capacity(if config.polish { n_val * d } else { 0 });
     let mut z = Vec::with_capacity(n * r);
     let mut y = Vec::with_capacity(n);
-    for_each_chunk(source, 65_536, |_, xb, yb| {
+    for_each_chunk(source, 65_536, |start, xb, yb| {
         project_into(xb, d, &basis, &mut z);
-        if keep_x {
-            x.extend_from_slice(xb);
+        if config.polish {
+            for (i, row) in xb.chunks_exact(d).enumerate() {
+                let at = start as usize + i;
+                if at < keep_train {
+                    x_train.extend_from_slice(row);
+                } else if at >= n_train {
+                    x_val.extend_from_slice(row);
+                }
+            }
         }
         y.extend_from_slice(yb);
         Ok(())
@@ -301,15 +314,14 @@ pub fn learn(
     let mut polished_mse = None;
     if config.polish {
         let t = Instant::now();
-        let (x_train, x_val) = x.split_at(n_train * d);
         let train_dense = DenseSamples {
             dim: d,
-            x: x_train,
-            y: y_train,
+            x: &x_train,
+            y: &y_train[..keep_train],
         };
         let val_dense = DenseSamples {
             dim: d,
-            x: x_val,
+            x: &x_val,
             y: y_val,
         };
         let pc = PolishConfig {

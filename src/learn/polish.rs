@@ -18,6 +18,9 @@ pub struct PolishConfig {
     pub learning_rate: f64,
     /// Samples per Adam step.
     pub batch_size: usize,
+    /// Adam runs on at most this many training rows and picks its epoch on at most this many
+    /// validation rows (the first ones); `before` and `after` are on all validation rows.
+    pub max_rows: usize,
     /// Seed of the sample order.
     pub seed: u64,
 }
@@ -28,6 +31,7 @@ impl Default for PolishConfig {
             epochs: 30,
             learning_rate: 1e-3,
             batch_size: 256,
+            max_rows: 100_000,
             seed: 0,
         }
     }
@@ -38,6 +42,16 @@ pub struct DenseSamples<'a> {
     pub dim: usize,
     pub x: &'a [f32],
     pub y: &'a [f32],
+}
+
+/// The first `rows` rows of dense samples.
+fn head<'a>(s: &DenseSamples<'a>, rows: usize) -> DenseSamples<'a> {
+    let n = s.y.len().min(rows);
+    DenseSamples {
+        dim: s.dim,
+        x: &s.x[..n * s.dim],
+        y: &s.y[..n],
+    }
 }
 
 /// Outcome of a polish.
@@ -149,6 +163,10 @@ pub fn polish(
     config: &PolishConfig,
 ) -> PolishResult {
     let before = dense_mse(start, val);
+    let cap = config.max_rows.max(1);
+    let train = &head(train, cap);
+    let val_full = val;
+    let val = &head(val, cap);
     let mut net = start.clone();
     let mut p = flatten(&net);
     let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
@@ -197,7 +215,15 @@ pub fn polish(
             best = (mse, p.clone());
         }
     }
-    let after = if config.epochs == 0 { before } else { best.0 };
+    let after = if config.epochs == 0 {
+        before
+    } else if val.y.len() == val_full.y.len() {
+        best.0
+    } else {
+        let mut n = start.clone();
+        unflatten(&mut n, &best.1);
+        dense_mse(&n, val_full)
+    };
     let kept = after < before;
     let mut network = start.clone();
     if kept {

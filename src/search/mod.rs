@@ -46,6 +46,9 @@ pub struct SearchConfig {
     pub coarse_fraction: f64,
     /// Candidates per backend call.
     pub batch_size: usize,
+    /// Candidates are scored on at most this many training and validation rows (the first
+    /// ones): the cost is budget x rows, and the ranking needs far fewer rows than the fit.
+    pub max_rows: usize,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -64,6 +67,7 @@ impl Default for SearchConfig {
             refine_top: 8,
             coarse_fraction: 0.3,
             batch_size: 2048,
+            max_rows: 50_000,
             seed: 0,
         }
     }
@@ -351,6 +355,7 @@ pub fn enumerate_and_test(
     config: &SearchConfig,
 ) -> Result<EnumerateResult> {
     check_search_inputs(train, val, &config.hidden)?;
+    let (train, val) = (&head(train, config.max_rows), &head(val, config.max_rows));
     if config.budget == 0 || config.batch_size == 0 {
         return Err(Error::invalid(
             "search: budget and batch_size must be positive",
@@ -531,6 +536,16 @@ fn perturb(
         *v += (step * rng.sample::<f64, _>(StandardNormal)) as f32;
     }
     p
+}
+
+/// The first `rows` rows (at least one) of projected samples.
+pub fn head(samples: &ProjectedSamples, rows: usize) -> ProjectedSamples {
+    let n = samples.len().min(rows.max(1));
+    ProjectedSamples {
+        rank: samples.rank,
+        z: samples.z[..n * samples.rank].to_vec(),
+        y: samples.y[..n].to_vec(),
+    }
 }
 
 /// Mean squared error of a network on projected samples (f64).

@@ -20,6 +20,9 @@ pub struct SphereNetConfig {
     pub thresholds: Vec<f64>,
     /// Ridge values tried (relative to the mean Gram diagonal); the best on validation is kept.
     pub ridges: Vec<f64>,
+    /// The normal equations use at most this many training rows (the first ones); cost is
+    /// rows x features^2.
+    pub max_rows: usize,
     /// Seed of the direction net (r >= 3).
     pub seed: u64,
 }
@@ -31,6 +34,7 @@ impl Default for SphereNetConfig {
             max_directions: 96,
             thresholds: vec![-1.0, 0.0, 1.0],
             ridges: vec![1e-8, 1e-6, 1e-4, 1e-2],
+            max_rows: 100_000,
             seed: 0,
         }
     }
@@ -78,6 +82,7 @@ pub fn sphere_net_fit(
             "sphere-net fit: needs thresholds, ridges and a positive delta",
         ));
     }
+    let train = &super::head(train, config.max_rows);
     let dirs = sphere_net(r, config.delta, config.max_directions.max(2), config.seed);
     let t = &config.thresholds;
     let f = dirs.len() * t.len() + r + 1;
