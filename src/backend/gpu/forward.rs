@@ -86,11 +86,14 @@ struct Info {
     pad: [u32; 2],
 }
 
+/// (workgroup size, samples per group, max width): what a compiled forward pipeline depends on.
+type PipelineKey = (u32, u32, u32);
+
 /// Forward pipelines per (workgroup size, samples per group, max width), built once per
 /// backend.
 #[derive(Default)]
 pub struct ForwardPipelineCache {
-    pipelines: Mutex<Vec<((u32, u32, u32), Arc<wgpu::ComputePipeline>)>>,
+    pipelines: Mutex<Vec<(PipelineKey, Arc<wgpu::ComputePipeline>)>>,
 }
 
 impl ForwardPipelineCache {
