@@ -2,11 +2,13 @@
 
 mod context;
 mod evaluate;
+mod forward;
 mod moments;
 mod smoke;
 
 pub use context::{list_adapters, GpuContext};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
+pub use forward::{ForwardKernelParams, ForwardPipelineCache, MAX_FORWARD_WIDTH};
 pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
@@ -14,6 +16,7 @@ use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::network::Network;
 
 /// Errors from adapter selection and kernels.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,7 @@ pub struct GpuBackend {
     ctx: GpuContext,
     moment_pipelines: MomentPipelineCache,
     resident: ResidentSamples,
+    forward_pipelines: ForwardPipelineCache,
 }
 
 impl GpuBackend {
@@ -56,6 +60,7 @@ impl GpuBackend {
             ctx: GpuContext::new(allow_software)?,
             moment_pipelines: MomentPipelineCache::default(),
             resident: ResidentSamples::default(),
+            forward_pipelines: ForwardPipelineCache::default(),
         })
     }
 
@@ -83,6 +88,17 @@ impl GpuBackend {
             Some(&self.resident),
             progress,
         )
+    }
+
+    /// [`Backend::predict`] with explicit kernel parameters (tests, tuning).
+    pub fn predict_with(
+        &self,
+        network: &Network,
+        x: &[f32],
+        rows: usize,
+        params: &ForwardKernelParams,
+    ) -> Result<Vec<f32>> {
+        forward::predict_with(&self.ctx, &self.forward_pipelines, network, x, rows, params)
     }
 
     /// Keeps sample data on the device between passes (later rounds re-read the same source)
@@ -121,5 +137,11 @@ impl Backend for GpuBackend {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats> {
         evaluate::evaluate_candidates(&self.ctx, samples, batch)
+    }
+
+    fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        crate::backend::check_predict_input(network, x, rows)?;
+        let params = ForwardKernelParams::for_network(&self.ctx, network);
+        self.predict_with(network, x, rows, &params)
     }
 }

@@ -1,0 +1,276 @@
+//! Batched forward pass of a full [`Network`] on the GPU (`shaders/forward.wgsl`), the GPU
+//! override of [`crate::backend::Backend::predict`].
+//!
+//! One workgroup of `workgroup_size` invocations evaluates `samples_per_group` samples layer by
+//! layer: each layer's dot products are shared round-robin by the workgroup, hidden activations
+//! sit in workgroup memory (4,096 f32 words: two planes of `samples_per_group x max_width`), and
+//! the first layer reads x from storage. x is streamed in pieces of at most `rows_per_dispatch`
+//! rows that also fit one storage binding. Arithmetic is f32 (the CPU default accumulates in f64).
+//! Limits: hidden widths up to 2,048 ([`GpuError::TooLarge`] beyond); on software adapters the
+//! per-invocation loop count must fit the loop budget even with one sample per workgroup, which
+//! holds for d up to about 30,000 at widths <= the workgroup size.
+
+use super::{GpuContext, GpuError};
+use crate::error::{Error, Result};
+use crate::network::Network;
+use std::sync::{Arc, Mutex};
+
+/// f32 words of workgroup memory the kernel's activation array holds (`ACT_WORDS` in WGSL).
+const ACT_WORDS: usize = 4096;
+/// Widest hidden layer the kernel takes (one sample per workgroup, two planes).
+pub const MAX_FORWARD_WIDTH: usize = ACT_WORDS / 2;
+
+/// Tunables of the forward kernel; `workgroup_size`, `samples_per_group` and `max_width` become
+/// the WGSL `override` constants `WG`, `SB` and `MAXW`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardKernelParams {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// Samples one workgroup evaluates together (2 * samples_per_group * max_width <= 4096).
+    pub samples_per_group: u32,
+    /// Row stride of the activation planes: at least the widest hidden layer.
+    pub max_width: u32,
+    /// Rows per dispatch; x is streamed in pieces of at most this many rows.
+    pub rows_per_dispatch: usize,
+    /// Loop iterations one invocation may run; `Some` on software adapters (lavapipe truncates
+    /// beyond 65,535 silently), `None` on hardware.
+    pub loop_budget: Option<u64>,
+}
+
+impl ForwardKernelParams {
+    /// Defaults for `network` on this device: 64-wide workgroups, `max_width` the widest hidden
+    /// layer rounded up to 16, as many samples per group as the activation array holds (at
+    /// most 32), cut further to keep inside the loop budget on software adapters.
+    pub fn for_network(ctx: &GpuContext, network: &Network) -> Self {
+        let widest = network.hidden_widths().into_iter().max().unwrap_or(1);
+        let max_width = widest
+            .max(1)
+            .next_multiple_of(16)
+            .min(MAX_FORWARD_WIDTH.max(widest));
+        let workgroup_size = 64
+            .min(ctx.limits.max_compute_invocations_per_workgroup)
+            .min(ctx.limits.max_compute_workgroup_size_x);
+        let loop_budget = ctx.is_software().then_some(30_000);
+        let mut samples_per_group = (ACT_WORDS / (2 * max_width)).clamp(1, 32) as u32;
+        if let Some(budget) = loop_budget {
+            while samples_per_group > 1
+                && loop_cost(network, workgroup_size, samples_per_group) > budget
+            {
+                samples_per_group /= 2;
+            }
+        }
+        ForwardKernelParams {
+            workgroup_size,
+            samples_per_group,
+            max_width: max_width as u32,
+            rows_per_dispatch: 1 << 16,
+            loop_budget,
+        }
+    }
+}
+
+/// Loop iterations one invocation runs for one sample block (every loop counts on lavapipe).
+fn loop_cost(network: &Network, wg: u32, sb: u32) -> u64 {
+    let per_layer = |l: &crate::network::Layer| {
+        let dots = (sb as u64 * l.outputs as u64).div_ceil(wg as u64);
+        dots * (l.inputs as u64 + 1) + 1
+    };
+    network.layers.iter().map(per_layer).sum::<u64>() + 1
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Info {
+    rows: u32,
+    depth: u32,
+    pad: [u32; 2],
+}
+
+/// (workgroup size, samples per group, max width): what a compiled forward pipeline depends on.
+type PipelineKey = (u32, u32, u32);
+
+/// Forward pipelines per (workgroup size, samples per group, max width), built once per
+/// backend.
+#[derive(Default)]
+pub struct ForwardPipelineCache {
+    pipelines: Mutex<Vec<(PipelineKey, Arc<wgpu::ComputePipeline>)>>,
+}
+
+impl ForwardPipelineCache {
+    fn get(
+        &self,
+        ctx: &GpuContext,
+        kp: &ForwardKernelParams,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = (kp.workgroup_size, kp.samples_per_group, kp.max_width);
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(p.clone());
+        }
+        let constants = [
+            ("WG", kp.workgroup_size as f64),
+            ("SB", kp.samples_per_group as f64),
+            ("MAXW", kp.max_width as f64),
+        ];
+        let wgsl = include_str!("../../../shaders/forward.wgsl");
+        let p = Arc::new(ctx.compute_pipeline("forward", wgsl, "forward", &constants)?);
+        cache.push((key, p.clone()));
+        Ok(p)
+    }
+}
+
+/// Checks the tunables against the network and the device.
+fn check_params(ctx: &GpuContext, network: &Network, kp: &ForwardKernelParams) -> Result<()> {
+    if kp.workgroup_size == 0 || kp.samples_per_group == 0 || kp.rows_per_dispatch == 0 {
+        return Err(Error::invalid(
+            "forward kernel: workgroup size, samples per group and rows per dispatch must be positive",
+        ));
+    }
+    let widest = network.hidden_widths().into_iter().max().unwrap_or(0);
+    if widest > MAX_FORWARD_WIDTH {
+        return Err(GpuError::TooLarge(format!(
+            "a hidden layer of width {widest}; the forward kernel takes up to {MAX_FORWARD_WIDTH}"
+        ))
+        .into());
+    }
+    if widest > kp.max_width as usize
+        || 2 * kp.samples_per_group as usize * kp.max_width as usize > ACT_WORDS
+    {
+        return Err(Error::invalid(format!(
+            "forward kernel: max_width {} must cover the widest hidden layer ({widest}) and \
+             2 * samples_per_group * max_width must be <= {ACT_WORDS}",
+            kp.max_width
+        )));
+    }
+    if kp.workgroup_size > ctx.limits.max_compute_invocations_per_workgroup
+        || kp.workgroup_size > ctx.limits.max_compute_workgroup_size_x
+    {
+        return Err(GpuError::TooLarge(format!(
+            "workgroup size {}; this adapter allows {}",
+            kp.workgroup_size,
+            ctx.limits
+                .max_compute_invocations_per_workgroup
+                .min(ctx.limits.max_compute_workgroup_size_x)
+        ))
+        .into());
+    }
+    if let Some(budget) = kp.loop_budget {
+        let cost = loop_cost(network, kp.workgroup_size, kp.samples_per_group);
+        if cost > budget {
+            return Err(GpuError::TooLarge(format!(
+                "the forward pass needs {cost} loop iterations per invocation, over the software \
+                 adapter's budget of {budget}; use the CPU backend"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates `network` on `rows` samples of `x` (row-major `rows x input_dim`) with explicit
+/// kernel tunables (tests force streaming with small values).
+pub fn predict_with(
+    ctx: &GpuContext,
+    cache: &ForwardPipelineCache,
+    network: &Network,
+    x: &[f32],
+    rows: usize,
+    kp: &ForwardKernelParams,
+) -> Result<Vec<f32>> {
+    crate::backend::check_predict_input(network, x, rows)?;
+    network.validate()?;
+    check_params(ctx, network, kp)?;
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let d = network.input_dim;
+
+    // Parameters and layout, uploaded once.
+    let mut params: Vec<f32> = Vec::new();
+    let mut layout: Vec<u32> = Vec::new();
+    for l in &network.layers {
+        let woff = params.len();
+        params.extend(l.weights.iter().map(|&w| w as f32));
+        let boff = params.len();
+        params.extend(l.bias.iter().map(|&b| b as f32));
+        layout.extend([l.inputs as u32, l.outputs as u32, woff as u32, boff as u32]);
+    }
+    let params_buf = ctx.storage_buffer("forward params", (params.len() * 4) as u64)?;
+    ctx.queue
+        .write_buffer(&params_buf, 0, bytemuck::cast_slice(&params));
+    let layout_buf = ctx.storage_buffer("forward layout", (layout.len() * 4) as u64)?;
+    ctx.queue
+        .write_buffer(&layout_buf, 0, bytemuck::cast_slice(&layout));
+
+    // Piece size: the dispatch cap, one storage binding of x, and the workgroup grid.
+    let sb = kp.samples_per_group as usize;
+    let row_bytes = (d.max(1) * 4) as u64;
+    let binding_rows = (ctx.max_binding().min(1 << 28) / row_bytes) as usize;
+    if binding_rows == 0 {
+        return Err(GpuError::TooLarge(format!(
+            "one row of x needs {row_bytes} bytes; this adapter allows {}",
+            ctx.max_binding()
+        ))
+        .into());
+    }
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let piece_rows = rows
+        .min(kp.rows_per_dispatch)
+        .min(binding_rows)
+        .min(max_groups.saturating_mul(max_groups).saturating_mul(sb));
+    let x_buf = ctx.storage_buffer("forward x", piece_rows as u64 * row_bytes)?;
+    let out_bytes = (piece_rows * 4) as u64;
+    let out_buf = ctx.storage_buffer("forward out", out_bytes)?;
+    let staging = ctx.staging_buffer("forward readback", out_bytes);
+    let info_buf = ctx.uniform_buffer("forward info", std::mem::size_of::<Info>() as u64);
+    let pipeline = cache.get(ctx, kp)?;
+    let bind_group = ctx.bind_group(
+        "forward bind group",
+        &pipeline,
+        &[
+            (0, &info_buf),
+            (1, &x_buf),
+            (2, &params_buf),
+            (3, &layout_buf),
+            (4, &out_buf),
+        ],
+    )?;
+
+    let mut out = Vec::with_capacity(rows);
+    for r0 in (0..rows).step_by(piece_rows) {
+        let n = piece_rows.min(rows - r0);
+        let info = Info {
+            rows: n as u32,
+            depth: network.layers.len() as u32,
+            pad: [0; 2],
+        };
+        ctx.queue
+            .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
+        if d > 0 {
+            ctx.queue
+                .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[r0 * d..(r0 + n) * d]));
+        }
+        let groups = n.div_ceil(sb);
+        let gx = groups.min(max_groups);
+        let gy = groups.div_ceil(gx);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+        }
+        let bytes = (n * 4) as u64;
+        enc.copy_buffer_to_buffer(&out_buf, 0, &staging, 0, bytes);
+        let piece: Vec<f32> = ctx.submit_and_read("forward", enc, &staging, bytes)?;
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
