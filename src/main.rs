@@ -212,6 +212,9 @@ struct LearnArgs {
     /// Skip the final joint refinement in the full input.
     #[arg(long)]
     no_polish: bool,
+    /// Passes of the polish over (at most 100 000) training rows.
+    #[arg(long, default_value_t = 30)]
+    polish_epochs: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -507,7 +510,7 @@ fn teacher_metrics(teacher: &Teacher, basis: &[Vec<f64>], seed: u64) -> TeacherC
 }
 
 fn learn_config(a: &LearnArgs) -> LearnConfig {
-    LearnConfig {
+    let mut config = LearnConfig {
         hidden: a.hidden.clone(),
         budget: a.budget,
         seed: a.seed,
@@ -515,7 +518,9 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         polish: !a.no_polish,
         max_dim: a.max_dim,
         ..LearnConfig::default()
-    }
+    };
+    config.polish_config.epochs = a.polish_epochs;
+    config
 }
 
 fn learn_cmd(a: LearnArgs) -> Result<()> {
@@ -666,8 +671,11 @@ fn demo(a: DemoArgs) -> Result<()> {
         backend.description()
     );
     let train = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
+    // Sized to finish within two minutes on two CPU cores: parity needs many units, which the
+    // sphere-net fit provides, so the enumeration gets a small budget.
     let config = LearnConfig {
         hidden: vec![16],
+        budget: 256,
         seed: a.seed,
         ..LearnConfig::default()
     };
