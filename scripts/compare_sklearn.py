@@ -56,7 +56,12 @@ def main():
                        "--seed", str(a.seed), "--json", "--out", model]
                 if not polish:
                     cmd.append("--no-polish")
-                _, secs = run(cmd)
+                try:
+                    _, secs = run(cmd)
+                except subprocess.CalledProcessError as e:  # e.g. too few samples: no direction found
+                    res["polish" if polish else "nopolish"] = (float("nan"), 0.0)
+                    print(f"{fam}: learn failed: {e.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                    continue
                 pred = os.path.join(tmp, "pred.npy")
                 np.save(os.path.join(tmp, "xt.npy"), np.ascontiguousarray(xt))
                 run([BIN, "predict", "--model", model, "--x", os.path.join(tmp, "xt.npy"), "--out", pred])
@@ -75,7 +80,7 @@ def main():
     print(f"| teacher (d = {a.d}, N = {a.n}) | relu-fpt MSE/Var (s) | without polish (s) | MLPRegressor MSE/Var (s) |")
     print("|---|---|---|---|")
     for r in rows:
-        f = lambda v: f"{v[0]:.4f} ({v[1]:.0f})"
+        f = lambda v: f"{v[0]:.2e} ({v[1]:.0f})"
         print(f"| {r['family']} | {f(r['polish'])} | {f(r['nopolish'])} | {f(r['sklearn'])} |")
 
 
