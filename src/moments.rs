@@ -166,6 +166,19 @@ impl BinSpec {
         Ok(())
     }
 
+    /// Checks the spec and that it fits the samples: what every backend does before a pass.
+    pub fn check_request(&self, source: &dyn SampleSource) -> Result<()> {
+        self.validate()?;
+        if source.dim() != self.dim {
+            return Err(Error::invalid(format!(
+                "samples have d = {} but the bin spec has d = {}",
+                source.dim(),
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Bin of one sample (f64 reference rule; kernels must agree with it).
     pub fn bin_of(&self, x: &[f64], y: f64) -> usize {
         let r = self.rank();
@@ -319,14 +332,7 @@ pub fn reference_moments(
     spec: &BinSpec,
     weight: SampleWeight,
 ) -> Result<FilteredMoments> {
-    spec.validate()?;
-    if source.dim() != spec.dim {
-        return Err(Error::invalid(format!(
-            "samples have d = {} but the bin spec has d = {}",
-            source.dim(),
-            spec.dim
-        )));
-    }
+    spec.check_request(source)?;
     let d = spec.dim;
     let tri = d * (d + 1) / 2;
     let mut m = FilteredMoments::zeros(d, spec.bins());

@@ -50,14 +50,7 @@ pub fn moments(
     weight: SampleWeight,
     progress: &indicatif::ProgressBar,
 ) -> Result<FilteredMoments> {
-    spec.validate()?;
-    if source.dim() != spec.dim {
-        return Err(Error::invalid(format!(
-            "samples have d = {} but the bin spec has d = {}",
-            source.dim(),
-            spec.dim
-        )));
-    }
+    spec.check_request(source)?;
     let d = spec.dim;
     let bins = spec.bins();
     let n = source.len();

@@ -382,14 +382,7 @@ pub(crate) fn gpu_moments(
     if k == 0 {
         return Err(GpuError::NoBins.into());
     }
-    spec.validate()?;
-    if source.dim() != spec.dim {
-        return Err(Error::invalid(format!(
-            "samples have d = {} but the bin spec has d = {}",
-            source.dim(),
-            spec.dim
-        )));
-    }
+    spec.check_request(source)?;
     let d = spec.dim;
     let plan = plan(ctx, spec, source.len(), params)?;
     let use_perm = k > 1;
