@@ -151,6 +151,8 @@ pub struct RoundReport {
     pub cell_axes: usize,
     /// (filter, direction) candidates that cleared the bar and entered the aggregate.
     pub candidates: usize,
+    /// Wall seconds of the round: the pass over the data and the host's scoring.
+    pub seconds: f64,
 }
 
 /// The result of [`find_subspace`].
@@ -188,7 +190,7 @@ impl SubspaceReport {
     }
 
     /// `{"format": "relu-fpt/subspace", "version": 1, "input_dim": d, "basis": [[..]],
-    /// "rounds": [{"accepted": n, "scores": [..], "top_eigenvalues": [..], "null_edge": v}],
+    /// "rounds": [{"accepted": n, "scores": [..], "top_eigenvalues": [..], "null_edge": v, "seconds": s}],
     /// "samples_used": N, "method": ".."}`.
     pub fn to_json(&self) -> String {
         let basis: Vec<String> = self.basis.iter().map(|r| json_list(r)).collect();
@@ -197,11 +199,12 @@ impl SubspaceReport {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"accepted\": {}, \"scores\": {}, \"top_eigenvalues\": {}, \"null_edge\": {}}}",
+                    "{{\"accepted\": {}, \"scores\": {}, \"top_eigenvalues\": {}, \"null_edge\": {}, \"seconds\": {}}}",
                     r.accepted,
                     json_list(&r.scores),
                     json_list(&r.top_eigenvalues),
-                    json_f64(r.null_edge)
+                    json_f64(r.null_edge),
+                    json_f64(r.seconds)
                 )
             })
             .collect();
@@ -762,6 +765,7 @@ fn filtered_pca(
     let mut samples_used = pilot.y.len() as u64;
     while basis.len() < max_dim {
         let round = rounds.len() + 1;
+        let started = std::time::Instant::now();
         let bins = round_bins(&pilot, d, &basis, n, c);
         let bar = crate::progress::bar(n, &format!("round {round}"));
         let moments = backend.moments(source, &bins.spec, SampleWeight::Unit, &bar)?;
@@ -777,6 +781,7 @@ fn filtered_pca(
             filters: scan.filters,
             cell_axes: bins.cell_axes,
             candidates: scan.accepted_candidates,
+            seconds: started.elapsed().as_secs_f64(),
         });
         if new.is_empty() {
             break;
@@ -868,6 +873,7 @@ fn baseline(
     let d = source.dim();
     let n = source.len();
     let k = c.dim.unwrap_or(1).min(d);
+    let started = std::time::Instant::now();
     let bar = crate::progress::bar(n, "round 1");
     let (matrix, pilot_rows) = match c.method {
         Method::Phd => {
@@ -923,6 +929,7 @@ fn baseline(
             filters: 0,
             cell_axes: 0,
             candidates: 0,
+            seconds: started.elapsed().as_secs_f64(),
         }],
         samples_used: n * passes
             + if c.method == Method::Phd {
