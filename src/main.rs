@@ -177,6 +177,9 @@ struct SubspaceArgs {
     /// Number of directions for pHd, SIR and SAVE.
     #[arg(long)]
     dim: Option<usize>,
+    /// Gauss-Newton steps on the filtered-PCA basis after the rounds, one pass each (0: none).
+    #[arg(long, default_value_t = 3)]
+    refine_steps: usize,
     /// Seed (also of the teacher and samples, for synthetic sources).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -408,6 +411,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
         max_dim: a.max_dim,
         dim: a.dim,
         seed: a.seed,
+        refine_steps: a.refine_steps,
         ..SubspaceConfig::default()
     };
     let t = Instant::now();

@@ -8,6 +8,7 @@
 
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
+use crate::network::Network;
 
 /// Per-sample weight w_i.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,4 +374,127 @@ pub fn reference_moments(
         }
     }
     Ok(m)
+}
+
+/// Sums for one Gauss-Newton step of a basis B (r orthonormal rows) given a fit h on
+/// z = B x, over a whole source: with residual e = y - h(z) and g = grad h(z),
+/// `cross` = sum e x g^T (d x r, row-major), `gram` = sum g g^T (r x r), `sse` = sum e^2.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitMoments {
+    /// Input dimension d.
+    pub dim: usize,
+    /// Basis rank r.
+    pub rank: usize,
+    /// Samples summed.
+    pub rows: u64,
+    /// Sum of squared residuals.
+    pub sse: f64,
+    /// d x r, row-major.
+    pub cross: Vec<f64>,
+    /// r x r, row-major.
+    pub gram: Vec<f64>,
+}
+
+impl FitMoments {
+    /// All-zero sums.
+    pub fn zeros(dim: usize, rank: usize) -> Self {
+        FitMoments {
+            dim,
+            rank,
+            rows: 0,
+            sse: 0.0,
+            cross: vec![0.0; dim * rank],
+            gram: vec![0.0; rank * rank],
+        }
+    }
+
+    /// Adds another set of sums (same shape).
+    pub fn merge(&mut self, other: &FitMoments) {
+        self.rows += other.rows;
+        self.sse += other.sse;
+        add(&mut self.cross, &other.cross);
+        add(&mut self.gram, &other.gram);
+    }
+
+    /// Adds one sample (x in f64, label y); `scratch` holds buffers between calls.
+    pub fn add_sample(
+        &mut self,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        x: &[f64],
+        y: f64,
+        scratch: &mut FitScratch,
+    ) {
+        scratch.z.clear();
+        scratch.z.extend(basis.iter().map(|b| dot(b, x)));
+        let e = y - fit.output_and_gradient(&scratch.z, &mut scratch.hidden, &mut scratch.grad);
+        let g = &mut scratch.grad;
+        let r = self.rank;
+        self.rows += 1;
+        self.sse += e * e;
+        for (a, ga) in g.iter().enumerate() {
+            for (c, gb) in self.gram[a * r..(a + 1) * r].iter_mut().zip(g.iter()) {
+                *c += ga * gb;
+            }
+        }
+        g.iter_mut().for_each(|v| *v *= e);
+        for (cross, &xi) in self.cross.chunks_exact_mut(r).zip(x) {
+            for (c, egj) in cross.iter_mut().zip(g.iter()) {
+                *c += xi * egj;
+            }
+        }
+    }
+}
+
+/// Buffers of [`FitMoments::add_sample`].
+#[derive(Default)]
+pub struct FitScratch {
+    z: Vec<f64>,
+    hidden: Vec<Vec<f64>>,
+    grad: Vec<f64>,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| p * q).sum()
+}
+
+/// [`FitMoments`] over the whole source on all CPU cores. Each chunk is cut into fixed blocks
+/// summed in order, so the result does not depend on thread timing.
+pub fn fit_moments(
+    source: &dyn SampleSource,
+    basis: &[Vec<f64>],
+    fit: &Network,
+    progress: &indicatif::ProgressBar,
+) -> Result<FitMoments> {
+    use rayon::prelude::*;
+    let d = source.dim();
+    let r = basis.len();
+    if r == 0 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
+        return Err(Error::invalid(format!(
+            "fit moments: need a basis of rows of length d = {d} and a fit on its {r} coordinates (fit takes {})",
+            fit.input_dim
+        )));
+    }
+    let mut total = FitMoments::zeros(d, r);
+    crate::data::for_each_chunk(source, 1 << 16, |_, xs, ys| {
+        let block = ys.len().div_ceil(16).max(1);
+        let parts: Vec<FitMoments> = xs
+            .par_chunks(block * d)
+            .zip(ys.par_chunks(block))
+            .map(|(xb, yb)| {
+                let mut m = FitMoments::zeros(d, r);
+                let mut xd = vec![0.0; d];
+                let mut scratch = FitScratch::default();
+                for (row, &y) in xb.chunks_exact(d).zip(yb) {
+                    xd.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
+                    m.add_sample(basis, fit, &xd, y as f64, &mut scratch);
+                }
+                m
+            })
+            .collect();
+        parts.iter().for_each(|p| total.merge(p));
+        progress.inc(ys.len() as u64);
+        Ok(())
+    })?;
+    Ok(total)
 }

@@ -398,6 +398,23 @@ impl Network {
     /// # Panics
     /// If `x.len() != input_dim`.
     pub fn gradient(&self, x: &[f64]) -> Vec<f64> {
+        let mut grad = Vec::new();
+        self.output_and_gradient(x, &mut Vec::new(), &mut grad);
+        grad
+    }
+
+    /// Output at one point, with the gradient with respect to x written into `grad`: the
+    /// allocation-free form of [`Network::gradient`] for passes over many samples. `scratch`
+    /// keeps every hidden layer's activations between calls.
+    ///
+    /// # Panics
+    /// If `x.len() != input_dim`.
+    pub fn output_and_gradient(
+        &self,
+        x: &[f64],
+        scratch: &mut Vec<Vec<f64>>,
+        grad: &mut Vec<f64>,
+    ) -> f64 {
         assert_eq!(
             x.len(),
             self.input_dim,
@@ -406,31 +423,40 @@ impl Network {
             self.input_dim
         );
         let last = self.layers.len() - 1;
-        // Forward pass, remembering which hidden units are active.
-        let mut active: Vec<Vec<bool>> = Vec::with_capacity(last);
-        let mut cur = x.to_vec();
-        for layer in &self.layers[..last] {
-            let pre: Vec<f64> = (0..layer.outputs)
-                .map(|o| layer.bias[o] + dot_wide(layer.row(o), &cur))
-                .collect();
-            active.push(pre.iter().map(|&p| p > 0.0).collect());
-            cur = pre.into_iter().map(|p| p.max(0.0)).collect();
+        scratch.resize(last, Vec::new());
+        // Forward pass; a unit is active when its activation is > 0.
+        for li in 0..last {
+            let (done, rest) = scratch.split_at_mut(li);
+            let input = if li == 0 { x } else { &done[li - 1] };
+            let layer = &self.layers[li];
+            let out = &mut rest[0];
+            out.clear();
+            out.extend(
+                (0..layer.outputs)
+                    .map(|o| (layer.bias[o] + dot_wide(layer.row(o), input)).max(0.0)),
+            );
         }
-        // Backward pass: g holds d(output)/d(input of layer li).
-        let mut g: Vec<f64> = self.layers[last].row(0).to_vec();
+        let top = &self.layers[last];
+        let input = if last == 0 { x } else { &scratch[last - 1] };
+        let output = top.bias[0] + dot_wide(top.row(0), input);
+        // Backward pass: grad holds d(output)/d(input of layer li).
+        grad.clear();
+        grad.extend_from_slice(top.row(0));
+        let mut below = Vec::new();
         for li in (0..last).rev() {
             let layer = &self.layers[li];
-            let mut below = vec![0.0f64; layer.inputs];
-            for (o, (&go, &on)) in g.iter().zip(&active[li]).enumerate() {
-                if on && go != 0.0 {
+            below.clear();
+            below.resize(layer.inputs, 0.0);
+            for (o, (&go, &a)) in grad.iter().zip(&scratch[li]).enumerate() {
+                if a > 0.0 && go != 0.0 {
                     for (b, &w) in below.iter_mut().zip(layer.row(o)) {
                         *b += go * w;
                     }
                 }
             }
-            g = below;
+            std::mem::swap(grad, &mut below);
         }
-        g
+        output
     }
 
     /// Orthonormal rows spanning the row space of the first layer's weights (the relevant
