@@ -458,43 +458,42 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(p, q)| p * q).sum()
 }
 
-/// [`FitMoments`] over the whole source on all CPU cores. Each chunk is cut into fixed blocks
-/// summed in order, so the result does not depend on thread timing.
-pub fn fit_moments(
+/// The f64 twin of [`FitMoments`]: a plain per-sample loop. Tests hold both backends to it.
+pub fn reference_fit_moments(
     source: &dyn SampleSource,
     basis: &[Vec<f64>],
     fit: &Network,
-    progress: &indicatif::ProgressBar,
 ) -> Result<FitMoments> {
-    use rayon::prelude::*;
+    check_fit_request(source, basis, fit)?;
     let d = source.dim();
-    let r = basis.len();
-    if r == 0 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
-        return Err(Error::invalid(format!(
-            "fit moments: need a basis of rows of length d = {d} and a fit on its {r} coordinates (fit takes {})",
-            fit.input_dim
-        )));
-    }
-    let mut total = FitMoments::zeros(d, r);
-    crate::data::for_each_chunk(source, 1 << 16, |_, xs, ys| {
-        let block = ys.len().div_ceil(16).max(1);
-        let parts: Vec<FitMoments> = xs
-            .par_chunks(block * d)
-            .zip(ys.par_chunks(block))
-            .map(|(xb, yb)| {
-                let mut m = FitMoments::zeros(d, r);
-                let mut xd = vec![0.0; d];
-                let mut scratch = FitScratch::default();
-                for (row, &y) in xb.chunks_exact(d).zip(yb) {
-                    xd.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
-                    m.add_sample(basis, fit, &xd, y as f64, &mut scratch);
-                }
-                m
-            })
-            .collect();
-        parts.iter().for_each(|p| total.merge(p));
-        progress.inc(ys.len() as u64);
+    let mut total = FitMoments::zeros(d, basis.len());
+    let mut scratch = FitScratch::default();
+    let mut xd = vec![0.0; d];
+    crate::data::for_each_chunk(source, 8192, |_, xs, ys| {
+        for (row, &y) in xs.chunks_exact(d).zip(ys) {
+            xd.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
+            total.add_sample(basis, fit, &xd, y as f64, &mut scratch);
+        }
         Ok(())
     })?;
     Ok(total)
+}
+
+/// Checks that a basis and a fit match the samples: what every backend does before the pass.
+pub fn check_fit_request(
+    source: &dyn SampleSource,
+    basis: &[Vec<f64>],
+    fit: &Network,
+) -> Result<()> {
+    let d = source.dim();
+    let r = basis.len();
+    if r == 0 || r > 8 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
+        return Err(Error::invalid(format!(
+            "fit moments: need 1..=8 basis rows of length d = {d} and a fit on their coordinates \
+             (got {r} rows of lengths {:?}, a fit on {} inputs)",
+            basis.iter().map(Vec::len).collect::<Vec<_>>(),
+            fit.input_dim
+        )));
+    }
+    Ok(())
 }

@@ -279,3 +279,59 @@ for_backends! {
     empty_source => cpu_empty_source, gpu_empty_source;
     bad_requests_are_errors => cpu_bad_requests_are_errors, gpu_bad_requests_are_errors;
 }
+
+/// A network on `r` inputs with biases: `hidden` ReLU widths, seeded normal weights.
+fn small_network(r: usize, hidden: &[usize], seed: u64) -> relu_fpt::network::Network {
+    use relu_fpt::network::{Layer, Network};
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut layers = Vec::new();
+    let mut inputs = r;
+    for &outputs in hidden.iter().chain(&[1]) {
+        let mut draw = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| rng.sample::<f64, _>(StandardNormal) / (inputs as f64).sqrt())
+                .collect()
+        };
+        let weights = draw(inputs * outputs);
+        let bias = draw(outputs);
+        layers.push(Layer::new(inputs, outputs, weights, bias).unwrap());
+        inputs = outputs;
+    }
+    Network::new(r, layers).unwrap()
+}
+
+/// The Gauss-Newton sums of each backend against the f64 twin, for one- and two-hidden-layer
+/// fits, several ranks, and N not a multiple of any block.
+fn check_fit_moments(backend: &dyn Backend, tolerance: f64) {
+    use relu_fpt::moments::reference_fit_moments;
+    let (n, d) = (5_003, 37);
+    let x = normal_rows(n, d, 21);
+    let y: Vec<f32> = normal_rows(n, 1, 22);
+    let source = MemorySource { dim: d, x, y };
+    for (r, hidden) in [(1, vec![5]), (3, vec![40]), (8, vec![6, 7])] {
+        let flat = orthonormal_basis(r, d, 23 + r as u64);
+        let basis: Vec<Vec<f64>> = flat.chunks_exact(d).map(|b| b.to_vec()).collect();
+        let fit = small_network(r, &hidden, 24);
+        let bar = indicatif::ProgressBar::hidden();
+        let got = backend.fit_moments(&source, &basis, &fit, &bar).unwrap();
+        let want = reference_fit_moments(&source, &basis, &fit).unwrap();
+        assert_eq!(got.rows, n as u64);
+        let rel = |a: &[f64], b: &[f64]| {
+            let num: f64 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum();
+            (num / b.iter().map(|q| q * q).sum::<f64>()).sqrt()
+        };
+        assert!(rel(&got.cross, &want.cross) < tolerance, "r = {r}: cross");
+        assert!(rel(&got.gram, &want.gram) < tolerance, "r = {r}: gram");
+        assert!(rel(&[got.sse], &[want.sse]) < tolerance, "r = {r}: sse");
+    }
+    // A fit on the wrong number of inputs is a typed error, not a panic.
+    let basis = vec![vec![1.0 / (d as f64).sqrt(); d]];
+    let fit = small_network(2, &[3], 25);
+    let bar = indicatif::ProgressBar::hidden();
+    assert!(backend.fit_moments(&source, &basis, &fit, &bar).is_err());
+}
+
+#[test]
+fn cpu_fit_moments_match_the_f64_twin() {
+    check_fit_moments(common::cpu(), 1e-12);
+}

@@ -113,16 +113,13 @@ pub trait Backend: Send + Sync {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats>;
     /// Sums for one Gauss-Newton step of the basis given a fit h on z = B x ([`FitMoments`]).
-    /// The default runs on all CPU cores.
     fn fit_moments(
         &self,
         source: &dyn SampleSource,
         basis: &[Vec<f64>],
         fit: &Network,
         progress: &indicatif::ProgressBar,
-    ) -> Result<FitMoments> {
-        crate::moments::fit_moments(source, basis, fit, progress)
-    }
+    ) -> Result<FitMoments>;
     /// Outputs of `network` on `rows` samples (x row-major, rows x input_dim). The default is
     /// the CPU forward pass (all cores); a device backend overrides it.
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {

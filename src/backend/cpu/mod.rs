@@ -1,12 +1,14 @@
 //! CPU backend: all cores.
 
 mod evaluate;
+pub(crate) mod fit;
 pub mod moments;
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
-use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
+use crate::network::Network;
 
 /// The CPU implementation of [`Backend`].
 #[derive(Clone, Debug, Default)]
@@ -36,6 +38,16 @@ impl Backend for CpuBackend {
         progress: &indicatif::ProgressBar,
     ) -> Result<FilteredMoments> {
         moments::moments(source, spec, weight, progress)
+    }
+
+    fn fit_moments(
+        &self,
+        source: &dyn SampleSource,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FitMoments> {
+        fit::fit_moments(source, basis, fit, progress)
     }
 
     fn evaluate_candidates(

@@ -15,7 +15,7 @@ pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
-use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
 use crate::network::Network;
 
 /// Errors from adapter selection and kernels.
@@ -137,6 +137,17 @@ impl Backend for GpuBackend {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats> {
         evaluate::evaluate_candidates(&self.ctx, samples, batch)
+    }
+
+    fn fit_moments(
+        &self,
+        source: &dyn SampleSource,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FitMoments> {
+        // The CPU pass until a kernel for it exists.
+        crate::backend::cpu::fit::fit_moments(source, basis, fit, progress)
     }
 
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
