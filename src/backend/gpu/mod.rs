@@ -2,12 +2,14 @@
 
 mod context;
 mod evaluate;
+mod fit;
 mod forward;
 mod moments;
 mod smoke;
 
 pub use context::{list_adapters, GpuContext};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
+pub use fit::{FitKernelParams, FitPipelineCache, MAX_FIT_RANK};
 pub use forward::{ForwardKernelParams, ForwardPipelineCache, MAX_FORWARD_WIDTH};
 pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
@@ -15,7 +17,7 @@ pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
-use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
 use crate::network::Network;
 
 /// Errors from adapter selection and kernels.
@@ -51,6 +53,7 @@ pub struct GpuBackend {
     moment_pipelines: MomentPipelineCache,
     resident: ResidentSamples,
     forward_pipelines: ForwardPipelineCache,
+    fit_pipelines: FitPipelineCache,
 }
 
 impl GpuBackend {
@@ -61,6 +64,7 @@ impl GpuBackend {
             moment_pipelines: MomentPipelineCache::default(),
             resident: ResidentSamples::default(),
             forward_pipelines: ForwardPipelineCache::default(),
+            fit_pipelines: FitPipelineCache::default(),
         })
     }
 
@@ -101,6 +105,26 @@ impl GpuBackend {
         forward::predict_with(&self.ctx, &self.forward_pipelines, network, x, rows, params)
     }
 
+    /// [`Backend::fit_moments`] with explicit kernel parameters (tests, tuning).
+    pub fn fit_moments_with(
+        &self,
+        source: &dyn SampleSource,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        params: &FitKernelParams,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FitMoments> {
+        fit::fit_moments_with(
+            &self.ctx,
+            &self.fit_pipelines,
+            source,
+            basis,
+            fit,
+            params,
+            progress,
+        )
+    }
+
     /// Keeps sample data on the device between passes (later rounds re-read the same source)
     /// when a whole source's x and y fit in `bytes`; 0 (the default) turns this off and frees
     /// the copy. A source is recognised by `describe()`, `len()` and `dim()`: only enable this
@@ -137,6 +161,17 @@ impl Backend for GpuBackend {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats> {
         evaluate::evaluate_candidates(&self.ctx, samples, batch)
+    }
+
+    fn fit_moments(
+        &self,
+        source: &dyn SampleSource,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FitMoments> {
+        let params = FitKernelParams::for_context(&self.ctx);
+        self.fit_moments_with(source, basis, fit, &params, progress)
     }
 
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
