@@ -3,10 +3,15 @@
 
 mod common;
 
-use relu_fpt::backend::gpu::{smoke_kernel, smoke_test, smoke_twin, GpuError, MomentKernelParams};
+use relu_fpt::backend::gpu::{
+    smoke_kernel, smoke_test, smoke_twin, FitKernelParams, GpuError, MomentKernelParams,
+};
 use relu_fpt::backend::Backend;
 use relu_fpt::data::MemorySource;
-use relu_fpt::moments::{reference_moments, BinSpec, FilteredMoments, SampleWeight};
+use relu_fpt::moments::{
+    reference_fit_moments, reference_moments, BinSpec, FilteredMoments, FitMoments, SampleWeight,
+};
+use relu_fpt::network::{Layer, Network};
 use relu_fpt::Error;
 
 /// Deterministic generator for test data (splitmix64 + Box-Muller).
@@ -437,4 +442,160 @@ fn empty_source_gives_zero_moments() {
         .moments(&src, &spec, SampleWeight::Unit, &hidden())
         .expect("empty pass");
     assert_eq!(got, FilteredMoments::zeros(4, 3));
+}
+
+/// A ReLU network on r inputs with the given hidden widths, weights scaled by 1 / sqrt(fan-in).
+fn network(rng: &mut Rng, r: usize, hidden: &[usize]) -> Network {
+    let mut layers = Vec::new();
+    let mut width = r;
+    for &out in hidden.iter().chain(&[1]) {
+        let scale = 1.0 / (width as f64).sqrt();
+        let weights = (0..out * width).map(|_| scale * rng.normal()).collect();
+        let bias = (0..out).map(|_| 0.3 * rng.normal()).collect();
+        layers.push(Layer::new(width, out, weights, bias).expect("layer"));
+        width = out;
+    }
+    Network::new(r, layers).expect("network")
+}
+
+/// Gaussian x with labels that depend on directions outside a random basis, the basis, and a
+/// random fit on it.
+fn fit_case(
+    seed: u64,
+    n: usize,
+    d: usize,
+    r: usize,
+    hidden: &[usize],
+) -> (MemorySource, Vec<Vec<f64>>, Network) {
+    let mut rng = Rng(seed);
+    let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+    let y = x
+        .chunks_exact(d)
+        .map(|row| (row[0] - 0.5 * row[1]).max(0.0) + 0.3 * row[d - 1])
+        .collect();
+    let basis = orthonormal_rows(&mut rng, r, d)
+        .chunks_exact(d)
+        .map(|b| b.to_vec())
+        .collect();
+    let fit = network(&mut rng, r, hidden);
+    (MemorySource { dim: d, x, y }, basis, fit)
+}
+
+/// GPU fit moments against the CPU pass (src/moments.rs, f64 per sample): relative Frobenius
+/// difference of cross, gram and sse within 1e-5 (tests/moments.rs `FIT_TOLERANCE` says why).
+fn check_fit(src: &MemorySource, basis: &[Vec<f64>], fit: &Network, got: &FitMoments) {
+    let want = reference_fit_moments(src, basis, fit).expect("f64 twin runs");
+    assert_eq!(got.rows, want.rows);
+    let rel = |a: &[f64], b: &[f64]| {
+        let num: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum();
+        (num / b.iter().map(|q| q * q).sum::<f64>()).sqrt()
+    };
+    let errs = [
+        rel(&got.cross, &want.cross),
+        rel(&got.gram, &want.gram),
+        rel(&[got.sse], &[want.sse]),
+    ];
+    assert!(
+        errs.iter().all(|e| *e < 1e-5),
+        "relative errors (cross, gram, sse) {errs:?}"
+    );
+}
+
+#[test]
+fn fit_moments_stream_batches_and_short_chunks() {
+    // Tunables that force many batches (2,999 rows), chunks (192 samples) and blocks (64, two
+    // samples per invocation) with ragged ends; then the hardware defaults, whose loops fit
+    // lavapipe's real budget at this size (~2,000 iterations: the rank loops unroll). Each for a
+    // one-hidden-layer fit and a three-hidden-layer one (the deep backward loop runs twice).
+    let streaming = FitKernelParams {
+        workgroup_size: 32,
+        block: 64,
+        chunk: 192,
+        max_batch_rows: 2_999,
+        loop_budget: Some(30_000),
+    };
+    let hardware = FitKernelParams {
+        workgroup_size: 64,
+        block: 128,
+        chunk: 1024,
+        max_batch_rows: 1 << 20,
+        loop_budget: None,
+    };
+    for params in [streaming, hardware] {
+        for (seed, widths) in [(11, vec![48]), (12, vec![16, 8, 8])] {
+            let (src, basis, fit) = fit_case(seed, 10_001, 23, 4, &widths);
+            let bar = hidden();
+            let got = common::gpu()
+                .fit_moments_with(&src, &basis, &fit, &params, &bar)
+                .expect("GPU fit moments");
+            assert_eq!(bar.position(), 10_001, "progress counts rows");
+            check_fit(&src, &basis, &fit, &got);
+        }
+    }
+}
+
+#[test]
+fn fit_moments_limits_give_typed_errors() {
+    let gpu = common::gpu();
+    let (src, basis, fit) = fit_case(13, 100, 61, 8, &[200]);
+    let defaults = FitKernelParams::for_context(gpu.context());
+    // Rank 9: past what any backend takes (the bins and evaluation kernels stop at 8).
+    let (src9, basis9, fit9) = fit_case(14, 10, 12, 9, &[5]);
+    let e = gpu
+        .fit_moments(&src9, &basis9, &fit9, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    assert!(e.to_string().contains("1..=8 basis rows"), "{e}");
+    // Tunables out of range: a block that is not a multiple of the workgroup size.
+    let bad = FitKernelParams {
+        block: defaults.workgroup_size + 1,
+        ..defaults
+    };
+    let e = gpu
+        .fit_moments_with(&src, &basis, &fit, &bad, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    // A block whose g and e do not fit the workgroup memory (16,384 x 9 x 4 bytes).
+    let huge = FitKernelParams {
+        block: 16_384,
+        chunk: 16_384,
+        ..defaults
+    };
+    let e = gpu
+        .fit_moments_with(&src, &basis, &fit, &huge, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::TooLarge(_))), "{e}");
+    // One block over the loop budget (as lavapipe's would be at large d).
+    let tight = FitKernelParams {
+        loop_budget: Some(1_000),
+        ..defaults
+    };
+    let e = gpu
+        .fit_moments_with(&src, &basis, &fit, &tight, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::TooLarge(_))), "{e}");
+    assert!(e.to_string().contains("loop iterations"), "{e}");
+}
+
+#[test]
+fn fit_moments_read_errors_are_passed_on() {
+    let mut rng = Rng(15);
+    let basis = vec![orthonormal_rows(&mut rng, 1, 2)];
+    let fit = network(&mut rng, 1, &[3]);
+    let e = common::gpu()
+        .fit_moments(&FailingSource, &basis, &fit, &hidden())
+        .unwrap_err();
+    assert!(e.to_string().contains("disk on fire"), "{e}");
+}
+
+#[test]
+fn fit_moments_loop_budget_canary() {
+    // A 1,200-unit hidden layer: a 4,096-sample chunk loops ~80,000 times per invocation, past
+    // lavapipe's silent 65,535 cap (measured: uncapped, sse came out 31 % low). The launcher
+    // must shorten the chunk on software adapters.
+    let (src, basis, fit) = fit_case(16, 8_192, 61, 8, &[1200]);
+    let got = common::gpu()
+        .fit_moments(&src, &basis, &fit, &hidden())
+        .expect("GPU fit moments");
+    check_fit(&src, &basis, &fit, &got);
 }

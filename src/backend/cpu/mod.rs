@@ -1,7 +1,7 @@
 //! CPU backend: all cores.
 
 mod evaluate;
-pub(crate) mod fit;
+mod fit;
 pub mod moments;
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};

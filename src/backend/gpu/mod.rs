@@ -2,12 +2,14 @@
 
 mod context;
 mod evaluate;
+mod fit;
 mod forward;
 mod moments;
 mod smoke;
 
 pub use context::{list_adapters, GpuContext};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
+pub use fit::{FitKernelParams, FitPipelineCache};
 pub use forward::{ForwardKernelParams, ForwardPipelineCache, MAX_FORWARD_WIDTH};
 pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
@@ -51,6 +53,7 @@ pub struct GpuBackend {
     moment_pipelines: MomentPipelineCache,
     resident: ResidentSamples,
     forward_pipelines: ForwardPipelineCache,
+    fit_pipelines: FitPipelineCache,
 }
 
 impl GpuBackend {
@@ -61,6 +64,7 @@ impl GpuBackend {
             moment_pipelines: MomentPipelineCache::default(),
             resident: ResidentSamples::default(),
             forward_pipelines: ForwardPipelineCache::default(),
+            fit_pipelines: FitPipelineCache::default(),
         })
     }
 
@@ -99,6 +103,26 @@ impl GpuBackend {
         params: &ForwardKernelParams,
     ) -> Result<Vec<f32>> {
         forward::predict_with(&self.ctx, &self.forward_pipelines, network, x, rows, params)
+    }
+
+    /// [`Backend::fit_moments`] with explicit kernel parameters (tests, tuning).
+    pub fn fit_moments_with(
+        &self,
+        source: &dyn SampleSource,
+        basis: &[Vec<f64>],
+        fit: &Network,
+        params: &FitKernelParams,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<FitMoments> {
+        fit::fit_moments_with(
+            &self.ctx,
+            &self.fit_pipelines,
+            source,
+            basis,
+            fit,
+            params,
+            progress,
+        )
     }
 
     /// Keeps sample data on the device between passes (later rounds re-read the same source)
@@ -146,8 +170,8 @@ impl Backend for GpuBackend {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments> {
-        // The CPU pass until a kernel for it exists.
-        crate::backend::cpu::fit::fit_moments(source, basis, fit, progress)
+        let params = FitKernelParams::for_context(&self.ctx);
+        self.fit_moments_with(source, basis, fit, &params, progress)
     }
 
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {

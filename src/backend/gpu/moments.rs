@@ -683,11 +683,11 @@ pub(crate) fn gpu_moments(
 }
 
 /// One batch read from the source: x (rows x d), y, rows.
-type Batch = (Vec<f32>, Vec<f32>, usize);
+pub(super) type Batch = (Vec<f32>, Vec<f32>, usize);
 
 /// Reads `source` in batches of `batch_rows` and sends them until the source ends, the
 /// receiver hangs up, or a read fails (the error is sent on).
-fn read_ahead(
+pub(super) fn read_ahead(
     source: &dyn SampleSource,
     batch_rows: usize,
     tx: std::sync::mpsc::SyncSender<Result<Batch>>,
