@@ -253,7 +253,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Dot product with four independent accumulators, so the compiler can vectorise it.
-fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let (a4, a_rest) = a.split_at(a.len() - a.len() % 4);
     let (b4, b_rest) = b.split_at(a4.len());

@@ -328,7 +328,7 @@ pub fn learn(
             seed: config.seed,
             ..config.polish_config.clone()
         };
-        let res = polish(&model, &train_dense, &val_dense, &pc);
+        let res = polish(&found.network, &basis, &train_dense, &val_dense, &pc)?;
         polished_mse = Some(PolishedMse {
             before: res.before,
             after: res.after,
@@ -336,7 +336,6 @@ pub fn learn(
         });
         validation_mse = res.before.min(res.after);
         model = res.network;
-        model.subspace = Some(basis.clone());
         timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
     }
     Ok(LearnReport {
