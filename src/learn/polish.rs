@@ -17,7 +17,7 @@ use rayon::prelude::*;
 pub struct PolishConfig {
     /// Passes over the training split.
     pub epochs: usize,
-    /// Adam step size.
+    /// Adam step size at the start; it decays linearly to zero over the epochs.
     pub learning_rate: f64,
     /// Samples per Adam step.
     pub batch_size: usize,
@@ -32,7 +32,9 @@ impl Default for PolishConfig {
     fn default() -> Self {
         PolishConfig {
             epochs: 30,
-            learning_rate: 1e-3,
+            // On four d = 128 teachers: 4x this diverged on parity, 2x was a little better but
+            // near that edge, 0.6x ended 1.0x to 1.8x worse.
+            learning_rate: 5e-3,
             batch_size: 256,
             max_rows: 100_000,
             seed: 0,
@@ -481,8 +483,13 @@ pub fn polish(
     let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
     let mut grad = vec![0.0; p.len()];
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-    let mut t = 0i32;
+    // b1^t and b2^t for Adam's bias correction.
+    let (mut b1t, mut b2t) = (1.0f64, 1.0f64);
     let batch = config.batch_size.max(1);
+    // The step decays linearly to zero: on four d = 128 teachers this (from 5e-3) ended 1.7x to
+    // 200x below a constant 1e-3 step in the same epochs; constant 3e-3 was worse than 1e-3.
+    let steps = (config.epochs * train.y.len().div_ceil(batch)) as f64;
+    let mut t = 0.0f64;
     let mut order: Vec<usize> = (0..train.y.len()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let mut best = (f64::INFINITY, p.clone());
@@ -501,14 +508,17 @@ pub fn polish(
             for s in &parts[1..used] {
                 grad.iter_mut().zip(&s.grad).for_each(|(a, b)| *a += b);
             }
-            t += 1;
+            let lr = config.learning_rate * (1.0 - t / steps);
+            t += 1.0;
+            b1t *= b1;
+            b2t *= b2;
             let scale = 1.0 / idx.len() as f64;
-            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            let (c1, c2) = (1.0 - b1t, 1.0 - b2t);
             for k in 0..p.len() {
                 let g = grad[k] * scale;
                 m[k] = b1 * m[k] + (1.0 - b1) * g;
                 v[k] = b2 * v[k] + (1.0 - b2) * g * g;
-                p[k] -= config.learning_rate * (m[k] / c1) / ((v[k] / c2).sqrt() + eps);
+                p[k] -= lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps);
             }
         }
         let mse = model.mse(&p, val);
