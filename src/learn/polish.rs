@@ -696,6 +696,50 @@ mod tests {
     }
 
     #[test]
+    fn polish_gives_the_same_bits_on_any_thread_count() {
+        use rand::RngExt;
+        let (net, basis) = example();
+        // Labels from a tilted basis, so that the polish has something to move.
+        let truth = net
+            .lift(&[vec![0.9, 0.2, -0.3], vec![-0.2, 0.7, 0.5]])
+            .unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let x: Vec<f32> = (0..3 * 700).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let y: Vec<f32> = x
+            .chunks_exact(3)
+            .map(|r| truth.forward_one_f64(&[r[0] as f64, r[1] as f64, r[2] as f64]) as f32)
+            .collect();
+        let train = DenseSamples {
+            dim: 3,
+            x: &x[..3 * 500],
+            y: &y[..500],
+        };
+        let val = DenseSamples {
+            dim: 3,
+            x: &x[3 * 500..],
+            y: &y[500..],
+        };
+        // Batches of 40 split into uneven parts, a short last batch, and capped validation.
+        let cfg = PolishConfig {
+            epochs: 3,
+            batch_size: 40,
+            max_rows: 150,
+            ..PolishConfig::default()
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| polish(&net, &basis, &train, &val, &cfg).unwrap())
+        };
+        let (one, three) = (run(1), run(3));
+        assert!(one.kept && one.after < one.before, "{one:?}");
+        assert_eq!(one.network, three.network);
+        assert_eq!(one.after.to_bits(), three.after.to_bits());
+    }
+
+    #[test]
     fn bad_polish_requests_are_errors() {
         let (net, basis) = example();
         let x = [0.0f32; 6];
