@@ -252,8 +252,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(p, q)| p * q).sum()
 }
 
-/// Dot product with four independent accumulators, so the compiler can vectorise it.
-fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
+/// Dot product with four independent accumulators, so the compiler can vectorise it. Always
+/// inlined, so that callers compiled for wider vectors vectorise it for those.
+#[inline(always)]
+pub(crate) fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let (a4, a_rest) = a.split_at(a.len() - a.len() % 4);
     let (b4, b_rest) = b.split_at(a4.len());

@@ -1,6 +1,7 @@
 //! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
 //! training split, project both splits, search a network on the projection (enumerate-and-test
-//! and the sphere-net fit, keeping the better), lift it to the d-dimensional input, polish it.
+//! and the sphere-net fit, keeping the better), polish it together with the basis, and lift it
+//! to the d-dimensional input.
 
 mod polish;
 
@@ -25,7 +26,7 @@ pub struct LearnConfig {
     pub seed: u64,
     /// Fraction of the rows (the last ones) held out for validation, in (0, 1).
     pub validation_fraction: f64,
-    /// Refine the found network in the full input after the search.
+    /// Refine the found network and the basis jointly after the search (see `polish`).
     pub polish: bool,
     /// Largest subspace dimension accepted (the evaluation kernels take up to 8).
     pub max_dim: usize,
@@ -75,7 +76,8 @@ pub struct PolishedMse {
 /// What [`learn`] returns.
 #[derive(Clone, Debug)]
 pub struct LearnReport {
-    /// The model on the original d-dim input, `subspace` filled in.
+    /// The model on the original d-dim input; `subspace` is the basis, or after a kept polish
+    /// the span of the polished first layer.
     pub model: Network,
     /// Subspace dimension r.
     pub dimension: usize,
@@ -308,11 +310,11 @@ pub fn learn(
     )?;
     timings.push(("search".to_string(), t.elapsed().as_secs_f64()));
 
-    let mut model = found.network.lift(&basis)?;
     let validation_var = label_variance(y_val);
     let mut validation_mse = found.validation_mse;
     let mut polished_mse = None;
-    if config.polish {
+    // The polish works on the found network and the basis, and returns them lifted.
+    let model = if config.polish {
         let t = Instant::now();
         let train_dense = DenseSamples {
             dim: d,
@@ -328,17 +330,18 @@ pub fn learn(
             seed: config.seed,
             ..config.polish_config.clone()
         };
-        let res = polish(&model, &train_dense, &val_dense, &pc);
+        let res = polish(&found.network, &basis, &train_dense, &val_dense, &pc)?;
         polished_mse = Some(PolishedMse {
             before: res.before,
             after: res.after,
             kept: res.kept,
         });
         validation_mse = res.before.min(res.after);
-        model = res.network;
-        model.subspace = Some(basis.clone());
         timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
-    }
+        res.network
+    } else {
+        found.network.lift(&basis)?
+    };
     Ok(LearnReport {
         model,
         dimension: r,
