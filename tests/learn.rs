@@ -197,7 +197,22 @@ fn learn_without_polish_reports_the_search_fit() {
     let rep = learn(common::cpu(), &src, &cfg).unwrap();
     assert!(rep.polished_mse.is_none());
     let best = rep.enumerate_mse.min(rep.sphere_net_mse.unwrap());
-    assert_eq!(rep.validation_mse, best);
+    // The descent on z starts from the search's best and is kept only when it improves.
+    // (The same network scored by another summation order: equal to rounding.)
+    let descent = rep.descent_mse.unwrap();
+    assert!(
+        (descent.before - best).abs() < 1e-6 * best,
+        "{descent:?} vs {best}"
+    );
+    assert_eq!(rep.validation_mse, descent.before.min(descent.after));
+    assert_eq!(descent.kept, descent.after < descent.before);
+    let search_only = LearnConfig {
+        descent: false,
+        ..cfg.clone()
+    };
+    let rep_search = learn(common::cpu(), &src, &search_only).unwrap();
+    assert!(rep_search.descent_mse.is_none());
+    assert_eq!(rep_search.validation_mse, best);
     let val = DenseSamples {
         dim: D,
         x: &src.x[1200 * D..],
@@ -248,6 +263,16 @@ fn learn_end_to_end_parity4() {
 /// found basis is within `max_angle` (rad) of the teacher's first-layer span, and validation
 /// MSE/Var is below `max_ratio`.
 fn end_to_end(spec: TeacherSpec, hidden: Vec<usize>, max_angle: f64, max_ratio: f64) {
+    end_to_end_with(spec, hidden, true, max_angle, max_ratio);
+}
+
+fn end_to_end_with(
+    spec: TeacherSpec,
+    hidden: Vec<usize>,
+    polish: bool,
+    max_angle: f64,
+    max_ratio: f64,
+) {
     let teacher = build(&spec).unwrap();
     let src = GaussianSource::new(teacher.network.clone(), 100_000, spec.seed + 100, 0.0).unwrap();
     let cfg = LearnConfig {
@@ -261,10 +286,12 @@ fn end_to_end(spec: TeacherSpec, hidden: Vec<usize>, max_angle: f64, max_ratio: 
             epochs: 10,
             ..Default::default()
         },
+        polish,
         ..LearnConfig::default()
     };
     let rep = learn(common::cpu(), &src, &cfg).unwrap();
     eprintln!("{}: {}", teacher.name, rep.summary());
+    assert_eq!(rep.polished_mse.is_some(), polish);
     assert_eq!(rep.dimension, teacher.relevant_dim, "{}", rep.summary());
     let found = &rep.subspace.as_ref().expect("filtered PCA ran").basis;
     let angles = principal_angles(found, &teacher.network.first_layer_span());
@@ -376,4 +403,24 @@ fn row_caps_bound_the_work_and_errors_stay_on_all_validation_rows() {
         "{}",
         rep.summary()
     );
+}
+
+/// Without the polish: the search and the descent on z alone, on the found basis. Measured on
+/// teacher seeds 1-4: fan 8.9e-6 to 1.2e-5, composite 5.7e-4 to 1.1e-3, deep parity 6.0e-3 to
+/// 6.5e-3 (the sphere-net fit the descent starts from: 1.8e-2, 0.21-0.31, 0.14); bounds about
+/// 3x the worst seed.
+#[test]
+fn learn_end_to_end_without_polish() {
+    let cases = [
+        (TeacherKind::Fan, vec![8], 0.15, 5e-5),
+        (TeacherKind::Composite, vec![9], 0.2, 3e-3),
+        (TeacherKind::DeepParity, vec![6, 8], 0.2, 0.02),
+    ];
+    for (kind, hidden, max_angle, max_ratio) in cases {
+        let spec = TeacherSpec {
+            seed: 3,
+            ..TeacherSpec::new(kind, 24)
+        };
+        end_to_end_with(spec, hidden, false, max_angle, max_ratio);
+    }
 }

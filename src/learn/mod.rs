@@ -1,7 +1,7 @@
 //! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
 //! training split, project both splits, search a network on the projection (enumerate-and-test
-//! and the sphere-net fit, keeping the better), polish it together with the basis, and lift it
-//! to the d-dimensional input.
+//! and the sphere-net fit, keeping the better), descend from it on the projected problem, polish
+//! it together with the basis, and lift it to the d-dimensional input.
 
 mod polish;
 
@@ -26,6 +26,11 @@ pub struct LearnConfig {
     pub seed: u64,
     /// Fraction of the rows (the last ones) held out for validation, in (0, 1).
     pub validation_fraction: f64,
+    /// After the search, train its network on the projected samples with the basis fixed
+    /// (ALGORITHM.md 3.1's last step, 3.2(b): descent is benign in r dimensions).
+    pub descent: bool,
+    /// Descent settings (the polish's trainer on z; its seed is taken from `seed`).
+    pub descent_config: PolishConfig,
     /// Refine the found network and the basis jointly after the search (see `polish`).
     pub polish: bool,
     /// Largest subspace dimension accepted (the evaluation kernels take up to 8).
@@ -52,6 +57,8 @@ impl Default for LearnConfig {
             budget: 4096,
             seed: 0,
             validation_fraction: 0.2,
+            descent: true,
+            descent_config: PolishConfig::default(),
             polish: true,
             max_dim: 8,
             sphere_net: true,
@@ -73,6 +80,12 @@ pub struct PolishedMse {
     pub kept: bool,
 }
 
+impl PolishedMse {
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({"before": self.before, "after": self.after, "kept": self.kept})
+    }
+}
+
 /// What [`learn`] returns.
 #[derive(Clone, Debug)]
 pub struct LearnReport {
@@ -91,6 +104,8 @@ pub struct LearnReport {
     pub enumerate_mse: f64,
     /// Validation MSE of the sphere-net fit, when it ran.
     pub sphere_net_mse: Option<f64>,
+    /// Descent errors on the projected problem, when it ran.
+    pub descent_mse: Option<PolishedMse>,
     /// Polish errors, when it ran.
     pub polished_mse: Option<PolishedMse>,
     /// "enumerate" or "sphere-net".
@@ -136,13 +151,15 @@ impl LearnReport {
             s += &format!(", sphere-net {m:.4e}");
         }
         s += ")\n";
-        if let Some(p) = self.polished_mse {
-            s += &format!(
-                "polish: {:.4e} -> {:.4e} ({})\n",
-                p.before,
-                p.after,
-                if p.kept { "kept" } else { "not kept" }
-            );
+        for (stage, mse) in [("descent", self.descent_mse), ("polish", self.polished_mse)] {
+            if let Some(p) = mse {
+                s += &format!(
+                    "{stage}: {:.4e} -> {:.4e} ({})\n",
+                    p.before,
+                    p.after,
+                    if p.kept { "kept" } else { "not kept" }
+                );
+            }
         }
         let t: Vec<String> = self
             .timings
@@ -166,9 +183,8 @@ impl LearnReport {
             "validation_var": self.validation_var,
             "enumerate_mse": self.enumerate_mse,
             "sphere_net_mse": self.sphere_net_mse,
-            "polished_mse": self.polished_mse.map(|p| serde_json::json!({
-                "before": p.before, "after": p.after, "kept": p.kept,
-            })),
+            "descent_mse": self.descent_mse.map(PolishedMse::to_json),
+            "polished_mse": self.polished_mse.map(PolishedMse::to_json),
             "chosen": self.chosen,
             "candidates_evaluated": self.candidates_evaluated,
             "full_net_log10": self.full_net_log10,
@@ -312,6 +328,37 @@ pub fn learn(
 
     let validation_var = label_variance(y_val);
     let mut validation_mse = found.validation_mse;
+    let mut network = found.network.clone();
+    let mut descent_mse = None;
+    if config.descent {
+        let t = Instant::now();
+        fn dense(s: &ProjectedSamples) -> DenseSamples<'_> {
+            DenseSamples {
+                dim: s.rank,
+                x: &s.z,
+                y: &s.y,
+            }
+        }
+        let identity: Vec<Vec<f64>> = (0..r)
+            .map(|i| (0..r).map(|j| f64::from(u8::from(i == j))).collect())
+            .collect();
+        let pc = PolishConfig {
+            seed: config.seed,
+            ..config.descent_config.clone()
+        };
+        // The identity as the polish's basis: an extra r x r linear map, folded back into the
+        // first layer by the lift.
+        let res = polish(&network, &identity, &dense(&train), &dense(&val), &pc)?;
+        descent_mse = Some(PolishedMse {
+            before: res.before,
+            after: res.after,
+            kept: res.kept,
+        });
+        validation_mse = res.before.min(res.after);
+        network = res.network;
+        network.subspace = None;
+        timings.push(("descent".to_string(), t.elapsed().as_secs_f64()));
+    }
     let mut polished_mse = None;
     // The polish works on the found network and the basis, and returns them lifted.
     let model = if config.polish {
@@ -330,7 +377,7 @@ pub fn learn(
             seed: config.seed,
             ..config.polish_config.clone()
         };
-        let res = polish(&found.network, &basis, &train_dense, &val_dense, &pc)?;
+        let res = polish(&network, &basis, &train_dense, &val_dense, &pc)?;
         polished_mse = Some(PolishedMse {
             before: res.before,
             after: res.after,
@@ -340,7 +387,7 @@ pub fn learn(
         timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
         res.network
     } else {
-        found.network.lift(&basis)?
+        network.lift(&basis)?
     };
     Ok(LearnReport {
         model,
@@ -350,6 +397,7 @@ pub fn learn(
         validation_var,
         enumerate_mse: found.enumerate.validation_mse,
         sphere_net_mse: found.sphere_validation_mse,
+        descent_mse,
         polished_mse,
         chosen: found.chosen.name().to_string(),
         candidates_evaluated: found.enumerate.candidates_evaluated,
