@@ -1,8 +1,10 @@
 """Subspace benchmark (issue 4): filtered PCA against SAVE handed the true dimension.
 
-For each teacher family, backend and seed, `relu-fpt subspace` runs twice on the same synthetic
-instance (same teacher, same samples): filtered PCA finding the dimension itself, then SAVE with
---dim set to the teacher's true dimension (read from the filtered run's teacher block). The
+For each teacher family, backend and seed, `relu-fpt subspace` runs three times on the same
+synthetic instance (same teacher, same samples): filtered PCA finding the dimension itself, the
+same without its Gauss-Newton refine steps (--refine-steps 0, for the angle of the rounds
+alone), then SAVE with --dim set to the teacher's true dimension (read from the filtered run's
+teacher block). The
 table gives medians over seeds; the targets are those of issue 4: largest principal angle at
 most 0.8x SAVE's, and gradient energy missed at most 1e-3.
 
@@ -76,6 +78,7 @@ def cpu_model():
 def summarise(runs):
     """Table row for one (family, backend) from its per-seed runs."""
     filt = [r["filtered"] for r in runs]
+    rounds_only = [r["rounds_only"] for r in runs]
     save = [r["save"] for r in runs]
     teach = lambda rep, key: rep["teacher"][key] if rep else None
     ratios = []
@@ -87,17 +90,22 @@ def summarise(runs):
     per_round = []
     for i in range(max((len(f["rounds"]) for f in filt if f), default=0)):
         per_round.append(median([f["rounds"][i]["seconds"] for f in filt if f and len(f["rounds"]) > i]))
+    per_step = []
+    for i in range(max((len(f["refine"]) for f in filt if f), default=0)):
+        per_step.append(median([f["refine"][i]["seconds"] for f in filt if f and len(f["refine"]) > i]))
     ratio = median(ratios)
     e_filt = median([teach(f, "gradient_energy_missed") for f in filt])
     return [
         distinct([teach(f, "true_dim") for f in filt]),
         distinct([teach(f, "found_dim") for f in filt]),
         fmt(median([teach(f, "largest_angle") for f in filt])),
+        fmt(median([teach(f, "largest_angle") for f in rounds_only])),
         fmt(median([teach(s, "largest_angle") for s in save])),
         fmt(ratio, ".2f") + check(ratio, RATIO_TARGET),
         fmt(e_filt, ".2e") + check(e_filt, ENERGY_TARGET),
         fmt(median([teach(s, "gradient_energy_missed") for s in save]), ".2e"),
         ", ".join(fmt(s, ".2f") for s in per_round) or "n/a",
+        ", ".join(fmt(s, ".2f") for s in per_step) or "n/a",
         fmt(median([f["seconds"] for f in filt if f]), ".2f"),
     ]
 
@@ -130,12 +138,14 @@ def main():
                     base = [*FAMILIES[fam], "--d", str(a.d), "--n", str(a.n), "--seed", str(seed),
                             "--backend", backend]
                     filt = subspace(base + ["--method", "filtered"], out)
+                    rounds_only = subspace(base + ["--method", "filtered", "--refine-steps", "0"], out)
                     save = None
                     if filt:
                         save = subspace(base + ["--method", "save", "--dim",
                                                 str(filt["teacher"]["true_dim"])], out)
-                    runs.append({"filtered": filt, "save": save})
-                    for method, rep in (("filtered", filt), ("save", save)):
+                    runs.append({"filtered": filt, "rounds_only": rounds_only, "save": save})
+                    for method, rep in (("filtered", filt), ("rounds-only", rounds_only),
+                                        ("save", save)):
                         raw.append({"family": fam, "backend": backend, "seed": seed,
                                     "method": method, "d": a.d, "n": a.n, "report": rep})
                         if rep and rep["backend"] not in backend_names:
@@ -152,10 +162,11 @@ def main():
 
     print(f"d = {a.d}, N = {a.n}, seeds {','.join(map(str, seeds))} (medians over seeds); "
           f"filtered PCA finds the dimension, SAVE is handed the true one.\n")
-    print("| family | backend | true dim | found dim | filtered angle (rad) | SAVE angle | "
-          f"ratio (target <= {RATIO_TARGET}) | gradient energy missed, filtered (target <= "
-          f"{ENERGY_TARGET:g}) | SAVE's | filtered seconds per round | filtered total seconds |")
-    print("|" + "---|" * 11)
+    print("| family | backend | true dim | found dim | filtered angle (rad) | rounds only | "
+          f"SAVE angle | ratio (target <= {RATIO_TARGET}) | gradient energy missed, filtered "
+          f"(target <= {ENERGY_TARGET:g}) | SAVE's | seconds per round | seconds per refine "
+          "step | total seconds |")
+    print("|" + "---|" * 13)
     for row in table:
         print("| " + " | ".join(row) + " |")
     env = "" if BIN == DEFAULT_BIN else f"RELU_FPT={shlex.quote(BIN)} "

@@ -218,6 +218,12 @@ struct LearnArgs {
     /// Passes of the polish over (at most 100 000) training rows.
     #[arg(long, default_value_t = 30)]
     polish_epochs: usize,
+    /// Passes of the descent on the projected samples (0: none) over (at most 100 000) rows.
+    #[arg(long, default_value_t = 30)]
+    descent_epochs: usize,
+    /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
+    #[arg(long, default_value_t = 3)]
+    refine_steps: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -524,6 +530,9 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         ..LearnConfig::default()
     };
     config.polish_config.epochs = a.polish_epochs;
+    config.descent = a.descent_epochs > 0;
+    config.descent_config.epochs = a.descent_epochs;
+    config.subspace_config.refine_steps = a.refine_steps;
     config
 }
 

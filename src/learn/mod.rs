@@ -80,7 +80,22 @@ pub struct PolishedMse {
     pub kept: bool,
 }
 
+impl From<&PolishResult> for PolishedMse {
+    fn from(r: &PolishResult) -> Self {
+        PolishedMse {
+            before: r.before,
+            after: r.after,
+            kept: r.kept,
+        }
+    }
+}
+
 impl PolishedMse {
+    /// The better of before and after: the error of what was kept.
+    fn kept_mse(self) -> f64 {
+        self.before.min(self.after)
+    }
+
     fn to_json(self) -> serde_json::Value {
         serde_json::json!({"before": self.before, "after": self.after, "kept": self.kept})
     }
@@ -349,12 +364,9 @@ pub fn learn(
         // The identity as the polish's basis: an extra r x r linear map, folded back into the
         // first layer by the lift.
         let res = polish(&network, &identity, &dense(&train), &dense(&val), &pc)?;
-        descent_mse = Some(PolishedMse {
-            before: res.before,
-            after: res.after,
-            kept: res.kept,
-        });
-        validation_mse = res.before.min(res.after);
+        let errors = PolishedMse::from(&res);
+        validation_mse = errors.kept_mse();
+        descent_mse = Some(errors);
         network = res.network;
         network.subspace = None;
         timings.push(("descent".to_string(), t.elapsed().as_secs_f64()));
@@ -378,12 +390,9 @@ pub fn learn(
             ..config.polish_config.clone()
         };
         let res = polish(&network, &basis, &train_dense, &val_dense, &pc)?;
-        polished_mse = Some(PolishedMse {
-            before: res.before,
-            after: res.after,
-            kept: res.kept,
-        });
-        validation_mse = res.before.min(res.after);
+        let errors = PolishedMse::from(&res);
+        validation_mse = errors.kept_mse();
+        polished_mse = Some(errors);
         timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
         res.network
     } else {
