@@ -204,7 +204,7 @@ struct LearnArgs {
     #[arg(long = "hidden", value_delimiter = ',', default_value = "4")]
     hidden: Vec<usize>,
     /// Most candidate networks enumerate-and-test evaluates.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 512)]
     budget: usize,
     /// Upper bound on the subspace dimension.
     #[arg(long, default_value_t = 8)]
@@ -216,7 +216,7 @@ struct LearnArgs {
     #[arg(long)]
     no_polish: bool,
     /// Passes of the polish over (at most 100 000) training rows.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 15)]
     polish_epochs: usize,
     /// Passes of the descent on the projected samples (0: none) over (at most 100 000) rows.
     #[arg(long, default_value_t = 30)]
