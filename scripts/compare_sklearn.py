@@ -5,11 +5,16 @@ learns (with and without the polish) and scikit-learn's MLPRegressor (Adam, hidd
 the teacher's, early stopping) trains on the same x.npy / y.npy. Both are scored on the same
 fresh test samples; wall times include everything each tool does after the data is on disk.
 
+Both tools are deterministic for a fixed seed, so with --repeats R each is run R times and the
+median wall time is reported (the errors are those of every run).
+
 Usage: python3 scripts/compare_sklearn.py [--n 1000000] [--d 128] [--families parity,fan,...]
+         [--repeats 3]
 Needs numpy and scikit-learn (pip install numpy scikit-learn). Prints a Markdown table.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
 import numpy as np
+from bench_subspace import cpu_model  # same folder
 
 BIN = os.environ.get("RELU_FPT", "target/release/relu-fpt")
 FAMILIES = {  # family -> (generate flags, teacher hidden widths for the MLP's size)
@@ -21,10 +26,20 @@ FAMILIES = {  # family -> (generate flags, teacher hidden widths for the MLP's s
 }
 
 
-def run(cmd):
-    t = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return out, time.perf_counter() - t
+def median_seconds(f, repeats):
+    """f's result and the median wall time of `repeats` calls."""
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = f()
+        times.append(time.perf_counter() - t)
+    return result, statistics.median(times)
+
+
+def run(cmd, repeats=1):
+    out, secs = median_seconds(
+        lambda: subprocess.run(cmd, check=True, capture_output=True, text=True).stdout, repeats)
+    return out, secs
 
 
 def main():
@@ -34,6 +49,7 @@ def main():
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per tool (median)")
     a = ap.parse_args()
     from sklearn.neural_network import MLPRegressor
 
@@ -57,7 +73,7 @@ def main():
                 if not polish:
                     cmd.append("--no-polish")
                 try:
-                    _, secs = run(cmd)
+                    _, secs = run(cmd, a.repeats)
                 except subprocess.CalledProcessError as e:  # e.g. too few samples: no direction found
                     res["polish" if polish else "nopolish"] = (float("nan"), 0.0)
                     print(f"{fam}: learn failed: {e.stderr.strip().splitlines()[-1]}", file=sys.stderr)
@@ -69,19 +85,24 @@ def main():
                 res["polish" if polish else "nopolish"] = (mse / var, secs)
             x = np.load(os.path.join(train, "x.npy"))
             y = np.load(os.path.join(train, "y.npy"))
-            mlp = MLPRegressor(hidden_layer_sizes=[2 * w for w in widths], solver="adam",
-                               early_stopping=True, random_state=a.seed, max_iter=200)
-            t = time.perf_counter()
-            mlp.fit(x, y)
-            secs = time.perf_counter() - t
+            def fit():
+                mlp = MLPRegressor(hidden_layer_sizes=[2 * w for w in widths], solver="adam",
+                                   early_stopping=True, random_state=a.seed, max_iter=200)
+                return mlp.fit(x, y)
+            mlp, secs = median_seconds(fit, a.repeats)
             res["sklearn"] = (float(np.mean((mlp.predict(np.asarray(xt)) - yt) ** 2)) / var, secs)
             rows.append(res)
             print(json.dumps(res), file=sys.stderr, flush=True)
-    print(f"| teacher (d = {a.d}, N = {a.n}) | relu-fpt MSE/Var (s) | without polish (s) | MLPRegressor MSE/Var (s) |")
-    print("|---|---|---|---|")
+    print(f"| teacher (d = {a.d}, N = {a.n}) | relu-fpt MSE/Var (s) | without polish (s) | "
+          "MLPRegressor MSE/Var (s) | MLPRegressor time / relu-fpt time |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        f = lambda v: f"{v[0]:.2e} ({v[1]:.0f})"
-        print(f"| {r['family']} | {f(r['polish'])} | {f(r['nopolish'])} | {f(r['sklearn'])} |")
+        f = lambda v: f"{v[0]:.2e} ({v[1]:.1f})"
+        ratio = r["sklearn"][1] / r["polish"][1] if r["polish"][1] > 0 else float("nan")
+        print(f"| {r['family']} | {f(r['polish'])} | {f(r['nopolish'])} | {f(r['sklearn'])} | "
+              f"{ratio:.1f} |")
+    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} threads; "
+          f"wall seconds are medians of {a.repeats} run(s).")
 
 
 if __name__ == "__main__":
