@@ -226,6 +226,25 @@ fn learn_without_polish_reports_the_search_fit() {
     );
 }
 
+/// The end-to-end tests' settings: a small search (budget 200, 48 sphere directions) and 10
+/// polish epochs, so each test takes a few seconds.
+fn small_search(hidden: Vec<usize>, polish: bool) -> LearnConfig {
+    LearnConfig {
+        hidden,
+        budget: 200,
+        sphere_config: relu_fpt::search::SphereNetConfig {
+            max_directions: 48,
+            ..Default::default()
+        },
+        polish_config: relu_fpt::learn::PolishConfig {
+            epochs: 10,
+            ..Default::default()
+        },
+        polish,
+        ..LearnConfig::default()
+    }
+}
+
 /// The whole pipeline, filtered PCA included: parity-4 in d = 16.
 #[test]
 fn learn_end_to_end_parity4() {
@@ -236,20 +255,7 @@ fn learn_end_to_end_parity4() {
     };
     let teacher = build(&spec).unwrap();
     let src = GaussianSource::new(teacher.network.clone(), 100_000, 8, 0.0).unwrap();
-    let cfg = LearnConfig {
-        hidden: vec![16],
-        budget: 200,
-        sphere_config: relu_fpt::search::SphereNetConfig {
-            max_directions: 48,
-            ..Default::default()
-        },
-        polish_config: relu_fpt::learn::PolishConfig {
-            epochs: 10,
-            ..Default::default()
-        },
-        ..LearnConfig::default()
-    };
-    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    let rep = learn(common::cpu(), &src, &small_search(vec![16], true)).unwrap();
     eprintln!("{}", rep.summary());
     assert_eq!(rep.dimension, 4, "{}", rep.summary());
     assert!(rep.subspace.is_some());
@@ -258,8 +264,7 @@ fn learn_end_to_end_parity4() {
 }
 
 /// End to end (filtered PCA, no known basis) on a built-in teacher in d = 24 with N = 1e5 on the
-/// CPU, with the parity test's small search (budget 200, 48 sphere directions, 10 polish epochs)
-/// so each test takes a few seconds. Asserts the teacher's relevant dimension is found, the
+/// CPU, with `small_search`. Asserts the teacher's relevant dimension is found, the
 /// found basis is within `max_angle` (rad) of the teacher's first-layer span, and validation
 /// MSE/Var is below `max_ratio`.
 fn end_to_end(spec: TeacherSpec, hidden: Vec<usize>, max_angle: f64, max_ratio: f64) {
@@ -275,21 +280,7 @@ fn end_to_end_with(
 ) {
     let teacher = build(&spec).unwrap();
     let src = GaussianSource::new(teacher.network.clone(), 100_000, spec.seed + 100, 0.0).unwrap();
-    let cfg = LearnConfig {
-        hidden,
-        budget: 200,
-        sphere_config: relu_fpt::search::SphereNetConfig {
-            max_directions: 48,
-            ..Default::default()
-        },
-        polish_config: relu_fpt::learn::PolishConfig {
-            epochs: 10,
-            ..Default::default()
-        },
-        polish,
-        ..LearnConfig::default()
-    };
-    let rep = learn(common::cpu(), &src, &cfg).unwrap();
+    let rep = learn(common::cpu(), &src, &small_search(hidden, polish)).unwrap();
     eprintln!("{}: {}", teacher.name, rep.summary());
     assert_eq!(rep.polished_mse.is_some(), polish);
     assert_eq!(rep.dimension, teacher.relevant_dim, "{}", rep.summary());

@@ -280,3 +280,34 @@ impl GpuContext {
         Ok(out)
     }
 }
+
+/// Compiled pipelines by configuration, built on first use and shared by every later call.
+pub struct PipelineCache<K, P> {
+    built: std::sync::Mutex<std::collections::HashMap<K, std::sync::Arc<P>>>,
+}
+
+impl<K, P> Default for PipelineCache<K, P> {
+    fn default() -> Self {
+        PipelineCache {
+            built: Default::default(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, P> PipelineCache<K, P> {
+    /// The pipelines for `key`, built by `build` the first time.
+    pub(crate) fn get_or_build<E>(
+        &self,
+        key: K,
+        build: impl FnOnce() -> Result<P, E>,
+    ) -> Result<std::sync::Arc<P>, E> {
+        // A panic while building leaves the map as it was, so a poisoned lock is still usable.
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = built.get(&key) {
+            return Ok(p.clone());
+        }
+        let p = std::sync::Arc::new(build()?);
+        built.insert(key, p.clone());
+        Ok(p)
+    }
+}

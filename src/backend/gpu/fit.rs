@@ -20,13 +20,13 @@
 //! shortened until one invocation's loops fit `loop_budget`; a single block that does not fit
 //! is [`GpuError::TooLarge`] (from about d = 1,300 at r = 8 with 256 hidden units).
 
+use super::context::PipelineCache;
 use super::{GpuContext, GpuError};
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::moments::{check_fit_request, FitMoments};
 use crate::network::Network;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Longest f32 partial sum in samples; longer chunks would cost precision (WGPU-NOTES 3).
 const MAX_CHUNK: u32 = 16_384;
@@ -98,7 +98,7 @@ fn loop_cost(d: u64, r: u64, net: &Network, wg: u64, block: u64, chunk: u64) -> 
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct PipelineKey {
+pub struct PipelineKey {
     workgroup_size: u32,
     block: u32,
     chunk: u32,
@@ -106,18 +106,15 @@ struct PipelineKey {
     deep: bool,
 }
 
-/// Compiled fit-moments pipelines, one per (tunables, rank, deep or not), built once.
-#[derive(Default)]
-pub struct FitPipelineCache {
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-}
+/// Compiled fit-moments pipelines, one per (tunables, rank, deep or not).
+pub type FitPipelineCache = PipelineCache<PipelineKey, wgpu::ComputePipeline>;
 
-impl FitPipelineCache {
-    fn get(&self, ctx: &GpuContext, key: PipelineKey) -> Result<Arc<wgpu::ComputePipeline>> {
-        let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(&key) {
-            return Ok(p.clone());
-        }
+fn pipeline(
+    ctx: &GpuContext,
+    cache: &FitPipelineCache,
+    key: PipelineKey,
+) -> Result<Arc<wgpu::ComputePipeline>> {
+    Ok(cache.get_or_build(key, || {
         let constants = [
             ("WG", key.workgroup_size as f64),
             ("SB", key.block as f64),
@@ -126,10 +123,8 @@ impl FitPipelineCache {
             ("DEEP", if key.deep { 1.0 } else { 0.0 }),
         ];
         let wgsl = include_str!("../../../shaders/fit_moments.wgsl");
-        let p = Arc::new(ctx.compute_pipeline("fit moments", wgsl, "fit_moments", &constants)?);
-        map.insert(key, p.clone());
-        Ok(p)
-    }
+        ctx.compute_pipeline("fit moments", wgsl, "fit_moments", &constants)
+    })?)
 }
 
 #[repr(C)]
@@ -275,7 +270,7 @@ pub(crate) fn fit_moments_with(
     if source.is_empty() {
         return Ok(total);
     }
-    let pipeline = cache.get(ctx, plan.key)?;
+    let pipeline = pipeline(ctx, cache, plan.key)?;
     let chunk = plan.key.chunk as usize;
     let m = plan.m;
 

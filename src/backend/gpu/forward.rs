@@ -10,10 +10,11 @@
 //! per-invocation loop count must fit the loop budget even with one sample per workgroup, which
 //! holds for d up to about 30,000 at widths <= the workgroup size.
 
+use super::context::PipelineCache;
 use super::{GpuContext, GpuError};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// f32 words of workgroup memory the kernel's activation array holds (`ACT_WORDS` in WGSL).
 const ACT_WORDS: usize = 4096;
@@ -87,36 +88,27 @@ struct Info {
 }
 
 /// (workgroup size, samples per group, max width): what a compiled forward pipeline depends on.
-type PipelineKey = (u32, u32, u32);
+pub type PipelineKey = (u32, u32, u32);
 
 /// Forward pipelines per (workgroup size, samples per group, max width), built once per
 /// backend.
-#[derive(Default)]
-pub struct ForwardPipelineCache {
-    pipelines: Mutex<Vec<(PipelineKey, Arc<wgpu::ComputePipeline>)>>,
-}
+pub type ForwardPipelineCache = PipelineCache<PipelineKey, wgpu::ComputePipeline>;
 
-impl ForwardPipelineCache {
-    fn get(
-        &self,
-        ctx: &GpuContext,
-        kp: &ForwardKernelParams,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = (kp.workgroup_size, kp.samples_per_group, kp.max_width);
-        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-            return Ok(p.clone());
-        }
+fn pipeline(
+    ctx: &GpuContext,
+    cache: &ForwardPipelineCache,
+    kp: &ForwardKernelParams,
+) -> Result<Arc<wgpu::ComputePipeline>> {
+    let key = (kp.workgroup_size, kp.samples_per_group, kp.max_width);
+    Ok(cache.get_or_build(key, || {
         let constants = [
             ("WG", kp.workgroup_size as f64),
             ("SB", kp.samples_per_group as f64),
             ("MAXW", kp.max_width as f64),
         ];
         let wgsl = include_str!("../../../shaders/forward.wgsl");
-        let p = Arc::new(ctx.compute_pipeline("forward", wgsl, "forward", &constants)?);
-        cache.push((key, p.clone()));
-        Ok(p)
-    }
+        ctx.compute_pipeline("forward", wgsl, "forward", &constants)
+    })?)
 }
 
 /// Checks the tunables against the network and the device.
@@ -223,7 +215,7 @@ pub fn predict_with(
     let out_buf = ctx.storage_buffer("forward out", out_bytes)?;
     let staging = ctx.staging_buffer("forward readback", out_bytes);
     let info_buf = ctx.uniform_buffer("forward info", std::mem::size_of::<Info>() as u64);
-    let pipeline = cache.get(ctx, kp)?;
+    let pipeline = pipeline(ctx, cache, kp)?;
     let bind_group = ctx.bind_group(
         "forward bind group",
         &pipeline,

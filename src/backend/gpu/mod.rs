@@ -9,9 +9,12 @@ mod smoke;
 
 pub use context::{list_adapters, GpuContext};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
-pub use fit::{FitKernelParams, FitPipelineCache};
-pub use forward::{ForwardKernelParams, ForwardPipelineCache, MAX_FORWARD_WIDTH};
-pub use moments::{MomentKernelParams, MomentPipelineCache, ResidentSamples};
+pub use fit::FitKernelParams;
+use fit::FitPipelineCache;
+use forward::ForwardPipelineCache;
+pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
+use moments::MomentPipelineCache;
+pub use moments::{MomentKernelParams, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};

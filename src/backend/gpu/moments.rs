@@ -27,11 +27,11 @@
 //! `max_buffer_size` before use ([`GpuError::TooLarge`] otherwise); on lavapipe one set of
 //! partial tiles and one packed triangle must each fit 128 MiB, which caps d near 8000.
 
+use super::context::PipelineCache;
 use super::{GpuContext, GpuError};
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 const SHADER: &str = include_str!("../../../shaders/moments.wgsl");
@@ -104,33 +104,27 @@ impl MomentKernelParams {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct PipelineKey {
+pub struct PipelineKey {
     params: MomentKernelParams,
     weight: u32,
     use_perm: bool,
 }
 
-struct MomentPipelines {
+pub struct MomentPipelines {
     bin: wgpu::ComputePipeline,
     syrk: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
 }
 
 /// Compiled moment pipelines, built once per configuration and reused by every call.
-#[derive(Default)]
-pub struct MomentPipelineCache {
-    pipelines: Mutex<HashMap<PipelineKey, Arc<MomentPipelines>>>,
-}
+pub type MomentPipelineCache = PipelineCache<PipelineKey, MomentPipelines>;
 
-impl MomentPipelineCache {
-    fn get(&self, ctx: &GpuContext, key: PipelineKey) -> Result<Arc<MomentPipelines>, GpuError> {
-        let mut map = self
-            .pipelines
-            .lock()
-            .map_err(|_| GpuError::Kernel("moment pipeline cache poisoned".into()))?;
-        if let Some(p) = map.get(&key) {
-            return Ok(p.clone());
-        }
+fn pipelines(
+    ctx: &GpuContext,
+    cache: &MomentPipelineCache,
+    key: PipelineKey,
+) -> Result<Arc<MomentPipelines>, GpuError> {
+    cache.get_or_build(key, || {
         let k = key.params;
         let constants = [
             ("WG", k.workgroup_side as f64),
@@ -140,14 +134,12 @@ impl MomentPipelineCache {
             ("USE_PERM", if key.use_perm { 1.0 } else { 0.0 }),
             ("BIN_WG", BIN_WORKGROUP as f64),
         ];
-        let built = Arc::new(MomentPipelines {
+        Ok(MomentPipelines {
             bin: ctx.compute_pipeline("moments bin", SHADER, "bin_samples", &constants)?,
             syrk: ctx.compute_pipeline("moments syrk", SHADER, "syrk_tiles", &constants)?,
             reduce: ctx.compute_pipeline("moments reduce", SHADER, "reduce_runs", &constants)?,
-        });
-        map.insert(key, built.clone());
-        Ok(built)
-    }
+        })
+    })
 }
 
 /// Identifies a source's device copy: the caller promises that equal keys mean equal data.
@@ -386,8 +378,9 @@ pub(crate) fn gpu_moments(
     let d = spec.dim;
     let plan = plan(ctx, spec, source.len(), params)?;
     let use_perm = k > 1;
-    let pipes = cache.get(
+    let pipes = pipelines(
         ctx,
+        cache,
         PipelineKey {
             params: *params,
             weight: weight_code(weight),
