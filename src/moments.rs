@@ -8,7 +8,7 @@
 
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
-use crate::network::Network;
+use crate::network::{dot, Network};
 
 /// Per-sample weight w_i.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -452,10 +452,6 @@ pub struct FitScratch {
     z: Vec<f64>,
     hidden: Vec<Vec<f64>>,
     grad: Vec<f64>,
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(p, q)| p * q).sum()
 }
 
 /// The f64 twin of [`FitMoments`]: a plain per-sample loop. Tests hold both backends to it.

@@ -248,8 +248,14 @@ impl Network {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(p, q)| p * q).sum()
+}
+
+/// y += a x. Always inlined, so that callers compiled for wider vectors vectorise it for those.
+#[inline(always)]
+pub(crate) fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    y.iter_mut().zip(x).for_each(|(u, &v)| *u += a * v);
 }
 
 /// Dot product with four independent accumulators, so the compiler can vectorise it. Always

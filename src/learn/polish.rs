@@ -7,7 +7,7 @@
 //! validation MSE is kept, and only if it beats the starting network.
 
 use crate::error::{Error, Result};
-use crate::network::{dot_wide, Layer, Network};
+use crate::network::{axpy, dot_wide, Layer, Network};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -144,13 +144,6 @@ struct Scratch {
     prev: Vec<f64>,
     /// Gradient of the summed squared error, in the parameter layout.
     grad: Vec<f64>,
-}
-
-#[inline(always)]
-fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
-    for (u, &v) in y.iter_mut().zip(x) {
-        *u += a * v;
-    }
 }
 
 impl Factored {

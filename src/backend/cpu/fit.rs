@@ -5,7 +5,7 @@
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
 use crate::moments::{check_fit_request, FitMoments};
-use crate::network::Network;
+use crate::network::{axpy, dot, Network};
 use rayon::prelude::*;
 
 /// Rows per block: each block's partial sums are added in block order.
@@ -37,14 +37,6 @@ fn transposed(fit: &Network) -> Vec<LayerT> {
             }
         })
         .collect()
-}
-
-fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
-    y.iter_mut().zip(x).for_each(|(u, &v)| *u += a * v);
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(p, q)| p * q).sum()
 }
 
 /// Per-block sums, with the cross products kept r x d (sum e g x^T) for long axpys.
