@@ -31,6 +31,7 @@ use crate::backend::ProjectedSamples;
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
+use crate::network::{dot, Network};
 use crate::search::{sphere_net_fit, SphereNetConfig};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
@@ -916,17 +917,13 @@ fn fit_on_pilot(
     d: usize,
     basis: &[Vec<f64>],
     config: &SphereNetConfig,
-) -> Result<crate::network::Network> {
+) -> Result<Network> {
     let r = basis.len();
     let n = pilot.y.len();
     let z: Vec<f32> = pilot
         .x
         .chunks_exact(d)
-        .flat_map(|x| {
-            basis
-                .iter()
-                .map(move |b| b.iter().zip(x).map(|(p, q)| p * q).sum::<f64>() as f32)
-        })
+        .flat_map(|x| basis.iter().map(move |b| dot(b, x) as f32))
         .collect();
     let y: Vec<f32> = pilot.y.iter().map(|&v| v as f32).collect();
     let cut = n - n / 5;
