@@ -152,6 +152,30 @@ impl GpuContext {
         })
     }
 
+    /// A command encoder holding one compute pass: `pipeline` with `bind_group` at group 0,
+    /// dispatched over `groups` workgroups. Readback copies go after it.
+    pub(crate) fn encode_dispatch(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        groups: [u32; 3],
+    ) -> wgpu::CommandEncoder {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        enc
+    }
+
     /// Compiles one WGSL entry point with `override` constants, capturing validation
     /// errors as [`GpuError::Kernel`] instead of wgpu's default panic.
     pub(crate) fn compute_pipeline(

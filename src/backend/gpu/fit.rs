@@ -346,20 +346,8 @@ pub(crate) fn fit_moments_with(
             ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
             ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
             let chunks = rows.div_ceil(chunk);
-            let mut enc = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("fit moments"),
-                });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("fit moments"),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(chunks as u32, 1, 1);
-            }
+            let mut enc =
+                ctx.encode_dispatch("fit moments", &pipeline, &bind_group, [chunks as u32, 1, 1]);
             let bytes = (chunks * m * r * 4) as u64;
             enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
             let sums: Vec<f32> = ctx.submit_and_read("fit moments", enc, &staging, bytes)?;

@@ -245,20 +245,8 @@ pub fn predict_with(
         let groups = n.div_ceil(sb);
         let gx = groups.min(max_groups);
         let gy = groups.div_ceil(gx);
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
-        }
+        let mut enc =
+            ctx.encode_dispatch("forward", &pipeline, &bind_group, [gx as u32, gy as u32, 1]);
         let bytes = (n * 4) as u64;
         enc.copy_buffer_to_buffer(&out_buf, 0, &staging, 0, bytes);
         let piece: Vec<f32> = ctx.submit_and_read("forward", enc, &staging, bytes)?;

@@ -40,17 +40,7 @@ pub fn smoke_kernel(ctx: &GpuContext, a: f32, b: f32, x: &[f32]) -> Result<Vec<f
     ctx.queue.write_buffer(&params, 0, &p);
     ctx.queue.write_buffer(&xs, 0, bytemuck::cast_slice(x));
     let bind = ctx.bind_group("smoke", &pipeline, &[(0, &params), (1, &xs), (2, &ys)])?;
-    let mut encoder = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("smoke"),
-        });
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
-    }
+    let mut encoder = ctx.encode_dispatch("smoke", &pipeline, &bind, [groups, 1, 1]);
     encoder.copy_buffer_to_buffer(&ys, 0, &staging, 0, bytes);
     ctx.submit_and_read("smoke", encoder, &staging, bytes)
 }
