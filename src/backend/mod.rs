@@ -1,8 +1,13 @@
 //! Compute backends. One [`Backend`] trait with a CPU and a GPU (wgpu) implementation; every
 //! pass over the data goes through it, and tests are written once against the trait.
 
+mod candidates;
 pub mod cpu;
 pub mod gpu;
+
+pub use candidates::{
+    check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
+};
 
 use crate::data::SampleSource;
 use crate::error::Result;
@@ -18,78 +23,6 @@ pub enum BackendChoice {
     Cpu,
     /// A GPU adapter, software adapters (lavapipe) included.
     Gpu,
-}
-
-/// Samples projected onto the recovered subspace, z = B^T x, kept in memory (N x r, r <= 8).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProjectedSamples {
-    /// Subspace dimension r.
-    pub rank: usize,
-    /// N x r, row-major.
-    pub z: Vec<f32>,
-    /// N labels.
-    pub y: Vec<f32>,
-}
-
-impl ProjectedSamples {
-    /// Number of samples N.
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-    /// True when there are no samples.
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-}
-
-/// C candidate networks sharing one architecture: `inputs` (= r) inputs, ReLU hidden layers of
-/// the given widths, one linear output. Parameters of each candidate are packed layer by layer,
-/// weights row-major (out x in) then biases, hidden layers first, then the output weights
-/// (last hidden width) and the output bias.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CandidateBatch {
-    pub inputs: usize,
-    pub hidden: Vec<usize>,
-    /// count x params_per_candidate().
-    pub params: Vec<f32>,
-}
-
-impl CandidateBatch {
-    /// Parameters per candidate.
-    pub fn params_per_candidate(&self) -> usize {
-        let mut n = 0;
-        let mut width = self.inputs;
-        for &h in &self.hidden {
-            n += h * width + h;
-            width = h;
-        }
-        n + width + 1
-    }
-
-    /// Number of candidates C.
-    pub fn count(&self) -> usize {
-        self.params.len() / self.params_per_candidate()
-    }
-
-    /// Length of the feature vector of the last hidden layer plus the constant 1.
-    pub fn feature_dim(&self) -> usize {
-        self.hidden.last().copied().unwrap_or(self.inputs) + 1
-    }
-}
-
-/// What batched evaluation returns per candidate: the sum of squared errors of the full output,
-/// and the normal equations of the last layer's least squares over the features
-/// phi = (last hidden activations, 1).
-#[derive(Clone, Debug, PartialEq)]
-pub struct CandidateStats {
-    /// Feature dimension f (last hidden width + 1).
-    pub feature_dim: usize,
-    /// C sums of squared errors.
-    pub sse: Vec<f64>,
-    /// C packed upper triangles (f(f+1)/2 each, row by row) of Phi^T Phi.
-    pub gram: Vec<f64>,
-    /// C x f values of Phi^T y.
-    pub feature_y: Vec<f64>,
 }
 
 /// A device that computes the statistics of a pass over the data.

@@ -1,46 +1,10 @@
-//! Input checks shared by both evaluation backends, and the obviously-correct f64 reference that
-//! tests compare them against.
+//! The obviously-correct f64 reference of batched candidate evaluation that tests compare both
+//! backends against.
 
-use crate::backend::{CandidateBatch, CandidateStats, ProjectedSamples};
-use crate::error::{Error, Result};
-
-/// Checks that samples and candidates fit together: the rank matches the candidates' inputs,
-/// every array has the size its shape implies, and no width is zero.
-pub fn check_evaluation_inputs(samples: &ProjectedSamples, batch: &CandidateBatch) -> Result<()> {
-    if samples.rank == 0 {
-        return Err(Error::invalid("projected samples: rank must be at least 1"));
-    }
-    if samples.z.len() != samples.len() * samples.rank {
-        return Err(Error::invalid(format!(
-            "projected samples: z has {} values, expected N x r = {} x {}",
-            samples.z.len(),
-            samples.len(),
-            samples.rank
-        )));
-    }
-    if batch.inputs != samples.rank {
-        return Err(Error::invalid(format!(
-            "candidates take {} inputs but the samples have rank {}",
-            batch.inputs, samples.rank
-        )));
-    }
-    if batch.hidden.contains(&0) {
-        return Err(Error::invalid("candidate hidden widths must be at least 1"));
-    }
-    let per = batch.params_per_candidate();
-    if !batch.params.len().is_multiple_of(per) {
-        return Err(Error::invalid(format!(
-            "candidate params: {} values is not a multiple of {per} per candidate",
-            batch.params.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Length of the packed upper triangle of an f x f matrix.
-pub fn tri_len(f: usize) -> usize {
-    f * (f + 1) / 2
-}
+use crate::backend::{
+    check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
+};
+use crate::error::Result;
 
 /// The f64 reference of batched evaluation: for every candidate and sample, a plain forward pass
 /// built from nested weight matrices, then the sums. Slow and simple on purpose (tests only).

@@ -12,10 +12,10 @@
 mod evaluate_ref;
 mod sphere;
 
-pub use evaluate_ref::{check_evaluation_inputs, reference_evaluate, tri_len};
+pub use evaluate_ref::reference_evaluate;
 pub use sphere::{sphere_net_fit, SphereNetConfig, SphereNetFit};
 
-use crate::backend::{Backend, CandidateBatch, ProjectedSamples};
+use crate::backend::{tri_len, Backend, CandidateBatch, ProjectedSamples};
 use crate::error::{Error, Result};
 use crate::network::{Layer, Network};
 use rand::{RngExt, SeedableRng};

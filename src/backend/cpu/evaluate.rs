@@ -1,9 +1,10 @@
 //! Batched candidate evaluation on the CPU: candidates in parallel (rayon), each a forward pass
 //! over all samples with f64 activations and f64 sums. Any width and depth is accepted here.
 
-use crate::backend::{CandidateBatch, CandidateStats, ProjectedSamples};
+use crate::backend::{
+    check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
+};
 use crate::error::Result;
-use crate::search::{check_evaluation_inputs, tri_len};
 use rayon::prelude::*;
 
 /// One candidate's sums: SSE, packed Phi^T Phi, Phi^T y.

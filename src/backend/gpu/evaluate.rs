@@ -9,9 +9,10 @@
 //! requests return [`crate::Error::InvalidRequest`] (the CPU backend has no such limits).
 
 use super::GpuContext;
-use crate::backend::{CandidateBatch, CandidateStats, ProjectedSamples};
+use crate::backend::{
+    check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
+};
 use crate::error::{Error, Result};
-use crate::search::{check_evaluation_inputs, tri_len};
 use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
