@@ -1,4 +1,5 @@
-//! The network model: batched forward passes, gradient, JSON files, first-layer span and lift.
+//! The network model: batched forward passes, gradient, JSON files (versions 1 and 2), the
+//! compact form with a projection, first-layer span and lift.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -51,7 +52,7 @@ fn bits(net: &Network) -> Vec<u64> {
     for l in &net.layers {
         out.extend(l.weights.iter().chain(&l.bias).map(|v| v.to_bits()));
     }
-    for row in net.subspace.iter().flatten() {
+    for row in net.projection.iter().chain(&net.subspace).flatten() {
         out.extend(row.iter().map(|v| v.to_bits()));
     }
     out
@@ -110,8 +111,9 @@ fn json_schema_fields_are_as_documented() {
     let net = random_network(3, &[2], 1);
     let v: serde_json::Value = serde_json::from_str(&net.to_json()).unwrap();
     assert_eq!(v["format"], "relu-fpt/network");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(v["input_dim"], 3);
+    assert!(v["projection"].is_null());
     assert_eq!(v["layers"][0]["weights"].as_array().unwrap().len(), 2);
     assert_eq!(v["layers"][0]["weights"][1].as_array().unwrap().len(), 3);
     assert_eq!(v["layers"][1]["bias"].as_array().unwrap().len(), 1);
@@ -164,12 +166,27 @@ fn bad_json_cases_give_their_errors() {
     }));
     assert!(matches!(e, NetworkError::WrongFormat { .. }), "{e:?}");
 
-    let (e, msg) = parse_err(&edited(|v| v["version"] = json!(2)));
+    let (e, msg) = parse_err(&edited(|v| v["version"] = json!(3)));
     assert!(
         matches!(e, NetworkError::UnsupportedVersion { .. }),
         "{e:?}"
     );
-    assert!(msg.contains("version 1"), "{msg}");
+    assert!(msg.contains("versions 1 and 2"), "{msg}");
+
+    // A version-1 file has no projection; one that claims it is refused, naming the field.
+    let (e, msg) = parse_err(&edited(|v| {
+        v["version"] = json!(1);
+        v["projection"] = json!([[1.0, 0.0, 0.0]]);
+    }));
+    assert!(matches!(e, NetworkError::BadField { .. }), "{e:?}");
+    assert!(
+        msg.contains("projection") && msg.contains("version"),
+        "{msg}"
+    );
+    // A projection whose rows are not of length input_dim.
+    let (e, msg) = parse_err(&edited(|v| v["projection"] = json!([[1.0, 0.0]])));
+    assert!(matches!(e, NetworkError::ShapeMismatch { .. }), "{e:?}");
+    assert!(msg.contains("projection"), "{msg}");
 
     let (e, msg) = parse_err(&edited(|v| {
         v["layers"][0]["weights"][1] = json!([1.0, 2.0]);
@@ -390,4 +407,58 @@ fn lift_equals_composing_by_hand() {
     let mut ragged = basis.clone();
     ragged[1].pop();
     assert!(matches!(small.lift(&ragged), Err(NetworkError::Shape(_))));
+}
+
+/// The compact form (projection, then the small network) and the dense version-1 form (W1 P as
+/// the first layer) are the same function: outputs, gradients and files agree.
+#[test]
+fn compact_and_dense_forms_agree_and_round_trip() {
+    let small = random_network(3, &[5, 4], 31);
+    let basis = orthonormal_rows(3, 9, 32);
+    let compact = Network::with_projection(&small, &basis).unwrap();
+    assert_eq!(compact.input_dim, 9);
+    assert_eq!(compact.layers[0].inputs, 3);
+    let dense = small.lift(&basis).unwrap();
+    assert_eq!(dense.layers, compact.dense().layers);
+
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(33);
+    let rows = 300;
+    let x = gaussian(&mut rng, rows * 9);
+    let a = compact.forward_f64(&x, rows);
+    let b = dense.forward_f64(&x, rows);
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() <= 1e-12 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    assert_eq!(compact.forward_f32(&xf, rows).len(), rows);
+    for i in 0..5 {
+        let row = &x[i * 9..(i + 1) * 9];
+        let (g1, g2) = (compact.gradient(row), dense.gradient(row));
+        for (p, q) in g1.iter().zip(&g2) {
+            assert!((p - q).abs() < 1e-12, "{p} vs {q}");
+        }
+    }
+    // Same first-layer span, and the subspace is the projection's span.
+    let span = compact.first_layer_span();
+    assert_eq!(span.len(), 3);
+    assert_eq!(compact.subspace.as_ref().map(Vec::len), Some(3));
+
+    // Version 2 round trip, bit for bit; the dense form written as a version-1 file (as older
+    // builds wrote models) reads back and predicts the same.
+    let back = Network::from_json(&compact.to_json(), "compact.json").unwrap();
+    assert_eq!(bits(&back), bits(&compact));
+    assert_eq!(back.projection, compact.projection);
+    let mut v1: serde_json::Value = serde_json::from_str(&dense.to_json()).unwrap();
+    v1["version"] = serde_json::json!(1);
+    v1.as_object_mut().unwrap().remove("projection");
+    let old = Network::from_json(&v1.to_string(), "v1.json").unwrap();
+    let c = old.forward_f64(&x, rows);
+    for (p, q) in a.iter().zip(&c) {
+        assert!((p - q).abs() <= 1e-12 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+
+    // Shapes that do not chain are typed errors, not panics.
+    assert!(Network::with_projection(&small, &basis[..2]).is_err());
+    assert!(Network::with_projection(&compact, &basis).is_err());
+    assert!(compact.lift(&basis).is_err());
 }

@@ -147,3 +147,25 @@ fn gpu_predict_refuses_layers_wider_than_its_limit() {
     let pred = common::cpu().predict(&network, &x, 4).unwrap();
     assert!(relative_error(&network, &x, 4, &pred) < 1e-5);
 }
+
+/// A compact model (projection r x d, then a small network) predicts what its dense form does,
+/// on both backends.
+#[test]
+fn predict_runs_the_compact_form() {
+    let (d, r) = (96, 3);
+    let small = random_network(r, &[24, 8], true, 7);
+    let projection: Vec<Vec<f64>> = (0..r)
+        .map(|i| {
+            let row = gaussian_x(1, d, 50 + i as u64);
+            row.iter().map(|&v| v as f64 / (d as f64).sqrt()).collect()
+        })
+        .collect();
+    let compact = Network::with_projection(&small, &projection).unwrap();
+    let rows = 150;
+    let x = gaussian_x(rows, d, 77);
+    for backend in common::backends() {
+        let pred = backend.predict(&compact, &x, rows).unwrap();
+        let err = relative_error(&compact.dense(), &x, rows, &pred);
+        assert!(err < 1e-5, "{}: relative error {err:e}", backend.kind());
+    }
+}

@@ -1,7 +1,7 @@
 //! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
 //! training split, project both splits, search a network on the projection (enumerate-and-test
 //! and the sphere-net fit, keeping the better), descend from it on the projected problem, polish
-//! it together with the basis, and lift it to the d-dimensional input.
+//! it together with the basis, and return the compact model x -> small network(B x).
 
 mod polish;
 
@@ -370,17 +370,19 @@ pub fn learn(
             ..config.descent_config.clone()
         };
         // The identity as the polish's basis: an extra r x r linear map, folded back into the
-        // first layer by the lift.
+        // first layer below.
         let res = polish(&network, &identity, &dense(&train), &dense(&val), &pc)?;
         let errors = PolishedMse::from(&res);
         validation_mse = errors.kept_mse();
         descent_mse = Some(errors);
-        network = res.network;
+        // The result reads z through the identity projection: fold it back in.
+        network = res.network.dense();
         network.subspace = None;
         timings.push(("descent".to_string(), t.elapsed().as_secs_f64()));
     }
     let mut polished_mse = None;
-    // The polish works on the found network and the basis, and returns them lifted.
+    // The polish works on the found network and the basis, and returns the compact model
+    // (projection B, then the small network).
     let model = if config.polish {
         let t = Instant::now();
         let train_dense = DenseSamples {
@@ -404,7 +406,7 @@ pub fn learn(
         timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
         res.network
     } else {
-        network.lift(&basis)?
+        Network::with_projection(&network, &basis)?
     };
     Ok(LearnReport {
         model,

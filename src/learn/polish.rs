@@ -62,8 +62,8 @@ fn head<'a>(s: &DenseSamples<'a>, rows: usize) -> DenseSamples<'a> {
 /// Outcome of a polish.
 #[derive(Clone, Debug)]
 pub struct PolishResult {
-    /// The better of the start and the best epoch by validation MSE, lifted to the d-dim input
-    /// (first layer W1 B). `subspace` is the span of that first layer.
+    /// The better of the start and the best epoch by validation MSE, in compact form on the
+    /// d-dim input (projection B, then the small network). `subspace` is the span of B.
     pub network: Network,
     /// Validation MSE of the start.
     pub before: f64,
@@ -234,12 +234,11 @@ impl Factored {
         Ok((basis, Network::new(b_slot.outputs, layers)?))
     }
 
-    /// The network on the d-dim input (first layer W1 B); `subspace` is the span of that layer.
-    fn lifted(&self, p: &[f64]) -> Result<Network> {
+    /// The compact network on the d-dim input: projection B, then the small network;
+    /// `subspace` is the span of B.
+    fn compact(&self, p: &[f64]) -> Result<Network> {
         let (basis, small) = self.unpack(p)?;
-        let mut net = small.lift(&basis)?;
-        net.subspace = Some(net.first_layer_span());
-        Ok(net)
+        Ok(Network::with_projection(&small, &basis)?)
     }
 
     fn scratch(&self, rows: usize) -> Scratch {
@@ -528,9 +527,9 @@ pub fn polish(
     };
     let kept = after < before;
     let network = if kept {
-        model.lifted(&best.1)?
+        model.compact(&best.1)?
     } else {
-        start.lift(basis)?
+        Network::with_projection(start, basis)?
     };
     Ok(PolishResult {
         network,
@@ -575,7 +574,7 @@ mod tests {
         let p = model.pack(&net, &basis);
         let (b, small) = model.unpack(&p).unwrap();
         assert_eq!((b, small), (basis.clone(), net.clone()));
-        let lifted = model.lifted(&p).unwrap();
+        let lifted = model.compact(&p).unwrap();
         let x = [0.3, -1.2, 0.8];
         let reference = net.lift(&basis).unwrap().forward_one_f64(&x);
         assert!((lifted.forward_one_f64(&x) - reference).abs() < 1e-12);
@@ -607,7 +606,7 @@ mod tests {
         model.gradient(&p, &data, &[0, 1, 2], &mut s);
         // Summed squared error of the lifted network, an independent evaluation path.
         let loss = |q: &[f64]| {
-            let n = model.lifted(q).unwrap();
+            let n = model.compact(q).unwrap();
             (0..3)
                 .map(|i| {
                     let row: Vec<f64> = x[i * 3..(i + 1) * 3].iter().map(|&v| v as f64).collect();

@@ -171,6 +171,14 @@ pub fn predict_with(
 ) -> Result<Vec<f32>> {
     crate::backend::check_predict_input(network, x, rows)?;
     network.validate()?;
+    // The kernel runs plain layer stacks: a projection is folded into the first layer here.
+    let dense;
+    let network = if network.projection.is_some() {
+        dense = network.dense();
+        &dense
+    } else {
+        network
+    };
     check_params(ctx, network, kp)?;
     if rows == 0 {
         return Ok(Vec::new());

@@ -179,7 +179,9 @@ impl Backend for GpuBackend {
 
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         crate::backend::check_predict_input(network, x, rows)?;
-        let params = ForwardKernelParams::for_network(&self.ctx, network);
-        self.predict_with(network, x, rows, &params)
+        // Tunables for the layer stack the kernel runs (a projection folded in).
+        let dense = network.dense();
+        let params = ForwardKernelParams::for_network(&self.ctx, &dense);
+        self.predict_with(&dense, x, rows, &params)
     }
 }
