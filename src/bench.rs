@@ -1,6 +1,7 @@
-//! Benchmarks a user can run (`relu-fpt bench moments`): timings of one backend's moment pass on
-//! data generated in memory, reported as one JSON line comparable with the peers in
-//! shared/peers (np_moment.py prints the same n, d, seconds, gflops fields).
+//! Benchmarks a user can run: `relu-fpt bench moments` times one backend's moment pass on data
+//! generated in memory and reports one JSON line comparable with `scripts/np_moment.py` (numpy's
+//! X^T X prints the same n, d, seconds, gflops fields); on the CPU it also states the speed as
+//! a fraction of the machine's FMA peak (`relu-fpt bench peak`, [`crate::backend::cpu::peak`]).
 
 use crate::backend::Backend;
 use crate::data::MemorySource;
@@ -35,12 +36,25 @@ pub struct MomentBench {
     pub samples_per_second: f64,
     /// Timed runs.
     pub runs: usize,
+    /// CPU moments micro-kernel ("avx512", "avx2", "portable"); None on a GPU.
+    pub kernel: Option<String>,
+    /// The machine's f32 FMA peak in GFLOP/s on all threads (measured in the same run or
+    /// given); None on a GPU.
+    pub peak_gflops: Option<f64>,
+    /// gflops / peak_gflops.
+    pub peak_fraction: Option<f64>,
 }
 
 impl MomentBench {
     /// Exactly one JSON line: backend, adapter, n, d, bins, seconds, gflops, then extras.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("a struct of strings and numbers serialises")
+    }
+
+    /// Records the FMA peak the speed is compared with.
+    pub fn set_peak(&mut self, peak_gflops: f64) {
+        self.peak_gflops = Some(peak_gflops);
+        self.peak_fraction = Some(self.gflops / peak_gflops);
     }
 }
 
@@ -96,6 +110,9 @@ pub fn bench_moments(
         gflops: n as f64 * d as f64 * (d as f64 + 1.0) / seconds / 1e9,
         samples_per_second: n as f64 / seconds,
         runs,
+        kernel: None,
+        peak_gflops: None,
+        peak_fraction: None,
     })
 }
 

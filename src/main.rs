@@ -49,8 +49,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Binned second moments: median of timed runs after a warm-up (data generation excluded).
+    /// Binned second moments: median of timed runs after a warm-up (data generation excluded);
+    /// on the CPU also as a fraction of the FMA peak.
     Moments(BenchMomentsArgs),
+    /// The CPU's f32 FMA peak: a register-only FMA loop on every thread at once.
+    Peak(BenchPeakArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -302,6 +305,29 @@ struct BenchMomentsArgs {
     runs: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendChoice,
+    /// CPU moments micro-kernel (auto: RELU_FPT_CPU_KERNEL, else the widest the CPU has).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
+    /// The FMA peak to compare with, GFLOP/s on all threads (default: measure it first, as
+    /// `relu-fpt bench peak` does).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchPeakArgs {
+    /// Seconds per timed repeat.
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// Timed repeats; the best is reported (a busy machine only lowers the figure).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Instruction set of the loop (auto: the widest the CPU has).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
     /// Print exactly one JSON line.
     #[arg(long)]
     json: bool,
@@ -324,6 +350,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Moments(a),
         } => bench_moments(a),
+        Command::Bench {
+            what: BenchCommand::Peak(a),
+        } => bench_peak(a),
         Command::Devices => devices(),
     };
     match outcome {
@@ -743,16 +772,89 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
             "--runs: at least 5 timed runs, so the median means something",
         ));
     }
+    if let Some(p) = a.peak_gflops {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(Error::invalid(format!(
+                "--peak-gflops {p}: give a positive number (GFLOP/s), or leave it out to measure"
+            )));
+        }
+    }
     let backend = backend::select(a.backend)?;
+    // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or given).
+    let cpu = if backend.kind() == "cpu" {
+        let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
+        let isa = cpu.moment_isa()?;
+        let peak = match a.peak_gflops {
+            Some(p) => p,
+            None => {
+                relu_fpt::backend::cpu::peak::measure(
+                    relu_fpt::backend::cpu::syrk::Isa::best(),
+                    0.3,
+                    3,
+                )
+                .gflops_total
+            }
+        };
+        Some((cpu, isa, peak))
+    } else {
+        None
+    };
     let bar = progress::bar((a.runs + 1) as u64, "bench");
-    let r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
+    let mut r = match &cpu {
+        Some((c, _, _)) => relu_fpt::bench::bench_moments(c, a.n, a.d, a.bins, a.runs, &bar)?,
+        None => relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?,
+    };
     bar.finish_and_clear();
+    if let Some((_, isa, peak)) = &cpu {
+        r.kernel = Some(isa.name().to_string());
+        r.set_peak(*peak);
+    }
     if a.json {
         println!("{}", r.to_json_line());
     } else {
+        let kernel = r
+            .kernel
+            .as_ref()
+            .map_or(String::new(), |k| format!(", {k} kernel"));
+        let peak = match (r.peak_gflops, r.peak_fraction) {
+            (Some(p), Some(f)) => format!(", {:.0}% of the FMA peak {p:.1} GFLOP/s", 100.0 * f),
+            _ => String::new(),
+        };
         println!(
-            "{} ({}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s), {:.3e} samples/s",
+            "{} ({}{kernel}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s){peak}, {:.3e} samples/s",
             r.backend, r.adapter, r.n, r.d, r.bins, r.seconds, r.runs, r.gflops, r.samples_per_second
+        );
+    }
+    Ok(())
+}
+
+fn bench_peak(a: BenchPeakArgs) -> Result<()> {
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 60.0) || a.repeats == 0 {
+        return Err(Error::invalid(
+            "--seconds must be in (0, 60] and --repeats at least 1",
+        ));
+    }
+    let isa = a.kernel.resolve()?;
+    let p = relu_fpt::backend::cpu::peak::measure(isa, a.seconds, a.repeats);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&p).expect("a struct of strings and numbers serialises")
+        );
+    } else {
+        let per: Vec<String> = p
+            .gflops_per_thread
+            .iter()
+            .map(|g| format!("{g:.1}"))
+            .collect();
+        println!(
+            "f32 FMA peak ({}, {} threads, best of {} repeats of {:.2} s): {} GFLOP/s per core, {:.1} GFLOP/s total",
+            p.isa,
+            p.threads,
+            p.repeats,
+            p.seconds,
+            per.join(", "),
+            p.gflops_total
         );
     }
     Ok(())
