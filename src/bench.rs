@@ -3,6 +3,7 @@
 //! X^T X prints the same n, d, seconds, gflops fields); on the CPU it also states the speed as
 //! a fraction of the machine's FMA peak (`relu-fpt bench peak`, [`crate::backend::cpu::peak`]).
 
+use crate::backend::cpu::peak::process_cpu_seconds;
 use crate::backend::Backend;
 use crate::data::MemorySource;
 use crate::error::{Error, Result};
@@ -43,6 +44,14 @@ pub struct MomentBench {
     pub peak_gflops: Option<f64>,
     /// gflops / peak_gflops.
     pub peak_fraction: Option<f64>,
+    /// CPU time of one pass summed over the threads (median over the runs; Linux). On a machine
+    /// busy with other work this, not the wall time, says how fast the kernel is.
+    pub cpu_seconds: Option<f64>,
+    /// One core's FMA peak per second of CPU time (from the same probe).
+    pub peak_gflops_per_cpu_second: Option<f64>,
+    /// n d (d + 1) / cpu_seconds / peak_gflops_per_cpu_second: the share of the cores' peak
+    /// the pass reaches while it runs (idle spinning of the pool counts against it).
+    pub cpu_time_fraction: Option<f64>,
 }
 
 impl MomentBench {
@@ -51,10 +60,16 @@ impl MomentBench {
         serde_json::to_string(self).expect("a struct of strings and numbers serialises")
     }
 
-    /// Records the FMA peak the speed is compared with.
-    pub fn set_peak(&mut self, peak_gflops: f64) {
+    /// Records the FMA peak the speed is compared with: all threads' in GFLOP/s of wall time
+    /// and, when known, one core's per second of CPU time.
+    pub fn set_peak(&mut self, peak_gflops: f64, per_cpu_second: Option<f64>) {
         self.peak_gflops = Some(peak_gflops);
         self.peak_fraction = Some(self.gflops / peak_gflops);
+        self.peak_gflops_per_cpu_second = per_cpu_second;
+        self.cpu_time_fraction = self
+            .cpu_seconds
+            .zip(per_cpu_second)
+            .map(|(c, p)| self.n as f64 * self.d as f64 * (self.d as f64 + 1.0) / c / 1e9 / p);
     }
 }
 
@@ -87,10 +102,15 @@ pub fn bench_moments(
     progress.set_length(n * (runs as u64 + 1));
     backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
     let mut times = Vec::with_capacity(runs);
+    let mut cpu_times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let cpu = process_cpu_seconds();
         let t = std::time::Instant::now();
         let m = backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
         times.push(t.elapsed().as_secs_f64());
+        if let Some(c) = cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a) {
+            cpu_times.push(c);
+        }
         if m.total_count() != n {
             return Err(Error::invalid(format!(
                 "bench moments: the backend counted {} samples of {n}",
@@ -100,6 +120,8 @@ pub fn bench_moments(
     }
     times.sort_by(f64::total_cmp);
     let seconds = times[runs / 2];
+    cpu_times.sort_by(f64::total_cmp);
+    let cpu_seconds = (cpu_times.len() == runs).then(|| cpu_times[runs / 2]);
     Ok(MomentBench {
         backend: backend.kind().to_string(),
         adapter: backend.description(),
@@ -113,6 +135,9 @@ pub fn bench_moments(
         kernel: None,
         peak_gflops: None,
         peak_fraction: None,
+        cpu_seconds,
+        peak_gflops_per_cpu_second: None,
+        cpu_time_fraction: None,
     })
 }
 

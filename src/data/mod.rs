@@ -26,6 +26,13 @@ pub trait SampleSource: Send + Sync {
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize>;
     /// One line for humans: where the samples come from.
     fn describe(&self) -> String;
+    /// Rows `start .. start + rows` (clamped to `len`) as slices of x and y when the source
+    /// already holds them in memory, so that a pass can read them without copying; None (the
+    /// default) when they must be read.
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let _ = (start, rows);
+        None
+    }
 }
 
 /// Errors about sample files. Each message is one line naming the file, the field at fault and
@@ -138,6 +145,14 @@ impl SampleSource for MemorySource {
     fn describe(&self) -> String {
         format!("{} samples in memory, d = {}", self.y.len(), self.dim)
     }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = (start as usize).min(self.y.len());
+        let end = (start + rows).min(self.y.len());
+        Some((
+            &self.x[start * self.dim..end * self.dim],
+            &self.y[start..end],
+        ))
+    }
 }
 
 /// A shape as Python writes it: `(5,)`, `(5, 3)`.
@@ -198,6 +213,11 @@ impl SampleSource for SampleRange<'_> {
         let start = start.min(self.len);
         let rows = (rows as u64).min(self.len - start) as usize;
         self.source.read(self.start + start, rows, x, y)
+    }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = start.min(self.len);
+        let rows = (rows as u64).min(self.len - start) as usize;
+        self.source.in_memory(self.start + start, rows)
     }
     fn describe(&self) -> String {
         format!(

@@ -71,23 +71,31 @@ pub fn moments_with_kernel(
     }
 }
 
-/// Reads rows `start..start + rows` and checks that the source returned them all.
-fn read_checked(
-    source: &dyn SampleSource,
+/// Rows `start..start + rows` of x and y: the source's own memory when it holds them (no
+/// copy), else read into `x` and `y`; an error unless all of them came back.
+fn rows_of<'a>(
+    source: &'a dyn SampleSource,
     start: u64,
     rows: usize,
-    x: &mut Vec<f32>,
-    y: &mut Vec<f32>,
-) -> Result<usize> {
+    x: &'a mut Vec<f32>,
+    y: &'a mut Vec<f32>,
+) -> Result<(&'a [f32], &'a [f32])> {
     let d = source.dim();
-    let got = source.read(start, rows, x, y)?;
-    if got != rows || x.len() != rows * d || y.len() != rows {
+    let (xs, ys) = match source.in_memory(start, rows) {
+        Some(v) => v,
+        None => {
+            source.read(start, rows, x, y)?;
+            (&x[..], &y[..])
+        }
+    };
+    if xs.len() != rows * d || ys.len() != rows {
         return Err(Error::invalid(format!(
-            "{} returned {got} rows at row {start}, expected {rows}",
-            source.describe()
+            "{} returned {} rows at row {start}, expected {rows}",
+            source.describe(),
+            ys.len()
         )));
     }
-    Ok(got)
+    Ok((xs, ys))
 }
 
 /// Rows stored one after another.
@@ -135,9 +143,9 @@ fn single_bin(
             for c in p * chunks / parts..(p + 1) * chunks / parts {
                 let start = c * chunk as u64;
                 let want = (n - start).min(chunk as u64) as usize;
-                let rows = read_checked(source, start, want, &mut x, &mut y)?;
+                let (xs, ys) = rows_of(source, start, want, &mut x, &mut y)?;
                 w.clear();
-                for &yi in &y {
+                for &yi in ys {
                     let yv = yi as f64;
                     let wv = weight.of(yv);
                     acc.count[0] += 1;
@@ -146,16 +154,16 @@ fn single_bin(
                     acc.sum_y2[0] += yv * yv;
                     w.push(wv as f32);
                 }
-                let set = Contiguous { x: &x, w: &w, d };
+                let set = Contiguous { x: xs, w: &w, d };
                 syrk.run(
                     &set,
-                    0..rows,
+                    0..want,
                     0..d,
                     weighted,
                     &mut acc.sum_xx,
                     &mut acc.sum_x,
                 );
-                progress.inc(rows as u64);
+                progress.inc(want as u64);
             }
             Ok(acc)
         })
@@ -167,18 +175,29 @@ fn single_bin(
     Ok(total)
 }
 
-/// One sub-chunk of a block: its rows, labels, bins and weights.
+/// One sub-chunk of a block: its rows and labels (the source's memory, or read into `x`, `y`),
+/// bins and weights.
 #[derive(Default)]
-struct SubChunk {
+struct SubChunk<'s> {
     x: Vec<f32>,
     y: Vec<f32>,
+    view: Option<(&'s [f32], &'s [f32])>,
     bin: Vec<u32>,
     w: Vec<f32>,
 }
 
+impl SubChunk<'_> {
+    fn xs(&self) -> &[f32] {
+        self.view.map_or(&self.x, |v| v.0)
+    }
+    fn ys(&self) -> &[f32] {
+        self.view.map_or(&self.y, |v| v.1)
+    }
+}
+
 /// Rows of one bin in a block, by index (sub-chunk << shift | row).
 struct Gathered<'a> {
-    subs: &'a [SubChunk],
+    subs: &'a [SubChunk<'a>],
     index: &'a [u32],
     shift: u32,
     d: usize,
@@ -189,7 +208,7 @@ impl Rows for Gathered<'_> {
     fn row(&self, i: usize) -> &[f32] {
         let g = self.index[i] as usize;
         let r = g & ((1 << self.shift) - 1);
-        &self.subs[g >> self.shift].x[r * self.d..(r + 1) * self.d]
+        &self.subs[g >> self.shift].xs()[r * self.d..(r + 1) * self.d]
     }
     #[inline(always)]
     fn weight(&self, i: usize) -> f32 {
@@ -240,10 +259,24 @@ fn binned(
             .try_for_each(|(s, sc)| -> Result<()> {
                 let first = start + (s * sub) as u64;
                 let want = (rows - s * sub).min(sub);
-                read_checked(source, first, want, &mut sc.x, &mut sc.y)?;
+                sc.view = source.in_memory(first, want);
+                let (xs, ys) = match sc.view {
+                    Some(v) => v,
+                    None => {
+                        source.read(first, want, &mut sc.x, &mut sc.y)?;
+                        (&sc.x[..], &sc.y[..])
+                    }
+                };
+                if xs.len() != want * d || ys.len() != want {
+                    return Err(Error::invalid(format!(
+                        "{} returned {} rows at row {first}, expected {want}",
+                        source.describe(),
+                        ys.len()
+                    )));
+                }
                 sc.bin.clear();
                 sc.w.clear();
-                for (row, &y) in sc.x.chunks_exact(d).zip(&sc.y) {
+                for (row, &y) in xs.chunks_exact(d).zip(ys) {
                     let yv = y as f64;
                     sc.bin.push(bin_of_row(spec, use_avx2, row, yv) as u32);
                     sc.w.push(weight.of(yv) as f32);
@@ -263,7 +296,7 @@ fn binned(
         order.resize(rows, 0);
         let mut next = offsets.clone();
         for (s, sc) in subs[..m].iter().enumerate() {
-            for (i, (&b, &y)) in sc.bin.iter().zip(&sc.y).enumerate() {
+            for (i, (&b, &y)) in sc.bin.iter().zip(sc.ys()).enumerate() {
                 let b = b as usize;
                 let yv = y as f64;
                 acc.count[b] += 1;

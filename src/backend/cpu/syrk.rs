@@ -300,6 +300,10 @@ trait MicroKernel {
     const V: usize;
     /// Rows per packed slice.
     const KC: usize;
+    /// Column sums of an A panel (rows of MR values).
+    fn column_sums_a(panel: &[f32], out: &mut [f32]);
+    /// Column sums of a B panel (rows of NR values).
+    fn column_sums_b(panel: &[f32], out: &mut [f32]);
     /// c[MR rows, nv * V columns] (row stride ldc) += sum over kc rows k of
     /// a[k * a_stride + r] * b[k * NR + j].
     ///
@@ -440,14 +444,14 @@ fn run_generic<K: MicroKernel, R: Rows>(
             for rb in rb0..rb1 {
                 let panel = &apack[(rb - rb0) * K::KC * K::MR..][..kc * K::MR];
                 let r0 = rb * K::MR;
-                add_column_sums(panel, K::MR, &mut s.sum_x[r0..r0 + K::MR]);
+                K::column_sums_a(panel, &mut s.sum_x[r0..r0 + K::MR]);
             }
         } else {
             let bpack = s.bpack.slice();
             for jb in jb_lo..out.end.div_ceil(K::NR) {
                 let panel = &bpack[jb * K::KC * K::NR..][..kc * K::NR];
                 let mut sums = [0.0f32; 64];
-                add_column_sums(panel, K::NR, &mut sums[..K::NR]);
+                K::column_sums_b(panel, &mut sums[..K::NR]);
                 let c0 = jb * K::NR;
                 for c in c0.max(out.start)..(c0 + K::NR).min(out.end) {
                     s.sum_x[c] += sums[c - c0];
@@ -458,22 +462,21 @@ fn run_generic<K: MicroKernel, R: Rows>(
     }
 }
 
-/// out[j] += sum over rows k of panel[k * width + j], in four interleaved partial sums (so the
-/// additions pipeline); the order depends only on the panel.
+/// out[j] += sum over rows k of panel[k * W + j], in four interleaved partial sums (so the
+/// additions pipeline and vectorise); the order depends only on the panel.
 #[inline(always)]
-fn add_column_sums(panel: &[f32], width: usize, out: &mut [f32]) {
-    debug_assert!(width <= 64 && out.len() == width);
-    let mut part = [[0.0f32; 64]; 4];
-    let mut quads = panel.chunks_exact(4 * width);
+fn add_column_sums<const W: usize>(panel: &[f32], out: &mut [f32]) {
+    let mut part = [[0.0f32; W]; 4];
+    let mut quads = panel.chunks_exact(4 * W);
     for q in &mut quads {
-        for (p, rowv) in part.iter_mut().zip(q.chunks_exact(width)) {
-            for (a, v) in p[..width].iter_mut().zip(rowv) {
+        for (p, rowv) in part.iter_mut().zip(q.chunks_exact(W)) {
+            for (a, v) in p.iter_mut().zip(rowv) {
                 *a += v;
             }
         }
     }
-    for (p, rowv) in part.iter_mut().zip(quads.remainder().chunks_exact(width)) {
-        for (a, v) in p[..width].iter_mut().zip(rowv) {
+    for (p, rowv) in part.iter_mut().zip(quads.remainder().chunks_exact(W)) {
+        for (a, v) in p.iter_mut().zip(rowv) {
             *a += v;
         }
     }
@@ -483,6 +486,14 @@ fn add_column_sums(panel: &[f32], width: usize, out: &mut [f32]) {
 }
 
 impl MicroKernel for Avx512 {
+    #[inline(always)]
+    fn column_sums_a(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::MR }>(panel, out)
+    }
+    #[inline(always)]
+    fn column_sums_b(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::NR }>(panel, out)
+    }
     const MR: usize = 8;
     const NR: usize = 32;
     const V: usize = 16;
@@ -546,6 +557,14 @@ unsafe fn tile_avx512<const NV: usize>(
 }
 
 impl MicroKernel for Avx2 {
+    #[inline(always)]
+    fn column_sums_a(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::MR }>(panel, out)
+    }
+    #[inline(always)]
+    fn column_sums_b(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::NR }>(panel, out)
+    }
     const MR: usize = 6;
     const NR: usize = 16;
     const V: usize = 8;
@@ -609,6 +628,14 @@ unsafe fn tile_avx2<const NV: usize>(
 }
 
 impl MicroKernel for Portable {
+    #[inline(always)]
+    fn column_sums_a(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::MR }>(panel, out)
+    }
+    #[inline(always)]
+    fn column_sums_b(panel: &[f32], out: &mut [f32]) {
+        add_column_sums::<{ Self::NR }>(panel, out)
+    }
     const MR: usize = 6;
     const NR: usize = 16;
     const V: usize = 8;
