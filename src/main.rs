@@ -212,15 +212,21 @@ struct LearnArgs {
     /// Fraction of the samples held out for validation (the last rows).
     #[arg(long, default_value_t = 0.2)]
     validation: f64,
-    /// Skip the final joint refinement in the full input.
+    /// Skip the final joint refinement of the network and the basis.
     #[arg(long)]
     no_polish: bool,
-    /// Passes of the polish over (at most 100 000) training rows.
-    #[arg(long, default_value_t = 15)]
-    polish_epochs: usize,
-    /// Passes of the descent on the projected samples (0: none) over (at most 100 000) rows.
-    #[arg(long, default_value_t = 30)]
-    descent_epochs: usize,
+    /// Passes of the polish over the training rows (default: 15, fewer on more than 1.6e5
+    /// rows, adding up to 2.4e6 row reads, at least one).
+    #[arg(long)]
+    polish_epochs: Option<usize>,
+    /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
+    /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
+    #[arg(long)]
+    descent_epochs: Option<usize>,
+    /// Read at most this many training rows (the first ones) in every stage; by default all
+    /// rows are used.
+    #[arg(long)]
+    max_train_rows: Option<usize>,
     /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
@@ -529,10 +535,17 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         max_dim: a.max_dim,
         ..LearnConfig::default()
     };
-    config.polish_config.epochs = a.polish_epochs;
-    config.descent = a.descent_epochs > 0;
-    config.descent_config.epochs = a.descent_epochs;
+    if let Some(e) = a.polish_epochs {
+        config.polish_config.epochs = e;
+        config.polish_config.row_budget = 0;
+    }
+    if let Some(e) = a.descent_epochs {
+        config.descent = e > 0;
+        config.descent_config.epochs = e;
+        config.descent_config.row_budget = 0;
+    }
     config.subspace_config.refine_steps = a.refine_steps;
+    config.max_train_rows = a.max_train_rows;
     config
 }
 
@@ -691,11 +704,8 @@ fn demo(a: DemoArgs) -> Result<()> {
         backend.description()
     );
     let train = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
-    // Sized to finish within two minutes on two CPU cores: parity needs many units, which the
-    // sphere-net fit provides, so the enumeration gets a small budget.
+    // The defaults a user of `learn` gets: nothing here knows the teacher's width.
     let config = LearnConfig {
-        hidden: vec![16],
-        budget: 256,
         seed: a.seed,
         ..LearnConfig::default()
     };
