@@ -564,18 +564,56 @@ fn learn_cmd(a: LearnArgs) -> Result<()> {
     Ok(())
 }
 
-/// Streams x through the model on the backend, handing each chunk's predictions to `sink`.
+/// Streams x through the model on the backend, handing each chunk's predictions to `sink`. A
+/// reader thread reads the next chunk while this one is computed (two chunks in flight).
 fn predict_stream(
     backend: &dyn Backend,
     model: &Network,
     source: &dyn SampleSource,
     mut sink: impl FnMut(&[f32], &[f32]) -> Result<()>,
 ) -> Result<()> {
+    const CHUNK: usize = 1 << 16;
     let bar = progress::bar(source.len(), "predict");
-    for_each_chunk(source, 1 << 16, |_, x, y| {
-        let p = backend.predict(model, x, y.len())?;
-        bar.inc(y.len() as u64);
-        sink(&p, y)
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<f32>, Vec<f32>)>>(1);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
+        scope.spawn(move || {
+            let mut start = 0u64;
+            while start < source.len() {
+                let (mut x, mut y) = back_rx.try_recv().unwrap_or_default();
+                let read = source.read(start, CHUNK, &mut x, &mut y);
+                let stop = match &read {
+                    Ok(0) | Err(_) => true,
+                    Ok(n) => {
+                        start += *n as u64;
+                        false
+                    }
+                };
+                if tx.send(read.map(|_| (x, y))).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut seen = 0u64;
+        for chunk in rx {
+            let (x, y) = chunk?;
+            if y.is_empty() {
+                break;
+            }
+            let p = backend.predict(model, &x, y.len())?;
+            bar.inc(y.len() as u64);
+            seen += y.len() as u64;
+            sink(&p, &y)?;
+            let _ = back_tx.send((x, y));
+        }
+        if seen != source.len() {
+            return Err(Error::invalid(format!(
+                "{} returned no rows at row {seen} of {}",
+                source.describe(),
+                source.len()
+            )));
+        }
+        Ok(())
     })?;
     bar.finish_and_clear();
     Ok(())

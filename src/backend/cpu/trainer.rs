@@ -189,6 +189,22 @@ impl Factored {
         }
     }
 
+    /// Work buffers for forward passes only (no deltas, no gradient).
+    pub(crate) fn scratch_forward(&self, rows: usize) -> Scratch {
+        Scratch {
+            x: vec![0.0; rows * self.input_width()],
+            y: Vec::new(),
+            acts: self
+                .slots
+                .iter()
+                .map(|s| vec![0.0; rows * s.outputs])
+                .collect(),
+            delta: Vec::new(),
+            prev: Vec::new(),
+            grad: Vec::new(),
+        }
+    }
+
     /// Outputs of the first `rows` rows of `s.x`, left in the last entry of `s.acts`.
     #[inline(always)]
     fn forward(&self, p: &[f64], rows: usize, s: &mut Scratch) {
@@ -333,25 +349,28 @@ impl Factored {
         self.sse_body(p, rows, s)
     }
 
-    /// Outputs of the first `rows` rows of `s.x`, into `out`.
-    pub(crate) fn outputs(&self, p: &[f64], rows: usize, s: &mut Scratch, out: &mut [f32]) {
+    /// Outputs of the rows of `x` (at most the scratch's rows), into `out`.
+    pub(crate) fn outputs(&self, p: &[f64], x: &[f32], s: &mut Scratch, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: AVX2 was detected at run time.
-            unsafe { self.forward_avx2(p, rows, s) };
-        } else {
-            self.forward(p, rows, s);
+            return unsafe { self.outputs_avx2(p, x, s, out) };
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        self.forward(p, rows, s);
-        let last = &s.acts[self.slots.len() - 1];
-        out.iter_mut().zip(last).for_each(|(o, &v)| *o = v as f32);
+        self.outputs_body(p, x, s, out)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn forward_avx2(&self, p: &[f64], rows: usize, s: &mut Scratch) {
-        self.forward(p, rows, s)
+    unsafe fn outputs_avx2(&self, p: &[f64], x: &[f32], s: &mut Scratch, out: &mut [f32]) {
+        self.outputs_body(p, x, s, out)
+    }
+
+    #[inline(always)]
+    fn outputs_body(&self, p: &[f64], x: &[f32], s: &mut Scratch, out: &mut [f32]) {
+        s.x.iter_mut().zip(x).for_each(|(a, &b)| *a = b as f64);
+        self.forward(p, out.len(), s);
+        let last = &s.acts[self.slots.len() - 1];
+        out.iter_mut().zip(last).for_each(|(o, &v)| *o = v as f32);
     }
 
     #[inline(always)]
@@ -366,12 +385,13 @@ impl Factored {
     }
 }
 
-/// Rows per parallel block of [`predict_compact`].
-const PREDICT_ROWS: usize = 256;
+/// Rows per block of [`predict_compact`]: one forward pass over a block at a time.
+const PREDICT_ROWS: usize = 32;
 
 /// Outputs of a compact network (projection P, then a small network) for the rows of `x`, in
 /// the trainer's forward pass (f64, AVX2 when present; wide layers as axpys); only the outputs
-/// are rounded to f32. `None` when the network has no projection.
+/// are rounded to f32. Each thread takes one contiguous share of the rows with one set of work
+/// buffers. `None` when the network has no projection.
 pub fn predict_compact(network: &Network, x: &[f32]) -> Option<Vec<f32>> {
     let projection = network.projection.as_ref()?;
     let d = network.input_dim;
@@ -386,16 +406,21 @@ pub fn predict_compact(network: &Network, x: &[f32]) -> Option<Vec<f32>> {
     let model = Factored::new(&shape, true);
     let mut p = vec![0.0; model.params()];
     model.load(&canonical, &mut p);
-    let mut out = vec![0.0f32; x.len() / d];
-    x.par_chunks(PREDICT_ROWS * d)
-        .zip(out.par_chunks_mut(PREDICT_ROWS))
-        .for_each_init(
-            || model.scratch(PREDICT_ROWS),
-            |s, (xb, ob)| {
-                s.x.iter_mut().zip(xb).for_each(|(a, &b)| *a = b as f64);
-                model.outputs(&p, ob.len(), s, ob);
-            },
-        );
+    let rows = x.len() / d;
+    let mut out = vec![0.0f32; rows];
+    let share = rows
+        .div_ceil(rayon::current_num_threads().max(1))
+        .div_ceil(PREDICT_ROWS)
+        .max(1)
+        * PREDICT_ROWS;
+    x.par_chunks(share * d)
+        .zip(out.par_chunks_mut(share))
+        .for_each(|(xs, os)| {
+            let mut s = model.scratch_forward(PREDICT_ROWS);
+            for (xb, ob) in xs.chunks(PREDICT_ROWS * d).zip(os.chunks_mut(PREDICT_ROWS)) {
+                model.outputs(&p, xb, &mut s, ob);
+            }
+        });
     Some(out)
 }
 
