@@ -736,7 +736,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     spec.seed = a.seed;
     let teacher = teacher::build(&spec)?;
     println!(
-        "demo: learning the hard parity teacher (ALGORITHM.md 4.2 (A): d = {}, k = 4; every Hermite moment of degree < 4 vanishes, so pHd and online SGD see nothing) from {} samples on {}",
+        "demo: learning the hard parity teacher (docs/algorithm.md, hard teachers: d = {}, k = 4; every Hermite moment of degree < 4 vanishes, so pHd and online SGD see nothing) from {} samples on {}, with the defaults of `learn`",
         a.d,
         a.n,
         backend.description()

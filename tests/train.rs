@@ -518,3 +518,66 @@ fn learn_reports_every_stage() {
     // Small errors keep their digits.
     assert!(!summary.contains("0.0000"), "{summary}");
 }
+
+/// The same model saved as a version-2 file (compact: projection, then the small network) and
+/// as a version-1 file (its dense form, no projection) predicts the same through the command
+/// line, up to the f32 rounding of the outputs and the summation order.
+#[test]
+fn version_1_and_version_2_files_predict_the_same_through_the_cli() {
+    use relu_fpt::data::write_npy_f32;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let (d, r) = (10, 3);
+    let small = Network::new(
+        r,
+        vec![random_layer(&mut rng, r, 7), random_layer(&mut rng, 7, 1)],
+    )
+    .unwrap();
+    let projection: Vec<Vec<f64>> = (0..r)
+        .map(|_| (0..d).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let compact = Network::with_projection(&small, &projection).unwrap();
+    let v2 = dir.path().join("v2.json");
+    compact.save(&v2).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&compact.dense().to_json()).unwrap();
+    json["version"] = 1.into();
+    json.as_object_mut().unwrap().remove("projection");
+    let v1 = dir.path().join("v1.json");
+    std::fs::write(&v1, json.to_string()).unwrap();
+    let rows = 700;
+    let x: Vec<f32> = (0..rows * d).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let x_path = dir.path().join("x.npy");
+    write_npy_f32(&x_path, &[rows, d], &x).unwrap();
+    let mut outputs = Vec::new();
+    for (name, model) in [("p1.npy", &v1), ("p2.npy", &v2)] {
+        let out = dir.path().join(name);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
+            .args(["predict", "--backend", "cpu", "--model"])
+            .arg(model)
+            .arg("--x")
+            .arg(&x_path)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // An (N,) float32 file as `predict` writes it: magic, version 1.0, header, data.
+        let bytes = std::fs::read(&out).unwrap();
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let p: Vec<f32> = bytes[10 + header_len..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(p.len(), rows);
+        outputs.push(p);
+    }
+    for (i, (a, b)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
+        let row: Vec<f64> = x[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
+        let want = compact.forward_one_f64(&row);
+        assert!(
+            (a - b).abs() <= 1e-6 * (1.0 + want.abs() as f32),
+            "row {i}: {a} {b}"
+        );
+        assert!((*b as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()));
+    }
+}
