@@ -223,8 +223,9 @@ struct LearnArgs {
     /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
     #[arg(long)]
     descent_epochs: Option<usize>,
-    /// Read at most this many training rows (the first ones) in every stage; by default all
-    /// rows are used.
+    /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
+    /// descent, polish) read at most this many training rows (the first ones); by default
+    /// every row. Filtered PCA reads every row either way.
     #[arg(long)]
     max_train_rows: Option<usize>,
     /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).

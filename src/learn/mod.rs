@@ -56,8 +56,10 @@ pub struct LearnConfig {
     /// A subspace basis (orthonormal rows, r x d) to use instead of filtered PCA: oracle runs
     /// and tests. `None` runs filtered PCA.
     pub known_basis: Option<Vec<Vec<f64>>>,
-    /// Every stage reads at most this many training rows (the first ones); `None`, the
-    /// default, reads them all.
+    /// The stages that fit the network on z (enumerate-and-test, whose subsample is bounded by
+    /// `search_config.max_rows` anyway, the sphere-net fit, the descent and the polish) read at
+    /// most this many training rows (the first ones); `None`, the default, reads them all.
+    /// Filtered PCA always reads every training row.
     pub max_train_rows: Option<usize>,
     /// Spare basis rows the polish may grow into (at most `max_dim` rows in all); each is kept
     /// only when the validation error says it helps (see `grow`).
@@ -393,8 +395,11 @@ pub fn learn(
             "learn: needs at least 2 samples of positive dimension (got {n} of dimension {d})"
         )));
     }
-    let n_train = (n - n_val).min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
+    let n_train = n - n_val;
     let train = SampleRange::new(source, 0, n_train as u64)?;
+    // What the fitting stages read.
+    let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
+    let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
     let val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
     let mut stages = Vec::new();
     let stage = |name: &str, pass: Pass, rows: u64, row_reads: u64, t: Instant, mse| StageReport {
@@ -432,7 +437,7 @@ pub fn learn(
     let t = Instant::now();
     let flat: Vec<f64> = basis.iter().flatten().copied().collect();
     let sub_rows = config.search_config.max_rows.max(1);
-    let sub_train = project_head(backend, &train, &flat, r, sub_rows)?;
+    let sub_train = project_head(backend, &fit_rows, &flat, r, sub_rows)?;
     let sub_val = project_head(backend, &val, &flat, r, sub_rows)?;
     let search_config = SearchConfig {
         hidden: config.hidden.clone(),
@@ -464,8 +469,8 @@ pub fn learn(
             seed: config.seed,
             ..config.sphere_config.clone()
         };
-        let bar = crate::progress::bar(n_train as u64, "sphere-net");
-        let fit = sphere_net_fit_streamed(backend, &train, &val, &basis, &sphere_config, &bar)?;
+        let bar = crate::progress::bar(n_fit as u64, "sphere-net");
+        let fit = sphere_net_fit_streamed(backend, &fit_rows, &val, &basis, &sphere_config, &bar)?;
         bar.finish_and_clear();
         let m = fit.fit.validation_mse;
         stages.push(stage(
@@ -494,7 +499,7 @@ pub fn learn(
         };
         let shape = FactoredShape::of(&network, d)?;
         let start = shape.pack(&network, &basis)?;
-        let res = train::train(backend, &train, &val, &shape, &start, false, &pc)?;
+        let res = train::train(backend, &fit_rows, &val, &shape, &start, false, &pc)?;
         let errors = PolishedMse::from(&res);
         stages.push(stage(
             "descent",
@@ -526,7 +531,7 @@ pub fn learn(
         };
         let shape = FactoredShape::of(&start_net, d)?;
         let start = shape.pack(&start_net, &start_basis)?;
-        let res = train::train(backend, &train, &val, &shape, &start, true, &pc)?;
+        let res = train::train(backend, &fit_rows, &val, &shape, &start, true, &pc)?;
         let mut errors = PolishedMse {
             before: validation_mse,
             after: res.after,
