@@ -12,8 +12,11 @@ Parts (--parts, comma separated):
            the noiseless test labels (MSE / Var of the teacher's outputs).
   time     learn at N = 1e6, d = 128 (parity): median wall seconds over --repeats runs, and with
            --baseline BIN the same for another build, the two run alternately.
+  stages   learn on each benchmark teacher at N = 1e6 (--stage-n), d = 128: the validation
+           MSE/Var after each stage, the stage the model came from and its dimension.
 
-Usage: python3 scripts/bench_trainer.py [--parts memory,predict,noise,time] [--ns 1000000,3000000]
+Usage: python3 scripts/bench_trainer.py [--parts memory,predict,noise,time,stages]
+         [--ns 1000000,3000000]
          [--repeats 3] [--baseline path/to/other/relu-fpt] [--dir DIR]
 Needs numpy and GNU time (/usr/bin/time). Prints Markdown tables.
 """
@@ -142,12 +145,44 @@ def learn_time(base, repeats, baseline):
         print(f"\nratio this build / baseline: {r:.2f}")
 
 
+FAMILIES = {
+    "parity (A), k = 4": ["--teacher", "parity", "--k", "4"],
+    "fan (B), m = 4": ["--teacher", "fan", "--m", "4"],
+    "deep parity (C), k = 3": ["--teacher", "deep-parity", "--k", "3"],
+    "composite (D)": ["--teacher", "composite"],
+    "random [4, 4], biases, noise 0.05": ["--teacher", "random", "--widths", "4,4", "--bias",
+                                          "--noise", "0.05"],
+}
+
+
+def stages(base, n):
+    import json
+    names = ["enumerate", "sphere-net", "descent", "polish"]
+    print("| teacher | " + " | ".join(names) + " | final stage | dimension (found, final) | seconds |")
+    print("|---" * (len(names) + 4) + "|")
+    for label, flags in FAMILIES.items():
+        slug = label.split(" ")[0]
+        data = generate(os.path.join(base, f"stages-{slug}-{n}"), [*flags, "--d", "128"], n)
+        t = time.perf_counter()
+        out = run([BIN, "learn", "--x", os.path.join(data, "x.npy"), "--y",
+                   os.path.join(data, "y.npy"), "--out", os.path.join(base, "stages.json"),
+                   "--backend", "cpu", "--json"]).stdout
+        secs = time.perf_counter() - t
+        j = json.loads(out)
+        var = j["validation_var"]
+        by = {s["stage"]: s["validation_mse"] for s in j["stages"]}
+        cells = [f"{by[s] / var:.2g}" if by.get(s) is not None else "-" for s in names]
+        print(f"| {label} | " + " | ".join(cells) +
+              f" | {j['final_stage']} | {j['dimension']}, {j['model_dimension']} | {secs:.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="memory,predict,noise,time")
+    ap.add_argument("--parts", default="memory,predict,noise,time,stages")
     ap.add_argument("--ns", default="1000000,3000000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline", default=None)
+    ap.add_argument("--stage-n", type=int, default=1_000_000)
     ap.add_argument("--dir", default=None, help="keep generated data here (default: temporary)")
     a = ap.parse_args()
     ns = [int(v) for v in a.ns.split(",")]
@@ -169,6 +204,9 @@ def main():
             print()
         if "time" in parts:
             learn_time(base, a.repeats, a.baseline)
+            print()
+        if "stages" in parts:
+            stages(base, a.stage_n)
 
 
 if __name__ == "__main__":

@@ -529,6 +529,8 @@ pub fn learn(
         } else {
             (network.clone(), basis.clone())
         };
+        // Fewer when d leaves less room.
+        let spare = start_basis.len() - basis.len();
         let shape = FactoredShape::of(&start_net, d)?;
         let start = shape.pack(&start_net, &start_basis)?;
         let res = train::train(backend, &fit_rows, &val, &shape, &start, true, &pc)?;
