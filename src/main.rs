@@ -215,8 +215,8 @@ struct LearnArgs {
     /// Skip the final joint refinement of the network and the basis.
     #[arg(long)]
     no_polish: bool,
-    /// Passes of the polish over the training rows (default: 15, fewer on more than 1.6e5
-    /// rows, adding up to 2.4e6 row reads, at least one).
+    /// Passes of the polish over the training rows (default: 15, fewer on more than 3.2e5
+    /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
     /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
