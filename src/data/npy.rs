@@ -511,8 +511,11 @@ impl NpyArray {
     /// rejecting non-finite values.
     fn read_rows(&self, start: u64, rows: usize, out: &mut Vec<f32>) -> Result<()> {
         let count = rows * self.cols;
-        out.clear();
-        out.resize(count, 0.0);
+        // Every value is overwritten below, so a buffer of the right length is not zeroed again.
+        if out.len() != count {
+            out.clear();
+            out.resize(count, 0.0);
+        }
         let size = self.header.dtype.size() as u64;
         let offset = self.header.data_offset + start * self.cols as u64 * size;
         let io = |e| Error::io(&self.path, e);
@@ -548,7 +551,17 @@ impl NpyArray {
                 }
             }
         }
-        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        // Blocks scanned without early exit (so the scan vectorises), then the first bad value.
+        let bad_block = out
+            .chunks(1024)
+            .position(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
+        if let Some(i) = bad_block.and_then(|b| {
+            let at = b * 1024;
+            out[at..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|j| at + j)
+        }) {
             return Err(DataError::NonFinite {
                 path: self.path.clone(),
                 row: start + (i / self.cols) as u64,
