@@ -539,13 +539,13 @@ fn fit_moments_limits_give_typed_errors() {
     let gpu = common::gpu();
     let (src, basis, fit) = fit_case(13, 100, 61, 8, &[200]);
     let defaults = FitKernelParams::for_context(gpu.context());
-    // Rank 9: past what any backend takes (the bins and evaluation kernels stop at 8).
-    let (src9, basis9, fit9) = fit_case(14, 10, 12, 9, &[5]);
+    // A fit on fewer inputs than the basis has rows.
+    let (src9, basis9, _) = fit_case(14, 10, 12, 9, &[5]);
     let e = gpu
-        .fit_moments(&src9, &basis9, &fit9, &hidden())
+        .fit_moments(&src9, &basis9, &fit, &hidden())
         .unwrap_err();
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
-    assert!(e.to_string().contains("1..=8 basis rows"), "{e}");
+    assert!(e.to_string().contains("a fit on 8 inputs"), "{e}");
     // Tunables out of range: a block that is not a multiple of the workgroup size.
     let bad = FitKernelParams {
         block: defaults.workgroup_size + 1,
@@ -555,7 +555,7 @@ fn fit_moments_limits_give_typed_errors() {
         .fit_moments_with(&src, &basis, &fit, &bad, &hidden())
         .unwrap_err();
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
-    // A block whose g and e do not fit the workgroup memory (16,384 x 9 x 4 bytes).
+    // A block whose z, g and e do not fit the workgroup memory (16,384 x 17 x 4 bytes).
     let huge = FitKernelParams {
         block: 16_384,
         chunk: 16_384,
@@ -598,4 +598,22 @@ fn fit_moments_loop_budget_canary() {
         .fit_moments(&src, &basis, &fit, &hidden())
         .expect("GPU fit moments");
     check_fit(&src, &basis, &fit, &got);
+}
+
+#[test]
+fn fit_moments_any_rank() {
+    // Ranks past one register group of 8 columns (12: a ragged second group; 16: two whole
+    // groups; 20 with a deep fit: three groups), against the f64 twin.
+    for (seed, r, widths) in [(17, 12, vec![24]), (18, 16, vec![10]), (19, 20, vec![6, 5])] {
+        let (src, basis, fit) = fit_case(seed, 3_001, 40, r, &widths);
+        let got = common::gpu()
+            .fit_moments(&src, &basis, &fit, &hidden())
+            .expect("GPU fit moments");
+        check_fit(&src, &basis, &fit, &got);
+    }
+    // The defaults for a rank shrink the block to the adapter's workgroup memory.
+    let ctx = common::gpu().context();
+    let room = ctx.limits.max_compute_workgroup_storage_size as u64;
+    let p = FitKernelParams::for_rank(ctx, 200);
+    assert!(p.block as u64 * (2 * 200 + 1) * 4 <= room, "{p:?}");
 }

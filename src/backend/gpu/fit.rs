@@ -10,7 +10,9 @@
 //! Precision: f32 per sample (z = B x, the network pass), f32 sums over blocks of at most
 //! `block` samples, f32 sums of at most `chunk / block` block sums, f64 across chunks.
 //!
-//! Limits: rank r <= 8 (the request check every backend makes); networks of any depth and
+//! Limits: any rank r (z and g of a block sit in workgroup memory, `block * (2 r' + 1)` words
+//! for r' = r rounded up to 8, checked against the adapter as [`GpuError::TooLarge`];
+//! [`FitKernelParams::for_rank`] halves the block until it fits); networks of any depth and
 //! width. With two or more hidden layers every
 //! invocation keeps its sample's hidden activations in a device scratch buffer (sum of hidden
 //! widths f32 words per invocation; one hidden layer is streamed and needs none). Buffers are
@@ -19,6 +21,14 @@
 //! adapters (lavapipe stops an invocation silently after 65,535 loop iterations) the chunk is
 //! shortened until one invocation's loops fit `loop_budget`; a single block that does not fit
 //! is [`GpuError::TooLarge`] (from about d = 1,300 at r = 8 with 256 hidden units).
+
+/// Rank columns one invocation sums in registers at a time (`JB` in WGSL).
+const RANK_GROUP: usize = 8;
+
+/// The rank rounded up to whole register groups (`RP` in WGSL).
+fn padded_rank(r: usize) -> usize {
+    r.div_ceil(RANK_GROUP) * RANK_GROUP
+}
 
 use super::context::PipelineCache;
 use super::{GpuContext, GpuError};
@@ -37,8 +47,8 @@ const MAX_CHUNK: u32 = 16_384;
 pub struct FitKernelParams {
     /// Invocations per workgroup.
     pub workgroup_size: u32,
-    /// Samples per block (a multiple of `workgroup_size`): g and e of a block sit in workgroup
-    /// memory, `block * (r + 1)` f32 words.
+    /// Samples per block (a multiple of `workgroup_size`): z, g and e of a block sit in
+    /// workgroup memory, `block * (2 r' + 1)` f32 words (r' = r rounded up to 8).
     pub block: u32,
     /// Most samples per workgroup and f32 partial (a multiple of `block`, <= 16,384); cut
     /// further to fit `loop_budget`.
@@ -68,12 +78,37 @@ impl FitKernelParams {
             loop_budget: ctx.is_software().then_some(30_000),
         }
     }
+
+    /// [`Self::for_context`] with the block halved (then the workgroup with it, down to one
+    /// invocation) until z, g and e of a block at rank `r` fit the adapter's workgroup memory.
+    pub fn for_rank(ctx: &GpuContext, r: usize) -> Self {
+        let mut p = Self::for_context(ctx);
+        let room = ctx.limits.max_compute_workgroup_storage_size as u64;
+        while p.block > 1 && shared_bytes(p.block, r) > room {
+            if p.block > p.workgroup_size {
+                p.block /= 2;
+            } else {
+                p.workgroup_size /= 2;
+                p.block = p.workgroup_size;
+            }
+        }
+        p.chunk = (1024 / p.block).max(1) * p.block;
+        p
+    }
+}
+
+/// Workgroup memory of one block at rank `r`: z and g (padded rank) and e.
+fn shared_bytes(block: u32, r: usize) -> u64 {
+    block as u64 * (2 * padded_rank(r) as u64 + 1) * 4
 }
 
 /// Loop iterations of one invocation for one chunk of `chunk` samples. Every loop counts on
 /// lavapipe; the rank loops (constant trip count R) are unrolled there in practice but are
 /// counted anyway, to be safe.
 fn loop_cost(d: u64, r: u64, net: &Network, wg: u64, block: u64, chunk: u64) -> u64 {
+    let rp = padded_rank(r as usize) as u64;
+    let jb = RANK_GROUP as u64;
+    let groups = rp / jb;
     let layers = &net.layers;
     let last = layers.len() - 1;
     let network = match last {
@@ -88,12 +123,13 @@ fn loop_cost(d: u64, r: u64, net: &Network, wg: u64, block: u64, chunk: u64) -> 
                 .iter()
                 .map(|l| 1 + l.inputs as u64 * (1 + l.outputs as u64))
                 .sum();
-            forward + layers[last].inputs as u64 + backward + r * (1 + layers[0].outputs as u64)
+            forward + layers[last].inputs as u64 + backward + rp * (1 + layers[0].outputs as u64)
         }
     };
-    let per_sample = 1 + 2 * r + d * (1 + r) + network;
+    let per_sample = 1 + rp + groups * (1 + 2 * jb + d * (1 + jb)) + network;
     let rows = (d + r + 1).div_ceil(wg);
-    let per_block = 1 + block.div_ceil(wg) * per_sample + rows * (2 * r + block * (1 + r));
+    let per_block =
+        1 + block.div_ceil(wg) * per_sample + rows * groups * (1 + 2 * jb + block * (1 + jb));
     chunk.div_ceil(block) * per_block
 }
 
@@ -177,11 +213,11 @@ fn plan(
         ))
         .into());
     }
-    let shared = kp.block as u64 * (r as u64 + 1) * 4;
+    let shared = shared_bytes(kp.block, r);
     if shared > lim.max_compute_workgroup_storage_size as u64 {
         return Err(GpuError::TooLarge(format!(
             "fit kernel: a block of {} samples at rank {r} needs {shared} bytes of workgroup \
-             memory; this adapter has {}",
+             memory; this adapter has {} (use a smaller block)",
             kp.block, lim.max_compute_workgroup_storage_size
         ))
         .into());
@@ -274,8 +310,9 @@ pub(crate) fn fit_moments_with(
     let chunk = plan.key.chunk as usize;
     let m = plan.m;
 
-    // Basis and network, uploaded once.
-    let basis_f32: Vec<f32> = basis.iter().flatten().map(|&v| v as f32).collect();
+    // Basis (zero rows up to the padded rank) and network, uploaded once.
+    let mut basis_f32: Vec<f32> = basis.iter().flatten().map(|&v| v as f32).collect();
+    basis_f32.resize(padded_rank(r) * d, 0.0);
     let mut params: Vec<f32> = Vec::new();
     let mut shape: Vec<u32> = Vec::new();
     for l in &fit.layers {

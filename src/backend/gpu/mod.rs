@@ -173,7 +173,7 @@ impl Backend for GpuBackend {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments> {
-        let params = FitKernelParams::for_context(&self.ctx);
+        let params = FitKernelParams::for_rank(&self.ctx, basis.len());
         self.fit_moments_with(source, basis, fit, &params, progress)
     }
 
