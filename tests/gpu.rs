@@ -617,3 +617,111 @@ fn fit_moments_any_rank() {
     let p = FitKernelParams::for_rank(ctx, 200);
     assert!(p.block as u64 * (2 * 200 + 1) * 4 <= room, "{p:?}");
 }
+
+/// A backend of its own (wait bounds and device state must not leak into other tests).
+fn own_gpu() -> relu_fpt::backend::gpu::GpuBackend {
+    relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter")
+}
+
+#[test]
+fn a_wait_past_its_bound_is_a_typed_timeout() {
+    // A real pass (N = 40,000, d = 64: ~0.1 s on lavapipe) under a 1-microsecond bound.
+    let gpu = own_gpu();
+    let policy = relu_fpt::backend::gpu::WaitPolicy {
+        fixed_seconds: Some(1e-6),
+        ..gpu.context().wait_policy()
+    };
+    gpu.set_wait_policy(policy);
+    let mut rng = Rng(20);
+    let spec = BinSpec::single(64);
+    let src = samples(&mut rng, &spec, 40_000);
+    let e = gpu
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::Timeout(_))), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("did not finish") && msg.contains(relu_fpt::backend::gpu::WAIT_SECONDS_ENV),
+        "{msg}"
+    );
+    // The default bound for the same pass is generous: it completes.
+    let mut policy = gpu.context().wait_policy();
+    policy.fixed_seconds = None;
+    gpu.set_wait_policy(policy);
+    let got = gpu
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .expect("a generous bound lets the pass finish");
+    check(&src, &spec, SampleWeight::Unit, &got);
+}
+
+#[test]
+fn cli_timeout_exits_1_with_one_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
+        .args([
+            "bench",
+            "moments",
+            "--n",
+            "50000",
+            "--d",
+            "64",
+            "--backend",
+            "gpu",
+        ])
+        .env(relu_fpt::backend::gpu::WAIT_SECONDS_ENV, "0.000001")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("GPU timed out"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_lost_device_is_a_typed_error() {
+    let gpu = own_gpu();
+    gpu.context().device.destroy();
+    let mut rng = Rng(21);
+    let spec = BinSpec::single(8);
+    let src = samples(&mut rng, &spec, 1_000);
+    let e = gpu
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::DeviceLost(_))), "{e}");
+}
+
+#[test]
+fn dispatches_split_under_a_small_work_limit() {
+    // A work limit of 1e5 flops per dispatch forces one piece per moments group, one chunk
+    // per fit batch, the smallest evaluation and forward dispatches; the sums must not change.
+    let gpu = own_gpu();
+    let policy = relu_fpt::backend::gpu::WaitPolicy {
+        max_dispatch_flops: 1e5,
+        ..gpu.context().wait_policy()
+    };
+    gpu.set_wait_policy(policy);
+    let mut rng = Rng(22);
+    let spec = spec(&mut rng, 9, 1, &[0.1], &[-0.2, 0.3]);
+    let src = samples(&mut rng, &spec, 6_007);
+    let params = MomentKernelParams {
+        chunk: 512,
+        ..MomentKernelParams::for_dim(9)
+    };
+    let got = gpu
+        .moments_with(&src, &spec, SampleWeight::Label, &params, &hidden())
+        .expect("moments");
+    check(&src, &spec, SampleWeight::Label, &got);
+    let (src, basis, fit) = fit_case(23, 2_001, 11, 3, &[7]);
+    let got = gpu
+        .fit_moments(&src, &basis, &fit, &hidden())
+        .expect("fit moments");
+    check_fit(&src, &basis, &fit, &got);
+    let x: Vec<f32> = (0..300 * 11).map(|_| rng.normal() as f32).collect();
+    let net = network(&mut rng, 11, &[6, 4]);
+    let pred = gpu.predict(&net, &x, 300).expect("predict");
+    let want = net.forward_f64(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 300);
+    for (p, w) in pred.iter().zip(&want) {
+        assert!((*p as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{p} vs {w}");
+    }
+}

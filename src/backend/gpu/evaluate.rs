@@ -283,8 +283,21 @@ pub fn evaluate_candidates_with(
         chunks_per = (limit / (cands_per as u64 * stat_bytes)).max(1) as usize;
     }
     let max_groups = lim.max_compute_workgroups_per_dimension as usize;
-    // Workgroups of one dispatch as an x-by-y grid of at most max_groups^2.
-    while cands_per * chunks_per > max_groups * max_groups {
+    // Flops of one (candidate, sample): the hidden layers, the output, the statistics.
+    let mut pair_flops = 2.0 * (f + stat_len) as f64;
+    let mut width = batch.inputs;
+    for &h in &batch.hidden {
+        pair_flops += 2.0 * (width as f64 + 1.0) * h as f64;
+        width = h;
+    }
+    let max_flops = ctx.max_dispatch_flops();
+    let dispatch_flops =
+        |cands: usize, chunks: usize| cands as f64 * (chunks * chunk) as f64 * pair_flops;
+    // Workgroups of one dispatch as an x-by-y grid of at most max_groups^2, and no more work
+    // than a driver watchdog allows.
+    while cands_per * chunks_per > max_groups * max_groups
+        || (dispatch_flops(cands_per, chunks_per) > max_flops && cands_per * chunks_per > 1)
+    {
         if chunks_per > 1 {
             chunks_per = chunks_per.div_ceil(2);
         } else {
@@ -394,7 +407,9 @@ pub fn evaluate_candidates_with(
                 pass.dispatch_workgroups(gx as u32, groups.div_ceil(gx) as u32, 1);
             }
             enc.copy_buffer_to_buffer(&reduced, 0, &readback, 0, out_bytes);
-            let sums: Vec<f32> = ctx.submit_and_read("evaluate", enc, &readback, out_bytes)?;
+            let flops = dispatch_flops(cc, kc);
+            let sums: Vec<f32> =
+                ctx.submit_and_read("evaluate", enc, &readback, out_bytes, flops)?;
             // Candidate-major: sums[ci * stat_len + k], k = 0 the SSE, then gram, then phi y.
             for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
                 let c = c0 + ci;

@@ -172,6 +172,18 @@ struct Info {
     m: u32,
 }
 
+/// Flops of one sample: z = B x and the cross sums (2 d r each), the network's forward and
+/// backward passes, the gram sums.
+fn sample_flops(d: usize, fit: &Network) -> f64 {
+    let r = fit.input_dim as f64;
+    let network: f64 = fit
+        .layers
+        .iter()
+        .map(|l| 4.0 * (l.inputs as f64 + 1.0) * l.outputs as f64)
+        .sum();
+    4.0 * d as f64 * r + network + 2.0 * r * r
+}
+
 /// Sizes fixed for one call.
 struct Plan {
     key: PipelineKey,
@@ -259,7 +271,9 @@ fn plan(
     // Per workgroup (= chunk) of a dispatch: its partial and its invocations' scratch.
     let group_bytes = partial_bytes.max((scratch_words * wg as usize * 4) as u64);
     let max_groups = lim.max_compute_workgroups_per_dimension as u64;
+    let watchdog_rows = (ctx.max_dispatch_flops() / sample_flops(d, fit)).max(chunk as f64) as u64;
     let batch_rows = (kp.max_batch_rows as u64)
+        .min(watchdog_rows)
         .min(rows.max(1))
         .min(max_binding / row_bytes)
         .min(max_groups * chunk as u64)
@@ -387,7 +401,8 @@ pub(crate) fn fit_moments_with(
                 ctx.encode_dispatch("fit moments", &pipeline, &bind_group, [chunks as u32, 1, 1]);
             let bytes = (chunks * m * r * 4) as u64;
             enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
-            let sums: Vec<f32> = ctx.submit_and_read("fit moments", enc, &staging, bytes)?;
+            let flops = rows as f64 * sample_flops(d, fit);
+            let sums: Vec<f32> = ctx.submit_and_read("fit moments", enc, &staging, bytes, flops)?;
             add_partials(&mut total, &sums, m);
             total.rows += rows as u64;
             progress.inc(rows as u64);

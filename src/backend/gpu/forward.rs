@@ -214,8 +214,16 @@ pub fn predict_with(
         .into());
     }
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    // Flops of one row; a dispatch holds at most the context's limit (driver watchdogs).
+    let row_flops: f64 = network
+        .layers
+        .iter()
+        .map(|l| 2.0 * (l.inputs as f64 + 1.0) * l.outputs as f64)
+        .sum();
+    let watchdog_rows = (ctx.max_dispatch_flops() / row_flops.max(1.0)).max(sb as f64) as usize;
     let piece_rows = rows
         .min(kp.rows_per_dispatch)
+        .min(watchdog_rows)
         .min(binding_rows)
         .min(max_groups.saturating_mul(max_groups).saturating_mul(sb));
     let x_buf = ctx.storage_buffer("forward x", piece_rows as u64 * row_bytes)?;
@@ -257,7 +265,8 @@ pub fn predict_with(
             ctx.encode_dispatch("forward", &pipeline, &bind_group, [gx as u32, gy as u32, 1]);
         let bytes = (n * 4) as u64;
         enc.copy_buffer_to_buffer(&out_buf, 0, &staging, 0, bytes);
-        let piece: Vec<f32> = ctx.submit_and_read("forward", enc, &staging, bytes)?;
+        let piece: Vec<f32> =
+            ctx.submit_and_read("forward", enc, &staging, bytes, n as f64 * row_flops)?;
         out.extend_from_slice(&piece);
     }
     Ok(out)

@@ -7,7 +7,7 @@ mod forward;
 mod moments;
 mod smoke;
 
-pub use context::{list_adapters, GpuContext};
+pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 pub use fit::FitKernelParams;
 use fit::FitPipelineCache;
@@ -42,9 +42,13 @@ pub enum GpuError {
     /// The device ran out of memory.
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
-    /// The device was lost while waiting for work.
+    /// The device was lost (reset, removed, or destroyed) while it had work.
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
+    /// The device did not finish a submission within the wait bound
+    /// ([`context::WaitPolicy`]).
+    #[error("GPU timed out: {0}")]
+    Timeout(String),
     /// Mapping a readback buffer failed.
     #[error("GPU buffer map failed: {0}")]
     Map(String),
@@ -74,6 +78,12 @@ impl GpuBackend {
     /// The open device.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Replaces how long waits for the device may last and how much work one dispatch may
+    /// hold ([`WaitPolicy`]).
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.ctx.set_wait_policy(policy);
     }
 
     /// [`Backend::moments`] with explicit kernel parameters (tests, tuning).

@@ -238,6 +238,8 @@ struct Plan {
     batch_rows: usize,
     group_pieces: usize,
     max_pieces: usize,
+    /// Flops of one piece of the SYRK.
+    piece_flops: f64,
 }
 
 /// Sizes for `spec` over `rows` samples in total: batches no larger than the data.
@@ -314,7 +316,12 @@ fn plan(
         batch_rows -= batch_rows % chunk;
     }
     batch_rows = batch_rows.min(rows.max(1) as usize);
+    // A piece's flops (every tile pair over a full chunk); a dispatch group holds at most the
+    // context's limit (driver watchdogs), but at least one piece.
+    let piece_flops = 2.0 * (pairs.len() * tile * tile) as f64 * params.chunk as f64;
+    let watchdog_pieces = (ctx.max_dispatch_flops() / piece_flops).max(1.0) as usize;
     let group_pieces = (params.max_pieces_per_group as usize)
+        .min(watchdog_pieces)
         .min(max_binding / piece_bytes)
         .min(max_binding / triangle_bytes)
         .min(max_groups);
@@ -328,6 +335,7 @@ fn plan(
         batch_rows,
         group_pieces,
         max_pieces,
+        piece_flops,
     })
 }
 
@@ -558,7 +566,8 @@ pub(crate) fn gpu_moments(
                 }
                 let bytes = (rows * 4) as u64;
                 enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
-                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
+                let flops = 2.0 * (rows * spec.rank() * d) as f64;
+                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes, flops)?;
                 if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
                     return Err(
                         GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
@@ -652,8 +661,9 @@ pub(crate) fn gpu_moments(
                 }
                 let bytes = (runs.len() * plan.aug_tri * 4) as u64;
                 enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
+                let flops = group.len() as f64 * plan.piece_flops;
                 let packed: Vec<f32> =
-                    ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
+                    ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes, flops)?;
                 for (run, &b) in run_bins.iter().enumerate() {
                     add_augmented(
                         &mut out,
