@@ -1,6 +1,10 @@
 // Binned, filtered second moments (src/moments.rs defines the statistic; launcher in
 // src/backend/gpu/moments.rs). Three entry points, run per batch of samples:
-//   bin_samples  one invocation per sample: z = B^T x, cell, y-bin -> bin id.
+//   bin_samples  one invocation per sample: z = B^T x, cell, y-bin -> bin id. The host's rule
+//                (BinSpec::bin_of) compares z in f64; here z is f32, so a sample whose z lies
+//                within the f32 error bound of an axis edge is flagged (bit 31) and the host
+//                recomputes its bin in f64. y edges arrive rounded down to f32, which makes
+//                `edge < y` exact for f32 labels. So every bin agrees with the f64 rule.
 //   syrk_tiles   one workgroup per (upper-triangle output tile, piece): a piece is a run of at
 //                most CHUNK samples of one bin (the host groups samples by bin). Sums w a a^T
 //                over the augmented vector a = (x, 1) in f32, so row d of the tile gives
@@ -48,6 +52,9 @@ struct Params {
 @group(0) @binding(11) var<storage, read> runs: array<vec2<u32>>;    // (first piece, count)
 @group(0) @binding(12) var<storage, read_write> packed: array<f32>;
 
+const NEAR_EDGE: u32 = 0x80000000u;
+const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
+
 @compute @workgroup_size(BIN_WG)
 fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
@@ -56,16 +63,26 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let row = i * p.dim;
     var cell = 0u;
+    var near = false;
     for (var j = 0u; j < p.rank; j++) {
         var z = 0.0;
+        var s = 0.0;
         let b = j * p.dim;
         for (var k = 0u; k < p.dim; k++) {
             z = fma(basis[b + k], x[row + k], z);
+            s = fma(abs(basis[b + k]), abs(x[row + k]), s);
         }
+        // |z - exact| <= (d + 1) u S with or without fused fma, plus the basis rounding
+        // (u S); twice that, plus the edge's own rounding twice over.
+        let band = f32(p.dim + 2u) * TWO_ULP * s + 1e-30;
         var below = 0u;
         for (var e = 0u; e < p.axis_edges; e++) {
-            if axis_edges[j * p.axis_edges + e] < z {
+            let edge = axis_edges[j * p.axis_edges + e];
+            if edge < z {
                 below++;
+            }
+            if abs(z - edge) <= band + TWO_ULP * abs(edge) {
+                near = true;
             }
         }
         cell = cell * (p.axis_edges + 1u) + below;
@@ -77,7 +94,7 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
             ybin++;
         }
     }
-    bins[i] = cell * p.y_bins + ybin;
+    bins[i] = select(cell * p.y_bins + ybin, NEAR_EDGE, near);
 }
 
 var<workgroup> a_slab: array<f32, BK * TILE>;

@@ -77,45 +77,19 @@ fn spec(rng: &mut Rng, d: usize, r: usize, axis: &[f64], y_edges: &[f64]) -> Bin
     s
 }
 
-fn min_gap(edges: &[f64], v: f64) -> f64 {
-    edges
-        .iter()
-        .map(|e| (e - v).abs())
-        .fold(f64::INFINITY, f64::min)
-}
-
-/// N Gaussian samples with a nonlinear label. f32 (device) and f64 (twin) z can put a sample
-/// lying within ~1e-6 of an edge in different bins, so any sample whose z (any axis) or y lies
-/// within 1e-4 of an edge it is compared with is drawn again.
+/// N Gaussian samples with a nonlinear label. Bins must agree with the twin's exactly, samples
+/// near an edge included (`samples_on_edges_fall_in_the_same_bins_on_every_backend` puts them
+/// on the edges on purpose).
 fn samples(rng: &mut Rng, spec: &BinSpec, n: usize) -> MemorySource {
     let d = spec.dim;
-    let r = spec.rank();
     let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
-    let mut row = vec![0f32; d];
-    while y.len() < n {
-        for v in row.iter_mut() {
-            *v = rng.normal() as f32;
-        }
-        let xd: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        let label = (xd[0] + 0.5 * xd[d - 1] * xd[d / 2]).abs() - 0.6 + 0.3 * rng.normal();
-        let label = label as f32;
-        let mut ok = true;
-        let mut cell = 0;
-        for j in 0..r {
-            let z: f64 = spec.basis[j * d..(j + 1) * d]
-                .iter()
-                .zip(&xd)
-                .map(|(a, b)| a * b)
-                .sum();
-            ok &= min_gap(&spec.axis_edges[j], z) > 1e-4;
-            cell = cell * spec.cells_per_axis()
-                + relu_fpt::moments::count_below(&spec.axis_edges[j], z);
-        }
-        ok &= min_gap(&spec.y_edges[cell], label as f64) > 1e-4;
-        if ok {
-            x.extend_from_slice(&row);
-            y.push(label);
-        }
+    for _ in 0..n {
+        let start = x.len();
+        x.extend((0..d).map(|_| rng.normal() as f32));
+        let row = &x[start..];
+        let label = (row[0] as f64 + 0.5 * row[d - 1] as f64 * row[d / 2] as f64).abs() - 0.6
+            + 0.3 * rng.normal();
+        y.push(label as f32);
     }
     MemorySource { dim: d, x, y }
 }
@@ -723,5 +697,77 @@ fn dispatches_split_under_a_small_work_limit() {
     let want = net.forward_f64(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 300);
     for (p, w) in pred.iter().zip(&want) {
         assert!((*p as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{p} vs {w}");
+    }
+}
+
+/// f32 samples on and near the edges of a spec, so that z in f32 (device) and in f64 (host)
+/// straddle an edge unless the binning arithmetic agrees: for every axis edge, rows moved onto
+/// it (x + (e - z) b, rounded to f32, so z lies within ~1e-7 of e) and one row whose f64 z is
+/// then taken as an extra edge exactly; labels equal to y edges, and y edges between f32
+/// values (0.1) with labels at the f32 nearest to them.
+fn edge_case(seed: u64, d: usize) -> (MemorySource, BinSpec) {
+    let mut rng = Rng(seed);
+    let basis = orthonormal_rows(&mut rng, 2, d);
+    let z_of = |x: &[f32], j: usize| -> f64 {
+        basis[j * d..(j + 1) * d]
+            .iter()
+            .zip(x)
+            .map(|(a, &b)| a * b as f64)
+            .sum()
+    };
+    let mut axis: Vec<Vec<f64>> = vec![vec![-0.5, 0.25], vec![-0.25, 0.5]];
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let labels = [0.1f32, -0.3, 0.7, 0.1, 1.0 / 3.0];
+    for i in 0..4_000 {
+        let j = i % 2;
+        let e = axis[j][(i / 2) % 2];
+        let mut row: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+        let xr: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        let shift = e - z_of(&xr, j);
+        for (v, b) in row.iter_mut().zip(&basis[j * d..(j + 1) * d]) {
+            *v += shift * b;
+        }
+        x.extend(row.iter().map(|&v| v as f32));
+        y.push(labels[i % labels.len()]);
+    }
+    // Exactly on an edge in the host's arithmetic: the f64 z of the first row of each axis.
+    for (j, edges) in axis.iter_mut().enumerate() {
+        let z = z_of(&x[j * d..(j + 1) * d], j);
+        edges.push(z);
+        edges.sort_by(f64::total_cmp);
+    }
+    let y_edges = vec![-0.3, 0.1, 1.0 / 3.0];
+    let cells = 4 * 4; // 3 edges a axis, 2 axes
+    let spec = BinSpec {
+        dim: d,
+        basis,
+        axis_edges: axis,
+        y_edges: vec![y_edges; cells],
+    };
+    spec.validate().expect("valid spec");
+    (MemorySource { dim: d, x, y }, spec)
+}
+
+#[test]
+fn samples_on_edges_fall_in_the_same_bins_on_every_backend() {
+    for (seed, d) in [(24, 7), (25, 200)] {
+        let (src, spec) = edge_case(seed, d);
+        let want = reference_moments(&src, &spec, SampleWeight::Unit).expect("twin");
+        for backend in common::backends() {
+            let got = backend
+                .moments(&src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            assert_eq!(got.count, want.count, "{} backend, d = {d}", backend.kind());
+            assert!(got.relative_difference(&want) < 1e-5, "{}", backend.kind());
+        }
+        // Resident data (the rows to re-check are then read back from the device).
+        let gpu = own_gpu();
+        gpu.set_resident_budget(64 << 20);
+        for _ in 0..2 {
+            let got = gpu
+                .moments(&src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            assert_eq!(got.count, want.count, "resident, d = {d}");
+        }
     }
 }

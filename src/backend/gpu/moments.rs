@@ -4,7 +4,11 @@
 //! [`MomentKernelParams::max_batch_rows`]):
 //! 1. upload x and y (the only per-sample data that travels);
 //! 2. `bin_samples` computes z = B^T x and the bin id of every sample on the device (skipped
-//!    when K = 1: the fast path);
+//!    when K = 1: the fast path). z is f32 there; a sample whose z lies within the f32 error
+//!    bound of an axis edge comes back flagged and the host recomputes its bin with the f64
+//!    rule ([`BinSpec::bin_of`]) from its row (read back from the device when resident), and
+//!    y edges are rounded down to f32, so every bin equals the CPU backend's and the
+//!    reference's, samples exactly on an edge included;
 //! 3. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
 //!    in f64, and counting-sorts the batch into bin order (a permutation, uploaded back) cut into
 //!    pieces of at most `chunk` samples of one bin;
@@ -361,6 +365,75 @@ fn params_bytes(spec: &BinSpec, plan: &Plan, rows: usize, piece_base: usize) -> 
     out
 }
 
+/// The largest f32 that is <= `e` (finite `e`): for every f32 y, `e < y` iff that value < y.
+pub(crate) fn f32_at_or_below(e: f64) -> f32 {
+    let near = e as f32;
+    if near as f64 > e {
+        near.next_down()
+    } else {
+        near
+    }
+}
+
+/// Bit 31 of a bin id from `bin_samples`: z lies too close to an axis edge to trust f32.
+const NEAR_EDGE: u32 = 1 << 31;
+
+/// Replaces the bin ids flagged [`NEAR_EDGE`] by the f64 rule ([`BinSpec::bin_of`]) on their
+/// rows; `rows_x(list)` returns the x rows of the listed batch rows (concatenated).
+fn settle_near_edges(
+    spec: &BinSpec,
+    bin_ids: &mut [u32],
+    ys: &[f32],
+    rows_x: impl FnOnce(&[usize]) -> Result<Vec<f32>>,
+) -> Result<usize> {
+    let near: Vec<usize> = (0..bin_ids.len())
+        .filter(|&i| bin_ids[i] == NEAR_EDGE)
+        .collect();
+    if near.is_empty() {
+        return Ok(0);
+    }
+    let d = spec.dim;
+    let xs = rows_x(&near)?;
+    let mut row = vec![0.0f64; d];
+    for (k, &i) in near.iter().enumerate() {
+        for (t, &v) in row.iter_mut().zip(&xs[k * d..(k + 1) * d]) {
+            *t = v as f64;
+        }
+        bin_ids[i] = spec.bin_of(&row, ys[i] as f64) as u32;
+    }
+    Ok(near.len())
+}
+
+/// Copies the listed rows of a device x buffer (rows of `d` f32) back to the host.
+fn gather_rows(ctx: &GpuContext, x: &wgpu::Buffer, d: usize, rows: &[usize]) -> Result<Vec<f32>> {
+    let row_bytes = (d * 4) as u64;
+    // At most 64 MiB of rows per readback.
+    let per = ((64u64 << 20) / row_bytes).max(1) as usize;
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for part in rows.chunks(per) {
+        let bytes = part.len() as u64 * row_bytes;
+        let staging = ctx.staging_buffer("moments near-edge rows", bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments near-edge rows"),
+            });
+        for (k, &r) in part.iter().enumerate() {
+            enc.copy_buffer_to_buffer(
+                x,
+                r as u64 * row_bytes,
+                &staging,
+                k as u64 * row_bytes,
+                row_bytes,
+            );
+        }
+        let got: Vec<f32> =
+            ctx.submit_and_read("moments near-edge rows", enc, &staging, bytes, bytes as f64)?;
+        out.extend_from_slice(&got);
+    }
+    Ok(out)
+}
+
 fn f32s(v: impl Iterator<Item = f64>) -> Vec<f32> {
     v.map(|e| e as f32).collect()
 }
@@ -403,7 +476,13 @@ pub(crate) fn gpu_moments(
     // Buffers for the whole call, sized for the largest batch and group.
     let basis = f32s(spec.basis.iter().copied());
     let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
-    let y_edges = f32s(spec.y_edges.iter().flatten().copied());
+    // Rounded down: for an f32 label y, `e < y` in f64 equals `down(e) < y` in f32.
+    let y_edges: Vec<f32> = spec
+        .y_edges
+        .iter()
+        .flatten()
+        .map(|&e| f32_at_or_below(e))
+        .collect();
     let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
     let basis_buf = ctx.storage_buffer("moments basis", (basis.len() * 4) as u64)?;
     let axis_buf = ctx.storage_buffer("moments axis edges", (axis_edges.len() * 4) as u64)?;
@@ -469,12 +548,15 @@ pub(crate) fn gpu_moments(
         let mut batch = 0usize;
         let mut bin_ids: Vec<u32> = Vec::new();
         let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
+        // This batch's x on the host when it was read from the source (not resident).
+        let mut host_x: Option<Vec<f32>>;
         while start < source.len() {
             let (x_buf, y_buf, rows) = if let Some(resident) = reuse.as_ref() {
                 let Some(entry) = resident.get(batch) else {
                     break;
                 };
                 ys.clone_from(&entry.y);
+                host_x = None;
                 (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
             } else {
                 let (xs, y_read, rows) = match rx.recv() {
@@ -509,6 +591,7 @@ pub(crate) fn gpu_moments(
                         y: ys.clone(),
                     });
                 }
+                host_x = Some(xs);
                 (x_buf, y_buf, rows)
             };
             let bin_bind = ctx.bind_group(
@@ -568,6 +651,14 @@ pub(crate) fn gpu_moments(
                 enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
                 let flops = 2.0 * (rows * spec.rank() * d) as f64;
                 bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes, flops)?;
+                settle_near_edges(spec, &mut bin_ids, &ys, |near| match &host_x {
+                    Some(xs) => Ok(near
+                        .iter()
+                        .flat_map(|&i| &xs[i * d..(i + 1) * d])
+                        .copied()
+                        .collect()),
+                    None => gather_rows(ctx, &x_buf, d, near),
+                })?;
                 if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
                     return Err(
                         GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
