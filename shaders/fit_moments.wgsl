@@ -32,10 +32,14 @@ const JB: u32 = 8u;          // rank columns per register group
 override RP: u32 = (R + JB - 1u) / JB * JB; // R rounded up to whole groups
 
 struct Info {
-    rows: u32,   // samples in this piece
+    rows: u32,   // samples in this dispatch
     dim: u32,    // d
-    depth: u32, // layers, output layer included
+    depth: u32,  // layers, output layer included
     m: u32,      // output rows: d + R + 1
+    base: u32,   // first sample of this dispatch in the bound x and y
+    chunks: u32, // chunk partials this dispatch writes
+    slot: u32,   // where reduce_chunks puts their sum in `sums` (units of m R words)
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> info: Info;
@@ -47,6 +51,8 @@ struct Info {
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 // Deep networks only: sum of hidden widths f32 words per invocation of the dispatch.
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
+// Per dispatch, the sum of its chunk partials (reduce_chunks); read back once per pass.
+@group(0) @binding(8) var<storage, read_write> sums: array<f32>;
 
 // Per sample of the block: z (phase 1) and g (the network pass), RP words each; e.
 var<workgroup> z_sh: array<f32, SB * RP>;
@@ -181,7 +187,7 @@ fn fit_moments(
         let nb = min(SB, chunk_end - b0);
         // Phase 1: per-sample network pass.
         for (var s = t; s < nb; s += WG) {
-            let row = b0 + s;
+            let row = info.base + b0 + s;
             let zb = s * RP;
             // z = B x, JB basis rows at a time in registers (x re-read per group, from cache).
             for (var j0 = 0u; j0 < RP; j0 += JB) {
@@ -217,7 +223,7 @@ fn fit_moments(
                 }
                 if i < d {
                     for (var s = 0u; s < nb; s++) {
-                        let xe = xs[(b0 + s) * d + i] * e_sh[s];
+                        let xe = xs[(info.base + b0 + s) * d + i] * e_sh[s];
                         for (var j = 0u; j < JB; j++) {
                             acc[j] = fma(xe, g_sh[s * RP + j0 + j], acc[j]);
                         }
@@ -246,4 +252,24 @@ fn fit_moments(
         }
         workgroupBarrier();
     }
+}
+
+// One invocation per output word: the sum of this dispatch's chunk partials, in blocks of 16
+// (shorter f32 chains than one running sum), into slot `info.slot` of `sums`.
+@compute @workgroup_size(WG)
+fn reduce_chunks(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let words = info.m * R;
+    let e = gid.x;
+    if e >= words {
+        return;
+    }
+    var total = 0.0;
+    for (var c0 = 0u; c0 < info.chunks; c0 += 16u) {
+        var block = 0.0;
+        for (var c = c0; c < min(c0 + 16u, info.chunks); c++) {
+            block += partial[c * words + e];
+        }
+        total += block;
+    }
+    sums[info.slot * words + e] = total;
 }

@@ -10,7 +10,8 @@
 //                over the augmented vector a = (x, 1) in f32, so row d of the tile gives
 //                s_b = sum w x for free. One partial tile per (piece, tile) - no atomics.
 //   reduce_runs  one invocation per (run of same-bin pieces, i <= j): sums that run's partial
-//                tiles and writes the packed upper triangle of the augmented matrix.
+//                tiles and adds them to its bin's packed upper triangle of the augmented
+//                matrix in `totals` (a dispatch holds at most one run per bin: no races).
 // lavapipe caps every invocation at 65,535 loop iterations in total; here the longest loop is
 // CHUNK / BK slabs (256 by default), inner loops have constant trip counts and unroll.
 
@@ -49,8 +50,8 @@ struct Params {
 @group(0) @binding(8) var<storage, read> pieces: array<vec2<u32>>;   // (start, length)
 @group(0) @binding(9) var<storage, read> pairs: array<vec2<u32>>;    // (tile row, tile col)
 @group(0) @binding(10) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(11) var<storage, read> runs: array<vec2<u32>>;    // (first piece, count)
-@group(0) @binding(12) var<storage, read_write> packed: array<f32>;
+@group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // (first piece, count, bin, -)
+@group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin, packed
 
 const NEAR_EDGE: u32 = 0x80000000u;
 const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
@@ -209,5 +210,6 @@ fn reduce_runs(
         }
         total += block;
     }
-    packed[wid.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i)] = total;
+    let at = run.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i);
+    totals[at] = totals[at] + total;
 }

@@ -293,10 +293,24 @@ fn bad_requests_give_typed_errors() {
     assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
 }
 
-/// A memory source that counts how often it is read.
+/// A memory source that counts how often it is read, and names itself by `name`.
 struct CountingSource {
     inner: MemorySource,
+    name: &'static str,
     reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingSource {
+    fn new(inner: MemorySource, name: &'static str) -> Self {
+        CountingSource {
+            inner,
+            name,
+            reads: Default::default(),
+        }
+    }
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl relu_fpt::data::SampleSource for CountingSource {
@@ -320,51 +334,102 @@ impl relu_fpt::data::SampleSource for CountingSource {
     fn describe(&self) -> String {
         "counting test source".into()
     }
+    fn identity(&self) -> Option<String> {
+        Some(self.name.to_string())
+    }
 }
 
 #[test]
 fn resident_samples_are_not_read_again() {
     // Its own backend: the residency setting must not leak into tests sharing common::gpu().
-    let gpu = relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter");
+    let gpu = own_gpu();
     let mut rng = Rng(10);
     let spec = spec(&mut rng, 6, 1, &[0.2], &Y7);
-    let src = CountingSource {
-        inner: samples(&mut rng, &spec, 5_003),
-        reads: Default::default(),
-    };
-    let reads = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let src = CountingSource::new(samples(&mut rng, &spec, 5_003), "counting a");
     gpu.set_resident_budget(64 << 20);
     let first = gpu
         .moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("first pass");
-    let after_first = reads();
+    let after_first = src.reads();
     assert!(after_first > 0);
     let second = gpu
         .moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("second pass");
-    assert_eq!(reads(), after_first, "the resident copy is used");
+    assert_eq!(src.reads(), after_first, "the resident copy is used");
     check(&src.inner, &spec, SampleWeight::Label, &first);
     check(&src.inner, &spec, SampleWeight::Label, &second);
-    // Several resident batches.
+    // The fit-moments pass reads the same copy.
+    let basis = vec![orthonormal_rows(&mut rng, 1, 6)];
+    let fit = network(&mut rng, 1, &[4]);
+    let got = gpu
+        .fit_moments(&src, &basis, &fit, &hidden())
+        .expect("fit moments");
+    assert_eq!(
+        src.reads(),
+        after_first,
+        "fit moments reads the resident copy"
+    );
+    check_fit(&src.inner, &basis, &fit, &got);
+    // Batches smaller than the copy's: streamed in 6 batches, and kept in that form.
     let params = MomentKernelParams {
         max_batch_rows: 1_000,
         ..MomentKernelParams::for_dim(6)
     };
-    let before = reads();
+    let before = src.reads();
     for _ in 0..2 {
         let got = gpu
             .moments_with(&src, &spec, SampleWeight::Unit, &params, &hidden())
             .expect("batched pass");
         check(&src.inner, &spec, SampleWeight::Unit, &got);
     }
-    assert_eq!(reads(), before + 6, "6 batches read once, then resident");
+    assert_eq!(
+        src.reads(),
+        before + 6,
+        "6 batches read once, then resident"
+    );
     gpu.set_resident_budget(0);
     gpu.moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("third pass");
     assert!(
-        reads() > after_first,
+        src.reads() > before + 6,
         "residency off reads the source again"
     );
+}
+
+#[test]
+fn two_sources_of_one_shape_keep_their_own_copies() {
+    // Same N, d and description, different rows: a cache keyed by shape or description would
+    // hand the second source the first one's data. Both stay resident (the budget holds both).
+    let gpu = own_gpu();
+    gpu.set_resident_budget(64 << 20);
+    let mut rng = Rng(26);
+    let spec = spec(&mut rng, 5, 1, &[0.0], &[-0.1, 0.4]);
+    let a = CountingSource::new(samples(&mut rng, &spec, 3_001), "same shape a");
+    let b = CountingSource::new(samples(&mut rng, &spec, 3_001), "same shape b");
+    assert_ne!(a.inner, b.inner);
+    for round in 0..3 {
+        for src in [&a, &b] {
+            let got = gpu
+                .moments(src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            check(&src.inner, &spec, SampleWeight::Unit, &got);
+            assert_eq!(src.reads(), 1, "round {round}: each source read once");
+        }
+    }
+    let (hits, builds) = gpu.resident().counters();
+    assert_eq!((hits, builds), (4, 2));
+    // Two in-memory sources of one shape name nothing: never kept, always right.
+    let (c, d) = (
+        samples(&mut rng, &spec, 2_000),
+        samples(&mut rng, &spec, 2_000),
+    );
+    for src in [&c, &d, &c] {
+        let got = gpu
+            .moments(src, &spec, SampleWeight::Unit, &hidden())
+            .expect("moments");
+        check(src, &spec, SampleWeight::Unit, &got);
+    }
+    assert_eq!(gpu.resident().counters(), (4, 2));
 }
 
 /// A source whose reads fail.
@@ -597,31 +662,40 @@ fn own_gpu() -> relu_fpt::backend::gpu::GpuBackend {
     relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter")
 }
 
+/// A forward pass of about 3e8 flops in one dispatch (about a second on lavapipe): the wait that
+/// follows its submission is the first one. (lavapipe runs submissions in order and a second
+/// submission can block until the first is done, so the heavy work must be the last one.)
+fn heavy_predict_case() -> (Network, Vec<f32>, usize) {
+    let mut rng = Rng(20);
+    let net = network(&mut rng, 256, &[192, 192]);
+    let rows = 2_000;
+    let x: Vec<f32> = (0..rows * 256).map(|_| rng.normal() as f32).collect();
+    (net, x, rows)
+}
+
 #[test]
 fn a_wait_past_its_bound_is_a_typed_timeout() {
-    // A real pass (N = 40,000, d = 64: ~0.1 s on lavapipe) under a 1-microsecond bound.
     let gpu = own_gpu();
     let policy = relu_fpt::backend::gpu::WaitPolicy {
         fixed_seconds: Some(1e-6),
         ..gpu.context().wait_policy()
     };
     gpu.set_wait_policy(policy);
-    let mut rng = Rng(20);
-    let spec = BinSpec::single(64);
-    let src = samples(&mut rng, &spec, 40_000);
-    let e = gpu
-        .moments(&src, &spec, SampleWeight::Unit, &hidden())
-        .unwrap_err();
+    let (net, x, rows) = heavy_predict_case();
+    let e = gpu.predict(&net, &x, rows).unwrap_err();
     assert!(matches!(e, Error::Gpu(GpuError::Timeout(_))), "{e}");
     let msg = e.to_string();
     assert!(
         msg.contains("did not finish") && msg.contains(relu_fpt::backend::gpu::WAIT_SECONDS_ENV),
         "{msg}"
     );
-    // The default bound for the same pass is generous: it completes.
+    // The default bound is generous: a pass completes (after the work left behind above).
     let mut policy = gpu.context().wait_policy();
     policy.fixed_seconds = None;
     gpu.set_wait_policy(policy);
+    let mut rng = Rng(27);
+    let spec = BinSpec::single(16);
+    let src = samples(&mut rng, &spec, 5_000);
     let got = gpu
         .moments(&src, &spec, SampleWeight::Unit, &hidden())
         .expect("a generous bound lets the pass finish");
@@ -629,18 +703,23 @@ fn a_wait_past_its_bound_is_a_typed_timeout() {
 }
 
 #[test]
-fn cli_timeout_exits_1_with_one_line() {
+fn cli_timeout_exits_1_with_one_line_and_no_output() {
+    let (net, x, rows) = heavy_predict_case();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("model.json");
+    let x_path = dir.path().join("x.npy");
+    let out_path = dir.path().join("pred.npy");
+    net.save(&model).expect("model written");
+    relu_fpt::data::write_npy_f32(&x_path, &[rows, 256], &x).expect("x written");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
-        .args([
-            "bench",
-            "moments",
-            "--n",
-            "50000",
-            "--d",
-            "64",
-            "--backend",
-            "gpu",
-        ])
+        .arg("predict")
+        .arg("--model")
+        .arg(&model)
+        .arg("--x")
+        .arg(&x_path)
+        .arg("--out")
+        .arg(&out_path)
+        .args(["--backend", "gpu"])
         .env(relu_fpt::backend::gpu::WAIT_SECONDS_ENV, "0.000001")
         .output()
         .expect("runs");
@@ -650,6 +729,11 @@ fn cli_timeout_exits_1_with_one_line() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("GPU timed out"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod context;
 mod evaluate;
+mod feed;
 mod fit;
 mod forward;
 mod moments;
@@ -9,12 +10,13 @@ mod smoke;
 
 pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
+pub use feed::{ResidentSamples, MAX_BATCH_BYTES, RESIDENT_MIB_ENV};
 pub use fit::FitKernelParams;
 use fit::FitPipelineCache;
 use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
+pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
-pub use moments::{MomentKernelParams, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
@@ -66,10 +68,12 @@ pub struct GpuBackend {
 impl GpuBackend {
     /// Opens a device; `allow_software` accepts lavapipe (CI), `false` wants real hardware.
     pub fn new(allow_software: bool) -> Result<Self> {
+        let ctx = GpuContext::new(allow_software)?;
+        let resident = ResidentSamples::new(ResidentSamples::default_budget(&ctx));
         Ok(GpuBackend {
-            ctx: GpuContext::new(allow_software)?,
+            ctx,
             moment_pipelines: MomentPipelineCache::default(),
-            resident: ResidentSamples::default(),
+            resident,
             forward_pipelines: ForwardPipelineCache::default(),
             fit_pipelines: FitPipelineCache::default(),
         })
@@ -134,17 +138,23 @@ impl GpuBackend {
             basis,
             fit,
             params,
+            Some(&self.resident),
             progress,
         )
     }
 
-    /// Keeps sample data on the device between passes (later rounds re-read the same source)
-    /// when a whole source's x and y fit in `bytes`; 0 (the default) turns this off and frees
-    /// the copy. A source is recognised by `describe()`, `len()` and `dim()`: only enable this
-    /// when those identify the data (true for files; two different in-memory sources of the
-    /// same shape are NOT told apart). One source is held at a time.
+    /// Bytes of sample data the backend may keep on the device between passes (every pass over
+    /// a source reads the device copy when one is held): sources that name themselves
+    /// ([`SampleSource::identity`]) and fit whole are kept, least recently used evicted first;
+    /// 0 turns this off and frees the copies. The default is
+    /// [`ResidentSamples::default_budget`].
     pub fn set_resident_budget(&self, bytes: u64) {
         self.resident.set_budget(bytes);
+    }
+
+    /// The residency cache (budget, counters).
+    pub fn resident(&self) -> &ResidentSamples {
+        &self.resident
     }
 }
 
