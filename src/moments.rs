@@ -483,9 +483,9 @@ pub fn check_fit_request(
 ) -> Result<()> {
     let d = source.dim();
     let r = basis.len();
-    if r == 0 || r > 8 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
+    if r == 0 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
         return Err(Error::invalid(format!(
-            "fit moments: need 1..=8 basis rows of length d = {d} and a fit on their coordinates \
+            "fit moments: need at least one basis row of length d = {d} and a fit on their coordinates \
              (got {r} rows of lengths {:?}, a fit on {} inputs)",
             basis.iter().map(Vec::len).collect::<Vec<_>>(),
             fit.input_dim

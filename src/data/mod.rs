@@ -33,6 +33,12 @@ pub trait SampleSource: Send + Sync {
         let _ = (start, rows);
         None
     }
+    /// A key naming exactly these rows while the source lives: two sources with equal keys
+    /// return the same x and y for every read (a device backend then reuses a copy it already
+    /// holds). `None`, the default, promises nothing and such a source is always read again.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Errors about sample files. Each message is one line naming the file, the field at fault and
@@ -226,6 +232,10 @@ impl SampleSource for SampleRange<'_> {
             self.start + self.len,
             self.source.describe()
         )
+    }
+    fn identity(&self) -> Option<String> {
+        let parent = self.source.identity()?;
+        Some(format!("rows {}+{} of [{parent}]", self.start, self.len))
     }
 }
 

@@ -438,6 +438,30 @@ enum Role {
 }
 
 impl NpyArray {
+    /// The open file as the system sees it (device, inode, size, modification time), so a
+    /// file replaced or rewritten under the same path gets a different key.
+    fn identity(&self) -> Option<String> {
+        let meta = self.file.metadata().ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        #[cfg(unix)]
+        let node = {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}", meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let node = String::new();
+        Some(format!(
+            "{} {node} {} bytes, modified {modified} ns",
+            self.path.display(),
+            meta.len()
+        ))
+    }
+
     fn open(path: &Path, role: Role) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let header = read_header(path, &file)?;
@@ -642,6 +666,14 @@ impl SampleSource for NpySource {
             }
         }
         Ok(rows)
+    }
+
+    fn identity(&self) -> Option<String> {
+        let x = self.x.identity()?;
+        match &self.y {
+            Some(y) => Some(format!("npy x [{x}] y [{}]", y.identity()?)),
+            None => Some(format!("npy x [{x}] no labels")),
+        }
     }
 
     fn describe(&self) -> String {

@@ -391,14 +391,24 @@ fn dot_avx2_available() -> bool {
 
 /// The bin of one f32 row: [`BinSpec::bin_of`]'s rule with z = B^T x in f64, summed in eight
 /// interleaved lanes (vectorised, with AVX2 when present: a sequential f64 sum is latency-bound
-/// and cost more than the SYRK at K = 64). The order differs from bin_of's, so a z within ~1e-15
-/// relative of an edge may fall on the other side; nothing else differs.
+/// and cost more than the SYRK at K = 64). The order differs from bin_of's by at most
+/// (d + 1) 2^-53 sum |b x| <= (d + 1) 2^-53 |x|; a z within twice that of an edge is summed
+/// again in bin_of's order, so the bin is exactly bin_of's (and the GPU's).
 fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
     let d = spec.dim;
     let per_axis = spec.cells_per_axis();
     let mut cell = 0usize;
+    let mut band = None;
     for (j, edges) in spec.axis_edges.iter().enumerate() {
-        let z = dot_f64(use_avx2, &spec.basis[j * d..(j + 1) * d], x);
+        let row = &spec.basis[j * d..(j + 1) * d];
+        let mut z = dot_f64(use_avx2, row, x);
+        let band = *band.get_or_insert_with(|| {
+            let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            (d as f64 + 2.0) * f64::EPSILON * norm + f64::MIN_POSITIVE
+        });
+        if edges.iter().any(|&e| (z - e).abs() <= band) {
+            z = row.iter().zip(x).map(|(a, &b)| a * b as f64).sum();
+        }
         cell = cell * per_axis + count_below(edges, z);
     }
     cell * spec.y_bins() + count_below(&spec.y_edges[cell], y)
