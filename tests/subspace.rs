@@ -248,15 +248,11 @@ fn bad_requests_are_typed_errors() {
             ..SubspaceConfig::default()
         },
         SubspaceConfig {
-            max_dim: 9,
-            ..SubspaceConfig::default()
-        },
-        SubspaceConfig {
             dim: Some(9),
             ..SubspaceConfig::default()
         },
         SubspaceConfig {
-            acceptance: -1.0,
+            null_margin: 0.5,
             ..SubspaceConfig::default()
         },
         SubspaceConfig {

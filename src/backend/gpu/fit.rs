@@ -263,6 +263,13 @@ pub(crate) fn fit_moments_with(
 ) -> Result<FitMoments> {
     let d = source.dim();
     check_fit_request(source, basis, fit)?;
+    // The kernel holds z and the gradient in arrays of MAXR = 8 (shaders/fit_moments.wgsl).
+    if basis.len() > 8 {
+        return Err(Error::invalid(format!(
+            "fit moments on the GPU: need 1..=8 basis rows (the kernel's MAXR), got {}",
+            basis.len()
+        )));
+    }
     fit.validate()?;
     let r = basis.len();
     let mut total = FitMoments::zeros(d, r);
