@@ -185,16 +185,55 @@ fn dense_top(n: usize, want: usize, apply: &mut impl FnMut(&[f64], &mut [f64])) 
 
 /// out = S v for the leading `n x n` block of a symmetric matrix whose upper triangle (of side
 /// `side >= n`) is packed row by row ((0,0), (0,1) .. (0,side-1), (1,1) ..), as the moment
-/// accumulators store it. Each packed row gives one dot product and one axpy.
+/// accumulators store it. Each packed row is read once for a dot product and an axpy. The same
+/// code is compiled twice, for AVX2 (chosen at run time) and portable: Rust never fuses or
+/// reorders float operations, so both give the same bits.
 pub fn packed_symmetric_matvec(packed: &[f64], side: usize, n: usize, v: &[f64], out: &mut [f64]) {
+    assert!(side >= n && v.len() >= n && out.len() >= n && packed.len() >= side * (side + 1) / 2);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { packed_matvec_avx2(packed, side, n, v, out) };
+        return;
+    }
+    packed_matvec_body(packed, side, n, v, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn packed_matvec_avx2(packed: &[f64], side: usize, n: usize, v: &[f64], out: &mut [f64]) {
+    packed_matvec_body(packed, side, n, v, out);
+}
+
+#[inline(always)]
+fn packed_matvec_body(packed: &[f64], side: usize, n: usize, v: &[f64], out: &mut [f64]) {
     out[..n].iter_mut().for_each(|o| *o = 0.0);
     let mut start = 0;
     for i in 0..n {
-        let row = &packed[start..start + (n - i)];
+        let len = n - i - 1;
+        let row = &packed[start + 1..start + 1 + len];
         let vi = v[i];
-        // Diagonal once, then the strict upper part both ways.
-        out[i] += row[0] * vi + dot(&row[1..], &v[i + 1..n]);
-        axpy(&mut out[i + 1..n], vi, &row[1..]);
+        let (vs, os) = (&v[i + 1..n], &mut out[i + 1..n]);
+        // Eight partial sums for the dot product (vectorised), the axpy in the same sweep.
+        let mut acc = [0.0f64; 8];
+        let chunks = len / 8 * 8;
+        for ((r, x), o) in row[..chunks]
+            .chunks_exact(8)
+            .zip(vs[..chunks].chunks_exact(8))
+            .zip(os[..chunks].chunks_exact_mut(8))
+        {
+            for k in 0..8 {
+                acc[k] += r[k] * x[k];
+                o[k] += r[k] * vi;
+            }
+        }
+        let mut tail = 0.0;
+        for k in chunks..len {
+            tail += row[k] * vs[k];
+            os[k] += row[k] * vi;
+        }
+        let dot = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        out[i] += packed[start] * vi + dot + tail;
         start += side - i;
     }
 }

@@ -544,12 +544,6 @@ fn mean_margin(floor: f64, d_perp: f64) -> f64 {
     floor.max(1.0 + 2.0 / d_perp.sqrt())
 }
 
-/// Per-filter result of the null pass.
-struct NullScores {
-    eig: f64,
-    mean: f64,
-}
-
 // The pass, its bins, the frame and basis it is scored in, and the round's bookkeeping.
 #[allow(clippy::too_many_arguments)]
 fn scan_filters(
@@ -606,38 +600,20 @@ fn scan_filters(
         shift: shift.map(<[f64]>::to_vec),
     };
     let stats = |f: &Filter| filter_stats(moments, bins, f, &totals);
-    // Pass 1: the null. Each filter's contrasts, scored against their own edges; the bar is
-    // the largest null score over every filter and contrast. Filters run in parallel and are
-    // combined in order, so the outcome does not depend on the thread count.
-    let nulls: Vec<NullScores> = usable
+    // One pass over the filters (in parallel, combined in filter order, so the outcome does
+    // not depend on the thread count): each filter's null contrasts, scored against their own
+    // edges, and its real matrix's leading eigenpairs and mean. The bar is the largest null
+    // score over every filter and contrast, known only once all are done.
+    let scored: Vec<Scored> = usable
         .par_iter()
         .enumerate()
-        .map(|(i, f)| {
-            let Some(st) = stats(f) else {
-                return NullScores {
-                    eig: 0.0,
-                    mean: 0.0,
-                };
-            };
-            let mut out = NullScores {
-                eig: 0.0,
-                mean: 0.0,
-            };
-            for (k, (packed, edge)) in st.nulls.iter().enumerate() {
-                let op = frame_operator(packed, side, frame, basis);
-                let top = top_eigenpairs(q, 1, op, seed ^ ((i * 8 + k) as u64));
-                if let Some((l, _)) = top.first() {
-                    out.eig = out.eig.max(l.abs() / edge);
-                }
-            }
-            for (m, scale) in &st.null_means {
-                out.mean = out.mean.max(frame_mean(m, frame, basis).0 / scale);
-            }
-            out
+        .map(|(i, f)| match stats(f) {
+            Some(st) => score_filter(&st, side, frame, basis, seed, i, FIRST_WANT),
+            None => Scored::empty(),
         })
         .collect();
-    let null_max = nulls.iter().map(|s| s.eig).fold(0.0, f64::max);
-    let null_max_mean = nulls.iter().map(|s| s.mean).fold(0.0, f64::max);
+    let null_max = scored.iter().map(|s| s.null_eig).fold(0.0, f64::max);
+    let null_max_mean = scored.iter().map(|s| s.null_mean).fold(0.0, f64::max);
     let bar = c.null_margin * null_max;
     // Residual rounds score eigenvalues only: a basis a little off the true span (angle
     // theta) leaves grad f . (U - B) x in the residual, which shifts the filtered mean along
@@ -649,56 +625,23 @@ fn scan_filters(
     } else {
         f64::INFINITY
     };
-    // Pass 2: the real statistics, every eigenpair that clears the bar.
-    struct Scored {
-        top: f64,
-        mean_score: f64,
-        eigenvalues: Vec<f64>,
-        edge: f64,
-        accepted: Vec<(f64, Vec<f64>)>,
-    }
-    let scored: Vec<Scored> = usable
-        .par_iter()
+    // A filter whose every computed pair clears the bar may have more: ask for more (rare).
+    let scored: Vec<Scored> = scored
+        .into_par_iter()
         .enumerate()
-        .map(|(i, f)| {
-            let Some(st) = stats(f) else {
-                return Scored {
-                    top: 0.0,
-                    mean_score: 0.0,
-                    eigenvalues: Vec::new(),
-                    edge: f64::NAN,
-                    accepted: Vec::new(),
-                };
-            };
+        .map(|(i, sc)| {
+            let mut sc = sc;
             let mut want = FIRST_WANT;
-            let pairs = loop {
-                let op = frame_operator(&st.real, side, frame, basis);
-                let pairs = top_eigenpairs(q, want, op, seed ^ 0x5eed ^ i as u64);
-                let all_clear = pairs
-                    .last()
-                    .is_some_and(|(l, _)| l.abs() / st.real_edge >= bar);
-                if !all_clear || pairs.len() < want || want >= q {
-                    break pairs;
-                }
+            while sc.pairs.len() == want
+                && want < q
+                && sc.pairs.last().is_some_and(|p| p.0.abs() / sc.edge >= bar)
+            {
                 want *= 2;
-            };
-            let mut accepted: Vec<(f64, Vec<f64>)> = pairs
-                .iter()
-                .map(|(l, v)| (l.abs() / st.real_edge, v.clone()))
-                .filter(|(score, _)| *score >= bar && bar > 0.0)
-                .collect();
-            let (norm, dir) = frame_mean(&st.real_mean, frame, basis);
-            let mean_score = norm / st.real_mean_scale;
-            if mean_score >= bar_mean && bar_mean > 0.0 && norm > 0.0 {
-                accepted.push((mean_score, dir.iter().map(|v| v / norm).collect()));
+                if let Some(st) = stats(usable[i]) {
+                    sc = score_filter(&st, side, frame, basis, seed, i, want);
+                }
             }
-            Scored {
-                top: pairs.first().map_or(0.0, |p| p.0.abs() / st.real_edge),
-                mean_score,
-                eigenvalues: pairs.iter().map(|p| p.0.abs()).collect(),
-                edge: st.real_edge,
-                accepted,
-            }
+            sc
         })
         .collect();
     let mut scan = Scan {
@@ -715,48 +658,116 @@ fn scan_filters(
         bar_mean,
         filters: usable.len(),
     };
-    for f in scored {
+    for f in &scored {
         if f.top > scan.best_score || scan.best_eigenvalues.is_empty() {
             scan.best_score = f.top;
-            scan.best_eigenvalues = f.eigenvalues;
+            scan.best_eigenvalues = f.pairs.iter().map(|p| p.0.abs()).collect();
             scan.best_edge = f.edge;
         }
         scan.best_mean_score = scan.best_mean_score.max(f.mean_score);
-        scan.candidates.extend(f.accepted);
+        if bar > 0.0 {
+            for (l, v) in &f.pairs {
+                let score = l.abs() / f.edge;
+                if score >= bar {
+                    scan.candidates.push((score, v.clone()));
+                }
+            }
+        }
+        if f.mean_score >= bar_mean && bar_mean > 0.0 {
+            scan.candidates.push((f.mean_score, f.mean_dir.clone()));
+        }
     }
-    // Pass 3: every merged direction must clear the bar on its own in some filter (its
-    // Rayleigh quotient, or its component of the filtered mean). The aggregate of many noisy
-    // copies of one strong direction has a second eigenvector made of their jitter, which
-    // can pass merge_fraction; its quotients are the jitter's, far below the bar.
+    // Every merged direction must clear the bar on its own in some filter: its Rayleigh
+    // quotient (from the filter's computed eigenpairs, sum lambda_i (v . v_i)^2, which leaves
+    // out the bulk below them and so errs low) or its component of the filtered mean. The
+    // aggregate of many noisy copies of one strong direction has a second eigenvector made of
+    // their jitter, which can pass merge_fraction; its quotients are the jitter's, far below
+    // the bar.
     let (proposed, scores) = merge(&scan.candidates, q, basis, room, c);
-    let raw: Vec<Vec<f64>> = proposed.iter().map(|v| frame.raw(v)).collect();
-    let support: Vec<Vec<f64>> = usable
-        .par_iter()
-        .map(|f| {
-            let Some(st) = stats(f) else {
-                return vec![0.0; raw.len()];
-            };
-            let mut t = vec![0.0; frame.d];
-            raw.iter()
-                .map(|u| {
-                    packed_symmetric_matvec(&st.real, side, frame.d, u, &mut t);
-                    let quotient = super::eigen::dot(u, &t).abs() / st.real_edge / bar.max(1e-300);
-                    let mean = super::eigen::dot(u, &st.real_mean[..frame.d]).abs()
-                        / st.real_mean_scale
-                        / bar_mean.max(1e-300);
-                    quotient.max(mean)
-                })
-                .collect()
-        })
-        .collect();
-    for (i, (v, score)) in proposed.into_iter().zip(scores).enumerate() {
-        let best = support.iter().map(|s| s[i]).fold(0.0, f64::max);
-        if best >= 1.0 {
+    for (v, score) in proposed.into_iter().zip(scores) {
+        let support = scored
+            .iter()
+            .map(|f| {
+                let quotient: f64 = f
+                    .pairs
+                    .iter()
+                    .map(|(l, u)| l * super::eigen::dot(&v, u).powi(2))
+                    .sum::<f64>()
+                    .abs()
+                    / f.edge
+                    / bar.max(1e-300);
+                let mean =
+                    f.mean_score * super::eigen::dot(&v, &f.mean_dir).abs() / bar_mean.max(1e-300);
+                quotient.max(mean)
+            })
+            .fold(0.0, f64::max);
+        if support >= 1.0 {
             scan.directions.push(v);
             scan.scores.push(score);
         }
     }
     scan
+}
+
+/// One filter's scores: its null contrasts' largest scores, its real matrix's leading
+/// eigenpairs (working frame) with their edge, and its filtered mean.
+struct Scored {
+    null_eig: f64,
+    null_mean: f64,
+    top: f64,
+    edge: f64,
+    pairs: Vec<(f64, Vec<f64>)>,
+    mean_score: f64,
+    mean_dir: Vec<f64>,
+}
+
+impl Scored {
+    fn empty() -> Self {
+        Scored {
+            null_eig: 0.0,
+            null_mean: 0.0,
+            top: 0.0,
+            edge: f64::INFINITY,
+            pairs: Vec::new(),
+            mean_score: 0.0,
+            mean_dir: Vec::new(),
+        }
+    }
+}
+
+fn score_filter(
+    st: &FilterStats,
+    side: usize,
+    frame: &Frame,
+    basis: &[Vec<f64>],
+    seed: u64,
+    index: usize,
+    want: usize,
+) -> Scored {
+    let q = frame.q;
+    let mut out = Scored::empty();
+    for (k, (packed, edge)) in st.nulls.iter().enumerate() {
+        let op = frame_operator(packed, side, frame, basis);
+        let top = top_eigenpairs(q, 1, op, seed ^ ((index * 8 + k) as u64));
+        if let Some((l, _)) = top.first() {
+            out.null_eig = out.null_eig.max(l.abs() / edge);
+        }
+    }
+    for (m, scale) in &st.null_means {
+        out.null_mean = out.null_mean.max(frame_mean(m, frame, basis).0 / scale);
+    }
+    let op = frame_operator(&st.real, side, frame, basis);
+    out.pairs = top_eigenpairs(q, want, op, seed ^ 0x5eed ^ index as u64);
+    out.edge = st.real_edge;
+    out.top = out.pairs.first().map_or(0.0, |p| p.0.abs() / out.edge);
+    let (norm, dir) = frame_mean(&st.real_mean, frame, basis);
+    out.mean_score = norm / st.real_mean_scale;
+    out.mean_dir = if norm > 0.0 {
+        dir.iter().map(|v| v / norm).collect()
+    } else {
+        dir
+    };
+    out
 }
 
 /// New directions from the candidates: the eigenvectors of A = sum score^2 v v^T whose
