@@ -27,7 +27,7 @@ override TILE: u32 = WG * TM;
 struct Params {
     dim: u32,         // d
     rows: u32,        // samples in this batch
-    rank: u32,        // r (<= 8)
+    rank: u32,        // r
     axis_edges: u32,  // edges per z axis
     y_edges: u32,     // y edges per cell
     y_bins: u32,      // y_edges + 1

@@ -175,8 +175,17 @@ struct SubspaceArgs {
     #[arg(long, value_enum, default_value = "filtered")]
     method: Method,
     /// Upper bound on the dimension filtered PCA may find.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     max_dim: usize,
+    /// Work on the raw x instead of Sigma^(-1/2) (x - mu) (filtered PCA whitens by default).
+    #[arg(long)]
+    no_whiten: bool,
+    /// Most residual rounds after the refine steps (filters on y - h(B x); 0: none).
+    #[arg(long, default_value_t = 8)]
+    residual_rounds: usize,
+    /// A direction must clear this multiple of the null maximum (>= 1).
+    #[arg(long, default_value_t = 1.25)]
+    null_margin: f64,
     /// Number of directions for pHd, SIR and SAVE.
     #[arg(long)]
     dim: Option<usize>,
@@ -234,6 +243,9 @@ struct LearnArgs {
     /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
+    /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
+    #[arg(long)]
+    no_whiten: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -454,6 +466,9 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
         dim: a.dim,
         seed: a.seed,
         refine_steps: a.refine_steps,
+        whiten: !a.no_whiten,
+        residual_rounds: a.residual_rounds,
+        null_margin: a.null_margin,
         ..SubspaceConfig::default()
     };
     let t = Instant::now();
@@ -461,7 +476,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     let seconds = t.elapsed().as_secs_f64();
     output::write_atomic(&a.out, report.to_json().as_bytes())?;
     if let Some(path) = &a.plot {
-        output::write_atomic(path, subspace_plot(&report, config.acceptance).as_bytes())?;
+        output::write_atomic(path, subspace_plot(&report).as_bytes())?;
     }
     let truth = samples
         .teacher
@@ -491,16 +506,21 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
 }
 
 /// Each round's strongest filter eigenvalues, in multiples of their null edge, against the
-/// acceptance bar: what cleared it and by how much, and how far the rest fell short.
-fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport, bar: f64) -> String {
+/// round's calibrated bar: what cleared it and by how much, and how far the rest fell short.
+fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport) -> String {
     let groups: Vec<plot::BarGroup> = report
         .rounds
         .iter()
         .enumerate()
         .map(|(i, r)| plot::BarGroup {
-            label: format!("round {}", i + 1),
+            label: format!("round {} ({})", i + 1, r.kind.name()),
             values: r.top_eigenvalues.iter().map(|l| l / r.null_edge).collect(),
-            threshold: bar,
+            // Baselines have no calibrated bar: draw the null edge itself.
+            threshold: if r.threshold.is_finite() {
+                r.threshold
+            } else {
+                1.0
+            },
         })
         .collect();
     plot::bar_chart(
@@ -576,6 +596,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
     }
     config.subspace_config.refine_steps = a.refine_steps;
     config.max_train_rows = a.max_train_rows;
+    config.subspace_config.whiten = !a.no_whiten;
     config
 }
 

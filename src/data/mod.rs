@@ -3,6 +3,7 @@
 
 pub mod gaussian;
 pub mod npy;
+pub mod whiten;
 
 pub use gaussian::GaussianSource;
 pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};

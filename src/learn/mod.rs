@@ -10,6 +10,7 @@
 mod grow;
 mod polish;
 mod train;
+mod whitened;
 
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 pub use train::{mse, train, validation_mse, window_rows, TrainOutcome, BLOCK_ROWS};
@@ -329,12 +330,8 @@ fn find_basis(
         ..config.subspace_config.clone()
     };
     let report = find_subspace(backend, train, &sc)?;
-    if report.basis.is_empty() {
-        return Err(Error::invalid(format!(
-            "learn: filtered PCA accepted no direction, so there is nothing to fit on \
-             (more samples, or a lower acceptance multiple, may help)\n{}",
-            report.summary()
-        )));
+    if let Some(none) = report.no_structure() {
+        return Err(Error::NoStructure(Box::new(none)));
     }
     Ok((report.basis.clone(), Some(report)))
 }
@@ -377,6 +374,22 @@ fn streamed_label_variance(source: &dyn SampleSource) -> Result<f64> {
     Ok((sum2 / n.max(1.0) - mean * mean).max(0.0))
 }
 
+/// Training and validation rows: the last `fraction` of the rows (at least one) validate.
+pub(crate) fn validation_split(n: usize, fraction: f64) -> Result<(usize, usize)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "learn: validation_fraction must lie strictly between 0 and 1",
+        ));
+    }
+    if n < 2 {
+        return Err(Error::invalid(format!(
+            "learn: needs at least 2 samples of positive dimension (got {n})"
+        )));
+    }
+    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    Ok((n - n_val, n_val))
+}
+
 /// Runs the pipeline; see the module docs.
 pub fn learn(
     backend: &dyn Backend,
@@ -385,18 +398,16 @@ pub fn learn(
 ) -> Result<LearnReport> {
     let n = source.len() as usize;
     let d = source.dim();
-    if !(config.validation_fraction > 0.0 && config.validation_fraction < 1.0) {
-        return Err(Error::invalid(
-            "learn: validation_fraction must lie strictly between 0 and 1",
-        ));
-    }
-    let n_val = ((n as f64 * config.validation_fraction).round() as usize).clamp(1, n.max(2) - 1);
-    if n < 2 || d == 0 {
+    if d == 0 {
         return Err(Error::invalid(format!(
             "learn: needs at least 2 samples of positive dimension (got {n} of dimension {d})"
         )));
     }
-    let n_train = n - n_val;
+    let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
+    // Whitening (on by default): the whitened pipeline runs this function on W (x - mu).
+    if config.subspace_config.whiten && config.known_basis.is_none() {
+        return whitened::learn_whitened(backend, source, config);
+    }
     let train = SampleRange::new(source, 0, n_train as u64)?;
     // What the fitting stages read.
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
