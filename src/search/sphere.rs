@@ -47,8 +47,15 @@ pub struct SphereNetFit {
     pub network: Network,
     /// MSE on the validation samples.
     pub validation_mse: f64,
-    /// Features used (ReLU features + r linear + 1).
+    /// Features used (ReLU features + r linear + 1); the normal equations cost rows x
+    /// features^2 / 2 multiply-adds.
     pub features: usize,
+    /// Directions in the net (at most `max_directions`).
+    pub directions: usize,
+    /// Estimated covering radius of those directions: the largest distance from 1024 random
+    /// unit vectors to their nearest net direction (about delta when the cap does not bind; near
+    /// sqrt(2) in high r, where no affordable net covers the sphere).
+    pub covering_radius: f64,
     /// Relative ridge kept.
     pub ridge: f64,
 }
@@ -186,6 +193,8 @@ pub fn sphere_net_fit(
         network,
         validation_mse,
         features: f,
+        directions: dirs.len(),
+        covering_radius: super::covering_radius(&dirs, r, config.seed),
         ridge,
     })
 }
