@@ -15,6 +15,7 @@ pub mod learn;
 pub mod metrics;
 pub mod moments;
 pub mod network;
+pub mod output;
 pub mod plot;
 pub mod progress;
 pub mod search;

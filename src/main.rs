@@ -7,7 +7,7 @@ use relu_fpt::learn::{learn, LearnConfig, LearnReport};
 use relu_fpt::network::Network;
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
 use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
-use relu_fpt::{metrics, plot, progress, Error, Result};
+use relu_fpt::{metrics, output, plot, progress, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -341,6 +341,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("relu-fpt: internal error: {info} (please report this)");
     }));
+    remove_outputs_on_interrupt();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo(a) => demo(a),
@@ -366,6 +367,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// On SIGINT or SIGTERM: remove the unfinished output files and exit with 128 + the signal
+/// (130, 143), as a shell expects of an interrupted command.
+fn remove_outputs_on_interrupt() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                output::remove_in_flight();
+                eprintln!("relu-fpt: interrupted; unfinished output files removed");
+                std::process::exit(128 + signal);
+            }
+        });
+    }
+}
+
 /// 2 for bad input or requests (fix the command or the files), 1 for failures of the machine.
 fn exit_code(e: &Error) -> u8 {
     match e {
@@ -374,39 +394,15 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
-/// Writes a file under a temporary name in the same directory, then renames it into place, so
-/// a failure never leaves a half-written output.
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{}: not a file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
 fn generate(a: GenerateArgs) -> Result<()> {
     let teacher = a.teacher.teacher(a.seed)?.ok_or_else(|| {
         Error::invalid("--teacher is required: random, parity, fan, deep-parity or composite")
     })?;
     let source = a.teacher.sampler(&teacher, a.seed)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    // All three files are written under temporary names first and renamed only when all are
-    // complete, so a failure leaves the directory as it was.
-    let staging = a
-        .out
-        .join(format!(".relu-fpt-generate-{}", std::process::id()));
+    output::check_writable_dir(&a.out, "--out")?;
+    // All three files are written into a registered staging directory first and renamed only
+    // when all are complete, so a failure or an interrupt leaves the directory as it was.
+    let staging = output::begin(&a.out.join("relu-fpt-generate"))?;
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let written = (|| -> Result<()> {
         let bar = progress::bar(source.len(), "generate");
@@ -428,7 +424,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&staging);
+    output::abandon(&staging);
     written?;
     println!(
         "wrote {} samples (d = {}) of the {} teacher (relevant dimension {}) to {}: x.npy, y.npy, teacher.json",
@@ -442,6 +438,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn subspace(a: SubspaceArgs) -> Result<()> {
+    output::check_writable(&a.out, "--out")?;
+    if let Some(p) = &a.plot {
+        output::check_writable(p, "--plot")?;
+    }
     let samples = a.source.open(a.seed)?;
     let backend = backend::select(a.backend)?;
     let config = SubspaceConfig {
@@ -455,9 +455,9 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     let t = Instant::now();
     let report = find_subspace(backend.as_ref(), samples.source.as_ref(), &config)?;
     let seconds = t.elapsed().as_secs_f64();
-    write_atomic(&a.out, report.to_json().as_bytes())?;
+    output::write_atomic(&a.out, report.to_json().as_bytes())?;
     if let Some(path) = &a.plot {
-        write_atomic(path, subspace_plot(&report, config.acceptance).as_bytes())?;
+        output::write_atomic(path, subspace_plot(&report, config.acceptance).as_bytes())?;
     }
     let truth = samples
         .teacher
@@ -569,6 +569,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
 }
 
 fn learn_cmd(a: LearnArgs) -> Result<()> {
+    output::check_writable(&a.out, "--out")?;
     let samples = a.source.open(a.seed)?;
     let backend = backend::select(a.backend)?;
     let report = learn(backend.as_ref(), samples.source.as_ref(), &learn_config(&a))?;
@@ -614,6 +615,7 @@ fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
+    output::check_writable(&a.out, "--out")?;
     let source = relu_fpt::data::NpySource::open_inputs(&a.x)?;
     let model = load_model_for(&a.model, &source, &a.x)?;
     let backend = backend::select(a.backend)?;
@@ -625,6 +627,9 @@ fn predict(a: PredictArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
+    if let Some(p) = &a.plot {
+        output::check_writable(p, "--plot")?;
+    }
     let source = NpySource::open(&a.x, &a.y)?;
     let model = load_model_for(&a.model, &source, &a.x)?;
     let teacher = match &a.teacher {
@@ -658,13 +663,15 @@ fn eval(a: EvalArgs) -> Result<()> {
         "var_y": var, "relative_mse": mse / var,
         "relative_mse_ci95": [(mse - half) / var, (mse + half) / var],
     });
+    let num = progress::num;
     let mut lines = vec![format!(
-        "{n} samples: MSE {mse:.5} (95% interval {:.5} to {:.5}), MSE/Var(y) {:.5} ({:.5} to {:.5})",
-        mse - half,
-        mse + half,
-        mse / var,
-        (mse - half) / var,
-        (mse + half) / var
+        "{n} samples: MSE {} (95% interval {} to {}), MSE/Var(y) {} ({} to {})",
+        num(mse),
+        num(mse - half),
+        num(mse + half),
+        num(mse / var),
+        num((mse - half) / var),
+        num((mse + half) / var)
     )];
     if let Some(t) = &teacher {
         let truth = t.first_layer_span();
@@ -691,7 +698,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             "prediction",
             &points,
         );
-        write_atomic(path, svg.as_bytes())?;
+        output::write_atomic(path, svg.as_bytes())?;
     }
     if a.json {
         println!("{v}");
@@ -754,9 +761,9 @@ fn demo(a: DemoArgs) -> Result<()> {
     );
     println!("{}", cmp.line());
     println!(
-        "test MSE/Var(y) on {} fresh samples: {:.4}; learned in {:.1} s",
+        "test MSE/Var(y) on {} fresh samples: {}; learned in {:.1} s",
         n,
-        sse / nf / var,
+        progress::num(sse / nf / var),
         learn_seconds
     );
     Ok(())

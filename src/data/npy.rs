@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -681,9 +680,6 @@ fn write_f32_le(out: &mut impl Write, data: &[f32]) -> std::io::Result<()> {
     }
 }
 
-/// Distinguishes temporary files of several writers in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Streams rows of f32 into an npy file: data goes to a temporary file in the destination
 /// directory (`.<name>.tmp-<pid>-<k>`), [`NpyWriter::finish`] writes the header with the final
 /// row count and renames it into place. Dropping the writer without `finish` removes the
@@ -719,23 +715,11 @@ impl NpyWriter {
     /// `max_rows` sizes the reserved header: the row count written by `finish` must not have
     /// more digits (u64::MAX always fits; the exact N gives numpy's own header).
     fn create(path: &Path, cols: Option<usize>, max_rows: u64) -> Result<NpyWriter> {
-        let name = path.file_name().ok_or_else(|| {
-            Error::invalid(format!(
-                "{}: an npy output path needs a file name",
-                path.display()
-            ))
+        let temp_path = crate::output::begin(path)?;
+        let file = File::create(&temp_path).map_err(|e| {
+            crate::output::abandon(&temp_path);
+            Error::io(&temp_path, e)
         })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let temp_path = dir.join(format!(
-            ".{}.tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = File::create(&temp_path).map_err(|e| Error::io(&temp_path, e))?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
         // Reserve room for the widest row count so finish() patches the header in place.
         let widest: Vec<u64> = match cols {
@@ -801,7 +785,7 @@ impl NpyWriter {
         file.write_all(&header).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
-        std::fs::rename(&self.temp_path, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        crate::output::commit(&self.temp_path, &self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(self.rows)
     }
 }
@@ -809,8 +793,8 @@ impl NpyWriter {
 impl Drop for NpyWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            // Not finished: the partial file is worthless. Ignore errors (nothing to report to).
-            let _ = std::fs::remove_file(&self.temp_path);
+            // Not finished: the partial file is worthless.
+            crate::output::abandon(&self.temp_path);
         }
     }
 }

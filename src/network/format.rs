@@ -37,7 +37,7 @@
 use super::{Layer, Network, NetworkError};
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The `format` string of a network file.
 pub const FORMAT: &str = "relu-fpt/network";
@@ -298,28 +298,22 @@ impl Network {
             });
         }
         let text = self.to_json();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        let unwritable = |source| NetworkError::Unwritable {
+            path: path.to_path_buf(),
+            source,
         };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "network.json".into());
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = crate::output::begin(path)
+            .map_err(|e| unwritable(std::io::Error::other(e.to_string())))?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            f.sync_all()
         };
-        write().map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            NetworkError::Unwritable {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
+        if let Err(e) = write() {
+            crate::output::abandon(&tmp);
+            return Err(unwritable(e));
+        }
+        crate::output::commit(&tmp, path).map_err(unwritable)
     }
 
     /// Reads a network file written by [`Network::save`] (or by hand in the same schema).

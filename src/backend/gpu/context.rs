@@ -13,10 +13,46 @@ pub struct GpuContext {
     uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// A wgpu instance for compute only (no display handle). On a headless machine without
+/// `XDG_RUNTIME_DIR` the Vulkan driver's window-system probe prints `error: XDG_RUNTIME_DIR is
+/// invalid or not set` twice, which reads as a failure; pointing the variable at a private,
+/// empty directory first keeps the probe quiet (there is no display to find either way).
+pub fn headless_instance() -> wgpu::Instance {
+    static QUIET_PROBE: std::sync::Once = std::sync::Once::new();
+    QUIET_PROBE.call_once(|| {
+        let set = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from);
+        if set.is_some_and(|d| d.is_dir()) {
+            return;
+        }
+        // One directory per user, reused by every run (it stays empty).
+        #[cfg(unix)]
+        let (private, made) = {
+            use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+            let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+            let dir = std::env::temp_dir().join(format!("relu-fpt-runtime-{uid}"));
+            let made = std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir);
+            (dir, made)
+        };
+        #[cfg(not(unix))]
+        let (private, made) = {
+            let dir = std::env::temp_dir().join("relu-fpt-runtime");
+            let made = std::fs::create_dir_all(&dir);
+            (dir, made)
+        };
+        if made.is_ok() {
+            // Set once, before the driver reads it; edition 2021 allows set_var here.
+            std::env::set_var("XDG_RUNTIME_DIR", &private);
+        }
+    });
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
 /// One line per adapter wgpu can see (honouring `WGPU_BACKEND`): name, kind, backend, driver.
 pub fn list_adapters() -> Vec<String> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance = headless_instance();
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     if adapters.is_empty() {
         return vec!["no GPU adapter found (is a Vulkan driver installed?)".to_string()];
