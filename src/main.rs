@@ -326,7 +326,7 @@ struct BenchSearchArgs {
     /// Training rows per case (validation: a quarter as many).
     #[arg(long, default_value_t = 80_000)]
     rows: usize,
-    /// Candidate generators: greedy (the default one), product (section 3.1 as written).
+    /// Candidate generators: greedy (the default one), product (the paper's net as written).
     #[arg(long, value_delimiter = ',', default_value = "greedy,product")]
     generators: Vec<String>,
     #[arg(long, value_enum, default_value = "cpu")]

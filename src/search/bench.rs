@@ -26,7 +26,7 @@ pub struct BenchCase {
     pub spec: TeacherSpec,
 }
 
-/// The default cases: small-k teachers where the net of section 3.1 is small.
+/// The default cases: small-k teachers where the net of the paper's enumerate-and-test is small.
 pub fn default_cases() -> Vec<BenchCase> {
     let random = |widths: Vec<usize>, k: usize, bias: bool| BenchCase {
         name: format!(
@@ -54,6 +54,8 @@ pub fn default_cases() -> Vec<BenchCase> {
         random(vec![3], 3, true),
         random(vec![4], 3, true),
         random(vec![4, 4], 3, true),
+        random(vec![8], 8, true),
+        random(vec![16], 16, true),
     ]
 }
 
@@ -76,6 +78,8 @@ pub struct SearchBenchRow {
     pub sphere_ratio: f64,
     pub sphere_seconds: f64,
     pub sphere_features: usize,
+    /// Estimated covering radius of the sphere-net fit's directions.
+    pub sphere_covering_radius: f64,
 }
 
 /// Settings of [`bench_search`].
@@ -194,6 +198,7 @@ pub fn bench_search(
                     sphere_ratio: sphere.validation_mse / var,
                     sphere_seconds,
                     sphere_features: sphere.features,
+                    sphere_covering_radius: sphere_config.cost(r).covering_radius,
                 };
                 progress(&row);
                 rows.push(row);
@@ -232,8 +237,9 @@ pub fn search_table(rows: &[SearchBenchRow], backend: &str) -> String {
     for g in &generators {
         out += &format!(" {g} | s |");
     }
-    out += " sphere-net | s |\n|---|---|---|";
+    out += " sphere-net | s | features (covering radius) |\n|---|---|---|";
     out += &"---|---|".repeat(generators.len() + 1);
+    out += "---|";
     out += "\n";
     for (case, budget) in keys {
         let sel: Vec<&SearchBenchRow> = rows
@@ -249,7 +255,10 @@ pub fn search_table(rows: &[SearchBenchRow], backend: &str) -> String {
         }
         let (m, w) = stats(sel.iter().map(|r| r.sphere_ratio).collect());
         let (t, _) = stats(sel.iter().map(|r| r.sphere_seconds).collect());
-        out += &format!(" {m:.1e} [{w:.1e}] | {t:.2} |\n");
+        out += &format!(
+            " {m:.1e} [{w:.1e}] | {t:.2} | {} ({:.2}) |\n",
+            sel[0].sphere_features, sel[0].sphere_covering_radius
+        );
     }
     out
 }

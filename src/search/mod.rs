@@ -1,7 +1,7 @@
-//! The second half of the algorithm (ALGORITHM.md section 3): fit a network on the projected
-//! samples z = B^T x.
+//! The second half of the algorithm (docs/algorithm.md, "Fitting on the subspace"): fit a
+//! network on the projected samples z = B^T x.
 //!
-//! - [`enumerate_and_test`] (section 3.1): candidates of the given architecture whose first-layer
+//! - [`enumerate_and_test`] (the paper's final step): candidates of the given architecture whose first-layer
 //!   rows are unit directions on the sphere S^(r-1), the output layer solved by ridge least
 //!   squares from the normal equations the backend returns, every candidate scored by its MSE on
 //!   the held-out samples. Two candidate generators ([`Generator`]):
@@ -15,10 +15,10 @@
 //!     least squares: a layer's first two units carry +-(the previous fit's output), so the deep
 //!     candidate starts from the shallow fit, and the rest are chosen greedily; then the whole
 //!     network is refined by joint perturbation.
-//!   - `Product` is section 3.1 as written: the product net (directions x grid of deeper
+//!   - `Product` is the paper's enumeration as written: the product net (directions x grid of deeper
 //!     weights and biases) enumerated whole when it fits the coarse budget, else sampled at
 //!     random, then coarse-to-fine refinement around the best candidates.
-//! - [`sphere_net_fit`] (section 3.2(a)): ReLU features on a sphere net (with a few thresholds)
+//! - [`sphere_net_fit`]: ReLU features on a sphere net (with a few thresholds)
 //!   plus linear features, ridge; a convex, fast final fit.
 //! - [`search`] runs both and keeps whichever validates better.
 
@@ -27,7 +27,7 @@ mod evaluate_ref;
 mod sphere;
 
 pub use evaluate_ref::reference_evaluate;
-pub use sphere::{sphere_net_fit, SphereNetConfig, SphereNetFit};
+pub use sphere::{sphere_net_fit, SphereNetConfig, SphereNetCost, SphereNetFit};
 
 use crate::backend::{tri_len, Backend, CandidateBatch, ProjectedSamples};
 use crate::error::{Error, Result};
@@ -40,7 +40,7 @@ use rand_distr::StandardNormal;
 pub enum Generator {
     /// Unit by unit, directions from the residual's moments and a sphere net, then backfitting.
     Greedy,
-    /// The product net of section 3.1, sampled (or enumerated whole), then joint refinement.
+    /// The paper's product net, sampled (or enumerated whole), then joint refinement.
     Product,
 }
 
@@ -136,7 +136,7 @@ pub struct EnumerateResult {
     pub train_mse: f64,
     /// Candidates evaluated (<= budget).
     pub candidates_evaluated: usize,
-    /// log10 of the size of the full net |N| at these delta_s and eta (section 3.1 formula).
+    /// log10 of the size of the full net |N| at these delta_s and eta ((3/delta_s)^(k(r-1)) (2B/eta)^P).
     pub full_net_log10: f64,
     /// True when the coarse pass enumerated the whole net instead of sampling it.
     pub exhaustive: bool,
@@ -460,7 +460,7 @@ impl Scorer<'_> {
     }
 }
 
-/// Enumerate-and-test (section 3.1); see the module docs for the two generators.
+/// Enumerate-and-test; see the module docs for the two generators.
 pub fn enumerate_and_test(
     backend: &dyn Backend,
     train: &ProjectedSamples,
@@ -491,7 +491,7 @@ pub fn enumerate_and_test(
     let bias_grid = grid(config.bias_bound, config.grid_step);
     let (gw, gb) = layout.grid_params();
     let k1 = config.hidden[0];
-    // log10 of the section 3.1 net size with (3/delta)^(r-1) directions, whatever is built.
+    // log10 of the paper's net size with (3/delta)^(r-1) directions, whatever is built.
     let net_points_log10 = (r as f64 - 1.0) * (3.0 / config.sphere_delta).log10() + 2f64.log10();
     let full_net_log10 = k1 as f64 * net_points_log10
         + gw as f64 * (weight_grid.len() as f64).log10()
@@ -570,7 +570,7 @@ fn random_unit(rank: usize, rng: &mut rand::rngs::StdRng) -> Vec<f64> {
     }
 }
 
-/// The product generator: section 3.1's net, coarse pass then joint perturbation.
+/// The product generator: the paper's net, coarse pass then joint perturbation.
 fn product_search(scorer: &mut Scorer, layout: &Layout, config: &SearchConfig) -> Result<Found> {
     let r = layout.rank;
     let dirs = sphere_net(r, config.sphere_delta, MAX_NET_POINTS, config.seed);
@@ -900,6 +900,89 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Candidates for one unit from a Levenberg-Marquardt step on its inner weights: the partial
+/// residual e (the first rows of `train`) is fitted by a relu(<u, z> + b) + c, linearised in
+/// (u, b, a, c) around the unit and its output weight `a`; the step is taken at lengths 1,
+/// 1/2 and 1/4 (the output layer is solved again when the candidates are scored). Empty when
+/// the unit is inactive or carries no weight.
+fn gauss_newton_steps(train: &ProjectedSamples, e: &[f64], unit: &Unit, a: f64) -> Vec<Unit> {
+    let r = train.rank;
+    let p = r + 3;
+    let mut jtj = nalgebra::DMatrix::<f64>::zeros(p, p);
+    let mut jtr = nalgebra::DVector::<f64>::zeros(p);
+    let mut zf = vec![0.0f64; r];
+    let mut jac = vec![0.0f64; p];
+    let mut active = 0usize;
+    let c = {
+        // The constant that goes with the current unit: the mean of what it leaves.
+        let mut sum = 0.0;
+        for (zr, &ev) in train.z.chunks_exact(r).zip(e) {
+            zf.iter_mut().zip(zr).for_each(|(x, &v)| *x = v as f64);
+            sum += ev - a * (dot(&unit.dir, &zf) + unit.bias).max(0.0);
+        }
+        sum / e.len().max(1) as f64
+    };
+    for (zr, &ev) in train.z.chunks_exact(r).zip(e) {
+        zf.iter_mut().zip(zr).for_each(|(x, &v)| *x = v as f64);
+        let s = dot(&unit.dir, &zf) + unit.bias;
+        let on = s > 0.0;
+        active += usize::from(on);
+        for (j, &zv) in jac.iter_mut().zip(&zf) {
+            *j = if on { a * zv } else { 0.0 };
+        }
+        jac[r] = if on { a } else { 0.0 };
+        jac[r + 1] = s.max(0.0);
+        jac[r + 2] = 1.0;
+        let resid = ev - a * s.max(0.0) - c;
+        for i in 0..p {
+            if jac[i] == 0.0 {
+                continue;
+            }
+            jtr[i] += jac[i] * resid;
+            for j in i..p {
+                jtj[(i, j)] += jac[i] * jac[j];
+            }
+        }
+    }
+    if a.abs() < 1e-12 || active < p {
+        return Vec::new();
+    }
+    for i in 0..p {
+        for j in 0..i {
+            jtj[(i, j)] = jtj[(j, i)];
+        }
+    }
+    // Marquardt damping; the radial direction (u, b) -> (t u, t b) is a symmetry up to the
+    // output weight, so the matrix is singular without it.
+    for i in 0..p {
+        jtj[(i, i)] *= 1.0 + 1e-3;
+        jtj[(i, i)] += 1e-12;
+    }
+    let Some(chol) = nalgebra::linalg::Cholesky::new(jtj) else {
+        return Vec::new();
+    };
+    let delta = chol.solve(&jtr);
+    if delta.iter().any(|v| !v.is_finite()) {
+        return Vec::new();
+    }
+    [1.0, 0.5, 0.25]
+        .iter()
+        .filter_map(|&t| {
+            let u: Vec<f64> = unit
+                .dir
+                .iter()
+                .zip(delta.iter())
+                .map(|(v, d)| v + t * d)
+                .collect();
+            let n = norm(&u);
+            (n > 1e-9).then(|| Unit {
+                dir: u.iter().map(|v| v / n).collect(),
+                bias: (unit.bias + t * delta[r]) / n,
+            })
+        })
+        .collect()
+}
+
 /// Residuals y - f(z) of a network on the first `rows` samples, with `add` back in: the partial
 /// residual of backfitting (the part a re-chosen unit should explain).
 fn residuals(
@@ -991,36 +1074,44 @@ fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
         units
     };
 
-    // Forward: add the unit that validates best with the ones chosen so far.
-    let mut units: Vec<Unit> = Vec::with_capacity(k1);
-    let mut current: Option<(f64, Vec<f32>)> = None;
+    // Forward, a beam of `BEAM` partial networks: each step extends every member by the units
+    // that validate best with it and keeps the best `BEAM` extensions (a single best-first
+    // path often commits early to a unit's mirror image, relu(-s) in place of relu(s)).
+    const BEAM: usize = 3;
+    let mut beam: Vec<(f64, Vec<f32>, Vec<Unit>)> = vec![(f64::INFINITY, Vec::new(), Vec::new())];
     for j in 1..=k1 {
-        let net = match &current {
-            Some((_, p)) => Some(network_from_params(r, &[j - 1], p)?),
-            None => None,
-        };
-        let e = residuals(train, config.hint_rows, net.as_ref(), None);
-        let cands = candidates(&e, per_step, &mut rng);
-        let prefixes: Vec<Vec<f32>> = cands
-            .iter()
-            .map(|u| {
+        let mut next: Vec<(f64, Vec<f32>, Vec<Unit>)> = Vec::new();
+        let share = (per_step / beam.len()).max(1);
+        for (_, params, units) in &beam {
+            let net = if j > 1 {
+                Some(network_from_params(r, &[j - 1], params)?)
+            } else {
+                None
+            };
+            let e = residuals(train, config.hint_rows, net.as_ref(), None);
+            let cands = candidates(&e, share, &mut rng);
+            let prefixes: Vec<Vec<f32>> = cands
+                .iter()
+                .map(|u| {
+                    let mut all = units.clone();
+                    all.push(u.clone());
+                    shallow_prefix(&all)
+                })
+                .collect();
+            for ((mse, params), u) in scorer.score(&[j], &prefixes)?.into_iter().zip(cands) {
                 let mut all = units.clone();
-                all.push(u.clone());
-                shallow_prefix(&all)
-            })
-            .collect();
-        let (mse, params) = scorer
-            .best(&[j], &prefixes)?
-            .expect("at least one candidate per step");
-        let at = prefixes
-            .iter()
-            .position(|p| p[..] == params[..p.len()])
-            .expect("the best candidate is one of those scored");
-        units.push(cands[at].clone());
-        history.push(mse);
-        current = Some((mse, params));
+                all.push(u);
+                next.push((mse, params, all));
+            }
+        }
+        next.sort_by(|x, y| x.0.total_cmp(&y.0));
+        // Distinct members only: equal errors are (almost always) the same network.
+        next.dedup_by(|x, y| x.0 == y.0);
+        next.truncate(BEAM);
+        history.push(next[0].0);
+        beam = next;
     }
-    let (mut best_mse, mut best_params) = current.expect("k1 >= 1");
+    let (mut best_mse, mut best_params, mut units) = beam.swap_remove(0);
 
     // The backward start: k1 units out of a dictionary (the sphere net and the label's moment
     // directions, times a few biases); kept when it validates better than the forward pass.
@@ -1075,19 +1166,22 @@ fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
         for i in 0..k1 {
             let net = network_from_params(r, &[k1], &best_params)?;
             let out_w = best_params[k1 * (r + 1) + i] as f64;
+            let e = residuals(
+                train,
+                config.hint_rows,
+                Some(&net),
+                Some((&units[i], out_w)),
+            );
+            // Least-squares steps for the unit's inner weights first, then fresh units for
+            // the partial residual, then perturbations.
+            let mut cands = gauss_newton_steps(train, &e, &units[i], out_w);
+            cands.truncate(per_unit / 2);
             let fresh = per_unit / 4;
-            let mut cands = if fresh > 0 {
-                let e = residuals(
-                    train,
-                    config.hint_rows,
-                    Some(&net),
-                    Some((&units[i], out_w)),
-                );
-                candidates(&e, fresh, &mut rng)
-            } else {
-                Vec::new()
-            };
-            for c in 0..per_unit - fresh {
+            if fresh > 0 {
+                cands.extend(candidates(&e, fresh, &mut rng));
+            }
+            let fresh = cands.len();
+            for c in 0..per_unit.saturating_sub(fresh) {
                 let s = [1.0, 0.25, 0.0625][c % 3];
                 let mut dir: Vec<f64> = units[i]
                     .dir
@@ -1312,9 +1406,9 @@ pub fn label_variance(y: &[f32]) -> f64 {
 /// Which final fit [`search`] kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chosen {
-    /// Enumerate-and-test (section 3.1).
+    /// Enumerate-and-test.
     Enumerate,
-    /// Sphere-net features plus ridge (section 3.2(a)).
+    /// Sphere-net features plus ridge.
     SphereNet,
 }
 
