@@ -54,6 +54,8 @@ enum BenchCommand {
     Moments(BenchMomentsArgs),
     /// The CPU's f32 FMA peak: a register-only FMA loop on every thread at once.
     Peak(BenchPeakArgs),
+    /// Enumerate-and-test against the sphere-net fit on small teachers, true basis given.
+    Search(BenchSearchArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -352,6 +354,33 @@ struct BenchPeakArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchSearchArgs {
+    /// Enumerate-and-test budgets (candidates), one table row each.
+    #[arg(long, value_delimiter = ',', default_value = "512,4096,32768")]
+    budgets: Vec<usize>,
+    /// Teacher seeds; the table gives the median and the worst.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Candidate hidden widths (learn's default).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    hidden: Vec<usize>,
+    /// Only the cases whose name contains one of these (e.g. "fan", "r=3").
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Training rows per case (validation: a quarter as many).
+    #[arg(long, default_value_t = 80_000)]
+    rows: usize,
+    /// Candidate generators: greedy (the default one), product (the paper's net as written).
+    #[arg(long, value_delimiter = ',', default_value = "greedy,product")]
+    generators: Vec<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
+    /// One JSON line per (case, seed, budget, generator) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     // Errors are values; a panic would be a bug. Keep even that to one line, no backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -372,6 +401,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Peak(a),
         } => bench_peak(a),
+        Command::Bench {
+            what: BenchCommand::Search(a),
+        } => bench_search(a),
         Command::Devices => devices(),
     };
     match outcome {
@@ -948,6 +980,58 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
                 ", {c:.1} GFLOP/s per core per second of CPU time"
             ))
         );
+    }
+    Ok(())
+}
+
+fn bench_search(a: BenchSearchArgs) -> Result<()> {
+    use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
+    let backend = backend::select(a.backend)?;
+    let generators = a
+        .generators
+        .iter()
+        .map(|g| match g.as_str() {
+            "greedy" => Ok(relu_fpt::search::Generator::Greedy),
+            "product" => Ok(relu_fpt::search::Generator::Product),
+            other => Err(Error::invalid(format!(
+                "--generators: unknown generator '{other}' (use greedy, product or both)"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = SearchBenchConfig {
+        budgets: a.budgets,
+        seeds: a.seeds,
+        generators,
+        ..SearchBenchConfig::default()
+    };
+    config.search.hidden = a.hidden;
+    config.train_rows = a.rows;
+    config.validation_rows = (a.rows / 4).max(1);
+    if !a.cases.is_empty() {
+        config
+            .cases
+            .retain(|c| a.cases.iter().any(|want| c.name.contains(want.as_str())));
+        if config.cases.is_empty() {
+            return Err(Error::invalid(
+                "--cases: no benchmark case matches (names: fan m=4 r=2, random [2] r=2 bias, ...)",
+            ));
+        }
+    }
+    let json = a.json;
+    let bar = progress::bar(
+        (config.cases.len() * config.seeds.len() * config.budgets.len() * config.generators.len())
+            as u64,
+        "bench",
+    );
+    let rows = bench_search(backend.as_ref(), &config, |row| {
+        if json {
+            bar.suspend(|| println!("{}", serde_json::to_string(row).expect("plain fields")));
+        }
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    if !json {
+        print!("{}", search_table(&rows, &backend.description()));
     }
     Ok(())
 }
