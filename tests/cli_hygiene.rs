@@ -227,6 +227,30 @@ fn no_window_system_noise_on_stderr_without_xdg_runtime_dir() {
     );
 }
 
+#[test]
+fn no_window_system_noise_when_auto_opens_the_adapter() {
+    // --backend auto asks for an adapter through GpuContext::new, not through `devices`.
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["subspace", "--teacher", "random", "--d", "8", "--k", "2"])
+        .args([
+            "--n",
+            "4000",
+            "--refine-steps",
+            "0",
+            "--backend",
+            "auto",
+            "--out",
+        ])
+        .arg(dir.path().join("s.json"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "driver noise: {err}");
+}
+
 /// Every subcommand path (`learn`, `bench moments`, ...) listed by the help texts.
 fn subcommands(prefix: &[String]) -> Vec<Vec<String>> {
     let o = bin().args(prefix).arg("--help").output().unwrap();
@@ -295,7 +319,10 @@ fn help_texts_and_repository_point_only_at_documents_it_contains() {
     for (name, text) in &texts {
         assert!(!text.contains(outside), "{name} mentions {outside}");
         for doc in docs_paths(text) {
-            assert!(root.join(&doc).exists(), "{name} points at {doc}, not in the repository");
+            assert!(
+                root.join(&doc).exists(),
+                "{name} points at {doc}, not in the repository"
+            );
         }
     }
 }
