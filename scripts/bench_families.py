@@ -13,8 +13,9 @@ the same rows. Both are scored on 1e5 fresh rows against noiseless labels (MSE /
 E||P_perp grad F||^2 / E||grad F||^2 on the test rows: how much of the relevant subspace the
 model misses. Wall seconds include reading the files (relu-fpt) and the `fit` call (MLP).
 
-Usage: python3 scripts/bench_families.py [--cases name,name] [--no-mlp] [--scale 0.5]
-         [--raw rows.jsonl] [--keep DIR]
+Usage: python3 scripts/bench_families.py [--cases name,name] [--no-mlp | --no-ours]
+         [--scale 0.5] [--raw rows.jsonl [--resume]] [--keep DIR]
+(--no-mlp, then --no-ours --resume on the same --raw file, gives the table in two sittings.)
 Needs numpy and scikit-learn. Prints a Markdown table; --raw appends one JSON line per case.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
@@ -24,11 +25,6 @@ BIN = os.environ.get("RELU_FPT", "target/release/relu-fpt")
 
 # name -> (generate flags, d, N, input law, label noise as a fraction of Var(y), MLP widths)
 CASES = {
-    "parity k=4, d=128": (["--teacher", "parity", "--k", "4"], 128, 1_000_000, "gauss", 0, [16]),
-    "fan m=4, d=128": (["--teacher", "fan", "--m", "4"], 128, 1_000_000, "gauss", 0, [8]),
-    "deep parity k=3, d=128": (["--teacher", "deep-parity", "--k", "3"], 128, 1_000_000, "gauss", 0, [6, 8]),
-    "composite, d=128": (["--teacher", "composite"], 128, 1_000_000, "gauss", 0, [9]),
-    "random [4,4] bias, d=128": (["--teacher", "random", "--widths", "4,4", "--bias"], 128, 1_000_000, "gauss", 0.0025, [4, 4]),
     "random [6,6] k=6, d=96": (["--teacher", "random", "--widths", "6,6"], 96, 600_000, "gauss", 0, [6, 6]),
     "random [4,4] bias, 25% noise, d=48": (["--teacher", "random", "--widths", "4,4", "--bias"], 48, 400_000, "gauss", 0.25, [4, 4]),
     "random [4,4], d=384": (["--teacher", "random", "--widths", "4,4"], 384, 1_000_000, "gauss", 0, [4, 4]),
@@ -41,8 +37,14 @@ CASES = {
     "random [12,6] k=12, d=128": (["--teacher", "random", "--widths", "12,6"], 128, 1_000_000, "gauss", 0, [12, 6]),
     "random [16,8] k=16, d=256": (["--teacher", "random", "--widths", "16,8"], 256, 1_000_000, "gauss", 0, [16, 8]),
     "random [4,4], small N=1e5, d=32": (["--teacher", "random", "--widths", "4,4"], 32, 100_000, "gauss", 0.05, [4, 4]),
-    "parity k=10, d=64": (["--teacher", "parity", "--k", "10"], 64, 1_000_000, "gauss", 0, [1024]),
+    # The MLP's width is capped at 256 here (twice the teacher's would be 2048 units).
+    "parity k=10, d=64": (["--teacher", "parity", "--k", "10"], 64, 1_000_000, "gauss", 0, [128]),
     "pure noise, d=64": (["--teacher", "random", "--widths", "4,4"], 64, 400_000, "noise", 0, [4, 4]),
+    "parity k=4, d=128": (["--teacher", "parity", "--k", "4"], 128, 1_000_000, "gauss", 0, [16]),
+    "fan m=4, d=128": (["--teacher", "fan", "--m", "4"], 128, 1_000_000, "gauss", 0, [8]),
+    "deep parity k=3, d=128": (["--teacher", "deep-parity", "--k", "3"], 128, 1_000_000, "gauss", 0, [6, 8]),
+    "composite, d=128": (["--teacher", "composite"], 128, 1_000_000, "gauss", 0, [9]),
+    "random [4,4] bias, d=128": (["--teacher", "random", "--widths", "4,4", "--bias"], 128, 1_000_000, "gauss", 0.0025, [4, 4]),
 }
 
 
@@ -112,7 +114,8 @@ def missed_energy(subspace, grads):
     return float(max(total - inside.sum(), 0.0) / total)
 
 
-def run_case(name, spec, args, tmp):
+def run_case(name, spec, args, tmp, have):
+    """One case's row; with --resume the parts `have` already holds are not run again."""
     flags, d, n, law, noise, widths = spec
     n = max(int(n * args.scale), 20_000)
     path = os.path.join(tmp, name.replace(" ", "_").replace(",", "").replace("=", ""))
@@ -124,11 +127,14 @@ def run_case(name, spec, args, tmp):
     row = {"case": name, "d": d, "n": n, "law": law, "noise": noise}
     model = os.path.join(path, "model.json")
     t = time.perf_counter()
-    p = subprocess.run([BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y",
+    skip = args.resume and "relu_fpt" in have or args.no_ours
+    p = subprocess.CompletedProcess([], 0, "", "") if skip else subprocess.run([BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y",
                         os.path.join(path, "y.npy"), "--out", model, "--backend", "cpu",
                         "--seed", str(args.seed), "--json"], capture_output=True, text=True)
     row["relu_fpt_seconds"] = time.perf_counter() - t
-    if p.returncode == 0:
+    if skip:
+        del row["relu_fpt_seconds"]
+    elif p.returncode == 0:
         rep = json.loads(p.stdout)
         np.save(os.path.join(path, "xt.npy"), xt)
         subprocess.run([BIN, "predict", "--model", model, "--x", os.path.join(path, "xt.npy"),
@@ -145,7 +151,7 @@ def run_case(name, spec, args, tmp):
         row.update(relu_fpt=None, dim=0, exit=p.returncode, error=p.stderr.strip()[-300:])
     row["relevant"] = 0 if law == "noise" else int(
         np.linalg.matrix_rank(gt[:2000], tol=1e-6 * np.abs(gt).max()))
-    if not args.no_mlp:
+    if not args.no_mlp and not (args.resume and "mlp" in have):
         from sklearn.neural_network import MLPRegressor
         x = np.load(os.path.join(path, "x.npy"))
         y = np.load(os.path.join(path, "y.npy"))
@@ -173,10 +179,13 @@ def fmt(v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="", help="substrings of case names, comma separated")
-    ap.add_argument("--no-mlp", action="store_true")
+    ap.add_argument("--no-mlp", action="store_true", help="relu-fpt only")
+    ap.add_argument("--no-ours", action="store_true", help="MLPRegressor only")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every N")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--raw")
+    ap.add_argument("--raw", help="append one JSON line per case to this file")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --raw: skip the cases it already holds and print them from it")
     ap.add_argument("--keep", help="keep the data under this directory")
     args = ap.parse_args()
     want = [c for c in args.cases.split(",") if c]
@@ -185,15 +194,25 @@ def main():
     print("| case | N | relevant dim | found | gradient energy missed | relu-fpt test MSE/Var (s) "
           "| final stage | MLPRegressor (s) |")
     print("|---|---|---|---|---|---|---|---|")
+    done = {}
+    if args.raw and os.path.exists(args.raw):
+        for r in map(json.loads, open(args.raw)):
+            done.setdefault(r["case"], {}).update(r)
     for name, spec in cases.items():
-        row = run_case(name, spec, args, tmp)
+        have = done.get(name, {}) if args.resume else {}
+        row = run_case(name, spec, args, tmp, have)
         if args.raw:
             with open(args.raw, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        ours = (f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})" if row["relu_fpt"]
-                is not None else f"exit {row.get('exit')}: {row.get('error', '')[:80]}")
+        row = {**have, **row} if args.resume else row
+        if row.get("relu_fpt") is not None:
+            ours = f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})"
+        elif "exit" in row:
+            ours = f"exit {row['exit']}: {row.get('error', '')[:80]}"
+        else:
+            ours = "-"
         mlp = f"{fmt(row['mlp'])} ({row['mlp_seconds']:.0f})" if "mlp" in row else "-"
-        print(f"| {name} | {rows(row['n'])} | {row['relevant']} | {row['dim']} | "
+        print(f"| {name} | {rows(row['n'])} | {row['relevant']} | {row.get('dim', '-')} | "
               f"{fmt(row.get('missed'))} | {ours} | {row.get('final_stage', '-')} | {mlp} |",
               flush=True)
         if not args.keep:
