@@ -248,6 +248,10 @@ struct LearnArgs {
     /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
     #[arg(long)]
     no_whiten: bool,
+    /// Hidden widths of the network the deep-net stage trains on z from a random start
+    /// (kept when it validates better than the descent from the search's pick); 0 for none.
+    #[arg(long, value_delimiter = ',', default_value = "32,32")]
+    deep_widths: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -615,6 +619,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         validation_fraction: a.validation,
         polish: !a.no_polish,
         max_dim: a.max_dim,
+        deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
         ..LearnConfig::default()
     };
     if let Some(e) = a.polish_epochs {

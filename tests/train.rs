@@ -461,7 +461,14 @@ fn learn_reports_every_stage() {
     let names: Vec<&str> = rep.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(
         names,
-        ["subspace", "enumerate", "sphere-net", "descent", "polish"]
+        [
+            "subspace",
+            "enumerate",
+            "sphere-net",
+            "descent",
+            "deep-net",
+            "polish"
+        ]
     );
     assert_eq!((rep.train_rows, rep.validation_rows), (16_000, 4000));
     for s in &rep.stages {
@@ -480,9 +487,12 @@ fn learn_reports_every_stage() {
     assert_eq!(rep.stages[1].validation_mse, Some(rep.enumerate_mse));
     assert_eq!(rep.stages[2].validation_mse, rep.sphere_net_mse);
     let descent = rep.descent_mse.unwrap();
+    let deep = rep.deep_net_mse.unwrap();
     let polish = rep.polished_mse.unwrap();
     assert_eq!(rep.stages[3].validation_mse, Some(descent.after));
-    assert_eq!(rep.stages[4].validation_mse, Some(polish.after));
+    assert_eq!(rep.stages[4].validation_mse, Some(deep.after));
+    assert_eq!(rep.stages[5].validation_mse, Some(polish.after));
+    assert_eq!(rep.stages[4].rows, 12_000);
     assert_eq!(rep.stages[0].rows, 16_000);
     assert_eq!(rep.stages[3].rows, 12_000);
     assert_eq!(rep.stages[3].row_reads % rep.stages[3].rows, 0);
@@ -495,6 +505,8 @@ fn learn_reports_every_stage() {
     assert_eq!(from.validation_mse, Some(rep.validation_mse));
     let expected_final = if polish.kept {
         "polish"
+    } else if deep.kept {
+        "deep-net"
     } else if descent.kept {
         "descent"
     } else {
@@ -525,7 +537,7 @@ fn learn_reports_every_stage() {
 
     let json = rep.to_json();
     let stages = json["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 5);
+    assert_eq!(stages.len(), 6);
     for (j, s) in stages.iter().zip(&rep.stages) {
         assert_eq!(j["stage"], s.stage.as_str());
         assert_eq!(j["device"], "cpu");
