@@ -61,7 +61,7 @@ enum BenchCommand {
 /// A teacher network: a random deep network or one of the hard constructions.
 #[derive(Args, Clone)]
 struct TeacherFlags {
-    /// Teacher family (ALGORITHM.md 4.2): random, parity (A), fan (B), deep-parity (C), composite (D).
+    /// Teacher family (docs/algorithm.md, "Hard teachers"): random, parity (A), fan (B), deep-parity (C), composite (D).
     #[arg(long, value_enum)]
     teacher: Option<TeacherKind>,
     /// Input dimension d.
