@@ -10,7 +10,7 @@
 //! them in f64.
 //!
 //! Precision: z and the features in f32; each entry is an f32 sum over at most `chunk` rows
-//! (4,096 by default: about 1e-7 relative on random data, WGPU-NOTES-style chunking), then an
+//! (4,096 by default: about 1e-7 relative on random data), then an
 //! f32 sum of at most `max_chunks` chunk sums, then f64 across dispatches. The tests hold
 //! every entry within 1e-5 of sqrt(G_ii G_jj) of the f64 twin.
 //!
