@@ -11,7 +11,9 @@
 //      the label y and the residual e = output - y, so that row is A = (phi, 1, y, e);
 //   4. adds A_a A_b over the tile into registers, every invocation owning up to MAXPER of the
 //      stat_len statistics: k = 0 the SSE (e e), then the packed upper triangle of phi phi^T,
-//      then phi y. Rows past the end of the samples are all zero and add nothing.
+//      then phi y. Rows past the end of the samples are all zero and add nothing. The sums sit
+//      in four vec4 accumulators addressed by constant components (a run-time-indexed private
+//      array may live in local memory), the blocks past PER skipped by a pipeline constant.
 // Nothing is read or written in global memory per sample except z and y; each workgroup writes
 // its stat_len f32 sums once, to partial[(chunk * cand_count + cand) * stat_len + k].
 // `reduce`: one invocation per (candidate, statistic) adds the chunk partials of a dispatch.
@@ -28,7 +30,7 @@ override SB: u32 = 32u;      // samples per tile
 override STRIDE: u32 = 8u;   // row stride of a plane: >= max(rank, hidden widths) + 3
 override PER: u32 = 1u;      // statistics per invocation: ceil(stat_len / WG) <= MAXPER
 override TILES: u32 = 8u;    // tiles per chunk: a chunk is SB * TILES samples
-const MAXPER: u32 = 16u;
+const MAXPER: u32 = 16u;    // four vec4 accumulators
 
 struct Info {
     sample_start: u32, // first sample of this dispatch
@@ -55,6 +57,12 @@ struct Info {
 
 var<workgroup> plane: array<f32, 2u * SB * STRIDE>;
 
+// The column pairs of four statistics (lo: column a, hi: column b of A_a A_b).
+struct Cols {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+}
+
 // Columns (a, b) of A whose product statistic k sums; packed as a | b << 16.
 fn columns_of(k: u32) -> u32 {
     let f = info.feat;
@@ -73,6 +81,52 @@ fn columns_of(k: u32) -> u32 {
     return (k - 1u - info.tri) | (f << 16u);
 }
 
+// Columns of statistic k (the SSE's for k past the end: computed, never written).
+fn column(k: u32) -> u32 {
+    return select(0u, columns_of(k), k < info.stat_len);
+}
+
+// Columns of this invocation's statistics 4 q .. 4 q + 3 (statistic m is k = t + m WG).
+fn columns4(t: u32, q: u32) -> Cols {
+    let k = t + 4u * q * WG;
+    let c = vec4<u32>(column(k), column(k + WG), column(k + 2u * WG), column(k + 3u * WG));
+    return Cols(c & vec4<u32>(0xffffu), c >> vec4<u32>(16u));
+}
+
+// acc + A_a A_b of four statistics for the row of A at `base`.
+fn accumulate4(base: u32, c: Cols, acc: vec4<f32>) -> vec4<f32> {
+    let a = vec4<f32>(
+        plane[base + c.lo.x],
+        plane[base + c.lo.y],
+        plane[base + c.lo.z],
+        plane[base + c.lo.w],
+    );
+    let b = vec4<f32>(
+        plane[base + c.hi.x],
+        plane[base + c.hi.y],
+        plane[base + c.hi.z],
+        plane[base + c.hi.w],
+    );
+    return fma(a, b, acc);
+}
+
+// Writes this invocation's statistics 4 q .. 4 q + 3 that exist.
+fn write4(out: u32, t: u32, q: u32, acc: vec4<f32>) {
+    let k = t + 4u * q * WG;
+    if k < info.stat_len {
+        partial[out + k] = acc.x;
+    }
+    if k + WG < info.stat_len {
+        partial[out + k + WG] = acc.y;
+    }
+    if k + 2u * WG < info.stat_len {
+        partial[out + k + 2u * WG] = acc.z;
+    }
+    if k + 3u * WG < info.stat_len {
+        partial[out + k + 3u * WG] = acc.w;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn evaluate(
     @builtin(local_invocation_index) t: u32,
@@ -89,13 +143,24 @@ fn evaluate(
     let pbase = cand * info.params_per;
     let rank = info.rank;
 
-    var cols: array<u32, MAXPER>;
-    var acc: array<f32, MAXPER>;
-    for (var m = 0u; m < PER; m++) {
-        let k = t + m * WG;
-        cols[m] = select(0u, columns_of(k), k < info.stat_len);
-        acc[m] = 0.0;
+    // Statistics in blocks of four: block q is live when PER > 4 q (a pipeline constant).
+    let c0 = columns4(t, 0u);
+    var c1 = c0;
+    var c2 = c0;
+    var c3 = c0;
+    if PER > 4u {
+        c1 = columns4(t, 1u);
     }
+    if PER > 8u {
+        c2 = columns4(t, 2u);
+    }
+    if PER > 12u {
+        c3 = columns4(t, 3u);
+    }
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     let first = chunk * SB * TILES;
     let last = min(first + SB * TILES, info.sample_count);
@@ -159,19 +224,29 @@ fn evaluate(
         // 4. Products into registers.
         for (var s = 0u; s < SB; s++) {
             let base = fb + s * STRIDE;
-            for (var m = 0u; m < PER; m++) {
-                let c = cols[m];
-                acc[m] = fma(plane[base + (c & 0xffffu)], plane[base + (c >> 16u)], acc[m]);
+            acc0 = accumulate4(base, c0, acc0);
+            if PER > 4u {
+                acc1 = accumulate4(base, c1, acc1);
+            }
+            if PER > 8u {
+                acc2 = accumulate4(base, c2, acc2);
+            }
+            if PER > 12u {
+                acc3 = accumulate4(base, c3, acc3);
             }
         }
         workgroupBarrier();
     }
     let out = (chunk * info.cand_count + cand) * info.stat_len;
-    for (var m = 0u; m < PER; m++) {
-        let k = t + m * WG;
-        if k < info.stat_len {
-            partial[out + k] = acc[m];
-        }
+    write4(out, t, 0u, acc0);
+    if PER > 4u {
+        write4(out, t, 1u, acc1);
+    }
+    if PER > 8u {
+        write4(out, t, 2u, acc2);
+    }
+    if PER > 12u {
+        write4(out, t, 3u, acc3);
     }
 }
 
