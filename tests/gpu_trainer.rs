@@ -535,3 +535,103 @@ fn cli_learn_on_the_gpu_reports_every_stage_on_the_device() {
     }
     assert!(model.exists());
 }
+
+/// Near the software adapter's loop budget the rows per workgroup drop to one and the gradient
+/// is still exact (lavapipe would silently cut a longer loop short: the estimate must not
+/// undercount); past it the request is a typed error, not a wrong result. On hardware there is
+/// no budget and both run.
+#[test]
+fn wide_layers_fit_the_loop_budget_or_fail_cleanly() {
+    let mut rng = Rng(6);
+    let ctx = gpu().context();
+    let d = 5;
+    for (width, fits) in [(14_000usize, true), (20_000, false)] {
+        let net = network(&mut rng, 2, &[width]);
+        let b = basis(&mut rng, 2, d);
+        let src = samples(
+            &mut rng,
+            d,
+            40,
+            &Network::with_projection(&net, &b).unwrap(),
+        );
+        let shape = FactoredShape::of(&net, d).unwrap();
+        let params = shape.pack(&net, &b).unwrap();
+        let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
+        let got = gpu().train_gradient(&shape, true, &src.x, &src.y, &params);
+        if kp.loop_budget.is_some() {
+            assert_eq!(kp.rows_per_group, 1, "{kp:?}");
+            assert_eq!(
+                kp.loop_cost(&shape.widths) <= kp.loop_budget.unwrap(),
+                fits,
+                "{kp:?}"
+            );
+        }
+        if fits || kp.loop_budget.is_none() {
+            let got = got.expect("within the budget");
+            let want = window_gradient(&shape, true, &src.x, &src.y, &params).unwrap();
+            let scales = block_scales(&shape, &want);
+            for ((&g, &w), &s) in got.iter().zip(&want).zip(&scales) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * s + 1e-12,
+                    "width {width}: {g} vs {w}"
+                );
+            }
+        } else {
+            let e = got.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    relu_fpt::Error::Gpu(relu_fpt::backend::gpu::GpuError::TooLarge(_))
+                ),
+                "{e}"
+            );
+        }
+    }
+}
+
+/// Requests of the wrong size are typed errors on the device too.
+#[test]
+fn bad_trainer_requests_are_errors() {
+    let mut rng = Rng(7);
+    let d = 4;
+    let net = network(&mut rng, 2, &[3]);
+    let b = basis(&mut rng, 2, d);
+    let src = samples(
+        &mut rng,
+        d,
+        50,
+        &Network::with_projection(&net, &b).unwrap(),
+    );
+    let shape = FactoredShape::of(&net, d).unwrap();
+    let mut params = shape.pack(&net, &b).unwrap();
+    let mut adam = Adam::new(params.len(), 1e-3, 10);
+    let g = gpu();
+    assert!(g
+        .train_window(
+            &shape,
+            true,
+            &src.x[1..],
+            &src.y,
+            16,
+            &mut params,
+            &mut adam
+        )
+        .is_err());
+    assert!(g
+        .train_window(&shape, true, &src.x, &src.y, 0, &mut params, &mut adam)
+        .is_err());
+    let mut short = params[1..].to_vec();
+    assert!(g
+        .train_window(&shape, false, &src.x, &src.y, 16, &mut short, &mut adam)
+        .is_err());
+    assert_eq!(adam.steps(), 0);
+    let features = SphereFeatures {
+        basis: b.concat()[1..].to_vec(),
+        rank: 2,
+        directions: vec![1.0, 0.0],
+        thresholds: vec![0.0],
+    };
+    assert!(g
+        .feature_normal_equations(&src, &features, &hidden())
+        .is_err());
+}
