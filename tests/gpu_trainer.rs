@@ -558,13 +558,9 @@ fn wide_layers_fit_the_loop_budget_or_fail_cleanly() {
         let params = shape.pack(&net, &b).unwrap();
         let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
         let got = gpu().train_gradient(&shape, true, &src.x, &src.y, &params);
-        if kp.loop_budget.is_some() {
+        if let Some(budget) = kp.loop_budget {
             assert_eq!(kp.rows_per_group, 1, "{kp:?}");
-            assert_eq!(
-                kp.loop_cost(&shape.widths) <= kp.loop_budget.unwrap(),
-                fits,
-                "{kp:?}"
-            );
+            assert_eq!(kp.loop_cost(&shape.widths) <= budget, fits, "{kp:?}");
         }
         if fits || kp.loop_budget.is_none() {
             let got = got.expect("within the budget");
