@@ -176,6 +176,20 @@ def fmt(v):
     return f"{v:.2g}" if abs(v) < 1e-3 or abs(v) >= 100 else f"{v:.3g}"
 
 
+def print_row(row):
+    if row.get("relu_fpt") is not None:
+        ours = f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})"
+    elif "exit" in row:
+        why = row.get("error", "").split("error: ")[-1].split(":")[0]
+        ours = f"exit {row['exit']} ({why})"
+    else:
+        ours = "-"
+    mlp = f"{fmt(row['mlp'])} ({row['mlp_seconds']:.0f})" if "mlp" in row else "-"
+    print(f"| {row['case']} | {rows(row['n'])} | {row['relevant']} | {row.get('dim', '-')} | "
+          f"{fmt(row.get('missed'))} | {ours} | {row.get('final_stage', '-')} | {mlp} |",
+          flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="", help="substrings of case names, comma separated")
@@ -200,21 +214,16 @@ def main():
             done.setdefault(r["case"], {}).update(r)
     for name, spec in cases.items():
         have = done.get(name, {}) if args.resume else {}
+        ours_done = "relu_fpt" in have or "exit" in have or args.no_ours
+        if ours_done and ("mlp" in have or args.no_mlp):
+            print_row(have)  # nothing left to run
+            continue
         row = run_case(name, spec, args, tmp, have)
         if args.raw:
             with open(args.raw, "a") as f:
                 f.write(json.dumps(row) + "\n")
         row = {**have, **row} if args.resume else row
-        if row.get("relu_fpt") is not None:
-            ours = f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})"
-        elif "exit" in row:
-            ours = f"exit {row['exit']}: {row.get('error', '')[:80]}"
-        else:
-            ours = "-"
-        mlp = f"{fmt(row['mlp'])} ({row['mlp_seconds']:.0f})" if "mlp" in row else "-"
-        print(f"| {name} | {rows(row['n'])} | {row['relevant']} | {row.get('dim', '-')} | "
-              f"{fmt(row.get('missed'))} | {ours} | {row.get('final_stage', '-')} | {mlp} |",
-              flush=True)
+        print_row(row)
         if not args.keep:
             for f in os.listdir(tmp):
                 p = os.path.join(tmp, f)

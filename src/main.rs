@@ -220,8 +220,8 @@ struct LearnArgs {
     /// Most candidate networks enumerate-and-test evaluates.
     #[arg(long, default_value_t = 512)]
     budget: usize,
-    /// Upper bound on the subspace dimension.
-    #[arg(long, default_value_t = 8)]
+    /// Upper bound on the subspace dimension (a user bound, not a limit of the method).
+    #[arg(long, default_value_t = 32)]
     max_dim: usize,
     /// Fraction of the samples held out for validation (the last rows).
     #[arg(long, default_value_t = 0.2)]
