@@ -322,6 +322,8 @@ fn normal_equations_match_the_f64_twin() {
 struct Named {
     inner: MemorySource,
     reads: std::sync::atomic::AtomicUsize,
+    /// Unique per test: the backend is shared, and equal keys promise equal rows.
+    name: &'static str,
 }
 
 impl SampleSource for Named {
@@ -346,7 +348,7 @@ impl SampleSource for Named {
         "named test source".into()
     }
     fn identity(&self) -> Option<String> {
-        Some("gpu_trainer named source".into())
+        Some(self.name.into())
     }
 }
 
@@ -359,6 +361,7 @@ fn scores_match_the_f64_twin_and_reuse_resident_rows() {
     let src = Named {
         inner: samples(&mut rng, d, 2_345, &teacher),
         reads: Default::default(),
+        name: "gpu_trainer scores",
     };
     // Compact networks (rank 3, rank 9 with a deep small net, a wide one) and a dense one.
     let nets = [
@@ -630,4 +633,54 @@ fn bad_trainer_requests_are_errors() {
     assert!(g
         .feature_normal_equations(&src, &features, &hidden())
         .is_err());
+}
+
+/// A whitened view names itself by its source and the exact map it applies: the GPU keeps it
+/// resident across scoring passes, and two whitenings of one source never share a copy.
+#[test]
+fn whitened_views_are_kept_resident_under_their_own_keys() {
+    use relu_fpt::data::whiten::{WhitenedSource, Whitening};
+    let mut rng = Rng(8);
+    let d = 6;
+    let b = basis(&mut rng, 2, d);
+    let teacher = Network::with_projection(&network(&mut rng, 2, &[3]), &b).unwrap();
+    let src = Named {
+        inner: samples(&mut rng, d, 1_500, &teacher),
+        reads: Default::default(),
+        name: "gpu_trainer whitened",
+    };
+    let whitening = |scale: f64| Whitening {
+        map: Some(
+            (0..d - 1)
+                .map(|i| (0..d).map(|j| if i == j { scale } else { 0.1 }).collect())
+                .collect(),
+        ),
+        mean: vec![0.05; d],
+        ..Whitening::identity(d)
+    };
+    let (w1, w2) = (whitening(1.0), whitening(1.5));
+    let (v1, v2) = (
+        WhitenedSource::new(&src, &w1).unwrap(),
+        WhitenedSource::new(&src, &w2).unwrap(),
+    );
+    let again = WhitenedSource::new(&src, &w1).unwrap();
+    assert_eq!(v1.identity(), again.identity());
+    assert_ne!(v1.identity(), v2.identity());
+    assert!(WhitenedSource::new(&src.inner, &w1)
+        .unwrap()
+        .identity()
+        .is_none());
+    // Scoring on each view: the first pass reads the source, later passes use the device copy.
+    let net = network(&mut rng, d - 1, &[4]);
+    let count = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    for view in [&v1, &v2] {
+        let want = common::cpu().sse(&[&net], view).unwrap();
+        let before = count();
+        let first = gpu().sse(&[&net], view).unwrap();
+        let read = count();
+        assert!(read > before);
+        assert_eq!(gpu().sse(&[&net], view).unwrap(), first);
+        assert_eq!(count(), read, "the second pass reads the resident copy");
+        assert!((first[0] - want[0]).abs() <= 1e-6 * want[0]);
+    }
 }
