@@ -216,7 +216,8 @@ fn one_and_several_threads_give_identical_models() {
     assert_ne!(other.params, one.params);
 }
 
-/// z = B x on both backends against f64 dot products.
+/// z = B x on both backends against f64 dot products: the CPU sums in f64 (within 1e-6 of
+/// 1 + |z|), the GPU in f32 (within 1e-6 of 1 + sum |B_ji x_i|).
 #[test]
 fn projection_matches_f64_on_both_backends() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -230,9 +231,14 @@ fn projection_matches_f64_on_both_backends() {
                 for (j, b) in basis.chunks_exact(d).enumerate() {
                     let want: f64 = b.iter().zip(row).map(|(p, &q)| p * q as f64).sum();
                     let got = z[i * r + j] as f64;
+                    let scale = match backend.kind() {
+                        "cpu" => want.abs(),
+                        _ => b.iter().zip(row).map(|(p, &q)| (p * q as f64).abs()).sum(),
+                    };
                     assert!(
-                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                        "{got} {want}"
+                        (got - want).abs() <= 1e-6 * (1.0 + scale),
+                        "{} {got} {want}",
+                        backend.kind()
                     );
                 }
             }
@@ -272,9 +278,13 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         assert_eq!(adam.steps(), 1);
         results.push(p);
     }
-    assert_eq!(results[0], results[1]);
+    // The GPU's gradient is f32 (tests/gpu_trainer.rs bounds it); after one step the two agree
+    // far below the step size.
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((a - b).abs() < 1e-12, "{a} {b}");
+    }
     // Adam's first step moves every parameter by lr against the sign of its gradient.
-    for (k, (&moved, &was)) in results[0].iter().zip(&start).enumerate() {
+    for (k, &was) in start.iter().enumerate() {
         let h = 1e-6;
         let (mut up, mut down) = (start.clone(), start.clone());
         up[k] += h;
@@ -282,10 +292,12 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         let g = (sse(&up) - sse(&down)) / (2.0 * h);
         if g.abs() > 1.0 {
             let want = was - 1e-3 * g.signum();
-            assert!(
-                (moved - want).abs() < 1e-8,
-                "parameter {k}: {moved} vs {want}"
-            );
+            for moved in results.iter().map(|p| p[k]) {
+                assert!(
+                    (moved - want).abs() < 1e-8,
+                    "parameter {k}: {moved} vs {want}"
+                );
+            }
         }
     }
     // B fixed: the basis entries do not move, the others do.
@@ -303,7 +315,8 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         .is_err());
 }
 
-/// The feature normal equations on both backends against f64 sums in one loop.
+/// The feature normal equations on both backends against f64 sums in one loop: within 1e-9
+/// of 1 + |entry| on the CPU (f64), within 1e-5 of 1 + sqrt(G_ii G_jj) on the GPU (f32 chunks).
 #[test]
 fn feature_normal_equations_match_f64_sums_on_both_backends() {
     let c = case(5000);
@@ -338,13 +351,28 @@ fn feature_normal_equations_match_f64_sums_on_both_backends() {
             .feature_normal_equations(&c.source, &features, &indicatif::ProgressBar::hidden())
             .unwrap();
         assert_eq!(got.rows, 5000);
-        for (a, b) in got
+        // Row i of the packed triangle starts at diag[i]; y^2 bounds the right-hand sides.
+        let starts: Vec<usize> = (0..f).map(|i| (0..i).map(|k| f - k).sum()).collect();
+        let y2: f64 = c.source.y.iter().map(|&y| (y as f64).powi(2)).sum();
+        let mut scales = Vec::new();
+        for i in 0..f {
+            for j in i..f {
+                scales.push((want.gram[starts[i]] * want.gram[starts[j]]).sqrt());
+            }
+        }
+        scales.extend((0..f).map(|i| (want.gram[starts[i]] * y2).sqrt()));
+        for ((a, b), s) in got
             .gram
             .iter()
             .chain(&got.rhs)
             .zip(want.gram.iter().chain(&want.rhs))
+            .zip(scales)
         {
-            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{a} {b}");
+            let tol = match backend.kind() {
+                "cpu" => 1e-9 * (1.0 + b.abs()),
+                _ => 1e-5 * (1.0 + s),
+            };
+            assert!((a - b).abs() <= tol, "{} {a} {b}", backend.kind());
         }
     }
 }
@@ -369,11 +397,13 @@ fn sse_of_several_networks_matches_f64_on_both_backends() {
             })
             .sum();
         assert!((got[0] - want).abs() < 1e-5 * want, "{got:?} {want}");
-        assert!((got[1] - want_zero).abs() < 1e-9 * want_zero);
+        // f64 sums on the CPU, f32 partials of 512 rows on the GPU.
+        let tol = if backend.kind() == "cpu" { 1e-9 } else { 1e-6 };
+        assert!((got[1] - want_zero).abs() < tol * want_zero);
     }
 }
 
-/// Until the GPU backend has its own trainer kernels it runs the CPU passes, and says so.
+/// Each backend runs every pass on its own device, and says so.
 #[test]
 fn backends_say_which_device_runs_each_pass() {
     let cpu = common::cpu();
@@ -386,10 +416,15 @@ fn backends_say_which_device_runs_each_pass() {
     ] {
         assert_eq!(cpu.device_of(pass), "cpu");
     }
-    assert_eq!(gpu.device_of(Pass::Moments), "gpu");
-    assert_eq!(gpu.device_of(Pass::Evaluate), "gpu");
-    assert_eq!(gpu.device_of(Pass::TrainWindow), "cpu");
-    assert_eq!(gpu.device_of(Pass::FeatureNormalEquations), "cpu");
+    for pass in [
+        Pass::Moments,
+        Pass::Evaluate,
+        Pass::TrainWindow,
+        Pass::FeatureNormalEquations,
+        Pass::Project,
+    ] {
+        assert_eq!(gpu.device_of(pass), "gpu");
+    }
 }
 
 /// A basis that lacks one of the teacher's two directions: the polish's spare row grows into
