@@ -233,8 +233,9 @@ struct LearnArgs {
     /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
-    /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
-    /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
+    /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)
+    /// over the training rows, 0 for neither (default: 30, fewer on more than 1e5 rows, adding
+    /// up to 3e6 row reads, at least two; the deep net 60 and 1e7 row reads).
     #[arg(long)]
     descent_epochs: Option<usize>,
     /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
@@ -630,6 +631,11 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         config.descent = e > 0;
         config.descent_config.epochs = e;
         config.descent_config.row_budget = 0;
+        config.deep_config.epochs = e;
+        config.deep_config.row_budget = 0;
+        if e == 0 {
+            config.deep_widths.clear();
+        }
     }
     config.subspace_config.refine_steps = a.refine_steps;
     config.max_train_rows = a.max_train_rows;

@@ -433,6 +433,11 @@ fn learn_matches_the_cpu(spec: relu_fpt::teacher::TeacherSpec) {
             epochs: 6,
             ..LearnConfig::default().descent_config
         },
+        deep_config: PolishConfig {
+            epochs: 6,
+            row_budget: 0,
+            ..LearnConfig::default().deep_config
+        },
         polish_config: PolishConfig {
             epochs: 6,
             ..Default::default()
@@ -454,7 +459,7 @@ fn learn_matches_the_cpu(spec: relu_fpt::teacher::TeacherSpec) {
         c.summary(),
         g.summary()
     );
-    assert_eq!(g.stages.len(), 5, "{}", g.summary());
+    assert_eq!(g.stages.len(), 6, "{}", g.summary());
     for st in &g.stages {
         assert_eq!(st.device, "gpu", "{}: {}", teacher.name, g.summary());
     }
@@ -527,7 +532,14 @@ fn cli_learn_on_the_gpu_reports_every_stage_on_the_device() {
         .collect();
     assert_eq!(
         names,
-        ["subspace", "enumerate", "sphere-net", "descent", "polish"]
+        [
+            "subspace",
+            "enumerate",
+            "sphere-net",
+            "descent",
+            "deep-net",
+            "polish"
+        ]
     );
     let train_rows = report["train_rows"].as_u64().expect("train_rows");
     for st in stages {
