@@ -6,6 +6,7 @@ mod feed;
 mod fit;
 mod forward;
 mod moments;
+mod sample;
 mod smoke;
 
 pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
@@ -17,6 +18,7 @@ use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
 pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
+pub use sample::{generate_on_device, philox_words_on_device};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
