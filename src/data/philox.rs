@@ -400,6 +400,50 @@ mod tests {
         }
     }
 
+    /// The stream's moments, tails and neighbour correlations over 2^20 values are those of
+    /// independent standard normals within 5 standard errors.
+    #[test]
+    fn the_stream_looks_standard_normal() {
+        let (rows, d) = (1usize << 14, 64);
+        let mut x = vec![0f32; rows * d];
+        fill_rows(2024, 1 << 33, d, &mut x);
+        let n = x.len() as f64;
+        let mean = |f: &dyn Fn(f64) -> f64| x.iter().map(|&v| f(v as f64)).sum::<f64>() / n;
+        let se = |var: f64| 5.0 * (var / n).sqrt();
+        let m1 = mean(&|z| z);
+        let m2 = mean(&|z| z * z);
+        let m3 = mean(&|z| z * z * z);
+        let m4 = mean(&|z| z.powi(4));
+        assert!(m1.abs() < se(1.0), "mean {m1}");
+        assert!((m2 - 1.0).abs() < se(2.0), "variance {m2}");
+        assert!(m3.abs() < se(15.0), "third moment {m3}");
+        assert!((m4 - 3.0).abs() < se(96.0), "fourth moment {m4}");
+        for (t, p) in [
+            (1.0, 0.317_310_507_9),
+            (2.0, 0.045_500_263_9),
+            (3.0, 0.002_699_796),
+        ] {
+            let got = mean(&|z| f64::from(u8::from(z.abs() > t)));
+            assert!(
+                (got - p).abs() < se(p * (1.0 - p)),
+                "P(|z| > {t}) = {got}, want {p}"
+            );
+        }
+        // Neighbouring columns (same Philox call or Box-Muller pair) and rows are uncorrelated.
+        for (a, b) in [(0usize, 1usize), (1, 2), (3, 4), (0, d)] {
+            let pairs = x.len() - b;
+            let c = (0..pairs)
+                .map(|i| x[i] as f64 * x[i + b - a] as f64)
+                .sum::<f64>()
+                / pairs as f64;
+            assert!(
+                c.abs() < 5.0 / (pairs as f64).sqrt(),
+                "correlation at lag {} = {c}",
+                b - a
+            );
+        }
+    }
+
     #[test]
     fn ln2_constant() {
         assert!((LN2_Q58 as f64 / 2f64.powi(58) - std::f64::consts::LN_2).abs() < 1e-16);

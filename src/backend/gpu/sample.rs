@@ -104,9 +104,11 @@ fn grid(ctx: &GpuContext, items: u64) -> Result<[u32; 2]> {
     Ok([gx as u32, gy as u32])
 }
 
-/// `network` with `extra` zero-weight inputs appended (it reads rows with a group column).
+/// `network` as a plain layer stack (projection folded in, no subspace record) with `extra`
+/// zero-weight inputs appended (it reads rows with a group column).
 fn widen(network: &Network, extra: usize) -> Network {
     let mut n = network.dense();
+    n.subspace = None;
     if extra == 0 {
         return n;
     }
