@@ -15,7 +15,8 @@
 # software adapter such as lavapipe, which is how it is checked where no GPU is lent (it then
 # runs only the GPU test binaries; its figures say nothing about speed).
 # Environment: RELU_FPT_BIN=path skips the build and uses that binary (the test step then
-# still needs cargo); GPU_CHECK_DEADLINE=seconds (default 450) bounds the whole run: each step
+# still needs cargo); GPU_CHECK_PROFILE=dev builds the debug profile instead of release (for a
+# quick check of the script itself: its timings mean nothing); GPU_CHECK_DEADLINE=seconds (default 450) bounds the whole run: each step
 # gets what is left, a step that fails or runs out of time is recorded as such and the next one
 # runs. RELU_FPT_GPU_RESIDENT_MIB (default 100000 here) lets the device keep the samples.
 set -uo pipefail
@@ -54,25 +55,40 @@ fi
 
 # Seconds left before the deadline, keeping `reserve` for the steps after this one.
 left() { local reserve=$1; local now; now=$(date +%s); echo $((deadline - now - reserve)); }
-# A JSON string.
-js() { printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/ /g' | awk 'BEGIN{ORS=""} {if (NR>1) print "\\n"; print}' | sed -e 's/^/"/' -e 's/$/"/'; }
-# Runs "$@" with at most $1 seconds; prints the exit status (124: out of time).
+# A JSON string (control characters other than tab and newline dropped).
+js() {
+  local s
+  s=$(printf '%s' "$1" | tr -d '\000-\010\013-\037')
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\t'/ }
+  s=${s//$'\n'/\\n}
+  printf '"%s"' "$s"
+}
+# Runs "$@" for at most $1 seconds with stdout to $2 and stderr to $3; prints the exit status
+# (124: out of time).
 timed() {
-  local limit=$1; shift
-  if [ "$limit" -le 0 ]; then echo 124; return; fi
-  timeout --kill-after=10 "$limit" "$@"; echo $?
+  local limit=$1 out=$2 err=$3; shift 3
+  if [ "$limit" -le 0 ]; then echo "no time left" >"$err"; echo 124; return; fi
+  if [ "$out" = "$err" ]; then
+    timeout --kill-after=10 "$limit" "$@" >"$out" 2>&1; echo $?
+  else
+    timeout --kill-after=10 "$limit" "$@" >"$out" 2>"$err"; echo $?
+  fi
 }
 
 # 0. Build (release: the timings need it; tests build in the same profile, sharing the deps).
+profile=${GPU_CHECK_PROFILE:-release}
+profile_dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 build_status=0
 build_start=$(date +%s)
 if [ -z "${RELU_FPT_BIN:-}" ]; then
   if [ "$skip_tests" = 1 ]; then
-    cargo build --release --locked >"$work/build.log" 2>&1 || build_status=$?
+    cargo build --profile "$profile" --locked >"$work/build.log" 2>&1 || build_status=$?
   else
-    cargo test --release --locked --no-run >"$work/build.log" 2>&1 || build_status=$?
+    cargo test --profile "$profile" --locked --no-run >"$work/build.log" 2>&1 || build_status=$?
   fi
-  bin=${CARGO_TARGET_DIR:-target}/release/relu-fpt
+  bin=${CARGO_TARGET_DIR:-target}/$profile_dir/relu-fpt
 else
   bin=$RELU_FPT_BIN
 fi
@@ -94,8 +110,8 @@ tests_json='{"skipped":true}'
 if [ "$skip_tests" != 1 ]; then
   limit=$(left 240); [ "$limit" -gt 240 ] && limit=240
   t0=$(date +%s)
-  status=$(timed "$limit" cargo test --release --locked "${test_args[@]}" -- --test-threads=4 \
-    >"$work/tests.log" 2>&1)
+  status=$(timed "$limit" "$work/tests.log" "$work/tests.log" \
+    cargo test --profile "$profile" --locked "${test_args[@]}" -- --test-threads=4)
   count() { grep -E '^test result' "$work/tests.log" | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s+=$1} END{print s+0}'; }
   passed=$(count passed)
   failed=$(count failed)
@@ -111,8 +127,8 @@ bench_lines=()
 for d in $bench_dims; do
   for k in $bench_bins; do
     limit=$(left 200); [ "$limit" -gt 60 ] && limit=60
-    status=$(timed "$limit" "$bin" bench moments --backend gpu --n "$bench_n" --d "$d" --bins "$k" \
-      --runs 5 --json >"$work/bench.out" 2>"$work/bench.err")
+    status=$(timed "$limit" "$work/bench.out" "$work/bench.err" \
+      "$bin" bench moments --backend gpu --n "$bench_n" --d "$d" --bins "$k" --runs 5 --json)
     if [ "$status" = 0 ] && [ -s "$work/bench.out" ]; then
       bench_lines+=("$(tail -1 "$work/bench.out")")
       echo "bench d = $d, K = $k: $(tail -1 "$work/bench.out")" >&2
@@ -130,9 +146,9 @@ learn_run() {
   local limit; limit=$(left "$reserve"); [ "$limit" -gt "$cap" ] && limit=$cap
   local t0; t0=$(date +%s)
   local status
-  status=$(timed "$limit" "$bin" learn --teacher parity --k 4 --d "$learn_d" --n "$learn_n" \
-    --backend "$backend" --seed 1 --json --out "$work/model-$backend.json" \
-    >"$work/learn-$backend.out" 2>"$work/learn-$backend.err")
+  status=$(timed "$limit" "$work/learn-$backend.out" "$work/learn-$backend.err" \
+    "$bin" learn --teacher parity --k 4 --d "$learn_d" --n "$learn_n" --backend "$backend" \
+    --seed 1 --json --out "$work/model-$backend.json")
   local seconds=$(( $(date +%s) - t0 ))
   if [ "$status" = 0 ] && [ -s "$work/learn-$backend.out" ]; then
     printf '{"backend":"%s","status":0,"wall_seconds":%s,"report":%s}' "$backend" "$seconds" \
@@ -160,7 +176,7 @@ fi
   printf '{"format":"relu-fpt/gpu-check","version":1,"small":%s,' "$([ "$small" = 1 ] && echo true || echo false)"
   printf '"started":"%s","total_seconds":%s,' "$(date -u -d "@$start" +%FT%TZ)" "$(( $(date +%s) - start ))"
   printf '"machine":{"cpu":%s,"cores":%s,"devices":%s},' "$(js "$cpu_model")" "$cores" "$(js "$devices")"
-  printf '"build":{"status":0,"seconds":%s},' "$build_seconds"
+  printf '"build":{"status":0,"profile":"%s","seconds":%s},' "$profile" "$build_seconds"
   printf '"tests":%s,' "$tests_json"
   printf '"bench_moments":[%s],' "$(IFS=,; echo "${bench_lines[*]}")"
   printf '"learn":{"n":%s,"d":%s,"gpu":%s,"cpu":%s,"cpu_over_gpu_wall":%s}}\n' \
