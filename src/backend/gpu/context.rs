@@ -518,6 +518,21 @@ impl GpuContext {
     }
 }
 
+/// Fails with [`GpuError::Overflow`] when a device sum read back is not finite. Inputs are
+/// finite (sources check them), so a non-finite sum means an f32 accumulator overflowed.
+pub(crate) fn check_finite(what: &str, sums: &[f32]) -> Result<(), GpuError> {
+    match sums.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(GpuError::Overflow(format!(
+            "{what}: sum {i} of {} is {}; the products of x and the labels (or their squares) \
+             are too large for f32 sums: rescale x and y (e.g. divide y by its standard \
+             deviation), or use --backend cpu",
+            sums.len(),
+            sums[i]
+        ))),
+    }
+}
+
 /// Compiled pipelines by configuration, built on first use and shared by every later call.
 pub struct PipelineCache<K, P> {
     built: std::sync::Mutex<std::collections::HashMap<K, std::sync::Arc<P>>>,

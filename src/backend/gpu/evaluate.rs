@@ -405,6 +405,7 @@ pub fn evaluate_candidates_with(
             let flops = dispatch_flops(cc, kc);
             let sums: Vec<f32> =
                 ctx.submit_and_read("evaluate", enc, &readback, out_bytes, flops)?;
+            super::context::check_finite("candidate evaluation", &sums)?;
             // Candidate-major: sums[ci * stat_len + k], k = 0 the SSE, then gram, then phi y.
             for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
                 let c = c0 + ci;

@@ -379,6 +379,7 @@ fn generate_batches(
     let mut in_flight: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
     let mut start = 0u64;
     let mut index = 0usize;
+    let mut queued_rows = 0usize;
     while start < n {
         let rows = (rows_per_batch as u64).min(n - start) as usize;
         let (xb, yb) = ((rows * d * 4) as u64, (rows * 4) as u64);
@@ -416,7 +417,10 @@ fn generate_batches(
                 }
             }
         };
-        let ys = gen.generate(ctx, start, rows, &x_buf, &y_buf)?;
+        // The labels' readback waits for the pass work queued on earlier batches too.
+        let queued = queued_rows as f64 * row_flops;
+        let ys = gen.generate(ctx, start, rows, &x_buf, &y_buf, queued)?;
+        queued_rows = rows;
         if let Some(store) = resident {
             store.generated.fetch_add(rows as u64, Ordering::Relaxed);
         }

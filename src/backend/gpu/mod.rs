@@ -56,6 +56,10 @@ pub enum GpuError {
     /// Mapping a readback buffer failed.
     #[error("GPU buffer map failed: {0}")]
     Map(String),
+    /// A sum the device keeps in f32 left the f32 range (above 3.4e38): the data's scale is
+    /// too large for the GPU's sums (the CPU backend sums in f64).
+    #[error("GPU sums overflowed f32: {0}")]
+    Overflow(String),
 }
 
 /// The wgpu implementation of [`Backend`].

@@ -41,6 +41,14 @@ struct Pipelines {
 /// which has no backend at hand, so they live in the context).
 fn pipelines(ctx: &GpuContext) -> Result<Arc<Pipelines>> {
     Ok(ctx.launcher_state(|| -> Result<Pipelines, GpuError> {
+        let lim = &ctx.limits;
+        if WORKGROUP > lim.max_compute_invocations_per_workgroup
+            || WORKGROUP > lim.max_compute_workgroup_size_x
+        {
+            return Err(GpuError::TooLarge(format!(
+                "the sampler's workgroups of {WORKGROUP} invocations exceed this adapter's limit"
+            )));
+        }
         let constants = [("WG", WORKGROUP as f64)];
         let build = |entry: &str| ctx.compute_pipeline("sample", SHADER, entry, &constants);
         Ok(Pipelines {
@@ -231,7 +239,9 @@ impl Generator {
     }
 
     /// Generates rows `start .. start + rows` of the source into `x` (rows x stride f32) and
-    /// `y` (rows f32) and returns the labels read back. One submission, waited for.
+    /// `y` (rows f32) and returns the labels read back. One submission, waited for; `queued`
+    /// is the work submitted before it that the wait also covers (the queue runs in order), so
+    /// that the wait's bound counts it.
     pub(crate) fn generate(
         &self,
         ctx: &GpuContext,
@@ -239,6 +249,7 @@ impl Generator {
         rows: usize,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
+        queued: f64,
     ) -> Result<Vec<f32>> {
         if rows == 0 {
             return Ok(Vec::new());
@@ -306,7 +317,7 @@ impl Generator {
         let bytes = (rows * 4) as u64;
         let staging = ctx.staging_buffer("sample labels readback", bytes);
         enc.copy_buffer_to_buffer(y, 0, &staging, 0, bytes);
-        let flops = rows as f64 * self.row_flops();
+        let flops = rows as f64 * self.row_flops() + queued;
         Ok(ctx.submit_and_read("sample", enc, &staging, bytes, flops)?)
     }
 }
@@ -366,7 +377,7 @@ pub fn generate_on_device(
     let xb = (rows * recipe.stride() * 4) as u64;
     let x = ctx.storage_buffer("generated x", xb)?;
     let y = ctx.storage_buffer("generated y", (rows * 4) as u64)?;
-    let ys = gen.generate(ctx, start, rows, &x, &y)?;
+    let ys = gen.generate(ctx, start, rows, &x, &y, 0.0)?;
     let staging = ctx.staging_buffer("generated x readback", xb);
     let mut enc = ctx
         .device
