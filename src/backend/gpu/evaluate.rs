@@ -169,8 +169,8 @@ pub(crate) fn evaluate_candidates(
 }
 
 /// Loop iterations of one invocation per tile of `sb` samples with `wg` invocations (every
-/// non-unrolled loop counts on lavapipe; the statistics loop is counted in full although its
-/// constant trip count unrolls in practice).
+/// non-unrolled loop counts on lavapipe; the statistics, straight-line code over four vec4
+/// register blocks, are counted as `per + 1` per sample, an upper bound).
 fn loop_cost_per_tile(batch: &CandidateBatch, wg: u64, sb: u64, per: u64) -> u64 {
     let r = batch.inputs as u64;
     let mut cost = 1 + (sb * r).div_ceil(wg);
