@@ -369,6 +369,11 @@ impl SampleSource for CenteredSource<'_> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn synthetic(&self) -> Option<super::Synthetic> {
+        let mut s = self.inner.synthetic().filter(|s| s.is_plain())?;
+        s.centre = Some(self.centre.clone());
+        Some(s)
+    }
 }
 
 /// The whitened rows W (x - mu) (q columns), labels unchanged. Costs d q per row: for

@@ -8,6 +8,7 @@ mod fit;
 mod forward;
 mod moments;
 mod project;
+mod sample;
 mod smoke;
 mod trainer;
 
@@ -20,6 +21,7 @@ use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
 pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
+pub use sample::{generate_on_device, philox_words_on_device};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 // The trainer's passes: projection, small-network training and scoring, sphere-net features.
 pub use features::FeatureKernelParams;
@@ -64,6 +66,10 @@ pub enum GpuError {
     /// Mapping a readback buffer failed.
     #[error("GPU buffer map failed: {0}")]
     Map(String),
+    /// A sum the device keeps in f32 left the f32 range (above 3.4e38): the data's scale is
+    /// too large for the GPU's sums (the CPU backend sums in f64).
+    #[error("GPU sums overflowed f32: {0}")]
+    Overflow(String),
 }
 
 /// The wgpu implementation of [`Backend`].
