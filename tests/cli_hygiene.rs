@@ -226,3 +226,27 @@ fn no_window_system_noise_on_stderr_without_xdg_runtime_dir() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn no_window_system_noise_when_auto_opens_the_adapter() {
+    // --backend auto asks for an adapter through GpuContext::new, not through `devices`.
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["subspace", "--teacher", "random", "--d", "8", "--k", "2"])
+        .args([
+            "--n",
+            "4000",
+            "--refine-steps",
+            "0",
+            "--backend",
+            "auto",
+            "--out",
+        ])
+        .arg(dir.path().join("s.json"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "driver noise: {err}");
+}

@@ -130,8 +130,7 @@ impl GpuContext {
     /// Opens the preferred adapter. `WGPU_BACKEND` and `WGPU_POWER_PREF` are honoured.
     /// With `allow_software = false` a CPU (software) adapter is refused.
     pub fn new(allow_software: bool) -> Result<Self, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = headless_instance();
         let adapter =
             pollster::block_on(
                 instance.request_adapter(&wgpu::RequestAdapterOptions {
