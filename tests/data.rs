@@ -803,6 +803,14 @@ fn slice_source_reads_borrowed_rows_like_memory_source() {
             .unwrap(),
         0
     );
+    // Passes read the caller's memory in place: the rows handed out are the borrowed ones.
+    let (xs, ys) = slices.in_memory(2, 3).unwrap();
+    assert_eq!(xs.as_ptr(), memory.x[6..].as_ptr());
+    assert_eq!(ys.as_ptr(), memory.y[2..].as_ptr());
+    assert_eq!((xs.len(), ys.len()), (9, 3));
+    let (xs, ys) = slices.in_memory(9, 5).unwrap();
+    assert_eq!((xs.len(), ys.len()), (3, 1));
+    assert!(slices.identity().is_none());
     let e = relu_fpt::data::SliceSource::new(4, &memory.x, &memory.y).unwrap_err();
     assert!(
         e.to_string().contains("30 values") && e.to_string().contains("10 rows"),

@@ -204,6 +204,16 @@ impl SampleSource for SliceSource<'_> {
     fn describe(&self) -> String {
         format!("{} samples in memory, d = {}", self.y.len(), self.dim)
     }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = (start as usize).min(self.y.len());
+        let end = start.saturating_add(rows).min(self.y.len());
+        Some((
+            &self.x[start * self.dim..end * self.dim],
+            &self.y[start..end],
+        ))
+    }
+    // No `identity`: the caller may free or rewrite the memory once the borrow ends, and a new
+    // array can land at the same address, so no key could promise equal contents across runs.
 }
 
 /// A shape as Python writes it: `(5,)`, `(5, 3)`.
