@@ -63,7 +63,7 @@ enum BenchCommand {
 /// A teacher network: a random deep network or one of the hard constructions.
 #[derive(Args, Clone)]
 struct TeacherFlags {
-    /// Teacher family (ALGORITHM.md 4.2): random, parity (A), fan (B), deep-parity (C), composite (D).
+    /// Teacher family (docs/algorithm.md, "Hard teachers"): random, parity (A), fan (B), deep-parity (C), composite (D).
     #[arg(long, value_enum)]
     teacher: Option<TeacherKind>,
     /// Input dimension d.
@@ -222,8 +222,8 @@ struct LearnArgs {
     /// Most candidate networks enumerate-and-test evaluates.
     #[arg(long, default_value_t = 512)]
     budget: usize,
-    /// Upper bound on the subspace dimension.
-    #[arg(long, default_value_t = 8)]
+    /// Upper bound on the subspace dimension (a user bound, not a limit of the method).
+    #[arg(long, default_value_t = 32)]
     max_dim: usize,
     /// Fraction of the samples held out for validation (the last rows).
     #[arg(long, default_value_t = 0.2)]

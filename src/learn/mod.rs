@@ -42,7 +42,8 @@ pub struct LearnConfig {
     pub descent_config: PolishConfig,
     /// Refine the found network and the basis jointly after the search (see `polish`).
     pub polish: bool,
-    /// Largest subspace dimension accepted (the evaluation kernels take up to 8).
+    /// Largest subspace dimension accepted: a user bound (default 32, as for `subspace`), not a
+    /// limit of any stage.
     pub max_dim: usize,
     /// Also fit sphere-net features plus ridge and keep it if it validates better.
     pub sphere_net: bool,
@@ -89,7 +90,7 @@ impl Default for LearnConfig {
                 ..PolishConfig::default()
             },
             polish: true,
-            max_dim: 8,
+            max_dim: 32,
             sphere_net: true,
             // After the descent on z the polish has less to do: 15 epochs ended within 2x of
             // 30 on the benchmark teachers (parity 2.1e-5 against 1.0e-5) at half the time.
