@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Rng;
+
 use relu_fpt::backend::gpu::{
     smoke_kernel, smoke_test, smoke_twin, FitKernelParams, GpuError, MomentKernelParams,
 };
@@ -13,26 +15,6 @@ use relu_fpt::moments::{
 };
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::Error;
-
-/// Deterministic generator for test data (splitmix64 + Box-Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
 
 /// r orthonormal rows of length d (Gram-Schmidt on Gaussian rows).
 fn orthonormal_rows(rng: &mut Rng, r: usize, d: usize) -> Vec<f64> {

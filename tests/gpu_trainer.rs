@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Rng;
+
 use relu_fpt::backend::cpu::project::project_f64;
 use relu_fpt::backend::cpu::trainer::{feature_normal_equations, window_gradient};
 use relu_fpt::backend::gpu::{
@@ -13,32 +15,6 @@ use relu_fpt::backend::gpu::{
 use relu_fpt::backend::{Adam, Backend, FactoredShape, Pass, SphereFeatures};
 use relu_fpt::data::{MemorySource, SampleSource};
 use relu_fpt::network::{Layer, Network};
-
-/// Deterministic generator for test data (splitmix64 + Box-Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn normals(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.normal()).collect()
-    }
-    fn normals_f32(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal() as f32).collect()
-    }
-}
 
 fn gpu() -> &'static GpuBackend {
     common::gpu()

@@ -289,20 +289,7 @@ pub(crate) fn for_each_batch(
             }
             let (xb, yb) = batch_bytes(rows);
             // A resident copy gets buffers of its own; an allocation failure ends the copy.
-            let mut own = None;
-            if building.is_some() {
-                let alloc = ctx.capture("resident samples", || {
-                    (
-                        ctx.storage_buffer("resident x", xb),
-                        ctx.storage_buffer("resident y", yb),
-                    )
-                });
-                match alloc {
-                    Ok((Ok(x), Ok(y))) => own = Some((x, y)),
-                    Ok(_) | Err(GpuError::OutOfMemory(_)) => building = None,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let own = resident_batch_buffers(ctx, &mut building, xb, yb)?;
             let slot = index % 2;
             if let Some(done) = in_flight[slot].take() {
                 ctx.wait("samples upload", Some(done), rows as f64 * row_flops)?;
@@ -383,20 +370,7 @@ fn generate_batches(
     while start < n {
         let rows = (rows_per_batch as u64).min(n - start) as usize;
         let (xb, yb) = ((rows * d * 4) as u64, (rows * 4) as u64);
-        let mut own = None;
-        if building.is_some() {
-            let alloc = ctx.capture("resident samples", || {
-                (
-                    ctx.storage_buffer("resident x", xb),
-                    ctx.storage_buffer("resident y", yb),
-                )
-            });
-            match alloc {
-                Ok((Ok(x), Ok(y))) => own = Some((x, y)),
-                Ok(_) | Err(GpuError::OutOfMemory(_)) => building = None,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let own = resident_batch_buffers(ctx, &mut building, xb, yb)?;
         let slot = index % 2;
         if let Some(done) = in_flight[slot].take() {
             ctx.wait("samples generation", Some(done), rows as f64 * row_flops)?;
@@ -476,5 +450,33 @@ fn read_ahead(
                 break;
             }
         }
+    }
+}
+
+/// Device buffers (x of `xb` bytes, y of `yb`) for the next batch of a resident copy while one is
+/// being built; an allocation failure ends the copy (`building` becomes None) and the pass
+/// streams on, any other error is returned.
+fn resident_batch_buffers<T>(
+    ctx: &GpuContext,
+    building: &mut Option<T>,
+    xb: u64,
+    yb: u64,
+) -> Result<Option<(wgpu::Buffer, wgpu::Buffer)>> {
+    if building.is_none() {
+        return Ok(None);
+    }
+    let alloc = ctx.capture("resident samples", || {
+        (
+            ctx.storage_buffer("resident x", xb),
+            ctx.storage_buffer("resident y", yb),
+        )
+    });
+    match alloc {
+        Ok((Ok(x), Ok(y))) => Ok(Some((x, y))),
+        Ok(_) | Err(GpuError::OutOfMemory(_)) => {
+            *building = None;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
