@@ -12,7 +12,6 @@
 
 mod common;
 
-use rand::{RngExt, SeedableRng};
 use relu_fpt::backend::Backend;
 use relu_fpt::data::GaussianSource;
 use relu_fpt::data::MemorySource;
@@ -85,22 +84,6 @@ fn teacher(steep: f64) -> Network {
     t
 }
 
-fn source(net: &Network, n: usize, seed: u64) -> MemorySource {
-    let d = net.input_dim;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..n * d)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    let y = x
-        .chunks_exact(d)
-        .map(|row| {
-            let v: Vec<f64> = row.iter().map(|&a| a as f64).collect();
-            net.forward_one_f64(&v) as f32
-        })
-        .collect();
-    MemorySource { dim: d, x, y }
-}
-
 fn config(tilt: f64) -> LearnConfig {
     LearnConfig {
         known_basis: Some(basis(tilt)),
@@ -134,7 +117,7 @@ fn learn_with_the_true_subspace_fits_width_two_teachers() {
             ..TeacherSpec::new(TeacherKind::Random, D)
         };
         let t = build(&spec).unwrap();
-        let src = source(&t.network, 4000, 100 + seed);
+        let src = common::labelled_samples(&t.network, 4000, 100 + seed);
         let cfg = LearnConfig {
             known_basis: Some(t.basis.clone()),
             seed,
@@ -167,7 +150,7 @@ fn learn_with_the_true_subspace_fits_width_two_teachers() {
 fn polish_repairs_a_tilted_subspace() {
     let net = teacher(4.0);
     for seed in seeds(&[2]) {
-        let src = source(&net, 4000, seed);
+        let src = common::labelled_samples(&net, 4000, seed);
         let mut cfg = config(0.08);
         cfg.sphere_net = false;
         let rep = learn(common::cpu(), &src, &cfg).unwrap();
@@ -186,7 +169,7 @@ fn polish_repairs_a_tilted_subspace() {
 #[test]
 fn bad_learn_requests_are_errors() {
     let net = teacher(1.0);
-    let src = source(&net, 200, 3);
+    let src = common::labelled_samples(&net, 200, 3);
     let cpu = common::cpu();
     let bad_fraction = LearnConfig {
         validation_fraction: 1.0,
@@ -253,7 +236,7 @@ fn learn_is_deterministic_and_runs_on_the_gpu_backend() {
         ..TeacherSpec::new(TeacherKind::Random, D)
     };
     let t = build(&spec).unwrap();
-    let src = source(&t.network, 1500, 6);
+    let src = common::labelled_samples(&t.network, 1500, 6);
     let cfg = LearnConfig {
         known_basis: Some(t.basis.clone()),
         polish_config: relu_fpt::learn::PolishConfig {
@@ -286,7 +269,7 @@ fn learn_is_deterministic_and_runs_on_the_gpu_backend() {
 #[test]
 fn learn_without_polish_reports_the_search_fit() {
     let net = teacher(1.0);
-    let src = source(&net, 1500, 7);
+    let src = common::labelled_samples(&net, 1500, 7);
     let cfg = LearnConfig {
         polish: false,
         ..config(0.0)
@@ -482,7 +465,7 @@ fn learn_end_to_end_random_network_with_biases() {
 fn row_caps_bound_the_work_and_errors_stay_on_all_validation_rows() {
     let net = teacher(1.0);
     for seed in seeds(&[11]) {
-        let src = source(&net, 2000, seed);
+        let src = common::labelled_samples(&net, 2000, seed);
         let mut cfg = config(0.02);
         cfg.budget = 300;
         cfg.search_config.max_rows = 300;

@@ -11,23 +11,6 @@ use relu_fpt::learn::{learn, polish, train, DenseSamples, LearnConfig, PolishCon
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::search::SphereNetConfig;
 
-/// Gaussian rows in d dimensions labelled by `net` (f64, rounded to f32).
-fn samples(net: &Network, n: usize, seed: u64) -> MemorySource {
-    let d = net.input_dim;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..n * d)
-        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
-        .collect();
-    let y = x
-        .chunks_exact(d)
-        .map(|row| {
-            let v: Vec<f64> = row.iter().map(|&a| a as f64).collect();
-            net.forward_one_f64(&v) as f32
-        })
-        .collect();
-    MemorySource { dim: d, x, y }
-}
-
 fn random_layer(rng: &mut rand::rngs::StdRng, inputs: usize, outputs: usize) -> Layer {
     let w = (0..inputs * outputs)
         .map(|_| rng.random_range(-1.0..1.0))
@@ -72,7 +55,7 @@ fn case(n: usize) -> Case {
     Case {
         student,
         basis,
-        source: samples(&teacher, n, 12),
+        source: common::labelled_samples(&teacher, n, 12),
     }
 }
 
@@ -441,7 +424,7 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
     .unwrap();
     let e = |i: usize| -> Vec<f64> { (0..d).map(|j| f64::from(u8::from(i == j))).collect() };
     let teacher = Network::with_projection(&small, &[e(0), e(1)]).unwrap();
-    let source = samples(&teacher, 20_000, 22);
+    let source = common::labelled_samples(&teacher, 20_000, 22);
     let cfg = |basis: Vec<Vec<f64>>| LearnConfig {
         known_basis: Some(basis),
         budget: 100,

@@ -1,9 +1,12 @@
 //! Shared by the integration tests: the backends every backend-generic test runs on.
 #![allow(dead_code)]
 
+use rand::{RngExt, SeedableRng};
 use relu_fpt::backend::cpu::CpuBackend;
 use relu_fpt::backend::gpu::GpuBackend;
 use relu_fpt::backend::Backend;
+use relu_fpt::data::MemorySource;
+use relu_fpt::network::Network;
 use std::sync::OnceLock;
 
 /// The GPU backend on whatever adapter is present (lavapipe in CI), opened once per test binary.
@@ -52,4 +55,21 @@ impl Rng {
     pub fn normals_f32(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.normal() as f32).collect()
     }
+}
+
+/// Gaussian rows in d dimensions labelled by `net` (f64, rounded to f32).
+pub fn labelled_samples(net: &Network, n: usize, seed: u64) -> MemorySource {
+    let d = net.input_dim;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..n * d)
+        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    let y = x
+        .chunks_exact(d)
+        .map(|row| {
+            let v: Vec<f64> = row.iter().map(|&a| a as f64).collect();
+            net.forward_one_f64(&v) as f32
+        })
+        .collect();
+    MemorySource { dim: d, x, y }
 }
