@@ -4,6 +4,7 @@
 mod candidates;
 pub mod cpu;
 pub mod gpu;
+pub mod mpi;
 
 pub use candidates::{
     check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,

@@ -3,9 +3,11 @@
 
 pub mod gaussian;
 pub mod npy;
+pub mod shards;
 
 pub use gaussian::GaussianSource;
 pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
+pub use shards::{open_inputs, open_samples, ConcatSource};
 
 use crate::error::{Error, Result};
 use std::path::PathBuf;
