@@ -365,7 +365,7 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>> {
 fn one_process(command: &str) -> Result<()> {
     if mpi::ranks() > 1 {
         return Err(Error::invalid(format!(
-            "{command} runs as one process: start it without mpirun (learn, subspace, eval, predict and demo split across ranks)"
+            "{command} runs as one process: start it without mpirun (learn, subspace, eval, predict, demo and bench moments split across ranks)"
         )));
     }
     Ok(())
@@ -827,13 +827,15 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
             "--runs: at least 5 timed runs, so the median means something",
         ));
     }
-    one_process("bench")?;
-    let backend = backend::select(a.backend)?;
+    // Under mpirun every rank holds the generated samples and each pass splits them by rows.
+    let backend = open_backend(a.backend)?;
     let bar = progress::bar((a.runs + 1) as u64, "bench");
     let r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
     bar.finish_and_clear();
     if a.json {
-        println!("{}", r.to_json_line());
+        let mut v: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("own JSON");
+        add_ranks(&mut v);
+        println!("{v}");
     } else {
         println!(
             "{} ({}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s), {:.3e} samples/s",

@@ -77,6 +77,19 @@ pub fn rank() -> usize {
     imp::world().map_or(0, |w| w.rank)
 }
 
+/// This process's index among the ranks on its own machine, as the launcher says (Open MPI,
+/// MPICH, Slurm), for choosing one of several GPUs per node; 0 when not launched by one.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
 /// Whether this rank prints and writes outputs: rank 0, or the only process.
 pub fn is_root() -> bool {
     rank() == 0
