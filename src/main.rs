@@ -212,15 +212,22 @@ struct LearnArgs {
     /// Fraction of the samples held out for validation (the last rows).
     #[arg(long, default_value_t = 0.2)]
     validation: f64,
-    /// Skip the final joint refinement in the full input.
+    /// Skip the final joint refinement of the network and the basis.
     #[arg(long)]
     no_polish: bool,
-    /// Passes of the polish over (at most 100 000) training rows.
-    #[arg(long, default_value_t = 15)]
-    polish_epochs: usize,
-    /// Passes of the descent on the projected samples (0: none) over (at most 100 000) rows.
-    #[arg(long, default_value_t = 30)]
-    descent_epochs: usize,
+    /// Passes of the polish over the training rows (default: 15, fewer on more than 1.6e5
+    /// rows, adding up to 2.4e6 row reads, at least one).
+    #[arg(long)]
+    polish_epochs: Option<usize>,
+    /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
+    /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
+    #[arg(long)]
+    descent_epochs: Option<usize>,
+    /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
+    /// descent, polish) read at most this many training rows (the first ones); by default
+    /// every row. Filtered PCA reads every row either way.
+    #[arg(long)]
+    max_train_rows: Option<usize>,
     /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
@@ -564,10 +571,17 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         max_dim: a.max_dim,
         ..LearnConfig::default()
     };
-    config.polish_config.epochs = a.polish_epochs;
-    config.descent = a.descent_epochs > 0;
-    config.descent_config.epochs = a.descent_epochs;
+    if let Some(e) = a.polish_epochs {
+        config.polish_config.epochs = e;
+        config.polish_config.row_budget = 0;
+    }
+    if let Some(e) = a.descent_epochs {
+        config.descent = e > 0;
+        config.descent_config.epochs = e;
+        config.descent_config.row_budget = 0;
+    }
     config.subspace_config.refine_steps = a.refine_steps;
+    config.max_train_rows = a.max_train_rows;
     config
 }
 
@@ -593,25 +607,72 @@ fn learn_cmd(a: LearnArgs) -> Result<()> {
     Ok(())
 }
 
-/// Streams x through the model on the backend, handing each chunk's predictions to `sink`.
+/// Streams x through the model on the backend, handing each chunk's predictions to `sink`. A
+/// reader thread reads the next chunk while this one is computed (two chunks in flight).
 fn predict_stream(
     backend: &dyn Backend,
     model: &Network,
     source: &dyn SampleSource,
     mut sink: impl FnMut(&[f32], &[f32]) -> Result<()>,
 ) -> Result<()> {
+    const CHUNK: usize = 1 << 16;
     let bar = progress::bar(source.len(), "predict");
-    // Under mpirun each rank predicts every P-th chunk and rank 0 consumes them all in order.
-    mpi::stream_to_root(
-        source,
-        1 << 16,
-        true,
-        |x, rows| backend.predict(model, x, rows),
-        |p, y| {
-            bar.inc(p.len() as u64);
-            sink(p, y)
-        },
-    )?;
+    if mpi::ranks() > 1 {
+        // Under mpirun each rank predicts every P-th chunk and rank 0 consumes them all in order.
+        mpi::stream_to_root(
+            source,
+            CHUNK,
+            true,
+            |x, rows| backend.predict(model, x, rows),
+            |p, y| {
+                bar.inc(p.len() as u64);
+                sink(p, y)
+            },
+        )?;
+        bar.finish_and_clear();
+        return Ok(());
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<f32>, Vec<f32>)>>(1);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
+        scope.spawn(move || {
+            let mut start = 0u64;
+            while start < source.len() {
+                let (mut x, mut y) = back_rx.try_recv().unwrap_or_default();
+                let read = source.read(start, CHUNK, &mut x, &mut y);
+                let stop = match &read {
+                    Ok(0) | Err(_) => true,
+                    Ok(n) => {
+                        start += *n as u64;
+                        false
+                    }
+                };
+                if tx.send(read.map(|_| (x, y))).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut seen = 0u64;
+        for chunk in rx {
+            let (x, y) = chunk?;
+            if y.is_empty() {
+                break;
+            }
+            let p = backend.predict(model, &x, y.len())?;
+            bar.inc(y.len() as u64);
+            seen += y.len() as u64;
+            sink(&p, &y)?;
+            let _ = back_tx.send((x, y));
+        }
+        if seen != source.len() {
+            return Err(Error::invalid(format!(
+                "{} returned no rows at row {seen} of {}",
+                source.describe(),
+                source.len()
+            )));
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -766,17 +827,14 @@ fn demo(a: DemoArgs) -> Result<()> {
     spec.seed = a.seed;
     let teacher = teacher::build(&spec)?;
     println!(
-        "demo: learning the hard parity teacher (ALGORITHM.md 4.2 (A): d = {}, k = 4; every Hermite moment of degree < 4 vanishes, so pHd and online SGD see nothing) from {} samples on {}",
+        "demo: learning the hard parity teacher (docs/algorithm.md, hard teachers: d = {}, k = 4; every Hermite moment of degree < 4 vanishes, so pHd and online SGD see nothing) from {} samples on {}, with the defaults of `learn`",
         a.d,
         a.n,
         backend.description()
     );
     let train = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
-    // Sized to finish within two minutes on two CPU cores: parity needs many units, which the
-    // sphere-net fit provides, so the enumeration gets a small budget.
+    // The defaults a user of `learn` gets: nothing here knows the teacher's width.
     let config = LearnConfig {
-        hidden: vec![16],
-        budget: 256,
         seed: a.seed,
         ..LearnConfig::default()
     };

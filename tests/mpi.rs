@@ -4,8 +4,9 @@
 //! 1. writes small sample files (one file, the same rows as three shards, a file with a NaN),
 //! 2. starts itself under `mpirun --allow-run-as-root --oversubscribe -n 2`, where each rank runs
 //!    the library-level cases below against the CPU backend computed locally on the same rank
-//!    (moments, fit moments, candidate statistics, filtered PCA, learn, shard lists, the ordered
-//!    stream to rank 0, a bad file on one rank), and
+//!    (moments, fit moments, sphere-net normal equations, validation errors, candidate
+//!    statistics, filtered PCA, learn, shard lists, the ordered stream to rank 0, a bad file on
+//!    one rank), and
 //! 3. runs the `relu-fpt` command line with one process and under `mpirun -n 2` and compares.
 //!
 //! Tolerance: rank boundaries fall on multiples of 16384 rows, where the CPU kernels' f32 chunk
@@ -16,7 +17,9 @@
 
 use relu_fpt::backend::cpu::CpuBackend;
 use relu_fpt::backend::mpi;
-use relu_fpt::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
+use relu_fpt::backend::{
+    Backend, CandidateBatch, CandidateStats, ProjectedSamples, SphereFeatures,
+};
 use relu_fpt::data::{
     for_each_chunk, open_samples, write_npy_f32, GaussianSource, NpySource, SampleSource,
 };
@@ -398,6 +401,30 @@ fn rank_cases() {
         .max(rel(&[all.sse], &[one.sse]));
     assert!(diff < ALIGNED_TOL, "fit moments: {diff}");
     say(format!("fit moments: within {diff:.1e}"));
+
+    // The trainer's sums: sphere-net normal equations and validation errors.
+    let features = SphereFeatures {
+        basis: basis.iter().flatten().copied().collect(),
+        rank: basis.len(),
+        directions: vec![1.0, 0.0, 0.6, 0.8, -0.8, 0.6],
+        thresholds: vec![-0.5, 0.0, 0.7],
+    };
+    let one = cpu.feature_normal_equations(&s, &features, &bar).unwrap();
+    let all = split.feature_normal_equations(&s, &features, &bar).unwrap();
+    assert_eq!(one.rows, all.rows);
+    let diff = rel(&all.gram, &one.gram).max(rel(&all.rhs, &one.rhs));
+    assert!(diff < ALIGNED_TOL, "normal equations: {diff}");
+    let net = teacher(D, 4);
+    let nets = [&net, &fit.lift(&basis).unwrap()];
+    let (one, all) = (cpu.sse(&nets, &s).unwrap(), split.sse(&nets, &s).unwrap());
+    let sse_diff = rel(&all, &one);
+    assert!(
+        sse_diff < ALIGNED_TOL,
+        "validation errors: {one:?} vs {all:?}"
+    );
+    say(format!(
+        "normal equations: within {diff:.1e}; validation errors: within {sse_diff:.1e}"
+    ));
 
     // Candidate statistics over projected samples (rows split, candidates whole).
     let (x, y) = read_all(&source(20_001));

@@ -5,12 +5,14 @@ mod candidates;
 pub mod cpu;
 pub mod gpu;
 pub mod mpi;
+pub mod trainer;
 
 pub use candidates::{
     check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
 };
+pub use trainer::{Adam, FactoredShape, NormalEquations, Pass, SphereFeatures};
 
-use crate::data::SampleSource;
+use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
 use crate::network::Network;
@@ -60,6 +62,97 @@ pub trait Backend: Send + Sync {
         check_predict_input(network, x, rows)?;
         Ok(network.forward_f32(x, rows))
     }
+
+    /// z = B x for `x` (rows x d, row-major) with B the r x d rows of `basis` (row-major):
+    /// rows x r values, each a dot product summed in f64 and rounded to f32. The default is
+    /// the CPU pass (all cores, SIMD).
+    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        check_projection(basis, x, rows)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(cpu::project::project(basis, x.len() / rows, x))
+    }
+
+    /// Adam steps of the factorised model x -> B x -> small network over one window of
+    /// training rows (`x`: rows x d, `y`: rows), which the backend may keep resident for the
+    /// whole call: minibatch k is rows `k batch_size .. (k + 1) batch_size` (the last may be
+    /// shorter); for each, the backend computes the gradient of the summed squared error with
+    /// respect to `params` (layout in [`FactoredShape`]) as f64 sums, and calls
+    /// `adam.step(gradient, rows, params)` on the host before the next minibatch. With
+    /// `train_basis` false, B is held fixed (its gradient entries are zero), the descent on z.
+    /// The result must not depend on the thread count. The default is the CPU pass.
+    #[allow(clippy::too_many_arguments)]
+    fn train_window(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        cpu::trainer::train_window(shape, train_basis, x, y, batch_size, params, adam)
+    }
+
+    /// Normal equations (sum phi phi^T, sum phi y, in f64) of the sphere-net features of
+    /// z = B x over every row of `source`. The default is the CPU pass.
+    fn feature_normal_equations(
+        &self,
+        source: &dyn SampleSource,
+        features: &SphereFeatures,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<NormalEquations> {
+        cpu::trainer::feature_normal_equations(source, features, progress)
+    }
+
+    /// Summed squared error of each network over every row of `source` (validation scoring),
+    /// in f64, chunks added in order. The default streams chunks through [`Backend::predict`].
+    fn sse(&self, networks: &[&Network], source: &dyn SampleSource) -> Result<Vec<f64>> {
+        let mut sums = vec![0.0f64; networks.len()];
+        for_each_chunk(source, SCORE_CHUNK_ROWS, |_, x, y| {
+            for (net, sum) in networks.iter().zip(&mut sums) {
+                let p = self.predict(net, x, y.len())?;
+                *sum += p
+                    .iter()
+                    .zip(y)
+                    .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                    .sum::<f64>();
+            }
+            Ok(())
+        })?;
+        Ok(sums)
+    }
+
+    /// The device that runs `pass` on this backend: "cpu" or "gpu". The default says the
+    /// trainer's passes (projection, train windows, feature normal equations), whose defaults
+    /// run on the CPU, run there, and the others on this backend's device.
+    fn device_of(&self, pass: Pass) -> &'static str {
+        match pass {
+            Pass::Project | Pass::TrainWindow | Pass::FeatureNormalEquations => "cpu",
+            Pass::Moments | Pass::FitMoments | Pass::Evaluate | Pass::Predict => self.kind(),
+        }
+    }
+}
+
+/// Rows per chunk of the validation scoring pass ([`Backend::sse`]).
+pub const SCORE_CHUNK_ROWS: usize = 1 << 16;
+
+/// Typed error (not a panic) for a projection request of the wrong size.
+pub fn check_projection(basis: &[f64], x: &[f32], rows: usize) -> Result<()> {
+    if rows == 0 && x.is_empty() {
+        return Ok(());
+    }
+    let d = x.len().checked_div(rows).unwrap_or(0);
+    if d == 0 || x.len() != rows * d || basis.is_empty() || !basis.len().is_multiple_of(d) {
+        return Err(crate::Error::invalid(format!(
+            "project: {} input values for {rows} rows and a basis of {} values (need r x d)",
+            x.len(),
+            basis.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Typed error (not a panic) for an input block of the wrong size.

@@ -3,7 +3,8 @@
 //! Under `mpirun -n P relu-fpt ...` every rank runs the same command on the same inputs. The
 //! passes over the samples split by rows: [`MpiBackend`] wraps the backend each rank chose and
 //! runs it on the rank's contiguous row range, then combines the returned sums (binned moments,
-//! fit moments, candidate statistics) across ranks. The host steps between passes (bin edges,
+//! fit moments, candidate statistics, sphere-net normal equations, validation errors) across
+//! ranks. The host steps between passes (bin edges,
 //! eigendecompositions, the search's control, Adam on small parameter vectors) run redundantly
 //! on every rank: their inputs are the combined sums, which every rank receives bit for bit from
 //! rank 0, so every rank takes the same decisions and issues the same passes in the same order.
@@ -23,7 +24,10 @@
 //! Without the feature, or when not launched by an MPI launcher, every function here is the
 //! single-process identity: one rank, nothing to combine.
 
-use super::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
+use super::{
+    Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, NormalEquations, Pass,
+    ProjectedSamples, SphereFeatures,
+};
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
@@ -289,6 +293,48 @@ impl Sums for CandidateStats {
     }
 }
 
+impl Sums for NormalEquations {
+    fn pack(&self) -> (Vec<f64>, Vec<u64>) {
+        ([&self.gram[..], &self.rhs].concat(), vec![self.rows])
+    }
+    fn unpack(&mut self, floats: &[f64], counts: &[u64]) {
+        scatter(floats, &mut [&mut self.gram, &mut self.rhs]);
+        self.rows = counts[0];
+    }
+}
+
+/// Per-network sums of squared errors.
+struct SquaredErrors(Vec<f64>);
+
+impl Sums for SquaredErrors {
+    fn pack(&self) -> (Vec<f64>, Vec<u64>) {
+        (self.0.clone(), Vec::new())
+    }
+    fn unpack(&mut self, floats: &[f64], _: &[u64]) {
+        self.0.copy_from_slice(floats);
+    }
+}
+
+/// Runs `pass` on this rank's rows of `source` (or returns `empty` when it has none), then
+/// combines the sums across the ranks.
+fn split_pass<T: Sums>(
+    source: &dyn SampleSource,
+    progress: Option<&indicatif::ProgressBar>,
+    empty: impl FnOnce() -> Result<T>,
+    pass: impl FnOnce(&dyn SampleSource) -> Result<T>,
+) -> Result<T> {
+    let (start, len) = local_range(source.len());
+    let local = if len == 0 {
+        empty()
+    } else {
+        if let Some(bar) = progress {
+            bar.set_length(len);
+        }
+        crate::data::SampleRange::new(source, start, len).and_then(|part| pass(&part))
+    };
+    combine(local)
+}
+
 /// Agrees on failure, then sums `local` over the ranks (fixed order, identical on every rank).
 fn combine<T: Sums>(local: Result<T>) -> Result<T> {
     let mut total = imp::checkpoint(local)?;
@@ -321,16 +367,15 @@ impl Backend for MpiBackend {
         weight: SampleWeight,
         progress: &indicatif::ProgressBar,
     ) -> Result<FilteredMoments> {
-        let (start, len) = local_range(source.len());
-        let local = if len == 0 {
-            spec.check_request(source)
-                .map(|()| FilteredMoments::zeros(spec.dim, spec.bins()))
-        } else {
-            progress.set_length(len);
-            crate::data::SampleRange::new(source, start, len)
-                .and_then(|part| self.inner.moments(&part, spec, weight, progress))
-        };
-        combine(local)
+        split_pass(
+            source,
+            Some(progress),
+            || {
+                spec.check_request(source)?;
+                Ok(FilteredMoments::zeros(spec.dim, spec.bins()))
+            },
+            |part| self.inner.moments(part, spec, weight, progress),
+        )
     }
 
     fn fit_moments(
@@ -340,16 +385,15 @@ impl Backend for MpiBackend {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments> {
-        let (start, len) = local_range(source.len());
-        let local = if len == 0 {
-            crate::moments::check_fit_request(source, basis, fit)
-                .map(|()| FitMoments::zeros(source.dim(), basis.len()))
-        } else {
-            progress.set_length(len);
-            crate::data::SampleRange::new(source, start, len)
-                .and_then(|part| self.inner.fit_moments(&part, basis, fit, progress))
-        };
-        combine(local)
+        split_pass(
+            source,
+            Some(progress),
+            || {
+                crate::moments::check_fit_request(source, basis, fit)?;
+                Ok(FitMoments::zeros(source.dim(), basis.len()))
+            },
+            |part| self.inner.fit_moments(part, basis, fit, progress),
+        )
     }
 
     fn evaluate_candidates(
@@ -382,6 +426,58 @@ impl Backend for MpiBackend {
 
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         self.inner.predict(network, x, rows)
+    }
+
+    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.inner.project(basis, x, rows)
+    }
+
+    /// Replicated, not split: every rank runs the same window (see the README's note on
+    /// `learn`): a minibatch of 256 rows costs about as much to compute as combining its
+    /// gradient would cost in latency.
+    fn train_window(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        self.inner
+            .train_window(shape, train_basis, x, y, batch_size, params, adam)
+    }
+
+    fn feature_normal_equations(
+        &self,
+        source: &dyn SampleSource,
+        features: &SphereFeatures,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<NormalEquations> {
+        split_pass(
+            source,
+            Some(progress),
+            || Ok(NormalEquations::zeros(features.len())),
+            |part| {
+                self.inner
+                    .feature_normal_equations(part, features, progress)
+            },
+        )
+    }
+
+    fn sse(&self, networks: &[&Network], source: &dyn SampleSource) -> Result<Vec<f64>> {
+        split_pass(
+            source,
+            None,
+            || Ok(SquaredErrors(vec![0.0; networks.len()])),
+            |part| self.inner.sse(networks, part).map(SquaredErrors),
+        )
+        .map(|s| s.0)
+    }
+
+    fn device_of(&self, pass: Pass) -> &'static str {
+        self.inner.device_of(pass)
     }
 }
 

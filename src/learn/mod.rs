@@ -1,17 +1,25 @@
 //! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
-//! training split, project both splits, search a network on the projection (enumerate-and-test
-//! and the sphere-net fit, keeping the better), descend from it on the projected problem, polish
-//! it together with the basis, and return the compact model x -> small network(B x).
+//! training split, search a network on z = B x (enumerate-and-test on a bounded subsample, the
+//! sphere-net fit from normal equations streamed over the training rows, keeping whichever
+//! validates better), descend from it on z with B fixed, polish it together with B, and return
+//! the compact model x -> small network(B x). The descent and the polish are the streaming
+//! trainer ([`train`]) over every training row; every validation error is measured on the
+//! whole validation split, streamed. Memory is bounded by a few chunks of rows and the model,
+//! whatever N: nothing holds x or z for all rows.
 
+mod grow;
 mod polish;
+mod train;
 
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
+pub use train::{mse, train, validation_mse, window_rows, TrainOutcome, BLOCK_ROWS};
 
-use crate::backend::{Backend, ProjectedSamples};
+use crate::backend::{Backend, FactoredShape, Pass, ProjectedSamples};
 use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::search::{label_variance, search, SearchConfig, SphereNetConfig};
+use crate::progress::num;
+use crate::search::{search, sphere_net_fit_streamed, SearchConfig, SphereNetConfig};
 use crate::subspace::{find_subspace, SubspaceConfig, SubspaceReport};
 use std::time::Instant;
 
@@ -26,8 +34,8 @@ pub struct LearnConfig {
     pub seed: u64,
     /// Fraction of the rows (the last ones) held out for validation, in (0, 1).
     pub validation_fraction: f64,
-    /// After the search, train its network on the projected samples with the basis fixed
-    /// (ALGORITHM.md 3.1's last step, 3.2(b): descent is benign in r dimensions).
+    /// After the search, train its network on z = B x with the basis fixed (descent is benign
+    /// in r dimensions; docs/algorithm.md, the fitting stages).
     pub descent: bool,
     /// Descent settings (the polish's trainer on z; its seed is taken from `seed`).
     pub descent_config: PolishConfig,
@@ -48,6 +56,14 @@ pub struct LearnConfig {
     /// A subspace basis (orthonormal rows, r x d) to use instead of filtered PCA: oracle runs
     /// and tests. `None` runs filtered PCA.
     pub known_basis: Option<Vec<Vec<f64>>>,
+    /// The stages that fit the network on z (enumerate-and-test, whose subsample is bounded by
+    /// `search_config.max_rows` anyway, the sphere-net fit, the descent and the polish) read at
+    /// most this many training rows (the first ones); `None`, the default, reads them all.
+    /// Filtered PCA always reads every training row.
+    pub max_train_rows: Option<usize>,
+    /// Spare basis rows the polish may grow into (at most `max_dim` rows in all); each is kept
+    /// only when the validation error says it helps (see `grow`).
+    pub spare_rows: usize,
 }
 
 impl Default for LearnConfig {
@@ -61,20 +77,36 @@ impl Default for LearnConfig {
             seed: 0,
             validation_fraction: 0.2,
             descent: true,
-            descent_config: PolishConfig::default(),
+            // On all training rows: 30 passes over 1e5 rows (the old cap), and on more rows
+            // passes over all of them adding up to the same 3e6 row reads (at least two). At
+            // d = 128, N = 1e6 (4 passes over 8e5 rows) the descent ends where 30 passes over
+            // 1e5 rows did (parity 3.36e-3 both), and on the label-noise teacher 8 passes over
+            // 4e5 rows end lower than 30 over 1e5.
+            descent_config: PolishConfig {
+                row_budget: 3_000_000,
+                min_epochs: 2,
+                ..PolishConfig::default()
+            },
             polish: true,
             max_dim: 8,
             sphere_net: true,
             // After the descent on z the polish has less to do: 15 epochs ended within 2x of
             // 30 on the benchmark teachers (parity 2.1e-5 against 1.0e-5) at half the time.
+            // On more than 1.6e5 rows, passes over all rows adding up to 2.4e6 row reads (at
+            // least one): at d = 128, N = 1e6, 3 passes over 8e5 rows end at 1.3e-5 on parity
+            // where 15 passes over 1e5 rows ended at 1.9e-5.
             polish_config: PolishConfig {
                 epochs: 15,
+                row_budget: 2_400_000,
+                min_epochs: 1,
                 ..PolishConfig::default()
             },
             search_config: SearchConfig::default(),
             sphere_config: SphereNetConfig::default(),
             subspace_config: SubspaceConfig::default(),
             known_basis: None,
+            max_train_rows: None,
+            spare_rows: 2,
         }
     }
 }
@@ -99,23 +131,57 @@ impl From<&PolishResult> for PolishedMse {
 }
 
 impl PolishedMse {
-    /// The better of before and after: the error of what was kept.
-    fn kept_mse(self) -> f64 {
-        self.before.min(self.after)
-    }
-
     fn to_json(self) -> serde_json::Value {
         serde_json::json!({"before": self.before, "after": self.after, "kept": self.kept})
+    }
+}
+
+impl From<&TrainOutcome> for PolishedMse {
+    fn from(r: &TrainOutcome) -> Self {
+        PolishedMse {
+            before: r.before,
+            after: r.after,
+            kept: r.kept,
+        }
+    }
+}
+
+/// One stage of [`learn`]: where it ran, what it read, how long it took, and the validation
+/// error of its result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageReport {
+    /// "subspace", "enumerate", "sphere-net", "descent" or "polish".
+    pub stage: String,
+    /// "cpu" or "gpu": the device of the stage's passes over the rows.
+    pub device: String,
+    /// Distinct training rows the stage computed on.
+    pub rows: u64,
+    /// Rows streamed, repeated passes included (validation scoring not counted).
+    pub row_reads: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Validation MSE of the stage's result on the whole validation split (the best epoch for
+    /// the trainers, kept or not); None for the subspace.
+    pub validation_mse: Option<f64>,
+}
+
+impl StageReport {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stage": self.stage, "device": self.device, "rows": self.rows,
+            "row_reads": self.row_reads, "seconds": self.seconds,
+            "validation_mse": self.validation_mse,
+        })
     }
 }
 
 /// What [`learn`] returns.
 #[derive(Clone, Debug)]
 pub struct LearnReport {
-    /// The model on the original d-dim input; `subspace` is the basis, or after a kept polish
-    /// the span of the polished first layer.
+    /// The model on the original d-dim input, in compact form (projection B, then the small
+    /// network); `subspace` is the span of B.
     pub model: Network,
-    /// Subspace dimension r.
+    /// Subspace dimension r that the search and the descent worked in.
     pub dimension: usize,
     /// What filtered PCA reported (None when a known basis was given).
     pub subspace: Option<SubspaceReport>,
@@ -123,7 +189,7 @@ pub struct LearnReport {
     pub validation_mse: f64,
     /// Variance of the validation labels (MSE / Var is the relative error).
     pub validation_var: f64,
-    /// Validation MSE of enumerate-and-test's best network.
+    /// Validation MSE of enumerate-and-test's best network (on the whole validation split).
     pub enumerate_mse: f64,
     /// Validation MSE of the sphere-net fit, when it ran.
     pub sphere_net_mse: Option<f64>,
@@ -131,25 +197,35 @@ pub struct LearnReport {
     pub descent_mse: Option<PolishedMse>,
     /// Polish errors, when it ran.
     pub polished_mse: Option<PolishedMse>,
-    /// "enumerate" or "sphere-net".
+    /// The search's pick: "enumerate" or "sphere-net".
     pub chosen: String,
+    /// The stage whose result is the returned model: "enumerate", "sphere-net", "descent" or
+    /// "polish".
+    pub final_stage: String,
     /// Candidates evaluated, and log10 of the full net's size at the chosen resolution.
     pub candidates_evaluated: usize,
     pub full_net_log10: f64,
     /// Training and validation rows.
     pub train_rows: usize,
     pub validation_rows: usize,
-    /// Seconds per stage, in order.
-    pub timings: Vec<(String, f64)>,
+    /// The stages in order.
+    pub stages: Vec<StageReport>,
     /// The backend's description.
     pub backend: String,
 }
 
 impl LearnReport {
-    /// A few human lines.
+    /// A few human lines, and the stage table.
     pub fn summary(&self) -> String {
+        let var = self.validation_var.max(1e-300);
+        let r = self.model.layer_input_dim();
+        let grown = if r > self.dimension {
+            format!(", {} more grown in the polish", r - self.dimension)
+        } else {
+            String::new()
+        };
         let mut s = format!(
-            "learned a {:?} ReLU network on a {}-dim subspace of R^{} ({} train / {} validation rows, {})\n",
+            "learned a {:?} ReLU network on z = B x, B of {r} rows ({} from the subspace stage{grown}), x in R^{} ({} train / {} validation rows, {})\n",
             self.model.hidden_widths(),
             self.dimension,
             self.model.input_dim,
@@ -162,34 +238,43 @@ impl LearnReport {
             None => s += "subspace: given (known basis)\n",
         }
         s += &format!(
-            "validation MSE {:.4e}, MSE/Var {:.4e}; kept {} (enumerate {:.4e} from {} candidates of a net of 10^{:.1}",
-            self.validation_mse,
-            self.validation_mse / self.validation_var.max(1e-300),
+            "validation MSE {}, MSE/Var {}; final model from the {} stage (search kept {}; enumerate-and-test {} candidates of a net of 10^{:.1})\n",
+            num(self.validation_mse),
+            num(self.validation_mse / var),
+            self.final_stage,
             self.chosen,
-            self.enumerate_mse,
             self.candidates_evaluated,
             self.full_net_log10
         );
-        if let Some(m) = self.sphere_net_mse {
-            s += &format!(", sphere-net {m:.4e}");
+        s += &format!(
+            "{:<11} {:<6} {:>10} {:>11} {:>8} {:>11} {:>11}\n",
+            "stage", "device", "rows", "row reads", "seconds", "val MSE", "MSE/Var"
+        );
+        for st in &self.stages {
+            let (mse, rel) = match st.validation_mse {
+                Some(m) => (num(m), num(m / var)),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            let kept = match st.stage.as_str() {
+                "descent" => self.descent_mse.map(|p| p.kept),
+                "polish" => self.polished_mse.map(|p| p.kept),
+                _ => None,
+            };
+            s += &format!(
+                "{:<11} {:<6} {:>10} {:>11} {:>8.2} {:>11} {:>11}{}\n",
+                st.stage,
+                st.device,
+                st.rows,
+                st.row_reads,
+                st.seconds,
+                mse,
+                rel,
+                match kept {
+                    Some(false) => " (not kept)",
+                    _ => "",
+                }
+            );
         }
-        s += ")\n";
-        for (stage, mse) in [("descent", self.descent_mse), ("polish", self.polished_mse)] {
-            if let Some(p) = mse {
-                s += &format!(
-                    "{stage}: {:.4e} -> {:.4e} ({})\n",
-                    p.before,
-                    p.after,
-                    if p.kept { "kept" } else { "not kept" }
-                );
-            }
-        }
-        let t: Vec<String> = self
-            .timings
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.2}s"))
-            .collect();
-        s += &format!("time: {}\n", t.join(", "));
         s
     }
 
@@ -201,6 +286,7 @@ impl LearnReport {
         serde_json::json!({
             "model": model,
             "dimension": self.dimension,
+            "model_dimension": self.model.layer_input_dim(),
             "subspace": self.subspace.as_ref().and_then(|s| serde_json::from_str::<serde_json::Value>(&s.to_json()).ok()),
             "validation_mse": self.validation_mse,
             "validation_var": self.validation_var,
@@ -209,24 +295,23 @@ impl LearnReport {
             "descent_mse": self.descent_mse.map(PolishedMse::to_json),
             "polished_mse": self.polished_mse.map(PolishedMse::to_json),
             "chosen": self.chosen,
+            "final_stage": self.final_stage,
             "candidates_evaluated": self.candidates_evaluated,
             "full_net_log10": self.full_net_log10,
             "train_rows": self.train_rows,
             "validation_rows": self.validation_rows,
-            "timings": self.timings.iter().map(|(k, v)| serde_json::json!({"stage": k, "seconds": v})).collect::<Vec<_>>(),
+            "stages": self.stages.iter().map(StageReport::to_json).collect::<Vec<_>>(),
             "backend": self.backend,
         })
     }
 }
 
-/// Appends z = B x for every row of `x` (f64 dot products, stored as f32).
-fn project_into(x: &[f32], dim: usize, basis: &[Vec<f64>], z: &mut Vec<f32>) {
-    for row in x.chunks_exact(dim) {
-        for b in basis {
-            z.push(b.iter().zip(row).map(|(a, &v)| a * v as f64).sum::<f64>() as f32);
-        }
-    }
-}
+/// Length of a spare basis row at the start of the polish (B's rows have length 1): small, so
+/// the grown network starts within about 1e-4 of the ungrown one.
+const GROW_SCALE: f64 = 1e-2;
+/// A spare row is kept when dropping it raises the validation error by more than this many
+/// standard errors of the paired difference (one-sided, about 1e-3 by chance).
+const PRUNE_Z: f64 = 3.0;
 
 /// The subspace basis: the configured one, or filtered PCA on the training split.
 fn find_basis(
@@ -253,6 +338,44 @@ fn find_basis(
     Ok((report.basis.clone(), Some(report)))
 }
 
+/// z = B x for the first `rows` rows of `source` (the search's bounded subsample), on the
+/// backend.
+fn project_head(
+    backend: &dyn Backend,
+    source: &dyn SampleSource,
+    basis: &[f64],
+    rank: usize,
+    rows: usize,
+) -> Result<ProjectedSamples> {
+    let head = SampleRange::new(source, 0, source.len().min(rows as u64))?;
+    let mut out = ProjectedSamples {
+        rank,
+        z: Vec::with_capacity(head.len() as usize * rank),
+        y: Vec::with_capacity(head.len() as usize),
+    };
+    for_each_chunk(&head, 1 << 14, |_, x, y| {
+        out.z.extend(backend.project(basis, x, y.len())?);
+        out.y.extend_from_slice(y);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Variance of the labels of `source`, streamed (f64 sums).
+fn streamed_label_variance(source: &dyn SampleSource) -> Result<f64> {
+    let (mut n, mut sum, mut sum2) = (0f64, 0f64, 0f64);
+    for_each_chunk(source, 1 << 16, |_, _, y| {
+        for &v in y {
+            n += 1.0;
+            sum += v as f64;
+            sum2 += (v as f64).powi(2);
+        }
+        Ok(())
+    })?;
+    let mean = sum / n.max(1.0);
+    Ok((sum2 / n.max(1.0) - mean * mean).max(0.0))
+}
+
 /// Runs the pipeline; see the module docs.
 pub fn learn(
     backend: &dyn Backend,
@@ -273,12 +396,23 @@ pub fn learn(
         )));
     }
     let n_train = n - n_val;
-    let mut timings = Vec::new();
+    let train = SampleRange::new(source, 0, n_train as u64)?;
+    // What the fitting stages read.
+    let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
+    let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
+    let val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
+    let mut stages = Vec::new();
+    let stage = |name: &str, pass: Pass, rows: u64, row_reads: u64, t: Instant, mse| StageReport {
+        stage: name.to_string(),
+        device: backend.device_of(pass).to_string(),
+        rows,
+        row_reads,
+        seconds: t.elapsed().as_secs_f64(),
+        validation_mse: mse,
+    };
 
     let t = Instant::now();
-    let train_source = SampleRange::new(source, 0, n_train as u64)?;
-    let (basis, subspace) = find_basis(backend, &train_source, config)?;
-    timings.push(("subspace".to_string(), t.elapsed().as_secs_f64()));
+    let (basis, subspace) = find_basis(backend, &train, config)?;
     let r = basis.len();
     if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
         return Err(Error::invalid(format!(
@@ -287,143 +421,170 @@ pub fn learn(
             config.max_dim
         )));
     }
+    let reads = subspace.as_ref().map_or(0, |s| s.samples_used);
+    stages.push(stage(
+        "subspace",
+        Pass::Moments,
+        n_train as u64,
+        reads,
+        t,
+        None,
+    ));
 
+    // Enumerate-and-test on a bounded subsample of z: its cost is candidates x rows, and the
+    // ranking needs far fewer rows than the fit. Its pick is scored on the whole validation
+    // split like every other stage's.
     let t = Instant::now();
-    // Project while reading. Raw rows are kept only for the polish: the training rows it uses
-    // (the first polish max_rows) and every validation row.
-    let keep_train = if config.polish {
-        n_train.min(config.polish_config.max_rows.max(1))
-    } else {
-        0
-    };
-    let mut x_train = Vec::with_capacity(keep_train * d);
-    let mut x_val = Vec::with_capacity(if config.polish { n_val * d } else { 0 });
-    let mut z = Vec::with_capacity(n * r);
-    let mut y = Vec::with_capacity(n);
-    for_each_chunk(source, 65_536, |start, xb, yb| {
-        project_into(xb, d, &basis, &mut z);
-        if config.polish {
-            for (i, row) in xb.chunks_exact(d).enumerate() {
-                let at = start as usize + i;
-                if at < keep_train {
-                    x_train.extend_from_slice(row);
-                } else if at >= n_train {
-                    x_val.extend_from_slice(row);
-                }
-            }
-        }
-        y.extend_from_slice(yb);
-        Ok(())
-    })?;
-    let (y_train, y_val) = y.split_at(n_train);
-    let train = ProjectedSamples {
-        rank: r,
-        z: z[..n_train * r].to_vec(),
-        y: y_train.to_vec(),
-    };
-    let val = ProjectedSamples {
-        rank: r,
-        z: z[n_train * r..].to_vec(),
-        y: y_val.to_vec(),
-    };
-    drop(z);
-    timings.push(("read+project".to_string(), t.elapsed().as_secs_f64()));
-
-    let t = Instant::now();
+    let flat: Vec<f64> = basis.iter().flatten().copied().collect();
+    let sub_rows = config.search_config.max_rows.max(1);
+    let sub_train = project_head(backend, &fit_rows, &flat, r, sub_rows)?;
+    let sub_val = project_head(backend, &val, &flat, r, sub_rows)?;
     let search_config = SearchConfig {
         hidden: config.hidden.clone(),
         budget: config.budget,
         seed: config.seed,
         ..config.search_config.clone()
     };
-    let sphere_config = SphereNetConfig {
-        seed: config.seed,
-        ..config.sphere_config.clone()
-    };
-    let found = search(
+    let found = search(backend, &sub_train, &sub_val, &search_config, None)?;
+    let enumerate_net = found.enumerate.network.clone();
+    let enumerate_mse = mse(
         backend,
-        &train,
+        &Network::with_projection(&enumerate_net, &basis)?,
         &val,
-        &search_config,
-        config.sphere_net.then_some(&sphere_config),
     )?;
-    timings.push(("search".to_string(), t.elapsed().as_secs_f64()));
+    stages.push(stage(
+        "enumerate",
+        Pass::Evaluate,
+        sub_train.len() as u64,
+        sub_train.len() as u64,
+        t,
+        Some(enumerate_mse),
+    ));
 
-    let validation_var = label_variance(y_val);
-    let mut validation_mse = found.validation_mse;
-    let mut network = found.network.clone();
+    let mut sphere_net_mse = None;
+    let (mut network, mut validation_mse, mut chosen) = (enumerate_net, enumerate_mse, "enumerate");
+    if config.sphere_net {
+        let t = Instant::now();
+        let sphere_config = SphereNetConfig {
+            seed: config.seed,
+            ..config.sphere_config.clone()
+        };
+        let bar = crate::progress::bar(n_fit as u64, "sphere-net");
+        let fit = sphere_net_fit_streamed(backend, &fit_rows, &val, &basis, &sphere_config, &bar)?;
+        bar.finish_and_clear();
+        let m = fit.fit.validation_mse;
+        stages.push(stage(
+            "sphere-net",
+            Pass::FeatureNormalEquations,
+            fit.rows,
+            fit.rows,
+            t,
+            Some(m),
+        ));
+        sphere_net_mse = Some(m);
+        if m < validation_mse {
+            (network, validation_mse, chosen) = (fit.fit.network, m, "sphere-net");
+        }
+    }
+    let mut final_stage = chosen;
+    let validation_var = streamed_label_variance(&val)?;
+
+    let mut basis = basis;
     let mut descent_mse = None;
     if config.descent {
         let t = Instant::now();
-        fn dense(s: &ProjectedSamples) -> DenseSamples<'_> {
-            DenseSamples {
-                dim: s.rank,
-                x: &s.z,
-                y: &s.y,
-            }
-        }
-        let identity: Vec<Vec<f64>> = (0..r)
-            .map(|i| (0..r).map(|j| f64::from(u8::from(i == j))).collect())
-            .collect();
         let pc = PolishConfig {
             seed: config.seed,
             ..config.descent_config.clone()
         };
-        // The identity as the polish's basis: an extra r x r linear map, folded back into the
-        // first layer below.
-        let res = polish(&network, &identity, &dense(&train), &dense(&val), &pc)?;
+        let shape = FactoredShape::of(&network, d)?;
+        let start = shape.pack(&network, &basis)?;
+        let res = train::train(backend, &fit_rows, &val, &shape, &start, false, &pc)?;
         let errors = PolishedMse::from(&res);
-        validation_mse = errors.kept_mse();
+        stages.push(stage(
+            "descent",
+            Pass::TrainWindow,
+            res.rows,
+            res.rows * res.epochs as u64,
+            t,
+            Some(res.after),
+        ));
+        if res.kept {
+            network = shape.unpack(&res.params)?.1;
+            validation_mse = res.after;
+            final_stage = "descent";
+        }
         descent_mse = Some(errors);
-        // The result reads z through the identity projection: fold it back in.
-        network = res.network.dense();
-        network.subspace = None;
-        timings.push(("descent".to_string(), t.elapsed().as_secs_f64()));
     }
     let mut polished_mse = None;
-    // The polish works on the found network and the basis, and returns the compact model
-    // (projection B, then the small network).
-    let model = if config.polish {
+    if config.polish {
         let t = Instant::now();
-        let train_dense = DenseSamples {
-            dim: d,
-            x: &x_train,
-            y: &y_train[..keep_train],
-        };
-        let val_dense = DenseSamples {
-            dim: d,
-            x: &x_val,
-            y: y_val,
-        };
         let pc = PolishConfig {
             seed: config.seed,
             ..config.polish_config.clone()
         };
-        let res = polish(&network, &basis, &train_dense, &val_dense, &pc)?;
-        let errors = PolishedMse::from(&res);
-        validation_mse = errors.kept_mse();
+        let spare = config.spare_rows.min(config.max_dim.saturating_sub(r));
+        let (start_net, start_basis) = if spare > 0 {
+            grow::grow(&network, &basis, spare, GROW_SCALE, config.seed)?
+        } else {
+            (network.clone(), basis.clone())
+        };
+        let shape = FactoredShape::of(&start_net, d)?;
+        let start = shape.pack(&start_net, &start_basis)?;
+        let res = train::train(backend, &fit_rows, &val, &shape, &start, true, &pc)?;
+        let mut errors = PolishedMse {
+            before: validation_mse,
+            after: res.after,
+            kept: false,
+        };
+        if res.kept && res.after < validation_mse {
+            let (grown_basis, grown) = shape.unpack(&res.params)?;
+            let pruned = grow::prune(backend, &grown, &grown_basis, spare, PRUNE_Z, &val)?;
+            let after = if pruned.kept < spare {
+                mse(
+                    backend,
+                    &Network::with_projection(&pruned.network, &pruned.basis)?,
+                    &val,
+                )?
+            } else {
+                res.after
+            };
+            errors.after = after;
+            if after < validation_mse {
+                (network, basis) = (pruned.network, pruned.basis);
+                validation_mse = after;
+                final_stage = "polish";
+                errors.kept = true;
+            }
+        }
+        stages.push(stage(
+            "polish",
+            Pass::TrainWindow,
+            res.rows,
+            res.rows * res.epochs as u64,
+            t,
+            Some(errors.after),
+        ));
         polished_mse = Some(errors);
-        timings.push(("polish".to_string(), t.elapsed().as_secs_f64()));
-        res.network
-    } else {
-        Network::with_projection(&network, &basis)?
-    };
+    }
+    let model = Network::with_projection(&network, &basis)?;
     Ok(LearnReport {
         model,
         dimension: r,
         subspace,
         validation_mse,
         validation_var,
-        enumerate_mse: found.enumerate.validation_mse,
-        sphere_net_mse: found.sphere_validation_mse,
+        enumerate_mse,
+        sphere_net_mse,
         descent_mse,
         polished_mse,
-        chosen: found.chosen.name().to_string(),
+        chosen: chosen.to_string(),
+        final_stage: final_stage.to_string(),
         candidates_evaluated: found.enumerate.candidates_evaluated,
         full_net_log10: found.enumerate.full_net_log10,
         train_rows: n_train,
         validation_rows: n_val,
-        timings,
+        stages,
         backend: backend.description(),
     })
 }

@@ -13,7 +13,9 @@ mod evaluate_ref;
 mod sphere;
 
 pub use evaluate_ref::reference_evaluate;
-pub use sphere::{sphere_net_fit, SphereNetConfig, SphereNetFit};
+pub use sphere::{
+    sphere_net_fit, sphere_net_fit_streamed, SphereNetConfig, SphereNetFit, StreamedSphereNetFit,
+};
 
 use crate::backend::{tri_len, Backend, CandidateBatch, ProjectedSamples};
 use crate::error::{Error, Result};

@@ -3,6 +3,8 @@
 mod evaluate;
 mod fit;
 pub mod moments;
+pub mod project;
+pub mod trainer;
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
 use crate::data::SampleSource;
@@ -56,5 +58,10 @@ impl Backend for CpuBackend {
         batch: &CandidateBatch,
     ) -> Result<CandidateStats> {
         evaluate::evaluate_candidates(samples, batch)
+    }
+
+    fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        crate::backend::check_predict_input(network, x, rows)?;
+        Ok(trainer::predict_compact(network, x).unwrap_or_else(|| network.forward_f32(x, rows)))
     }
 }
