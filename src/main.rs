@@ -357,7 +357,7 @@ fn main() -> ExitCode {
             if mpi::is_root() {
                 eprintln!("relu-fpt: error: {e}");
             }
-            ExitCode::from(e.exit_code())
+            ExitCode::from(mpi::exit_status(e.exit_code()))
         }
     }
 }
@@ -390,7 +390,9 @@ fn remove_outputs_on_interrupt() {
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 output::remove_in_flight();
-                eprintln!("relu-fpt: interrupted; unfinished output files removed");
+                if mpi::is_root() {
+                    eprintln!("relu-fpt: interrupted; unfinished output files removed");
+                }
                 std::process::exit(128 + signal);
             }
         });

@@ -4,8 +4,8 @@
 //! 1. writes small sample files (one file, the same rows as three shards, a file with a NaN),
 //! 2. starts itself under `mpirun --allow-run-as-root --oversubscribe -n 2`, where each rank runs
 //!    the library-level cases below against the CPU backend computed locally on the same rank
-//!    (moments, fit moments, sphere-net normal equations, validation errors, candidate
-//!    statistics, filtered PCA, learn, shard lists, the ordered stream to rank 0, a bad file on
+//!    (moments, fit moments, sphere-net normal equations, validation errors, the trainer's
+//!    minibatches, candidate statistics, filtered PCA, learn, shard lists, the ordered stream to rank 0, a bad file on
 //!    one rank), and
 //! 3. runs the `relu-fpt` command line with one process and under `mpirun -n 2` and compares.
 //!
@@ -18,7 +18,7 @@
 use relu_fpt::backend::cpu::CpuBackend;
 use relu_fpt::backend::mpi;
 use relu_fpt::backend::{
-    Backend, CandidateBatch, CandidateStats, ProjectedSamples, SphereFeatures,
+    Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, ProjectedSamples, SphereFeatures,
 };
 use relu_fpt::data::{
     for_each_chunk, open_samples, write_npy_f32, GaussianSource, NpySource, SampleSource,
@@ -425,6 +425,29 @@ fn rank_cases() {
     say(format!(
         "normal equations: within {diff:.1e}; validation errors: within {sse_diff:.1e}"
     ));
+
+    // The trainer's minibatches: rows split, gradients combined, the same Adam steps.
+    let shape = FactoredShape::of(&fit, D).unwrap();
+    let start = shape.pack(&fit, &basis).unwrap();
+    let (wx, wy) = read_all(&source(3000));
+    for train_basis in [true, false] {
+        let (mut p1, mut p2) = (start.clone(), start.clone());
+        let (mut a1, mut a2) = (Adam::new(p1.len(), 0.01, 12), Adam::new(p2.len(), 0.01, 12));
+        cpu.train_window(&shape, train_basis, &wx, &wy, 256, &mut p1, &mut a1)
+            .unwrap();
+        split
+            .train_window(&shape, train_basis, &wx, &wy, 256, &mut p2, &mut a2)
+            .unwrap();
+        assert_eq!(a1.steps(), a2.steps());
+        let diff = rel(&p2, &p1);
+        assert!(
+            diff < ALIGNED_TOL,
+            "train window (basis {train_basis}): {diff}"
+        );
+        say(format!(
+            "train window (basis trained: {train_basis}): within {diff:.1e}"
+        ));
+    }
 
     // Candidate statistics over projected samples (rows split, candidates whole).
     let (x, y) = read_all(&source(20_001));

@@ -96,6 +96,21 @@ pub trait Backend: Send + Sync {
         cpu::trainer::train_window(shape, train_basis, x, y, batch_size, params, adam)
     }
 
+    /// The gradient of the summed squared error over the rows `x`, `y` with respect to `params`
+    /// ([`FactoredShape`] layout, B's entries zero unless `train_basis`), as f64 sums: one
+    /// minibatch of [`Backend::train_window`], for a caller that adds gradients from several
+    /// processes before the Adam step (the MPI backend). The default is the CPU pass.
+    fn gradient_sum(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        cpu::trainer::gradient_sum(shape, train_basis, x, y, params)
+    }
+
     /// Normal equations (sum phi phi^T, sum phi y, in f64) of the sphere-net features of
     /// z = B x over every row of `source`. The default is the CPU pass.
     fn feature_normal_equations(

@@ -178,6 +178,23 @@ pub fn agree(outcome: Result<()>) -> Result<()> {
     imp::checkpoint(outcome)
 }
 
+/// The exit status of a command that failed with `code`, once the ranks agreed on the failure
+/// and rank 0 printed it: `code` on rank 0 and 0 on the others, after a barrier. mpirun stops
+/// the whole job as soon as one rank exits non-zero, so if another rank exited with the code
+/// first, rank 0 could be killed before or while it prints; this way rank 0 is never killed, and
+/// mpirun's own exit status is rank 0's code.
+pub fn exit_status(code: u8) -> u8 {
+    if ranks() <= 1 {
+        return code;
+    }
+    imp::barrier();
+    if is_root() {
+        code
+    } else {
+        0
+    }
+}
+
 /// Called from the panic hook: with several ranks, a panicking rank takes the job down with
 /// MPI_Abort (its peers would otherwise wait for it forever).
 pub fn abort_job_after_panic() {
@@ -303,10 +320,10 @@ impl Sums for NormalEquations {
     }
 }
 
-/// Per-network sums of squared errors.
-struct SquaredErrors(Vec<f64>);
+/// Plain f64 sums: per-network squared errors, gradient sums.
+struct Floats(Vec<f64>);
 
-impl Sums for SquaredErrors {
+impl Sums for Floats {
     fn pack(&self) -> (Vec<f64>, Vec<u64>) {
         (self.0.clone(), Vec::new())
     }
@@ -432,9 +449,8 @@ impl Backend for MpiBackend {
         self.inner.project(basis, x, rows)
     }
 
-    /// Replicated, not split: every rank runs the same window (see the README's note on
-    /// `learn`): a minibatch of 256 rows costs about as much to compute as combining its
-    /// gradient would cost in latency.
+    /// Every rank holds the same window; each minibatch's rows split across the ranks, whose
+    /// gradient sums are combined before the (replicated) Adam step.
     fn train_window(
         &self,
         shape: &FactoredShape,
@@ -445,8 +461,36 @@ impl Backend for MpiBackend {
         params: &mut [f64],
         adam: &mut Adam,
     ) -> Result<()> {
-        self.inner
-            .train_window(shape, train_basis, x, y, batch_size, params, adam)
+        let d = shape.input_dim;
+        if batch_size == 0 || x.len() != y.len() * d {
+            // The inner backend's own check names the fault (the same on every rank).
+            return self
+                .inner
+                .train_window(shape, train_basis, x, y, batch_size, params, adam);
+        }
+        for start in (0..y.len()).step_by(batch_size) {
+            let len = batch_size.min(y.len() - start);
+            let (lo, n) = split_range(len as u64, rank(), ranks());
+            let (a, b) = (start + lo as usize, start + (lo + n) as usize);
+            let local = self
+                .inner
+                .gradient_sum(shape, train_basis, &x[a * d..b * d], &y[a..b], params)
+                .map(Floats);
+            let grad = combine(local)?.0;
+            adam.step(&grad, len, params);
+        }
+        Ok(())
+    }
+
+    fn gradient_sum(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        self.inner.gradient_sum(shape, train_basis, x, y, params)
     }
 
     fn feature_normal_equations(
@@ -470,8 +514,8 @@ impl Backend for MpiBackend {
         split_pass(
             source,
             None,
-            || Ok(SquaredErrors(vec![0.0; networks.len()])),
-            |part| self.inner.sse(networks, part).map(SquaredErrors),
+            || Ok(Floats(vec![0.0; networks.len()])),
+            |part| self.inner.sse(networks, part).map(Floats),
         )
         .map(|s| s.0)
     }
@@ -557,6 +601,11 @@ mod imp {
 
     pub(super) fn abort(code: i32) -> ! {
         comm().abort(code)
+    }
+
+    pub(super) fn barrier() {
+        let _guard = lock();
+        comm().barrier();
     }
 
     fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -727,6 +776,8 @@ mod imp {
     }
 
     pub(super) fn abort(_code: i32) {}
+
+    pub(super) fn barrier() {}
 
     pub(super) fn checkpoint<T>(local: Result<T>) -> Result<T> {
         local
