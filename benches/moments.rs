@@ -1,10 +1,12 @@
-//! Criterion benchmark of the binned moment pass: the CPU backend, and the GPU backend when an
-//! adapter opens, at a few small sizes (K = 1 and K = 64 with a rank-2 basis).
+//! Criterion benchmark of the binned moment pass: the CPU backend on each micro-kernel the CPU
+//! runs (AVX-512, AVX2/FMA, portable), and the GPU backend when an adapter opens, at a few small
+//! sizes (K = 1 and K = 64 with a rank-2 basis).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
+use relu_fpt::backend::cpu::syrk::{Isa, MomentKernel};
 use relu_fpt::backend::cpu::CpuBackend;
 use relu_fpt::backend::gpu::GpuBackend;
 use relu_fpt::backend::Backend;
@@ -64,7 +66,21 @@ fn bench_backend(c: &mut Criterion, name: &str, backend: &dyn Backend) {
 }
 
 fn moments(c: &mut Criterion) {
-    bench_backend(c, "cpu", &CpuBackend::new());
+    for (kernel, isa) in [
+        (MomentKernel::Avx512, Isa::Avx512),
+        (MomentKernel::Avx2, Isa::Avx2),
+        (MomentKernel::Portable, Isa::Portable),
+    ] {
+        if isa.available() {
+            let cpu = CpuBackend::with_moment_kernel(kernel);
+            bench_backend(c, &format!("cpu-{}", isa.name()), &cpu);
+        } else {
+            println!(
+                "moments/cpu-{} group skipped: this CPU lacks it",
+                isa.name()
+            );
+        }
+    }
     match GpuBackend::new(true) {
         Ok(gpu) => bench_backend(c, "gpu", &gpu),
         Err(e) => println!("moments/gpu group skipped: no GPU backend ({e})"),

@@ -1,12 +1,17 @@
 // Binned, filtered second moments (src/moments.rs defines the statistic; launcher in
 // src/backend/gpu/moments.rs). Three entry points, run per batch of samples:
-//   bin_samples  one invocation per sample: z = B^T x, cell, y-bin -> bin id.
+//   bin_samples  one invocation per sample: z = B^T x, cell, y-bin -> bin id. The host's rule
+//                (BinSpec::bin_of) compares z in f64; here z is f32, so a sample whose z lies
+//                within the f32 error bound of an axis edge is flagged (bit 31) and the host
+//                recomputes its bin in f64. y edges arrive rounded down to f32, which makes
+//                `edge < y` exact for f32 labels. So every bin agrees with the f64 rule.
 //   syrk_tiles   one workgroup per (upper-triangle output tile, piece): a piece is a run of at
 //                most CHUNK samples of one bin (the host groups samples by bin). Sums w a a^T
 //                over the augmented vector a = (x, 1) in f32, so row d of the tile gives
 //                s_b = sum w x for free. One partial tile per (piece, tile) - no atomics.
 //   reduce_runs  one invocation per (run of same-bin pieces, i <= j): sums that run's partial
-//                tiles and writes the packed upper triangle of the augmented matrix.
+//                tiles and adds them to its bin's packed upper triangle of the augmented
+//                matrix in `totals` (a dispatch holds at most one run per bin: no races).
 // lavapipe caps every invocation at 65,535 loop iterations in total; here the longest loop is
 // CHUNK / BK slabs (256 by default), inner loops have constant trip counts and unroll.
 
@@ -22,7 +27,7 @@ override TILE: u32 = WG * TM;
 struct Params {
     dim: u32,         // d
     rows: u32,        // samples in this batch
-    rank: u32,        // r (<= 8)
+    rank: u32,        // r
     axis_edges: u32,  // edges per z axis
     y_edges: u32,     // y edges per cell
     y_bins: u32,      // y_edges + 1
@@ -45,8 +50,11 @@ struct Params {
 @group(0) @binding(8) var<storage, read> pieces: array<vec2<u32>>;   // (start, length)
 @group(0) @binding(9) var<storage, read> pairs: array<vec2<u32>>;    // (tile row, tile col)
 @group(0) @binding(10) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(11) var<storage, read> runs: array<vec2<u32>>;    // (first piece, count)
-@group(0) @binding(12) var<storage, read_write> packed: array<f32>;
+@group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // (first piece, count, bin, -)
+@group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin, packed
+
+const NEAR_EDGE: u32 = 0x80000000u;
+const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
 
 @compute @workgroup_size(BIN_WG)
 fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -56,16 +64,26 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let row = i * p.dim;
     var cell = 0u;
+    var near = false;
     for (var j = 0u; j < p.rank; j++) {
         var z = 0.0;
+        var s = 0.0;
         let b = j * p.dim;
         for (var k = 0u; k < p.dim; k++) {
             z = fma(basis[b + k], x[row + k], z);
+            s = fma(abs(basis[b + k]), abs(x[row + k]), s);
         }
+        // |z - exact| <= (d + 1) u S with or without fused fma, plus the basis rounding
+        // (u S); twice that, plus the edge's own rounding twice over.
+        let band = f32(p.dim + 2u) * TWO_ULP * s + 1e-30;
         var below = 0u;
         for (var e = 0u; e < p.axis_edges; e++) {
-            if axis_edges[j * p.axis_edges + e] < z {
+            let edge = axis_edges[j * p.axis_edges + e];
+            if edge < z {
                 below++;
+            }
+            if abs(z - edge) <= band + TWO_ULP * abs(edge) {
+                near = true;
             }
         }
         cell = cell * (p.axis_edges + 1u) + below;
@@ -77,7 +95,7 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
             ybin++;
         }
     }
-    bins[i] = cell * p.y_bins + ybin;
+    bins[i] = select(cell * p.y_bins + ybin, NEAR_EDGE, near);
 }
 
 var<workgroup> a_slab: array<f32, BK * TILE>;
@@ -192,5 +210,6 @@ fn reduce_runs(
         }
         total += block;
     }
-    packed[wid.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i)] = total;
+    let at = run.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i);
+    totals[at] = totals[at] + total;
 }

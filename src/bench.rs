@@ -1,7 +1,9 @@
-//! Benchmarks a user can run (`relu-fpt bench moments`): timings of one backend's moment pass on
-//! data generated in memory, reported as one JSON line comparable with the peers in
-//! shared/peers (np_moment.py prints the same n, d, seconds, gflops fields).
+//! Benchmarks a user can run: `relu-fpt bench moments` times one backend's moment pass on data
+//! generated in memory and reports one JSON line comparable with `scripts/np_moment.py` (numpy's
+//! X^T X prints the same n, d, seconds, gflops fields); on the CPU it also states the speed as
+//! a fraction of the machine's FMA peak (`relu-fpt bench peak`, [`crate::backend::cpu::peak`]).
 
+use crate::backend::cpu::peak::process_cpu_seconds;
 use crate::backend::Backend;
 use crate::data::MemorySource;
 use crate::error::{Error, Result};
@@ -35,12 +37,39 @@ pub struct MomentBench {
     pub samples_per_second: f64,
     /// Timed runs.
     pub runs: usize,
+    /// CPU moments micro-kernel ("avx512", "avx2", "portable"); None on a GPU.
+    pub kernel: Option<String>,
+    /// The machine's f32 FMA peak in GFLOP/s on all threads (measured in the same run or
+    /// given); None on a GPU.
+    pub peak_gflops: Option<f64>,
+    /// gflops / peak_gflops.
+    pub peak_fraction: Option<f64>,
+    /// CPU time of one pass summed over the threads (median over the runs; Linux). On a machine
+    /// busy with other work this, not the wall time, says how fast the kernel is.
+    pub cpu_seconds: Option<f64>,
+    /// One core's FMA peak per second of CPU time (from the same probe).
+    pub peak_gflops_per_cpu_second: Option<f64>,
+    /// n d (d + 1) / cpu_seconds / peak_gflops_per_cpu_second: the share of the cores' peak
+    /// the pass reaches while it runs (idle spinning of the pool counts against it).
+    pub cpu_time_fraction: Option<f64>,
 }
 
 impl MomentBench {
     /// Exactly one JSON line: backend, adapter, n, d, bins, seconds, gflops, then extras.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("a struct of strings and numbers serialises")
+    }
+
+    /// Records the FMA peak the speed is compared with: all threads' in GFLOP/s of wall time
+    /// and, when known, one core's per second of CPU time.
+    pub fn set_peak(&mut self, peak_gflops: f64, per_cpu_second: Option<f64>) {
+        self.peak_gflops = Some(peak_gflops);
+        self.peak_fraction = Some(self.gflops / peak_gflops);
+        self.peak_gflops_per_cpu_second = per_cpu_second;
+        self.cpu_time_fraction = self
+            .cpu_seconds
+            .zip(per_cpu_second)
+            .map(|(c, p)| self.n as f64 * self.d as f64 * (self.d as f64 + 1.0) / c / 1e9 / p);
     }
 }
 
@@ -73,10 +102,15 @@ pub fn bench_moments(
     progress.set_length(n * (runs as u64 + 1));
     backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
     let mut times = Vec::with_capacity(runs);
+    let mut cpu_times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let cpu = process_cpu_seconds();
         let t = std::time::Instant::now();
         let m = backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
         times.push(t.elapsed().as_secs_f64());
+        if let Some(c) = cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a) {
+            cpu_times.push(c);
+        }
         if m.total_count() != n {
             return Err(Error::invalid(format!(
                 "bench moments: the backend counted {} samples of {n}",
@@ -86,6 +120,8 @@ pub fn bench_moments(
     }
     times.sort_by(f64::total_cmp);
     let seconds = times[runs / 2];
+    cpu_times.sort_by(f64::total_cmp);
+    let cpu_seconds = (cpu_times.len() == runs).then(|| cpu_times[runs / 2]);
     Ok(MomentBench {
         backend: backend.kind().to_string(),
         adapter: backend.description(),
@@ -96,6 +132,12 @@ pub fn bench_moments(
         gflops: n as f64 * d as f64 * (d as f64 + 1.0) / seconds / 1e9,
         samples_per_second: n as f64 / seconds,
         runs,
+        kernel: None,
+        peak_gflops: None,
+        peak_fraction: None,
+        cpu_seconds,
+        peak_gflops_per_cpu_second: None,
+        cpu_time_fraction: None,
     })
 }
 

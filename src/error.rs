@@ -22,6 +22,10 @@ pub enum Error {
     /// The message names the parameter and what would be accepted.
     #[error("{0}")]
     InvalidRequest(String),
+    /// Filtered PCA found no direction that clears its calibrated null: nothing to fit on.
+    /// Carries what the rounds saw and an estimate of the samples that would likely suffice.
+    #[error("{0}")]
+    NoStructure(Box<crate::subspace::NoStructure>),
     /// Plain I/O on a named file.
     #[error("{}: {source}", path.display())]
     Io {

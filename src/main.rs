@@ -49,8 +49,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Binned second moments: median of timed runs after a warm-up (data generation excluded).
+    /// Binned second moments: median of timed runs after a warm-up (data generation excluded);
+    /// on the CPU also as a fraction of the FMA peak.
     Moments(BenchMomentsArgs),
+    /// The CPU's f32 FMA peak: a register-only FMA loop on every thread at once.
+    Peak(BenchPeakArgs),
+    /// Enumerate-and-test against the sphere-net fit on small teachers, true basis given.
+    Search(BenchSearchArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -172,8 +177,17 @@ struct SubspaceArgs {
     #[arg(long, value_enum, default_value = "filtered")]
     method: Method,
     /// Upper bound on the dimension filtered PCA may find.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     max_dim: usize,
+    /// Work on the raw x instead of Sigma^(-1/2) (x - mu) (filtered PCA whitens by default).
+    #[arg(long)]
+    no_whiten: bool,
+    /// Most residual rounds after the refine steps (filters on y - h(B x); 0: none).
+    #[arg(long, default_value_t = 8)]
+    residual_rounds: usize,
+    /// A direction must clear this multiple of the null maximum (>= 1).
+    #[arg(long, default_value_t = 1.25)]
+    null_margin: f64,
     /// Number of directions for pHd, SIR and SAVE.
     #[arg(long)]
     dim: Option<usize>,
@@ -215,8 +229,8 @@ struct LearnArgs {
     /// Skip the final joint refinement of the network and the basis.
     #[arg(long)]
     no_polish: bool,
-    /// Passes of the polish over the training rows (default: 15, fewer on more than 1.6e5
-    /// rows, adding up to 2.4e6 row reads, at least one).
+    /// Passes of the polish over the training rows (default: 15, fewer on more than 3.2e5
+    /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
     /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
@@ -231,6 +245,9 @@ struct LearnArgs {
     /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
+    /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
+    #[arg(long)]
+    no_whiten: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -309,7 +326,57 @@ struct BenchMomentsArgs {
     runs: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendChoice,
+    /// CPU moments micro-kernel (auto: RELU_FPT_CPU_KERNEL, else the widest the CPU has).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
+    /// The FMA peak to compare with, GFLOP/s on all threads (default: measure it first, as
+    /// `relu-fpt bench peak` does).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
     /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchPeakArgs {
+    /// Seconds per timed repeat.
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// Timed repeats; the best is reported (a busy machine only lowers the figure).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Instruction set of the loop (auto: every SIMD one the CPU has; the peak is the best).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
+    /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchSearchArgs {
+    /// Enumerate-and-test budgets (candidates), one table row each.
+    #[arg(long, value_delimiter = ',', default_value = "512,4096,32768")]
+    budgets: Vec<usize>,
+    /// Teacher seeds; the table gives the median and the worst.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Candidate hidden widths (learn's default).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    hidden: Vec<usize>,
+    /// Only the cases whose name contains one of these (e.g. "fan", "r=3").
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Training rows per case (validation: a quarter as many).
+    #[arg(long, default_value_t = 80_000)]
+    rows: usize,
+    /// Candidate generators: greedy (the default one), product (the paper's net as written).
+    #[arg(long, value_delimiter = ',', default_value = "greedy,product")]
+    generators: Vec<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
+    /// One JSON line per (case, seed, budget, generator) instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -348,6 +415,12 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Moments(a),
         } => bench_moments(a),
+        Command::Bench {
+            what: BenchCommand::Peak(a),
+        } => bench_peak(a),
+        Command::Bench {
+            what: BenchCommand::Search(a),
+        } => bench_search(a),
         Command::Devices => devices(),
     };
     // With several MPI ranks all stop together: the lowest failing rank's error, printed once.
@@ -458,6 +531,9 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
         dim: a.dim,
         seed: a.seed,
         refine_steps: a.refine_steps,
+        whiten: !a.no_whiten,
+        residual_rounds: a.residual_rounds,
+        null_margin: a.null_margin,
         ..SubspaceConfig::default()
     };
     let t = Instant::now();
@@ -468,7 +544,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     }
     output::write_atomic(&a.out, report.to_json().as_bytes())?;
     if let Some(path) = &a.plot {
-        output::write_atomic(path, subspace_plot(&report, config.acceptance).as_bytes())?;
+        output::write_atomic(path, subspace_plot(&report).as_bytes())?;
     }
     let truth = samples
         .teacher
@@ -499,16 +575,21 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
 }
 
 /// Each round's strongest filter eigenvalues, in multiples of their null edge, against the
-/// acceptance bar: what cleared it and by how much, and how far the rest fell short.
-fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport, bar: f64) -> String {
+/// round's calibrated bar: what cleared it and by how much, and how far the rest fell short.
+fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport) -> String {
     let groups: Vec<plot::BarGroup> = report
         .rounds
         .iter()
         .enumerate()
         .map(|(i, r)| plot::BarGroup {
-            label: format!("round {}", i + 1),
+            label: format!("round {} ({})", i + 1, r.kind.name()),
             values: r.top_eigenvalues.iter().map(|l| l / r.null_edge).collect(),
-            threshold: bar,
+            // Baselines have no calibrated bar: draw the null edge itself.
+            threshold: if r.threshold.is_finite() {
+                r.threshold
+            } else {
+                1.0
+            },
         })
         .collect();
     plot::bar_chart(
@@ -584,6 +665,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
     }
     config.subspace_config.refine_steps = a.refine_steps;
     config.max_train_rows = a.max_train_rows;
+    config.subspace_config.whiten = !a.no_whiten;
     config
 }
 
@@ -887,20 +969,170 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
             "--runs: at least 5 timed runs, so the median means something",
         ));
     }
+    if let Some(p) = a.peak_gflops {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(Error::invalid(format!(
+                "--peak-gflops {p}: give a positive number (GFLOP/s), or leave it out to measure"
+            )));
+        }
+    }
+    let chosen = backend::select(a.backend)?;
+    // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or given).
+    // Under mpirun the ranks would measure the peak at once and share the cores, so there it
+    // is only what --peak-gflops gives.
+    let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == "cpu" {
+        let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
+        let isa = cpu.moment_isa()?;
+        let peak = match a.peak_gflops {
+            Some(p) => Some((p, None)),
+            None if mpi::ranks() > 1 => None,
+            None => Some(relu_fpt::backend::cpu::peak::best_of(
+                &relu_fpt::backend::cpu::peak::measure_all(0.3, 3),
+            )),
+        };
+        (Box::new(cpu), Some((isa, peak)))
+    } else {
+        (chosen, None)
+    };
     // Under mpirun every rank holds the generated samples and each pass splits them by rows.
-    let backend = open_backend(a.backend)?;
+    let backend = mpi::distribute(chosen);
     let bar = progress::bar((a.runs + 1) as u64, "bench");
-    let r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
+    let mut r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
     bar.finish_and_clear();
+    if let Some((isa, peak)) = &cpu {
+        r.kernel = Some(isa.name().to_string());
+        if let Some((peak, per_cpu_second)) = peak {
+            r.set_peak(*peak, *per_cpu_second);
+        }
+    }
     if a.json {
         let mut v: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("own JSON");
         add_ranks(&mut v);
         println!("{v}");
     } else {
+        let kernel = r
+            .kernel
+            .as_ref()
+            .map_or(String::new(), |k| format!(", {k} kernel"));
+        let mut peak = match (r.peak_gflops, r.peak_fraction) {
+            (Some(p), Some(f)) => format!(", {:.0}% of the FMA peak {p:.1} GFLOP/s", 100.0 * f),
+            _ => String::new(),
+        };
+        if let (Some(c), Some(f)) = (r.cpu_seconds, r.cpu_time_fraction) {
+            peak += &format!(
+                " ({:.0}% of the cores' peak over {c:.3} s of CPU time)",
+                100.0 * f
+            );
+        }
         println!(
-            "{} ({}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s), {:.3e} samples/s",
+            "{} ({}{kernel}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s){peak}, {:.3e} samples/s",
             r.backend, r.adapter, r.n, r.d, r.bins, r.seconds, r.runs, r.gflops, r.samples_per_second
         );
+    }
+    Ok(())
+}
+
+fn bench_peak(a: BenchPeakArgs) -> Result<()> {
+    use relu_fpt::backend::cpu::peak;
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 60.0) || a.repeats == 0 {
+        return Err(Error::invalid(
+            "--seconds must be in (0, 60] and --repeats at least 1",
+        ));
+    }
+    let peaks = match a.kernel {
+        relu_fpt::backend::cpu::syrk::MomentKernel::Auto => peak::measure_all(a.seconds, a.repeats),
+        k => vec![peak::measure(k.resolve()?, a.seconds, a.repeats)],
+    };
+    let (total, per_cpu_second) = peak::best_of(&peaks);
+    let best = peaks
+        .iter()
+        .find(|p| p.gflops_total == total)
+        .expect("the best is one of them");
+    if a.json {
+        // The best loop's fields at the top (what `bench moments` compares with), then each.
+        let mut v = serde_json::to_value(best).expect("numbers and strings");
+        v["gflops_per_cpu_second"] = per_cpu_second.into();
+        v["by_isa"] = serde_json::to_value(&peaks).expect("numbers and strings");
+        println!("{v}");
+    } else {
+        for p in &peaks {
+            let per: Vec<String> = p
+                .gflops_per_thread
+                .iter()
+                .map(|g| format!("{g:.1}"))
+                .collect();
+            println!(
+                "f32 FMA loop ({}, {} threads, best of {} repeats of {:.2} s): {} GFLOP/s per core, {:.1} GFLOP/s total{}",
+                p.isa,
+                p.threads,
+                p.repeats,
+                p.seconds,
+                per.join(", "),
+                p.gflops_total,
+                p.gflops_per_cpu_second.map_or(String::new(), |c| format!(
+                    "; {c:.1} GFLOP/s per second of CPU time on one core"
+                ))
+            );
+        }
+        println!(
+            "peak: {total:.1} GFLOP/s on all threads ({}){}",
+            best.isa,
+            per_cpu_second.map_or(String::new(), |c| format!(
+                ", {c:.1} GFLOP/s per core per second of CPU time"
+            ))
+        );
+    }
+    Ok(())
+}
+
+fn bench_search(a: BenchSearchArgs) -> Result<()> {
+    use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
+    let backend = backend::select(a.backend)?;
+    let generators = a
+        .generators
+        .iter()
+        .map(|g| match g.as_str() {
+            "greedy" => Ok(relu_fpt::search::Generator::Greedy),
+            "product" => Ok(relu_fpt::search::Generator::Product),
+            other => Err(Error::invalid(format!(
+                "--generators: unknown generator '{other}' (use greedy, product or both)"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = SearchBenchConfig {
+        budgets: a.budgets,
+        seeds: a.seeds,
+        generators,
+        ..SearchBenchConfig::default()
+    };
+    config.search.hidden = a.hidden;
+    config.train_rows = a.rows;
+    config.validation_rows = (a.rows / 4).max(1);
+    if !a.cases.is_empty() {
+        config
+            .cases
+            .retain(|c| a.cases.iter().any(|want| c.name.contains(want.as_str())));
+        if config.cases.is_empty() {
+            return Err(Error::invalid(
+                "--cases: no benchmark case matches (names: fan m=4 r=2, random [2] r=2 bias, ...)",
+            ));
+        }
+    }
+    let json = a.json;
+    let bar = progress::bar(
+        (config.cases.len() * config.seeds.len() * config.budgets.len() * config.generators.len())
+            as u64,
+        "bench",
+    );
+    let rows = bench_search(backend.as_ref(), &config, |row| {
+        if json {
+            bar.suspend(|| println!("{}", serde_json::to_string(row).expect("plain fields")));
+        }
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    if !json {
+        print!("{}", search_table(&rows, &backend.description()));
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ impl SampleWeight {
 pub struct BinSpec {
     /// Input dimension d.
     pub dim: usize,
-    /// r orthonormal rows of length d, row-major (B^T); r = 0 means a single cell.
+    /// r rows of length d, row-major (z = B x); r = 0 means a single cell. Filtered PCA passes
+    /// orthonormal rows of its working frame; any finite, non-zero rows are accepted.
     pub basis: Vec<f64>,
     /// Edges per z axis (the same count on every axis): cells per axis = edges + 1.
     pub axis_edges: Vec<Vec<f64>>,
@@ -94,7 +95,7 @@ impl BinSpec {
         self.cells() * self.y_bins()
     }
 
-    /// Checks the spec: sizes agree, edges sorted, basis orthonormal, K > 0.
+    /// Checks the spec: sizes agree, edges sorted, basis rows finite and non-zero, K > 0.
     pub fn validate(&self) -> Result<()> {
         let r = self.rank();
         if self.dim == 0 {
@@ -107,22 +108,16 @@ impl BinSpec {
                 self.dim
             )));
         }
-        if r > 8 {
-            return Err(Error::invalid(format!(
-                "bin spec: basis rank {r} exceeds the supported maximum of 8"
-            )));
-        }
+        // Any rank: the cell count cells_per_axis^r is the caller's budget to keep. Rows need
+        // not be orthonormal (filtered PCA bins on rows of a whitened frame, and a group axis
+        // on an extra column); each must be finite and non-zero so that z is a projection.
         for i in 0..r {
-            for j in 0..=i {
-                let bi = &self.basis[i * self.dim..(i + 1) * self.dim];
-                let bj = &self.basis[j * self.dim..(j + 1) * self.dim];
-                let g: f64 = bi.iter().zip(bj).map(|(a, b)| a * b).sum();
-                let want = if i == j { 1.0 } else { 0.0 };
-                if (g - want).abs() > 1e-6 {
-                    return Err(Error::invalid(format!(
-                        "bin spec: basis rows are not orthonormal (row {i} . row {j} = {g:.3e}); orthonormalise them first"
-                    )));
-                }
+            let row = &self.basis[i * self.dim..(i + 1) * self.dim];
+            let norm: f64 = row.iter().map(|v| v * v).sum();
+            if !norm.is_finite() || norm == 0.0 {
+                return Err(Error::invalid(format!(
+                    "bin spec: basis row {i} is zero or not finite; pass finite, non-zero rows"
+                )));
             }
         }
         if r > 0 && self.axis_edges.len() != r {
@@ -483,9 +478,9 @@ pub fn check_fit_request(
 ) -> Result<()> {
     let d = source.dim();
     let r = basis.len();
-    if r == 0 || r > 8 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
+    if r == 0 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
         return Err(Error::invalid(format!(
-            "fit moments: need 1..=8 basis rows of length d = {d} and a fit on their coordinates \
+            "fit moments: need at least one basis row of length d = {d} and a fit on their coordinates \
              (got {r} rows of lengths {:?}, a fit on {} inputs)",
             basis.iter().map(Vec::len).collect::<Vec<_>>(),
             fit.input_dim

@@ -63,6 +63,11 @@ const CASES: &[(usize, &[usize], usize, usize)] = &[
     (3, &[4, 3], 70, 413),
     (4, &[16], 33, 1001),
     (8, &[5, 6, 2], 9, 777),
+    // Ranks past 8: the rank is a runtime size.
+    (12, &[6], 4, 301),
+    (16, &[], 3, 517),
+    (16, &[16, 4], 5, 403),
+    (21, &[9, 9, 9, 9, 9, 9, 9, 9, 9, 3], 2, 97),
 ];
 
 #[test]
@@ -103,12 +108,22 @@ fn bad_inputs_are_errors() {
     let wrong_rank = batch(2, &[3], 2, 1);
     let mut ragged = batch(3, &[3], 2, 1);
     ragged.params.pop();
-    let too_wide = batch(3, &[65], 1, 1);
+    // A last layer of 200 units: 20,503 statistics per candidate, past what the kernel holds.
+    let too_wide = batch(3, &[200], 1, 1);
     for backend in common::backends() {
         assert!(backend.evaluate_candidates(&s, &wrong_rank).is_err());
         assert!(backend.evaluate_candidates(&s, &ragged).is_err());
     }
-    assert!(common::gpu().evaluate_candidates(&s, &too_wide).is_err());
+    let e = common::gpu()
+        .evaluate_candidates(&s, &too_wide)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            relu_fpt::Error::Gpu(relu_fpt::backend::gpu::GpuError::TooLarge(_))
+        ),
+        "{e}"
+    );
     assert!(common::cpu().evaluate_candidates(&s, &too_wide).is_ok());
 }
 
@@ -116,8 +131,11 @@ fn bad_inputs_are_errors() {
 fn gpu_streams_candidates_and_sample_blocks() {
     use relu_fpt::backend::gpu::{evaluate_candidates_with, EvaluateKernelParams};
     let ctx = common::gpu().context();
+    // Tiles of 4 samples, chunks of 16, 3 chunks and 7 candidates per dispatch, workgroups of
+    // 8 invocations (4 statistics each of the 28): N = 203 ends in a ragged tile and chunk.
     let params = EvaluateKernelParams {
         workgroup_size: 8,
+        samples_per_tile: 4,
         chunk_len: 16,
         max_chunks_per_dispatch: 3,
         max_candidates_per_dispatch: 7,
@@ -128,4 +146,10 @@ fn gpu_streams_candidates_and_sample_blocks() {
     let want = reference_evaluate(&s, &b).unwrap();
     let got = evaluate_candidates_with(ctx, &s, &b, &params).unwrap();
     assert_close(&got, &want, 2e-5, "gpu streamed");
+    // A chunk that is not a whole number of tiles is refused.
+    let ragged = EvaluateKernelParams {
+        chunk_len: 18,
+        ..params
+    };
+    assert!(evaluate_candidates_with(ctx, &s, &b, &ragged).is_err());
 }

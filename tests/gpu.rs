@@ -77,45 +77,19 @@ fn spec(rng: &mut Rng, d: usize, r: usize, axis: &[f64], y_edges: &[f64]) -> Bin
     s
 }
 
-fn min_gap(edges: &[f64], v: f64) -> f64 {
-    edges
-        .iter()
-        .map(|e| (e - v).abs())
-        .fold(f64::INFINITY, f64::min)
-}
-
-/// N Gaussian samples with a nonlinear label. f32 (device) and f64 (twin) z can put a sample
-/// lying within ~1e-6 of an edge in different bins, so any sample whose z (any axis) or y lies
-/// within 1e-4 of an edge it is compared with is drawn again.
+/// N Gaussian samples with a nonlinear label. Bins must agree with the twin's exactly, samples
+/// near an edge included (`samples_on_edges_fall_in_the_same_bins_on_every_backend` puts them
+/// on the edges on purpose).
 fn samples(rng: &mut Rng, spec: &BinSpec, n: usize) -> MemorySource {
     let d = spec.dim;
-    let r = spec.rank();
     let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
-    let mut row = vec![0f32; d];
-    while y.len() < n {
-        for v in row.iter_mut() {
-            *v = rng.normal() as f32;
-        }
-        let xd: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        let label = (xd[0] + 0.5 * xd[d - 1] * xd[d / 2]).abs() - 0.6 + 0.3 * rng.normal();
-        let label = label as f32;
-        let mut ok = true;
-        let mut cell = 0;
-        for j in 0..r {
-            let z: f64 = spec.basis[j * d..(j + 1) * d]
-                .iter()
-                .zip(&xd)
-                .map(|(a, b)| a * b)
-                .sum();
-            ok &= min_gap(&spec.axis_edges[j], z) > 1e-4;
-            cell = cell * spec.cells_per_axis()
-                + relu_fpt::moments::count_below(&spec.axis_edges[j], z);
-        }
-        ok &= min_gap(&spec.y_edges[cell], label as f64) > 1e-4;
-        if ok {
-            x.extend_from_slice(&row);
-            y.push(label);
-        }
+    for _ in 0..n {
+        let start = x.len();
+        x.extend((0..d).map(|_| rng.normal() as f32));
+        let row = &x[start..];
+        let label = (row[0] as f64 + 0.5 * row[d - 1] as f64 * row[d / 2] as f64).abs() - 0.6
+            + 0.3 * rng.normal();
+        y.push(label as f32);
     }
     MemorySource { dim: d, x, y }
 }
@@ -319,10 +293,24 @@ fn bad_requests_give_typed_errors() {
     assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
 }
 
-/// A memory source that counts how often it is read.
+/// A memory source that counts how often it is read, and names itself by `name`.
 struct CountingSource {
     inner: MemorySource,
+    name: &'static str,
     reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingSource {
+    fn new(inner: MemorySource, name: &'static str) -> Self {
+        CountingSource {
+            inner,
+            name,
+            reads: Default::default(),
+        }
+    }
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl relu_fpt::data::SampleSource for CountingSource {
@@ -346,51 +334,102 @@ impl relu_fpt::data::SampleSource for CountingSource {
     fn describe(&self) -> String {
         "counting test source".into()
     }
+    fn identity(&self) -> Option<String> {
+        Some(self.name.to_string())
+    }
 }
 
 #[test]
 fn resident_samples_are_not_read_again() {
     // Its own backend: the residency setting must not leak into tests sharing common::gpu().
-    let gpu = relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter");
+    let gpu = own_gpu();
     let mut rng = Rng(10);
     let spec = spec(&mut rng, 6, 1, &[0.2], &Y7);
-    let src = CountingSource {
-        inner: samples(&mut rng, &spec, 5_003),
-        reads: Default::default(),
-    };
-    let reads = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let src = CountingSource::new(samples(&mut rng, &spec, 5_003), "counting a");
     gpu.set_resident_budget(64 << 20);
     let first = gpu
         .moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("first pass");
-    let after_first = reads();
+    let after_first = src.reads();
     assert!(after_first > 0);
     let second = gpu
         .moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("second pass");
-    assert_eq!(reads(), after_first, "the resident copy is used");
+    assert_eq!(src.reads(), after_first, "the resident copy is used");
     check(&src.inner, &spec, SampleWeight::Label, &first);
     check(&src.inner, &spec, SampleWeight::Label, &second);
-    // Several resident batches.
+    // The fit-moments pass reads the same copy.
+    let basis = vec![orthonormal_rows(&mut rng, 1, 6)];
+    let fit = network(&mut rng, 1, &[4]);
+    let got = gpu
+        .fit_moments(&src, &basis, &fit, &hidden())
+        .expect("fit moments");
+    assert_eq!(
+        src.reads(),
+        after_first,
+        "fit moments reads the resident copy"
+    );
+    check_fit(&src.inner, &basis, &fit, &got);
+    // Batches smaller than the copy's: streamed in 6 batches, and kept in that form.
     let params = MomentKernelParams {
         max_batch_rows: 1_000,
         ..MomentKernelParams::for_dim(6)
     };
-    let before = reads();
+    let before = src.reads();
     for _ in 0..2 {
         let got = gpu
             .moments_with(&src, &spec, SampleWeight::Unit, &params, &hidden())
             .expect("batched pass");
         check(&src.inner, &spec, SampleWeight::Unit, &got);
     }
-    assert_eq!(reads(), before + 6, "6 batches read once, then resident");
+    assert_eq!(
+        src.reads(),
+        before + 6,
+        "6 batches read once, then resident"
+    );
     gpu.set_resident_budget(0);
     gpu.moments(&src, &spec, SampleWeight::Label, &hidden())
         .expect("third pass");
     assert!(
-        reads() > after_first,
+        src.reads() > before + 6,
         "residency off reads the source again"
     );
+}
+
+#[test]
+fn two_sources_of_one_shape_keep_their_own_copies() {
+    // Same N, d and description, different rows: a cache keyed by shape or description would
+    // hand the second source the first one's data. Both stay resident (the budget holds both).
+    let gpu = own_gpu();
+    gpu.set_resident_budget(64 << 20);
+    let mut rng = Rng(26);
+    let spec = spec(&mut rng, 5, 1, &[0.0], &[-0.1, 0.4]);
+    let a = CountingSource::new(samples(&mut rng, &spec, 3_001), "same shape a");
+    let b = CountingSource::new(samples(&mut rng, &spec, 3_001), "same shape b");
+    assert_ne!(a.inner, b.inner);
+    for round in 0..3 {
+        for src in [&a, &b] {
+            let got = gpu
+                .moments(src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            check(&src.inner, &spec, SampleWeight::Unit, &got);
+            assert_eq!(src.reads(), 1, "round {round}: each source read once");
+        }
+    }
+    let (hits, builds) = gpu.resident().counters();
+    assert_eq!((hits, builds), (4, 2));
+    // Two in-memory sources of one shape name nothing: never kept, always right.
+    let (c, d) = (
+        samples(&mut rng, &spec, 2_000),
+        samples(&mut rng, &spec, 2_000),
+    );
+    for src in [&c, &d, &c] {
+        let got = gpu
+            .moments(src, &spec, SampleWeight::Unit, &hidden())
+            .expect("moments");
+        check(src, &spec, SampleWeight::Unit, &got);
+    }
+    assert_eq!(gpu.resident().counters(), (4, 2));
 }
 
 /// A source whose reads fail.
@@ -539,13 +578,13 @@ fn fit_moments_limits_give_typed_errors() {
     let gpu = common::gpu();
     let (src, basis, fit) = fit_case(13, 100, 61, 8, &[200]);
     let defaults = FitKernelParams::for_context(gpu.context());
-    // Rank 9: past what any backend takes (the bins and evaluation kernels stop at 8).
-    let (src9, basis9, fit9) = fit_case(14, 10, 12, 9, &[5]);
+    // A fit on fewer inputs than the basis has rows.
+    let (src9, basis9, _) = fit_case(14, 10, 12, 9, &[5]);
     let e = gpu
-        .fit_moments(&src9, &basis9, &fit9, &hidden())
+        .fit_moments(&src9, &basis9, &fit, &hidden())
         .unwrap_err();
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
-    assert!(e.to_string().contains("1..=8 basis rows"), "{e}");
+    assert!(e.to_string().contains("a fit on 8 inputs"), "{e}");
     // Tunables out of range: a block that is not a multiple of the workgroup size.
     let bad = FitKernelParams {
         block: defaults.workgroup_size + 1,
@@ -555,7 +594,7 @@ fn fit_moments_limits_give_typed_errors() {
         .fit_moments_with(&src, &basis, &fit, &bad, &hidden())
         .unwrap_err();
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
-    // A block whose g and e do not fit the workgroup memory (16,384 x 9 x 4 bytes).
+    // A block whose z, g and e do not fit the workgroup memory (16,384 x 17 x 4 bytes).
     let huge = FitKernelParams {
         block: 16_384,
         chunk: 16_384,
@@ -598,4 +637,221 @@ fn fit_moments_loop_budget_canary() {
         .fit_moments(&src, &basis, &fit, &hidden())
         .expect("GPU fit moments");
     check_fit(&src, &basis, &fit, &got);
+}
+
+#[test]
+fn fit_moments_any_rank() {
+    // Ranks past one register group of 8 columns (12: a ragged second group; 16: two whole
+    // groups; 20 with a deep fit: three groups), against the f64 twin.
+    for (seed, r, widths) in [(17, 12, vec![24]), (18, 16, vec![10]), (19, 20, vec![6, 5])] {
+        let (src, basis, fit) = fit_case(seed, 3_001, 40, r, &widths);
+        let got = common::gpu()
+            .fit_moments(&src, &basis, &fit, &hidden())
+            .expect("GPU fit moments");
+        check_fit(&src, &basis, &fit, &got);
+    }
+    // The defaults for a rank shrink the block to the adapter's workgroup memory.
+    let ctx = common::gpu().context();
+    let room = ctx.limits.max_compute_workgroup_storage_size as u64;
+    let p = FitKernelParams::for_rank(ctx, 200);
+    assert!(p.block as u64 * (2 * 200 + 1) * 4 <= room, "{p:?}");
+}
+
+/// A backend of its own (wait bounds and device state must not leak into other tests).
+fn own_gpu() -> relu_fpt::backend::gpu::GpuBackend {
+    relu_fpt::backend::gpu::GpuBackend::new(true).expect("adapter")
+}
+
+/// A forward pass of about 3e8 flops in one dispatch (about a second on lavapipe): the wait that
+/// follows its submission is the first one. (lavapipe runs submissions in order and a second
+/// submission can block until the first is done, so the heavy work must be the last one.)
+fn heavy_predict_case() -> (Network, Vec<f32>, usize) {
+    let mut rng = Rng(20);
+    let net = network(&mut rng, 256, &[192, 192]);
+    let rows = 2_000;
+    let x: Vec<f32> = (0..rows * 256).map(|_| rng.normal() as f32).collect();
+    (net, x, rows)
+}
+
+#[test]
+fn a_wait_past_its_bound_is_a_typed_timeout() {
+    let gpu = own_gpu();
+    let policy = relu_fpt::backend::gpu::WaitPolicy {
+        fixed_seconds: Some(1e-6),
+        ..gpu.context().wait_policy()
+    };
+    gpu.set_wait_policy(policy);
+    let (net, x, rows) = heavy_predict_case();
+    let e = gpu.predict(&net, &x, rows).unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::Timeout(_))), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("did not finish") && msg.contains(relu_fpt::backend::gpu::WAIT_SECONDS_ENV),
+        "{msg}"
+    );
+    // The default bound is generous: a pass completes (after the work left behind above).
+    let mut policy = gpu.context().wait_policy();
+    policy.fixed_seconds = None;
+    gpu.set_wait_policy(policy);
+    let mut rng = Rng(27);
+    let spec = BinSpec::single(16);
+    let src = samples(&mut rng, &spec, 5_000);
+    let got = gpu
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .expect("a generous bound lets the pass finish");
+    check(&src, &spec, SampleWeight::Unit, &got);
+}
+
+#[test]
+fn cli_timeout_exits_1_with_one_line_and_no_output() {
+    let (net, x, rows) = heavy_predict_case();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("model.json");
+    let x_path = dir.path().join("x.npy");
+    let out_path = dir.path().join("pred.npy");
+    net.save(&model).expect("model written");
+    relu_fpt::data::write_npy_f32(&x_path, &[rows, 256], &x).expect("x written");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
+        .arg("predict")
+        .arg("--model")
+        .arg(&model)
+        .arg("--x")
+        .arg(&x_path)
+        .arg("--out")
+        .arg(&out_path)
+        .args(["--backend", "gpu"])
+        .env(relu_fpt::backend::gpu::WAIT_SECONDS_ENV, "0.000001")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("GPU timed out"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
+}
+
+#[test]
+fn a_lost_device_is_a_typed_error() {
+    let gpu = own_gpu();
+    gpu.context().device.destroy();
+    let mut rng = Rng(21);
+    let spec = BinSpec::single(8);
+    let src = samples(&mut rng, &spec, 1_000);
+    let e = gpu
+        .moments(&src, &spec, SampleWeight::Unit, &hidden())
+        .unwrap_err();
+    assert!(matches!(e, Error::Gpu(GpuError::DeviceLost(_))), "{e}");
+}
+
+#[test]
+fn dispatches_split_under_a_small_work_limit() {
+    // A work limit of 1e5 flops per dispatch forces one piece per moments group, one chunk
+    // per fit batch, the smallest evaluation and forward dispatches; the sums must not change.
+    let gpu = own_gpu();
+    let policy = relu_fpt::backend::gpu::WaitPolicy {
+        max_dispatch_flops: 1e5,
+        ..gpu.context().wait_policy()
+    };
+    gpu.set_wait_policy(policy);
+    let mut rng = Rng(22);
+    let spec = spec(&mut rng, 9, 1, &[0.1], &[-0.2, 0.3]);
+    let src = samples(&mut rng, &spec, 6_007);
+    let params = MomentKernelParams {
+        chunk: 512,
+        ..MomentKernelParams::for_dim(9)
+    };
+    let got = gpu
+        .moments_with(&src, &spec, SampleWeight::Label, &params, &hidden())
+        .expect("moments");
+    check(&src, &spec, SampleWeight::Label, &got);
+    let (src, basis, fit) = fit_case(23, 2_001, 11, 3, &[7]);
+    let got = gpu
+        .fit_moments(&src, &basis, &fit, &hidden())
+        .expect("fit moments");
+    check_fit(&src, &basis, &fit, &got);
+    let x: Vec<f32> = (0..300 * 11).map(|_| rng.normal() as f32).collect();
+    let net = network(&mut rng, 11, &[6, 4]);
+    let pred = gpu.predict(&net, &x, 300).expect("predict");
+    let want = net.forward_f64(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 300);
+    for (p, w) in pred.iter().zip(&want) {
+        assert!((*p as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{p} vs {w}");
+    }
+}
+
+/// f32 samples on and near the edges of a spec, so that z in f32 (device) and in f64 (host)
+/// straddle an edge unless the binning arithmetic agrees: for every axis edge, rows moved onto
+/// it (x + (e - z) b, rounded to f32, so z lies within ~1e-7 of e) and one row whose f64 z is
+/// then taken as an extra edge exactly; labels equal to y edges, and y edges between f32
+/// values (0.1) with labels at the f32 nearest to them.
+fn edge_case(seed: u64, d: usize) -> (MemorySource, BinSpec) {
+    let mut rng = Rng(seed);
+    let basis = orthonormal_rows(&mut rng, 2, d);
+    let z_of = |x: &[f32], j: usize| -> f64 {
+        basis[j * d..(j + 1) * d]
+            .iter()
+            .zip(x)
+            .map(|(a, &b)| a * b as f64)
+            .sum()
+    };
+    let mut axis: Vec<Vec<f64>> = vec![vec![-0.5, 0.25], vec![-0.25, 0.5]];
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let labels = [0.1f32, -0.3, 0.7, 0.1, 1.0 / 3.0];
+    for i in 0..4_000 {
+        let j = i % 2;
+        let e = axis[j][(i / 2) % 2];
+        let mut row: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+        let xr: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        let shift = e - z_of(&xr, j);
+        for (v, b) in row.iter_mut().zip(&basis[j * d..(j + 1) * d]) {
+            *v += shift * b;
+        }
+        x.extend(row.iter().map(|&v| v as f32));
+        y.push(labels[i % labels.len()]);
+    }
+    // Exactly on an edge in the host's arithmetic: the f64 z of the first row of each axis.
+    for (j, edges) in axis.iter_mut().enumerate() {
+        let z = z_of(&x[j * d..(j + 1) * d], j);
+        edges.push(z);
+        edges.sort_by(f64::total_cmp);
+    }
+    let y_edges = vec![-0.3, 0.1, 1.0 / 3.0];
+    let cells = 4 * 4; // 3 edges a axis, 2 axes
+    let spec = BinSpec {
+        dim: d,
+        basis,
+        axis_edges: axis,
+        y_edges: vec![y_edges; cells],
+    };
+    spec.validate().expect("valid spec");
+    (MemorySource { dim: d, x, y }, spec)
+}
+
+#[test]
+fn samples_on_edges_fall_in_the_same_bins_on_every_backend() {
+    for (seed, d) in [(24, 7), (25, 200)] {
+        let (src, spec) = edge_case(seed, d);
+        let want = reference_moments(&src, &spec, SampleWeight::Unit).expect("twin");
+        for backend in common::backends() {
+            let got = backend
+                .moments(&src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            assert_eq!(got.count, want.count, "{} backend, d = {d}", backend.kind());
+            assert!(got.relative_difference(&want) < 1e-5, "{}", backend.kind());
+        }
+        // Resident data (the rows to re-check are then read back from the device).
+        let gpu = own_gpu();
+        gpu.set_resident_budget(64 << 20);
+        for _ in 0..2 {
+            let got = gpu
+                .moments(&src, &spec, SampleWeight::Unit, &hidden())
+                .expect("moments");
+            assert_eq!(got.count, want.count, "resident, d = {d}");
+        }
+    }
 }

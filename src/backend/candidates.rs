@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 
-/// Samples projected onto the recovered subspace, z = B^T x, kept in memory (N x r, r <= 8).
+/// Samples projected onto the recovered subspace, z = B^T x, kept in memory (N x r).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProjectedSamples {
     /// Subspace dimension r.

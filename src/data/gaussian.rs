@@ -163,6 +163,31 @@ impl SampleSource for GaussianSource {
         Ok(n)
     }
 
+    /// The generator, seed, size, noise and every weight bit of the teacher (in hex): equal
+    /// keys, equal samples, whatever two teachers look alike.
+    fn identity(&self) -> Option<String> {
+        use std::fmt::Write;
+        let mut key = format!(
+            "gaussian v1 seed {} rows {} noise {:016x} d {}",
+            self.seed,
+            self.rows,
+            self.noise_sd.to_bits(),
+            self.network.input_dim
+        );
+        let mut put = |v: &f64| {
+            let _ = write!(key, " {:x}", v.to_bits());
+        };
+        if let Some(p) = &self.network.projection {
+            p.iter().flatten().for_each(&mut put);
+        }
+        for layer in &self.network.layers {
+            layer.weights.iter().for_each(&mut put);
+            layer.bias.iter().for_each(&mut put);
+        }
+        let shape: Vec<usize> = self.network.layers.iter().map(|l| l.outputs).collect();
+        Some(format!("{key} layers {shape:?}"))
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} Gaussian samples (d = {}, seed {}, label noise sd {}) from a teacher with hidden widths {:?}",

@@ -4,6 +4,7 @@
 pub mod gaussian;
 pub mod npy;
 pub mod shards;
+pub mod whiten;
 
 pub use gaussian::GaussianSource;
 pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
@@ -28,6 +29,19 @@ pub trait SampleSource: Send + Sync {
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize>;
     /// One line for humans: where the samples come from.
     fn describe(&self) -> String;
+    /// Rows `start .. start + rows` (clamped to `len`) as slices of x and y when the source
+    /// already holds them in memory, so that a pass can read them without copying; None (the
+    /// default) when they must be read.
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let _ = (start, rows);
+        None
+    }
+    /// A key naming exactly these rows while the source lives: two sources with equal keys
+    /// return the same x and y for every read (a device backend then reuses a copy it already
+    /// holds). `None`, the default, promises nothing and such a source is always read again.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Errors about sample files. Each message is one line naming the file, the field at fault and
@@ -140,6 +154,14 @@ impl SampleSource for MemorySource {
     fn describe(&self) -> String {
         format!("{} samples in memory, d = {}", self.y.len(), self.dim)
     }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = (start as usize).min(self.y.len());
+        let end = (start + rows).min(self.y.len());
+        Some((
+            &self.x[start * self.dim..end * self.dim],
+            &self.y[start..end],
+        ))
+    }
 }
 
 /// A shape as Python writes it: `(5,)`, `(5, 3)`.
@@ -201,6 +223,11 @@ impl SampleSource for SampleRange<'_> {
         let rows = (rows as u64).min(self.len - start) as usize;
         self.source.read(self.start + start, rows, x, y)
     }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = start.min(self.len);
+        let rows = (rows as u64).min(self.len - start) as usize;
+        self.source.in_memory(self.start + start, rows)
+    }
     fn describe(&self) -> String {
         format!(
             "rows {}..{} of {}",
@@ -208,6 +235,10 @@ impl SampleSource for SampleRange<'_> {
             self.start + self.len,
             self.source.describe()
         )
+    }
+    fn identity(&self) -> Option<String> {
+        let parent = self.source.identity()?;
+        Some(format!("rows {}+{} of [{parent}]", self.start, self.len))
     }
 }
 

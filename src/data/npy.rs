@@ -438,6 +438,30 @@ enum Role {
 }
 
 impl NpyArray {
+    /// The open file as the system sees it (device, inode, size, modification time), so a
+    /// file replaced or rewritten under the same path gets a different key.
+    fn identity(&self) -> Option<String> {
+        let meta = self.file.metadata().ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        #[cfg(unix)]
+        let node = {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}", meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let node = String::new();
+        Some(format!(
+            "{} {node} {} bytes, modified {modified} ns",
+            self.path.display(),
+            meta.len()
+        ))
+    }
+
     fn open(path: &Path, role: Role) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let header = read_header(path, &file)?;
@@ -511,8 +535,11 @@ impl NpyArray {
     /// rejecting non-finite values.
     fn read_rows(&self, start: u64, rows: usize, out: &mut Vec<f32>) -> Result<()> {
         let count = rows * self.cols;
-        out.clear();
-        out.resize(count, 0.0);
+        // Every value is overwritten below, so a buffer of the right length is not zeroed again.
+        if out.len() != count {
+            out.clear();
+            out.resize(count, 0.0);
+        }
         let size = self.header.dtype.size() as u64;
         let offset = self.header.data_offset + start * self.cols as u64 * size;
         let io = |e| Error::io(&self.path, e);
@@ -548,7 +575,17 @@ impl NpyArray {
                 }
             }
         }
-        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        // Blocks scanned without early exit (so the scan vectorises), then the first bad value.
+        let bad_block = out
+            .chunks(1024)
+            .position(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
+        if let Some(i) = bad_block.and_then(|b| {
+            let at = b * 1024;
+            out[at..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|j| at + j)
+        }) {
             return Err(DataError::NonFinite {
                 path: self.path.clone(),
                 row: start + (i / self.cols) as u64,
@@ -629,6 +666,14 @@ impl SampleSource for NpySource {
             }
         }
         Ok(rows)
+    }
+
+    fn identity(&self) -> Option<String> {
+        let x = self.x.identity()?;
+        match &self.y {
+            Some(y) => Some(format!("npy x [{x}] y [{}]", y.identity()?)),
+            None => Some(format!("npy x [{x}] no labels")),
+        }
     }
 
     fn describe(&self) -> String {

@@ -20,7 +20,8 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
 /// `network` (on r inputs) and `basis` (r rows) with `spare` more basis rows and first-layer
-/// inputs, started small (see the module docs).
+/// inputs, started small (see the module docs); fewer when d - r is smaller (the caller reads
+/// the count off the result).
 pub fn grow(
     network: &Network,
     basis: &[Vec<f64>],
@@ -36,6 +37,7 @@ pub fn grow(
     for b in basis {
         push_orthonormal(&mut ortho, b.clone());
     }
+    let spare = spare.min(d.saturating_sub(ortho.len()));
     let mut added = 0;
     while added < spare {
         let v: Vec<f64> = (0..d).map(|_| rng.sample(StandardNormal)).collect();
@@ -268,5 +270,21 @@ mod tests {
                 .sum::<f64>()
         };
         assert!(col(r) >= col(r + 1) && col(r + 1) >= col(r + 2));
+    }
+
+    #[test]
+    fn growth_stops_at_the_input_dimension() {
+        let net = Network::new(
+            2,
+            vec![
+                Layer::new(2, 3, vec![0.5; 6], vec![0.0; 3]).unwrap(),
+                Layer::new(3, 1, vec![1.0; 3], vec![0.0]).unwrap(),
+            ],
+        )
+        .unwrap();
+        let basis = vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]];
+        let (grown, rows) = grow(&net, &basis, 4, 1e-2, 1).unwrap();
+        assert_eq!((grown.input_dim, rows.len()), (3, 3));
+        assert!(rows[2][2].abs() > 0.0 && rows[2][..2].iter().all(|v| v.abs() < 1e-12));
     }
 }

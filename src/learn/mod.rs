@@ -10,6 +10,7 @@
 mod grow;
 mod polish;
 mod train;
+mod whitened;
 
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 pub use train::{mse, train, validation_mse, window_rows, TrainOutcome, BLOCK_ROWS};
@@ -92,12 +93,13 @@ impl Default for LearnConfig {
             sphere_net: true,
             // After the descent on z the polish has less to do: 15 epochs ended within 2x of
             // 30 on the benchmark teachers (parity 2.1e-5 against 1.0e-5) at half the time.
-            // On more than 1.6e5 rows, passes over all rows adding up to 2.4e6 row reads (at
-            // least one): at d = 128, N = 1e6, 3 passes over 8e5 rows end at 1.3e-5 on parity
-            // where 15 passes over 1e5 rows ended at 1.9e-5.
+            // On more than 3.2e5 rows, passes over all rows adding up to 4.8e6 row reads (at
+            // least one). At d = 128, N = 1e6 (8e5 training rows), validation MSE/Var: parity
+            // 2.4e-6 after 6 passes, 1.3e-5 after 3, 1.9e-5 after 15 passes over 1e5 rows; fan
+            // 1.4e-7, 1.2e-6 and 2.0e-7. The polish is step-limited on smooth teachers.
             polish_config: PolishConfig {
                 epochs: 15,
-                row_budget: 2_400_000,
+                row_budget: 4_800_000,
                 min_epochs: 1,
                 ..PolishConfig::default()
             },
@@ -328,12 +330,8 @@ fn find_basis(
         ..config.subspace_config.clone()
     };
     let report = find_subspace(backend, train, &sc)?;
-    if report.basis.is_empty() {
-        return Err(Error::invalid(format!(
-            "learn: filtered PCA accepted no direction, so there is nothing to fit on \
-             (more samples, or a lower acceptance multiple, may help)\n{}",
-            report.summary()
-        )));
+    if let Some(none) = report.no_structure() {
+        return Err(Error::NoStructure(Box::new(none)));
     }
     Ok((report.basis.clone(), Some(report)))
 }
@@ -376,6 +374,22 @@ fn streamed_label_variance(source: &dyn SampleSource) -> Result<f64> {
     Ok((sum2 / n.max(1.0) - mean * mean).max(0.0))
 }
 
+/// Training and validation rows: the last `fraction` of the rows (at least one) validate.
+pub(crate) fn validation_split(n: usize, fraction: f64) -> Result<(usize, usize)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "learn: validation_fraction must lie strictly between 0 and 1",
+        ));
+    }
+    if n < 2 {
+        return Err(Error::invalid(format!(
+            "learn: needs at least 2 samples of positive dimension (got {n})"
+        )));
+    }
+    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    Ok((n - n_val, n_val))
+}
+
 /// Runs the pipeline; see the module docs.
 pub fn learn(
     backend: &dyn Backend,
@@ -384,18 +398,16 @@ pub fn learn(
 ) -> Result<LearnReport> {
     let n = source.len() as usize;
     let d = source.dim();
-    if !(config.validation_fraction > 0.0 && config.validation_fraction < 1.0) {
-        return Err(Error::invalid(
-            "learn: validation_fraction must lie strictly between 0 and 1",
-        ));
-    }
-    let n_val = ((n as f64 * config.validation_fraction).round() as usize).clamp(1, n.max(2) - 1);
-    if n < 2 || d == 0 {
+    if d == 0 {
         return Err(Error::invalid(format!(
             "learn: needs at least 2 samples of positive dimension (got {n} of dimension {d})"
         )));
     }
-    let n_train = n - n_val;
+    let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
+    // Whitening (on by default): the whitened pipeline runs this function on W (x - mu).
+    if config.subspace_config.whiten && config.known_basis.is_none() {
+        return whitened::learn_whitened(backend, source, config);
+    }
     let train = SampleRange::new(source, 0, n_train as u64)?;
     // What the fitting stages read.
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
@@ -529,6 +541,8 @@ pub fn learn(
         } else {
             (network.clone(), basis.clone())
         };
+        // Fewer when d leaves less room.
+        let spare = start_basis.len() - basis.len();
         let shape = FactoredShape::of(&start_net, d)?;
         let start = shape.pack(&start_net, &start_basis)?;
         let res = train::train(backend, &fit_rows, &val, &shape, &start, true, &pc)?;

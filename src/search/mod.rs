@@ -1,20 +1,35 @@
-//! The second half of the algorithm (ALGORITHM.md section 3): fit a network on the projected
-//! samples z = B^T x.
+//! The second half of the algorithm (docs/algorithm.md, "Fitting on the subspace"): fit a
+//! network on the projected samples z = B^T x.
 //!
-//! - [`enumerate_and_test`] (section 3.1): first-layer rows on a delta-net of the unit sphere,
-//!   deeper weights and all hidden biases on a grid, the output layer by ridge least squares
-//!   from the normal equations the backend returns, every candidate scored by its MSE on the
-//!   held-out samples; then coarse-to-fine refinement around the best candidates.
-//! - [`sphere_net_fit`] (section 3.2(a)): ReLU features on a sphere net (with a few thresholds)
+//! - [`enumerate_and_test`] (the paper's final step): candidates of the given architecture whose first-layer
+//!   rows are unit directions on the sphere S^(r-1), the output layer solved by ridge least
+//!   squares from the normal equations the backend returns, every candidate scored by its MSE on
+//!   the held-out samples. Two candidate generators ([`Generator`]):
+//!   - `Greedy` (the default) builds the first layer unit by unit. Each step scores units
+//!     (direction, bias) added to the units chosen so far: directions the residual's moments
+//!     point at (its correlation with z, the eigenvectors of its Hessian moment and of the
+//!     second moments of z filtered by its tails, all cheap in r dimensions) and directions
+//!     from a net of the sphere, biases on a grid. Then backfitting sweeps re-choose one unit
+//!     at a time among perturbations of it and fresh directions for its partial residual,
+//!     shrinking the perturbations as the sweeps stop improving. Deeper layers are set by
+//!     least squares: a layer's first two units carry +-(the previous fit's output), so the deep
+//!     candidate starts from the shallow fit, and the rest are chosen greedily; then the whole
+//!     network is refined by joint perturbation.
+//!   - `Product` is the paper's enumeration as written: the product net (directions x grid of deeper
+//!     weights and biases) enumerated whole when it fits the coarse budget, else sampled at
+//!     random, then coarse-to-fine refinement around the best candidates.
+//! - [`sphere_net_fit`]: ReLU features on a sphere net (with a few thresholds)
 //!   plus linear features, ridge; a convex, fast final fit.
 //! - [`search`] runs both and keeps whichever validates better.
 
+pub mod bench;
 mod evaluate_ref;
 mod sphere;
 
 pub use evaluate_ref::reference_evaluate;
 pub use sphere::{
-    sphere_net_fit, sphere_net_fit_streamed, SphereNetConfig, SphereNetFit, StreamedSphereNetFit,
+    sphere_net_fit, sphere_net_fit_streamed, SphereNetConfig, SphereNetCost, SphereNetFit,
+    StreamedSphereNetFit,
 };
 
 use crate::backend::{tri_len, Backend, CandidateBatch, ProjectedSamples};
@@ -23,11 +38,32 @@ use crate::network::{Layer, Network};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
+/// How enumerate-and-test generates candidates (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generator {
+    /// Unit by unit, directions from the residual's moments and a sphere net, then backfitting.
+    Greedy,
+    /// The paper's product net, sampled (or enumerated whole), then joint refinement.
+    Product,
+}
+
+impl Generator {
+    /// "greedy" or "product".
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Greedy => "greedy",
+            Generator::Product => "product",
+        }
+    }
+}
+
 /// Settings of enumerate-and-test.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchConfig {
     /// Hidden widths of the candidates (the teacher's architecture when known). At least one.
     pub hidden: Vec<usize>,
+    /// Candidate generator.
+    pub generator: Generator,
     /// Most candidates evaluated, enumeration and refinement together.
     pub budget: usize,
     /// Covering radius delta_s of the net of first-layer directions on S^(r-1).
@@ -44,13 +80,25 @@ pub struct SearchConfig {
     pub refine_rounds: usize,
     /// Candidates refined around in each round.
     pub refine_top: usize,
-    /// Fraction of the budget given to the coarse pass when refining.
+    /// Fraction of the budget given to the coarse pass (product) or to adding units one by one
+    /// (greedy) when refining.
     pub coarse_fraction: f64,
     /// Candidates per backend call.
     pub batch_size: usize,
     /// Candidates are scored on at most this many training and validation rows (the first
     /// ones): the cost is budget x rows, and the ranking needs far fewer rows than the fit.
     pub max_rows: usize,
+    /// Training rows (the first ones) the greedy generator reads for the residual's moments and
+    /// the dictionary's Gram matrix.
+    pub hint_rows: usize,
+    /// Most sphere-net directions in the greedy generator's dictionary for backward
+    /// elimination (0: no backward start); the label's moment directions are added to them.
+    pub dictionary_directions: usize,
+    /// Biases of the dictionary's units relu(<u, z> + b).
+    pub dictionary_biases: Vec<f64>,
+    /// Extra first-layer directions (length r each, normalised here) the greedy generator tries
+    /// with every bias in each step, e.g. filter eigenvectors known from an earlier stage.
+    pub directions: Vec<Vec<f64>>,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -59,6 +107,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
             hidden: vec![4],
+            generator: Generator::Greedy,
             budget: 4096,
             sphere_delta: 0.3,
             grid_step: 0.25,
@@ -70,6 +119,10 @@ impl Default for SearchConfig {
             coarse_fraction: 0.3,
             batch_size: 2048,
             max_rows: 50_000,
+            hint_rows: 20_000,
+            dictionary_directions: 48,
+            dictionary_biases: vec![-1.5, -0.75, 0.0, 0.75, 1.5],
+            directions: Vec::new(),
             seed: 0,
         }
     }
@@ -86,13 +139,18 @@ pub struct EnumerateResult {
     pub train_mse: f64,
     /// Candidates evaluated (<= budget).
     pub candidates_evaluated: usize,
-    /// log10 of the size of the full net |N| at these delta_s and eta (section 3.1 formula).
+    /// log10 of the size of the full net |N| at these delta_s and eta ((3/delta_s)^(k(r-1)) (2B/eta)^P).
     pub full_net_log10: f64,
     /// True when the coarse pass enumerated the whole net instead of sampling it.
     pub exhaustive: bool,
-    /// Number of first-layer directions in the sphere net.
+    /// Number of first-layer directions in the sphere net (0: directions drawn uniformly at
+    /// random, when the net would be too large to build).
     pub sphere_points: usize,
-    /// Best validation MSE after the coarse pass and after each refinement round.
+    /// The generator that produced the candidates.
+    pub generator: Generator,
+    /// Best validation MSE after each step: for the product generator the coarse pass and each
+    /// refinement round; for the greedy one each added unit, each backfitting sweep, each
+    /// deeper layer and each joint refinement round.
     pub history: Vec<f64>,
 }
 
@@ -146,6 +204,23 @@ pub fn sphere_net(rank: usize, delta: f64, cap: usize, seed: u64) -> Vec<Vec<f64
             pts
         }
     }
+}
+
+/// Estimated covering radius of unit vectors `dirs` on S^(r-1): the largest distance from 1024
+/// seeded random unit vectors to their nearest member (a lower bound that is tight in low r).
+pub fn covering_radius(dirs: &[Vec<f64>], rank: usize, seed: u64) -> f64 {
+    if dirs.is_empty() || rank == 0 {
+        return f64::INFINITY;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc07e_0001);
+    (0..1024)
+        .map(|_| {
+            let u = random_unit(rank, &mut rng);
+            dirs.iter()
+                .map(|d| dist(d, &u))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .fold(0.0, f64::max)
 }
 
 fn norm(u: &[f64]) -> f64 {
@@ -349,7 +424,46 @@ fn check_search_inputs(
     Ok(())
 }
 
-/// Enumerate-and-test (section 3.1) with coarse-to-fine refinement; see the module docs.
+/// Scores candidates through the backend in batches and counts them.
+struct Scorer<'a> {
+    backend: &'a dyn Backend,
+    train: &'a ProjectedSamples,
+    val: &'a ProjectedSamples,
+    ridge: f64,
+    batch_size: usize,
+    evaluated: usize,
+}
+
+impl Scorer<'_> {
+    /// (validation MSE, full params) of every candidate of architecture `hidden` whose hidden
+    /// parameters are `prefixes`.
+    fn score(&mut self, hidden: &[usize], prefixes: &[Vec<f32>]) -> Result<Vec<(f64, Vec<f32>)>> {
+        let layout = Layout::new(self.train.rank, hidden);
+        let mut out = Vec::with_capacity(prefixes.len());
+        for block in prefixes.chunks(self.batch_size) {
+            out.extend(score(
+                self.backend,
+                self.train,
+                self.val,
+                &layout,
+                block,
+                self.ridge,
+            )?);
+            self.evaluated += block.len();
+        }
+        Ok(out)
+    }
+
+    /// The best of `prefixes` (None when empty).
+    fn best(&mut self, hidden: &[usize], prefixes: &[Vec<f32>]) -> Result<Option<(f64, Vec<f32>)>> {
+        Ok(self
+            .score(hidden, prefixes)?
+            .into_iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0)))
+    }
+}
+
+/// Enumerate-and-test; see the module docs for the two generators.
 pub fn enumerate_and_test(
     backend: &dyn Backend,
     train: &ProjectedSamples,
@@ -369,22 +483,113 @@ pub fn enumerate_and_test(
         ));
     }
     let r = train.rank;
+    if let Some(d) = config.directions.iter().find(|d| d.len() != r) {
+        return Err(Error::invalid(format!(
+            "search: extra directions must have length r = {r} (got {})",
+            d.len()
+        )));
+    }
     let layout = Layout::new(r, &config.hidden);
-    let dirs = sphere_net(r, config.sphere_delta, 4096, config.seed);
     let weight_grid = grid(config.weight_bound, config.grid_step);
     let bias_grid = grid(config.bias_bound, config.grid_step);
     let (gw, gb) = layout.grid_params();
     let k1 = config.hidden[0];
-    let full_net_log10 = k1 as f64 * (dirs.len() as f64).log10()
+    // log10 of the paper's net size with (3/delta)^(r-1) directions, whatever is built.
+    let net_points_log10 = (r as f64 - 1.0) * (3.0 / config.sphere_delta).log10() + 2f64.log10();
+    let full_net_log10 = k1 as f64 * net_points_log10
         + gw as f64 * (weight_grid.len() as f64).log10()
         + gb as f64 * (bias_grid.len() as f64).log10();
+    let mut scorer = Scorer {
+        backend,
+        train,
+        val,
+        ridge: config.ridge,
+        batch_size: config.batch_size,
+        evaluated: 0,
+    };
+    let (found, exhaustive, sphere_points, history) = match config.generator {
+        Generator::Product => product_search(&mut scorer, &layout, config)?,
+        Generator::Greedy => greedy_search(&mut scorer, config)?,
+    };
+    let (validation_mse, best) = found;
+    let network = network_from_params(r, &config.hidden, &best)?;
+    let train_mse = mse_of(&network, train);
+    Ok(EnumerateResult {
+        network,
+        validation_mse,
+        train_mse,
+        candidates_evaluated: scorer.evaluated,
+        full_net_log10,
+        exhaustive,
+        sphere_points,
+        generator: config.generator,
+        history,
+    })
+}
 
+/// What a generator returns: (validation MSE, params) of the best candidate, whether the net
+/// was enumerated whole, the sphere-net size and the history.
+type Found = ((f64, Vec<f32>), bool, usize, Vec<f64>);
+
+/// Largest sphere net built for drawing directions; beyond it (r >= 4 at the default delta)
+/// directions are drawn uniformly, which covers the sphere no worse at any affordable budget.
+const MAX_NET_POINTS: usize = 4096;
+
+/// The first-layer directions candidates draw from: a built net of S^(r-1) when it is small,
+/// else uniform random unit vectors.
+struct Directions {
+    net: Vec<Vec<f64>>,
+    rank: usize,
+}
+
+impl Directions {
+    fn new(rank: usize, delta: f64, seed: u64) -> Self {
+        // About (3/delta)^(r-1) points are needed; build only what is affordable.
+        let need = (3.0 / delta).powi(rank as i32 - 1) * 2.0;
+        let net = if rank <= 2 || need <= MAX_NET_POINTS as f64 {
+            sphere_net(rank, delta, MAX_NET_POINTS, seed)
+        } else {
+            Vec::new()
+        };
+        Directions { net, rank }
+    }
+
+    fn draw(&self, rng: &mut rand::rngs::StdRng) -> Vec<f64> {
+        if self.net.is_empty() {
+            random_unit(self.rank, rng)
+        } else {
+            self.net[rng.random_range(0..self.net.len())].clone()
+        }
+    }
+}
+
+fn random_unit(rank: usize, rng: &mut rand::rngs::StdRng) -> Vec<f64> {
+    loop {
+        let u: Vec<f64> = (0..rank).map(|_| rng.sample(StandardNormal)).collect();
+        let n = norm(&u);
+        if n > 1e-9 {
+            return u.into_iter().map(|v| v / n).collect();
+        }
+    }
+}
+
+/// The product generator: the paper's net, coarse pass then joint perturbation.
+fn product_search(scorer: &mut Scorer, layout: &Layout, config: &SearchConfig) -> Result<Found> {
+    let r = layout.rank;
+    let dirs = sphere_net(r, config.sphere_delta, MAX_NET_POINTS, config.seed);
+    let weight_grid = grid(config.weight_bound, config.grid_step);
+    let bias_grid = grid(config.bias_bound, config.grid_step);
+    let (gw, gb) = layout.grid_params();
+    let k1 = config.hidden[0];
+    let built_log10 = k1 as f64 * (dirs.len() as f64).log10()
+        + gw as f64 * (weight_grid.len() as f64).log10()
+        + gb as f64 * (bias_grid.len() as f64).log10();
     let coarse_budget = if config.refine_rounds == 0 {
         config.budget
     } else {
         ((config.budget as f64 * config.coarse_fraction) as usize).max(1)
     };
-    let exhaustive = full_net_log10 <= (coarse_budget as f64).log10();
+    let exhaustive = built_log10 <= (coarse_budget as f64).log10();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
 
     // The coarse pass: one "digit" per enumerated choice (a direction index per first-layer
@@ -450,30 +655,45 @@ pub fn enumerate_and_test(
             })
             .collect()
     };
-
-    let mut evaluated = 0;
-    let mut pool: Vec<(f64, Vec<f32>)> = Vec::new();
-    let run = |cands: Vec<Vec<f32>>,
-               pool: &mut Vec<(f64, Vec<f32>)>,
-               evaluated: &mut usize|
-     -> Result<()> {
-        for block in cands.chunks(config.batch_size) {
-            pool.extend(score(backend, train, val, &layout, block, config.ridge)?);
-            *evaluated += block.len();
-        }
-        pool.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pool.truncate(config.refine_top.max(1));
-        Ok(())
-    };
-    run(coarse, &mut pool, &mut evaluated)?;
+    let mut pool = scorer.score(&config.hidden, &coarse)?;
+    keep_best(&mut pool, config.refine_top);
     let mut history = vec![pool[0].0];
+    joint_refine(
+        scorer,
+        layout,
+        config,
+        config.budget,
+        0.5,
+        &mut pool,
+        &mut history,
+        &mut rng,
+    )?;
+    Ok((pool.swap_remove(0), exhaustive, dirs.len(), history))
+}
 
-    // Refinement: perturb the best candidates with shrinking steps; first-layer rows stay unit.
-    let remaining = config.budget.saturating_sub(evaluated);
+fn keep_best(pool: &mut Vec<(f64, Vec<f32>)>, top: usize) {
+    pool.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pool.truncate(top.max(1));
+}
+
+/// Coarse-to-fine refinement of whole candidates: perturb the pool's best with shrinking
+/// steps until `until` candidates have been evaluated in all. The pool stays sorted.
+#[allow(clippy::too_many_arguments)]
+fn joint_refine(
+    scorer: &mut Scorer,
+    layout: &Layout,
+    config: &SearchConfig,
+    until: usize,
+    start_scale: f64,
+    pool: &mut Vec<(f64, Vec<f32>)>,
+    history: &mut Vec<f64>,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<()> {
+    let remaining = until.saturating_sub(scorer.evaluated);
     let per_round = remaining / config.refine_rounds.max(1);
-    // Steps start at half the coarse resolution and halve whenever a round fails to improve
-    // the best candidate by 1% (and after every round beyond the halfway mark).
-    let mut scale = 0.5;
+    // Steps start at `start_scale` times the coarse resolution and halve whenever a round fails
+    // to improve the best candidate by 1% (and after every round beyond the halfway mark).
+    let mut scale = start_scale;
     for round in 1..=config.refine_rounds {
         if per_round == 0 {
             break;
@@ -485,29 +705,628 @@ pub fn enumerate_and_test(
         let cands: Vec<Vec<f32>> = (0..per_round)
             .map(|i| {
                 let parent = &parents[i % parents.len()];
-                perturb(parent, &layout, angle, step, &mut rng)
+                perturb(parent, layout, angle, step, rng)
             })
             .collect();
-        run(cands, &mut pool, &mut evaluated)?;
+        pool.extend(scorer.score(&layout.hidden, &cands)?);
+        keep_best(pool, config.refine_top);
         history.push(pool[0].0);
         if pool[0].0 > 0.99 * before || 2 * round > config.refine_rounds {
             scale *= 0.5;
         }
     }
+    Ok(())
+}
 
-    let (validation_mse, best) = pool.swap_remove(0);
-    let network = network_from_params(r, &config.hidden, &best)?;
-    let train_mse = mse_of(&network, train);
-    Ok(EnumerateResult {
-        network,
-        validation_mse,
-        train_mse,
-        candidates_evaluated: evaluated,
-        full_net_log10,
-        exhaustive,
-        sphere_points: dirs.len(),
-        history,
-    })
+/// One first-layer unit relu(<dir, z> + bias), dir a unit vector.
+#[derive(Clone, Debug)]
+struct Unit {
+    dir: Vec<f64>,
+    bias: f64,
+}
+
+/// Hidden parameters of a one-hidden-layer candidate: the rows, then the biases.
+fn shallow_prefix(units: &[Unit]) -> Vec<f32> {
+    let mut p: Vec<f32> = units
+        .iter()
+        .flat_map(|u| u.dir.iter().map(|&v| v as f32))
+        .collect();
+    p.extend(units.iter().map(|u| u.bias as f32));
+    p
+}
+
+/// Unit directions worth trying for a residual e on projected samples (z ~ N(0, I)): by
+/// Stein's identity E[e z] = E[grad e] and E[e (z z^T - I)] = E[Hess e], and a ReLU unit's
+/// Hessian is concentrated on its own direction; the second moments of z on e's upper and lower
+/// tails (filtered PCA of section 2 on the residual) see directions whose low moments vanish.
+/// Each direction is returned with its negative.
+fn residual_directions(z: &[f32], e: &[f64], rank: usize) -> Vec<Vec<f64>> {
+    let n = e.len();
+    if n < 2 * rank + 2 {
+        return Vec::new();
+    }
+    let r = rank;
+    let mut g = vec![0.0f64; r];
+    let mut hess = nalgebra::DMatrix::<f64>::zeros(r, r);
+    let mut sorted: Vec<f64> = e.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let lo = sorted[n / 10];
+    let hi = sorted[n - 1 - n / 10];
+    let mut tails = [
+        (nalgebra::DMatrix::<f64>::zeros(r, r), 0usize),
+        (nalgebra::DMatrix::<f64>::zeros(r, r), 0usize),
+    ];
+    for (zr, &ev) in z.chunks_exact(r).zip(e) {
+        let zv = nalgebra::DVector::from_iterator(r, zr.iter().map(|&v| v as f64));
+        let outer = &zv * zv.transpose();
+        for (gi, zi) in g.iter_mut().zip(zv.iter()) {
+            *gi += ev * zi;
+        }
+        hess += &outer * ev;
+        if ev >= hi {
+            tails[0].0 += &outer;
+            tails[0].1 += 1;
+        } else if ev <= lo {
+            tails[1].0 += &outer;
+            tails[1].1 += 1;
+        }
+    }
+    let mut dirs: Vec<Vec<f64>> = Vec::new();
+    let mut push = |v: Vec<f64>| {
+        let nv = norm(&v);
+        if nv > 1e-12 && nv.is_finite() {
+            let u: Vec<f64> = v.iter().map(|x| x / nv).collect();
+            // Skip near-duplicates of directions already listed.
+            if dirs.iter().all(|d| dot(d, &u).abs() < 0.999) {
+                dirs.push(u.iter().map(|x| -x).collect());
+                dirs.push(u);
+            }
+        }
+    };
+    push(g.clone());
+    let identity = nalgebra::DMatrix::<f64>::identity(r, r);
+    let mean_e = e.iter().sum::<f64>() / n as f64;
+    let hess = hess / n as f64 - &identity * mean_e;
+    let top = r.min(3);
+    for m in std::iter::once(hess).chain(
+        tails
+            .into_iter()
+            .filter(|t| t.1 > r)
+            .map(|(m, c)| m / c as f64 - &identity),
+    ) {
+        let eig = nalgebra::SymmetricEigen::new(m);
+        let mut order: Vec<usize> = (0..r).collect();
+        order.sort_by(|&a, &b| {
+            eig.eigenvalues[b]
+                .abs()
+                .total_cmp(&eig.eigenvalues[a].abs())
+        });
+        for &i in order.iter().take(top) {
+            push(eig.eigenvectors.column(i).iter().copied().collect());
+        }
+    }
+    dirs
+}
+
+/// Backward elimination over a dictionary of units: one pass forms the Gram matrix of the
+/// features relu(<u, z> + b) (and the constant) on the first `rows` training rows; then, with
+/// (G_A + rho I)^-1 refactored as the active set A shrinks, the units whose removal raises the
+/// ridge least-squares error least (a_i^2 / (G_A + rho I)^-1_ii) are dropped, a fifth of the
+/// surplus at a time, until `keep` remain. Unlike adding units one by one, this finds targets
+/// no single unit correlates with (the fan), as long as the dictionary covers their units.
+fn backward_select(
+    train: &ProjectedSamples,
+    dictionary: &[Unit],
+    keep: usize,
+    rows: usize,
+    ridge: f64,
+) -> Option<Vec<Unit>> {
+    use rayon::prelude::*;
+    let r = train.rank;
+    let n = train.len().min(rows);
+    let f = dictionary.len() + 1;
+    if dictionary.len() <= keep || n < f {
+        return None;
+    }
+    let block = n.div_ceil(64).max(1);
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = train.z[..n * r]
+        .par_chunks(r * block)
+        .zip(train.y[..n].par_chunks(block))
+        .map(|(zb, yb)| {
+            let mut g = vec![0.0f64; f * f];
+            let mut fy = vec![0.0f64; f];
+            let mut phi = vec![0.0f64; f];
+            let mut zf = vec![0.0f64; r];
+            for (zr, &y) in zb.chunks_exact(r).zip(yb) {
+                zf.iter_mut().zip(zr).for_each(|(a, &b)| *a = b as f64);
+                for (p, u) in phi.iter_mut().zip(dictionary) {
+                    *p = (dot(&u.dir, &zf) + u.bias).max(0.0);
+                }
+                phi[f - 1] = 1.0;
+                for i in 0..f {
+                    let pi = phi[i];
+                    if pi == 0.0 {
+                        continue;
+                    }
+                    fy[i] += pi * y as f64;
+                    for (gij, pj) in g[i * f + i..(i + 1) * f].iter_mut().zip(&phi[i..]) {
+                        *gij += pi * pj;
+                    }
+                }
+            }
+            (g, fy)
+        })
+        .collect();
+    let mut gram = nalgebra::DMatrix::<f64>::zeros(f, f);
+    let mut fy = nalgebra::DVector::<f64>::zeros(f);
+    for (g, v) in &partials {
+        for i in 0..f {
+            fy[i] += v[i];
+            for j in i..f {
+                gram[(i, j)] += g[i * f + j];
+            }
+        }
+    }
+    for i in 0..f {
+        for j in 0..i {
+            gram[(i, j)] = gram[(j, i)];
+        }
+    }
+    let rho = ridge * (0..f).map(|i| gram[(i, i)]).sum::<f64>() / f as f64 + 1e-12;
+    // Active units (the constant, index f - 1, always stays).
+    let mut active: Vec<usize> = (0..f - 1).collect();
+    while active.len() > keep {
+        let idx: Vec<usize> = active.iter().copied().chain([f - 1]).collect();
+        let m = idx.len();
+        let mut h = nalgebra::DMatrix::<f64>::from_fn(m, m, |i, j| gram[(idx[i], idx[j])]);
+        for i in 0..m {
+            h[(i, i)] += rho;
+        }
+        let inv = nalgebra::linalg::Cholesky::new(h)?.inverse();
+        let b = nalgebra::DVector::<f64>::from_fn(m, |i, _| fy[idx[i]]);
+        let a = &inv * b;
+        let mut cost: Vec<(f64, usize)> = (0..m - 1)
+            .map(|i| (a[i] * a[i] / inv[(i, i)].max(1e-300), i))
+            .collect();
+        cost.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let drop = ((active.len() - keep) / 5).max(1);
+        let mut gone: Vec<usize> = cost[..drop].iter().map(|c| c.1).collect();
+        gone.sort_unstable();
+        for &i in gone.iter().rev() {
+            active.remove(i);
+        }
+    }
+    Some(active.iter().map(|&i| dictionary[i].clone()).collect())
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Candidates for one unit from a Levenberg-Marquardt step on its inner weights: the partial
+/// residual e (the first rows of `train`) is fitted by a relu(<u, z> + b) + c, linearised in
+/// (u, b, a, c) around the unit and its output weight `a`; the step is taken at lengths 1,
+/// 1/2 and 1/4 (the output layer is solved again when the candidates are scored). Empty when
+/// the unit is inactive or carries no weight.
+fn gauss_newton_steps(train: &ProjectedSamples, e: &[f64], unit: &Unit, a: f64) -> Vec<Unit> {
+    let r = train.rank;
+    let p = r + 3;
+    let mut jtj = nalgebra::DMatrix::<f64>::zeros(p, p);
+    let mut jtr = nalgebra::DVector::<f64>::zeros(p);
+    let mut zf = vec![0.0f64; r];
+    let mut jac = vec![0.0f64; p];
+    let mut active = 0usize;
+    let c = {
+        // The constant that goes with the current unit: the mean of what it leaves.
+        let mut sum = 0.0;
+        for (zr, &ev) in train.z.chunks_exact(r).zip(e) {
+            zf.iter_mut().zip(zr).for_each(|(x, &v)| *x = v as f64);
+            sum += ev - a * (dot(&unit.dir, &zf) + unit.bias).max(0.0);
+        }
+        sum / e.len().max(1) as f64
+    };
+    for (zr, &ev) in train.z.chunks_exact(r).zip(e) {
+        zf.iter_mut().zip(zr).for_each(|(x, &v)| *x = v as f64);
+        let s = dot(&unit.dir, &zf) + unit.bias;
+        let on = s > 0.0;
+        active += usize::from(on);
+        for (j, &zv) in jac.iter_mut().zip(&zf) {
+            *j = if on { a * zv } else { 0.0 };
+        }
+        jac[r] = if on { a } else { 0.0 };
+        jac[r + 1] = s.max(0.0);
+        jac[r + 2] = 1.0;
+        let resid = ev - a * s.max(0.0) - c;
+        for i in 0..p {
+            if jac[i] == 0.0 {
+                continue;
+            }
+            jtr[i] += jac[i] * resid;
+            for j in i..p {
+                jtj[(i, j)] += jac[i] * jac[j];
+            }
+        }
+    }
+    if a.abs() < 1e-12 || active < p {
+        return Vec::new();
+    }
+    for i in 0..p {
+        for j in 0..i {
+            jtj[(i, j)] = jtj[(j, i)];
+        }
+    }
+    // Marquardt damping; the radial direction (u, b) -> (t u, t b) is a symmetry up to the
+    // output weight, so the matrix is singular without it.
+    for i in 0..p {
+        jtj[(i, i)] *= 1.0 + 1e-3;
+        jtj[(i, i)] += 1e-12;
+    }
+    let Some(chol) = nalgebra::linalg::Cholesky::new(jtj) else {
+        return Vec::new();
+    };
+    let delta = chol.solve(&jtr);
+    if delta.iter().any(|v| !v.is_finite()) {
+        return Vec::new();
+    }
+    [1.0, 0.5, 0.25]
+        .iter()
+        .filter_map(|&t| {
+            let u: Vec<f64> = unit
+                .dir
+                .iter()
+                .zip(delta.iter())
+                .map(|(v, d)| v + t * d)
+                .collect();
+            let n = norm(&u);
+            (n > 1e-9).then(|| Unit {
+                dir: u.iter().map(|v| v / n).collect(),
+                bias: (unit.bias + t * delta[r]) / n,
+            })
+        })
+        .collect()
+}
+
+/// Residuals y - f(z) of a network on the first `rows` samples, with `add` back in: the partial
+/// residual of backfitting (the part a re-chosen unit should explain).
+fn residuals(
+    samples: &ProjectedSamples,
+    rows: usize,
+    network: Option<&Network>,
+    add: Option<(&Unit, f64)>,
+) -> Vec<f64> {
+    let n = samples.len().min(rows);
+    let r = samples.rank;
+    let mean = samples.y[..n].iter().map(|&v| v as f64).sum::<f64>() / n.max(1) as f64;
+    let mut zf = vec![0.0f64; r];
+    samples.z[..n * r]
+        .chunks_exact(r)
+        .zip(&samples.y[..n])
+        .map(|(zr, &y)| {
+            zf.iter_mut().zip(zr).for_each(|(a, &b)| *a = b as f64);
+            let pred = network.map_or(mean, |net| net.forward_one_f64(&zf));
+            let back = add.map_or(0.0, |(u, w)| w * (dot(&u.dir, &zf) + u.bias).max(0.0));
+            y as f64 - pred + back
+        })
+        .collect()
+}
+
+/// The greedy generator: units one by one, backfitting sweeps, then deeper layers by least
+/// squares and joint refinement (see the module docs).
+fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
+    let train = scorer.train;
+    let r = train.rank;
+    let k1 = config.hidden[0];
+    let deep = config.hidden.len() > 1;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let directions = Directions::new(r, config.sphere_delta, config.seed);
+    let extra: Vec<Vec<f64>> = config
+        .directions
+        .iter()
+        .filter(|d| norm(d) > 1e-12)
+        .flat_map(|d| {
+            let n = norm(d);
+            let u: Vec<f64> = d.iter().map(|v| v / n).collect();
+            [u.iter().map(|v| -v).collect(), u]
+        })
+        .collect();
+    // Biases while adding units: the coarse grid (twice the refinement spacing).
+    let coarse_biases = grid(config.bias_bound, 2.0 * config.grid_step);
+    let shallow_budget = if deep {
+        (config.budget as f64 * 0.6) as usize
+    } else {
+        config.budget
+    };
+    let forward_budget = if config.refine_rounds == 0 {
+        shallow_budget
+    } else {
+        (shallow_budget as f64 * config.coarse_fraction) as usize
+    };
+    let per_step = (forward_budget / k1).max(1);
+    let mut history = Vec::new();
+
+    // Candidate units for a residual: its moment directions and the extra ones with every
+    // coarse bias, then draws from the net with random biases; `count` in all (hints first,
+    // sampled when they alone exceed it).
+    let candidates = |e: &[f64], count: usize, rng: &mut rand::rngs::StdRng| -> Vec<Unit> {
+        let hint_rows = e.len();
+        let mut hints = residual_directions(&train.z[..hint_rows * r], e, r);
+        hints.extend(extra.iter().cloned());
+        let mut units: Vec<Unit> = hints
+            .iter()
+            .flat_map(|d| {
+                coarse_biases.iter().map(|&b| Unit {
+                    dir: d.clone(),
+                    bias: b,
+                })
+            })
+            .collect();
+        if units.len() > count {
+            // Fisher-Yates prefix: a uniform sample of `count` hint units.
+            for i in 0..count {
+                let j = rng.random_range(i..units.len());
+                units.swap(i, j);
+            }
+            units.truncate(count);
+        }
+        while units.len() < count {
+            units.push(Unit {
+                dir: directions.draw(rng),
+                bias: coarse_biases[rng.random_range(0..coarse_biases.len())],
+            });
+        }
+        units
+    };
+
+    // Forward, a beam of `BEAM` partial networks: each step extends every member by the units
+    // that validate best with it and keeps the best `BEAM` extensions (a single best-first
+    // path often commits early to a unit's mirror image, relu(-s) in place of relu(s)).
+    const BEAM: usize = 3;
+    let mut beam: Vec<(f64, Vec<f32>, Vec<Unit>)> = vec![(f64::INFINITY, Vec::new(), Vec::new())];
+    for j in 1..=k1 {
+        let mut next: Vec<(f64, Vec<f32>, Vec<Unit>)> = Vec::new();
+        let share = (per_step / beam.len()).max(1);
+        for (_, params, units) in &beam {
+            let net = if j > 1 {
+                Some(network_from_params(r, &[j - 1], params)?)
+            } else {
+                None
+            };
+            let e = residuals(train, config.hint_rows, net.as_ref(), None);
+            let cands = candidates(&e, share, &mut rng);
+            let prefixes: Vec<Vec<f32>> = cands
+                .iter()
+                .map(|u| {
+                    let mut all = units.clone();
+                    all.push(u.clone());
+                    shallow_prefix(&all)
+                })
+                .collect();
+            for ((mse, params), u) in scorer.score(&[j], &prefixes)?.into_iter().zip(cands) {
+                let mut all = units.clone();
+                all.push(u);
+                next.push((mse, params, all));
+            }
+        }
+        next.sort_by(|x, y| x.0.total_cmp(&y.0));
+        // Distinct members only: equal errors are (almost always) the same network.
+        next.dedup_by(|x, y| x.0 == y.0);
+        next.truncate(BEAM);
+        history.push(next[0].0);
+        beam = next;
+    }
+    let (mut best_mse, mut best_params, mut units) = beam.swap_remove(0);
+
+    // The backward start: k1 units out of a dictionary (the sphere net and the label's moment
+    // directions, times a few biases); kept when it validates better than the forward pass.
+    if config.dictionary_directions > 0 {
+        let e = residuals(train, config.hint_rows, None, None);
+        let mut dirs = residual_directions(&train.z[..e.len() * r], &e, r);
+        dirs.extend(extra.iter().cloned());
+        dirs.extend(sphere_net(
+            r,
+            config.sphere_delta,
+            config.dictionary_directions.max(2),
+            config.seed,
+        ));
+        let dictionary: Vec<Unit> = dirs
+            .iter()
+            .flat_map(|d| {
+                config.dictionary_biases.iter().map(|&b| Unit {
+                    dir: d.clone(),
+                    bias: b,
+                })
+            })
+            .collect();
+        if let Some(chosen) =
+            backward_select(train, &dictionary, k1, config.hint_rows, config.ridge)
+        {
+            let scored = scorer.score(&[k1], &[shallow_prefix(&chosen)])?;
+            let (mse, params) = scored.into_iter().next().expect("one candidate");
+            if mse < best_mse {
+                units = chosen;
+                best_mse = mse;
+                best_params = params;
+            }
+            history.push(best_mse);
+        }
+    }
+
+    // Backfitting: re-choose one unit at a time among perturbations of it (at three scales)
+    // and fresh units for its partial residual; shrink when a sweep gains under 1%.
+    let sweeps = config.refine_rounds;
+    let per_unit = if sweeps == 0 {
+        0
+    } else {
+        shallow_budget.saturating_sub(scorer.evaluated) / (sweeps * k1)
+    };
+    let mut angle = config.sphere_delta * 0.5;
+    let mut step = config.grid_step;
+    for _ in 0..sweeps {
+        if per_unit == 0 {
+            break;
+        }
+        let before = best_mse;
+        for i in 0..k1 {
+            let net = network_from_params(r, &[k1], &best_params)?;
+            let out_w = best_params[k1 * (r + 1) + i] as f64;
+            let e = residuals(
+                train,
+                config.hint_rows,
+                Some(&net),
+                Some((&units[i], out_w)),
+            );
+            // Least-squares steps for the unit's inner weights first, then fresh units for
+            // the partial residual, then perturbations.
+            let mut cands = gauss_newton_steps(train, &e, &units[i], out_w);
+            cands.truncate(per_unit / 2);
+            let fresh = per_unit / 4;
+            if fresh > 0 {
+                cands.extend(candidates(&e, fresh, &mut rng));
+            }
+            let fresh = cands.len();
+            for c in 0..per_unit.saturating_sub(fresh) {
+                let s = [1.0, 0.25, 0.0625][c % 3];
+                let mut dir: Vec<f64> = units[i]
+                    .dir
+                    .iter()
+                    .map(|&v| {
+                        v + s * angle / (r as f64).sqrt() * rng.sample::<f64, _>(StandardNormal)
+                    })
+                    .collect();
+                let n = norm(&dir).max(1e-12);
+                dir.iter_mut().for_each(|v| *v /= n);
+                let bias = units[i].bias + s * step * rng.sample::<f64, _>(StandardNormal);
+                cands.push(Unit { dir, bias });
+            }
+            let prefixes: Vec<Vec<f32>> = cands
+                .iter()
+                .map(|u| {
+                    let mut all = units.clone();
+                    all[i] = u.clone();
+                    shallow_prefix(&all)
+                })
+                .collect();
+            if let Some((mse, params)) = scorer.best(&[k1], &prefixes)? {
+                if mse < best_mse {
+                    let at = prefixes
+                        .iter()
+                        .position(|p| p[..] == params[..p.len()])
+                        .expect("the best candidate is one of those scored");
+                    units[i] = cands[at].clone();
+                    best_mse = mse;
+                    best_params = params;
+                }
+            }
+        }
+        history.push(best_mse);
+        if best_mse > 0.99 * before {
+            angle *= 0.5;
+            step *= 0.5;
+        }
+    }
+    if !deep {
+        let points = directions.net.len();
+        return Ok(((best_mse, best_params), false, points, history));
+    }
+
+    // Deeper layers: layer l's first units carry +-(the fit so far), by least squares exactly
+    // representable (relu(f) - relu(-f) = f; one unit: relu(f + M) - M with M past the range of
+    // -f), the rest chosen greedily among perturbed copies; then joint refinement.
+    let sd_y = label_variance(&train.y[..train.len().min(config.hint_rows)])
+        .sqrt()
+        .max(1e-12);
+    let extra_budget = (config.budget as f64 * 0.75) as usize;
+    let mut hidden = vec![k1];
+    for l in 1..config.hidden.len() {
+        let width = config.hidden[l];
+        let prev = hidden[l - 1];
+        let base_len = Layout::new(r, &hidden).prefix;
+        let out_w: Vec<f64> = best_params[base_len..base_len + prev]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let out_b = best_params[base_len + prev] as f64;
+        let mut rows: Vec<(Vec<f64>, f64)> = if width == 1 {
+            vec![(out_w.clone(), out_b + 4.0 * sd_y)]
+        } else {
+            vec![
+                (out_w.clone(), out_b),
+                (out_w.iter().map(|v| -v).collect(), -out_b),
+            ]
+        };
+        hidden.push(width);
+        let scale = norm(&out_w).max(1e-6);
+        let layer_prefix = |rows: &[(Vec<f64>, f64)], pad: usize| -> Vec<f32> {
+            let mut p = best_params[..base_len].to_vec();
+            for (w, _) in rows {
+                p.extend(w.iter().map(|&v| v as f32));
+            }
+            p.extend(std::iter::repeat_n(0.0f32, pad * prev));
+            p.extend(rows.iter().map(|(_, b)| *b as f32));
+            p.extend(std::iter::repeat_n(0.0f32, pad));
+            p
+        };
+        let steps = width.saturating_sub(rows.len());
+        let per_extra = if steps == 0 {
+            0
+        } else {
+            (extra_budget.saturating_sub(scorer.evaluated) / (steps * (config.hidden.len() - l)))
+                .max(1)
+        };
+        for _ in 0..steps {
+            let cands: Vec<(Vec<f64>, f64)> = (0..per_extra)
+                .map(|c| {
+                    let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+                    let tau = [0.5, 1.0, 2.0][c % 3];
+                    let xi = random_unit(prev, &mut rng);
+                    let w: Vec<f64> = out_w
+                        .iter()
+                        .zip(&xi)
+                        .map(|(a, x)| sign * a + tau * scale * x)
+                        .collect();
+                    let b =
+                        sign * out_b + sd_y * config.bias_bound * (2.0 * rng.random::<f64>() - 1.0);
+                    (w, b)
+                })
+                .collect();
+            let pad = width - rows.len() - 1;
+            let prefixes: Vec<Vec<f32>> = cands
+                .iter()
+                .map(|c| {
+                    let mut all = rows.clone();
+                    all.push(c.clone());
+                    layer_prefix(&all, pad)
+                })
+                .collect();
+            let (_, params) = scorer
+                .best(&hidden, &prefixes)?
+                .expect("at least one candidate");
+            let at = prefixes
+                .iter()
+                .position(|p| p[..] == params[..p.len()])
+                .expect("the best candidate is one of those scored");
+            rows.push(cands[at].clone());
+        }
+        let scored = scorer.score(&hidden, &[layer_prefix(&rows, 0)])?;
+        let (mse, params) = scored.into_iter().next().expect("one candidate");
+        best_mse = mse;
+        best_params = params;
+        history.push(best_mse);
+    }
+    let layout = Layout::new(r, &config.hidden);
+    let mut pool = vec![(best_mse, best_params)];
+    joint_refine(
+        scorer,
+        &layout,
+        config,
+        config.budget,
+        0.25,
+        &mut pool,
+        &mut history,
+        &mut rng,
+    )?;
+    let points = directions.net.len();
+    Ok((pool.swap_remove(0), false, points, history))
 }
 
 /// A neighbour of `parent`: each first-layer row turned by about `angle` (and renormalised),
@@ -590,9 +1409,9 @@ pub fn label_variance(y: &[f32]) -> f64 {
 /// Which final fit [`search`] kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chosen {
-    /// Enumerate-and-test (section 3.1).
+    /// Enumerate-and-test.
     Enumerate,
-    /// Sphere-net features plus ridge (section 3.2(a)).
+    /// Sphere-net features plus ridge.
     SphereNet,
 }
 

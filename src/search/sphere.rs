@@ -1,4 +1,4 @@
-//! Sphere-net ReLU features plus ridge (docs/algorithm.md, fitting on the subspace): features
+//! Sphere-net ReLU features plus ridge (docs/algorithm.md, "Fitting on the subspace"): features
 //! relu(<u_j, z> - t) for directions u_j on a net of S^(r-1) and thresholds t, the linear
 //! features z and a constant, then ridge regression with the ridge picked on validation. The
 //! result is exactly a one-hidden-layer ReLU network (z_i = relu(z_i) - relu(-z_i)).
@@ -54,6 +54,33 @@ impl Default for SphereNetConfig {
 
 /// The fewest rows the streamed fit's normal equations read when its pair budget cuts them.
 pub const MIN_BUDGET_ROWS: u64 = 100_000;
+
+/// What the sphere-net fit costs and covers in r dimensions (see [`SphereNetConfig::cost`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SphereNetCost {
+    /// Directions in the net (at most `max_directions`: about (3/delta)^(r-1) are needed, so
+    /// the cap binds from r = 4 at the default delta).
+    pub directions: usize,
+    /// Features (directions x thresholds + r linear + 1); the normal equations cost
+    /// rows x features^2 / 2 multiply-adds.
+    pub features: usize,
+    /// Estimated covering radius of the directions: the largest distance from 1024 random unit
+    /// vectors to their nearest direction (about delta when the cap does not bind; towards
+    /// sqrt(2) in high r, where no affordable net covers the sphere).
+    pub covering_radius: f64,
+}
+
+impl SphereNetConfig {
+    /// The net's size, feature count and covering radius in `rank` dimensions.
+    pub fn cost(&self, rank: usize) -> SphereNetCost {
+        let dirs = sphere_net(rank, self.delta, self.max_directions.max(2), self.seed);
+        SphereNetCost {
+            directions: dirs.len(),
+            features: dirs.len() * self.thresholds.len() + rank + 1,
+            covering_radius: super::covering_radius(&dirs, rank, self.seed),
+        }
+    }
+}
 
 /// The sphere-net fit.
 #[derive(Clone, Debug)]

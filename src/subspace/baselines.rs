@@ -1,6 +1,6 @@
 //! The classical baselines pHd, SIR and SAVE, from the same accumulators as filtered PCA.
 
-use super::report::{RoundReport, SubspaceReport};
+use super::report::{RoundKind, RoundReport, SubspaceReport};
 use super::{
     orthonormalise, quantile_sorted, read_pilot, sorted_by_magnitude, symmetric_eigen, Method,
     SubspaceConfig,
@@ -64,18 +64,32 @@ pub(super) fn baseline(
         .take(k)
         .map(|p| p.0.abs() / null_edge)
         .collect();
+    let basis: Vec<Vec<f64>> = basis;
     Ok(SubspaceReport {
         input_dim: d,
+        frame_basis: basis.clone(),
         basis,
+        whitening: None,
         rounds: vec![RoundReport {
+            kind: RoundKind::Label,
             accepted: k,
             scores,
             top_eigenvalues: pairs.iter().take(8).map(|p| p.0.abs()).collect(),
             null_edge,
+            best_score: pairs.first().map_or(0.0, |p| p.0.abs() / null_edge),
+            best_mean_score: f64::NAN,
+            null_max: f64::NAN,
+            null_max_mean: f64::NAN,
+            threshold: f64::NAN,
+            threshold_mean: f64::NAN,
             filters: 0,
             cell_axes: 0,
+            bins: 0,
+            accumulator_bytes: 0,
             candidates: 0,
             seconds: started.elapsed().as_secs_f64(),
+            pass_seconds: f64::NAN,
+            host_seconds: f64::NAN,
         }],
         refine: Vec::new(),
         samples_used: n * passes
@@ -84,6 +98,8 @@ pub(super) fn baseline(
             } else {
                 pilot_rows
             },
+        rows: n,
+        null_margin: f64::NAN,
         method: c.method,
     })
 }

@@ -1,7 +1,9 @@
-//! Gauss-Newton refine steps on a found basis (one pass over the data per step).
+//! Gauss-Newton refine steps on a found basis (one pass over the data per step), and the fit h
+//! on the pilot that they, the residual rounds and the choice of cell axes share.
 
 use super::report::RefineStep;
-use super::{complement_projector, orthonormalise, Pilot, SubspaceConfig};
+use super::sources::RoundSource;
+use super::{orthonormalise, Frame, Pilot, SubspaceConfig};
 use crate::backend::{Backend, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
@@ -9,28 +11,44 @@ use crate::network::{dot, Network};
 use crate::search::{sphere_net_fit, SphereNetConfig};
 use nalgebra::DMatrix;
 
-/// Gauss-Newton steps on the basis (ALGORITHM.md 2.5, refine pass). With a fit h of y on
-/// z = B x and x_perp = P x independent of z, Stein's identity gives
+/// The GPU fit-moments kernel holds z in a fixed array of this many entries; larger bases are
+/// summed by the CPU backend.
+const GPU_FIT_MAX_RANK: usize = 8;
+/// The steps stop when a step lowered the residual MSE by less than this fraction.
+const CONVERGED: f64 = 0.01;
+
+/// Gauss-Newton steps on the basis (ALGORITHM.md 2.5, refine pass), in the working frame. With
+/// a fit h of y on z = B x and x_perp = P x independent of z, Stein's identity gives
 /// E[x_perp (y - h(z)) g(z)^T] = P U E[grad f(U^T x) g(z)^T] for every g: its range lies in the
 /// part of the true span U that B misses, whatever h is (h only sets the noise). With
 /// g = grad h this is the least-squares step of y ~ h((B + D) x): D^T = P C G^{-1},
-/// C = sum e x g^T, G = sum g g^T. One pass over the source per step.
+/// C = sum e x g^T, G = sum g g^T. One pass over the source per step; the pass reads the raw
+/// centred rows with the rows B W, and C comes back to the frame as W C.
 pub(super) fn gauss_newton(
     backend: &dyn Backend,
     source: &dyn SampleSource,
     pilot: &Pilot,
+    frame: &Frame,
     basis: &mut Vec<Vec<f64>>,
     c: &SubspaceConfig,
 ) -> Result<Vec<RefineStep>> {
-    let d = source.dim();
     let mut steps = Vec::new();
     let mut last: Option<(f64, Vec<Vec<f64>>)> = None;
+    let view = RoundSource::new(source, frame.centre());
+    let cpu;
+    let pass_backend: &dyn Backend = if backend.kind() == "gpu" && basis.len() > GPU_FIT_MAX_RANK {
+        cpu = crate::backend::cpu::CpuBackend::new();
+        &cpu
+    } else {
+        backend
+    };
     for step in 0..c.refine_steps {
         let started = std::time::Instant::now();
         let r = basis.len();
-        let fit = fit_on_pilot(pilot, d, basis, &c.fit_config)?;
+        let fit = fit_on_pilot(pilot, frame, basis, &c.fit_config)?;
         let bar = crate::progress::bar(source.len(), &format!("refine {}", step + 1));
-        let m = backend.fit_moments(source, basis, &fit, &bar)?;
+        let rows = frame.raw_rows(basis);
+        let m = pass_backend.fit_moments(&view, &rows, &fit, &bar)?;
         bar.finish_and_clear();
         let mse = m.sse / m.rows.max(1) as f64;
         steps.push(RefineStep {
@@ -42,6 +60,11 @@ pub(super) fn gauss_newton(
                 *basis = prev_basis.clone();
                 break;
             }
+            // Converged: another step would move the basis by less than its noise, and cost
+            // a pass.
+            if mse > (1.0 - CONVERGED) * prev {
+                break;
+            }
         }
         last = Some((mse, basis.clone()));
         let gram = DMatrix::from_row_slice(r, r, &m.gram);
@@ -50,10 +73,19 @@ pub(super) fn gauss_newton(
         let Some(inv) = (gram + DMatrix::identity(r, r) * damping).try_inverse() else {
             break;
         };
-        let cross = complement_projector(d, basis) * DMatrix::from_row_slice(d, r, &m.cross);
+        // Columns of C (raw, d x r) into the frame, then off the basis.
+        let d = frame.d;
+        let mut cross = DMatrix::zeros(frame.q, r);
+        for j in 0..r {
+            let col: Vec<f64> = (0..d).map(|i| m.cross[i * r + j]).collect();
+            let w = frame.project_out(basis, &frame.to_frame(&col));
+            for (i, v) in w.into_iter().enumerate() {
+                cross[(i, j)] = v;
+            }
+        }
         let delta = cross * inv;
         let moved: Vec<Vec<f64>> = (0..r)
-            .map(|j| (0..d).map(|i| basis[j][i] + delta[(i, j)]).collect())
+            .map(|j| (0..frame.q).map(|i| basis[j][i] + delta[(i, j)]).collect())
             .collect();
         let next = orthonormalise(&moved);
         if next.len() < r {
@@ -64,20 +96,29 @@ pub(super) fn gauss_newton(
     Ok(steps)
 }
 
+/// z = B x on the pilot (its rows are centred raw x; B in the frame reads them as B W).
+pub(super) fn pilot_z(pilot: &Pilot, frame: &Frame, basis: &[Vec<f64>]) -> Vec<f64> {
+    let rows = frame.raw_rows(basis);
+    pilot
+        .x
+        .chunks_exact(frame.d)
+        .flat_map(|x| rows.iter().map(move |b| dot(b, x)))
+        .collect()
+}
+
 /// The fit h of y on the pilot's z = B x: sphere-net features plus ridge, its ridge chosen on
 /// the pilot's last fifth.
-fn fit_on_pilot(
+pub(super) fn fit_on_pilot(
     pilot: &Pilot,
-    d: usize,
+    frame: &Frame,
     basis: &[Vec<f64>],
     config: &SphereNetConfig,
 ) -> Result<Network> {
     let r = basis.len();
     let n = pilot.y.len();
-    let z: Vec<f32> = pilot
-        .x
-        .chunks_exact(d)
-        .flat_map(|x| basis.iter().map(move |b| dot(b, x) as f32))
+    let z: Vec<f32> = pilot_z(pilot, frame, basis)
+        .into_iter()
+        .map(|v| v as f32)
         .collect();
     let y: Vec<f32> = pilot.y.iter().map(|&v| v as f32).collect();
     let cut = n - n / 5;
@@ -92,4 +133,39 @@ fn fit_on_pilot(
         y: y[cut..].to_vec(),
     };
     Ok(sphere_net_fit(&train, &val, config)?.network)
+}
+
+/// The directions of the frame that `fit` uses most, by decreasing weight: eigenvectors of its
+/// gradient Gram matrix E[grad h grad h^T] over the pilot, mapped from z to the frame.
+pub(super) fn relevant_directions(
+    pilot: &Pilot,
+    frame: &Frame,
+    basis: &[Vec<f64>],
+    fit: &Network,
+) -> Vec<Vec<f64>> {
+    let r = basis.len();
+    let z = pilot_z(pilot, frame, basis);
+    let mut gram = DMatrix::<f64>::zeros(r, r);
+    let (mut hidden, mut grad) = (Vec::new(), Vec::new());
+    for zs in z.chunks_exact(r) {
+        fit.output_and_gradient(zs, &mut hidden, &mut grad);
+        for a in 0..r {
+            for b in 0..r {
+                gram[(a, b)] += grad[a] * grad[b];
+            }
+        }
+    }
+    let e = nalgebra::SymmetricEigen::new(gram);
+    let mut order: Vec<usize> = (0..r).collect();
+    order.sort_by(|&a, &b| e.eigenvalues[b].total_cmp(&e.eigenvalues[a]));
+    order
+        .into_iter()
+        .map(|i| {
+            let mut v = vec![0.0; frame.q];
+            for (j, b) in basis.iter().enumerate() {
+                crate::network::axpy(&mut v, e.eigenvectors[(j, i)], b);
+            }
+            v
+        })
+        .collect()
 }

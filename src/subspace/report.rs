@@ -1,29 +1,81 @@
-//! What a subspace run returns: per-round and per-refine-step reports, JSON and summary.
+//! What a subspace run returns: per-round and per-refine-step reports, JSON and summary, and
+//! the typed "no structure" outcome.
 
 use super::Method;
+use crate::data::whiten::Whitening;
+
+/// What a round's filters were applied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundKind {
+    /// Filters on the labels y (the rounds before the refine steps; baselines).
+    Label,
+    /// Filters on the residual e = y - h(B x) of a fit on the basis found so far.
+    Residual,
+}
+
+impl RoundKind {
+    /// "label" or "residual".
+    pub fn name(self) -> &'static str {
+        match self {
+            RoundKind::Label => "label",
+            RoundKind::Residual => "residual",
+        }
+    }
+}
 
 /// What one round found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoundReport {
+    /// Labels or residuals.
+    pub kind: RoundKind,
     /// Directions added this round.
     pub accepted: usize,
     /// Score of each added direction: sqrt of its eigenvalue of the aggregate A, i.e. the
-    /// root-sum-square of the filter scores along it, in multiples of each filter's null edge
-    /// (acceptance needs >= `acceptance`). Baselines: |lambda| / null_edge.
+    /// root-sum-square of the filter scores along it (each in multiples of its filter's null
+    /// edge). Baselines: |lambda| / null_edge.
     pub scores: Vec<f64>,
     /// Largest |eigenvalues| (up to 8) of the best-scoring filter's matrix (baselines: of the
     /// method's matrix).
     pub top_eigenvalues: Vec<f64>,
-    /// Null edge of that matrix (corrected Marchenko-Pastur edge nu2).
+    /// Gaussian null edge of that matrix (scores are |lambda| / this).
     pub null_edge: f64,
+    /// Largest eigenvalue score of any filter.
+    pub best_score: f64,
+    /// Largest filtered-mean score of any filter.
+    pub best_mean_score: f64,
+    /// Largest score of any null contrast (eigenvalues; NaN for baselines).
+    pub null_max: f64,
+    /// Largest score of any null contrast (means).
+    pub null_max_mean: f64,
+    /// The bar: null_margin x null_max (eigenvalues).
+    pub threshold: f64,
+    /// The bar for means.
+    pub threshold_mean: f64,
     /// Filters scored this round (0 for baselines).
     pub filters: usize,
     /// Directions conditioned on (cell axes) this round.
     pub cell_axes: usize,
+    /// Bins of the pass (groups x cells x label bins): the cost of conditioning.
+    pub bins: usize,
+    /// Bytes of the pass's f64 accumulators (one set; the CPU backend keeps one per thread).
+    pub accumulator_bytes: u64,
     /// (filter, direction) candidates that cleared the bar and entered the aggregate.
     pub candidates: usize,
     /// Wall seconds of the round: the pass over the data and the host's scoring.
     pub seconds: f64,
+    /// Of which the pass.
+    pub pass_seconds: f64,
+    /// Of which the host's scoring and merge (eigen-solves of every filter and contrast).
+    pub host_seconds: f64,
+}
+
+impl RoundReport {
+    /// How close the round came to accepting: the larger of best / bar over the eigenvalue and
+    /// mean statistics (>= 1 means something cleared).
+    pub fn best_ratio(&self) -> f64 {
+        let r = |s: f64, b: f64| if b > 0.0 { s / b } else { 0.0 };
+        r(self.best_score, self.threshold).max(r(self.best_mean_score, self.threshold_mean))
+    }
 }
 
 /// One Gauss-Newton step on the basis.
@@ -37,34 +89,85 @@ pub struct RefineStep {
     pub seconds: f64,
 }
 
-/// The result of [`find_subspace`].
+/// The result of [`super::find_subspace`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubspaceReport {
     /// Input dimension d.
     pub input_dim: usize,
-    /// r orthonormal rows of length d.
+    /// r orthonormal rows of length d spanning the found subspace of the raw inputs.
     pub basis: Vec<Vec<f64>>,
-    /// One entry per round (baselines: one).
+    /// The same subspace as r orthonormal rows of the whitened frame (length q): z = B W
+    /// (x - mu) with the whitening below. Equal to `basis` without whitening.
+    pub frame_basis: Vec<Vec<f64>>,
+    /// The whitening the rounds worked in (None when off, and for the baselines).
+    pub whitening: Option<Whitening>,
+    /// One entry per round (baselines: one), residual rounds after the label rounds.
     pub rounds: Vec<RoundReport>,
-    /// The Gauss-Newton steps after the rounds (filtered PCA only), in order.
+    /// The Gauss-Newton steps (filtered PCA only), in order, over all refine phases.
     pub refine: Vec<RefineStep>,
-    /// Samples read over all passes (rows x passes).
+    /// Samples read over all passes (rows x passes, plus the pilot).
     pub samples_used: u64,
+    /// Rows of the source.
+    pub rows: u64,
+    /// The null margin the bar used.
+    pub null_margin: f64,
     /// The estimator that produced it.
     pub method: Method,
 }
 
-fn json_f64(v: f64) -> String {
-    if v.is_finite() {
-        serde_json::Value::from(v).to_string()
-    } else {
-        "null".to_string()
+/// No direction cleared the null: what the rounds saw and how many samples would likely do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoStructure {
+    /// Rows the search ran on.
+    pub rows: u64,
+    /// Input dimension.
+    pub input_dim: usize,
+    /// The best score of the first round (eigenvalue or mean statistic, whichever came closer
+    /// to its bar), in multiples of its Gaussian null edge.
+    pub best_score: f64,
+    /// The bar it had to clear.
+    pub threshold: f64,
+    /// The largest null-contrast score behind the bar.
+    pub null_max: f64,
+    /// Scores of a fixed signal grow like sqrt(N): N (threshold / best)^2 when the best score
+    /// stands above the null maximum; None when it does not (no sign of signal at all).
+    pub suggested_rows: Option<u64>,
+}
+
+impl std::fmt::Display for NoStructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no structure found: no direction cleared the calibrated null on {} rows (d = {}); \
+             the best filter scored {:.3} against a threshold of {:.3} (the null maximum {:.3} \
+             x the margin); ",
+            self.rows, self.input_dim, self.best_score, self.threshold, self.null_max
+        )?;
+        match self.suggested_rows {
+            Some(n) => write!(
+                f,
+                "scores grow like sqrt(N), so about {n} rows would likely clear it"
+            ),
+            None => write!(
+                f,
+                "it did not rise above the null, so the labels may not depend on x at all; if \
+                 they do, well over {} rows are needed",
+                4 * self.rows
+            ),
+        }
     }
 }
 
-fn json_list(v: &[f64]) -> String {
-    let parts: Vec<String> = v.iter().map(|&x| json_f64(x)).collect();
-    format!("[{}]", parts.join(", "))
+fn json_f64(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::Value::from(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn json_list(v: &[f64]) -> serde_json::Value {
+    serde_json::Value::Array(v.iter().map(|&x| json_f64(x)).collect())
 }
 
 impl SubspaceReport {
@@ -73,45 +176,94 @@ impl SubspaceReport {
         self.basis.len()
     }
 
-    /// `{"format": "relu-fpt/subspace", "version": 1, "input_dim": d, "basis": [[..]],
-    /// "rounds": [{"accepted": n, "scores": [..], "top_eigenvalues": [..], "null_edge": v, "seconds": s}],
+    /// The typed outcome when filtered PCA found nothing (None otherwise).
+    pub fn no_structure(&self) -> Option<NoStructure> {
+        if self.dim() > 0 || self.method != Method::Filtered {
+            return None;
+        }
+        let first = self.rounds.first()?;
+        let use_mean = first.best_mean_score / first.threshold_mean.max(f64::MIN_POSITIVE)
+            > first.best_score / first.threshold.max(f64::MIN_POSITIVE);
+        let (best, bar, null) = if use_mean {
+            (
+                first.best_mean_score,
+                first.threshold_mean,
+                first.null_max_mean,
+            )
+        } else {
+            (first.best_score, first.threshold, first.null_max)
+        };
+        let suggested_rows = (best > null && best > 0.0)
+            .then(|| (self.rows as f64 * (bar / best).powi(2)).ceil() as u64);
+        Some(NoStructure {
+            rows: self.rows,
+            input_dim: self.input_dim,
+            best_score: best,
+            threshold: bar,
+            null_max: null,
+            suggested_rows,
+        })
+    }
+
+    /// `{"format": "relu-fpt/subspace", "version": 2, "input_dim": d, "basis": [[..]],
+    /// "whitening": null | {..}, "rounds": [{"kind": "label" | "residual", "accepted": n,
+    /// "scores": [..], "top_eigenvalues": [..], "null_edge": v, "best_score": s,
+    /// "threshold": t, "null_max": m, "cell_axes": a, "bins": K, "seconds": s, ..}],
     /// "refine": [{"residual_mse": e, "seconds": s}], "samples_used": N, "method": ".."}`.
     pub fn to_json(&self) -> String {
-        let basis: Vec<String> = self.basis.iter().map(|r| json_list(r)).collect();
-        let rounds: Vec<String> = self
+        self.to_value().to_string()
+    }
+
+    /// [`SubspaceReport::to_json`] as a value.
+    pub fn to_value(&self) -> serde_json::Value {
+        let rounds: Vec<serde_json::Value> = self
             .rounds
             .iter()
             .map(|r| {
-                format!(
-                    "{{\"accepted\": {}, \"scores\": {}, \"top_eigenvalues\": {}, \"null_edge\": {}, \"seconds\": {}}}",
-                    r.accepted,
-                    json_list(&r.scores),
-                    json_list(&r.top_eigenvalues),
-                    json_f64(r.null_edge),
-                    json_f64(r.seconds)
-                )
+                serde_json::json!({
+                    "kind": r.kind.name(),
+                    "accepted": r.accepted,
+                    "scores": json_list(&r.scores),
+                    "top_eigenvalues": json_list(&r.top_eigenvalues),
+                    "null_edge": json_f64(r.null_edge),
+                    "best_score": json_f64(r.best_score),
+                    "best_mean_score": json_f64(r.best_mean_score),
+                    "null_max": json_f64(r.null_max),
+                    "null_max_mean": json_f64(r.null_max_mean),
+                    "threshold": json_f64(r.threshold),
+                    "threshold_mean": json_f64(r.threshold_mean),
+                    "filters": r.filters,
+                    "cell_axes": r.cell_axes,
+                    "bins": r.bins,
+                    "accumulator_bytes": r.accumulator_bytes,
+                    "candidates": r.candidates,
+                    "seconds": json_f64(r.seconds),
+                    "pass_seconds": json_f64(r.pass_seconds),
+                    "host_seconds": json_f64(r.host_seconds),
+                })
             })
             .collect();
-        let refine: Vec<String> = self
+        let refine: Vec<serde_json::Value> = self
             .refine
             .iter()
             .map(|s| {
-                format!(
-                    "{{\"residual_mse\": {}, \"seconds\": {}}}",
-                    json_f64(s.residual_mse),
-                    json_f64(s.seconds)
-                )
+                serde_json::json!({
+                    "residual_mse": json_f64(s.residual_mse),
+                    "seconds": json_f64(s.seconds),
+                })
             })
             .collect();
-        format!(
-            "{{\"format\": \"relu-fpt/subspace\", \"version\": 1, \"input_dim\": {}, \"basis\": [{}], \"rounds\": [{}], \"refine\": [{}], \"samples_used\": {}, \"method\": \"{}\"}}",
-            self.input_dim,
-            basis.join(", "),
-            rounds.join(", "),
-            refine.join(", "),
-            self.samples_used,
-            self.method.name()
-        )
+        serde_json::json!({
+            "format": "relu-fpt/subspace",
+            "version": 2,
+            "input_dim": self.input_dim,
+            "basis": self.basis.iter().map(|r| json_list(r)).collect::<Vec<_>>(),
+            "whitening": self.whitening.as_ref().map(Whitening::to_json),
+            "rounds": rounds,
+            "refine": refine,
+            "samples_used": self.samples_used,
+            "method": self.method.name(),
+        })
     }
 
     /// Human summary: directions per round and their scores against the bar.
@@ -123,6 +275,9 @@ impl SubspaceReport {
             self.input_dim,
             self.samples_used
         );
+        if let Some(w) = &self.whitening {
+            s += &format!("  {}\n", w.summary());
+        }
         for (i, r) in self.rounds.iter().enumerate() {
             let scores: Vec<String> = r.scores.iter().map(|v| format!("{v:.1}")).collect();
             let eig: Vec<String> = r
@@ -131,16 +286,37 @@ impl SubspaceReport {
                 .take(4)
                 .map(|v| format!("{v:.3}"))
                 .collect();
+            if self.method != Method::Filtered {
+                s.push_str(&format!(
+                    "  round {}: {} direction(s), scores [{}] (x null edge), |eig| [{}] vs null edge {:.3}\n",
+                    i + 1,
+                    r.accepted,
+                    scores.join(", "),
+                    eig.join(", "),
+                    r.null_edge
+                ));
+                continue;
+            }
             s.push_str(&format!(
-                "  round {}: +{} direction(s), scores [{}] (x null edge), best filter |eig| [{}] vs null edge {:.3}, {} filters ({} candidates), {} cell axes\n",
+                "  round {} ({}): +{} direction(s), scores [{}]; best filter {:.2} (|eig| [{}], null edge {:.3}) and mean {:.2} vs bar {:.2} / {:.2} (null max {:.2} / {:.2}); {} filters ({} candidates), {} cell axes, {} bins, {:.1} s ({:.1} s host)\n",
                 i + 1,
+                r.kind.name(),
                 r.accepted,
                 scores.join(", "),
+                r.best_score,
                 eig.join(", "),
                 r.null_edge,
+                r.best_mean_score,
+                r.threshold,
+                r.threshold_mean,
+                r.null_max,
+                r.null_max_mean,
                 r.filters,
                 r.candidates,
-                r.cell_axes
+                r.cell_axes,
+                r.bins,
+                r.seconds,
+                r.host_seconds
             ));
         }
         if !self.refine.is_empty() {
@@ -153,6 +329,9 @@ impl SubspaceReport {
                 "  refine: residual MSE per Gauss-Newton step {}\n",
                 steps.join(", ")
             ));
+        }
+        if let Some(ns) = self.no_structure() {
+            s.push_str(&format!("  {ns}\n"));
         }
         s
     }

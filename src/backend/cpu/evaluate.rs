@@ -1,5 +1,16 @@
-//! Batched candidate evaluation on the CPU: candidates in parallel (rayon), each a forward pass
-//! over all samples with f64 activations and f64 sums. Any width and depth is accepted here.
+//! Batched candidate evaluation on the CPU: groups of `LANES` candidates in parallel (rayon),
+//! each group one forward pass over all samples with f64 activations and f64 sums. Any width
+//! and depth is accepted here.
+//!
+//! Why groups: the per-sample work of one small candidate (a few dot products and a packed
+//! Gram update of f(f+1)/2 terms) is too short to keep the core busy, and summing over samples
+//! cannot be vectorised without reordering the sums. Side by side, `LANES` candidates do the
+//! same operations on different weights, so each step is an element-wise operation on
+//! `[f64; LANES]` arrays, which the compiler vectorises; every candidate's sums are still taken
+//! sample by sample in order, so results do not depend on the grouping or the thread count.
+
+// The lane loops index several arrays in step; a plain index is what vectorises.
+#![allow(clippy::needless_range_loop)]
 
 use crate::backend::{
     check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
@@ -7,11 +18,15 @@ use crate::backend::{
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// One candidate's sums: SSE, packed Phi^T Phi, Phi^T y.
+/// Candidates evaluated side by side in one pass.
+const LANES: usize = 4;
+type Lanes = [f64; LANES];
+
+/// One group's sums: SSE, packed Phi^T Phi, Phi^T y, each per lane.
 struct Sums {
-    sse: f64,
-    gram: Vec<f64>,
-    feature_y: Vec<f64>,
+    sse: Lanes,
+    gram: Vec<Lanes>,
+    feature_y: Vec<Lanes>,
 }
 
 pub(crate) fn evaluate_candidates(
@@ -21,75 +36,98 @@ pub(crate) fn evaluate_candidates(
     check_evaluation_inputs(samples, batch)?;
     let f = batch.feature_dim();
     let per = batch.params_per_candidate();
-    let sums: Vec<Sums> = batch
+    let count = batch.count();
+    let tri = tri_len(f);
+    let groups: Vec<Sums> = batch
         .params
-        .par_chunks(per)
-        .map(|p| evaluate_one(samples, batch, p))
+        .par_chunks(per * LANES)
+        .map(|p| evaluate_group(samples, batch, p))
         .collect();
     let mut stats = CandidateStats {
         feature_dim: f,
-        sse: Vec::with_capacity(sums.len()),
-        gram: Vec::with_capacity(sums.len() * tri_len(f)),
-        feature_y: Vec::with_capacity(sums.len() * f),
+        sse: Vec::with_capacity(count),
+        gram: Vec::with_capacity(count * tri),
+        feature_y: Vec::with_capacity(count * f),
     };
-    for s in sums {
-        stats.sse.push(s.sse);
-        stats.gram.extend_from_slice(&s.gram);
-        stats.feature_y.extend_from_slice(&s.feature_y);
+    for (g, s) in groups.iter().enumerate() {
+        let lanes = (count - g * LANES).min(LANES);
+        for l in 0..lanes {
+            stats.sse.push(s.sse[l]);
+            stats.gram.extend(s.gram.iter().map(|v| v[l]));
+            stats.feature_y.extend(s.feature_y.iter().map(|v| v[l]));
+        }
     }
     Ok(stats)
 }
 
-fn evaluate_one(samples: &ProjectedSamples, batch: &CandidateBatch, params: &[f32]) -> Sums {
-    let p: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+/// Evaluates up to `LANES` candidates (`params` holds whole candidates; missing lanes repeat
+/// the last one and are dropped by the caller).
+fn evaluate_group(samples: &ProjectedSamples, batch: &CandidateBatch, params: &[f32]) -> Sums {
+    let per = batch.params_per_candidate();
+    let present = params.len() / per;
+    // Parameters transposed: p[k][lane].
+    let p: Vec<Lanes> = (0..per)
+        .map(|k| std::array::from_fn(|l| params[l.min(present - 1) * per + k] as f64))
+        .collect();
     let f = batch.feature_dim();
-    let widest = batch
-        .hidden
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(batch.inputs);
-    let mut cur = vec![0.0f64; widest + 1];
-    let mut next = vec![0.0f64; widest + 1];
-    let mut sums = Sums {
-        sse: 0.0,
-        gram: vec![0.0; tri_len(f)],
-        feature_y: vec![0.0; f],
-    };
     let r = samples.rank;
+    let widest = batch.hidden.iter().copied().max().unwrap_or(0).max(r);
+    let mut cur: Vec<Lanes> = vec![[0.0; LANES]; widest + 1];
+    let mut next: Vec<Lanes> = vec![[0.0; LANES]; widest + 1];
+    let mut sums = Sums {
+        sse: [0.0; LANES],
+        gram: vec![[0.0; LANES]; tri_len(f)],
+        feature_y: vec![[0.0; LANES]; f],
+    };
     for (zrow, &y) in samples.z.chunks_exact(r).zip(&samples.y) {
         for (c, &v) in cur.iter_mut().zip(zrow) {
-            *c = v as f64;
+            *c = [v as f64; LANES];
         }
         let mut width = r;
         let mut at = 0;
         for &h in &batch.hidden {
             let (w, rest) = p[at..].split_at(h * width);
             for o in 0..h {
-                let s: f64 = w[o * width..(o + 1) * width]
-                    .iter()
-                    .zip(&cur[..width])
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>()
-                    + rest[o];
-                next[o] = s.max(0.0);
+                let mut s = [0.0; LANES];
+                for (wi, ci) in w[o * width..(o + 1) * width].iter().zip(&cur[..width]) {
+                    for l in 0..LANES {
+                        s[l] += wi[l] * ci[l];
+                    }
+                }
+                for l in 0..LANES {
+                    next[o][l] = (s[l] + rest[o][l]).max(0.0);
+                }
             }
             std::mem::swap(&mut cur, &mut next);
             at += h * width + h;
             width = h;
         }
-        cur[width] = 1.0;
+        cur[width] = [1.0; LANES];
         let phi = &cur[..f];
         // The output layer's weights and bias line up with phi = (h, 1).
-        let out: f64 = p[at..at + f].iter().zip(phi).map(|(a, b)| a * b).sum();
+        let mut out = [0.0; LANES];
+        for (a, b) in p[at..at + f].iter().zip(phi) {
+            for l in 0..LANES {
+                out[l] += a[l] * b[l];
+            }
+        }
         let y = y as f64;
-        sums.sse += (out - y) * (out - y);
+        for l in 0..LANES {
+            let e = out[l] - y;
+            sums.sse[l] += e * e;
+        }
         let mut k = 0;
         for i in 0..f {
-            sums.feature_y[i] += phi[i] * y;
-            for j in i..f {
-                sums.gram[k] += phi[i] * phi[j];
+            let pi = phi[i];
+            let fy = &mut sums.feature_y[i];
+            for l in 0..LANES {
+                fy[l] += pi[l] * y;
+            }
+            for pj in &phi[i..] {
+                let g = &mut sums.gram[k];
+                for l in 0..LANES {
+                    g[l] += pi[l] * pj[l];
+                }
                 k += 1;
             }
         }

@@ -3,7 +3,9 @@
 mod evaluate;
 mod fit;
 pub mod moments;
+pub mod peak;
 pub mod project;
+pub mod syrk;
 pub mod trainer;
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
@@ -14,12 +16,26 @@ use crate::network::Network;
 
 /// The CPU implementation of [`Backend`].
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend {}
+pub struct CpuBackend {
+    moment_kernel: syrk::MomentKernel,
+}
 
 impl CpuBackend {
     /// Uses rayon's global pool (all cores unless RAYON_NUM_THREADS says otherwise).
     pub fn new() -> Self {
-        CpuBackend {}
+        CpuBackend::default()
+    }
+
+    /// The same backend with its moments on a chosen micro-kernel (benchmarks, comparisons).
+    pub fn with_moment_kernel(kernel: syrk::MomentKernel) -> Self {
+        CpuBackend {
+            moment_kernel: kernel,
+        }
+    }
+
+    /// The instruction set the moments run on (an error when the chosen one is unavailable).
+    pub fn moment_isa(&self) -> Result<syrk::Isa> {
+        self.moment_kernel.resolve()
     }
 }
 
@@ -39,7 +55,7 @@ impl Backend for CpuBackend {
         weight: SampleWeight,
         progress: &indicatif::ProgressBar,
     ) -> Result<FilteredMoments> {
-        moments::moments(source, spec, weight, progress)
+        moments::moments_with_kernel(source, spec, weight, self.moment_kernel, progress)
     }
 
     fn fit_moments(

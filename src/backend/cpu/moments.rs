@@ -1,222 +1,414 @@
-//! CPU binned filtered moments (ALGORITHM.md 5.1, 5.2).
+//! CPU binned filtered moments (docs/algorithm.md, "Filtered PCA" and "Numerics").
 //!
-//! The rows are split into contiguous partitions, one per rayon thread (fewer when the f64
-//! accumulators would not fit in memory), so the f64 summation order depends only on N and the
-//! thread count: same data and thread count, same bits. Each partition reads chunks of
-//! [`CHUNK_ROWS`] rows (about 1 MiB of x when K = 1) and for each chunk
-//! 1. finds every row's bin by [`BinSpec::bin_of`]'s rule with z = B^T x computed in **f64**
-//!    (eight-lane sums), so bins agree with [`crate::moments::reference_moments`] except for a z
-//!    within ~1e-15 relative of an edge;
-//! 2. gathers the rows by bin (counting sort; skipped when K = 1);
-//! 3. per bin segment, in runs of at most [`RUN_ROWS`] rows, forms the upper triangle of
-//!    X^T diag(w) X in f32 with a register-blocked kernel (6 x 16 tiles, AVX2/FMA when the CPU
-//!    has it, a portable loop otherwise) and adds it into the partition's f64 accumulators.
+//! The sums of w x x^T go through [`Syrk`]: an f32 register-blocked kernel (AVX-512, AVX2/FMA
+//! or portable, chosen at run time) over runs of at most [`RUN_ROWS`] rows of one bin, each run
+//! added into f64. Every f64 sum is taken in an order fixed by N and d alone, so the result is
+//! the same bits whatever the thread count:
+//! - **K = 1**: the rows are cut into at most [`MAX_PARTITIONS`] contiguous partitions (a count
+//!   set by N and d, not by the threads); each sums its chunks of about 1 MiB of x (one run
+//!   each, read into cache and consumed there) into its own f64 accumulators, and the
+//!   partitions are merged in order. The accumulators are one triangle each, so merging is
+//!   cheap.
+//! - **K > 1**: the rows are read in blocks of about [`BLOCK_BYTES`] of x (sub-chunks read and
+//!   binned in parallel); per block, each bin's rows are listed by index (a counting sort of
+//!   indices, no copy of x) and packed by the kernel straight from where they lie. The work is
+//!   split by bin, and a bin's output rows into groups when there are few bins, so every output
+//!   value has one owner and no K-fold accumulators are merged.
 //!
-//! Counts, weight sums, y and y^2 sums are accumulated per row in f64; w x sums in f32 per run.
-//! Partitions are merged in order at the end.
+//! A row's bin follows [`BinSpec::bin_of`]'s rule with z = B^T x computed in f64 (eight-lane
+//! sums), so bins agree with [`crate::moments::reference_moments`] except for a z within ~1e-15
+//! relative of an edge. Counts, weight sums, y and y^2 sums are accumulated per row in f64, in
+//! row order.
 
+pub use super::syrk::{Isa, MomentKernel, RUN_ROWS};
+
+use super::syrk::{tri_offset, Rows, Syrk};
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::moments::{count_below, BinSpec, FilteredMoments, SampleWeight};
 use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Mutex;
 
-/// Rows read per chunk when rows are sorted by bin (K > 1): long bin segments.
-pub const CHUNK_ROWS: usize = 16384;
-/// Bytes of x per chunk when K = 1: the copy out of the source stays in cache for the kernel.
+/// Bytes of x per chunk when K = 1: a chunk is read, packed and summed while in cache.
 const SINGLE_BIN_CHUNK_BYTES: usize = 1 << 20;
+/// Most partitions of the rows when K = 1 (fixed, so the sum order does not follow the threads).
+pub const MAX_PARTITIONS: u64 = 64;
+/// Budget for the K = 1 partitions' f64 accumulators together.
+const PARTITION_BUDGET_BYTES: usize = 1 << 30;
+/// Bytes of x per sub-chunk (one read task) when K > 1.
+const SUB_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of x per block when K > 1: the rows whose bins are summed in one parallel step.
+pub const BLOCK_BYTES: usize = 32 << 20;
+/// Work items per thread and block aimed at when K > 1 (load balance across unequal bins).
+const ITEMS_PER_THREAD: usize = 4;
 
-/// Rows per chunk for dimension d and K bins.
-fn chunk_rows(d: usize, bins: usize) -> usize {
-    if bins == 1 {
-        (SINGLE_BIN_CHUNK_BYTES / (4 * d)).clamp(KC, CHUNK_ROWS) / KC * KC
-    } else {
-        CHUNK_ROWS
-    }
-}
-/// Longest run summed in f32 before it is added into f64 (ALGORITHM.md 5.2).
-pub const RUN_ROWS: usize = 4096;
-/// Rows packed at once for the inner kernel (packed panels stay in L1/L2).
-const KC: usize = 256;
-/// Kernel tile: MR rows of the weighted factor by NR columns.
-const MR: usize = 6;
-const NR: usize = 16;
-/// Budget for the per-partition f64 accumulators together.
-const ACCUMULATOR_BUDGET_BYTES: usize = 2 << 30;
-
-/// Binned, filtered moments over the whole source on all cores.
+/// Binned, filtered moments over the whole source on all cores, with the kernel named by
+/// `RELU_FPT_CPU_KERNEL` or else the widest the CPU has.
 pub fn moments(
     source: &dyn SampleSource,
     spec: &BinSpec,
     weight: SampleWeight,
     progress: &indicatif::ProgressBar,
 ) -> Result<FilteredMoments> {
+    moments_with_kernel(source, spec, weight, MomentKernel::Auto, progress)
+}
+
+/// [`moments`] on a chosen kernel (an error when the CPU lacks it).
+pub fn moments_with_kernel(
+    source: &dyn SampleSource,
+    spec: &BinSpec,
+    weight: SampleWeight,
+    kernel: MomentKernel,
+    progress: &indicatif::ProgressBar,
+) -> Result<FilteredMoments> {
     spec.check_request(source)?;
+    let isa = kernel.resolve()?;
+    if spec.bins() == 1 {
+        single_bin(source, spec, weight, isa, progress)
+    } else {
+        binned(source, spec, weight, isa, progress)
+    }
+}
+
+/// Rows `start..start + rows` of x and y: the source's own memory when it holds them (no
+/// copy), else read into `x` and `y`; an error unless all of them came back.
+fn rows_of<'a>(
+    source: &'a dyn SampleSource,
+    start: u64,
+    rows: usize,
+    x: &'a mut Vec<f32>,
+    y: &'a mut Vec<f32>,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let d = source.dim();
+    let (xs, ys) = match source.in_memory(start, rows) {
+        Some(v) => v,
+        None => {
+            source.read(start, rows, x, y)?;
+            (&x[..], &y[..])
+        }
+    };
+    if xs.len() != rows * d || ys.len() != rows {
+        return Err(Error::invalid(format!(
+            "{} returned {} rows at row {start}, expected {rows}",
+            source.describe(),
+            ys.len()
+        )));
+    }
+    Ok((xs, ys))
+}
+
+/// Rows stored one after another.
+struct Contiguous<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    d: usize,
+}
+
+impl Rows for Contiguous<'_> {
+    #[inline(always)]
+    fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.d..(i + 1) * self.d]
+    }
+    #[inline(always)]
+    fn weight(&self, i: usize) -> f32 {
+        self.w[i]
+    }
+}
+
+/// K = 1: fixed partitions of contiguous rows, merged in order.
+fn single_bin(
+    source: &dyn SampleSource,
+    spec: &BinSpec,
+    weight: SampleWeight,
+    isa: Isa,
+    progress: &indicatif::ProgressBar,
+) -> Result<FilteredMoments> {
     let d = spec.dim;
-    let bins = spec.bins();
     let n = source.len();
-    let chunk = chunk_rows(d, bins);
+    let chunk = (SINGLE_BIN_CHUNK_BYTES / (4 * d)).clamp(256, RUN_ROWS);
     let chunks = n.div_ceil(chunk as u64);
-    let acc_bytes = 8 * bins * (d * (d + 1) / 2 + d + 3) + 8 * bins;
-    let by_memory = (ACCUMULATOR_BUDGET_BYTES / acc_bytes.max(1)).max(1) as u64;
-    let parts = (rayon::current_num_threads() as u64)
-        .min(chunks)
-        .min(by_memory)
+    let acc_bytes = 8 * (d * (d + 1) / 2 + d + 4);
+    let parts = chunks
+        .min(MAX_PARTITIONS)
+        .min((PARTITION_BUDGET_BYTES / acc_bytes) as u64)
         .max(1);
+    let weighted = weight != SampleWeight::Unit;
     let partials: Vec<Result<FilteredMoments>> = (0..parts)
         .into_par_iter()
         .map(|p| {
-            let first = p * chunks / parts;
-            let last = (p + 1) * chunks / parts;
-            let mut worker = Worker::new(spec, weight);
-            for c in first..last {
+            let mut acc = FilteredMoments::zeros(d, 1);
+            let mut syrk = Syrk::new(isa, d);
+            let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
+            for c in p * chunks / parts..(p + 1) * chunks / parts {
                 let start = c * chunk as u64;
-                let rows = source.read(start, chunk, &mut worker.x, &mut worker.y)?;
                 let want = (n - start).min(chunk as u64) as usize;
-                if rows != want || worker.x.len() != rows * d || worker.y.len() != rows {
-                    return Err(Error::invalid(format!(
-                        "{} returned {rows} rows at row {start}, expected {want}",
-                        source.describe()
-                    )));
+                let (xs, ys) = rows_of(source, start, want, &mut x, &mut y)?;
+                w.clear();
+                for &yi in ys {
+                    let yv = yi as f64;
+                    let wv = weight.of(yv);
+                    acc.count[0] += 1;
+                    acc.weight_sum[0] += wv;
+                    acc.sum_y[0] += yv;
+                    acc.sum_y2[0] += yv * yv;
+                    w.push(wv as f32);
                 }
-                worker.chunk(spec, weight);
-                progress.inc(rows as u64);
+                let set = Contiguous { x: xs, w: &w, d };
+                syrk.run(
+                    &set,
+                    0..want,
+                    0..d,
+                    weighted,
+                    &mut acc.sum_xx,
+                    &mut acc.sum_x,
+                );
+                progress.inc(want as u64);
             }
-            Ok(worker.acc)
+            Ok(acc)
         })
         .collect();
-    let mut total = FilteredMoments::zeros(d, bins);
+    let mut total = FilteredMoments::zeros(d, 1);
     for part in partials {
         total.merge(&part?);
     }
     Ok(total)
 }
 
-/// One partition's buffers and f64 accumulators.
-struct Worker {
-    d: usize,
-    acc: FilteredMoments,
+/// One sub-chunk of a block: its rows and labels (the source's memory, or read into `x`, `y`),
+/// bins and weights.
+#[derive(Default)]
+struct SubChunk<'s> {
     x: Vec<f32>,
     y: Vec<f32>,
+    view: Option<(&'s [f32], &'s [f32])>,
     bin: Vec<u32>,
     w: Vec<f32>,
-    sorted_x: Vec<f32>,
-    sorted_w: Vec<f32>,
-    offsets: Vec<usize>,
-    kernel: SyrkWorkspace,
-    run_sum_x: Vec<f32>,
 }
 
-impl Worker {
-    fn new(spec: &BinSpec, _weight: SampleWeight) -> Self {
-        let d = spec.dim;
-        let bins = spec.bins();
-        Worker {
-            d,
-            acc: FilteredMoments::zeros(d, bins),
-            x: Vec::new(),
-            y: Vec::new(),
-            bin: Vec::new(),
-            w: Vec::new(),
-            sorted_x: Vec::new(),
-            sorted_w: Vec::new(),
-            offsets: vec![0; bins + 1],
-            kernel: SyrkWorkspace::new(d),
-            run_sum_x: vec![0.0; d],
-        }
+impl SubChunk<'_> {
+    fn xs(&self) -> &[f32] {
+        self.view.map_or(&self.x, |v| v.0)
     }
-
-    fn chunk(&mut self, spec: &BinSpec, weight: SampleWeight) {
-        let d = self.d;
-        let rows = self.y.len();
-        let bins = self.acc.bins;
-        self.bin.clear();
-        self.w.clear();
-        for i in 0..rows {
-            let y = self.y[i] as f64;
-            let b = if bins == 1 {
-                0
-            } else {
-                bin_of_row(spec, self.kernel.use_fma, &self.x[i * d..(i + 1) * d], y)
-            };
-            let w = weight.of(y);
-            self.acc.count[b] += 1;
-            self.acc.weight_sum[b] += w;
-            self.acc.sum_y[b] += y;
-            self.acc.sum_y2[b] += y * y;
-            self.bin.push(b as u32);
-            self.w.push(w as f32);
-        }
-        if bins == 1 {
-            let (x, w) = (std::mem::take(&mut self.x), std::mem::take(&mut self.w));
-            self.segment(0, &x, &w);
-            (self.x, self.w) = (x, w);
-            return;
-        }
-        // Counting sort of the rows by bin.
-        self.offsets.iter_mut().for_each(|o| *o = 0);
-        for &b in &self.bin {
-            self.offsets[b as usize + 1] += 1;
-        }
-        for b in 0..bins {
-            self.offsets[b + 1] += self.offsets[b];
-        }
-        self.sorted_x.resize(rows * d, 0.0);
-        self.sorted_w.resize(rows, 0.0);
-        let mut next = self.offsets.clone();
-        for i in 0..rows {
-            let b = self.bin[i] as usize;
-            let j = next[b];
-            next[b] += 1;
-            self.sorted_x[j * d..(j + 1) * d].copy_from_slice(&self.x[i * d..(i + 1) * d]);
-            self.sorted_w[j] = self.w[i];
-        }
-        let (sx, sw) = (
-            std::mem::take(&mut self.sorted_x),
-            std::mem::take(&mut self.sorted_w),
-        );
-        for b in 0..bins {
-            let (s, e) = (self.offsets[b], self.offsets[b + 1]);
-            if e > s {
-                self.segment(b, &sx[s * d..e * d], &sw[s..e]);
-            }
-        }
-        (self.sorted_x, self.sorted_w) = (sx, sw);
+    fn ys(&self) -> &[f32] {
+        self.view.map_or(&self.y, |v| v.1)
     }
+}
 
-    /// Adds the rows of one bin (any length) into bin `b`'s accumulators, RUN_ROWS at a time.
-    fn segment(&mut self, b: usize, x: &[f32], w: &[f32]) {
-        let d = self.d;
-        let tri = d * (d + 1) / 2;
-        for (xr, wr) in x.chunks(RUN_ROWS * d).zip(w.chunks(RUN_ROWS)) {
-            self.kernel.syrk_upper(xr, wr);
-            self.kernel
-                .add_upper_into(&mut self.acc.sum_xx[b * tri..(b + 1) * tri]);
-            self.run_sum_x.iter_mut().for_each(|s| *s = 0.0);
-            for (row, &wi) in xr.chunks_exact(d).zip(wr) {
-                for (s, v) in self.run_sum_x.iter_mut().zip(row) {
-                    *s += wi * v;
+/// Rows of one bin in a block, by index (sub-chunk << shift | row).
+struct Gathered<'a> {
+    subs: &'a [SubChunk<'a>],
+    index: &'a [u32],
+    shift: u32,
+    d: usize,
+}
+
+impl Rows for Gathered<'_> {
+    #[inline(always)]
+    fn row(&self, i: usize) -> &[f32] {
+        let g = self.index[i] as usize;
+        let r = g & ((1 << self.shift) - 1);
+        &self.subs[g >> self.shift].xs()[r * self.d..(r + 1) * self.d]
+    }
+    #[inline(always)]
+    fn weight(&self, i: usize) -> f32 {
+        let g = self.index[i] as usize;
+        self.subs[g >> self.shift].w[g & ((1 << self.shift) - 1)]
+    }
+}
+
+/// A bin's rows in a block and the output rows (with their accumulators) one task sums.
+struct Item<'a> {
+    rows: &'a [u32],
+    out: Range<usize>,
+    xx: &'a mut [f64],
+    sx: &'a mut [f64],
+}
+
+/// K > 1: blocks of rows; per block, work split by bin (and output rows), packed by index.
+fn binned(
+    source: &dyn SampleSource,
+    spec: &BinSpec,
+    weight: SampleWeight,
+    isa: Isa,
+    progress: &indicatif::ProgressBar,
+) -> Result<FilteredMoments> {
+    let d = spec.dim;
+    let bins = spec.bins();
+    let n = source.len();
+    let tri = d * (d + 1) / 2;
+    let sub = 1usize << (SUB_CHUNK_BYTES / (4 * d)).clamp(64, 4096).ilog2();
+    let shift = sub.trailing_zeros();
+    let subs_per_block = (BLOCK_BYTES / (sub * 4 * d)).max(1);
+    let block = sub * subs_per_block;
+    let weighted = weight != SampleWeight::Unit;
+    let use_avx2 = dot_avx2_available();
+    let threads = rayon::current_num_threads();
+    let mut subs: Vec<SubChunk> = (0..subs_per_block).map(|_| SubChunk::default()).collect();
+    let mut acc = FilteredMoments::zeros(d, bins);
+    let mut order: Vec<u32> = Vec::new();
+    let mut offsets = vec![0usize; bins + 1];
+    let pool: Mutex<Vec<Syrk>> = Mutex::new(Vec::new());
+    let mut start = 0u64;
+    while start < n {
+        let rows = (n - start).min(block as u64) as usize;
+        let m = rows.div_ceil(sub);
+        subs[..m]
+            .par_iter_mut()
+            .enumerate()
+            .try_for_each(|(s, sc)| -> Result<()> {
+                let first = start + (s * sub) as u64;
+                let want = (rows - s * sub).min(sub);
+                sc.view = source.in_memory(first, want);
+                let (xs, ys) = match sc.view {
+                    Some(v) => v,
+                    None => {
+                        source.read(first, want, &mut sc.x, &mut sc.y)?;
+                        (&sc.x[..], &sc.y[..])
+                    }
+                };
+                if xs.len() != want * d || ys.len() != want {
+                    return Err(Error::invalid(format!(
+                        "{} returned {} rows at row {first}, expected {want}",
+                        source.describe(),
+                        ys.len()
+                    )));
                 }
-            }
-            for (a, s) in self.acc.sum_x[b * d..(b + 1) * d]
-                .iter_mut()
-                .zip(&self.run_sum_x)
-            {
-                *a += *s as f64;
+                sc.bin.clear();
+                sc.w.clear();
+                for (row, &y) in xs.chunks_exact(d).zip(ys) {
+                    let yv = y as f64;
+                    sc.bin.push(bin_of_row(spec, use_avx2, row, yv) as u32);
+                    sc.w.push(weight.of(yv) as f32);
+                }
+                Ok(())
+            })?;
+        // Scalar sums in row order, and each bin's rows (a counting sort of indices).
+        offsets.iter_mut().for_each(|o| *o = 0);
+        for sc in &subs[..m] {
+            for &b in &sc.bin {
+                offsets[b as usize + 1] += 1;
             }
         }
+        for b in 0..bins {
+            offsets[b + 1] += offsets[b];
+        }
+        order.resize(rows, 0);
+        let mut next = offsets.clone();
+        for (s, sc) in subs[..m].iter().enumerate() {
+            for (i, (&b, &y)) in sc.bin.iter().zip(sc.ys()).enumerate() {
+                let b = b as usize;
+                let yv = y as f64;
+                acc.count[b] += 1;
+                acc.weight_sum[b] += weight.of(yv);
+                acc.sum_y[b] += yv;
+                acc.sum_y2[b] += yv * yv;
+                order[next[b]] = ((s << shift) | i) as u32;
+                next[b] += 1;
+            }
+        }
+        // One task per (bin, group of output rows); groups only when bins are few.
+        let mut items = Vec::new();
+        for (b, (xx_bin, sx_bin)) in acc
+            .sum_xx
+            .chunks_mut(tri)
+            .zip(acc.sum_x.chunks_mut(d))
+            .enumerate()
+        {
+            let bin_rows = &order[offsets[b]..offsets[b + 1]];
+            if bin_rows.is_empty() {
+                continue;
+            }
+            let want = (ITEMS_PER_THREAD * threads * bin_rows.len()).div_ceil(rows);
+            let bounds = row_groups(d, want, isa.row_block());
+            let (mut xx_rest, mut sx_rest) = (xx_bin, sx_bin);
+            for g in bounds.windows(2) {
+                let (xx, rest) = xx_rest.split_at_mut(tri_offset(g[1], d) - tri_offset(g[0], d));
+                xx_rest = rest;
+                let (sx, rest) = sx_rest.split_at_mut(g[1] - g[0]);
+                sx_rest = rest;
+                items.push(Item {
+                    rows: bin_rows,
+                    out: g[0]..g[1],
+                    xx,
+                    sx,
+                });
+            }
+        }
+        let subs_ref = &subs[..m];
+        items.into_par_iter().for_each(|item| {
+            let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut syrk = taken.unwrap_or_else(|| Syrk::new(isa, d));
+            let set = Gathered {
+                subs: subs_ref,
+                index: item.rows,
+                shift,
+                d,
+            };
+            let mut r = 0;
+            while r < item.rows.len() {
+                let end = (r + RUN_ROWS).min(item.rows.len());
+                syrk.run(&set, r..end, item.out.clone(), weighted, item.xx, item.sx);
+                r = end;
+            }
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(syrk);
+        });
+        progress.inc(rows as u64);
+        start += rows as u64;
+    }
+    Ok(acc)
+}
+
+/// Bounds 0 = b_0 < b_1 < .. < b_g = d of at most `groups` groups of output rows with about
+/// equal shares of the triangle, each a multiple of `row_block` but the last, and at least
+/// two row blocks per group.
+fn row_groups(d: usize, groups: usize, row_block: usize) -> Vec<usize> {
+    let groups = groups.clamp(1, d.div_ceil(2 * row_block).max(1));
+    let total = tri_offset(d, d);
+    let mut bounds = vec![0];
+    for j in 1..groups {
+        let target = total * j / groups;
+        let mut r = (0..d).find(|&r| tri_offset(r, d) >= target).unwrap_or(d);
+        r = (r + row_block / 2) / row_block * row_block;
+        if r > *bounds.last().expect("starts at 0") && r < d {
+            bounds.push(r);
+        }
+    }
+    bounds.push(d);
+    bounds
+}
+
+fn dot_avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
 /// The bin of one f32 row: [`BinSpec::bin_of`]'s rule with z = B^T x in f64, summed in eight
 /// interleaved lanes (vectorised, with AVX2 when present: a sequential f64 sum is latency-bound
-/// and cost more than the SYRK at K = 64). The order differs from bin_of's, so a z within ~1e-15
-/// relative of an edge may fall on the other side; nothing else differs.
+/// and cost more than the SYRK at K = 64). The order differs from bin_of's by at most
+/// (d + 1) 2^-53 sum |b x| <= (d + 1) 2^-53 |x|; a z within twice that of an edge is summed
+/// again in bin_of's order, so the bin is exactly bin_of's (and the GPU's).
 fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
     let d = spec.dim;
     let per_axis = spec.cells_per_axis();
     let mut cell = 0usize;
+    let mut band = None;
     for (j, edges) in spec.axis_edges.iter().enumerate() {
-        let z = dot_f64(use_avx2, &spec.basis[j * d..(j + 1) * d], x);
+        let row = &spec.basis[j * d..(j + 1) * d];
+        let mut z = dot_f64(use_avx2, row, x);
+        let band = *band.get_or_insert_with(|| {
+            let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            (d as f64 + 2.0) * f64::EPSILON * norm + f64::MIN_POSITIVE
+        });
+        if edges.iter().any(|&e| (z - e).abs() <= band) {
+            z = row.iter().zip(x).map(|(a, &b)| a * b as f64).sum();
+        }
         cell = cell * per_axis + count_below(edges, z);
     }
     cell * spec.y_bins() + count_below(&spec.y_edges[cell], y)
@@ -253,163 +445,4 @@ fn dot_f64_lanes(b: &[f64], x: &[f32]) -> f64 {
         lanes[l] += bb * *v as f64;
     }
     lanes.iter().sum()
-}
-
-/// Buffers of the f32 weighted SYRK: packed panels and the f32 result tile.
-pub struct SyrkWorkspace {
-    d: usize,
-    /// d rounded up to MR (rows of the tile).
-    da: usize,
-    /// d rounded up to NR (columns of the tile).
-    db: usize,
-    /// (da / MR) panels of KC x MR weighted values.
-    apack: Vec<f32>,
-    /// (db / NR) panels of KC x NR values.
-    bpack: Vec<f32>,
-    /// da x db result, row-major; only blocks touching the upper triangle are written.
-    c: Vec<f32>,
-    use_fma: bool,
-}
-
-impl SyrkWorkspace {
-    /// Workspace for dimension d.
-    pub fn new(d: usize) -> Self {
-        let da = d.div_ceil(MR) * MR;
-        let db = d.div_ceil(NR) * NR;
-        SyrkWorkspace {
-            d,
-            da,
-            db,
-            apack: vec![0.0; KC * da],
-            bpack: vec![0.0; KC * db],
-            c: vec![0.0; da * db],
-            use_fma: fma_available(),
-        }
-    }
-
-    /// c = upper triangle of x^T diag(w) x (x: m x d row-major), in f32.
-    pub fn syrk_upper(&mut self, x: &[f32], w: &[f32]) {
-        let d = self.d;
-        self.c.iter_mut().for_each(|v| *v = 0.0);
-        for (xk, wk) in x.chunks(KC * d).zip(w.chunks(KC)) {
-            let kc = wk.len();
-            self.pack(xk, wk, kc);
-            for ib in 0..self.da / MR {
-                let row0 = ib * MR;
-                // First column block that reaches the diagonal of these rows.
-                for jb in row0 / NR..self.db / NR {
-                    let ap = &self.apack[ib * KC * MR..ib * KC * MR + kc * MR];
-                    let bp = &self.bpack[jb * KC * NR..jb * KC * NR + kc * NR];
-                    let c0 = row0 * self.db + jb * NR;
-                    micro_kernel(self.use_fma, ap, bp, kc, &mut self.c[c0..], self.db);
-                }
-            }
-        }
-    }
-
-    fn pack(&mut self, x: &[f32], w: &[f32], kc: usize) {
-        let d = self.d;
-        for ib in 0..self.da / MR {
-            let panel = &mut self.apack[ib * KC * MR..(ib + 1) * KC * MR];
-            let c0 = ib * MR;
-            let width = MR.min(d - c0);
-            for (i, (row, &wi)) in x.chunks_exact(d).zip(w).enumerate() {
-                let dst = &mut panel[i * MR..(i + 1) * MR];
-                for (t, v) in dst[..width].iter_mut().zip(&row[c0..c0 + width]) {
-                    *t = wi * v;
-                }
-                dst[width..].iter_mut().for_each(|v| *v = 0.0);
-            }
-        }
-        for jb in 0..self.db / NR {
-            let panel = &mut self.bpack[jb * KC * NR..(jb + 1) * KC * NR];
-            let c0 = jb * NR;
-            let width = NR.min(d - c0);
-            for (i, row) in x.chunks_exact(d).enumerate() {
-                let dst = &mut panel[i * NR..(i + 1) * NR];
-                dst[..width].copy_from_slice(&row[c0..c0 + width]);
-                dst[width..].iter_mut().for_each(|v| *v = 0.0);
-            }
-        }
-        debug_assert!(kc <= KC);
-    }
-
-    /// Adds the f32 upper triangle into a packed f64 upper triangle (row by row).
-    pub fn add_upper_into(&self, packed: &mut [f64]) {
-        let d = self.d;
-        let mut k = 0;
-        for a in 0..d {
-            let row = &self.c[a * self.db + a..a * self.db + d];
-            for (p, v) in packed[k..k + d - a].iter_mut().zip(row) {
-                *p += *v as f64;
-            }
-            k += d - a;
-        }
-    }
-}
-
-fn fma_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// c[MR x NR] (row stride ldc) += sum over kc rows of a_i^T b_i.
-#[inline]
-fn micro_kernel(use_fma: bool, ap: &[f32], bp: &[f32], kc: usize, c: &mut [f32], ldc: usize) {
-    assert!(ap.len() >= kc * MR && bp.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    #[cfg(target_arch = "x86_64")]
-    if use_fma {
-        // SAFETY: AVX2 and FMA were detected at run time; the bounds are asserted above.
-        unsafe { micro_kernel_fma(ap, bp, kc, c, ldc) };
-        return;
-    }
-    let _ = use_fma;
-    micro_kernel_portable(ap, bp, kc, c, ldc);
-}
-
-fn micro_kernel_portable(ap: &[f32], bp: &[f32], kc: usize, c: &mut [f32], ldc: usize) {
-    let mut acc = [[0.0f32; NR]; MR];
-    for i in 0..kc {
-        let b: &[f32; NR] = bp[i * NR..(i + 1) * NR].try_into().expect("NR values");
-        let a: &[f32; MR] = ap[i * MR..(i + 1) * MR].try_into().expect("MR values");
-        for r in 0..MR {
-            for l in 0..NR {
-                acc[r][l] += a[r] * b[l];
-            }
-        }
-    }
-    for r in 0..MR {
-        for l in 0..NR {
-            c[r * ldc + l] += acc[r][l];
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn micro_kernel_fma(ap: &[f32], bp: &[f32], kc: usize, c: &mut [f32], ldc: usize) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (a, b) = (ap.as_ptr(), bp.as_ptr());
-    for i in 0..kc {
-        let b0 = _mm256_loadu_ps(b.add(i * NR));
-        let b1 = _mm256_loadu_ps(b.add(i * NR + 8));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*a.add(i * MR + r));
-            row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
-        }
-    }
-    let cp = c.as_mut_ptr();
-    for (r, row) in acc.iter().enumerate() {
-        let p = cp.add(r * ldc);
-        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), row[0]));
-        _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), row[1]));
-    }
 }

@@ -208,7 +208,14 @@ impl Factored {
     /// Outputs of the first `rows` rows of `s.x`, left in the last entry of `s.acts`.
     #[inline(always)]
     fn forward(&self, p: &[f64], rows: usize, s: &mut Scratch) {
-        for (l, slot) in self.slots.iter().enumerate() {
+        self.forward_from(0, p, rows, s)
+    }
+
+    /// [`Factored::forward`] from slot `first` on, the earlier slots' outputs already in
+    /// `s.acts`.
+    #[inline(always)]
+    fn forward_from(&self, first: usize, p: &[f64], rows: usize, s: &mut Scratch) {
+        for (l, slot) in self.slots.iter().enumerate().skip(first) {
             let (before, rest) = s.acts.split_at_mut(l);
             let input: &[f64] = if l == 0 { &s.x } else { &before[l - 1] };
             let (ni, no) = (slot.inputs, slot.outputs);
@@ -367,8 +374,16 @@ impl Factored {
 
     #[inline(always)]
     fn outputs_body(&self, p: &[f64], x: &[f32], s: &mut Scratch, out: &mut [f32]) {
-        s.x.iter_mut().zip(x).for_each(|(a, &b)| *a = b as f64);
-        self.forward(p, out.len(), s);
+        let b = self.slots[0];
+        if self.with_basis && !b.transposed {
+            // z = B x straight from the f32 rows (eight-lane f64 dot products), then the rest.
+            let z = &mut s.acts[0][..out.len() * b.outputs];
+            project_block(self.avx2, &p[b.at..b.at + b.weights()], b.inputs, x, z);
+            self.forward_from(1, p, out.len(), s);
+        } else {
+            s.x.iter_mut().zip(x).for_each(|(a, &b)| *a = b as f64);
+            self.forward(p, out.len(), s);
+        }
         let last = &s.acts[self.slots.len() - 1];
         out.iter_mut().zip(last).for_each(|(o, &v)| *o = v as f32);
     }

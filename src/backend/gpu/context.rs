@@ -1,6 +1,60 @@
 //! wgpu instance, adapter and device, created once and shared by every kernel.
 
 use super::GpuError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Environment variable that caps every wait for the device at a fixed number of seconds
+/// (overriding [`WaitPolicy`]'s estimate; for tests and for users who want a hard bound).
+pub const WAIT_SECONDS_ENV: &str = "RELU_FPT_GPU_WAIT_SECONDS";
+
+/// How long the host waits for the device, and how much work one dispatch may hold.
+///
+/// A wait for a submission of F flops gives up after `base_seconds + F /
+/// min_flops_per_second` (so a hung or reset device becomes [`GpuError::Timeout`] instead of a
+/// process that never ends), and launchers split their dispatches so that none holds more than
+/// `max_dispatch_flops` (display GPUs stop a dispatch that runs for about 2 s: the driver's
+/// watchdog).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WaitPolicy {
+    /// Fixed part of every wait: driver queues, shader compilation on first use.
+    pub base_seconds: f64,
+    /// The slowest throughput the device is assumed to reach, far below any real one.
+    pub min_flops_per_second: f64,
+    /// Most arithmetic one dispatch may hold.
+    pub max_dispatch_flops: f64,
+    /// When set, every wait gives up after exactly this many seconds instead.
+    pub fixed_seconds: Option<f64>,
+}
+
+impl WaitPolicy {
+    /// Defaults: 60 s plus the work at 1 GFLOP/s on hardware (a thousandth of a discrete GPU's
+    /// speed), 120 s plus the work at 10 MFLOP/s on software adapters (lavapipe runs 0.4-0.7
+    /// GFLOP/s on two cores); dispatches of at most 2e11 flops (20-200 ms on a discrete GPU).
+    /// [`WAIT_SECONDS_ENV`], when set to a positive number, fixes every wait at that many
+    /// seconds.
+    pub fn for_adapter(software: bool) -> Self {
+        let fixed_seconds = std::env::var(WAIT_SECONDS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0);
+        WaitPolicy {
+            base_seconds: if software { 120.0 } else { 60.0 },
+            min_flops_per_second: if software { 1e7 } else { 1e9 },
+            max_dispatch_flops: 2e11,
+            fixed_seconds,
+        }
+    }
+
+    /// How long to wait for a submission of `flops` of work.
+    pub fn timeout(&self, flops: f64) -> Duration {
+        let seconds = self.fixed_seconds.unwrap_or_else(|| {
+            self.base_seconds + flops.max(0.0) / self.min_flops_per_second.max(1.0)
+        });
+        // Duration::from_secs_f64 panics past ~5.8e11 s; a year is "forever" enough.
+        Duration::from_secs_f64(seconds.clamp(0.0, 3.2e7))
+    }
+}
 
 /// An open device with the adapter's own limits (wgpu's defaults are far smaller).
 pub struct GpuContext {
@@ -10,7 +64,10 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// The first error wgpu raised outside an error scope (its default handler would panic);
     /// [`GpuContext::read_back`] turns it into [`GpuError::Kernel`].
-    uncaptured: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it was.
+    lost: Arc<Mutex<Option<String>>>,
+    wait: Mutex<WaitPolicy>,
 }
 
 /// A wgpu instance for compute only (no display handle). On a headless machine without
@@ -101,20 +158,56 @@ impl GpuContext {
         }))
         .map_err(|e| GpuError::NoAdapter(format!("{}: {e}", info.name)))?;
         let limits = device.limits();
-        let uncaptured = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
         let sink = uncaptured.clone();
-        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut slot) = sink.lock() {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| format!("{reason:?}: {message}"));
+            }
+        });
+        let software = info.device_type == wgpu::DeviceType::Cpu;
         Ok(GpuContext {
             device,
             queue,
             info,
             limits,
             uncaptured,
+            lost,
+            wait: Mutex::new(WaitPolicy::for_adapter(software)),
         })
+    }
+
+    /// The wait bounds in force.
+    pub fn wait_policy(&self) -> WaitPolicy {
+        *self.wait.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the wait bounds (tests, users of slow or shared devices).
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        *self.wait.lock().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Most flops one dispatch may hold ([`WaitPolicy::max_dispatch_flops`]).
+    pub(crate) fn max_dispatch_flops(&self) -> f64 {
+        self.wait_policy().max_dispatch_flops
+    }
+
+    /// Fails with [`GpuError::DeviceLost`] once the device has been lost.
+    pub(crate) fn check_lost(&self, what: &str) -> Result<(), GpuError> {
+        let lost = self.lost.lock().ok().and_then(|slot| slot.clone());
+        match lost {
+            Some(why) => Err(GpuError::DeviceLost(format!(
+                "{what}: {why}; the driver reset or removed the GPU (rerun, or use --backend cpu)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// True for software adapters such as lavapipe.
@@ -274,6 +367,12 @@ impl GpuContext {
         let value = f();
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
+        if v.is_some() || o.is_some() {
+            // On a lost device every call fails validation; say what really happened (a
+            // non-blocking poll runs the device-lost callback if it is pending).
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.check_lost(what)?;
+        }
         if let Some(e) = v {
             return Err(GpuError::Kernel(format!("{what}: {e}")));
         }
@@ -283,17 +382,29 @@ impl GpuContext {
         Ok(value)
     }
 
-    /// Submits `encoder` (after it has copied its results into `staging`), waits, and returns
-    /// the first `bytes` of `staging` as `T`s.
+    /// Submits `encoder`, capturing validation errors; fails early on a lost device.
+    pub(crate) fn submit(
+        &self,
+        what: &str,
+        encoder: wgpu::CommandEncoder,
+    ) -> Result<wgpu::SubmissionIndex, GpuError> {
+        self.check_lost(what)?;
+        self.capture(what, || self.queue.submit(Some(encoder.finish())))
+    }
+
+    /// Submits `encoder` (after it has copied its results into `staging`), waits at most the
+    /// [`WaitPolicy`]'s time for `flops` of work, and returns the first `bytes` of `staging`
+    /// as `T`s.
     pub(crate) fn submit_and_read<T: bytemuck::Pod>(
         &self,
         what: &str,
         encoder: wgpu::CommandEncoder,
         staging: &wgpu::Buffer,
         bytes: u64,
+        flops: f64,
     ) -> Result<Vec<T>, GpuError> {
-        self.capture(what, || self.queue.submit(Some(encoder.finish())))?;
-        self.read_back(what, staging, bytes)
+        let index = self.submit(what, encoder)?;
+        self.read_back(what, staging, bytes, Some(index), flops)
     }
 
     /// Fails with the error wgpu reported outside any error scope since the last check, if any.
@@ -305,13 +416,43 @@ impl GpuContext {
         }
     }
 
-    /// Maps the first `bytes` of a staging buffer after all submitted work, copies them out
-    /// and unmaps. Device loss and map failures become typed errors.
+    /// Waits until submission `index` (or all submitted work when `None`) has finished, for
+    /// at most the [`WaitPolicy`]'s time for `flops` of work. A timeout becomes
+    /// [`GpuError::Timeout`], a lost device [`GpuError::DeviceLost`].
+    pub(crate) fn wait(
+        &self,
+        what: &str,
+        index: Option<wgpu::SubmissionIndex>,
+        flops: f64,
+    ) -> Result<(), GpuError> {
+        let timeout = self.wait_policy().timeout(flops);
+        let polled = self.device.poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: Some(timeout),
+        });
+        self.check_lost(what)?;
+        match polled {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => Err(GpuError::Timeout(format!(
+                "{what}: the GPU did not finish {flops:.2e} flops of work within {:.3} s; the \
+                 device is hung or far slower than assumed (set {WAIT_SECONDS_ENV} to wait \
+                 longer, or use --backend cpu)",
+                timeout.as_secs_f64()
+            ))),
+            Err(e) => Err(GpuError::DeviceLost(format!("{what}: {e}"))),
+        }
+    }
+
+    /// Maps the first `bytes` of a staging buffer after submission `index` (all submitted work
+    /// when `None`), waiting at most the [`WaitPolicy`]'s time for `flops` of work, copies them
+    /// out and unmaps. Timeouts, device loss and map failures become typed errors.
     pub(crate) fn read_back<T: bytemuck::Pod>(
         &self,
         what: &str,
         staging: &wgpu::Buffer,
         bytes: u64,
+        index: Option<wgpu::SubmissionIndex>,
+        flops: f64,
     ) -> Result<Vec<T>, GpuError> {
         if bytes == 0 {
             return Ok(Vec::new());
@@ -321,13 +462,26 @@ impl GpuContext {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::DeviceLost(format!("{what}: {e}")))?;
-        match rx.recv() {
+        self.wait(what, index, flops)?;
+        // The map completes after the submission; a second short wait covers drivers that
+        // report it on the next poll.
+        let mapped = match rx.try_recv() {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                self.wait(what, None, 0.0)?;
+                rx.recv_timeout(Duration::from_millis(100))
+            }
+        };
+        match mapped {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(GpuError::Map(format!("{what}: {e}"))),
-            Err(_) => return Err(GpuError::Map(format!("{what}: map callback never ran"))),
+            Ok(Err(e)) => {
+                self.check_lost(what)?;
+                return Err(GpuError::Map(format!("{what}: {e}")));
+            }
+            Err(_) => {
+                self.check_lost(what)?;
+                return Err(GpuError::Map(format!("{what}: map callback never ran")));
+            }
         }
         let out = {
             let view = slice

@@ -1,14 +1,22 @@
 //! Batched candidate evaluation on the GPU (`shaders/evaluate.wgsl`).
 //!
-//! Candidates are streamed in blocks of at most `max_candidates_per_dispatch` and samples in
-//! blocks of at most `max_chunks_per_dispatch` chunks. Each (candidate block, sample block) is
-//! one submission: the `evaluate` pass writes f32 partial sums per (chunk, candidate), the
-//! `reduce` pass sums them over chunks, and the host adds the reduced block into f64 totals.
-//! On software adapters (lavapipe) the chunk length is cut so that one invocation stays inside
-//! Mesa's 65,535-iteration loop budget. Limits: rank and hidden widths <= 64, depth <= 8; larger
-//! requests return [`crate::Error::InvalidRequest`] (the CPU backend has no such limits).
+//! One workgroup per (candidate, chunk of samples): activations of a tile of samples sit in
+//! workgroup memory, each invocation keeps its share of the candidate's statistics in registers,
+//! and a workgroup writes its f32 sums once per chunk (the shader's header says how). Candidates
+//! are streamed in blocks of at most `max_candidates_per_dispatch` and samples in blocks of at
+//! most `max_chunks_per_dispatch` chunks. Each (candidate block, sample block) is one
+//! submission: the `evaluate` pass writes f32 partial sums per (chunk, candidate), the `reduce`
+//! pass sums them over chunks, and the host adds the reduced block into f64 totals. On software
+//! adapters (lavapipe) the chunk is cut so that one invocation stays inside Mesa's
+//! 65,535-iteration loop budget.
+//!
+//! Limits: the rank r and the hidden widths are runtime sizes; two planes of `samples_per_tile`
+//! rows of max(r, widths) + 3 words must fit the adapter's workgroup memory (r up to about
+//! 2,000 on a 16 KiB adapter with one sample per tile), and the statistics of one candidate
+//! (1 + f(f+1)/2 + f for f = last width + 1) at most 16 per invocation. Past either the request
+//! fails with [`GpuError::TooLarge`] naming the sizes; the CPU backend has no such limits.
 
-use super::GpuContext;
+use super::{GpuContext, GpuError};
 use crate::backend::{
     check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
 };
@@ -16,18 +24,19 @@ use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
-/// Widest hidden layer (and rank) the kernel's activation array holds.
-pub const MAX_GPU_WIDTH: usize = 64;
-/// Deepest hidden stack the kernel's uniform block describes.
-pub const MAX_GPU_DEPTH: usize = 8;
+/// Statistics one invocation holds in registers (`MAXPER` in WGSL).
+pub const MAX_STATS_PER_INVOCATION: usize = 16;
 
-/// Tunables of the evaluation kernel. `workgroup_size` and `chunk_len` become the WGSL
-/// `override` constants `WG` and `CHUNK`.
+/// Tunables of the evaluation kernel; `workgroup_size`, `samples_per_tile` and the chunk (in
+/// tiles) become the WGSL `override` constants `WG`, `SB` and `TILES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EvaluateKernelParams {
-    /// Invocations per workgroup (candidates side by side).
+    /// Invocations per workgroup (they share one candidate).
     pub workgroup_size: u32,
-    /// Samples one invocation sums in f32 before the partial is written.
+    /// Samples whose activations sit in workgroup memory together.
+    pub samples_per_tile: u32,
+    /// Samples one workgroup sums in f32 before its partial is written (a multiple of
+    /// `samples_per_tile`; cut further to fit `loop_budget`).
     pub chunk_len: u32,
     /// Sample chunks per dispatch (bounds the partial buffer and the f32 reduce length).
     pub max_chunks_per_dispatch: u32,
@@ -39,19 +48,62 @@ pub struct EvaluateKernelParams {
 }
 
 impl EvaluateKernelParams {
-    /// Defaults for a device: 64-wide workgroups, chunks of 256 samples, at most 1e5
-    /// candidates per dispatch, and a 30,000-iteration loop budget on software adapters.
+    /// Defaults for a device: 64-wide workgroups, tiles of 32 samples, chunks of 1,024 samples,
+    /// at most 1e5 candidates per dispatch, and a 30,000-iteration loop budget on software
+    /// adapters.
     pub fn for_context(ctx: &GpuContext) -> Self {
         EvaluateKernelParams {
             workgroup_size: 64
                 .min(ctx.limits.max_compute_invocations_per_workgroup)
                 .min(ctx.limits.max_compute_workgroup_size_x),
-            chunk_len: 256,
+            samples_per_tile: 32,
+            chunk_len: 1024,
             max_chunks_per_dispatch: 256,
             max_candidates_per_dispatch: 100_000,
             loop_budget: ctx.is_software().then_some(30_000),
         }
     }
+
+    /// [`Self::for_context`] adjusted to one architecture: workgroups of 32 when a candidate
+    /// has at most 32 statistics (fewer idle invocations while summing), wider ones (up to the
+    /// adapter's limit) when it has more than 16 per invocation, and tiles shortened until two
+    /// planes fit the workgroup memory.
+    pub fn for_batch(ctx: &GpuContext, batch: &CandidateBatch) -> Self {
+        let mut p = Self::for_context(ctx);
+        let stats = stat_len(batch.feature_dim()) as u32;
+        let most = ctx
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(ctx.limits.max_compute_workgroup_size_x);
+        if stats <= 32 {
+            p.workgroup_size = p.workgroup_size.min(32);
+        }
+        while (p.workgroup_size as usize) * MAX_STATS_PER_INVOCATION < stats as usize
+            && p.workgroup_size * 2 <= most
+        {
+            p.workgroup_size *= 2;
+        }
+        let stride = plane_stride(batch) as u64;
+        let room = ctx.limits.max_compute_workgroup_storage_size as u64;
+        while p.samples_per_tile > 1 && 2 * p.samples_per_tile as u64 * stride * 4 > room {
+            p.samples_per_tile /= 2;
+        }
+        p.chunk_len = p.chunk_len.next_multiple_of(p.samples_per_tile);
+        p
+    }
+}
+
+/// Statistics per candidate: SSE, packed Phi^T Phi, Phi^T y.
+fn stat_len(f: usize) -> usize {
+    1 + tri_len(f) + f
+}
+
+/// Row stride of an activation plane: the widest row (rank or hidden width) plus the constant,
+/// y and e columns, odd so that invocations reading one column of neighbouring rows hit
+/// different banks.
+fn plane_stride(batch: &CandidateBatch) -> usize {
+    let widest = batch.hidden.iter().copied().fold(batch.inputs, usize::max);
+    (widest + 3) | 1
 }
 
 #[repr(C)]
@@ -67,8 +119,8 @@ struct Info {
     feat: u32,
     stat_len: u32,
     tri: u32,
-    pad: [u32; 2],
-    widths: [u32; 8],
+    out_off: u32,
+    pad: u32,
 }
 
 struct Pipelines {
@@ -76,24 +128,35 @@ struct Pipelines {
     reduce: wgpu::ComputePipeline,
 }
 
-/// Pipelines per (device, workgroup size, chunk length), built once.
-type PipelineCache = Mutex<Vec<((wgpu::Device, u32, u32), Arc<Pipelines>)>>;
+/// What a compiled pipeline depends on: workgroup size, tile, stride, statistics per
+/// invocation, tiles per chunk.
+type PipelineKey = (u32, u32, u32, u32, u32);
 
-fn pipelines(ctx: &GpuContext, wg: u32, chunk: u32) -> Result<Arc<Pipelines>> {
+/// Pipelines per (device, key), built once.
+type PipelineCache = Mutex<Vec<((wgpu::Device, PipelineKey), Arc<Pipelines>)>>;
+
+fn pipelines(ctx: &GpuContext, key: PipelineKey) -> Result<Arc<Pipelines>> {
     static CACHE: OnceLock<PipelineCache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (ctx.device.clone(), wg, chunk);
-    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+    let full = (ctx.device.clone(), key);
+    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == full) {
         return Ok(p.clone());
     }
     let wgsl = include_str!("../../../shaders/evaluate.wgsl");
-    let constants = [("WG", wg as f64), ("CHUNK", chunk as f64)];
+    let (wg, sb, stride, per, tiles) = key;
+    let constants = [
+        ("WG", wg as f64),
+        ("SB", sb as f64),
+        ("STRIDE", stride as f64),
+        ("PER", per as f64),
+        ("TILES", tiles as f64),
+    ];
     let p = Arc::new(Pipelines {
         evaluate: ctx.compute_pipeline("evaluate", wgsl, "evaluate", &constants)?,
         reduce: ctx.compute_pipeline("evaluate reduce", wgsl, "reduce", &constants)?,
     });
-    cache.push((key, p.clone()));
+    cache.push((full, p.clone()));
     Ok(p)
 }
 
@@ -102,19 +165,26 @@ pub(crate) fn evaluate_candidates(
     samples: &ProjectedSamples,
     batch: &CandidateBatch,
 ) -> Result<CandidateStats> {
-    evaluate_candidates_with(ctx, samples, batch, &EvaluateKernelParams::for_context(ctx))
+    evaluate_candidates_with(
+        ctx,
+        samples,
+        batch,
+        &EvaluateKernelParams::for_batch(ctx, batch),
+    )
 }
 
-/// Loop iterations of one sample in the kernel (every non-unrolled loop counts on lavapipe).
-fn loop_cost_per_sample(batch: &CandidateBatch) -> u64 {
-    let f = batch.feature_dim() as u64;
-    let mut cost = batch.inputs as u64 + 1;
-    let mut width = batch.inputs as u64;
+/// Loop iterations of one invocation per tile of `sb` samples with `wg` invocations (every
+/// non-unrolled loop counts on lavapipe; the statistics loop is counted in full although its
+/// constant trip count unrolls in practice).
+fn loop_cost_per_tile(batch: &CandidateBatch, wg: u64, sb: u64, per: u64) -> u64 {
+    let r = batch.inputs as u64;
+    let mut cost = 1 + (sb * r).div_ceil(wg);
+    let mut width = r;
     for &h in &batch.hidden {
-        cost += h as u64 * (width + 1) + 1;
+        cost += 1 + (sb * h as u64).div_ceil(wg) * (width + 1);
         width = h as u64;
     }
-    cost + 2 * f + tri_len(f as usize) as u64
+    cost + sb.div_ceil(wg) * (width + 3) + sb * (per + 1)
 }
 
 /// Batched evaluation with explicit kernel tunables (tests force streaming with small values).
@@ -125,26 +195,52 @@ pub fn evaluate_candidates_with(
     kp: &EvaluateKernelParams,
 ) -> Result<CandidateStats> {
     check_evaluation_inputs(samples, batch)?;
-    if samples.rank > MAX_GPU_WIDTH || batch.hidden.iter().any(|&h| h > MAX_GPU_WIDTH) {
+    let wg = kp.workgroup_size;
+    let sb = kp.samples_per_tile;
+    if wg == 0
+        || sb == 0
+        || kp.chunk_len == 0
+        || !kp.chunk_len.is_multiple_of(sb)
+        || kp.max_chunks_per_dispatch == 0
+        || kp.max_candidates_per_dispatch == 0
+    {
         return Err(Error::invalid(format!(
-            "GPU evaluation takes rank and hidden widths up to {MAX_GPU_WIDTH} (got rank {}, widths {:?}); use the CPU backend",
-            samples.rank, batch.hidden
+            "evaluate kernel: sizes must be positive and the chunk a multiple of the tile: {kp:?}"
         )));
     }
-    if batch.hidden.len() > MAX_GPU_DEPTH {
-        return Err(Error::invalid(format!(
-            "GPU evaluation takes up to {MAX_GPU_DEPTH} hidden layers (got {}); use the CPU backend",
-            batch.hidden.len()
-        )));
-    }
-    if kp.workgroup_size == 0 || kp.chunk_len == 0 || kp.max_chunks_per_dispatch == 0 {
-        return Err(Error::invalid(
-            "evaluate kernel: workgroup size, chunk length and chunks per dispatch must be positive",
-        ));
+    let lim = &ctx.limits;
+    if wg > lim.max_compute_invocations_per_workgroup || wg > lim.max_compute_workgroup_size_x {
+        return Err(GpuError::TooLarge(format!(
+            "evaluate kernel: workgroups of {wg} invocations; this adapter allows {}",
+            lim.max_compute_invocations_per_workgroup
+                .min(lim.max_compute_workgroup_size_x)
+        ))
+        .into());
     }
     let f = batch.feature_dim();
     let tri = tri_len(f);
-    let stat_len = 1 + tri + f;
+    let stat_len = stat_len(f);
+    let per_invocation = stat_len.div_ceil(wg as usize);
+    if per_invocation > MAX_STATS_PER_INVOCATION {
+        return Err(GpuError::TooLarge(format!(
+            "evaluate kernel: a last hidden layer of width {} gives {stat_len} statistics per \
+             candidate, more than {MAX_STATS_PER_INVOCATION} for each of {wg} invocations; use \
+             wider workgroups or the CPU backend",
+            f - 1
+        ))
+        .into());
+    }
+    let stride = plane_stride(batch);
+    let shared = 2 * sb as u64 * stride as u64 * 4;
+    if shared > lim.max_compute_workgroup_storage_size as u64 {
+        return Err(GpuError::TooLarge(format!(
+            "evaluate kernel: rank {} and hidden widths {:?} need {shared} bytes of workgroup \
+             memory for tiles of {sb} samples; this adapter has {} (use fewer samples per tile, \
+             or the CPU backend)",
+            batch.inputs, batch.hidden, lim.max_compute_workgroup_storage_size
+        ))
+        .into());
+    }
     let count = batch.count();
     let n = samples.len();
     let mut stats = CandidateStats {
@@ -157,40 +253,62 @@ pub fn evaluate_candidates_with(
         return Ok(stats);
     }
 
-    // Chunk length inside the loop budget.
-    let mut chunk = kp.chunk_len as u64;
+    // Tiles per chunk inside the loop budget.
+    let mut tiles = (kp.chunk_len / sb) as u64;
     if let Some(budget) = kp.loop_budget {
-        let per = loop_cost_per_sample(batch);
-        let room = budget.saturating_sub(stat_len as u64);
-        if per > room {
-            return Err(Error::invalid(format!(
-                "this architecture needs {per} loop iterations per sample, over the software \
-                 adapter's budget of {budget}; use the CPU backend"
-            )));
+        let per_tile = loop_cost_per_tile(batch, wg as u64, sb as u64, per_invocation as u64);
+        let room = budget.saturating_sub(MAX_STATS_PER_INVOCATION as u64 * f as u64);
+        if per_tile > room {
+            return Err(GpuError::TooLarge(format!(
+                "this architecture needs {per_tile} loop iterations per tile of {sb} samples, \
+                 over the software adapter's budget of {budget}; use the CPU backend"
+            ))
+            .into());
         }
-        chunk = chunk.min(room / per).max(1);
+        tiles = tiles.min(room / per_tile).max(1);
     }
-    let chunk = chunk as u32;
+    let chunk = tiles as usize * sb as usize;
 
-    // Dispatch sizes within the binding limits.
-    let limit = ctx.max_binding().min(1 << 29);
+    // Dispatch sizes within the binding limits and the workgroup grid.
+    let limit = ctx.max_binding();
     ctx.check_binding("projected samples", (samples.z.len() * 4) as u64)?;
-    let total_chunks = n.div_ceil(chunk as usize);
-    let mut chunks_per = total_chunks.min(kp.max_chunks_per_dispatch as usize);
     let stat_bytes = (stat_len * 4) as u64;
     let per = batch.params_per_candidate();
-    let mut cands_per = count.min(kp.max_candidates_per_dispatch.max(1));
+    let total_chunks = n.div_ceil(chunk);
+    let mut chunks_per = total_chunks.min(kp.max_chunks_per_dispatch as usize);
+    let mut cands_per = count.min(kp.max_candidates_per_dispatch);
     cands_per = cands_per.min((limit / (chunks_per as u64 * stat_bytes)).max(1) as usize);
     cands_per = cands_per.min((limit / (per as u64 * 4)).max(1) as usize);
     if chunks_per as u64 * cands_per as u64 * stat_bytes > limit {
         chunks_per = (limit / (cands_per as u64 * stat_bytes)).max(1) as usize;
     }
-    let wg = kp.workgroup_size;
-    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    cands_per = cands_per.min(max_groups * wg as usize);
-    chunks_per = chunks_per.min(max_groups);
+    let max_groups = lim.max_compute_workgroups_per_dimension as usize;
+    // Flops of one (candidate, sample): the hidden layers, the output, the statistics.
+    let mut pair_flops = 2.0 * (f + stat_len) as f64;
+    let mut width = batch.inputs;
+    for &h in &batch.hidden {
+        pair_flops += 2.0 * (width as f64 + 1.0) * h as f64;
+        width = h;
+    }
+    let max_flops = ctx.max_dispatch_flops();
+    let dispatch_flops =
+        |cands: usize, chunks: usize| cands as f64 * (chunks * chunk) as f64 * pair_flops;
+    // Workgroups of one dispatch as an x-by-y grid of at most max_groups^2, and no more work
+    // than a driver watchdog allows.
+    while cands_per * chunks_per > max_groups * max_groups
+        || (dispatch_flops(cands_per, chunks_per) > max_flops && cands_per * chunks_per > 1)
+    {
+        if chunks_per > 1 {
+            chunks_per = chunks_per.div_ceil(2);
+        } else {
+            cands_per = cands_per.div_ceil(2);
+        }
+    }
 
-    let pipes = pipelines(ctx, wg, chunk)?;
+    let pipes = pipelines(
+        ctx,
+        (wg, sb, stride as u32, per_invocation as u32, tiles as u32),
+    )?;
     let device = &ctx.device;
     let z_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("evaluate z"),
@@ -202,33 +320,36 @@ pub fn evaluate_candidates_with(
         contents: bytemuck::cast_slice(&samples.y),
         usage: wgpu::BufferUsages::STORAGE,
     });
-    let mut widths = [0u32; 8];
-    for (w, &h) in widths.iter_mut().zip(&batch.hidden) {
-        *w = h as u32;
+    // Per hidden layer: inputs, outputs, weight offset, bias offset (within a candidate).
+    let mut shape: Vec<u32> = Vec::new();
+    let mut width = batch.inputs;
+    let mut off = 0usize;
+    for &h in &batch.hidden {
+        shape.extend([width as u32, h as u32, off as u32, (off + h * width) as u32]);
+        off += h * width + h;
+        width = h;
     }
+    shape.resize(shape.len().max(4), 0);
+    let shape_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("evaluate shape"),
+        contents: bytemuck::cast_slice(&shape),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
 
-    let samples_per = chunks_per * chunk as usize;
+    let samples_per = chunks_per * chunk;
     for c0 in (0..count).step_by(cands_per) {
         let cc = cands_per.min(count - c0);
-        // Candidate-minor (transposed) so that neighbouring invocations read neighbouring words.
-        let block = &batch.params[c0 * per..(c0 + cc) * per];
-        let mut transposed = vec![0.0f32; cc * per];
-        for (c, p) in block.chunks_exact(per).enumerate() {
-            for (i, &v) in p.iter().enumerate() {
-                transposed[i * cc + c] = v;
-            }
-        }
         let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("evaluate params"),
-            contents: bytemuck::cast_slice(&transposed),
+            contents: bytemuck::cast_slice(&batch.params[c0 * per..(c0 + cc) * per]),
             usage: wgpu::BufferUsages::STORAGE,
         });
-        let out_bytes = (cc * stat_len * 4) as u64;
+        let out_bytes = cc as u64 * stat_bytes;
         let reduced = ctx.storage_buffer("evaluate reduced", out_bytes)?;
         let readback = ctx.staging_buffer("evaluate readback", out_bytes);
         for s0 in (0..n).step_by(samples_per) {
             let sc = samples_per.min(n - s0);
-            let kc = sc.div_ceil(chunk as usize);
+            let kc = sc.div_ceil(chunk);
             let info = Info {
                 sample_start: s0 as u32,
                 sample_count: sc as u32,
@@ -240,16 +361,15 @@ pub fn evaluate_candidates_with(
                 feat: f as u32,
                 stat_len: stat_len as u32,
                 tri: tri as u32,
-                pad: [0; 2],
-                widths,
+                out_off: off as u32,
+                pad: 0,
             };
             let info_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("evaluate info"),
                 contents: bytemuck::bytes_of(&info),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-            let partial =
-                ctx.storage_buffer("evaluate partial", (kc * cc * stat_len * 4) as u64)?;
+            let partial = ctx.storage_buffer("evaluate partial", kc as u64 * out_bytes)?;
             let eval_bg = ctx.bind_group(
                 "evaluate bind group",
                 &pipes.evaluate,
@@ -259,6 +379,7 @@ pub fn evaluate_candidates_with(
                     (2, &y_buf),
                     (3, &params_buf),
                     (4, &partial),
+                    (6, &shape_buf),
                 ],
             )?;
             let reduce_bg = ctx.bind_group(
@@ -274,27 +395,33 @@ pub fn evaluate_candidates_with(
                     label: Some("evaluate"),
                     timestamp_writes: None,
                 });
+                let groups = cc * kc;
+                let gx = groups.min(max_groups);
                 pass.set_pipeline(&pipes.evaluate);
                 pass.set_bind_group(0, &eval_bg, &[]);
-                pass.dispatch_workgroups(cc.div_ceil(wg as usize) as u32, kc as u32, 1);
+                pass.dispatch_workgroups(gx as u32, groups.div_ceil(gx) as u32, 1);
                 let groups = (cc * stat_len).div_ceil(wg as usize);
-                let gx = groups.min(max_groups.min(32_768));
-                let gy = groups.div_ceil(gx);
+                let gx = groups.min(max_groups);
                 pass.set_pipeline(&pipes.reduce);
                 pass.set_bind_group(0, &reduce_bg, &[]);
-                pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+                pass.dispatch_workgroups(gx as u32, groups.div_ceil(gx) as u32, 1);
             }
             enc.copy_buffer_to_buffer(&reduced, 0, &readback, 0, out_bytes);
-            let sums: Vec<f32> = ctx.submit_and_read("evaluate", enc, &readback, out_bytes)?;
-            // sums is stat-major: sums[k * cc + ci].
-            for ci in 0..cc {
+            let flops = dispatch_flops(cc, kc);
+            let sums: Vec<f32> =
+                ctx.submit_and_read("evaluate", enc, &readback, out_bytes, flops)?;
+            // Candidate-major: sums[ci * stat_len + k], k = 0 the SSE, then gram, then phi y.
+            for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
                 let c = c0 + ci;
-                stats.sse[c] += sums[ci] as f64;
-                for (k, g) in stats.gram[c * tri..(c + 1) * tri].iter_mut().enumerate() {
-                    *g += sums[(1 + k) * cc + ci] as f64;
+                stats.sse[c] += s[0] as f64;
+                for (g, &v) in stats.gram[c * tri..(c + 1) * tri].iter_mut().zip(&s[1..]) {
+                    *g += v as f64;
                 }
-                for (k, g) in stats.feature_y[c * f..(c + 1) * f].iter_mut().enumerate() {
-                    *g += sums[(1 + tri + k) * cc + ci] as f64;
+                for (g, &v) in stats.feature_y[c * f..(c + 1) * f]
+                    .iter_mut()
+                    .zip(&s[1 + tri..])
+                {
+                    *g += v as f64;
                 }
             }
         }

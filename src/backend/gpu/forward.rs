@@ -5,7 +5,8 @@
 //! layer: each layer's dot products are shared round-robin by the workgroup, hidden activations
 //! sit in workgroup memory (4,096 f32 words: two planes of `samples_per_group x max_width`), and
 //! the first layer reads x from storage. x is streamed in pieces of at most `rows_per_dispatch`
-//! rows that also fit one storage binding. Arithmetic is f32 (the CPU default accumulates in f64).
+//! rows that also fit one storage binding, into two device slots so that an upload overlaps
+//! the work on the previous piece; outputs are read back once (per 64 MiB of them). Arithmetic is f32 (the CPU default accumulates in f64).
 //! Limits: hidden widths up to 2,048 ([`GpuError::TooLarge`] beyond); on software adapters the
 //! per-invocation loop count must fit the loop budget even with one sample per workgroup, which
 //! holds for d up to about 30,000 at widths <= the workgroup size.
@@ -214,31 +215,61 @@ pub fn predict_with(
         .into());
     }
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    // Flops of one row; a dispatch holds at most the context's limit (driver watchdogs).
+    let row_flops: f64 = network
+        .layers
+        .iter()
+        .map(|l| 2.0 * (l.inputs as f64 + 1.0) * l.outputs as f64)
+        .sum();
+    let watchdog_rows = (ctx.max_dispatch_flops() / row_flops.max(1.0)).max(sb as f64) as usize;
     let piece_rows = rows
         .min(kp.rows_per_dispatch)
+        .min(watchdog_rows)
         .min(binding_rows)
         .min(max_groups.saturating_mul(max_groups).saturating_mul(sb));
-    let x_buf = ctx.storage_buffer("forward x", piece_rows as u64 * row_bytes)?;
+    // Two x slots: the upload of piece i + 1 overlaps the work on piece i, and piece i + 2
+    // waits for piece i (so at most two uploads are staged). Outputs gather in one readback
+    // buffer of at most 64 MiB, read when full and at the end.
+    let x_slots = [
+        ctx.storage_buffer("forward x", piece_rows as u64 * row_bytes)?,
+        ctx.storage_buffer("forward x", piece_rows as u64 * row_bytes)?,
+    ];
     let out_bytes = (piece_rows * 4) as u64;
     let out_buf = ctx.storage_buffer("forward out", out_bytes)?;
-    let staging = ctx.staging_buffer("forward readback", out_bytes);
+    let staging_rows = rows.min((64 << 20) / 4).max(piece_rows);
+    let staging = ctx.staging_buffer("forward readback", (staging_rows * 4) as u64);
     let info_buf = ctx.uniform_buffer("forward info", std::mem::size_of::<Info>() as u64);
     let pipeline = pipeline(ctx, cache, kp)?;
-    let bind_group = ctx.bind_group(
-        "forward bind group",
-        &pipeline,
-        &[
-            (0, &info_buf),
-            (1, &x_buf),
-            (2, &params_buf),
-            (3, &layout_buf),
-            (4, &out_buf),
-        ],
-    )?;
+    let mut binds = Vec::with_capacity(2);
+    for x_buf in &x_slots {
+        binds.push(ctx.bind_group(
+            "forward bind group",
+            &pipeline,
+            &[
+                (0, &info_buf),
+                (1, x_buf),
+                (2, &params_buf),
+                (3, &layout_buf),
+                (4, &out_buf),
+            ],
+        )?);
+    }
 
     let mut out = Vec::with_capacity(rows);
-    for r0 in (0..rows).step_by(piece_rows) {
+    let mut in_flight: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
+    let mut staged = 0usize;
+    for (i, r0) in (0..rows).step_by(piece_rows).enumerate() {
         let n = piece_rows.min(rows - r0);
+        if staged + n > staging_rows {
+            let bytes = (staged * 4) as u64;
+            let flops = staged as f64 * row_flops;
+            out.extend(ctx.read_back::<f32>("forward", &staging, bytes, None, flops)?);
+            staged = 0;
+        }
+        let slot = i % 2;
+        if let Some(done) = in_flight[slot].take() {
+            ctx.wait("forward upload", Some(done), n as f64 * row_flops)?;
+        }
         let info = Info {
             rows: n as u32,
             depth: network.layers.len() as u32,
@@ -247,18 +278,34 @@ pub fn predict_with(
         ctx.queue
             .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
         if d > 0 {
-            ctx.queue
-                .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[r0 * d..(r0 + n) * d]));
+            ctx.queue.write_buffer(
+                &x_slots[slot],
+                0,
+                bytemuck::cast_slice(&x[r0 * d..(r0 + n) * d]),
+            );
         }
         let groups = n.div_ceil(sb);
         let gx = groups.min(max_groups);
         let gy = groups.div_ceil(gx);
-        let mut enc =
-            ctx.encode_dispatch("forward", &pipeline, &bind_group, [gx as u32, gy as u32, 1]);
-        let bytes = (n * 4) as u64;
-        enc.copy_buffer_to_buffer(&out_buf, 0, &staging, 0, bytes);
-        let piece: Vec<f32> = ctx.submit_and_read("forward", enc, &staging, bytes)?;
-        out.extend_from_slice(&piece);
+        let mut enc = ctx.encode_dispatch(
+            "forward",
+            &pipeline,
+            &binds[slot],
+            [gx as u32, gy as u32, 1],
+        );
+        enc.copy_buffer_to_buffer(&out_buf, 0, &staging, (staged * 4) as u64, (n * 4) as u64);
+        in_flight[slot] = Some(ctx.submit("forward", enc)?);
+        staged += n;
+    }
+    if staged > 0 {
+        let bytes = (staged * 4) as u64;
+        out.extend(ctx.read_back::<f32>(
+            "forward",
+            &staging,
+            bytes,
+            None,
+            staged as f64 * row_flops,
+        )?);
     }
     Ok(out)
 }

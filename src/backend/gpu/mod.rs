@@ -2,19 +2,21 @@
 
 mod context;
 mod evaluate;
+mod feed;
 mod fit;
 mod forward;
 mod moments;
 mod smoke;
 
-pub use context::{list_adapters, GpuContext};
+pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
+pub use feed::{ResidentSamples, MAX_BATCH_BYTES, RESIDENT_MIB_ENV};
 pub use fit::FitKernelParams;
 use fit::FitPipelineCache;
 use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
+pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
-pub use moments::{MomentKernelParams, ResidentSamples};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 
 use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
@@ -42,9 +44,13 @@ pub enum GpuError {
     /// The device ran out of memory.
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
-    /// The device was lost while waiting for work.
+    /// The device was lost (reset, removed, or destroyed) while it had work.
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
+    /// The device did not finish a submission within the wait bound
+    /// ([`context::WaitPolicy`]).
+    #[error("GPU timed out: {0}")]
+    Timeout(String),
     /// Mapping a readback buffer failed.
     #[error("GPU buffer map failed: {0}")]
     Map(String),
@@ -62,10 +68,12 @@ pub struct GpuBackend {
 impl GpuBackend {
     /// Opens a device; `allow_software` accepts lavapipe (CI), `false` wants real hardware.
     pub fn new(allow_software: bool) -> Result<Self> {
+        let ctx = GpuContext::new(allow_software)?;
+        let resident = ResidentSamples::new(ResidentSamples::default_budget(&ctx));
         Ok(GpuBackend {
-            ctx: GpuContext::new(allow_software)?,
+            ctx,
             moment_pipelines: MomentPipelineCache::default(),
-            resident: ResidentSamples::default(),
+            resident,
             forward_pipelines: ForwardPipelineCache::default(),
             fit_pipelines: FitPipelineCache::default(),
         })
@@ -74,6 +82,12 @@ impl GpuBackend {
     /// The open device.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Replaces how long waits for the device may last and how much work one dispatch may
+    /// hold ([`WaitPolicy`]).
+    pub fn set_wait_policy(&self, policy: WaitPolicy) {
+        self.ctx.set_wait_policy(policy);
     }
 
     /// [`Backend::moments`] with explicit kernel parameters (tests, tuning).
@@ -124,17 +138,23 @@ impl GpuBackend {
             basis,
             fit,
             params,
+            Some(&self.resident),
             progress,
         )
     }
 
-    /// Keeps sample data on the device between passes (later rounds re-read the same source)
-    /// when a whole source's x and y fit in `bytes`; 0 (the default) turns this off and frees
-    /// the copy. A source is recognised by `describe()`, `len()` and `dim()`: only enable this
-    /// when those identify the data (true for files; two different in-memory sources of the
-    /// same shape are NOT told apart). One source is held at a time.
+    /// Bytes of sample data the backend may keep on the device between passes (every pass over
+    /// a source reads the device copy when one is held): sources that name themselves
+    /// ([`SampleSource::identity`]) and fit whole are kept, least recently used evicted first;
+    /// 0 turns this off and frees the copies. The default is
+    /// [`ResidentSamples::default_budget`].
     pub fn set_resident_budget(&self, bytes: u64) {
         self.resident.set_budget(bytes);
+    }
+
+    /// The residency cache (budget, counters).
+    pub fn resident(&self) -> &ResidentSamples {
+        &self.resident
     }
 }
 
@@ -173,7 +193,7 @@ impl Backend for GpuBackend {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments> {
-        let params = FitKernelParams::for_context(&self.ctx);
+        let params = FitKernelParams::for_rank(&self.ctx, basis.len());
         self.fit_moments_with(source, basis, fit, &params, progress)
     }
 

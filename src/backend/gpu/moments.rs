@@ -1,38 +1,42 @@
 //! Launcher of the binned filtered-moments kernels (`shaders/moments.wgsl`).
 //!
-//! Per batch of samples (as many rows as fit one storage binding, at most
-//! [`MomentKernelParams::max_batch_rows`]):
-//! 1. upload x and y (the only per-sample data that travels);
-//! 2. `bin_samples` computes z = B^T x and the bin id of every sample on the device (skipped
-//!    when K = 1: the fast path);
-//! 3. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
+//! Samples come from the batch feeder (`feed.rs`: a resident copy, or uploads of at most 256 MiB
+//! overlapped with compute, two in flight). Per batch (at most
+//! [`MomentKernelParams::max_batch_rows`] rows and one storage binding):
+//! 1. `bin_samples` computes z = B^T x and the bin id of every sample on the device (skipped
+//!    when K = 1: the fast path). z is f32 there; a sample whose z lies within the f32 error
+//!    bound of an axis edge comes back flagged and the host recomputes its bin with the f64
+//!    rule ([`BinSpec::bin_of`]) from its row (read back from the device when resident), and
+//!    y edges are rounded down to f32, so every bin equals the CPU backend's and the
+//!    reference's, samples exactly on an edge included;
+//! 2. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
 //!    in f64, and counting-sorts the batch into bin order (a permutation, uploaded back) cut into
 //!    pieces of at most `chunk` samples of one bin;
-//! 4. `syrk_tiles` sums w a a^T (a = (x, 1)) in f32 per (piece, upper-triangle tile);
-//!    `reduce_runs` adds up each bin's pieces on the device (atomics-free second pass);
-//! 5. the host adds the per-bin triangles of every group and batch in f64.
+//! 3. `syrk_tiles` sums w a a^T (a = (x, 1)) in f32 per (piece, upper-triangle tile);
+//!    `reduce_runs` adds each bin's pieces into that bin's total on the device (atomics-free);
+//! 4. the totals are read back once per pass (and every 64 dispatch groups before that) and
+//!    added in f64.
 //!
 //! Pipelines are compiled once per (kernel parameters, weight, K = 1 or not) and cached in
-//! [`MomentPipelineCache`], held by the `GpuBackend`. A scoped reader thread fetches the next
-//! batch from the source while the device works. With a resident budget set
-//! (`GpuBackend::set_resident_budget`), a source that fits stays on the device and later calls
-//! skip reading and uploading it ([`ResidentSamples`]).
+//! [`MomentPipelineCache`], held by the `GpuBackend`.
 //!
 //! Precision: f32 sums over at most `chunk` (4096) samples, f32 sums of at most 16 such
-//! partials in blocks (up to `max_pieces_per_group` in all), then f64 on the host; counts,
-//! weight, y and y^2 sums are f64 from the start. Measured on lavapipe against
-//! `reference_moments`: relative difference 1e-7 to 1.4e-6.
+//! partials in blocks (up to `max_pieces_per_group` in all), f32 totals over at most 64 groups,
+//! then f64 on the host; counts, weight, y and y^2 sums are f64 from the start. Measured on
+//! lavapipe against `reference_moments`: relative difference 1e-7 to 1.4e-6.
 //!
 //! Device limits: every buffer is checked against `max_storage_buffer_binding_size` and
 //! `max_buffer_size` before use ([`GpuError::TooLarge`] otherwise); on lavapipe one set of
-//! partial tiles and one packed triangle must each fit 128 MiB, which caps d near 8000.
+//! partial tiles and the K per-bin triangles must each fit 128 MiB, which caps d near 8000 at
+//! K = 1 and near 1000 at K = 64.
 
 use super::context::PipelineCache;
+use super::feed::ResidentSamples;
 use super::{GpuContext, GpuError};
 use crate::data::SampleSource;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const SHADER: &str = include_str!("../../../shaders/moments.wgsl");
 /// Invocations per workgroup of `bin_samples`.
@@ -142,76 +146,6 @@ fn pipelines(
     })
 }
 
-/// Identifies a source's device copy: the caller promises that equal keys mean equal data.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ResidentKey {
-    source: String,
-    len: u64,
-    dim: usize,
-    batch_rows: usize,
-}
-
-/// One uploaded batch kept on the device, with its labels on the host (the host needs them
-/// for the f64 scalar sums).
-struct ResidentBatch {
-    x: wgpu::Buffer,
-    y_buf: wgpu::Buffer,
-    y: Vec<f32>,
-}
-
-/// Device copies of sample sources that later passes read again (opt-in, see
-/// `GpuBackend::set_resident_budget`). Keyed by the source's `describe()`, `len()`, `dim()`
-/// and the batch size; a source is kept only when all of it fits the byte budget, and a new
-/// source evicts the old one.
-#[derive(Default)]
-pub struct ResidentSamples {
-    budget: std::sync::atomic::AtomicU64,
-    entry: Mutex<Option<(ResidentKey, Arc<Vec<ResidentBatch>>)>>,
-}
-
-impl ResidentSamples {
-    /// Sets the byte budget; 0 turns residency off and frees what is held.
-    pub fn set_budget(&self, bytes: u64) {
-        self.budget
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        if bytes == 0 {
-            self.clear();
-        }
-    }
-
-    /// Current byte budget (0 = off).
-    pub fn budget(&self) -> u64 {
-        self.budget.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Frees the device copy held, if any.
-    pub fn clear(&self) {
-        if let Ok(mut e) = self.entry.lock() {
-            *e = None;
-        }
-    }
-
-    /// True when a source of this many bytes would be kept.
-    fn fits(&self, bytes: u64) -> bool {
-        let budget = self.budget();
-        budget > 0 && bytes <= budget
-    }
-
-    fn lookup(&self, key: &ResidentKey) -> Option<Arc<Vec<ResidentBatch>>> {
-        let e = self.entry.lock().ok()?;
-        match e.as_ref() {
-            Some((k, batches)) if k == key => Some(batches.clone()),
-            _ => None,
-        }
-    }
-
-    fn insert(&self, key: ResidentKey, batches: Vec<ResidentBatch>) {
-        if let Ok(mut e) = self.entry.lock() {
-            *e = Some((key, Arc::new(batches)));
-        }
-    }
-}
-
 fn weight_code(w: SampleWeight) -> u32 {
     match w {
         SampleWeight::Unit => 0,
@@ -219,6 +153,9 @@ fn weight_code(w: SampleWeight) -> u32 {
         SampleWeight::LabelSquared => 2,
     }
 }
+
+/// Group sums an f32 device total adds before it is read back and added in f64.
+const FLUSH_GROUPS: usize = 64;
 
 /// A run of consecutive samples of one bin in the sorted batch, at most `chunk` long.
 #[derive(Clone, Copy)]
@@ -238,6 +175,8 @@ struct Plan {
     batch_rows: usize,
     group_pieces: usize,
     max_pieces: usize,
+    /// Flops of one piece of the SYRK.
+    piece_flops: f64,
 }
 
 /// Sizes for `spec` over `rows` samples in total: batches no larger than the data.
@@ -314,7 +253,12 @@ fn plan(
         batch_rows -= batch_rows % chunk;
     }
     batch_rows = batch_rows.min(rows.max(1) as usize);
+    // A piece's flops (every tile pair over a full chunk); a dispatch group holds at most the
+    // context's limit (driver watchdogs), but at least one piece.
+    let piece_flops = 2.0 * (pairs.len() * tile * tile) as f64 * params.chunk as f64;
+    let watchdog_pieces = (ctx.max_dispatch_flops() / piece_flops).max(1.0) as usize;
     let group_pieces = (params.max_pieces_per_group as usize)
+        .min(watchdog_pieces)
         .min(max_binding / piece_bytes)
         .min(max_binding / triangle_bytes)
         .min(max_groups);
@@ -328,6 +272,7 @@ fn plan(
         batch_rows,
         group_pieces,
         max_pieces,
+        piece_flops,
     })
 }
 
@@ -351,6 +296,75 @@ fn params_bytes(spec: &BinSpec, plan: &Plan, rows: usize, piece_base: usize) -> 
     let mut out = [0u8; 48];
     out.copy_from_slice(bytemuck::cast_slice(&words));
     out
+}
+
+/// The largest f32 that is <= `e` (finite `e`): for every f32 y, `e < y` iff that value < y.
+pub(crate) fn f32_at_or_below(e: f64) -> f32 {
+    let near = e as f32;
+    if near as f64 > e {
+        near.next_down()
+    } else {
+        near
+    }
+}
+
+/// Bit 31 of a bin id from `bin_samples`: z lies too close to an axis edge to trust f32.
+const NEAR_EDGE: u32 = 1 << 31;
+
+/// Replaces the bin ids flagged [`NEAR_EDGE`] by the f64 rule ([`BinSpec::bin_of`]) on their
+/// rows; `rows_x(list)` returns the x rows of the listed batch rows (concatenated).
+fn settle_near_edges(
+    spec: &BinSpec,
+    bin_ids: &mut [u32],
+    ys: &[f32],
+    rows_x: impl FnOnce(&[usize]) -> Result<Vec<f32>>,
+) -> Result<usize> {
+    let near: Vec<usize> = (0..bin_ids.len())
+        .filter(|&i| bin_ids[i] == NEAR_EDGE)
+        .collect();
+    if near.is_empty() {
+        return Ok(0);
+    }
+    let d = spec.dim;
+    let xs = rows_x(&near)?;
+    let mut row = vec![0.0f64; d];
+    for (k, &i) in near.iter().enumerate() {
+        for (t, &v) in row.iter_mut().zip(&xs[k * d..(k + 1) * d]) {
+            *t = v as f64;
+        }
+        bin_ids[i] = spec.bin_of(&row, ys[i] as f64) as u32;
+    }
+    Ok(near.len())
+}
+
+/// Copies the listed rows of a device x buffer (rows of `d` f32) back to the host.
+fn gather_rows(ctx: &GpuContext, x: &wgpu::Buffer, d: usize, rows: &[usize]) -> Result<Vec<f32>> {
+    let row_bytes = (d * 4) as u64;
+    // At most 64 MiB of rows per readback.
+    let per = ((64u64 << 20) / row_bytes).max(1) as usize;
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for part in rows.chunks(per) {
+        let bytes = part.len() as u64 * row_bytes;
+        let staging = ctx.staging_buffer("moments near-edge rows", bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments near-edge rows"),
+            });
+        for (k, &r) in part.iter().enumerate() {
+            enc.copy_buffer_to_buffer(
+                x,
+                r as u64 * row_bytes,
+                &staging,
+                k as u64 * row_bytes,
+                row_bytes,
+            );
+        }
+        let got: Vec<f32> =
+            ctx.submit_and_read("moments near-edge rows", enc, &staging, bytes, bytes as f64)?;
+        out.extend_from_slice(&got);
+    }
+    Ok(out)
 }
 
 fn f32s(v: impl Iterator<Item = f64>) -> Vec<f32> {
@@ -395,7 +409,13 @@ pub(crate) fn gpu_moments(
     // Buffers for the whole call, sized for the largest batch and group.
     let basis = f32s(spec.basis.iter().copied());
     let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
-    let y_edges = f32s(spec.y_edges.iter().flatten().copied());
+    // Rounded down: for an f32 label y, `e < y` in f64 equals `down(e) < y` in f32.
+    let y_edges: Vec<f32> = spec
+        .y_edges
+        .iter()
+        .flatten()
+        .map(|&e| f32_at_or_below(e))
+        .collect();
     let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
     let basis_buf = ctx.storage_buffer("moments basis", (basis.len() * 4) as u64)?;
     let axis_buf = ctx.storage_buffer("moments axis edges", (axis_edges.len() * 4) as u64)?;
@@ -411,11 +431,10 @@ pub(crate) fn gpu_moments(
         "moments partial tiles",
         (plan.group_pieces * plan.pairs.len() * tile * tile * 4) as u64,
     )?;
-    let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 8) as u64)?;
-    // A group holds at most one run per bin.
-    let packed_bytes = (plan.group_pieces.min(k) * plan.aug_tri * 4) as u64;
-    let packed_buf = ctx.storage_buffer("moments packed", packed_bytes)?;
-    let packed_staging = ctx.staging_buffer("moments packed readback", packed_bytes);
+    let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 16) as u64)?;
+    // Per-bin augmented triangles, summed on the device over groups and batches.
+    let totals_bytes = (k * plan.aug_tri * 4) as u64;
+    let totals_buf = ctx.storage_buffer("moments totals", totals_bytes)?;
     let bins_staging = ctx.staging_buffer(
         "moments bins readback",
         if use_perm { plan.batch_rows * 4 } else { 4 } as u64,
@@ -434,82 +453,57 @@ pub(crate) fn gpu_moments(
     }
     ctx.queue
         .write_buffer(&pairs_buf, 0, bytemuck::cast_slice(&plan.pairs));
+    let reduce_bind = ctx.bind_group(
+        "moments reduce",
+        &pipes.reduce,
+        &[
+            (0, &params_buf),
+            (10, &partial_buf),
+            (11, &runs_buf),
+            (12, &totals_buf),
+        ],
+    )?;
 
-    // Resident samples: reuse the device copy of an earlier call, or build one while streaming.
-    let key = ResidentKey {
-        source: source.describe(),
-        len: source.len(),
-        dim: d,
-        batch_rows: plan.batch_rows,
-    };
-    let reuse = resident.and_then(|store| store.lookup(&key));
-    let mut building = match (resident, &reuse) {
-        (Some(store), None) if store.fits(source.len() * (d as u64 + 1) * 4) => Some(Vec::new()),
-        _ => None,
-    };
-    // A reader thread fetches the next batch from the source while the device works on this one.
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
-        if reuse.is_none() {
-            let batch_rows = plan.batch_rows;
-            scope.spawn(move || read_ahead(source, batch_rows, tx));
-        } else {
-            drop(tx);
+    // Device totals are read back and added in f64 at the end, and every FLUSH_GROUPS groups
+    // before that so that no f32 total sums more than that many group sums.
+    let mut groups_in_totals = 0usize;
+    let mut flops_since_flush = 0.0f64;
+    let flush = |out: &mut FilteredMoments, flops: f64| -> Result<()> {
+        let staging = ctx.staging_buffer("moments totals readback", totals_bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments totals"),
+            });
+        enc.copy_buffer_to_buffer(&totals_buf, 0, &staging, 0, totals_bytes);
+        enc.clear_buffer(&totals_buf, 0, None);
+        let totals: Vec<f32> =
+            ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, flops)?;
+        for (b, packed) in totals.chunks_exact(plan.aug_tri).enumerate() {
+            add_augmented(out, b, packed, tri);
         }
-        let mut ys: Vec<f32> = Vec::new();
-        let mut start = 0u64;
-        let mut batch = 0usize;
-        let mut bin_ids: Vec<u32> = Vec::new();
-        let mut fresh: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
-        while start < source.len() {
-            let (x_buf, y_buf, rows) = if let Some(resident) = reuse.as_ref() {
-                let Some(entry) = resident.get(batch) else {
-                    break;
-                };
-                ys.clone_from(&entry.y);
-                (entry.x.clone(), entry.y_buf.clone(), entry.y.len())
-            } else {
-                let (xs, y_read, rows) = match rx.recv() {
-                    Ok(read) => read?,
-                    Err(_) => break,
-                };
-                ys = y_read;
-                if rows > plan.batch_rows || xs.len() != rows * d || ys.len() != rows {
-                    return Err(Error::invalid(format!(
-                    "sample source returned {} x values and {} labels for {rows} rows of d = {d}",
-                    xs.len(),
-                    ys.len()
-                )));
-                }
-                // Streaming reuses one pair of buffers; a resident copy needs its own per batch.
-                let (x_buf, y_buf) = match (&fresh, &building) {
-                    (Some((x, y)), None) => (x.clone(), y.clone()),
-                    _ => {
-                        let x =
-                            ctx.storage_buffer("moments x", (plan.batch_rows * d * 4) as u64)?;
-                        let y = ctx.storage_buffer("moments y", (plan.batch_rows * 4) as u64)?;
-                        fresh = Some((x.clone(), y.clone()));
-                        (x, y)
-                    }
-                };
-                ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
-                ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
-                if let Some(list) = building.as_mut() {
-                    list.push(ResidentBatch {
-                        x: x_buf.clone(),
-                        y_buf: y_buf.clone(),
-                        y: ys.clone(),
-                    });
-                }
-                (x_buf, y_buf, rows)
-            };
+        Ok(())
+    };
+    // The buffers start zeroed (wgpu clears new buffers).
+
+    let mut bin_ids: Vec<u32> = Vec::new();
+    let row_flops = plan.piece_flops / chunk as f64;
+    super::feed::for_each_batch(
+        ctx,
+        resident,
+        source,
+        plan.batch_rows,
+        row_flops,
+        |batch| -> Result<Option<wgpu::SubmissionIndex>> {
+            let rows = batch.rows;
+            let ys = batch.y_host;
             let bin_bind = ctx.bind_group(
                 "moments bin",
                 &pipes.bin,
                 &[
                     (0, &params_buf),
-                    (1, &x_buf),
-                    (2, &y_buf),
+                    (1, batch.x),
+                    (2, batch.y),
                     (3, &basis_buf),
                     (4, &axis_buf),
                     (5, &yedge_buf),
@@ -522,22 +516,12 @@ pub(crate) fn gpu_moments(
                 &pipes.syrk,
                 &[
                     (0, &params_buf),
-                    (1, &x_buf),
-                    (2, &y_buf),
+                    (1, batch.x),
+                    (2, batch.y),
                     (7, &perm_buf),
                     (8, &pieces_buf),
                     (9, &pairs_buf),
                     (10, &partial_buf),
-                ],
-            )?;
-            let reduce_bind = ctx.bind_group(
-                "moments reduce",
-                &pipes.reduce,
-                &[
-                    (0, &params_buf),
-                    (10, &partial_buf),
-                    (11, &runs_buf),
-                    (12, &packed_buf),
                 ],
             )?;
 
@@ -558,7 +542,17 @@ pub(crate) fn gpu_moments(
                 }
                 let bytes = (rows * 4) as u64;
                 enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
-                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes)?;
+                let flops = 2.0 * (rows * spec.rank() * d) as f64 + flops_since_flush;
+                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes, flops)?;
+                flops_since_flush = 0.0;
+                settle_near_edges(spec, &mut bin_ids, ys, |near| match batch.x_host {
+                    Some(xs) => Ok(near
+                        .iter()
+                        .flat_map(|&i| &xs[i * d..(i + 1) * d])
+                        .copied()
+                        .collect()),
+                    None => gather_rows(ctx, batch.x, d, near),
+                })?;
                 if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
                     return Err(
                         GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
@@ -571,7 +565,7 @@ pub(crate) fn gpu_moments(
 
             // Scalar sums in f64 and the counting sort, on the host.
             let mut counts = vec![0usize; k];
-            for (&b, &yv) in bin_ids.iter().zip(&ys) {
+            for (&b, &yv) in bin_ids.iter().zip(ys) {
                 let b = b as usize;
                 let yv = yv as f64;
                 counts[b] += 1;
@@ -613,22 +607,15 @@ pub(crate) fn gpu_moments(
                     .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
             }
 
+            let mut last = None;
             for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
                 let base = g * plan.group_pieces;
-                // Runs of consecutive pieces of one bin.
-                let mut runs: Vec<[u32; 2]> = Vec::new();
-                let mut run_bins: Vec<usize> = Vec::new();
+                // Runs of consecutive pieces of one bin: (first piece, count, bin, 0).
+                let mut runs: Vec<[u32; 4]> = Vec::new();
                 for (q, piece) in group.iter().enumerate() {
-                    match run_bins.last() {
-                        Some(&b) if b == piece.bin => {
-                            if let Some(last) = runs.last_mut() {
-                                last[1] += 1;
-                            }
-                        }
-                        _ => {
-                            runs.push([q as u32, 1]);
-                            run_bins.push(piece.bin);
-                        }
+                    match runs.last_mut() {
+                        Some(run) if run[2] as usize == piece.bin => run[1] += 1,
+                        _ => runs.push([q as u32, 1, piece.bin as u32, 0]),
                     }
                 }
                 ctx.queue
@@ -650,58 +637,23 @@ pub(crate) fn gpu_moments(
                     let side = (plan.aug as u32).div_ceil(params.workgroup_side);
                     pass.dispatch_workgroups(side, side, runs.len() as u32);
                 }
-                let bytes = (runs.len() * plan.aug_tri * 4) as u64;
-                enc.copy_buffer_to_buffer(&packed_buf, 0, &packed_staging, 0, bytes);
-                let packed: Vec<f32> =
-                    ctx.submit_and_read("moments syrk", enc, &packed_staging, bytes)?;
-                for (run, &b) in run_bins.iter().enumerate() {
-                    add_augmented(
-                        &mut out,
-                        b,
-                        &packed[run * plan.aug_tri..(run + 1) * plan.aug_tri],
-                        tri,
-                    );
+                last = Some(ctx.submit("moments syrk", enc)?);
+                flops_since_flush += group.len() as f64 * plan.piece_flops;
+                groups_in_totals += 1;
+                if groups_in_totals == FLUSH_GROUPS {
+                    flush(&mut out, flops_since_flush)?;
+                    flops_since_flush = 0.0;
+                    groups_in_totals = 0;
                 }
             }
             progress.inc(rows as u64);
-            start += rows as u64;
-            batch += 1;
-        }
-        if let (Some(store), Some(batches)) = (resident, building.take()) {
-            store.insert(key, batches);
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// One batch read from the source: x (rows x d), y, rows.
-pub(super) type Batch = (Vec<f32>, Vec<f32>, usize);
-
-/// Reads `source` in batches of `batch_rows` and sends them until the source ends, the
-/// receiver hangs up, or a read fails (the error is sent on).
-pub(super) fn read_ahead(
-    source: &dyn SampleSource,
-    batch_rows: usize,
-    tx: std::sync::mpsc::SyncSender<Result<Batch>>,
-) {
-    let mut start = 0u64;
-    while start < source.len() {
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        match source.read(start, batch_rows, &mut xs, &mut ys) {
-            Ok(0) => break,
-            Ok(rows) => {
-                if tx.send(Ok((xs, ys, rows))).is_err() {
-                    break;
-                }
-                start += rows as u64;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                break;
-            }
-        }
+            Ok(last)
+        },
+    )?;
+    if out.total_count() > 0 {
+        flush(&mut out, flops_since_flush)?;
     }
+    Ok(out)
 }
 
 /// Adds one bin's packed augmented triangle (rows of length d + 1 - i, the last entry of row

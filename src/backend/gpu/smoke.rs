@@ -42,7 +42,7 @@ pub fn smoke_kernel(ctx: &GpuContext, a: f32, b: f32, x: &[f32]) -> Result<Vec<f
     let bind = ctx.bind_group("smoke", &pipeline, &[(0, &params), (1, &xs), (2, &ys)])?;
     let mut encoder = ctx.encode_dispatch("smoke", &pipeline, &bind, [groups, 1, 1]);
     encoder.copy_buffer_to_buffer(&ys, 0, &staging, 0, bytes);
-    ctx.submit_and_read("smoke", encoder, &staging, bytes)
+    ctx.submit_and_read("smoke", encoder, &staging, bytes, 2.0 * n as f64)
 }
 
 /// Runs the smoke kernel on a fixed ramp of 10,007 values and returns the largest absolute

@@ -1,0 +1,57 @@
+//! `learn` on whitened inputs: filtered PCA on the training split estimates mu and Sigma (from
+//! its first pass) and finds the subspace in the whitened frame (the rounds read the raw rows,
+//! see `data::whiten`); the rest of the pipeline runs on W (x - mu), and the map is folded into
+//! the model so that it acts on the raw x.
+
+use super::{learn, validation_split, LearnConfig, LearnReport};
+use crate::backend::Backend;
+use crate::data::whiten::{WhitenedSource, Whitening};
+use crate::data::{SampleRange, SampleSource};
+use crate::error::{Error, Result};
+use crate::subspace::{find_subspace, SubspaceConfig};
+use std::time::Instant;
+
+/// See the module docs. Called by [`learn`] when whitening is on and no basis is given.
+pub(super) fn learn_whitened(
+    backend: &dyn Backend,
+    source: &dyn SampleSource,
+    config: &LearnConfig,
+) -> Result<LearnReport> {
+    let (n_train, _) = validation_split(source.len() as usize, config.validation_fraction)?;
+    let train = SampleRange::new(source, 0, n_train as u64)?;
+    let t = Instant::now();
+    let sc = SubspaceConfig {
+        max_dim: config.max_dim,
+        seed: config.seed,
+        whiten: true,
+        ..config.subspace_config.clone()
+    };
+    let report = find_subspace(backend, &train, &sc)?;
+    if let Some(none) = report.no_structure() {
+        return Err(Error::NoStructure(Box::new(none)));
+    }
+    let subspace_seconds = t.elapsed().as_secs_f64();
+    let whitening = report
+        .whitening
+        .clone()
+        .unwrap_or_else(|| Whitening::identity(source.dim()));
+    let mut inner = config.clone();
+    inner.subspace_config.whiten = false;
+    inner.known_basis = Some(report.frame_basis.clone());
+    let mut out = if whitening.is_identity() {
+        // W = I and mu = 0: the raw rows are the whitened rows.
+        learn(backend, source, &inner)?
+    } else {
+        let view = WhitenedSource::new(source, &whitening)?;
+        let mut r = learn(backend, &view, &inner)?;
+        r.model = whitening.fold(&r.model)?;
+        r
+    };
+    // The inner run reported an empty "subspace" stage (the basis was given): fill it in.
+    if let Some(st) = out.stages.iter_mut().find(|s| s.stage == "subspace") {
+        st.seconds = subspace_seconds;
+        st.row_reads = report.samples_used;
+    }
+    out.subspace = Some(report);
+    Ok(out)
+}
