@@ -5,13 +5,23 @@
 //! 2. starts itself under `mpirun --allow-run-as-root --oversubscribe -n 2`, where each rank runs
 //!    the library-level cases below against the CPU backend computed locally on the same rank
 //!    (moments, fit moments, sphere-net normal equations, validation errors, the trainer's
-//!    minibatches, candidate statistics, filtered PCA, learn, shard lists, the ordered stream to rank 0, a bad file on
+//!    minibatches, candidate statistics, whitening, filtered PCA with residual rounds, learn
+//!    through the streaming trainer, shard lists, the ordered stream to rank 0, a bad file on
 //!    one rank), and
 //! 3. runs the `relu-fpt` command line with one process and under `mpirun -n 2` and compares.
 //!
-//! Tolerance: rank boundaries fall on multiples of 16384 rows, where the CPU kernels' f32 chunk
-//! sums start too (d a power of two), so only the grouping of f64 additions differs: 1e-12
-//! relative. Below P x 16384 rows the ranks split evenly and cut f32 chunks: 1e-5 relative.
+//! Tolerances, P ranks against one process (the output prints each measured difference):
+//! - sums taken in f64 (moments of one bin, fit moments, sphere-net normal equations, validation
+//!   errors, minibatch gradients, candidate statistics): the same terms grouped differently,
+//!   ALIGNED_TOL = 1e-12 relative. Rank boundaries fall on multiples of 16384 rows, where the
+//!   one-bin kernel's f32 chunks start too (d a power of two);
+//! - sums containing f32 runs that a rank boundary regroups (moments of several bins, whose runs
+//!   are per bin; one bin below P x 16384 rows): F32_TOL = 1e-5 relative;
+//! - what is computed from them: bases and whitening maps within MAP_TOL = 1e-8; learned models,
+//!   which carry the several-bin moments' f32 differences through the basis and the trainer,
+//!   predict within MODEL_TOL = 1e-5 with validation MSE within MSE_TOL = 1e-6 relative and
+//!   parameters within PARAM_TOL = 1e-6.
+//!
 //! A harness-less test: every rank must run the same collective calls in the same order, and a
 //! failed assertion must take the whole job down (the panic hook calls MPI_Abort).
 
@@ -20,13 +30,15 @@ use relu_fpt::backend::mpi;
 use relu_fpt::backend::{
     Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, ProjectedSamples, SphereFeatures,
 };
+use relu_fpt::data::whiten::Whitening;
 use relu_fpt::data::{
-    for_each_chunk, open_samples, write_npy_f32, GaussianSource, NpySource, SampleSource,
+    for_each_chunk, open_samples, write_npy_f32, GaussianSource, MemorySource, NpySource,
+    SampleRange, SampleSource,
 };
-use relu_fpt::learn::{learn, LearnConfig, PolishConfig};
+use relu_fpt::learn::{learn, train, LearnConfig, PolishConfig};
 use relu_fpt::moments::{BinSpec, FilteredMoments, SampleWeight};
 use relu_fpt::network::Network;
-use relu_fpt::subspace::{find_subspace, SubspaceConfig};
+use relu_fpt::subspace::{find_subspace, RoundKind, SubspaceConfig};
 use relu_fpt::teacher::{build, TeacherKind, TeacherSpec};
 use relu_fpt::Error;
 use std::path::{Path, PathBuf};
@@ -40,7 +52,15 @@ const D: usize = 16;
 const BAD_N: u64 = 40_000;
 const BAD_ROW: u64 = 30_000;
 const ALIGNED_TOL: f64 = 1e-12;
-const UNALIGNED_TOL: f64 = 1e-5;
+const F32_TOL: f64 = 1e-5;
+/// Bases and whitening maps (largest entry difference): eigenvectors of the combined sums.
+const MAP_TOL: f64 = 1e-8;
+/// Learned models, which carry the binned moments' f32 differences (F32_TOL) through the basis
+/// and the trainer: predictions within MODEL_TOL (labels of size 1), validation MSE within
+/// MSE_TOL relative, parameters within PARAM_TOL (the command line's model file).
+const MODEL_TOL: f64 = 1e-5;
+const MSE_TOL: f64 = 1e-6;
+const PARAM_TOL: f64 = 1e-6;
 
 fn main() {
     if std::env::var_os(DIR_VAR).is_some() {
@@ -200,7 +220,7 @@ fn cli_cases(dir: &Path) {
     );
     assert!(b["communication"]["combines"].as_u64().unwrap() > 0);
     let diff = max_diff(&a["basis"], &b["basis"]);
-    assert!(diff < 1e-10, "subspace bases differ by {diff}");
+    assert!(diff < MAP_TOL, "subspace bases differ by {diff}");
     println!("cli subspace: basis within {diff:.1e} of one process");
 
     // learn: the model equals the single-process model.
@@ -235,7 +255,10 @@ fn cli_cases(dir: &Path) {
         a["validation_mse"].as_f64().unwrap(),
         b["validation_mse"].as_f64().unwrap(),
     );
-    assert!((va - vb).abs() <= 1e-9 * va, "validation MSE {va} vs {vb}");
+    assert!(
+        (va - vb).abs() <= MSE_TOL * va,
+        "validation MSE {va} vs {vb}"
+    );
     let (ma, mb) = (
         Network::load(Path::new(&m1)).unwrap(),
         Network::load(Path::new(&m2)).unwrap(),
@@ -255,7 +278,7 @@ fn cli_cases(dir: &Path) {
         .zip(&pb)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0, f64::max);
-    assert!(diff < 1e-9, "learned parameters differ by {diff}");
+    assert!(diff < PARAM_TOL, "learned parameters differ by {diff}");
     println!("cli learn: parameters within {diff:.1e}, validation MSE {vb:.3e}");
 
     // predict: the same bytes; eval: the same numbers (rank 0 sums in row order).
@@ -371,11 +394,19 @@ fn rank_cases() {
         }
     };
 
-    // Moments: aligned (N >= 2 x 16384) and unaligned ranges, two weights, label bins.
+    // Moments. One bin (the whitening statistics' pass): rank ranges aligned to the kernel's
+    // f32 chunks, so only f64 additions regroup (ALIGNED_TOL); fewer rows than P x 16384 cut a
+    // chunk (F32_TOL). Several bins (the filtered-PCA rounds): each bin's rows are summed in
+    // f32 runs that a rank boundary regroups whatever the alignment (F32_TOL).
     let bar = indicatif::ProgressBar::hidden();
-    for (rows, tol) in [(N, ALIGNED_TOL), (5_000, UNALIGNED_TOL)] {
+    let label_bins = BinSpec::label_bins(D, vec![-1.0, -0.3, 0.0, 0.2, 0.9]);
+    for (rows, spec, tol) in [
+        (N, BinSpec::single(D), ALIGNED_TOL),
+        (5_000, BinSpec::single(D), F32_TOL),
+        (N, label_bins.clone(), F32_TOL),
+        (5_000, label_bins, F32_TOL),
+    ] {
         let s = source(rows);
-        let spec = BinSpec::label_bins(D, vec![-1.0, -0.3, 0.0, 0.2, 0.9]);
         for weight in [SampleWeight::Unit, SampleWeight::Label] {
             let one = cpu.moments(&s, &spec, weight, &bar).unwrap();
             let all = split.moments(&s, &spec, weight, &bar).unwrap();
@@ -383,9 +414,13 @@ fn rank_cases() {
             let diff = all.relative_difference(&one);
             assert!(
                 diff < tol,
-                "moments, N = {rows}: relative difference {diff}"
+                "moments, N = {rows}, K = {}: relative difference {diff}",
+                spec.bins()
             );
-            say(format!("moments N = {rows} {weight:?}: within {diff:.1e}"));
+            say(format!(
+                "moments N = {rows}, K = {} {weight:?}: within {diff:.1e}",
+                spec.bins()
+            ));
         }
     }
 
@@ -426,10 +461,33 @@ fn rank_cases() {
         "normal equations: within {diff:.1e}; validation errors: within {sse_diff:.1e}"
     ));
 
-    // The trainer's minibatches: rows split, gradients combined, the same Adam steps.
+    // Host-side sums (label variance, the spare rows' paired test).
+    let mut label_sums = |rows: &dyn SampleSource| -> relu_fpt::Result<Vec<f64>> {
+        let mut t = vec![0.0; 3];
+        for_each_chunk(rows, 4096, |_, _, y| {
+            for &v in y {
+                t[0] += 1.0;
+                t[1] += v as f64;
+                t[2] += (v as f64).powi(2);
+            }
+            Ok(())
+        })?;
+        Ok(t)
+    };
+    let one = cpu.row_sums(&s, 3, &mut label_sums).unwrap();
+    let all = split.row_sums(&s, 3, &mut label_sums).unwrap();
+    let diff = rel(&all, &one);
+    assert!(
+        diff < ALIGNED_TOL && all[0] == N as f64,
+        "row sums: {one:?} vs {all:?}"
+    );
+    say(format!("row sums: within {diff:.1e}"));
+
+    // The trainer's minibatches: rows split, gradients combined, the same Adam steps. The last
+    // minibatch has one row, so one rank contributes nothing to it.
     let shape = FactoredShape::of(&fit, D).unwrap();
     let start = shape.pack(&fit, &basis).unwrap();
-    let (wx, wy) = read_all(&source(3000));
+    let (wx, wy) = read_all(&source(12 * 256 + 1));
     for train_basis in [true, false] {
         let (mut p1, mut p2) = (start.clone(), start.clone());
         let (mut a1, mut a2) = (Adam::new(p1.len(), 0.01, 12), Adam::new(p2.len(), 0.01, 12));
@@ -448,6 +506,37 @@ fn rank_cases() {
             "train window (basis trained: {train_basis}): within {diff:.1e}"
         ));
     }
+
+    // The streaming trainer: windows of one 4096-row block, shuffled, 2 epochs, each scored on
+    // the validation rows.
+    let (train_rows, val_rows) = (
+        SampleRange::new(&s, 0, 40_000).unwrap(),
+        SampleRange::new(&s, 40_000, N - 40_000).unwrap(),
+    );
+    let tc = PolishConfig {
+        epochs: 2,
+        window_bytes: 4096 * 4 * D,
+        seed: 9,
+        ..Default::default()
+    };
+    let one = train(&cpu, &train_rows, &val_rows, &shape, &start, true, &tc).unwrap();
+    let all = train(
+        split.as_ref(),
+        &train_rows,
+        &val_rows,
+        &shape,
+        &start,
+        true,
+        &tc,
+    )
+    .unwrap();
+    assert_eq!((one.steps, one.epochs), (all.steps, all.epochs));
+    let diff = rel(&all.params, &one.params).max((all.after - one.after).abs() / one.after);
+    assert!(diff < ALIGNED_TOL, "streaming trainer: {diff}");
+    say(format!(
+        "streaming trainer ({} steps): parameters and validation MSE within {diff:.1e}",
+        all.steps
+    ));
 
     // Candidate statistics over projected samples (rows split, candidates whole).
     let (x, y) = read_all(&source(20_001));
@@ -482,7 +571,31 @@ fn rank_cases() {
     assert!(diff < ALIGNED_TOL, "candidate statistics: {diff}");
     say(format!("candidate statistics: within {diff:.1e}"));
 
-    // Filtered PCA and the whole pipeline.
+    // Whitening statistics (one K = 1 pass) on anisotropic, shifted inputs: x_i scaled by
+    // 2^(-1 .. 1) and moved by 1 - i / 10, labels unchanged.
+    let (x, y) = read_all(&source(N));
+    let aniso = MemorySource {
+        dim: D,
+        x: x.chunks_exact(D)
+            .flat_map(|row| {
+                row.iter().enumerate().map(|(i, &v)| {
+                    let scale = (2.0f32).powf(2.0 * i as f32 / (D - 1) as f32 - 1.0);
+                    v * scale + 1.0 - 0.1 * i as f32
+                })
+            })
+            .collect(),
+        y,
+    };
+    let (w1, w2) = (
+        Whitening::estimate(&cpu, &aniso).unwrap(),
+        Whitening::estimate(split.as_ref(), &aniso).unwrap(),
+    );
+    let (m1, m2) = (w1.map.as_ref().unwrap(), w2.map.as_ref().unwrap());
+    let diff = max_abs(&w1.mean, &w2.mean).max(max_abs(&m1.concat(), &m2.concat()));
+    assert!(diff < MAP_TOL, "whitening: mean and map differ by {diff}");
+    say(format!("whitening: mean and map within {diff:.1e}"));
+
+    // Filtered PCA (whitening, label and residual rounds, refine steps).
     let config = SubspaceConfig {
         refine_steps: 2,
         ..SubspaceConfig::default()
@@ -490,16 +603,20 @@ fn rank_cases() {
     let one = find_subspace(&cpu, &s, &config).unwrap();
     let all = find_subspace(split.as_ref(), &s, &config).unwrap();
     assert_eq!(one.basis.len(), all.basis.len());
-    let diff = one
-        .basis
-        .iter()
-        .flatten()
-        .zip(all.basis.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(diff < 1e-10, "subspace basis: {diff}");
-    say(format!("subspace: basis within {diff:.1e}"));
+    assert_eq!(one.rounds.len(), all.rounds.len());
+    assert!(
+        all.rounds.iter().any(|r| r.kind == RoundKind::Residual),
+        "a residual round ran"
+    );
+    let diff = max_abs(&one.basis.concat(), &all.basis.concat());
+    assert!(diff < MAP_TOL, "subspace basis: {diff}");
+    say(format!(
+        "subspace ({} rounds): basis within {diff:.1e}",
+        all.rounds.len()
+    ));
 
+    // learn on the anisotropic inputs: the whitened pipeline, the streaming trainer (descent
+    // and polish, minibatches split), the spare rows' paired test.
     let lc = LearnConfig {
         budget: 48,
         seed: 5,
@@ -513,11 +630,21 @@ fn rank_cases() {
         },
         ..LearnConfig::default()
     };
-    let one = learn(&cpu, &s, &lc).unwrap();
-    let all = learn(split.as_ref(), &s, &lc).unwrap();
+    let one = learn(&cpu, &aniso, &lc).unwrap();
+    let all = learn(split.as_ref(), &aniso, &lc).unwrap();
+    let whitening = all.subspace.as_ref().unwrap().whitening.as_ref().unwrap();
+    assert!(whitening.map.is_some(), "{}", whitening.summary());
+    for stage in ["descent", "polish"] {
+        let st = all.stages.iter().find(|s| s.stage == stage).unwrap();
+        assert!(st.row_reads > 0, "the {stage} stage trained");
+    }
+    assert_eq!(
+        (one.final_stage.as_str(), one.stages.len()),
+        (all.final_stage.as_str(), all.stages.len())
+    );
     let diff = (one.validation_mse - all.validation_mse).abs() / one.validation_mse;
-    assert!(diff < 1e-9, "learn validation MSE: relative {diff}");
-    let probe: Vec<f32> = read_all(&source(500)).0;
+    assert!(diff < MSE_TOL, "learn validation MSE: relative {diff}");
+    let probe: Vec<f32> = aniso.x[..500 * D].to_vec();
     let (pa, pb) = (
         one.model.forward_f32(&probe, 500),
         all.model.forward_f32(&probe, 500),
@@ -528,11 +655,12 @@ fn rank_cases() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(
-        pdiff < 1e-5,
+        (pdiff as f64) < MODEL_TOL,
         "learned models predict differently by {pdiff}"
     );
     say(format!(
-        "learn: validation MSE within {diff:.1e}, predictions within {pdiff:.1e}"
+        "learn (final stage {}): validation MSE within {diff:.1e}, predictions within {pdiff:.1e}",
+        all.final_stage
     ));
 
     // Shard list against the one file: same rows, so the split passes give the same bits.
@@ -550,8 +678,11 @@ fn rank_cases() {
     let one: FilteredMoments = cpu
         .moments(&whole, &spec, SampleWeight::Unit, &bar)
         .unwrap();
-    assert!(a.relative_difference(&one) < ALIGNED_TOL);
-    say("shards: the same sums as the one file, bit for bit".to_string());
+    let diff = a.relative_difference(&one);
+    assert!(diff < F32_TOL, "shard list against one process: {diff}");
+    say(format!(
+        "shards: the same sums as the one file, bit for bit; within {diff:.1e} of one process"
+    ));
 
     // The ordered stream: rank 0 sees every row's value once, in order.
     let net = teacher(D, 3);
@@ -603,6 +734,14 @@ fn rank_cases() {
         );
     }
     say(format!("bad file on rank 1: {text}"));
+}
+
+fn max_abs(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max)
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {

@@ -140,6 +140,20 @@ pub trait Backend: Send + Sync {
         Ok(sums)
     }
 
+    /// f64 sums over the rows of `source` computed on the host by `pass` (called with the
+    /// rows to read; returns `len` sums), for the small passes outside the kernels (the label
+    /// variance, paired error differences). The default calls `pass(source)`; the MPI backend
+    /// calls it on this rank's rows and adds the sums across the ranks.
+    fn row_sums(
+        &self,
+        source: &dyn SampleSource,
+        len: usize,
+        pass: &mut dyn FnMut(&dyn SampleSource) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>> {
+        let _ = len;
+        pass(source)
+    }
+
     /// The device that runs `pass` on this backend: "cpu" or "gpu". The default says the
     /// trainer's passes (projection, train windows, feature normal equations), whose defaults
     /// run on the CPU, run there, and the others on this backend's device.

@@ -3,8 +3,10 @@
 //! Under `mpirun -n P relu-fpt ...` every rank runs the same command on the same inputs. The
 //! passes over the samples split by rows: [`MpiBackend`] wraps the backend each rank chose and
 //! runs it on the rank's contiguous row range, then combines the returned sums (binned moments,
-//! fit moments, candidate statistics, sphere-net normal equations, validation errors) across
-//! ranks. The host steps between passes (bin edges,
+//! fit moments, candidate statistics, sphere-net normal equations, validation errors, the
+//! host's small row sums) across ranks. The trainer's windows are read whole on every rank (the
+//! shuffled order is the one process's); each minibatch's rows split across the ranks and their
+//! gradient sums are combined before the Adam step. The host steps between passes (bin edges,
 //! eigendecompositions, the search's control, Adam on small parameter vectors) run redundantly
 //! on every rank: their inputs are the combined sums, which every rank receives bit for bit from
 //! rank 0, so every rank takes the same decisions and issues the same passes in the same order.
@@ -516,6 +518,27 @@ impl Backend for MpiBackend {
             None,
             || Ok(Floats(vec![0.0; networks.len()])),
             |part| self.inner.sse(networks, part).map(Floats),
+        )
+        .map(|s| s.0)
+    }
+
+    fn row_sums(
+        &self,
+        source: &dyn SampleSource,
+        len: usize,
+        pass: &mut dyn FnMut(&dyn SampleSource) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>> {
+        split_pass(
+            source,
+            None,
+            || Ok(Floats(vec![0.0; len])),
+            |part| match pass(part)? {
+                sums if sums.len() == len => Ok(Floats(sums)),
+                sums => Err(Error::invalid(format!(
+                    "row sums: the pass returned {} sums where {len} were declared",
+                    sums.len()
+                ))),
+            },
         )
         .map(|s| s.0)
     }

@@ -92,6 +92,11 @@ impl SampleSource for ConcatSource {
         Ok((end - start) as usize)
     }
 
+    fn identity(&self) -> Option<String> {
+        let parts: Option<Vec<String>> = self.parts.iter().map(|p| p.identity()).collect();
+        Some(format!("concat[{}]", parts?.join(" | ")))
+    }
+
     fn describe(&self) -> String {
         let n = self.parts.len();
         if n == 1 {
@@ -261,5 +266,39 @@ mod tests {
         let e = ConcatSource::new(mixed).err().unwrap().to_string();
         assert!(e.contains("d = 4") && e.contains("same columns"), "{e}");
         assert!(ConcatSource::new(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn identity_names_the_shards_in_order_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(format!("{name}.npy"));
+        for (name, rows) in [("a", 3), ("b", 4)] {
+            let m = memory(rows, 2, rows as f32);
+            crate::data::write_npy_f32(&path(&format!("x{name}")), &[rows, 2], &m.x).unwrap();
+            crate::data::write_npy_f32(&path(&format!("y{name}")), &[rows], &m.y).unwrap();
+        }
+        let open = |name: &str| -> Box<dyn SampleSource> {
+            let (x, y) = (path(&format!("x{name}")), path(&format!("y{name}")));
+            Box::new(NpySource::open(&x, &y).unwrap())
+        };
+        let key = |names: &[&str]| {
+            ConcatSource::new(names.iter().map(|n| open(n)).collect())
+                .unwrap()
+                .identity()
+                .unwrap()
+        };
+        assert_ne!(
+            key(&["a", "b"]),
+            key(&["b", "a"]),
+            "the order is part of the rows"
+        );
+        assert_eq!(
+            key(&["a", "b"]),
+            key(&["a", "b"]),
+            "the same files, the same key"
+        );
+        // A part that promises nothing: the list promises nothing either.
+        let mixed = ConcatSource::new(vec![open("a"), Box::new(memory(2, 2, 0.0))]).unwrap();
+        assert_eq!(mixed.identity(), None);
     }
 }
