@@ -1034,6 +1034,7 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
 
 fn bench_peak(a: BenchPeakArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;
+    one_process("bench peak")?;
     if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 60.0) || a.repeats == 0 {
         return Err(Error::invalid(
             "--seconds must be in (0, 60] and --repeats at least 1",
@@ -1087,6 +1088,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
 
 fn bench_search(a: BenchSearchArgs) -> Result<()> {
     use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
+    one_process("bench search")?;
     let backend = backend::select(a.backend)?;
     let generators = a
         .generators

@@ -206,9 +206,11 @@ pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>> {
         BackendChoice::Auto => match gpu::GpuBackend::new(false) {
             Ok(g) => Ok(Box::new(g)),
             Err(e) => {
-                eprintln!(
-                    "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
-                );
+                if mpi::is_root() {
+                    eprintln!(
+                        "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
+                    );
+                }
                 Ok(Box::new(cpu::CpuBackend::new()))
             }
         },
