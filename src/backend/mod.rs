@@ -99,7 +99,9 @@ pub trait Backend: Send + Sync {
     /// The gradient of the summed squared error over the rows `x`, `y` with respect to `params`
     /// ([`FactoredShape`] layout, B's entries zero unless `train_basis`), as f64 sums: one
     /// minibatch of [`Backend::train_window`], for a caller that adds gradients from several
-    /// processes before the Adam step (the MPI backend). The default is the CPU pass.
+    /// processes before the Adam step (the MPI backend). A backend that overrides
+    /// `train_window` overrides this too, with the same per-minibatch arithmetic, so that its
+    /// device also trains under MPI. The default is the CPU pass.
     fn gradient_sum(
         &self,
         shape: &FactoredShape,
