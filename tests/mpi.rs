@@ -6,8 +6,8 @@
 //!    the library-level cases below against the CPU backend computed locally on the same rank
 //!    (moments, fit moments, sphere-net normal equations, validation errors, the trainer's
 //!    minibatches, candidate statistics, whitening, filtered PCA with residual rounds, learn
-//!    through the streaming trainer, shard lists, the ordered stream to rank 0, a bad file on
-//!    one rank), and
+//!    through the streaming trainer, shard lists, the GPU backend (lavapipe in CI), the ordered
+//!    stream to rank 0, a bad file on one rank), and
 //! 3. runs the `relu-fpt` command line with one process and under `mpirun -n 2` and compares.
 //!
 //! Tolerances, P ranks against one process (the output prints each measured difference):
@@ -26,6 +26,7 @@
 //! failed assertion must take the whole job down (the panic hook calls MPI_Abort).
 
 use relu_fpt::backend::cpu::CpuBackend;
+use relu_fpt::backend::gpu::GpuBackend;
 use relu_fpt::backend::mpi;
 use relu_fpt::backend::{
     Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, ProjectedSamples, SphereFeatures,
@@ -682,6 +683,29 @@ fn rank_cases() {
     assert!(diff < F32_TOL, "shard list against one process: {diff}");
     say(format!(
         "shards: the same sums as the one file, bit for bit; within {diff:.1e} of one process"
+    ));
+
+    // The GPU backend under MPI (lavapipe in CI): each rank opens its own device, and the split
+    // passes give the sums of one device over all rows.
+    let gpu = GpuBackend::new(true).unwrap_or_else(|e| {
+        panic!("the GPU case needs an adapter (install mesa-vulkan-drivers for lavapipe): {e}")
+    });
+    let spec = BinSpec::label_bins(D, vec![-0.5, 0.0, 0.5]);
+    let one = gpu.moments(&s, &spec, SampleWeight::Unit, &bar).unwrap();
+    let one_fit = gpu.fit_moments(&s, &basis, &fit, &bar).unwrap();
+    let split_gpu = mpi::distribute(Box::new(gpu));
+    let all = split_gpu
+        .moments(&s, &spec, SampleWeight::Unit, &bar)
+        .unwrap();
+    let all_fit = split_gpu.fit_moments(&s, &basis, &fit, &bar).unwrap();
+    assert_eq!(one.count, all.count);
+    let diff = all
+        .relative_difference(&one)
+        .max(rel(&all_fit.gram, &one_fit.gram).max(rel(&all_fit.cross, &one_fit.cross)));
+    assert!(diff < F32_TOL, "GPU moments and fit moments: {diff}");
+    say(format!(
+        "GPU ({}): moments and fit moments within {diff:.1e}",
+        split_gpu.description()
     ));
 
     // The ordered stream: rank 0 sees every row's value once, in order.

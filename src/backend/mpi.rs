@@ -96,6 +96,24 @@ pub fn local_rank() -> usize {
     .unwrap_or(0)
 }
 
+/// Which of a machine's devices this rank computes on, given whether each is hardware (in the
+/// order the driver lists them): under MPI, the hardware devices are dealt to the ranks of one
+/// machine by [`local_rank`] (rank i on device i mod count), so that each rank on a node with
+/// several GPUs gets its own. None with one rank, or when there is no hardware device (then the
+/// caller opens its usual choice).
+pub fn device_for_this_rank(hardware: &[bool]) -> Option<usize> {
+    if ranks() <= 1 {
+        return None;
+    }
+    deal_device(hardware, local_rank())
+}
+
+/// The `local_rank`-th hardware device, cyclically; None when there is none.
+fn deal_device(hardware: &[bool], local_rank: usize) -> Option<usize> {
+    let devices: Vec<usize> = (0..hardware.len()).filter(|&i| hardware[i]).collect();
+    (!devices.is_empty()).then(|| devices[local_rank % devices.len()])
+}
+
 /// Whether this rank prints and writes outputs: rank 0, or the only process.
 pub fn is_root() -> bool {
     rank() == 0
@@ -843,6 +861,18 @@ mod tests {
         let (start, len) = split_range(2_000_000, 1, 2);
         assert_eq!((start % RANGE_ALIGN, start + len), (0, 2_000_000));
         assert!(start.abs_diff(1_000_000) <= RANGE_ALIGN / 2);
+    }
+
+    #[test]
+    fn ranks_of_a_machine_are_dealt_its_hardware_devices() {
+        // Two GPUs and a software adapter listed between them.
+        let listed = [true, false, true];
+        let picks: Vec<_> = (0..5).map(|r| deal_device(&listed, r)).collect();
+        assert_eq!(picks, [Some(0), Some(2), Some(0), Some(2), Some(0)]);
+        assert_eq!(deal_device(&[false], 1), None);
+        assert_eq!(deal_device(&[], 0), None);
+        // One process keeps the driver's preferred adapter.
+        assert_eq!(device_for_this_rank(&listed), None);
     }
 
     #[test]
