@@ -1,11 +1,11 @@
-"""Subspace benchmark (issue 4): filtered PCA against SAVE handed the true dimension.
+"""Subspace benchmark: filtered PCA against SAVE handed the true dimension.
 
 For each teacher family, backend and seed, `relu-fpt subspace` runs three times on the same
 synthetic instance (same teacher, same samples): filtered PCA finding the dimension itself, the
 same without its Gauss-Newton refine steps (--refine-steps 0, for the angle of the rounds
 alone), then SAVE with --dim set to the teacher's true dimension (read from the filtered run's
 teacher block). The
-table gives medians over seeds; the targets are those of issue 4: largest principal angle at
+table gives medians over seeds; the targets: largest principal angle at
 most 0.8x SAVE's, and gradient energy missed at most 1e-3.
 
 Usage: python3 scripts/bench_subspace.py [--n 1000000] [--d 128] [--families parity,fan,...]
@@ -17,7 +17,7 @@ import argparse, json, os, platform, shlex, statistics, subprocess, sys, tempfil
 
 DEFAULT_BIN = "target/release/relu-fpt"
 BIN = os.environ.get("RELU_FPT", DEFAULT_BIN)
-FAMILIES = {  # same flags as scripts/compare_sklearn.py
+FAMILIES = {  # the built-in teachers, as in scripts/bench_families.py
     "parity": ["--teacher", "parity", "--k", "4"],
     "fan": ["--teacher", "fan", "--m", "4"],
     "deep-parity": ["--teacher", "deep-parity", "--k", "3"],

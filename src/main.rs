@@ -38,6 +38,8 @@ enum Command {
     Predict(PredictArgs),
     /// Score a model on labelled samples (and against the teacher, when given).
     Eval(EvalArgs),
+    /// Write a model in another format (ONNX) for runtimes and verification tools.
+    Export(ExportArgs),
     /// Time the computations.
     Bench {
         #[command(subcommand)]
@@ -61,7 +63,7 @@ enum BenchCommand {
 /// A teacher network: a random deep network or one of the hard constructions.
 #[derive(Args, Clone)]
 struct TeacherFlags {
-    /// Teacher family (ALGORITHM.md 4.2): random, parity (A), fan (B), deep-parity (C), composite (D).
+    /// Teacher family (docs/algorithm.md, "Hard teachers"): random, parity (A), fan (B), deep-parity (C), composite (D).
     #[arg(long, value_enum)]
     teacher: Option<TeacherKind>,
     /// Input dimension d.
@@ -220,8 +222,8 @@ struct LearnArgs {
     /// Most candidate networks enumerate-and-test evaluates.
     #[arg(long, default_value_t = 512)]
     budget: usize,
-    /// Upper bound on the subspace dimension.
-    #[arg(long, default_value_t = 8)]
+    /// Upper bound on the subspace dimension (a user bound, not a limit of the method).
+    #[arg(long, default_value_t = 32)]
     max_dim: usize,
     /// Fraction of the samples held out for validation (the last rows).
     #[arg(long, default_value_t = 0.2)]
@@ -233,8 +235,9 @@ struct LearnArgs {
     /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
-    /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
-    /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
+    /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)
+    /// over the training rows, 0 for neither (default: 30, fewer on more than 1e5 rows, adding
+    /// up to 3e6 row reads, at least two; the deep net 60 and 1e7 row reads).
     #[arg(long)]
     descent_epochs: Option<usize>,
     /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
@@ -248,6 +251,10 @@ struct LearnArgs {
     /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
     #[arg(long)]
     no_whiten: bool,
+    /// Hidden widths of the network the deep-net stage trains on z from a random start
+    /// (kept when it validates better than the descent from the search's pick); 0 for none.
+    #[arg(long, value_delimiter = ',', default_value = "32,32")]
+    deep_widths: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -296,6 +303,27 @@ struct EvalArgs {
     /// Also draw predictions against labels (first 2000 samples) as an SVG chart.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// Formats `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// ONNX (opset 17): float32 input x (N, d), output y (N, 1); MatMul for the projection,
+    /// Gemm and Relu per layer.
+    Onnx,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A model written by `learn` (relu-fpt/network JSON).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "onnx")]
+    format: ExportFormat,
+    /// Where to write the exported model (e.g. model.onnx).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -412,6 +440,7 @@ fn main() -> ExitCode {
         Command::Learn(a) => learn_cmd(a),
         Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
+        Command::Export(a) => export(a),
         Command::Bench {
             what: BenchCommand::Moments(a),
         } => bench_moments(a),
@@ -652,6 +681,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         validation_fraction: a.validation,
         polish: !a.no_polish,
         max_dim: a.max_dim,
+        deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
         ..LearnConfig::default()
     };
     if let Some(e) = a.polish_epochs {
@@ -662,6 +692,11 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         config.descent = e > 0;
         config.descent_config.epochs = e;
         config.descent_config.row_budget = 0;
+        config.deep_config.epochs = e;
+        config.deep_config.row_budget = 0;
+        if e == 0 {
+            config.deep_widths.clear();
+        }
     }
     config.subspace_config.refine_steps = a.refine_steps;
     config.max_train_rows = a.max_train_rows;
@@ -899,6 +934,23 @@ fn eval(a: EvalArgs) -> Result<()> {
     } else {
         for l in lines {
             println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    output::check_writable(&a.out, "--out")?;
+    let model = Network::load(&a.model)?;
+    match a.format {
+        ExportFormat::Onnx => {
+            relu_fpt::export::write_onnx(&model, &a.model.display().to_string(), &a.out)?;
+            println!(
+                "wrote {} (ONNX opset {}: input x (N, {}) float32, output y (N, 1))",
+                a.out.display(),
+                relu_fpt::export::OPSET_VERSION,
+                model.input_dim
+            );
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! Subspace quality metrics (ALGORITHM.md section 5.5): principal angles, precision (spurious
-//! directions), recall (missed directions) and the relevance-weighted miss
+//! Subspace quality metrics: principal angles, precision (spurious directions), recall (missed
+//! directions) and the relevance-weighted miss
 //! E||P_perp grad F||^2 / E||grad F||^2.
 //!
 //! Subspaces are given as orthonormal rows of length d (r x d), as the subspace stage returns

@@ -1,5 +1,5 @@
 //! Moments stage: the binned, filtered second-moment statistic that filtered PCA, its baselines
-//! and every later round need (ALGORITHM.md sections 5.1, 5.2).
+//! and every later round need (docs/algorithm.md, "Filtered PCA").
 //!
 //! A sample falls in one bin, found from its projection z = B^T x onto the current basis (a cell
 //! of an equal-mass grid, per axis) and then from its label (y-bins per cell). Per bin we sum

@@ -1,4 +1,4 @@
-//! Teacher networks: seeded, bias-free benchmark targets (ALGORITHM.md §4.2) and random deep
+//! Teacher networks: seeded, bias-free benchmark targets (docs/algorithm.md, "Hard teachers") and random deep
 //! networks. Every teacher is a plain [`Network`] on R^d, so one code path evaluates everything.
 //!
 //! Construction: each teacher is first built as a small network on its hidden coordinates

@@ -226,3 +226,103 @@ fn no_window_system_noise_on_stderr_without_xdg_runtime_dir() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn no_window_system_noise_when_auto_opens_the_adapter() {
+    // --backend auto asks for an adapter through GpuContext::new, not through `devices`.
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["subspace", "--teacher", "random", "--d", "8", "--k", "2"])
+        .args([
+            "--n",
+            "4000",
+            "--refine-steps",
+            "0",
+            "--backend",
+            "auto",
+            "--out",
+        ])
+        .arg(dir.path().join("s.json"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "driver noise: {err}");
+}
+
+/// Every subcommand path (`learn`, `bench moments`, ...) listed by the help texts.
+fn subcommands(prefix: &[String]) -> Vec<Vec<String>> {
+    let o = bin().args(prefix).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut out = vec![prefix.to_vec()];
+    let Some(list) = help.split("Commands:\n").nth(1) else {
+        return out;
+    };
+    for line in list.lines().take_while(|l| l.starts_with("  ")) {
+        let name = line.split_whitespace().next().unwrap();
+        if name != "help" {
+            let mut path = prefix.to_vec();
+            path.push(name.to_string());
+            out.extend(subcommands(&path));
+        }
+    }
+    out
+}
+
+/// `docs/...` paths named in `text` (up to the first character that cannot be in a file name).
+fn docs_paths(text: &str) -> Vec<String> {
+    text.match_indices("docs/")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/._-".contains(*c))
+                .collect::<String>()
+                .trim_end_matches(['.', '/'])
+                .to_string()
+        })
+        .filter(|p| p.len() > "docs/".len())
+        .collect()
+}
+
+#[test]
+fn help_texts_and_repository_point_only_at_documents_it_contains() {
+    // The working spec the project was built from is not shipped; nothing may send a user there.
+    let outside = concat!("ALGORITHM", ".md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts: Vec<(String, String)> = Vec::new();
+    let commands = subcommands(&[]);
+    assert!(commands.len() >= 8, "{commands:?}");
+    for cmd in commands {
+        let o = bin().args(&cmd).arg("--help").output().unwrap();
+        assert!(o.status.success(), "{cmd:?} --help");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        texts.push((format!("relu-fpt {} --help", cmd.join(" ")), text));
+    }
+    fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                out.push((p.display().to_string(), text));
+            }
+        }
+    }
+    for dir in ["src", "tests", "docs", "scripts", "shaders", "benches"] {
+        walk(&root.join(dir), &mut texts);
+    }
+    for file in ["README.md", "Cargo.toml", ".ci/run"] {
+        let p = root.join(file);
+        texts.push((file.to_string(), std::fs::read_to_string(p).unwrap()));
+    }
+    for (name, text) in &texts {
+        assert!(!text.contains(outside), "{name} mentions {outside}");
+        for doc in docs_paths(text) {
+            assert!(
+                root.join(&doc).exists(),
+                "{name} points at {doc}, not in the repository"
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Subspace metrics (principal angles, precision, recall, gradient energy missed) and the trace
-//! identities of ALGORITHM.md section 5.6, checked through the backend's moments.
+//! identities that follow from Stein's identity (docs/algorithm.md, "Filtered PCA"), checked through the backend's moments.
 
 mod common;
 

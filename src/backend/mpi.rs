@@ -125,9 +125,9 @@ pub fn local_range(n: u64) -> (u64, u64) {
 }
 
 /// Rank boundaries fall on multiples of this many rows (when every rank still gets some): the
-/// CPU kernels sum runs of rows in f32 in chunks of up to this many rows counted from the start
-/// of their range (for power-of-two d), and the teacher sources draw whole 4096-row blocks, so
-/// aligned ranges cut no chunk and no block that one process would read whole.
+/// CPU kernel sums one bin's rows in f32 chunks of up to this many rows counted from the start
+/// of its range (for power-of-two d), so aligned ranges cut no chunk that one process would sum
+/// whole, and only f64 additions regroup.
 pub const RANGE_ALIGN: u64 = 16384;
 
 /// Rows of rank `p` of `ranks` out of `n`: rank q starts at `q n / P` rounded to the nearest

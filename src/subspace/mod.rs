@@ -1,5 +1,5 @@
-//! Subspace stage: filtered PCA (ALGORITHM.md sections 2.3, 5.3-5.4, 5.7) and the classical
-//! baselines pHd, SIR and SAVE (section 2.6), all computed from the per-bin accumulators of one
+//! Subspace stage: filtered PCA (docs/algorithm.md, "Filtered PCA" to "Refine steps") and the
+//! classical baselines pHd, SIR and SAVE ("Classical baselines"), all computed from the per-bin accumulators of one
 //! [`Backend::moments`] pass per round.
 //!
 //! Filtered PCA works in a whitened frame x~ = W (x - mu) (`whiten`, on by default; W = I when
@@ -145,7 +145,7 @@ pub struct SubspaceConfig {
     /// them, and one that lowers it by less than 1% ends them too. Measured (d = 128, N = 1e6, largest angle
     /// after 0/1/2/3/5 steps): parity k = 4 0.078/0.042/0.025/0.019/0.018 rad, deep parity
     /// k = 3 0.051/0.012/0.0055/0.0050/0.0050. Re-estimating each direction by filtered PCA
-    /// conditioned on the others (ALGORITHM.md 5.7), tried first, reached only 0.028 on
+    /// conditioned on the others, tried first, reached only 0.028 on
     /// parity.
     pub refine_steps: usize,
     /// Rounds with filters on y (default 1): the first finds the strong directions; more

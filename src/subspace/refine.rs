@@ -17,7 +17,7 @@ const GPU_FIT_MAX_RANK: usize = 8;
 /// The steps stop when a step lowered the residual MSE by less than this fraction.
 const CONVERGED: f64 = 0.01;
 
-/// Gauss-Newton steps on the basis (ALGORITHM.md 2.5, refine pass), in the working frame. With
+/// Gauss-Newton steps on the basis (docs/algorithm.md, "Refine steps"), in the working frame. With
 /// a fit h of y on z = B x and x_perp = P x independent of z, Stein's identity gives
 /// E[x_perp (y - h(z)) g(z)^T] = P U E[grad f(U^T x) g(z)^T] for every g: its range lies in the
 /// part of the true span U that B misses, whatever h is (h only sets the noise). With
