@@ -335,8 +335,13 @@ fn learn<'py>(
         ..LearnConfig::default()
     };
     config.polish_config.epochs = polish_epochs;
+    // Both descents on z (from the search's pick, and the deep net from a random start).
     config.descent = descent_epochs > 0;
     config.descent_config.epochs = descent_epochs;
+    config.deep_config.epochs = descent_epochs;
+    if descent_epochs == 0 {
+        config.deep_widths.clear();
+    }
     config.subspace_config.refine_steps = refine_steps;
     let source = SliceSource::new(d, &xr, &yr).map_err(py_err)?;
     // The model, the report, and filtered PCA's basis (raw input coordinates; none for the

@@ -44,7 +44,7 @@ def test_learns_a_small_teacher(teacher_data, fitted):
     assert fitted.report_["dimension"] == 2
     report = fitted.report_
     stages = [s["stage"] for s in report["stages"]]
-    assert stages == ["subspace", "enumerate", "sphere-net", "descent", "polish"]
+    assert stages == ["subspace", "enumerate", "sphere-net", "descent", "deep-net", "polish"]
     assert report["final_stage"] in stages[1:]
     (final,) = [s for s in report["stages"] if s["stage"] == report["final_stage"]]
     assert final["validation_mse"] == pytest.approx(report["validation_mse"], rel=1e-12)
