@@ -36,12 +36,31 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another rank of an MPI job failed (`--features mpi`): its message and exit code. Every
+    /// rank stops with this error; rank 0 prints it.
+    #[error("rank {rank} of {ranks}: {message}")]
+    Rank {
+        rank: usize,
+        ranks: usize,
+        exit_code: u8,
+        message: String,
+    },
 }
 
 impl Error {
     /// Shorthand for [`Error::InvalidRequest`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidRequest(msg.into())
+    }
+
+    /// The process exit code for this error: 2 for bad input or requests (fix the command or the
+    /// files), 1 for failures of the machine (e.g. a lost GPU device).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Gpu(_) => 1,
+            Error::Rank { exit_code, .. } => *exit_code,
+            _ => 2,
+        }
     }
 
     /// Shorthand for [`Error::Io`].

@@ -1,8 +1,8 @@
 //! The `relu-fpt` command line: thin wrappers over the library, friendly one-line errors.
 
 use clap::{Args, Parser, Subcommand};
-use relu_fpt::backend::{self, Backend, BackendChoice};
-use relu_fpt::data::{for_each_chunk, GaussianSource, NpySource, NpyWriter, SampleSource};
+use relu_fpt::backend::{self, mpi, Backend, BackendChoice};
+use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
 use relu_fpt::learn::{learn, LearnConfig, LearnReport};
 use relu_fpt::network::Network;
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
@@ -141,7 +141,7 @@ impl SourceFlags {
     fn open(&self, seed: u64) -> Result<Samples> {
         if let (Some(x), Some(y)) = (&self.x, &self.y) {
             return Ok(Samples {
-                source: Box::new(NpySource::open(x, y)?),
+                source: relu_fpt::data::open_samples(x, y)?,
                 teacher: None,
             });
         }
@@ -413,9 +413,26 @@ fn main() -> ExitCode {
     // Errors are values; a panic would be a bug. Keep even that to one line, no backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("relu-fpt: internal error: {info} (please report this)");
+        mpi::abort_job_after_panic();
     }));
     remove_outputs_on_interrupt();
-    let cli = Cli::parse();
+    // Under mpirun: starts MPI (finalised when `_launch` drops at the end of main).
+    let _launch = match mpi::Launch::start() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("relu-fpt: error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if mpi::is_root() {
+                let _ = e.print();
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let outcome = match cli.command {
         Command::Demo(a) => demo(a),
         Command::Generate(a) => generate(a),
@@ -435,13 +452,32 @@ fn main() -> ExitCode {
         } => bench_search(a),
         Command::Devices => devices(),
     };
-    match outcome {
+    // With several MPI ranks all stop together: the lowest failing rank's error, printed once.
+    match mpi::agree(outcome) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("relu-fpt: error: {e}");
-            ExitCode::from(exit_code(&e))
+            if mpi::is_root() {
+                eprintln!("relu-fpt: error: {e}");
+            }
+            ExitCode::from(mpi::exit_status(e.exit_code()))
         }
     }
+}
+
+/// The backend the user asked for; under mpirun, wrapped so that its passes split by rows
+/// across the ranks and their sums are combined.
+fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>> {
+    Ok(mpi::distribute(backend::select(choice)?))
+}
+
+/// Refuses commands that do not split across MPI ranks (each rank would repeat the whole job).
+fn one_process(command: &str) -> Result<()> {
+    if mpi::ranks() > 1 {
+        return Err(Error::invalid(format!(
+            "{command} runs as one process: start it without mpirun (learn, subspace, eval, predict, demo and bench moments split across ranks)"
+        )));
+    }
+    Ok(())
 }
 
 /// On SIGINT or SIGTERM: remove the unfinished output files and exit with 128 + the signal
@@ -456,22 +492,17 @@ fn remove_outputs_on_interrupt() {
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 output::remove_in_flight();
-                eprintln!("relu-fpt: interrupted; unfinished output files removed");
+                if mpi::is_root() {
+                    eprintln!("relu-fpt: interrupted; unfinished output files removed");
+                }
                 std::process::exit(128 + signal);
             }
         });
     }
 }
 
-/// 2 for bad input or requests (fix the command or the files), 1 for failures of the machine.
-fn exit_code(e: &Error) -> u8 {
-    match e {
-        Error::Gpu(_) => 1,
-        _ => 2,
-    }
-}
-
 fn generate(a: GenerateArgs) -> Result<()> {
+    one_process("generate")?;
     let teacher = a.teacher.teacher(a.seed)?.ok_or_else(|| {
         Error::invalid("--teacher is required: random, parity, fan, deep-parity or composite")
     })?;
@@ -515,12 +546,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn subspace(a: SubspaceArgs) -> Result<()> {
-    output::check_writable(&a.out, "--out")?;
-    if let Some(p) = &a.plot {
-        output::check_writable(p, "--plot")?;
+    if mpi::is_root() {
+        output::check_writable(&a.out, "--out")?;
+        if let Some(p) = &a.plot {
+            output::check_writable(p, "--plot")?;
+        }
     }
     let samples = a.source.open(a.seed)?;
-    let backend = backend::select(a.backend)?;
+    let backend = open_backend(a.backend)?;
     let config = SubspaceConfig {
         method: a.method,
         max_dim: a.max_dim,
@@ -535,6 +568,9 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     let t = Instant::now();
     let report = find_subspace(backend.as_ref(), samples.source.as_ref(), &config)?;
     let seconds = t.elapsed().as_secs_f64();
+    if !mpi::is_root() {
+        return Ok(());
+    }
     output::write_atomic(&a.out, report.to_json().as_bytes())?;
     if let Some(path) = &a.plot {
         output::write_atomic(path, subspace_plot(&report).as_bytes())?;
@@ -547,6 +583,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
         let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).expect("own JSON");
         v["seconds"] = seconds.into();
         v["backend"] = backend.description().into();
+        add_ranks(&mut v);
         if let Some(m) = &truth {
             v["teacher"] = m.to_json();
         }
@@ -668,13 +705,20 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
 }
 
 fn learn_cmd(a: LearnArgs) -> Result<()> {
-    output::check_writable(&a.out, "--out")?;
+    if mpi::is_root() {
+        output::check_writable(&a.out, "--out")?;
+    }
     let samples = a.source.open(a.seed)?;
-    let backend = backend::select(a.backend)?;
+    let backend = open_backend(a.backend)?;
     let report = learn(backend.as_ref(), samples.source.as_ref(), &learn_config(&a))?;
+    if !mpi::is_root() {
+        return Ok(());
+    }
     report.model.save(&a.out)?;
     if a.json {
-        println!("{}", report.to_json());
+        let mut v = report.to_json();
+        add_ranks(&mut v);
+        println!("{v}");
     } else {
         print!("{}", report.summary());
         println!("wrote {}", a.out.display());
@@ -692,6 +736,21 @@ fn predict_stream(
 ) -> Result<()> {
     const CHUNK: usize = 1 << 16;
     let bar = progress::bar(source.len(), "predict");
+    if mpi::ranks() > 1 {
+        // Under mpirun each rank predicts every P-th chunk and rank 0 consumes them all in order.
+        mpi::stream_to_root(
+            source,
+            CHUNK,
+            true,
+            |x, rows| backend.predict(model, x, rows),
+            |p, y| {
+                bar.inc(p.len() as u64);
+                sink(p, y)
+            },
+        )?;
+        bar.finish_and_clear();
+        return Ok(());
+    }
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<f32>, Vec<f32>)>>(1);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
@@ -737,6 +796,18 @@ fn predict_stream(
     Ok(())
 }
 
+/// Adds `"ranks": P` to a JSON report and, under mpirun, what was communicated.
+fn add_ranks(v: &mut serde_json::Value) {
+    v["ranks"] = mpi::ranks().into();
+    if mpi::ranks() > 1 {
+        let c = mpi::communication();
+        v["communication"] = serde_json::json!({
+            "combines": c.combines, "combined_bytes": c.combined_bytes,
+            "gathered_bytes": c.gathered_bytes,
+        });
+    }
+}
+
 fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result<Network> {
     let model = Network::load(path)?;
     if model.input_dim != source.dim() {
@@ -752,31 +823,47 @@ fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
-    output::check_writable(&a.out, "--out")?;
-    let source = relu_fpt::data::NpySource::open_inputs(&a.x)?;
-    let model = load_model_for(&a.model, &source, &a.x)?;
-    let backend = backend::select(a.backend)?;
-    let mut out = NpyWriter::create_vector(&a.out)?;
-    predict_stream(backend.as_ref(), &model, &source, |p, _| out.write_rows(p))?;
-    let rows = out.finish()?;
-    println!("wrote {rows} predictions to {}", a.out.display());
+    if mpi::is_root() {
+        output::check_writable(&a.out, "--out")?;
+    }
+    let source = relu_fpt::data::open_inputs(&a.x)?;
+    let model = load_model_for(&a.model, source.as_ref(), &a.x)?;
+    let backend = open_backend(a.backend)?;
+    // Rank 0 alone writes (the other ranks send it their predictions).
+    let mut out = match mpi::is_root() {
+        true => Some(NpyWriter::create_vector(&a.out)?),
+        false => None,
+    };
+    predict_stream(
+        backend.as_ref(),
+        &model,
+        source.as_ref(),
+        |p, _| match &mut out {
+            Some(w) => w.write_rows(p),
+            None => Ok(()),
+        },
+    )?;
+    if let Some(w) = out {
+        let rows = w.finish()?;
+        println!("wrote {rows} predictions to {}", a.out.display());
+    }
     Ok(())
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    if let Some(p) = &a.plot {
+    if let (Some(p), true) = (&a.plot, mpi::is_root()) {
         output::check_writable(p, "--plot")?;
     }
-    let source = NpySource::open(&a.x, &a.y)?;
-    let model = load_model_for(&a.model, &source, &a.x)?;
+    let source = relu_fpt::data::open_samples(&a.x, &a.y)?;
+    let model = load_model_for(&a.model, source.as_ref(), &a.x)?;
     let teacher = match &a.teacher {
         Some(p) => Some(Network::load(p)?),
         None => None,
     };
-    let backend = backend::select(a.backend)?;
+    let backend = open_backend(a.backend)?;
     let (mut n, mut sum_y, mut sum_y2, mut sse, mut sse2) = (0u64, 0.0, 0.0, 0.0, 0.0);
     let mut points = Vec::new();
-    predict_stream(backend.as_ref(), &model, &source, |p, y| {
+    predict_stream(backend.as_ref(), &model, source.as_ref(), |p, y| {
         for (&pi, &yi) in p.iter().zip(y) {
             let e = (pi as f64 - yi as f64).powi(2);
             n += 1;
@@ -790,6 +877,10 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    if !mpi::is_root() {
+        // The sums above were all made on rank 0, in row order.
+        return Ok(());
+    }
     let nf = n as f64;
     let mse = sse / nf;
     let var = (sum_y2 / nf - (sum_y / nf).powi(2)).max(f64::MIN_POSITIVE);
@@ -800,6 +891,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         "var_y": var, "relative_mse": mse / var,
         "relative_mse_ci95": [(mse - half) / var, (mse + half) / var],
     });
+    add_ranks(&mut v);
     let num = progress::num;
     let mut lines = vec![format!(
         "{n} samples: MSE {} (95% interval {} to {}), MSE/Var(y) {} ({} to {})",
@@ -865,7 +957,7 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
-    let backend = backend::select(a.backend)?;
+    let backend = open_backend(a.backend)?;
     let mut spec = TeacherSpec::new(TeacherKind::Parity, a.d);
     spec.k = Some(4);
     spec.seed = a.seed;
@@ -903,6 +995,9 @@ fn demo(a: DemoArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    if !mpi::is_root() {
+        return Ok(());
+    }
     let nf = n as f64;
     let var = sy2 / nf - (sy / nf).powi(2);
     let cmp = teacher_metrics(
@@ -933,33 +1028,39 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
             )));
         }
     }
-    let backend = backend::select(a.backend)?;
+    let chosen = backend::select(a.backend)?;
     // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or given).
-    let cpu = if backend.kind() == "cpu" {
+    // Under mpirun the ranks would measure the peak at once and share the cores, so there it
+    // is only what --peak-gflops gives.
+    let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == "cpu" {
         let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
         let isa = cpu.moment_isa()?;
         let peak = match a.peak_gflops {
-            Some(p) => (p, None),
-            None => relu_fpt::backend::cpu::peak::best_of(
+            Some(p) => Some((p, None)),
+            None if mpi::ranks() > 1 => None,
+            None => Some(relu_fpt::backend::cpu::peak::best_of(
                 &relu_fpt::backend::cpu::peak::measure_all(0.3, 3),
-            ),
+            )),
         };
-        Some((cpu, isa, peak))
+        (Box::new(cpu), Some((isa, peak)))
     } else {
-        None
+        (chosen, None)
     };
+    // Under mpirun every rank holds the generated samples and each pass splits them by rows.
+    let backend = mpi::distribute(chosen);
     let bar = progress::bar((a.runs + 1) as u64, "bench");
-    let mut r = match &cpu {
-        Some((c, _, _)) => relu_fpt::bench::bench_moments(c, a.n, a.d, a.bins, a.runs, &bar)?,
-        None => relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?,
-    };
+    let mut r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
     bar.finish_and_clear();
-    if let Some((_, isa, (peak, per_cpu_second))) = &cpu {
+    if let Some((isa, peak)) = &cpu {
         r.kernel = Some(isa.name().to_string());
-        r.set_peak(*peak, *per_cpu_second);
+        if let Some((peak, per_cpu_second)) = peak {
+            r.set_peak(*peak, *per_cpu_second);
+        }
     }
     if a.json {
-        println!("{}", r.to_json_line());
+        let mut v: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("own JSON");
+        add_ranks(&mut v);
+        println!("{v}");
     } else {
         let kernel = r
             .kernel
@@ -985,6 +1086,7 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
 
 fn bench_peak(a: BenchPeakArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;
+    one_process("bench peak")?;
     if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 60.0) || a.repeats == 0 {
         return Err(Error::invalid(
             "--seconds must be in (0, 60] and --repeats at least 1",
@@ -1038,6 +1140,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
 
 fn bench_search(a: BenchSearchArgs) -> Result<()> {
     use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
+    one_process("bench search")?;
     let backend = backend::select(a.backend)?;
     let generators = a
         .generators
@@ -1089,6 +1192,7 @@ fn bench_search(a: BenchSearchArgs) -> Result<()> {
 }
 
 fn devices() -> Result<()> {
+    one_process("devices")?;
     for line in relu_fpt::backend::gpu::list_adapters() {
         println!("{line}");
     }

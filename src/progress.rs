@@ -1,11 +1,12 @@
-//! Progress bars on stderr, hidden when stderr is not a terminal (logs, CI, pipes).
+//! Progress bars on stderr, hidden when stderr is not a terminal (logs, CI, pipes) and on MPI
+//! ranks other than 0.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
 /// A bar counting `len` units (samples, candidates) with a label.
 pub fn bar(len: u64, label: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !std::io::stderr().is_terminal() || !crate::backend::mpi::is_root() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());

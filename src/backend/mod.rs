@@ -4,6 +4,7 @@
 mod candidates;
 pub mod cpu;
 pub mod gpu;
+pub mod mpi;
 pub mod trainer;
 
 pub use candidates::{
@@ -95,6 +96,23 @@ pub trait Backend: Send + Sync {
         cpu::trainer::train_window(shape, train_basis, x, y, batch_size, params, adam)
     }
 
+    /// The gradient of the summed squared error over the rows `x`, `y` with respect to `params`
+    /// ([`FactoredShape`] layout, B's entries zero unless `train_basis`), as f64 sums: one
+    /// minibatch of [`Backend::train_window`], for a caller that adds gradients from several
+    /// processes before the Adam step (the MPI backend). A backend that overrides
+    /// `train_window` overrides this too, with the same per-minibatch arithmetic, so that its
+    /// device also trains under MPI. The default is the CPU pass.
+    fn gradient_sum(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        cpu::trainer::gradient_sum(shape, train_basis, x, y, params)
+    }
+
     /// Normal equations (sum phi phi^T, sum phi y, in f64) of the sphere-net features of
     /// z = B x over every row of `source`. The default is the CPU pass.
     fn feature_normal_equations(
@@ -122,6 +140,20 @@ pub trait Backend: Send + Sync {
             Ok(())
         })?;
         Ok(sums)
+    }
+
+    /// f64 sums over the rows of `source` computed on the host by `pass` (called with the
+    /// rows to read; returns `len` sums), for the small passes outside the kernels (the label
+    /// variance, paired error differences). The default calls `pass(source)`; the MPI backend
+    /// calls it on this rank's rows and adds the sums across the ranks.
+    fn row_sums(
+        &self,
+        source: &dyn SampleSource,
+        len: usize,
+        pass: &mut dyn FnMut(&dyn SampleSource) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>> {
+        let _ = len;
+        pass(source)
     }
 
     /// The device that runs `pass` on this backend: "cpu" or "gpu". The default says the
@@ -176,9 +208,11 @@ pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>> {
         BackendChoice::Auto => match gpu::GpuBackend::new(false) {
             Ok(g) => Ok(Box::new(g)),
             Err(e) => {
-                eprintln!(
-                    "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
-                );
+                if mpi::is_root() {
+                    eprintln!(
+                        "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
+                    );
+                }
                 Ok(Box::new(cpu::CpuBackend::new()))
             }
         },

@@ -4,11 +4,13 @@
 pub mod gaussian;
 pub mod npy;
 pub mod philox;
+pub mod shards;
 pub mod synthetic;
 pub mod whiten;
 
 pub use gaussian::GaussianSource;
 pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
+pub use shards::{open_inputs, open_samples, ConcatSource};
 pub use synthetic::{group_of, GroupColumn, Synthetic};
 
 use crate::error::{Error, Result};

@@ -113,18 +113,22 @@ pub fn paired_difference(
     b: &Network,
     source: &dyn SampleSource,
 ) -> Result<(f64, f64)> {
-    let (mut n, mut sum, mut sum2) = (0f64, 0f64, 0f64);
-    for_each_chunk(source, crate::backend::SCORE_CHUNK_ROWS, |_, x, y| {
-        let pa = backend.predict(a, x, y.len())?;
-        let pb = backend.predict(b, x, y.len())?;
-        for ((&u, &v), &t) in pa.iter().zip(&pb).zip(y) {
-            let diff = (u as f64 - t as f64).powi(2) - (v as f64 - t as f64).powi(2);
-            n += 1.0;
-            sum += diff;
-            sum2 += diff * diff;
-        }
-        Ok(())
+    let sums = backend.row_sums(source, 3, &mut |rows| {
+        let mut s = vec![0f64; 3];
+        for_each_chunk(rows, crate::backend::SCORE_CHUNK_ROWS, |_, x, y| {
+            let pa = backend.predict(a, x, y.len())?;
+            let pb = backend.predict(b, x, y.len())?;
+            for ((&u, &v), &t) in pa.iter().zip(&pb).zip(y) {
+                let diff = (u as f64 - t as f64).powi(2) - (v as f64 - t as f64).powi(2);
+                s[0] += 1.0;
+                s[1] += diff;
+                s[2] += diff * diff;
+            }
+            Ok(())
+        })?;
+        Ok(s)
     })?;
+    let (n, sum, sum2) = (sums[0], sums[1], sums[2]);
     let mean = sum / n.max(1.0);
     let var = (sum2 / n.max(1.0) - mean * mean).max(0.0);
     Ok((mean, (var / n.max(1.0)).sqrt()))

@@ -410,17 +410,21 @@ fn project_head(
     Ok(out)
 }
 
-/// Variance of the labels of `source`, streamed (f64 sums).
-fn streamed_label_variance(source: &dyn SampleSource) -> Result<f64> {
-    let (mut n, mut sum, mut sum2) = (0f64, 0f64, 0f64);
-    for_each_chunk(source, 1 << 16, |_, _, y| {
-        for &v in y {
-            n += 1.0;
-            sum += v as f64;
-            sum2 += (v as f64).powi(2);
-        }
-        Ok(())
+/// Variance of the labels of `source`, streamed (f64 sums, split across MPI ranks).
+fn streamed_label_variance(backend: &dyn Backend, source: &dyn SampleSource) -> Result<f64> {
+    let sums = backend.row_sums(source, 3, &mut |rows| {
+        let mut s = vec![0f64; 3];
+        for_each_chunk(rows, 1 << 16, |_, _, y| {
+            for &v in y {
+                s[0] += 1.0;
+                s[1] += v as f64;
+                s[2] += (v as f64).powi(2);
+            }
+            Ok(())
+        })?;
+        Ok(s)
     })?;
+    let (n, sum, sum2) = (sums[0], sums[1], sums[2]);
     let mean = sum / n.max(1.0);
     Ok((sum2 / n.max(1.0) - mean * mean).max(0.0))
 }
@@ -550,7 +554,7 @@ pub fn learn(
         }
     }
     let mut final_stage = chosen;
-    let validation_var = streamed_label_variance(&val)?;
+    let validation_var = streamed_label_variance(backend, &val)?;
 
     let mut basis = basis;
     let mut descent_mse = None;

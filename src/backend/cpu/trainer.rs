@@ -468,6 +468,84 @@ pub(crate) fn check_window(
     Ok(())
 }
 
+/// One window's model and buffers, reused minibatch after minibatch.
+struct WindowGradient {
+    model: Factored,
+    d: usize,
+    /// With B fixed the inputs are z = B x, computed once for the window.
+    z: Option<Vec<f64>>,
+    p: Vec<f64>,
+    parts: Vec<Scratch>,
+    sum: Vec<f64>,
+}
+
+impl WindowGradient {
+    fn new(
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        rows: usize,
+        params: &[f64],
+    ) -> Self {
+        let d = shape.input_dim;
+        let model = Factored::new(shape, train_basis);
+        let z = (!train_basis).then(|| project_f64(&params[..shape.basis_len()], d, x));
+        let part_rows = rows.div_ceil(PARTS).max(1);
+        WindowGradient {
+            p: vec![0.0; model.params()],
+            parts: (0..PARTS).map(|_| model.scratch(part_rows)).collect(),
+            sum: vec![0.0; model.params()],
+            model,
+            d,
+            z,
+        }
+    }
+
+    /// The gradient sum over rows `start .. start + len` of the window into `grad` (the
+    /// [`FactoredShape`] layout); PARTS parts summed in order, so the same bits on any thread
+    /// count.
+    fn minibatch(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        start: usize,
+        len: usize,
+        params: &[f64],
+        grad: &mut [f64],
+    ) {
+        let (model, d, z) = (&self.model, self.d, &self.z);
+        let w = model.input_width();
+        model.load(params, &mut self.p);
+        let p = &self.p;
+        let part = len.div_ceil(PARTS);
+        let used = len.div_ceil(part);
+        self.parts[..used]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(k, s)| {
+                let a = start + k * part;
+                let n = part.min(start + len - a);
+                match z {
+                    Some(z) => s.x[..n * w].copy_from_slice(&z[a * w..(a + n) * w]),
+                    None => s.x[..n * w]
+                        .iter_mut()
+                        .zip(&x[a * d..(a + n) * d])
+                        .for_each(|(t, &v)| *t = v as f64),
+                }
+                s.y[..n]
+                    .iter_mut()
+                    .zip(&y[a..a + n])
+                    .for_each(|(t, &v)| *t = v as f64);
+                model.gradient(p, n, s);
+            });
+        self.sum.copy_from_slice(&self.parts[0].grad);
+        for s in &self.parts[1..used] {
+            self.sum.iter_mut().zip(&s.grad).for_each(|(a, b)| *a += b);
+        }
+        model.store(&self.sum, grad);
+    }
+}
+
 /// [`crate::backend::Backend::train_window`] on the CPU.
 pub fn train_window(
     shape: &FactoredShape,
@@ -479,46 +557,34 @@ pub fn train_window(
     adam: &mut Adam,
 ) -> Result<()> {
     check_window(shape, x, y, batch_size, params)?;
-    let d = shape.input_dim;
-    let model = Factored::new(shape, train_basis);
-    let w = model.input_width();
-    // With B fixed the inputs are z = B x, computed once for the window.
-    let z = (!train_basis).then(|| project_f64(&params[..shape.basis_len()], d, x));
-    let mut p = vec![0.0; model.params()];
-    let part_rows = batch_size.div_ceil(PARTS);
-    let mut parts: Vec<Scratch> = (0..PARTS).map(|_| model.scratch(part_rows)).collect();
-    let mut sum = vec![0.0; model.params()];
+    let mut window = WindowGradient::new(shape, train_basis, x, batch_size, params);
     let mut grad = vec![0.0; shape.params()];
     let rows = y.len();
     for start in (0..rows).step_by(batch_size) {
         let len = batch_size.min(rows - start);
-        model.load(params, &mut p);
-        let part = len.div_ceil(PARTS);
-        let used = len.div_ceil(part);
-        parts[..used].par_iter_mut().enumerate().for_each(|(k, s)| {
-            let a = start + k * part;
-            let n = part.min(start + len - a);
-            match &z {
-                Some(z) => s.x[..n * w].copy_from_slice(&z[a * w..(a + n) * w]),
-                None => s.x[..n * w]
-                    .iter_mut()
-                    .zip(&x[a * d..(a + n) * d])
-                    .for_each(|(t, &v)| *t = v as f64),
-            }
-            s.y[..n]
-                .iter_mut()
-                .zip(&y[a..a + n])
-                .for_each(|(t, &v)| *t = v as f64);
-            model.gradient(&p, n, s);
-        });
-        sum.copy_from_slice(&parts[0].grad);
-        for s in &parts[1..used] {
-            sum.iter_mut().zip(&s.grad).for_each(|(a, b)| *a += b);
-        }
-        model.store(&sum, &mut grad);
+        window.minibatch(x, y, start, len, params, &mut grad);
         adam.step(&grad, len, params);
     }
     Ok(())
+}
+
+/// [`crate::backend::Backend::gradient_sum`] on the CPU: one minibatch of [`train_window`].
+pub fn gradient_sum(
+    shape: &FactoredShape,
+    train_basis: bool,
+    x: &[f32],
+    y: &[f32],
+    params: &[f64],
+) -> Result<Vec<f64>> {
+    let mut grad = vec![0.0; shape.params()];
+    if y.is_empty() {
+        check_window(shape, x, y, 1, params)?;
+        return Ok(grad);
+    }
+    check_window(shape, x, y, y.len(), params)?;
+    let mut window = WindowGradient::new(shape, train_basis, x, y.len(), params);
+    window.minibatch(x, y, 0, y.len(), params, &mut grad);
+    Ok(grad)
 }
 
 /// Gradient of the summed squared error of the factorised model over every row of `x` and `y`

@@ -136,8 +136,18 @@ impl GpuContext {
     /// With `allow_software = false` a CPU (software) adapter is refused.
     pub fn new(allow_software: bool) -> Result<Self, GpuError> {
         let instance = headless_instance();
-        let adapter =
-            pollster::block_on(
+        // Under MPI the ranks of one machine take its hardware adapters in turn.
+        let mut listed = Vec::new();
+        if crate::backend::mpi::ranks() > 1 {
+            listed = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        }
+        let hardware: Vec<bool> = listed
+            .iter()
+            .map(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+            .collect();
+        let adapter = match crate::backend::mpi::device_for_this_rank(&hardware) {
+            Some(i) => listed.swap_remove(i),
+            None => pollster::block_on(
                 instance.request_adapter(&wgpu::RequestAdapterOptions {
                     power_preference: wgpu::PowerPreference::from_env()
                         .unwrap_or(wgpu::PowerPreference::HighPerformance),
@@ -146,7 +156,8 @@ impl GpuContext {
                     ..Default::default()
                 }),
             )
-            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?,
+        };
         let info = adapter.get_info();
         if !allow_software && info.device_type == wgpu::DeviceType::Cpu {
             return Err(GpuError::NoAdapter(format!(

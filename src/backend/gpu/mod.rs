@@ -249,6 +249,18 @@ impl Backend for GpuBackend {
         })
     }
 
+    /// One minibatch of `train_window` on the device (the MPI backend adds these across ranks).
+    fn gradient_sum(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        self.train_gradient(shape, train_basis, x, y, params)
+    }
+
     fn feature_normal_equations(
         &self,
         source: &dyn SampleSource,
