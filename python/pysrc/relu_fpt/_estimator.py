@@ -33,8 +33,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     ----------
     hidden : tuple of int, default=(4,)
         Hidden widths of the enumerated candidate networks.
-    max_dim : int, default=8
-        Largest subspace dimension filtered PCA may report (the dimension itself is found).
+    max_dim : int, default=32
+        Largest subspace dimension filtered PCA may report (a bound, not a limit of the
+        method: the dimension itself is found).
     budget : int, default=512
         Most candidate networks enumerate-and-test evaluates.
     polish : bool, default=True
@@ -78,7 +79,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         PCA saw) and ``x_copied`` (whether X had to be copied to be read).
     """
 
-    def __init__(self, hidden=(4,), max_dim=8, budget=512, polish=True, polish_epochs=15,
+    def __init__(self, hidden=(4,), max_dim=32, budget=512, polish=True, polish_epochs=15,
                  descent_epochs=30, refine_steps=3, validation_fraction=0.2, backend="auto",
                  random_state=None):
         self.hidden = hidden
