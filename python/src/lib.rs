@@ -129,6 +129,28 @@ impl PyNetwork {
     }
 }
 
+/// `x` as a 2-D float32 array: itself when it is one, else `numpy.asarray(x, float32)`.
+fn float32_rows<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+        return Ok(a);
+    }
+    let converted = py
+        .import("numpy")?
+        .call_method1("asarray", (x, "float32"))?;
+    converted.extract().map_err(|_| {
+        let shape = converted
+            .getattr("shape")
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        PyValueError::new_err(format!(
+            "X has shape {shape}: pass a 2-D array of shape (n_samples, input_dim)"
+        ))
+    })
+}
+
 fn matrix<'py>(py: Python<'py>, rows: &[Vec<f64>], cols: usize) -> Bound<'py, PyArray2<f64>> {
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
     flat.into_pyarray(py)
@@ -176,12 +198,15 @@ impl PyNetwork {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Outputs for X (N x d float32), computed in f64 and rounded to float32, on all cores.
+    /// Outputs for X (N x d), computed in f64 and rounded to float32, on all cores. float32
+    /// arrays are read as they are (in place when C-contiguous); anything else numpy can turn
+    /// into a 2-D float32 array (float64, lists) is converted first.
     fn predict<'py>(
         &self,
         py: Python<'py>,
-        x: PyReadonlyArray2<'py, f32>,
+        x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let x = float32_rows(py, x)?;
         self.check_input(&x)?;
         let n = x.shape()[0];
         let data = rows(&x);

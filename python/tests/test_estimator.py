@@ -103,6 +103,13 @@ def test_inputs_float64_fortran_and_lists_agree(teacher_data, fitted):
     # A strided view too.
     wide = np.repeat(rows, 2, axis=1)[:, ::2]
     np.testing.assert_array_equal(fitted.model_.predict(wide).astype(np.float64), want)
+    # Network.predict converts what is not float32 (float64, lists) and refuses other shapes.
+    np.testing.assert_array_equal(fitted.model_.predict(rows.astype(np.float64)), want)
+    np.testing.assert_array_equal(fitted.model_.predict(rows.tolist()), want)
+    with pytest.raises(ValueError, match=r"shape \(12,\): pass a 2-D array"):
+        fitted.model_.predict(rows[0])
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="row 0, column 0 is inf"):
+        fitted.model_.predict(np.full((1, 12), 1e300))
 
 
 def test_float32_c_input_is_read_in_place(teacher_data, monkeypatch):
