@@ -128,9 +128,11 @@ def run_case(name, spec, args, tmp, have):
     model = os.path.join(path, "model.json")
     t = time.perf_counter()
     skip = args.resume and "relu_fpt" in have or args.no_ours
-    p = subprocess.CompletedProcess([], 0, "", "") if skip else subprocess.run([BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y",
-                        os.path.join(path, "y.npy"), "--out", model, "--backend", "cpu",
-                        "--seed", str(args.seed), "--json"], capture_output=True, text=True)
+    learn = [BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y", os.path.join(path, "y.npy"),
+             "--out", model, "--backend", "cpu", "--seed", str(args.seed), "--json",
+             *args.learn_flags.split()]
+    p = (subprocess.CompletedProcess([], 0, "", "") if skip
+         else subprocess.run(learn, capture_output=True, text=True))
     row["relu_fpt_seconds"] = time.perf_counter() - t
     if skip:
         del row["relu_fpt_seconds"]
@@ -176,6 +178,20 @@ def fmt(v):
     return f"{v:.2g}" if abs(v) < 1e-3 or abs(v) >= 100 else f"{v:.3g}"
 
 
+def print_row(row):
+    if row.get("relu_fpt") is not None:
+        ours = f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})"
+    elif "exit" in row:
+        why = row.get("error", "").split("error: ")[-1].split(":")[0]
+        ours = f"exit {row['exit']} ({why})"
+    else:
+        ours = "-"
+    mlp = f"{fmt(row['mlp'])} ({row['mlp_seconds']:.0f})" if "mlp" in row else "-"
+    print(f"| {row['case']} | {rows(row['n'])} | {row['relevant']} | {row.get('dim', '-')} | "
+          f"{fmt(row.get('missed'))} | {ours} | {row.get('final_stage', '-')} | {mlp} |",
+          flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="", help="substrings of case names, comma separated")
@@ -183,6 +199,8 @@ def main():
     ap.add_argument("--no-ours", action="store_true", help="MLPRegressor only")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every N")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--learn-flags", default="", help="extra flags for relu-fpt learn, e.g. "
+                    "\"--deep-widths 0\" for the pipeline without the deep-net stage")
     ap.add_argument("--raw", help="append one JSON line per case to this file")
     ap.add_argument("--resume", action="store_true",
                     help="with --raw: skip the cases it already holds and print them from it")
@@ -200,21 +218,16 @@ def main():
             done.setdefault(r["case"], {}).update(r)
     for name, spec in cases.items():
         have = done.get(name, {}) if args.resume else {}
+        ours_done = "relu_fpt" in have or "exit" in have or args.no_ours
+        if ours_done and ("mlp" in have or args.no_mlp):
+            print_row(have)  # nothing left to run
+            continue
         row = run_case(name, spec, args, tmp, have)
         if args.raw:
             with open(args.raw, "a") as f:
                 f.write(json.dumps(row) + "\n")
         row = {**have, **row} if args.resume else row
-        if row.get("relu_fpt") is not None:
-            ours = f"{fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.0f})"
-        elif "exit" in row:
-            ours = f"exit {row['exit']}: {row.get('error', '')[:80]}"
-        else:
-            ours = "-"
-        mlp = f"{fmt(row['mlp'])} ({row['mlp_seconds']:.0f})" if "mlp" in row else "-"
-        print(f"| {name} | {rows(row['n'])} | {row['relevant']} | {row.get('dim', '-')} | "
-              f"{fmt(row.get('missed'))} | {ours} | {row.get('final_stage', '-')} | {mlp} |",
-              flush=True)
+        print_row(row)
         if not args.keep:
             for f in os.listdir(tmp):
                 p = os.path.join(tmp, f)

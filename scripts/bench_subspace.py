@@ -17,7 +17,7 @@ import argparse, json, os, platform, shlex, statistics, subprocess, sys, tempfil
 
 DEFAULT_BIN = "target/release/relu-fpt"
 BIN = os.environ.get("RELU_FPT", DEFAULT_BIN)
-FAMILIES = {  # same flags as scripts/compare_sklearn.py
+FAMILIES = {  # the built-in teachers, as in scripts/bench_families.py
     "parity": ["--teacher", "parity", "--k", "4"],
     "fan": ["--teacher", "fan", "--m", "4"],
     "deep-parity": ["--teacher", "deep-parity", "--k", "3"],

@@ -11,7 +11,9 @@
 //      the label y and the residual e = output - y, so that row is A = (phi, 1, y, e);
 //   4. adds A_a A_b over the tile into registers, every invocation owning up to MAXPER of the
 //      stat_len statistics: k = 0 the SSE (e e), then the packed upper triangle of phi phi^T,
-//      then phi y. Rows past the end of the samples are all zero and add nothing.
+//      then phi y. Rows past the end of the samples are all zero and add nothing. The sums sit
+//      in MAXPER scalar registers a0..a15 (a run-time-indexed private array may live in local
+//      memory); the slots from PER on are skipped by pipeline-constant conditions.
 // Nothing is read or written in global memory per sample except z and y; each workgroup writes
 // its stat_len f32 sums once, to partial[(chunk * cand_count + cand) * stat_len + k].
 // `reduce`: one invocation per (candidate, statistic) adds the chunk partials of a dispatch.
@@ -28,7 +30,7 @@ override SB: u32 = 32u;      // samples per tile
 override STRIDE: u32 = 8u;   // row stride of a plane: >= max(rank, hidden widths) + 3
 override PER: u32 = 1u;      // statistics per invocation: ceil(stat_len / WG) <= MAXPER
 override TILES: u32 = 8u;    // tiles per chunk: a chunk is SB * TILES samples
-const MAXPER: u32 = 16u;
+const MAXPER: u32 = 16u;   // statistic slots a0..a15
 
 struct Info {
     sample_start: u32, // first sample of this dispatch
@@ -73,6 +75,29 @@ fn columns_of(k: u32) -> u32 {
     return (k - 1u - info.tri) | (f << 16u);
 }
 
+// Columns of this invocation's statistic m (k = t + m WG), packed as in columns_of; 0 for a
+// slot past PER or a statistic past the end (computed, never written).
+fn slot_columns(t: u32, m: u32) -> u32 {
+    let k = t + m * WG;
+    if m < PER && k < info.stat_len {
+        return columns_of(k);
+    }
+    return 0u;
+}
+
+// a + A_a A_b for the row of A at `base` and the columns c.
+fn product(base: u32, c: u32, a: f32) -> f32 {
+    return fma(plane[base + (c & 0xffffu)], plane[base + (c >> 16u)], a);
+}
+
+// Writes this invocation's statistic m when the slot is live and the statistic exists.
+fn put(out: u32, t: u32, m: u32, a: f32) {
+    let k = t + m * WG;
+    if m < PER && k < info.stat_len {
+        partial[out + k] = a;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn evaluate(
     @builtin(local_invocation_index) t: u32,
@@ -89,13 +114,27 @@ fn evaluate(
     let pbase = cand * info.params_per;
     let rank = info.rank;
 
-    var cols: array<u32, MAXPER>;
-    var acc: array<f32, MAXPER>;
-    for (var m = 0u; m < PER; m++) {
-        let k = t + m * WG;
-        cols[m] = select(0u, columns_of(k), k < info.stat_len);
-        acc[m] = 0.0;
-    }
+    // Statistic slots: slot m is live when m < PER (a pipeline constant).
+    let c0 = slot_columns(t, 0u);
+    let c1 = slot_columns(t, 1u);
+    let c2 = slot_columns(t, 2u);
+    let c3 = slot_columns(t, 3u);
+    let c4 = slot_columns(t, 4u);
+    let c5 = slot_columns(t, 5u);
+    let c6 = slot_columns(t, 6u);
+    let c7 = slot_columns(t, 7u);
+    let c8 = slot_columns(t, 8u);
+    let c9 = slot_columns(t, 9u);
+    let c10 = slot_columns(t, 10u);
+    let c11 = slot_columns(t, 11u);
+    let c12 = slot_columns(t, 12u);
+    let c13 = slot_columns(t, 13u);
+    let c14 = slot_columns(t, 14u);
+    let c15 = slot_columns(t, 15u);
+    var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
+    var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
+    var a8 = 0.0; var a9 = 0.0; var a10 = 0.0; var a11 = 0.0;
+    var a12 = 0.0; var a13 = 0.0; var a14 = 0.0; var a15 = 0.0;
 
     let first = chunk * SB * TILES;
     let last = min(first + SB * TILES, info.sample_count);
@@ -159,20 +198,42 @@ fn evaluate(
         // 4. Products into registers.
         for (var s = 0u; s < SB; s++) {
             let base = fb + s * STRIDE;
-            for (var m = 0u; m < PER; m++) {
-                let c = cols[m];
-                acc[m] = fma(plane[base + (c & 0xffffu)], plane[base + (c >> 16u)], acc[m]);
-            }
+            a0 = product(base, c0, a0);
+            if PER > 1u { a1 = product(base, c1, a1); }
+            if PER > 2u { a2 = product(base, c2, a2); }
+            if PER > 3u { a3 = product(base, c3, a3); }
+            if PER > 4u { a4 = product(base, c4, a4); }
+            if PER > 5u { a5 = product(base, c5, a5); }
+            if PER > 6u { a6 = product(base, c6, a6); }
+            if PER > 7u { a7 = product(base, c7, a7); }
+            if PER > 8u { a8 = product(base, c8, a8); }
+            if PER > 9u { a9 = product(base, c9, a9); }
+            if PER > 10u { a10 = product(base, c10, a10); }
+            if PER > 11u { a11 = product(base, c11, a11); }
+            if PER > 12u { a12 = product(base, c12, a12); }
+            if PER > 13u { a13 = product(base, c13, a13); }
+            if PER > 14u { a14 = product(base, c14, a14); }
+            if PER > 15u { a15 = product(base, c15, a15); }
         }
         workgroupBarrier();
     }
     let out = (chunk * info.cand_count + cand) * info.stat_len;
-    for (var m = 0u; m < PER; m++) {
-        let k = t + m * WG;
-        if k < info.stat_len {
-            partial[out + k] = acc[m];
-        }
-    }
+    put(out, t, 0u, a0);
+    put(out, t, 1u, a1);
+    put(out, t, 2u, a2);
+    put(out, t, 3u, a3);
+    put(out, t, 4u, a4);
+    put(out, t, 5u, a5);
+    put(out, t, 6u, a6);
+    put(out, t, 7u, a7);
+    put(out, t, 8u, a8);
+    put(out, t, 9u, a9);
+    put(out, t, 10u, a10);
+    put(out, t, 11u, a11);
+    put(out, t, 12u, a12);
+    put(out, t, 13u, a13);
+    put(out, t, 14u, a14);
+    put(out, t, 15u, a15);
 }
 
 @compute @workgroup_size(WG)

@@ -18,9 +18,9 @@ override MAXW: u32 = 256u;
 const ACT_WORDS: u32 = 4096u;
 
 struct Info {
-    rows: u32,
+    rows: u32,   // rows < this are evaluated (x and outs are indexed by row)
     depth: u32,
-    pad0: u32,
+    base: u32,   // first row of this dispatch
     pad1: u32,
 }
 
@@ -38,7 +38,7 @@ fn forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let first = (wid.x + wid.y * nwg.x) * SB;
+    let first = info.base + (wid.x + wid.y * nwg.x) * SB;
     let plane = SB * MAXW;
     var src = 0u;
     for (var l = 0u; l < info.depth; l++) {

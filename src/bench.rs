@@ -1,13 +1,14 @@
-//! Benchmarks a user can run: `relu-fpt bench moments` times one backend's moment pass on data
-//! generated in memory and reports one JSON line comparable with `scripts/np_moment.py` (numpy's
+//! Benchmarks a user can run: `relu-fpt bench moments` times one backend's moment pass and
+//! reports one JSON line comparable with `scripts/np_moment.py` (numpy's
 //! X^T X prints the same n, d, seconds, gflops fields); on the CPU it also states the speed as
 //! a fraction of the machine's FMA peak (`relu-fpt bench peak`, [`crate::backend::cpu::peak`]).
 
 use crate::backend::cpu::peak::process_cpu_seconds;
 use crate::backend::Backend;
-use crate::data::MemorySource;
+use crate::data::{GaussianSource, MemorySource, SampleSource};
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, SampleWeight};
+use crate::network::{Layer, Network};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -37,6 +38,10 @@ pub struct MomentBench {
     pub samples_per_second: f64,
     /// Timed runs.
     pub runs: usize,
+    /// Where the samples were: "host memory" (uploaded every pass on a GPU), or "generated on
+    /// the device" (a GPU draws them itself and keeps them resident when they fit the
+    /// residency budget, `RELU_FPT_GPU_RESIDENT_MIB`, so the timed passes read device memory).
+    pub data: String,
     /// CPU moments micro-kernel ("avx512", "avx2", "portable"); None on a GPU.
     pub kernel: Option<String>,
     /// The machine's f32 FMA peak in GFLOP/s on all threads (measured in the same run or
@@ -74,9 +79,13 @@ impl MomentBench {
 }
 
 /// Times `backend.moments` on n x d standard normal samples with `bins` bins: one warm-up,
-/// then max(runs, 5) timed runs, reporting the median. Data generation is not timed. For
-/// bins > 1 the spec uses a rank-2 basis (the first two axes) with equal-mass cells and
-/// equal-mass y-bins per cell, so that the spec has exactly `bins` bins.
+/// then max(runs, 5) timed runs, reporting the median. On the CPU the samples sit in host
+/// memory and their generation is not timed; on a GPU they are a built-in teacher's samples,
+/// which the device generates in the warm-up and keeps when they fit its residency budget
+/// (host memory would cap the pass at the bus speed, and n d floats may not fit the host).
+/// For bins > 1 the spec uses a rank-2 basis (the first two axes) with equal-mass cells and
+/// equal-mass y-bins per cell (quantiles of the first 2^17 rows), so that the spec has exactly
+/// `bins` bins.
 pub fn bench_moments(
     backend: &dyn Backend,
     n: u64,
@@ -95,18 +104,26 @@ pub fn bench_moments(
             "bench moments: bins > 1 uses a rank-2 basis, so d must be at least 2",
         ));
     }
-    let source = bench_source(n as usize, d, 0x6d6f6d656e7473);
-    let spec = bench_spec(&source, bins);
+    let seed = 0x6d6f6d656e7473;
+    let (source, data): (Box<dyn SampleSource>, &str) = if backend.kind() == "gpu" {
+        let teacher = bench_teacher(d)?;
+        let source = GaussianSource::new(teacher, n, seed, 0.0)?;
+        (Box::new(source), "generated on the device")
+    } else {
+        (Box::new(bench_source(n as usize, d, seed)), "host memory")
+    };
+    let source = source.as_ref();
+    let spec = bench_spec(source, bins)?;
     spec.validate()?;
     let runs = runs.max(MIN_TIMED_RUNS);
     progress.set_length(n * (runs as u64 + 1));
-    backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
+    backend.moments(source, &spec, SampleWeight::Unit, progress)?;
     let mut times = Vec::with_capacity(runs);
     let mut cpu_times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let cpu = process_cpu_seconds();
         let t = std::time::Instant::now();
-        let m = backend.moments(&source, &spec, SampleWeight::Unit, progress)?;
+        let m = backend.moments(source, &spec, SampleWeight::Unit, progress)?;
         times.push(t.elapsed().as_secs_f64());
         if let Some(c) = cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a) {
             cpu_times.push(c);
@@ -132,6 +149,7 @@ pub fn bench_moments(
         gflops: n as f64 * d as f64 * (d as f64 + 1.0) / seconds / 1e9,
         samples_per_second: n as f64 / seconds,
         runs,
+        data: data.to_string(),
         kernel: None,
         peak_gflops: None,
         peak_fraction: None,
@@ -164,12 +182,34 @@ fn bench_source(n: usize, d: usize, seed: u64) -> MemorySource {
     MemorySource { dim: d, x, y }
 }
 
+/// A teacher with labels of the kind [`bench_source`] uses:
+/// y = relu(x0 + x1) - relu(x0 - x1) + relu(x2) (terms on axes past d are dropped).
+fn bench_teacher(d: usize) -> Result<Network> {
+    let mut w = vec![0.0; 3 * d];
+    let put = |w: &mut Vec<f64>, row: usize, col: usize, v: f64| {
+        if col < d {
+            w[row * d + col] = v;
+        }
+    };
+    put(&mut w, 0, 0, 1.0);
+    put(&mut w, 0, 1, 1.0);
+    put(&mut w, 1, 0, 1.0);
+    put(&mut w, 1, 1, -1.0);
+    put(&mut w, 2, 2, 1.0);
+    let layers = vec![
+        Layer::new(d, 3, w, vec![0.0, 0.0, 0.0])?,
+        Layer::new(3, 1, vec![1.0, -1.0, 1.0], vec![0.0])?,
+    ];
+    Ok(Network::new(d, layers)?)
+}
+
 /// K = bins: cells_per_axis^2 cells on the first two axes times bins / cells_per_axis^2 y-bins,
-/// with the largest cells_per_axis whose square divides `bins`. Edges are empirical quantiles.
-fn bench_spec(source: &MemorySource, bins: usize) -> BinSpec {
-    let d = source.dim;
+/// with the largest cells_per_axis whose square divides `bins`. Edges are empirical quantiles
+/// of the first 2^17 rows.
+fn bench_spec(source: &dyn SampleSource, bins: usize) -> Result<BinSpec> {
+    let d = source.dim();
     if bins == 1 {
-        return BinSpec::single(d);
+        return Ok(BinSpec::single(d));
     }
     let per_axis = (1..=bins)
         .take_while(|a| a * a <= bins)
@@ -180,18 +220,20 @@ fn bench_spec(source: &MemorySource, bins: usize) -> BinSpec {
     let mut basis = vec![0.0; 2 * d];
     basis[0] = 1.0;
     basis[d + 1] = 1.0;
-    let column = |j: usize| source.x.iter().skip(j).step_by(d).copied().collect();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    source.read(0, 1 << 17, &mut x, &mut y)?;
+    let column = |j: usize| x.iter().skip(j).step_by(d).copied().collect();
     let axis_edges = vec![
         quantiles(column(0), per_axis),
         quantiles(column(1), per_axis),
     ];
-    let y_edge = quantiles(source.y.clone(), y_bins);
-    BinSpec {
+    let y_edge = quantiles(y.clone(), y_bins);
+    Ok(BinSpec {
         dim: d,
         basis,
         axis_edges,
         y_edges: vec![y_edge; per_axis * per_axis],
-    }
+    })
 }
 
 /// The `parts - 1` inner equal-mass edges of the values.

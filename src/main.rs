@@ -235,8 +235,9 @@ struct LearnArgs {
     /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
-    /// Passes of the descent on z = B x (B fixed) over the training rows, 0 for none (default:
-    /// 30, fewer on more than 1e5 rows, adding up to 3e6 row reads, at least two).
+    /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)
+    /// over the training rows, 0 for neither (default: 30, fewer on more than 1e5 rows, adding
+    /// up to 3e6 row reads, at least two; the deep net 60 and 1e7 row reads).
     #[arg(long)]
     descent_epochs: Option<usize>,
     /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
@@ -250,6 +251,10 @@ struct LearnArgs {
     /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
     #[arg(long)]
     no_whiten: bool,
+    /// Hidden widths of the network the deep-net stage trains on z from a random start
+    /// (kept when it validates better than the descent from the search's pick); 0 for none.
+    #[arg(long, value_delimiter = ',', default_value = "32,32")]
+    deep_widths: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as one JSON line on stdout instead of the summary.
@@ -639,6 +644,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         validation_fraction: a.validation,
         polish: !a.no_polish,
         max_dim: a.max_dim,
+        deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
         ..LearnConfig::default()
     };
     if let Some(e) = a.polish_epochs {
@@ -649,6 +655,11 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         config.descent = e > 0;
         config.descent_config.epochs = e;
         config.descent_config.row_budget = 0;
+        config.deep_config.epochs = e;
+        config.deep_config.row_budget = 0;
+        if e == 0 {
+            config.deep_widths.clear();
+        }
     }
     config.subspace_config.refine_steps = a.refine_steps;
     config.max_train_rows = a.max_train_rows;

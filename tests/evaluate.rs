@@ -146,6 +146,12 @@ fn gpu_streams_candidates_and_sample_blocks() {
     let want = reference_evaluate(&s, &b).unwrap();
     let got = evaluate_candidates_with(ctx, &s, &b, &params).unwrap();
     assert_close(&got, &want, 2e-5, "gpu streamed");
+    // A last hidden layer of 13: 120 statistics, 15 per invocation of 8: all but one of the
+    // kernel's 16 register slots hold statistics.
+    let b = batch(3, &[13], 4, 13);
+    let want = reference_evaluate(&s, &b).unwrap();
+    let got = evaluate_candidates_with(ctx, &s, &b, &params).unwrap();
+    assert_close(&got, &want, 2e-5, "gpu, 15 register slots");
     // A chunk that is not a whole number of tiles is refused.
     let ragged = EvaluateKernelParams {
         chunk_len: 18,

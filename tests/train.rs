@@ -216,7 +216,8 @@ fn one_and_several_threads_give_identical_models() {
     assert_ne!(other.params, one.params);
 }
 
-/// z = B x on both backends against f64 dot products.
+/// z = B x on both backends against f64 dot products: the CPU sums in f64 (within 1e-6 of
+/// 1 + |z|), the GPU in f32 (within 1e-6 of 1 + sum |B_ji x_i|).
 #[test]
 fn projection_matches_f64_on_both_backends() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -230,9 +231,14 @@ fn projection_matches_f64_on_both_backends() {
                 for (j, b) in basis.chunks_exact(d).enumerate() {
                     let want: f64 = b.iter().zip(row).map(|(p, &q)| p * q as f64).sum();
                     let got = z[i * r + j] as f64;
+                    let scale = match backend.kind() {
+                        "cpu" => want.abs(),
+                        _ => b.iter().zip(row).map(|(p, &q)| (p * q as f64).abs()).sum(),
+                    };
                     assert!(
-                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                        "{got} {want}"
+                        (got - want).abs() <= 1e-6 * (1.0 + scale),
+                        "{} {got} {want}",
+                        backend.kind()
                     );
                 }
             }
@@ -272,9 +278,13 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         assert_eq!(adam.steps(), 1);
         results.push(p);
     }
-    assert_eq!(results[0], results[1]);
+    // The GPU's gradient is f32 (tests/gpu_trainer.rs bounds it); after one step the two agree
+    // far below the step size.
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((a - b).abs() < 1e-12, "{a} {b}");
+    }
     // Adam's first step moves every parameter by lr against the sign of its gradient.
-    for (k, (&moved, &was)) in results[0].iter().zip(&start).enumerate() {
+    for (k, &was) in start.iter().enumerate() {
         let h = 1e-6;
         let (mut up, mut down) = (start.clone(), start.clone());
         up[k] += h;
@@ -282,10 +292,12 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         let g = (sse(&up) - sse(&down)) / (2.0 * h);
         if g.abs() > 1.0 {
             let want = was - 1e-3 * g.signum();
-            assert!(
-                (moved - want).abs() < 1e-8,
-                "parameter {k}: {moved} vs {want}"
-            );
+            for moved in results.iter().map(|p| p[k]) {
+                assert!(
+                    (moved - want).abs() < 1e-8,
+                    "parameter {k}: {moved} vs {want}"
+                );
+            }
         }
     }
     // B fixed: the basis entries do not move, the others do.
@@ -303,7 +315,8 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         .is_err());
 }
 
-/// The feature normal equations on both backends against f64 sums in one loop.
+/// The feature normal equations on both backends against f64 sums in one loop: within 1e-9
+/// of 1 + |entry| on the CPU (f64), within 1e-5 of 1 + sqrt(G_ii G_jj) on the GPU (f32 chunks).
 #[test]
 fn feature_normal_equations_match_f64_sums_on_both_backends() {
     let c = case(5000);
@@ -338,13 +351,28 @@ fn feature_normal_equations_match_f64_sums_on_both_backends() {
             .feature_normal_equations(&c.source, &features, &indicatif::ProgressBar::hidden())
             .unwrap();
         assert_eq!(got.rows, 5000);
-        for (a, b) in got
+        // Row i of the packed triangle starts at diag[i]; y^2 bounds the right-hand sides.
+        let starts: Vec<usize> = (0..f).map(|i| (0..i).map(|k| f - k).sum()).collect();
+        let y2: f64 = c.source.y.iter().map(|&y| (y as f64).powi(2)).sum();
+        let mut scales = Vec::new();
+        for i in 0..f {
+            for j in i..f {
+                scales.push((want.gram[starts[i]] * want.gram[starts[j]]).sqrt());
+            }
+        }
+        scales.extend((0..f).map(|i| (want.gram[starts[i]] * y2).sqrt()));
+        for ((a, b), s) in got
             .gram
             .iter()
             .chain(&got.rhs)
             .zip(want.gram.iter().chain(&want.rhs))
+            .zip(scales)
         {
-            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{a} {b}");
+            let tol = match backend.kind() {
+                "cpu" => 1e-9 * (1.0 + b.abs()),
+                _ => 1e-5 * (1.0 + s),
+            };
+            assert!((a - b).abs() <= tol, "{} {a} {b}", backend.kind());
         }
     }
 }
@@ -369,11 +397,13 @@ fn sse_of_several_networks_matches_f64_on_both_backends() {
             })
             .sum();
         assert!((got[0] - want).abs() < 1e-5 * want, "{got:?} {want}");
-        assert!((got[1] - want_zero).abs() < 1e-9 * want_zero);
+        // f64 sums on the CPU, f32 partials of 512 rows on the GPU.
+        let tol = if backend.kind() == "cpu" { 1e-9 } else { 1e-6 };
+        assert!((got[1] - want_zero).abs() < tol * want_zero);
     }
 }
 
-/// Until the GPU backend has its own trainer kernels it runs the CPU passes, and says so.
+/// Each backend runs every pass on its own device, and says so.
 #[test]
 fn backends_say_which_device_runs_each_pass() {
     let cpu = common::cpu();
@@ -386,10 +416,15 @@ fn backends_say_which_device_runs_each_pass() {
     ] {
         assert_eq!(cpu.device_of(pass), "cpu");
     }
-    assert_eq!(gpu.device_of(Pass::Moments), "gpu");
-    assert_eq!(gpu.device_of(Pass::Evaluate), "gpu");
-    assert_eq!(gpu.device_of(Pass::TrainWindow), "cpu");
-    assert_eq!(gpu.device_of(Pass::FeatureNormalEquations), "cpu");
+    for pass in [
+        Pass::Moments,
+        Pass::Evaluate,
+        Pass::TrainWindow,
+        Pass::FeatureNormalEquations,
+        Pass::Project,
+    ] {
+        assert_eq!(gpu.device_of(pass), "gpu");
+    }
 }
 
 /// A basis that lacks one of the teacher's two directions: the polish's spare row grows into
@@ -461,7 +496,14 @@ fn learn_reports_every_stage() {
     let names: Vec<&str> = rep.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(
         names,
-        ["subspace", "enumerate", "sphere-net", "descent", "polish"]
+        [
+            "subspace",
+            "enumerate",
+            "sphere-net",
+            "descent",
+            "deep-net",
+            "polish"
+        ]
     );
     assert_eq!((rep.train_rows, rep.validation_rows), (16_000, 4000));
     for s in &rep.stages {
@@ -480,9 +522,12 @@ fn learn_reports_every_stage() {
     assert_eq!(rep.stages[1].validation_mse, Some(rep.enumerate_mse));
     assert_eq!(rep.stages[2].validation_mse, rep.sphere_net_mse);
     let descent = rep.descent_mse.unwrap();
+    let deep = rep.deep_net_mse.unwrap();
     let polish = rep.polished_mse.unwrap();
     assert_eq!(rep.stages[3].validation_mse, Some(descent.after));
-    assert_eq!(rep.stages[4].validation_mse, Some(polish.after));
+    assert_eq!(rep.stages[4].validation_mse, Some(deep.after));
+    assert_eq!(rep.stages[5].validation_mse, Some(polish.after));
+    assert_eq!(rep.stages[4].rows, 12_000);
     assert_eq!(rep.stages[0].rows, 16_000);
     assert_eq!(rep.stages[3].rows, 12_000);
     assert_eq!(rep.stages[3].row_reads % rep.stages[3].rows, 0);
@@ -495,6 +540,8 @@ fn learn_reports_every_stage() {
     assert_eq!(from.validation_mse, Some(rep.validation_mse));
     let expected_final = if polish.kept {
         "polish"
+    } else if deep.kept {
+        "deep-net"
     } else if descent.kept {
         "descent"
     } else {
@@ -525,7 +572,7 @@ fn learn_reports_every_stage() {
 
     let json = rep.to_json();
     let stages = json["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 5);
+    assert_eq!(stages.len(), 6);
     for (j, s) in stages.iter().zip(&rep.stages) {
         assert_eq!(j["stage"], s.stage.as_str());
         assert_eq!(j["device"], "cpu");

@@ -1,53 +1,21 @@
 //! Synthetic samples from a teacher network: x ~ N(0, I_d), y = teacher(x) + N(0, noise_sd^2).
 //!
-//! Reproducibility: rows are generated in fixed blocks of [`BLOCK_ROWS`] rows. Block `b` draws
-//! its x values (row by row, d values each) from its own `Xoshiro256PlusPlus` generator and its
-//! label noise from a second one; each generator's 256-bit state is the SplitMix64 finaliser of
-//! (seed, b, stream tag, a constant), so distinct (seed, block, stream) never share a state.
-//! Xoshiro256PlusPlus is one of rand's named portable generators (stable output across releases
-//! and platforms), and normals come from `rand_distr::StandardNormal` (ziggurat, f64, rounded to
-//! f32). Labels come from `Network::forward_f32` (f64 arithmetic per row, so a row's label does
-//! not depend on which rows share its batch); noise is added in f64 before rounding to f32. A read
-//! of any row range slices whole blocks, so the bytes depend only on the seed, never
-//! on chunk size, start offset or thread count.
+//! Reproducibility: every input value is a function of (seed, row, column) only, through the
+//! counter-based stream of [`super::philox`] (Philox 4x32-10 and an integer Box-Muller
+//! transform), and the label noise of a row through the same stream with its own tag. So the
+//! bytes depend only on the seed, never on chunk size, start offset or thread count, and the GPU
+//! backend generates the same x on the device bit for bit (see [`Synthetic`]). Labels come from
+//! `Network::forward_f32` (f64 arithmetic per row, so a row's label does not depend on which rows
+//! share its batch); noise is added in f64 before rounding to f32.
 
+use super::philox;
 use super::SampleSource;
 use crate::error::{Error, Result};
 use crate::network::Network;
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
-use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
-/// Rows per generator block (part of the reproducibility contract: changing it changes data).
-pub const BLOCK_ROWS: u64 = 4096;
-
-/// Stream tags: which generator of a block.
-const STREAM_X: u64 = 1;
-const STREAM_NOISE: u64 = 2;
-
-/// SplitMix64 finaliser: a bijection on u64 that mixes every input bit into every output bit.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The generator of one (seed, block, stream).
-fn block_rng(seed: u64, block: u64, stream: u64) -> Xoshiro256PlusPlus {
-    let words = [
-        splitmix64(seed),
-        splitmix64(block ^ 0x5851_f42d_4c95_7f2d),
-        splitmix64(stream ^ 0x1405_7b7e_f767_814f),
-        splitmix64(seed ^ block.rotate_left(32) ^ stream.rotate_left(48)),
-    ];
-    let mut bytes = [0u8; 32];
-    for (dst, w) in bytes.chunks_exact_mut(8).zip(words) {
-        dst.copy_from_slice(&w.to_le_bytes());
-    }
-    Xoshiro256PlusPlus::from_seed(bytes)
-}
+/// Rows generated per parallel task by [`GaussianSource::read`] (any value gives the same data).
+const TASK_ROWS: usize = 2048;
 
 /// Gaussian inputs labelled by a teacher network, generated on demand (nothing is stored).
 #[derive(Clone, Debug)]
@@ -95,29 +63,17 @@ impl GaussianSource {
         self.noise_sd
     }
 
-    /// Fills rows `lo .. lo + y.len()` of `block` (offsets within the block) into `x`, `y`.
-    fn fill_block(&self, block: u64, lo: usize, x: &mut [f32], y: &mut [f32]) {
+    /// Fills rows `first .. first + y.len()` into `x`, `y`.
+    fn fill(&self, first: u64, x: &mut [f32], y: &mut [f32]) {
         let d = self.network.input_dim;
         debug_assert_eq!(x.len(), y.len() * d);
-        // Rows before `lo` are drawn and dropped so each row's values do not depend on `lo`.
-        let mut rng = block_rng(self.seed, block, STREAM_X);
-        for _ in 0..lo * d {
-            let _: f64 = rng.sample(StandardNormal);
-        }
-        for v in x.iter_mut() {
-            let z: f64 = rng.sample(StandardNormal);
-            *v = z as f32;
-        }
+        philox::fill_rows(self.seed, first, d, x);
         if !y.is_empty() {
             y.copy_from_slice(&self.network.forward_f32(x, y.len()));
         }
         if self.noise_sd > 0.0 {
-            let mut rng = block_rng(self.seed, block, STREAM_NOISE);
-            for _ in 0..lo {
-                let _: f64 = rng.sample(StandardNormal);
-            }
-            for label in y.iter_mut() {
-                let z: f64 = rng.sample(StandardNormal);
+            for (i, label) in y.iter_mut().enumerate() {
+                let z = philox::noise(self.seed, first + i as u64) as f64;
                 *label = (*label as f64 + self.noise_sd * z) as f32;
             }
         }
@@ -136,30 +92,15 @@ impl SampleSource for GaussianSource {
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
         let d = self.network.input_dim;
         let start = start.min(self.rows);
-        let end = start + (rows as u64).min(self.rows - start);
-        let n = (end - start) as usize;
+        let n = (rows as u64).min(self.rows - start) as usize;
         x.clear();
         y.clear();
         x.resize(n * d, 0.0);
         y.resize(n, 0.0);
-        // One task per block overlapped by start..end, each owning its slice of the output.
-        let mut tasks = Vec::new();
-        let (mut x_rest, mut y_rest) = (x.as_mut_slice(), y.as_mut_slice());
-        let mut row = start;
-        while row < end {
-            let block = row / BLOCK_ROWS;
-            let lo = row - block * BLOCK_ROWS;
-            let take = ((block + 1) * BLOCK_ROWS).min(end) - row;
-            let (xb, xr) = x_rest.split_at_mut(take as usize * d);
-            let (yb, yr) = y_rest.split_at_mut(take as usize);
-            tasks.push((block, lo as usize, xb, yb));
-            x_rest = xr;
-            y_rest = yr;
-            row += take;
-        }
-        tasks
-            .into_par_iter()
-            .for_each(|(block, lo, xb, yb)| self.fill_block(block, lo, xb, yb));
+        x.par_chunks_mut(TASK_ROWS * d)
+            .zip(y.par_chunks_mut(TASK_ROWS))
+            .enumerate()
+            .for_each(|(t, (xb, yb))| self.fill(start + (t * TASK_ROWS) as u64, xb, yb));
         Ok(n)
     }
 
@@ -168,7 +109,7 @@ impl SampleSource for GaussianSource {
     fn identity(&self) -> Option<String> {
         use std::fmt::Write;
         let mut key = format!(
-            "gaussian v1 seed {} rows {} noise {:016x} d {}",
+            "gaussian philox v2 seed {} rows {} noise {:016x} d {}",
             self.seed,
             self.rows,
             self.noise_sd.to_bits(),
@@ -186,6 +127,19 @@ impl SampleSource for GaussianSource {
         }
         let shape: Vec<usize> = self.network.layers.iter().map(|l| l.outputs).collect();
         Some(format!("{key} layers {shape:?}"))
+    }
+
+    fn synthetic(&self) -> Option<super::Synthetic> {
+        Some(super::Synthetic {
+            teacher: self.network.clone(),
+            seed: self.seed,
+            noise_sd: self.noise_sd,
+            first_row: 0,
+            rows: self.rows,
+            centre: None,
+            residual: None,
+            groups: None,
+        })
     }
 
     fn describe(&self) -> String {

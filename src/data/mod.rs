@@ -3,10 +3,13 @@
 
 pub mod gaussian;
 pub mod npy;
+pub mod philox;
+pub mod synthetic;
 pub mod whiten;
 
 pub use gaussian::GaussianSource;
 pub use npy::{save_npy, write_npy_f32, NpyDtype, NpyHeader, NpySource, NpyWriter};
+pub use synthetic::{group_of, GroupColumn, Synthetic};
 
 use crate::error::{Error, Result};
 use std::path::PathBuf;
@@ -38,6 +41,11 @@ pub trait SampleSource: Send + Sync {
     /// return the same x and y for every read (a device backend then reuses a copy it already
     /// holds). `None`, the default, promises nothing and such a source is always read again.
     fn identity(&self) -> Option<String> {
+        None
+    }
+    /// How a device can generate these rows itself instead of reading them ([`Synthetic`]);
+    /// `None`, the default, when it cannot.
+    fn synthetic(&self) -> Option<Synthetic> {
         None
     }
 }
@@ -291,6 +299,9 @@ impl SampleSource for SampleRange<'_> {
     fn identity(&self) -> Option<String> {
         let parent = self.source.identity()?;
         Some(format!("rows {}+{} of [{parent}]", self.start, self.len))
+    }
+    fn synthetic(&self) -> Option<Synthetic> {
+        self.source.synthetic()?.range(self.start, self.len)
     }
 }
 

@@ -369,6 +369,11 @@ impl SampleSource for CenteredSource<'_> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn synthetic(&self) -> Option<super::Synthetic> {
+        let mut s = self.inner.synthetic().filter(|s| s.is_plain())?;
+        s.centre = Some(self.centre.clone());
+        Some(s)
+    }
 }
 
 /// The whitened rows W (x - mu) (q columns), labels unchanged. Costs d q per row: for
@@ -442,6 +447,24 @@ impl SampleSource for WhitenedSource<'_> {
     }
     fn describe(&self) -> String {
         format!("{} (whitened)", self.inner.describe())
+    }
+    /// The inner source's key and every bit of the f32 mean and map the reads apply, so a
+    /// device backend keeps the whitened rows resident between passes (validation scoring each
+    /// epoch) and two whitenings of one source never share a copy.
+    fn identity(&self) -> Option<String> {
+        use std::fmt::Write;
+        let inner = self.inner.identity()?;
+        let mut key =
+            String::with_capacity(inner.len() + 9 * (self.mean.len() + self.map.len()) + 40);
+        let _ = write!(key, "whitened [{inner}] q {} mean ", self.dim());
+        self.mean.iter().for_each(|v| {
+            let _ = write!(key, "{:08x}", v.to_bits());
+        });
+        key.push_str(" map ");
+        self.map.iter().for_each(|v| {
+            let _ = write!(key, "{:08x}", v.to_bits());
+        });
+        Some(key)
     }
 }
 

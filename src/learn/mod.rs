@@ -47,6 +47,13 @@ pub struct LearnConfig {
     pub max_dim: usize,
     /// Also fit sphere-net features plus ridge and keep it if it validates better.
     pub sphere_net: bool,
+    /// Hidden widths of a second network on z, trained by the descent from a random start
+    /// (the "deep-net" stage) and kept when it validates better than the descent from the
+    /// search's pick; empty: no such stage. A one-hidden-layer fit approximates a deep teacher
+    /// poorly, and descent in r dimensions is cheap and benign.
+    pub deep_widths: Vec<usize>,
+    /// The deep-net stage's trainer settings (its seed is derived from `seed`).
+    pub deep_config: PolishConfig,
     /// Polish settings (its seed is taken from `seed`).
     pub polish_config: PolishConfig,
     /// Enumerate-and-test settings other than hidden, budget and seed.
@@ -92,6 +99,17 @@ impl Default for LearnConfig {
             polish: true,
             max_dim: 32,
             sphere_net: true,
+            // On the random [6, 6] teacher (d = 96, 6e5 rows) the descent from the sphere-net
+            // fit ended at 1.2e-3 of Var(y) where MLPRegressor reached 1.1e-5 in full d; two
+            // layers of 32 fit such teachers and cost a few seconds per 1e6 rows.
+            deep_widths: vec![32, 32],
+            // From a random start it needs more steps than the descent from a fit.
+            deep_config: PolishConfig {
+                epochs: 60,
+                row_budget: 10_000_000,
+                min_epochs: 3,
+                ..PolishConfig::default()
+            },
             // After the descent on z the polish has less to do: 15 epochs ended within 2x of
             // 30 on the benchmark teachers (parity 2.1e-5 against 1.0e-5) at half the time.
             // On more than 3.2e5 rows, passes over all rows adding up to 4.8e6 row reads (at
@@ -198,12 +216,15 @@ pub struct LearnReport {
     pub sphere_net_mse: Option<f64>,
     /// Descent errors on the projected problem, when it ran.
     pub descent_mse: Option<PolishedMse>,
+    /// The deep-net stage, when it ran: `before` is the error it had to beat, `kept` whether
+    /// it did.
+    pub deep_net_mse: Option<PolishedMse>,
     /// Polish errors, when it ran.
     pub polished_mse: Option<PolishedMse>,
     /// The search's pick: "enumerate" or "sphere-net".
     pub chosen: String,
-    /// The stage whose result is the returned model: "enumerate", "sphere-net", "descent" or
-    /// "polish".
+    /// The stage whose result is the returned model: "enumerate", "sphere-net", "descent",
+    /// "deep-net" or "polish".
     pub final_stage: String,
     /// Candidates evaluated, and log10 of the full net's size at the chosen resolution.
     pub candidates_evaluated: usize,
@@ -260,6 +281,7 @@ impl LearnReport {
             };
             let kept = match st.stage.as_str() {
                 "descent" => self.descent_mse.map(|p| p.kept),
+                "deep-net" => self.deep_net_mse.map(|p| p.kept),
                 "polish" => self.polished_mse.map(|p| p.kept),
                 _ => None,
             };
@@ -296,6 +318,7 @@ impl LearnReport {
             "enumerate_mse": self.enumerate_mse,
             "sphere_net_mse": self.sphere_net_mse,
             "descent_mse": self.descent_mse.map(PolishedMse::to_json),
+            "deep_net_mse": self.deep_net_mse.map(PolishedMse::to_json),
             "polished_mse": self.polished_mse.map(PolishedMse::to_json),
             "chosen": self.chosen,
             "final_stage": self.final_stage,
@@ -315,6 +338,33 @@ const GROW_SCALE: f64 = 1e-2;
 /// A spare row is kept when dropping it raises the validation error by more than this many
 /// standard errors of the paired difference (one-sided, about 1e-3 by chance).
 const PRUNE_Z: f64 = 3.0;
+
+/// Mixed into the seed of the deep-net stage's start and sample order.
+const DEEP_NET_SEED: u64 = 0x6465_6570_6e65_7421;
+
+/// A network on r inputs with the given hidden widths and one output, He-initialised (weights
+/// N(0, 2 / fan-in), the output layer N(0, 1 / fan-in)) with small biases, so that the units'
+/// hyperplanes do not all pass through the origin.
+fn random_start(r: usize, widths: &[usize], seed: u64) -> Result<Network> {
+    use rand::{RngExt, SeedableRng};
+    use rand_distr::StandardNormal;
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut layers = Vec::with_capacity(widths.len() + 1);
+    let mut inputs = r;
+    for (i, &outputs) in widths.iter().chain(std::iter::once(&1)).enumerate() {
+        let gain = if i < widths.len() { 2.0 } else { 1.0 };
+        let scale = (gain / inputs as f64).sqrt();
+        let weights = (0..inputs * outputs)
+            .map(|_| scale * rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        let bias = (0..outputs)
+            .map(|_| 0.1 * rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        layers.push(crate::network::Layer::new(inputs, outputs, weights, bias)?);
+        inputs = outputs;
+    }
+    Ok(Network::new(r, layers)?)
+}
 
 /// The subspace basis: the configured one, or filtered PCA on the training split.
 fn find_basis(
@@ -529,6 +579,37 @@ pub fn learn(
         }
         descent_mse = Some(errors);
     }
+    let mut deep_net_mse = None;
+    if !config.deep_widths.is_empty() {
+        let t = Instant::now();
+        let pc = PolishConfig {
+            seed: config.seed ^ DEEP_NET_SEED,
+            ..config.deep_config.clone()
+        };
+        let start_net = random_start(r, &config.deep_widths, pc.seed)?;
+        let shape = FactoredShape::of(&start_net, d)?;
+        let start = shape.pack(&start_net, &basis)?;
+        let res = train::train(backend, &fit_rows, &val, &shape, &start, false, &pc)?;
+        let kept = res.kept && res.after < validation_mse;
+        stages.push(stage(
+            "deep-net",
+            Pass::TrainWindow,
+            res.rows,
+            res.rows * res.epochs as u64,
+            t,
+            Some(res.after),
+        ));
+        deep_net_mse = Some(PolishedMse {
+            before: validation_mse,
+            after: res.after,
+            kept,
+        });
+        if kept {
+            network = shape.unpack(&res.params)?.1;
+            validation_mse = res.after;
+            final_stage = "deep-net";
+        }
+    }
     let mut polished_mse = None;
     if config.polish {
         let t = Instant::now();
@@ -592,6 +673,7 @@ pub fn learn(
         enumerate_mse,
         sphere_net_mse,
         descent_mse,
+        deep_net_mse,
         polished_mse,
         chosen: chosen.to_string(),
         final_stage: final_stage.to_string(),

@@ -11,17 +11,7 @@ use crate::data::SampleSource;
 use crate::error::Result;
 use crate::network::Network;
 
-/// The group of a row: splitmix64 of (seed, row index), reduced mod `groups`.
-pub(super) fn group_of(seed: u64, row: u64, groups: usize) -> usize {
-    let mut z = seed
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .wrapping_add(row)
-        .wrapping_add(0x632b_e59b_d9b4_e019);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % groups as u64) as usize
-}
+pub(super) use crate::data::group_of;
 
 /// `inner` seen as: x - centre, label y or y - h(A (x - centre)), and (when `groups > 0`) one
 /// extra column holding the row's group 0..groups as a float.
@@ -95,5 +85,66 @@ impl SampleSource for RoundSource<'_> {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn synthetic(&self) -> Option<crate::data::Synthetic> {
+        let mut s = self.inner.synthetic().filter(|s| s.is_plain())?;
+        s.centre = self.centre.clone();
+        s.residual = self.residual.clone();
+        if self.groups > 0 {
+            s.groups = Some(crate::data::GroupColumn {
+                seed: self.seed,
+                groups: self.groups,
+                first_row: 0,
+            });
+        }
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::whiten::CenteredSource;
+    use crate::data::{GaussianSource, SampleRange};
+    use crate::teacher::{build, TeacherKind, TeacherSpec};
+
+    /// A view's recipe ([`SampleSource::synthetic`]) builds exactly the rows its `read` gives,
+    /// so a device that generates from the recipe sees the host's data.
+    #[test]
+    fn views_and_their_recipes_give_the_same_rows() {
+        let mut spec = TeacherSpec::new(TeacherKind::Random, 13);
+        spec.seed = 5;
+        let t = build(&spec).unwrap();
+        let source = GaussianSource::new(t.network.clone(), 9000, 21, 0.25).unwrap();
+        let train = SampleRange::new(&source, 1234, 6000).unwrap();
+        let centre: Vec<f64> = (0..13).map(|i| 0.01 * i as f64 - 0.05).collect();
+        let mut fit_spec = TeacherSpec::new(TeacherKind::Random, 13);
+        fit_spec.seed = 9;
+        let fit = build(&fit_spec).unwrap().network;
+        let round = RoundSource::new(&train, Some(&centre))
+            .with_groups(5, 77)
+            .with_residual(fit);
+        let centre32: Vec<f32> = centre.iter().map(|&v| v as f32).collect();
+        let centred = CenteredSource::new(&train, &centre32);
+        let plain = RoundSource::new(&train, None);
+        for view in [&round as &dyn SampleSource, &centred, &plain, &train] {
+            let recipe = view
+                .synthetic()
+                .expect("a view of a teacher's samples has a recipe");
+            assert_eq!(recipe.dim(), view.dim());
+            assert_eq!(recipe.len(), view.len());
+            for (start, rows) in [(0u64, 700usize), (4093, 1500), (5990, 100)] {
+                let (mut xa, mut ya, mut xb, mut yb) = (vec![], vec![], vec![], vec![]);
+                let na = view.read(start, rows, &mut xa, &mut ya).unwrap();
+                let nb = recipe.read(start, rows, &mut xb, &mut yb).unwrap();
+                assert_eq!(na, nb);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&xa), bits(&xb), "{} x", view.describe());
+                assert_eq!(bits(&ya), bits(&yb), "{} y", view.describe());
+            }
+        }
+        // A view of a view that the recipe cannot express has none (rows are read instead).
+        let twice = RoundSource::new(&round, Some(&centre));
+        assert!(twice.synthetic().is_none());
     }
 }

@@ -64,11 +64,19 @@ pub fn moments_with_kernel(
 ) -> Result<FilteredMoments> {
     spec.check_request(source)?;
     let isa = kernel.resolve()?;
-    if spec.bins() == 1 {
-        single_bin(source, spec, weight, isa, progress)
+    let m = if spec.bins() == 1 {
+        single_bin(source, spec, weight, isa, progress)?
     } else {
-        binned(source, spec, weight, isa, progress)
+        binned(source, spec, weight, isa, progress)?
+    };
+    // The micro-kernels multiply in f32: weights or products past 3.4e38 become inf.
+    if let Some(v) = m.sum_xx.iter().chain(&m.sum_x).find(|v| !v.is_finite()) {
+        return Err(crate::Error::invalid(format!(
+            "moments: a sum is {v}; the products of x and the label weights ({weight:?}) are \
+             too large for f32: rescale x and y (e.g. divide y by its standard deviation)"
+        )));
     }
+    Ok(m)
 }
 
 /// Rows `start..start + rows` of x and y: the source's own memory when it holds them (no

@@ -521,6 +521,35 @@ pub fn train_window(
     Ok(())
 }
 
+/// Gradient of the summed squared error of the factorised model over every row of `x` and `y`
+/// (one minibatch, one thread), in the [`FactoredShape`] layout, f64 throughout; B's entries
+/// are zero unless `train_basis`. The twin device gradients are tested against.
+pub fn window_gradient(
+    shape: &FactoredShape,
+    train_basis: bool,
+    x: &[f32],
+    y: &[f32],
+    params: &[f64],
+) -> Result<Vec<f64>> {
+    check_window(shape, x, y, y.len().max(1), params)?;
+    let d = shape.input_dim;
+    let model = Factored::new(shape, train_basis);
+    let rows = y.len();
+    let mut s = model.scratch(rows);
+    if train_basis {
+        s.x.iter_mut().zip(x).for_each(|(t, &v)| *t = v as f64);
+    } else {
+        s.x.copy_from_slice(&project_f64(&params[..shape.basis_len()], d, x));
+    }
+    s.y.iter_mut().zip(y).for_each(|(t, &v)| *t = v as f64);
+    let mut p = vec![0.0; model.params()];
+    model.load(params, &mut p);
+    model.gradient(&p, rows, &mut s);
+    let mut grad = vec![0.0; shape.params()];
+    model.store(&s.grad, &mut grad);
+    Ok(grad)
+}
+
 /// Rows per block of the normal equations: partial sums of fixed blocks are added in order.
 const NORMAL_BLOCK_ROWS: usize = 4096;
 /// Rows whose features are computed together before their outer products are added.

@@ -68,6 +68,11 @@ pub struct GpuContext {
     /// Why the device was lost, once it was.
     lost: Arc<Mutex<Option<String>>>,
     wait: Mutex<WaitPolicy>,
+    /// State that launchers build once per device (compiled pipelines), one value per type.
+    /// Held here rather than in statics keyed by `wgpu::Device`: devices compare by an id that
+    /// repeats across instances, so a second device in one process could get the first one's
+    /// pipelines.
+    launcher_state: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// A wgpu instance for compute only (no display handle). On a headless machine without
@@ -180,7 +185,25 @@ impl GpuContext {
             uncaptured,
             lost,
             wait: Mutex::new(WaitPolicy::for_adapter(software)),
+            launcher_state: Mutex::new(Vec::new()),
         })
+    }
+
+    /// This device's value of type `T`, built by `build` on first use (see `launcher_state`).
+    pub(crate) fn launcher_state<T: std::any::Any + Send + Sync, E>(
+        &self,
+        build: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let mut held = self
+            .launcher_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = held.iter().find_map(|v| v.clone().downcast::<T>().ok()) {
+            return Ok(t);
+        }
+        let t = Arc::new(build()?);
+        held.push(t.clone());
+        Ok(t)
     }
 
     /// The wait bounds in force.
@@ -491,6 +514,21 @@ impl GpuContext {
         staging.unmap();
         self.take_uncaptured(what)?;
         Ok(out)
+    }
+}
+
+/// Fails with [`GpuError::Overflow`] when a device sum read back is not finite. Inputs are
+/// finite (sources check them), so a non-finite sum means an f32 accumulator overflowed.
+pub(crate) fn check_finite(what: &str, sums: &[f32]) -> Result<(), GpuError> {
+    match sums.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(GpuError::Overflow(format!(
+            "{what}: sum {i} of {} is {}; the products of x and the labels (or their squares) \
+             are too large for f32 sums: rescale x and y (e.g. divide y by its standard \
+             deviation), or use --backend cpu",
+            sums.len(),
+            sums[i]
+        ))),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::backend::{
     check_evaluation_inputs, tri_len, CandidateBatch, CandidateStats, ProjectedSamples,
 };
 use crate::error::{Error, Result};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// Statistics one invocation holds in registers (`MAXPER` in WGSL).
@@ -132,32 +132,27 @@ struct Pipelines {
 /// invocation, tiles per chunk.
 type PipelineKey = (u32, u32, u32, u32, u32);
 
-/// Pipelines per (device, key), built once.
-type PipelineCache = Mutex<Vec<((wgpu::Device, PipelineKey), Arc<Pipelines>)>>;
+/// Pipelines per key, built once per device (held by the context: a static keyed by
+/// `wgpu::Device` mixed up devices, whose ids repeat across instances).
+type EvaluatePipelineCache = super::context::PipelineCache<PipelineKey, Pipelines>;
 
 fn pipelines(ctx: &GpuContext, key: PipelineKey) -> Result<Arc<Pipelines>> {
-    static CACHE: OnceLock<PipelineCache> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    let full = (ctx.device.clone(), key);
-    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == full) {
-        return Ok(p.clone());
-    }
-    let wgsl = include_str!("../../../shaders/evaluate.wgsl");
-    let (wg, sb, stride, per, tiles) = key;
-    let constants = [
-        ("WG", wg as f64),
-        ("SB", sb as f64),
-        ("STRIDE", stride as f64),
-        ("PER", per as f64),
-        ("TILES", tiles as f64),
-    ];
-    let p = Arc::new(Pipelines {
-        evaluate: ctx.compute_pipeline("evaluate", wgsl, "evaluate", &constants)?,
-        reduce: ctx.compute_pipeline("evaluate reduce", wgsl, "reduce", &constants)?,
-    });
-    cache.push((full, p.clone()));
-    Ok(p)
+    let cache = ctx.launcher_state(|| Ok::<_, GpuError>(EvaluatePipelineCache::default()))?;
+    Ok(cache.get_or_build(key, || -> Result<Pipelines, GpuError> {
+        let wgsl = include_str!("../../../shaders/evaluate.wgsl");
+        let (wg, sb, stride, per, tiles) = key;
+        let constants = [
+            ("WG", wg as f64),
+            ("SB", sb as f64),
+            ("STRIDE", stride as f64),
+            ("PER", per as f64),
+            ("TILES", tiles as f64),
+        ];
+        Ok(Pipelines {
+            evaluate: ctx.compute_pipeline("evaluate", wgsl, "evaluate", &constants)?,
+            reduce: ctx.compute_pipeline("evaluate reduce", wgsl, "reduce", &constants)?,
+        })
+    })?)
 }
 
 pub(crate) fn evaluate_candidates(
@@ -174,8 +169,8 @@ pub(crate) fn evaluate_candidates(
 }
 
 /// Loop iterations of one invocation per tile of `sb` samples with `wg` invocations (every
-/// non-unrolled loop counts on lavapipe; the statistics loop is counted in full although its
-/// constant trip count unrolls in practice).
+/// non-unrolled loop counts on lavapipe; the statistics, straight-line code over four vec4
+/// register blocks, are counted as `per + 1` per sample, an upper bound).
 fn loop_cost_per_tile(batch: &CandidateBatch, wg: u64, sb: u64, per: u64) -> u64 {
     let r = batch.inputs as u64;
     let mut cost = 1 + (sb * r).div_ceil(wg);
@@ -410,6 +405,7 @@ pub fn evaluate_candidates_with(
             let flops = dispatch_flops(cc, kc);
             let sums: Vec<f32> =
                 ctx.submit_and_read("evaluate", enc, &readback, out_bytes, flops)?;
+            super::context::check_finite("candidate evaluation", &sums)?;
             // Candidate-major: sums[ci * stat_len + k], k = 0 the SSE, then gram, then phi y.
             for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
                 let c = c0 + ci;

@@ -9,6 +9,11 @@
 //! the work the pass submitted on its previous batch has finished (a bounded wait). Passes
 //! submit without waiting and read their results back once at the end.
 //!
+//! Generation: a source the device can generate itself ([`SampleSource::synthetic`]: the
+//! built-in teachers' Gaussian samples and the views of them the passes use) is never read on
+//! the host: each batch is drawn into its slot on the device (`sample.rs`) and only its labels
+//! come back (4 bytes a row), so no x crosses the bus.
+//!
 //! Residency: a source is kept on the device when it names itself
 //! ([`SampleSource::identity`]: equal keys promise equal rows, so two sources of the same shape
 //! never share a copy; sources without one are never kept), when all of it fits the byte
@@ -73,6 +78,9 @@ pub struct ResidentSamples {
     /// Passes served from a copy and copies built, for tests and reports.
     hits: AtomicU64,
     builds: AtomicU64,
+    /// Bytes of x uploaded from the host, and rows generated on the device.
+    x_uploaded: AtomicU64,
+    generated: AtomicU64,
 }
 
 impl ResidentSamples {
@@ -84,6 +92,8 @@ impl ResidentSamples {
             entries: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
             builds: AtomicU64::new(0),
+            x_uploaded: AtomicU64::new(0),
+            generated: AtomicU64::new(0),
         }
     }
 
@@ -122,6 +132,15 @@ impl ResidentSamples {
         (
             self.hits.load(Ordering::Relaxed),
             self.builds.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (bytes of x uploaded from the host, rows generated on the device) by the passes that
+    /// went through this backend's feeder since it opened.
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.x_uploaded.load(Ordering::Relaxed),
+            self.generated.load(Ordering::Relaxed),
         )
     }
 
@@ -219,6 +238,25 @@ pub(crate) fn for_each_batch(
             return Ok(());
         }
     }
+    let generator = match source.synthetic() {
+        Some(recipe) if recipe.stride() == d && recipe.rows == n => {
+            super::sample::Generator::new(ctx, &recipe)?
+        }
+        _ => None,
+    };
+    if let Some(gen) = generator {
+        return generate_batches(
+            ctx,
+            resident,
+            key,
+            &gen,
+            n,
+            d,
+            rows_per_batch,
+            row_flops,
+            pass,
+        );
+    }
     let bytes = n * (d as u64 + 1) * 4;
     let mut building = match (resident, &key) {
         (Some(store), Some(_)) if store.budget() >= bytes => Some(Vec::new()),
@@ -287,6 +325,9 @@ pub(crate) fn for_each_batch(
             };
             ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&xs));
             ctx.queue.write_buffer(&y_buf, 0, bytemuck::cast_slice(&ys));
+            if let Some(store) = resident {
+                store.x_uploaded.fetch_add(xb, Ordering::Relaxed);
+            }
             let submitted = pass(&DeviceBatch {
                 x: &x_buf,
                 y: &y_buf,
@@ -307,6 +348,99 @@ pub(crate) fn for_each_batch(
         }
         Ok(())
     })?;
+    if let (Some(store), Some(list), Some(key)) = (resident, building, key) {
+        store.insert(key, list, bytes);
+    }
+    Ok(())
+}
+
+/// [`for_each_batch`] for a source the device generates: each batch is drawn into its own
+/// buffers (kept when the source becomes resident) or into one of two slots, then handed to
+/// `pass`; only labels come back to the host.
+#[allow(clippy::too_many_arguments)]
+fn generate_batches(
+    ctx: &GpuContext,
+    resident: Option<&ResidentSamples>,
+    key: Option<ResidentKey>,
+    gen: &super::sample::Generator,
+    n: u64,
+    d: usize,
+    rows_per_batch: usize,
+    row_flops: f64,
+    mut pass: impl FnMut(&DeviceBatch) -> Result<Option<wgpu::SubmissionIndex>>,
+) -> Result<()> {
+    let bytes = n * (d as u64 + 1) * 4;
+    let mut building = match (resident, &key) {
+        (Some(store), Some(_)) if store.budget() >= bytes => Some(Vec::new()),
+        _ => None,
+    };
+    let rows_per_batch = rows_per_batch.max(1);
+    let mut slots: [Option<(wgpu::Buffer, wgpu::Buffer)>; 2] = [None, None];
+    let mut in_flight: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
+    let mut start = 0u64;
+    let mut index = 0usize;
+    let mut queued_rows = 0usize;
+    while start < n {
+        let rows = (rows_per_batch as u64).min(n - start) as usize;
+        let (xb, yb) = ((rows * d * 4) as u64, (rows * 4) as u64);
+        let mut own = None;
+        if building.is_some() {
+            let alloc = ctx.capture("resident samples", || {
+                (
+                    ctx.storage_buffer("resident x", xb),
+                    ctx.storage_buffer("resident y", yb),
+                )
+            });
+            match alloc {
+                Ok((Ok(x), Ok(y))) => own = Some((x, y)),
+                Ok(_) | Err(GpuError::OutOfMemory(_)) => building = None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let slot = index % 2;
+        if let Some(done) = in_flight[slot].take() {
+            ctx.wait("samples generation", Some(done), rows as f64 * row_flops)?;
+        }
+        let (x_buf, y_buf) = match own {
+            Some(pair) => pair,
+            None => {
+                if slots[slot].is_none() {
+                    let most = rows_per_batch.min(n as usize);
+                    slots[slot] = Some((
+                        ctx.storage_buffer("samples x", (most * d * 4) as u64)?,
+                        ctx.storage_buffer("samples y", (most * 4) as u64)?,
+                    ));
+                }
+                match &slots[slot] {
+                    Some((x, y)) => (x.clone(), y.clone()),
+                    None => unreachable!("slot filled above"),
+                }
+            }
+        };
+        // The labels' readback waits for the pass work queued on earlier batches too.
+        let queued = queued_rows as f64 * row_flops;
+        let ys = gen.generate(ctx, start, rows, &x_buf, &y_buf, queued)?;
+        queued_rows = rows;
+        if let Some(store) = resident {
+            store.generated.fetch_add(rows as u64, Ordering::Relaxed);
+        }
+        in_flight[slot] = pass(&DeviceBatch {
+            x: &x_buf,
+            y: &y_buf,
+            rows,
+            y_host: &ys,
+            x_host: None,
+        })?;
+        if let Some(list) = building.as_mut() {
+            list.push(ResidentBatch {
+                x: x_buf,
+                y: y_buf,
+                y_host: ys,
+            });
+        }
+        start += rows as u64;
+        index += 1;
+    }
     if let (Some(store), Some(list), Some(key)) = (resident, building, key) {
         store.insert(key, list, bytes);
     }

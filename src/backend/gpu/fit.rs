@@ -406,6 +406,7 @@ pub(crate) fn fit_moments_with(
             });
         enc.copy_buffer_to_buffer(&sums_buf, 0, &staging, 0, bytes);
         let sums: Vec<f32> = ctx.submit_and_read("fit moments", enc, &staging, bytes, flops)?;
+        super::context::check_finite("fit moments", &sums)?;
         add_partials(total, &sums, m);
         Ok(())
     };

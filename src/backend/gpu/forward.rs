@@ -83,9 +83,12 @@ fn loop_cost(network: &Network, wg: u32, sb: u32) -> u64 {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Info {
+    /// Rows below this index are evaluated.
     rows: u32,
     depth: u32,
-    pad: [u32; 2],
+    /// First row of the dispatch.
+    base: u32,
+    pad: u32,
 }
 
 /// (workgroup size, samples per group, max width): what a compiled forward pipeline depends on.
@@ -160,6 +163,127 @@ fn check_params(ctx: &GpuContext, network: &Network, kp: &ForwardKernelParams) -
     Ok(())
 }
 
+/// Parameters and layer layout of `network` as the kernel reads them (f32 weights then bias per
+/// layer; per layer inputs, outputs, weight offset, bias offset).
+fn pack(network: &Network) -> (Vec<f32>, Vec<u32>) {
+    let mut params: Vec<f32> = Vec::new();
+    let mut layout: Vec<u32> = Vec::new();
+    for l in &network.layers {
+        let woff = params.len();
+        params.extend(l.weights.iter().map(|&w| w as f32));
+        let boff = params.len();
+        params.extend(l.bias.iter().map(|&b| b as f32));
+        layout.extend([l.inputs as u32, l.outputs as u32, woff as u32, boff as u32]);
+    }
+    (params, layout)
+}
+
+/// A network uploaded once for [`DeviceForward::encode`] over device-resident rows.
+pub(crate) struct DeviceForward {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    params: wgpu::Buffer,
+    layout: wgpu::Buffer,
+    depth: u32,
+    samples_per_group: usize,
+    row_flops: f64,
+}
+
+impl DeviceForward {
+    /// Uploads `network` (a plain layer stack: no projection) and checks it against the
+    /// kernel's limits on this device (an error when it does not fit, e.g. a hidden layer wider
+    /// than [`MAX_FORWARD_WIDTH`] or, on software adapters, past the loop budget).
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        cache: &ForwardPipelineCache,
+        network: &Network,
+    ) -> Result<Self> {
+        network.validate()?;
+        if network.projection.is_some() {
+            return Err(Error::invalid(
+                "forward on device: fold the projection first (Network::dense)",
+            ));
+        }
+        let kp = ForwardKernelParams::for_network(ctx, network);
+        check_params(ctx, network, &kp)?;
+        let (params, layout) = pack(network);
+        let params_buf = ctx.storage_buffer("forward params", (params.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&params_buf, 0, bytemuck::cast_slice(&params));
+        let layout_buf = ctx.storage_buffer("forward layout", (layout.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&layout_buf, 0, bytemuck::cast_slice(&layout));
+        let row_flops = network
+            .layers
+            .iter()
+            .map(|l| 2.0 * (l.inputs as f64 + 1.0) * l.outputs as f64)
+            .sum();
+        Ok(DeviceForward {
+            pipeline: pipeline(ctx, cache, &kp)?,
+            params: params_buf,
+            layout: layout_buf,
+            depth: network.layers.len() as u32,
+            samples_per_group: kp.samples_per_group as usize,
+            row_flops,
+        })
+    }
+
+    /// Flops of one row.
+    pub(crate) fn row_flops(&self) -> f64 {
+        self.row_flops
+    }
+
+    /// Encodes the network over rows `0..rows` of `x` (rows of input_dim f32), writing one f32
+    /// per row into `out`, in dispatches of at most the context's flop limit.
+    pub(crate) fn encode(
+        &self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        rows: usize,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let sb = self.samples_per_group;
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let watchdog_rows = (ctx.max_dispatch_flops() / self.row_flops.max(1.0)).max(sb as f64);
+        let piece = (watchdog_rows as usize)
+            .min(max_groups.saturating_mul(max_groups).saturating_mul(sb))
+            .max(sb)
+            / sb
+            * sb;
+        for base in (0..rows).step_by(piece) {
+            let n = piece.min(rows - base);
+            let info = Info {
+                rows: (base + n) as u32,
+                depth: self.depth,
+                base: base as u32,
+                pad: 0,
+            };
+            let info_buf = ctx.uniform_buffer("forward info", std::mem::size_of::<Info>() as u64);
+            ctx.queue
+                .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
+            let bind = ctx.bind_group(
+                "forward on device",
+                &self.pipeline,
+                &[
+                    (0, &info_buf),
+                    (1, x),
+                    (2, &self.params),
+                    (3, &self.layout),
+                    (4, out),
+                ],
+            )?;
+            let groups = n.div_ceil(sb);
+            let gx = groups.min(max_groups);
+            let gy = groups.div_ceil(gx);
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+        }
+        Ok(())
+    }
+}
+
 /// Evaluates `network` on `rows` samples of `x` (row-major `rows x input_dim`) with explicit
 /// kernel tunables (tests force streaming with small values).
 pub fn predict_with(
@@ -187,15 +311,7 @@ pub fn predict_with(
     let d = network.input_dim;
 
     // Parameters and layout, uploaded once.
-    let mut params: Vec<f32> = Vec::new();
-    let mut layout: Vec<u32> = Vec::new();
-    for l in &network.layers {
-        let woff = params.len();
-        params.extend(l.weights.iter().map(|&w| w as f32));
-        let boff = params.len();
-        params.extend(l.bias.iter().map(|&b| b as f32));
-        layout.extend([l.inputs as u32, l.outputs as u32, woff as u32, boff as u32]);
-    }
+    let (params, layout) = pack(network);
     let params_buf = ctx.storage_buffer("forward params", (params.len() * 4) as u64)?;
     ctx.queue
         .write_buffer(&params_buf, 0, bytemuck::cast_slice(&params));
@@ -273,7 +389,8 @@ pub fn predict_with(
         let info = Info {
             rows: n as u32,
             depth: network.layers.len() as u32,
-            pad: [0; 2],
+            base: 0,
+            pad: 0,
         };
         ctx.queue
             .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));

@@ -2,11 +2,15 @@
 
 mod context;
 mod evaluate;
+mod features;
 mod feed;
 mod fit;
 mod forward;
 mod moments;
+mod project;
+mod sample;
 mod smoke;
+mod trainer;
 
 pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
@@ -17,9 +21,17 @@ use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
 pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
+pub use sample::{generate_on_device, philox_words_on_device};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
+// The trainer's passes: projection, small-network training and scoring, sphere-net features.
+pub use features::FeatureKernelParams;
+pub use project::ProjectKernelParams;
+pub use trainer::TrainerKernelParams;
 
-use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
+use crate::backend::{
+    Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, NormalEquations, Pass,
+    ProjectedSamples, SphereFeatures,
+};
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
@@ -54,6 +66,10 @@ pub enum GpuError {
     /// Mapping a readback buffer failed.
     #[error("GPU buffer map failed: {0}")]
     Map(String),
+    /// A sum the device keeps in f32 left the f32 range (above 3.4e38): the data's scale is
+    /// too large for the GPU's sums (the CPU backend sums in f64).
+    #[error("GPU sums overflowed f32: {0}")]
+    Overflow(String),
 }
 
 /// The wgpu implementation of [`Backend`].
@@ -63,6 +79,9 @@ pub struct GpuBackend {
     resident: ResidentSamples,
     forward_pipelines: ForwardPipelineCache,
     fit_pipelines: FitPipelineCache,
+    project_pipelines: project::ProjectPipelineCache,
+    trainer_pipelines: trainer::TrainerPipelineCache,
+    feature_pipelines: features::FeaturePipelineCache,
 }
 
 impl GpuBackend {
@@ -76,6 +95,9 @@ impl GpuBackend {
             resident,
             forward_pipelines: ForwardPipelineCache::default(),
             fit_pipelines: FitPipelineCache::default(),
+            project_pipelines: Default::default(),
+            trainer_pipelines: Default::default(),
+            feature_pipelines: Default::default(),
         })
     }
 
@@ -203,5 +225,46 @@ impl Backend for GpuBackend {
         let dense = network.dense();
         let params = ForwardKernelParams::for_network(&self.ctx, &dense);
         self.predict_with(&dense, x, rows, &params)
+    }
+
+    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        crate::backend::check_projection(basis, x, rows)?;
+        let d = x.len().checked_div(rows).unwrap_or(1);
+        let params = ProjectKernelParams::for_shape(&self.ctx, basis.len() / d.max(1), d);
+        self.project_with(basis, x, rows, &params)
+    }
+
+    fn train_window(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        self.train_window_steps(shape, train_basis, x, y, batch_size, params, |g, n, p| {
+            adam.step(g, n, p)
+        })
+    }
+
+    fn feature_normal_equations(
+        &self,
+        source: &dyn SampleSource,
+        features: &SphereFeatures,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<NormalEquations> {
+        let params = FeatureKernelParams::for_rank(&self.ctx, features.rank);
+        self.feature_normal_equations_with(source, features, &params, progress)
+    }
+
+    fn sse(&self, networks: &[&Network], source: &dyn SampleSource) -> Result<Vec<f64>> {
+        self.sse_with(networks, source, None)
+    }
+
+    /// Every pass runs on the device.
+    fn device_of(&self, _pass: Pass) -> &'static str {
+        "gpu"
     }
 }

@@ -479,6 +479,7 @@ pub(crate) fn gpu_moments(
         enc.clear_buffer(&totals_buf, 0, None);
         let totals: Vec<f32> =
             ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, flops)?;
+        super::context::check_finite("moments", &totals)?;
         for (b, packed) in totals.chunks_exact(plan.aug_tri).enumerate() {
             add_augmented(out, b, packed, tri);
         }

@@ -1,0 +1,837 @@
+//! Launcher of the small-network kernels (`shaders/trainer.wgsl`): the GPU overrides of
+//! [`crate::backend::Backend::train_window`] and [`crate::backend::Backend::sse`].
+//!
+//! **Train window.** The window's x and y are uploaded once (in segments of whole minibatches
+//! that fit one storage binding). With B fixed, z = B x is projected once per segment into
+//! unit-major planes (`project.rs`); with B trained it is projected per minibatch from the
+//! current B. Per minibatch the host writes the parameters (f32) and one submission runs the
+//! projection (when B is trained), `forward_backward` (activations and deltas in scratch
+//! planes) and `gradient` (one f32 partial per parameter and chunk of `chunk_rows` rows); the
+//! host reads the partials back, adds the chunks in f64 and hands the sum to its Adam step
+//! before the next minibatch, as the trait asks.
+//!
+//! **Scoring (sse).** Sources come through the batch feeder (`feed.rs`), so a validation split
+//! that is resident on the device is never uploaded again. Per piece of a batch and per
+//! network: the projection (for compact networks), `score` (the forward pass and each row's
+//! squared error) and `sum_squares` (one f32 partial per `workgroup_size x
+//! rows_per_invocation` rows); partials stay on the device until the end of the pass (or until
+//! their buffer is full) and are added in f64 on the host, in order.
+//!
+//! Precision: f32 arithmetic per row (the CPU twin runs in f64); gradient sums in f32 over at
+//! most `chunk_rows` rows, then f64. The tests hold the device's minibatch gradient within
+//! 1e-5 of the largest entry of its block (B, or one layer) of the f64 gradient (lavapipe:
+//! 3e-7), the parameters after 12 Adam steps within 1e-5 (lavapipe: 1e-8) and the scores
+//! within 1e-6 relative (lavapipe: 2e-8). A row whose pre-activation lies within rounding of 0
+//! may take the other side of a ReLU than on the CPU; its share of the gradient then differs.
+//! Results do not change from run to run (fixed summation orders, no atomics).
+//!
+//! Limits: any depth and widths whose scratch planes fit one storage binding; on software
+//! adapters one invocation's loops must fit the loop budget, which cuts the rows per workgroup
+//! down to one and then fails with [`GpuError::TooLarge`] (widths of a few thousand).
+
+use super::context::PipelineCache;
+use super::feed::{for_each_batch, ResidentSamples};
+use super::project::{ProjectInfo, ProjectKernelParams, ProjectPipelineCache, Projector};
+use super::{GpuContext, GpuError};
+use crate::backend::trainer::FactoredShape;
+use crate::data::SampleSource;
+use crate::error::{Error, Result};
+use crate::network::Network;
+use std::sync::Arc;
+
+/// Marks a layer whose input is the `inputs` binding (`NONE` in WGSL).
+const FROM_INPUTS: u32 = u32::MAX;
+/// Words per layer in the layer table.
+const LAYER_WORDS: usize = 8;
+/// f32 partials the scoring pass keeps on the device before reading them back (4 MiB).
+const SCORE_SLOTS: usize = 1 << 20;
+
+/// Tunables of the small-network kernels; `workgroup_size`, `rows_per_group`, `chunk_rows` and
+/// `rows_per_invocation` become the WGSL `override` constants `WG`, `SB`, `RC` and `RPT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainerKernelParams {
+    /// Invocations per workgroup (a power of two).
+    pub workgroup_size: u32,
+    /// Rows one workgroup runs forward (and backward) together.
+    pub rows_per_group: u32,
+    /// Rows per f32 gradient partial.
+    pub chunk_rows: u32,
+    /// Rows each invocation of `sum_squares` adds before the workgroup's tree.
+    pub rows_per_invocation: u32,
+    /// Most rows per scoring dispatch (bounds the scratch planes).
+    pub score_rows: usize,
+    /// Loop iterations one invocation may run; `Some` on software adapters (lavapipe truncates
+    /// beyond 65,535 silently), `None` on hardware.
+    pub loop_budget: Option<u64>,
+}
+
+impl TrainerKernelParams {
+    /// Defaults: 64 invocations, 16 rows per workgroup, gradient partials of 256 rows, score
+    /// partials of 512 rows, 2^16 rows per scoring dispatch, and a 30,000-iteration loop budget
+    /// on software adapters.
+    pub fn for_context(ctx: &GpuContext) -> Self {
+        let most = ctx
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(ctx.limits.max_compute_workgroup_size_x);
+        let mut workgroup_size = 64u32;
+        while workgroup_size > most {
+            workgroup_size /= 2;
+        }
+        TrainerKernelParams {
+            workgroup_size: workgroup_size.max(1),
+            rows_per_group: 16,
+            chunk_rows: 256,
+            rows_per_invocation: 8,
+            score_rows: 1 << 16,
+            loop_budget: ctx.is_software().then_some(30_000),
+        }
+    }
+
+    /// [`Self::for_context`] with the rows per workgroup halved until one invocation of the
+    /// forward and backward passes over layers of these `widths` (inputs first) fits the loop
+    /// budget.
+    pub fn for_widths(ctx: &GpuContext, widths: &[usize]) -> Self {
+        let mut p = Self::for_context(ctx);
+        if let Some(budget) = p.loop_budget {
+            while p.rows_per_group > 1 && p.loop_cost(widths) > budget {
+                p.rows_per_group /= 2;
+            }
+        }
+        p
+    }
+
+    /// Loop iterations of one invocation of `forward_backward` (the longest kernel) over
+    /// layers of these widths.
+    pub fn loop_cost(&self, widths: &[usize]) -> u64 {
+        let (sb, wg) = (
+            self.rows_per_group as u64,
+            self.workgroup_size.max(1) as u64,
+        );
+        let layer = |w: &[usize]| {
+            let (nin, nout) = (w[0] as u64, w[1] as u64);
+            (sb * nout).div_ceil(wg) * (nin + 1) + (sb * nin).div_ceil(wg) * (nout + 1) + 2
+        };
+        let gradient = self.chunk_rows as u64 + widths.len() as u64 + 1;
+        let sum = self.rows_per_invocation as u64 + 32;
+        let pass: u64 = widths.windows(2).map(layer).sum::<u64>() + sb.div_ceil(wg) + 2;
+        pass.max(gradient).max(sum)
+    }
+
+    fn check(&self, ctx: &GpuContext, widths: &[usize]) -> Result<()> {
+        let wg = self.workgroup_size;
+        if wg == 0
+            || !wg.is_power_of_two()
+            || self.rows_per_group == 0
+            || self.chunk_rows == 0
+            || self.rows_per_invocation == 0
+            || self.score_rows == 0
+        {
+            return Err(Error::invalid(
+                "trainer kernels: the workgroup size must be a power of two and every tunable positive",
+            ));
+        }
+        let most = ctx
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(ctx.limits.max_compute_workgroup_size_x);
+        if wg > most {
+            return Err(GpuError::TooLarge(format!(
+                "trainer workgroup of {wg} invocations; this adapter allows {most}"
+            ))
+            .into());
+        }
+        if let Some(budget) = self.loop_budget {
+            let cost = self.loop_cost(widths);
+            if cost > budget {
+                return Err(GpuError::TooLarge(format!(
+                    "a network of widths {widths:?} needs {cost} loop iterations per invocation, \
+                     over the software adapter's budget of {budget}; use the CPU backend"
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The four entry points of `trainer.wgsl` for one configuration.
+pub struct TrainerPipelines {
+    forward_backward: wgpu::ComputePipeline,
+    gradient: wgpu::ComputePipeline,
+    score: wgpu::ComputePipeline,
+    sum_squares: wgpu::ComputePipeline,
+}
+
+/// (WG, SB, RC, RPT): what the compiled trainer pipelines depend on.
+pub type TrainerPipelineKey = (u32, u32, u32, u32);
+
+/// Trainer pipelines by configuration, built once per backend.
+pub type TrainerPipelineCache = PipelineCache<TrainerPipelineKey, TrainerPipelines>;
+
+fn pipelines(
+    ctx: &GpuContext,
+    cache: &TrainerPipelineCache,
+    kp: &TrainerKernelParams,
+) -> Result<Arc<TrainerPipelines>> {
+    let key = (
+        kp.workgroup_size,
+        kp.rows_per_group,
+        kp.chunk_rows,
+        kp.rows_per_invocation,
+    );
+    Ok(
+        cache.get_or_build(key, || -> std::result::Result<_, GpuError> {
+            let constants = [
+                ("WG", kp.workgroup_size as f64),
+                ("SB", kp.rows_per_group as f64),
+                ("RC", kp.chunk_rows as f64),
+                ("RPT", kp.rows_per_invocation as f64),
+            ];
+            let wgsl = include_str!("../../../shaders/trainer.wgsl");
+            let build = |entry: &str| ctx.compute_pipeline("trainer", wgsl, entry, &constants);
+            Ok(TrainerPipelines {
+                forward_backward: build("forward_backward")?,
+                gradient: build("gradient")?,
+                score: build("score")?,
+                sum_squares: build("sum_squares")?,
+            })
+        })?,
+    )
+}
+
+/// One dispatch's sizes and offsets (`Info` in WGSL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Info {
+    rows: u32,
+    depth: u32,
+    stride: u32,
+    in_off: u32,
+    in_rs: u32,
+    in_cs: u32,
+    y_off: u32,
+    x_off: u32,
+    d: u32,
+    r: u32,
+    first: u32,
+    params: u32,
+    dz_off: u32,
+    sq_off: u32,
+    slot: u32,
+    chunks: u32,
+}
+
+/// The layer table of a small network and where its scratch planes lie.
+struct NetLayout {
+    /// [`LAYER_WORDS`] words per layer (see `trainer.wgsl`).
+    table: Vec<u32>,
+    /// Planes used: activations, deltas, then dz (r planes) and one squared-error plane.
+    planes: usize,
+    /// Offsets (words) of the dz planes and of the squared-error plane.
+    dz_off: u32,
+    sq_off: u32,
+}
+
+/// The table for layers (inputs, outputs, weight offset in the parameter vector; each bias
+/// follows its weights) with `r` dz planes (0 when only scoring), planes of `stride` words.
+fn net_layout(layers: &[(usize, usize, usize)], r: usize, stride: usize) -> NetLayout {
+    let units: usize = layers.iter().map(|l| l.1).sum();
+    let mut table = Vec::with_capacity(layers.len() * LAYER_WORDS);
+    let (mut act, mut src) = (0usize, None::<usize>);
+    for &(nin, nout, w) in layers {
+        let delta = units + act;
+        table.extend([
+            nin as u32,
+            nout as u32,
+            w as u32,
+            (w + nin * nout) as u32,
+            (act * stride) as u32,
+            (delta * stride) as u32,
+            src.map_or(FROM_INPUTS, |p| (p * stride) as u32),
+            0,
+        ]);
+        src = Some(act);
+        act += nout;
+    }
+    NetLayout {
+        table,
+        planes: 2 * units + r + 1,
+        dz_off: (2 * units * stride) as u32,
+        sq_off: ((2 * units + r) * stride) as u32,
+    }
+}
+
+/// Flops of one row through the small network (forward), for wait bounds.
+fn small_flops(layers: &[(usize, usize, usize)]) -> f64 {
+    layers
+        .iter()
+        .map(|&(i, o, _)| 2.0 * (i as f64 + 1.0) * o as f64)
+        .sum()
+}
+
+/// Workgroup grid for `groups` workgroups: (x, y) within the adapter's per-dimension limit.
+fn grid(ctx: &GpuContext, groups: usize) -> (u32, u32) {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let gx = groups.clamp(1, max);
+    (gx as u32, groups.div_ceil(gx) as u32)
+}
+
+/// Runs the minibatches of one window (see the module docs), calling `step(gradient, rows,
+/// params)` with each minibatch's f64 gradient sum in the [`FactoredShape`] layout.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_window(
+    ctx: &GpuContext,
+    cache: &TrainerPipelineCache,
+    project_cache: &ProjectPipelineCache,
+    shape: &FactoredShape,
+    train_basis: bool,
+    x: &[f32],
+    y: &[f32],
+    batch_size: usize,
+    params: &mut [f64],
+    mut step: impl FnMut(&[f64], usize, &mut [f64]),
+) -> Result<()> {
+    crate::backend::cpu::trainer::check_window(shape, x, y, batch_size, params)?;
+    let rows = y.len();
+    if rows == 0 {
+        return Ok(());
+    }
+    let (d, r, np) = (shape.input_dim, shape.rank(), shape.params());
+    let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
+    kp.check(ctx, &shape.widths)?;
+    let pipes = pipelines(ctx, cache, &kp)?;
+    let pkp = ProjectKernelParams::for_shape(ctx, r, d);
+    let projector = Projector::new(ctx, project_cache, &pkp, d)?;
+    let batch = batch_size.min(rows);
+    let layers = shape.layers();
+    let layout = net_layout(&layers, r, batch);
+    let too_large = |what: &str, bytes: u64| -> Error {
+        GpuError::TooLarge(format!(
+            "trainer: {what} needs {bytes} bytes; this adapter allows {} per binding",
+            ctx.max_binding()
+        ))
+        .into()
+    };
+    // Segments of whole minibatches whose x (and z) fit one binding and at most 256 MiB.
+    let row_bytes = (d * 4) as u64;
+    let cap = ctx.max_binding().min(256 << 20);
+    let per_segment = (cap / row_bytes).min(cap / (r as u64 * 4)) as usize / batch * batch;
+    if per_segment == 0 {
+        return Err(too_large("one minibatch of x", batch as u64 * row_bytes));
+    }
+    let segment = per_segment.min(rows);
+    let scratch_bytes = (layout.planes * batch * 4) as u64;
+    if scratch_bytes > ctx.max_binding() {
+        return Err(too_large(
+            "the activation planes of one minibatch",
+            scratch_bytes,
+        ));
+    }
+    let chunks = batch.div_ceil(kp.chunk_rows as usize);
+    let partial_bytes = (chunks * np * 4) as u64;
+    if partial_bytes > ctx.max_binding() {
+        return Err(too_large(
+            "the gradient partials of one minibatch",
+            partial_bytes,
+        ));
+    }
+
+    let x_buf = ctx.storage_buffer("trainer x", segment as u64 * row_bytes)?;
+    let y_buf = ctx.storage_buffer("trainer y", (segment * 4) as u64)?;
+    let z_buf = ctx.storage_buffer("trainer z", (segment * r * 4) as u64)?;
+    let params_buf = ctx.storage_buffer("trainer params", (np * 4) as u64)?;
+    let layer_buf = ctx.storage_buffer("trainer layers", (layout.table.len() * 4) as u64)?;
+    ctx.queue
+        .write_buffer(&layer_buf, 0, bytemuck::cast_slice(&layout.table));
+    let scratch_buf = ctx.storage_buffer("trainer scratch", scratch_bytes)?;
+    let partial_buf = ctx.storage_buffer("trainer partials", partial_bytes)?;
+    let staging = ctx.staging_buffer("trainer readback", partial_bytes);
+    let info_buf = ctx.uniform_buffer("trainer info", std::mem::size_of::<Info>() as u64);
+    let project_bind = projector.bind(ctx, &x_buf, &params_buf, &z_buf)?;
+    let fb_bind = ctx.bind_group(
+        "trainer forward-backward",
+        &pipes.forward_backward,
+        &[
+            (0, &info_buf),
+            (1, &z_buf),
+            (3, &y_buf),
+            (4, &params_buf),
+            (5, &layer_buf),
+            (6, &scratch_buf),
+        ],
+    )?;
+    let grad_bind = ctx.bind_group(
+        "trainer gradient",
+        &pipes.gradient,
+        &[
+            (0, &info_buf),
+            (1, &z_buf),
+            (2, &x_buf),
+            (5, &layer_buf),
+            (6, &scratch_buf),
+            (7, &partial_buf),
+        ],
+    )?;
+
+    let first = if train_basis { 0 } else { shape.basis_len() };
+    let row_flops =
+        2.0 * (r * d) as f64 * if train_basis { 2.0 } else { 0.0 } + 3.0 * small_flops(&layers);
+    let mut p32 = vec![0.0f32; np];
+    let mut grad = vec![0.0f64; np];
+    for s0 in (0..rows).step_by(segment) {
+        let seg = segment.min(rows - s0);
+        ctx.queue
+            .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[s0 * d..(s0 + seg) * d]));
+        ctx.queue
+            .write_buffer(&y_buf, 0, bytemuck::cast_slice(&y[s0..s0 + seg]));
+        let project_info = |row0: usize, n: usize| ProjectInfo {
+            rows: n as u32,
+            d: d as u32,
+            r: r as u32,
+            x_row0: row0 as u32,
+            z_off: row0 as u32,
+            z_rs: 1,
+            z_cs: segment as u32,
+            basis_off: 0,
+        };
+        if !train_basis {
+            // B is fixed: project the whole segment once (in dispatches the device allows).
+            p32.iter_mut()
+                .zip(params.iter())
+                .for_each(|(a, &b)| *a = b as f32);
+            ctx.queue
+                .write_buffer(&params_buf, 0, bytemuck::cast_slice(&p32));
+            let most = projector.max_rows(ctx, r, d);
+            for a in (0..seg).step_by(most) {
+                let info = project_info(a, most.min(seg - a));
+                projector.write_info(ctx, &info);
+                let mut enc = ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("trainer project"),
+                    });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    projector.dispatch(ctx, &mut pass, &project_bind, &info);
+                }
+                ctx.submit("trainer project", enc)?;
+            }
+        }
+        for m0 in (0..seg).step_by(batch) {
+            let len = batch.min(seg - m0);
+            p32.iter_mut()
+                .zip(params.iter())
+                .for_each(|(a, &b)| *a = b as f32);
+            ctx.queue
+                .write_buffer(&params_buf, 0, bytemuck::cast_slice(&p32));
+            let used_chunks = len.div_ceil(kp.chunk_rows as usize);
+            let info = Info {
+                rows: len as u32,
+                depth: layers.len() as u32,
+                stride: batch as u32,
+                in_off: m0 as u32,
+                in_rs: 1,
+                in_cs: segment as u32,
+                y_off: m0 as u32,
+                x_off: (m0 * d) as u32,
+                d: d as u32,
+                r: r as u32,
+                first: first as u32,
+                params: np as u32,
+                dz_off: layout.dz_off,
+                sq_off: layout.sq_off,
+                slot: 0,
+                chunks: used_chunks as u32,
+            };
+            ctx.queue
+                .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
+            let pinfo = project_info(m0, len);
+            if train_basis {
+                projector.write_info(ctx, &pinfo);
+            }
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("trainer minibatch"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                if train_basis {
+                    projector.dispatch(ctx, &mut pass, &project_bind, &pinfo);
+                }
+                let (gx, gy) = grid(ctx, len.div_ceil(kp.rows_per_group as usize));
+                pass.set_pipeline(&pipes.forward_backward);
+                pass.set_bind_group(0, &fb_bind, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+                let entries = np - first;
+                let (gx, gy) = grid(ctx, entries.div_ceil(kp.workgroup_size as usize));
+                pass.set_pipeline(&pipes.gradient);
+                pass.set_bind_group(0, &grad_bind, &[]);
+                pass.dispatch_workgroups(gx, gy, used_chunks as u32);
+            }
+            let bytes = (used_chunks * np * 4) as u64;
+            enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
+            let flops = len as f64 * row_flops;
+            let partials: Vec<f32> =
+                ctx.submit_and_read("trainer minibatch", enc, &staging, bytes, flops)?;
+            grad.fill(0.0);
+            for chunk in partials.chunks_exact(np) {
+                grad[first..]
+                    .iter_mut()
+                    .zip(&chunk[first..])
+                    .for_each(|(g, &v)| *g += v as f64);
+            }
+            step(&grad, len, params);
+        }
+    }
+    Ok(())
+}
+
+/// A network prepared for scoring: parameters (f32, layer by layer), its layer table, and its
+/// projection on the device (compact networks).
+struct ScoredNet {
+    params: wgpu::Buffer,
+    table: wgpu::Buffer,
+    projection: Option<wgpu::Buffer>,
+    rank: usize,
+    depth: usize,
+    dz_off: u32,
+    sq_off: u32,
+    row_flops: f64,
+}
+
+/// Summed squared error of each network over every row of `source`, streamed through the
+/// batch feeder (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sse(
+    ctx: &GpuContext,
+    cache: &TrainerPipelineCache,
+    project_cache: &ProjectPipelineCache,
+    networks: &[&Network],
+    source: &dyn SampleSource,
+    resident: Option<&ResidentSamples>,
+    kp: Option<&TrainerKernelParams>,
+) -> Result<Vec<f64>> {
+    let d = source.dim();
+    let mut sums = vec![0.0f64; networks.len()];
+    for net in networks {
+        net.validate()?;
+        if net.input_dim != d {
+            return Err(Error::invalid(format!(
+                "scoring: a network on d = {} for samples of d = {d} ({})",
+                net.input_dim,
+                source.describe()
+            )));
+        }
+    }
+    if networks.is_empty() || source.is_empty() {
+        return Ok(sums);
+    }
+    // Tunables that fit the widest network; the rows per dispatch bound every scratch plane.
+    let widths_of = |n: &Network| -> Vec<usize> {
+        let mut w = vec![n.layer_input_dim()];
+        w.extend(n.layers.iter().map(|l| l.outputs));
+        w
+    };
+    let kp = match kp {
+        Some(kp) => *kp,
+        None => {
+            let mut kp = TrainerKernelParams::for_context(ctx);
+            for n in networks {
+                let fitted = TrainerKernelParams::for_widths(ctx, &widths_of(n));
+                kp.rows_per_group = kp.rows_per_group.min(fitted.rows_per_group);
+            }
+            kp
+        }
+    };
+    for n in networks {
+        kp.check(ctx, &widths_of(n))?;
+    }
+    let pipes = pipelines(ctx, cache, &kp)?;
+    let r_max = networks
+        .iter()
+        .map(|n| n.projection.as_ref().map_or(0, Vec::len))
+        .max()
+        .unwrap_or(0);
+    let planes = networks
+        .iter()
+        .map(|n| 2 * n.layers.iter().map(|l| l.outputs).sum::<usize>() + 1)
+        .max()
+        .unwrap_or(1);
+    let max_binding = ctx.max_binding();
+    let piece_cap = kp
+        .score_rows
+        .min((max_binding / (planes as u64 * 4)) as usize)
+        .min((max_binding / (r_max.max(1) as u64 * 4)) as usize)
+        .min(ctx.limits.max_compute_workgroups_per_dimension as usize * kp.rows_per_group as usize);
+    if piece_cap == 0 {
+        return Err(GpuError::TooLarge(format!(
+            "scoring: one row's {planes} scratch words do not fit this adapter's binding limit of {max_binding} bytes"
+        ))
+        .into());
+    }
+    let projectors = networks
+        .iter()
+        .map(|n| match &n.projection {
+            Some(p) => {
+                let pkp = ProjectKernelParams::for_shape(ctx, p.len(), d);
+                Projector::new(ctx, project_cache, &pkp, d).map(Some)
+            }
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut prepared = Vec::with_capacity(networks.len());
+    for n in networks {
+        let mut flat: Vec<f32> = Vec::new();
+        let mut layers = Vec::new();
+        for l in &n.layers {
+            layers.push((l.inputs, l.outputs, flat.len()));
+            flat.extend(l.weights.iter().map(|&w| w as f32));
+            flat.extend(l.bias.iter().map(|&b| b as f32));
+        }
+        let rank = n.projection.as_ref().map_or(0, Vec::len);
+        let layout = net_layout(&layers, 0, piece_cap);
+        let params = ctx.storage_buffer("score params", (flat.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&params, 0, bytemuck::cast_slice(&flat));
+        let table = ctx.storage_buffer("score layers", (layout.table.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&table, 0, bytemuck::cast_slice(&layout.table));
+        let projection = match &n.projection {
+            Some(p) => {
+                let b: Vec<f32> = p.iter().flatten().map(|&v| v as f32).collect();
+                let buf = ctx.storage_buffer("score projection", (b.len() * 4) as u64)?;
+                ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&b));
+                Some(buf)
+            }
+            None => None,
+        };
+        prepared.push(ScoredNet {
+            params,
+            table,
+            projection,
+            rank,
+            depth: n.layers.len(),
+            dz_off: layout.dz_off,
+            sq_off: layout.sq_off,
+            row_flops: small_flops(&layers) + 2.0 * (rank * d) as f64,
+        });
+    }
+    let scratch = ctx.storage_buffer("score scratch", (planes * piece_cap * 4) as u64)?;
+    let z_buf = ctx.storage_buffer("score z", (r_max.max(1) * piece_cap * 4) as u64)?;
+    let per_partial = (kp.workgroup_size * kp.rows_per_invocation) as usize;
+    let slots = SCORE_SLOTS.max(piece_cap.div_ceil(per_partial));
+    let partial_buf = ctx.storage_buffer("score partials", (slots * 4) as u64)?;
+    let info_buf = ctx.uniform_buffer("score info", std::mem::size_of::<Info>() as u64);
+    let sum_bind = ctx.bind_group(
+        "score sums",
+        &pipes.sum_squares,
+        &[(0, &info_buf), (6, &scratch), (7, &partial_buf)],
+    )?;
+
+    // Partials in flight: (network, count) in the order they were written.
+    let mut written: Vec<(usize, usize)> = Vec::new();
+    let mut used = 0usize;
+    let mut pending_flops = 0.0f64;
+    let flush = |written: &mut Vec<(usize, usize)>,
+                 used: &mut usize,
+                 pending: &mut f64,
+                 sums: &mut [f64]|
+     -> Result<()> {
+        if *used == 0 {
+            return Ok(());
+        }
+        let bytes = (*used * 4) as u64;
+        let staging = ctx.staging_buffer("score readback", bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("score readback"),
+            });
+        enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
+        let parts: Vec<f32> = ctx.submit_and_read("scoring", enc, &staging, bytes, *pending)?;
+        let mut at = 0;
+        for &(net, count) in written.iter() {
+            sums[net] += parts[at..at + count].iter().map(|&v| v as f64).sum::<f64>();
+            at += count;
+        }
+        written.clear();
+        *used = 0;
+        *pending = 0.0;
+        Ok(())
+    };
+    let max_row_flops = prepared.iter().map(|p| p.row_flops).fold(0.0, f64::max);
+    let batch_rows = super::feed::batch_rows(ctx, d, usize::MAX, piece_cap);
+    for_each_batch(
+        ctx,
+        resident,
+        source,
+        batch_rows,
+        max_row_flops * networks.len() as f64,
+        |batch| -> Result<Option<wgpu::SubmissionIndex>> {
+            let mut last = None;
+            let mut binds = Vec::with_capacity(prepared.len());
+            for (net, proj) in prepared.iter().zip(&projectors) {
+                let project = match (proj, &net.projection) {
+                    (Some(p), Some(b)) => Some(p.bind(ctx, batch.x, b, &z_buf)?),
+                    _ => None,
+                };
+                let inputs = if project.is_some() { &z_buf } else { batch.x };
+                let score = ctx.bind_group(
+                    "score",
+                    &pipes.score,
+                    &[
+                        (0, &info_buf),
+                        (1, inputs),
+                        (3, batch.y),
+                        (4, &net.params),
+                        (5, &net.table),
+                        (6, &scratch),
+                    ],
+                )?;
+                binds.push((project, score));
+            }
+            for p0 in (0..batch.rows).step_by(piece_cap) {
+                let n = piece_cap.min(batch.rows - p0);
+                let groups = n.div_ceil(per_partial);
+                for (k, ((net, proj), (project_bind, score_bind))) in
+                    prepared.iter().zip(&projectors).zip(&binds).enumerate()
+                {
+                    if used + groups > slots {
+                        flush(&mut written, &mut used, &mut pending_flops, &mut sums)?;
+                    }
+                    let compact = project_bind.is_some();
+                    let info = Info {
+                        rows: n as u32,
+                        depth: net.depth as u32,
+                        stride: piece_cap as u32,
+                        in_off: if compact { 0 } else { (p0 * d) as u32 },
+                        in_rs: if compact { 1 } else { d as u32 },
+                        in_cs: if compact { piece_cap as u32 } else { 1 },
+                        y_off: p0 as u32,
+                        x_off: 0,
+                        d: d as u32,
+                        r: net.rank as u32,
+                        first: 0,
+                        params: 0,
+                        dz_off: net.dz_off,
+                        sq_off: net.sq_off,
+                        slot: used as u32,
+                        chunks: 0,
+                    };
+                    ctx.queue
+                        .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
+                    let pinfo = ProjectInfo {
+                        rows: n as u32,
+                        d: d as u32,
+                        r: net.rank as u32,
+                        x_row0: p0 as u32,
+                        z_off: 0,
+                        z_rs: 1,
+                        z_cs: piece_cap as u32,
+                        basis_off: 0,
+                    };
+                    if let Some(p) = proj {
+                        p.write_info(ctx, &pinfo);
+                    }
+                    let mut enc =
+                        ctx.device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                                label: Some("score"),
+                            });
+                    {
+                        let mut pass =
+                            enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                        if let (Some(p), Some(b)) = (proj, project_bind) {
+                            p.dispatch(ctx, &mut pass, b, &pinfo);
+                        }
+                        let (gx, gy) = grid(ctx, n.div_ceil(kp.rows_per_group as usize));
+                        pass.set_pipeline(&pipes.score);
+                        pass.set_bind_group(0, score_bind, &[]);
+                        pass.dispatch_workgroups(gx, gy, 1);
+                        pass.set_pipeline(&pipes.sum_squares);
+                        pass.set_bind_group(0, &sum_bind, &[]);
+                        pass.dispatch_workgroups(groups as u32, 1, 1);
+                    }
+                    last = Some(ctx.submit("scoring", enc)?);
+                    written.push((k, groups));
+                    used += groups;
+                    pending_flops += n as f64 * net.row_flops;
+                }
+            }
+            Ok(last)
+        },
+    )?;
+    flush(&mut written, &mut used, &mut pending_flops, &mut sums)?;
+    Ok(sums)
+}
+
+impl super::GpuBackend {
+    /// The minibatches of one training window on the device, with `step(gradient, rows,
+    /// params)` called on the host after each ([`crate::backend::Backend::train_window`]
+    /// passes its Adam step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_window_steps(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        step: impl FnMut(&[f64], usize, &mut [f64]),
+    ) -> Result<()> {
+        run_window(
+            &self.ctx,
+            &self.trainer_pipelines,
+            &self.project_pipelines,
+            shape,
+            train_basis,
+            x,
+            y,
+            batch_size,
+            params,
+            step,
+        )
+    }
+
+    /// Gradient of the summed squared error of the factorised model over all rows of `x` and
+    /// `y` (one minibatch), in the [`FactoredShape`] layout, f64 sums of f32 chunk partials;
+    /// B's entries are zero unless `train_basis` (tests compare it with the CPU twin).
+    pub fn train_gradient(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        let mut p = params.to_vec();
+        let mut out = vec![0.0; p.len()];
+        let rows = y.len().max(1);
+        self.train_window_steps(shape, train_basis, x, y, rows, &mut p, |g, _, _| {
+            out.copy_from_slice(g)
+        })?;
+        Ok(out)
+    }
+
+    /// [`crate::backend::Backend::sse`] with explicit kernel parameters (`None`: the defaults
+    /// for the networks).
+    pub fn sse_with(
+        &self,
+        networks: &[&Network],
+        source: &dyn SampleSource,
+        params: Option<&TrainerKernelParams>,
+    ) -> Result<Vec<f64>> {
+        sse(
+            &self.ctx,
+            &self.trainer_pipelines,
+            &self.project_pipelines,
+            networks,
+            source,
+            Some(&self.resident),
+            params,
+        )
+    }
+}
