@@ -330,7 +330,7 @@ fn samples<'a>(
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, refine_steps, validation_fraction, seed, backend))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
@@ -342,6 +342,8 @@ fn learn<'py>(
     polish: bool,
     polish_epochs: usize,
     descent_epochs: usize,
+    deep_widths: Vec<usize>,
+    deep_epochs: usize,
     refine_steps: usize,
     validation_fraction: f64,
     seed: u64,
@@ -362,6 +364,13 @@ fn learn<'py>(
     config.polish_config.epochs = polish_epochs;
     config.descent = descent_epochs > 0;
     config.descent_config.epochs = descent_epochs;
+    // No deep-net stage when it has no layers or no passes.
+    config.deep_widths = if deep_epochs > 0 {
+        deep_widths
+    } else {
+        Vec::new()
+    };
+    config.deep_config.epochs = deep_epochs;
     config.subspace_config.refine_steps = refine_steps;
     let source = SliceSource::new(d, &xr, &yr).map_err(py_err)?;
     // The model, the report, and filtered PCA's basis (raw input coordinates; none for the
