@@ -309,7 +309,9 @@ fn help_texts_and_repository_point_only_at_documents_it_contains() {
             }
         }
     }
-    for dir in ["src", "tests", "docs", "scripts", "shaders", "benches"] {
+    for dir in [
+        "src", "tests", "docs", "scripts", "shaders", "benches", "python",
+    ] {
         walk(&root.join(dir), &mut texts);
     }
     for file in ["README.md", "Cargo.toml", ".ci/run"] {

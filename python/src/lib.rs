@@ -129,6 +129,28 @@ impl PyNetwork {
     }
 }
 
+/// `x` as a 2-D float32 array: itself when it is one, else `numpy.asarray(x, float32)`.
+fn float32_rows<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+        return Ok(a);
+    }
+    let converted = py
+        .import("numpy")?
+        .call_method1("asarray", (x, "float32"))?;
+    converted.extract().map_err(|_| {
+        let shape = converted
+            .getattr("shape")
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        PyValueError::new_err(format!(
+            "X has shape {shape}: pass a 2-D array of shape (n_samples, input_dim)"
+        ))
+    })
+}
+
 fn matrix<'py>(py: Python<'py>, rows: &[Vec<f64>], cols: usize) -> Bound<'py, PyArray2<f64>> {
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
     flat.into_pyarray(py)
@@ -176,12 +198,15 @@ impl PyNetwork {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Outputs for X (N x d float32), computed in f64 and rounded to float32, on all cores.
+    /// Outputs for X (N x d), computed in f64 and rounded to float32, on all cores. float32
+    /// arrays are read as they are (in place when C-contiguous); anything else numpy can turn
+    /// into a 2-D float32 array (float64, lists) is converted first.
     fn predict<'py>(
         &self,
         py: Python<'py>,
-        x: PyReadonlyArray2<'py, f32>,
+        x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let x = float32_rows(py, x)?;
         self.check_input(&x)?;
         let n = x.shape()[0];
         let data = rows(&x);
@@ -305,7 +330,7 @@ fn samples<'a>(
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, refine_steps, validation_fraction, seed, backend))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
@@ -317,6 +342,8 @@ fn learn<'py>(
     polish: bool,
     polish_epochs: usize,
     descent_epochs: usize,
+    deep_widths: Vec<usize>,
+    deep_epochs: usize,
     refine_steps: usize,
     validation_fraction: f64,
     seed: u64,
@@ -335,13 +362,15 @@ fn learn<'py>(
         ..LearnConfig::default()
     };
     config.polish_config.epochs = polish_epochs;
-    // Both descents on z (from the search's pick, and the deep net from a random start).
     config.descent = descent_epochs > 0;
     config.descent_config.epochs = descent_epochs;
-    config.deep_config.epochs = descent_epochs;
-    if descent_epochs == 0 {
-        config.deep_widths.clear();
-    }
+    // No deep-net stage when it has no layers or no passes.
+    config.deep_widths = if deep_epochs > 0 {
+        deep_widths
+    } else {
+        Vec::new()
+    };
+    config.deep_config.epochs = deep_epochs;
     config.subspace_config.refine_steps = refine_steps;
     let source = SliceSource::new(d, &xr, &yr).map_err(py_err)?;
     // The model, the report, and filtered PCA's basis (raw input coordinates; none for the

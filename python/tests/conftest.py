@@ -9,7 +9,7 @@ import relu_fpt
 
 # Small enough that a fit takes well under a second on two cores, large enough to learn the
 # small teacher below.
-FAST = dict(budget=64, polish_epochs=5, descent_epochs=10, backend="cpu")
+FAST = dict(budget=64, polish_epochs=5, descent_epochs=10, deep_epochs=5, backend="cpu")
 
 
 def principal_angle(a, b):

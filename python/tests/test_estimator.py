@@ -35,11 +35,11 @@ def test_learns_a_small_teacher(teacher_data, fitted):
     assert fitted.subspace_.shape == (2, 12)
     first_layer = teacher.layers[0][0]
     _, s, vt = np.linalg.svd(first_layer)
-    # Bounds at twice the worst of random_state 0..9 (angle 1.7e-3 rad, MSE/Var 5.0e-6).
-    assert principal_angle(fitted.subspace_, vt[:2]) < 3.5e-3
+    # Bounds at twice the worst of random_state 0..9 (angle 1.9e-3 rad, MSE/Var 1.3e-5).
+    assert principal_angle(fitted.subspace_, vt[:2]) < 3.8e-3
     # Stated error on fresh samples.
     mse = np.mean((fitted.predict(X_test) - y_test) ** 2)
-    assert mse / np.var(y_test) < 1e-5, mse / np.var(y_test)
+    assert mse / np.var(y_test) < 2.7e-5, mse / np.var(y_test)
     assert fitted.report_["fallback"] is None
     assert fitted.report_["dimension"] == 2
     report = fitted.report_
@@ -77,16 +77,16 @@ def test_pickle_clone_pipeline_and_grid_search(teacher_data, fitted):
 
     pipe = make_pipeline(StandardScaler(), ReluNetRegressor(random_state=0, **FAST))
     pipe.fit(X[:4000], y[:4000])
-    # R^2 bounds: 1 - twice the worst shortfall of random_state 0..9 on 4000 rows (hidden
-    # (4,): 0.999995; hidden (2,): 0.999986).
-    assert pipe.score(X_test, y_test) > 0.99999
+    # R^2 bounds: 1 - twice the worst shortfall of random_state 0..9 on 4000 rows (with the
+    # scaler 0.999939; hidden (4,) alone 0.999928, hidden (2,) 0.999984).
+    assert pipe.score(X_test, y_test) > 0.99987
 
     search = GridSearchCV(
         ReluNetRegressor(random_state=0, **FAST), {"hidden": [(2,), (4,)]}, cv=2
     )
     search.fit(X[:4000], y[:4000])
     assert search.best_params_["hidden"] in [(2,), (4,)]
-    assert search.best_estimator_.score(X_test, y_test) > 0.99997
+    assert search.best_estimator_.score(X_test, y_test) > 0.99985
 
 
 def test_inputs_float64_fortran_and_lists_agree(teacher_data, fitted):
@@ -103,6 +103,13 @@ def test_inputs_float64_fortran_and_lists_agree(teacher_data, fitted):
     # A strided view too.
     wide = np.repeat(rows, 2, axis=1)[:, ::2]
     np.testing.assert_array_equal(fitted.model_.predict(wide).astype(np.float64), want)
+    # Network.predict converts what is not float32 (float64, lists) and refuses other shapes.
+    np.testing.assert_array_equal(fitted.model_.predict(rows.astype(np.float64)), want)
+    np.testing.assert_array_equal(fitted.model_.predict(rows.tolist()), want)
+    with pytest.raises(ValueError, match=r"shape \(12,\): pass a 2-D array"):
+        fitted.model_.predict(rows[0])
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="row 0, column 0 is inf"):
+        fitted.model_.predict(np.full((1, 12), 1e300))
 
 
 def test_float32_c_input_is_read_in_place(teacher_data, monkeypatch):
@@ -206,6 +213,8 @@ def test_bad_input_raises_value_error_with_the_reason(teacher_data, fitted):
         ReluNetRegressor(**FAST).fit(X[:100], y[:100].astype(np.float64) * 1e300)
     for params, word in [
         (dict(hidden=(0,)), "hidden"),
+        (dict(deep_widths=(8, 0)), "deep_widths"),
+        (dict(deep_epochs=-1), "deep_epochs"),
         (dict(max_dim=0), "max_dim"),
         (dict(budget=0), "budget"),
         (dict(validation_fraction=1.0), "validation_fraction"),
@@ -225,7 +234,7 @@ def test_bad_input_raises_value_error_with_the_reason(teacher_data, fitted):
 
 def _core_params():
     return dict(hidden=[4], budget=8, max_dim=8, polish=False, polish_epochs=0,
-                descent_epochs=0, refine_steps=0, validation_fraction=0.2, backend="cpu")
+                descent_epochs=0, deep_widths=[], deep_epochs=0, refine_steps=0, validation_fraction=0.2, backend="cpu")
 
 
 def test_backend_choices(teacher_data):
@@ -240,5 +249,5 @@ def test_backend_choices(teacher_data):
         pytest.skip("no GPU adapter on this machine")
     est = ReluNetRegressor(random_state=0, **dict(FAST, backend="gpu")).fit(X[:8000], y[:8000])
     assert est.report_["backend"] == gpu
-    # 1 - twice the worst shortfall of random_state 0..9 (0.999985 on lavapipe).
+    # 1 - twice the worst shortfall of random_state 0..9 (0.999987 on lavapipe).
     assert est.score(X_test, y_test) > 0.99997

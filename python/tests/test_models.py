@@ -92,9 +92,10 @@ def test_save_load_round_trip(tmp_path, teacher_data, fitted):
     np.testing.assert_array_equal(loaded.predict(X_test), fitted.model_.predict(X_test))
     assert relu_fpt.Network(path.read_text()) == loaded
     assert pickle.loads(pickle.dumps(loaded)) == loaded
-    assert loaded.projection.shape == (fitted.dimension_, 12)
+    assert loaded.projection.shape == (fitted.report_["model_dimension"], 12)
     w, b = loaded.layers[0]
-    assert w.shape == (loaded.hidden_widths[0], fitted.dimension_) and b.shape == (w.shape[0],)
+    assert w.shape == (loaded.hidden_widths[0], fitted.report_["model_dimension"])
+    assert b.shape == (w.shape[0],)
 
 
 def test_load_errors_name_the_file_and_field(tmp_path, fitted):
@@ -115,8 +116,8 @@ def test_find_subspace_methods(teacher_data):
     basis, report = relu_fpt.find_subspace(X, y, backend="cpu", random_state=0)
     assert basis.shape == (2, 12)
     np.testing.assert_allclose(basis @ basis.T, np.eye(2), atol=1e-9)
-    # Twice the worst of random_state 0..9 (1.06e-3 rad).
-    assert principal_angle(basis, vt[:2]) < 2.2e-3
+    # Twice the worst of random_state 0..9 (2.05e-3 rad).
+    assert principal_angle(basis, vt[:2]) < 4.1e-3
     assert report["method"] == "filtered" and report["rounds"][0]["accepted"] >= 1
     sir, report = relu_fpt.find_subspace(X, y, method="sir", dim=2, backend="cpu")
     assert sir.shape == (2, 12) and report["method"] == "sir"

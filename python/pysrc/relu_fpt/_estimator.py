@@ -19,7 +19,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     rest (on whitened inputs) to find the subspace the first layer reads (its dimension r is
     found, at most ``max_dim``), fits a small ReLU network on z = B x (enumerate-and-test over
     ``budget`` candidates and a sphere-net ridge fit, keeping the better), trains it further on
-    z, and polishes network and basis together (the polish may add a few rows to B and keeps
+    z (and a deeper network from a random start, kept when it validates better), and polishes
+    network and basis together (the polish may add a few rows to B and keeps
     them only when the validation error says they help). The model is the compact network
     x -> small(B x), so ``predict`` costs d r plus the small network per row. Every stage
     streams over all training rows with bounded memory.
@@ -33,8 +34,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     ----------
     hidden : tuple of int, default=(4,)
         Hidden widths of the enumerated candidate networks.
-    max_dim : int, default=8
-        Largest subspace dimension filtered PCA may report (the dimension itself is found).
+    max_dim : int, default=32
+        Largest subspace dimension filtered PCA may report (a bound, not a limit of the
+        method: the dimension itself is found).
     budget : int, default=512
         Most candidate networks enumerate-and-test evaluates.
     polish : bool, default=True
@@ -43,8 +45,15 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         Passes of the polish over the training rows (fewer on more than 320 000 rows:
         at most 4.8 million row reads in all, at least one pass).
     descent_epochs : int, default=30
-        Passes of the descent on z = B x with B fixed (0: none; fewer on more than 100 000
-        rows: at most 3 million row reads, at least two passes).
+        Passes of the descent on z = B x with B fixed, from the search's network (0: none;
+        fewer on more than 100 000 rows: at most 3 million row reads, at least two passes).
+    deep_widths : tuple of int, default=(32, 32)
+        Hidden widths of a second network on z, trained from a random start by the same
+        descent (the "deep-net" stage) and kept when it validates better; a one-hidden-layer
+        fit approximates a deep teacher poorly. ``()`` skips the stage.
+    deep_epochs : int, default=60
+        Passes of the deep-net stage (0: none; fewer on more than about 170 000 rows: at
+        most 10 million row reads, at least three passes).
     refine_steps : int, default=3
         Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
     validation_fraction : float, default=0.2
@@ -72,21 +81,24 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         ``rows``, ``row_reads``, ``seconds``, ``validation_mse``), ``final_stage`` (the stage
         whose result is the model), filtered PCA's rounds, whitening and refine steps
         (``subspace``), validation errors (``validation_mse``, ``validation_var``,
-        ``enumerate_mse``, ``sphere_net_mse``, ``descent_mse``, ``polished_mse``),
+        ``enumerate_mse``, ``sphere_net_mse``, ``descent_mse``, ``deep_net_mse``,
+        ``polished_mse``),
         ``dimension`` and ``model_dimension`` (rows of B before and after the polish),
         ``backend``, ``fallback`` (None, or the fallback model, the reason and what filtered
         PCA saw) and ``x_copied`` (whether X had to be copied to be read).
     """
 
-    def __init__(self, hidden=(4,), max_dim=8, budget=512, polish=True, polish_epochs=15,
-                 descent_epochs=30, refine_steps=3, validation_fraction=0.2, backend="auto",
-                 random_state=None):
+    def __init__(self, hidden=(4,), max_dim=32, budget=512, polish=True, polish_epochs=15,
+                 descent_epochs=30, deep_widths=(32, 32), deep_epochs=60, refine_steps=3,
+                 validation_fraction=0.2, backend="auto", random_state=None):
         self.hidden = hidden
         self.max_dim = max_dim
         self.budget = budget
         self.polish = polish
         self.polish_epochs = polish_epochs
         self.descent_epochs = descent_epochs
+        self.deep_widths = deep_widths
+        self.deep_epochs = deep_epochs
         self.refine_steps = refine_steps
         self.validation_fraction = validation_fraction
         self.backend = backend
@@ -100,15 +112,23 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"{name}={v!r}: expected an int >= {low}")
             return int(v)
 
-        hidden = self.hidden
-        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        try:
-            hidden = [int(w) for w in hidden]
-        except TypeError:
-            raise ValueError(f"hidden={self.hidden!r}: expected a tuple of ints >= 1") from None
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden={self.hidden!r}: expected a non-empty tuple of ints >= 1")
+        def widths(name, allow_empty):
+            v = getattr(self, name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                v = (v,)
+            try:
+                v = [int(w) for w in v]
+            except TypeError:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a tuple of ints >= 1") from None
+            if (not v and not allow_empty) or (v and min(v) < 1):
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: expected a "
+                    f"{'' if allow_empty else 'non-empty '}tuple of ints >= 1"
+                )
+            return v
+
+        hidden = widths("hidden", allow_empty=False)
+        deep_widths = widths("deep_widths", allow_empty=True)
         vf = self.validation_fraction
         if not isinstance(vf, numbers.Real) or not 0.0 < vf < 1.0:
             raise ValueError(f"validation_fraction={vf!r}: expected a float in (0, 1)")
@@ -120,6 +140,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         return dict(
             hidden=hidden, budget=count("budget", 1), max_dim=max_dim, polish=bool(self.polish),
             polish_epochs=count("polish_epochs", 0), descent_epochs=count("descent_epochs", 0),
+            deep_widths=deep_widths, deep_epochs=count("deep_epochs", 0),
             refine_steps=count("refine_steps", 0), validation_fraction=float(vf),
             backend=self.backend,
         )
