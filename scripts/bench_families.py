@@ -128,9 +128,11 @@ def run_case(name, spec, args, tmp, have):
     model = os.path.join(path, "model.json")
     t = time.perf_counter()
     skip = args.resume and "relu_fpt" in have or args.no_ours
-    p = subprocess.CompletedProcess([], 0, "", "") if skip else subprocess.run([BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y",
-                        os.path.join(path, "y.npy"), "--out", model, "--backend", "cpu",
-                        "--seed", str(args.seed), "--json"], capture_output=True, text=True)
+    learn = [BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y", os.path.join(path, "y.npy"),
+             "--out", model, "--backend", "cpu", "--seed", str(args.seed), "--json",
+             *args.learn_flags.split()]
+    p = (subprocess.CompletedProcess([], 0, "", "") if skip
+         else subprocess.run(learn, capture_output=True, text=True))
     row["relu_fpt_seconds"] = time.perf_counter() - t
     if skip:
         del row["relu_fpt_seconds"]
@@ -197,6 +199,8 @@ def main():
     ap.add_argument("--no-ours", action="store_true", help="MLPRegressor only")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every N")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--learn-flags", default="", help="extra flags for relu-fpt learn, e.g. "
+                    "\"--deep-widths 0\" for the pipeline without the deep-net stage")
     ap.add_argument("--raw", help="append one JSON line per case to this file")
     ap.add_argument("--resume", action="store_true",
                     help="with --raw: skip the cases it already holds and print them from it")

@@ -15,6 +15,9 @@ pub enum Error {
     /// Model (network JSON) files and shapes.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// Exporting a model to another format.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// Device selection and GPU kernels.
     #[error(transparent)]
     Gpu(#[from] crate::backend::gpu::GpuError),

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod learn;
 pub mod metrics;
 pub mod moments;

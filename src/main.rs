@@ -38,6 +38,8 @@ enum Command {
     Predict(PredictArgs),
     /// Score a model on labelled samples (and against the teacher, when given).
     Eval(EvalArgs),
+    /// Write a model in another format (ONNX) for runtimes and verification tools.
+    Export(ExportArgs),
     /// Time the computations.
     Bench {
         #[command(subcommand)]
@@ -303,6 +305,27 @@ struct EvalArgs {
     plot: Option<PathBuf>,
 }
 
+/// Formats `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// ONNX (opset 17): float32 input x (N, d), output y (N, 1); MatMul for the projection,
+    /// Gemm and Relu per layer.
+    Onnx,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A model written by `learn` (relu-fpt/network JSON).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "onnx")]
+    format: ExportFormat,
+    /// Where to write the exported model (e.g. model.onnx).
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Args)]
 struct DemoArgs {
     #[arg(long, value_enum, default_value = "auto")]
@@ -400,6 +423,7 @@ fn main() -> ExitCode {
         Command::Learn(a) => learn_cmd(a),
         Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
+        Command::Export(a) => export(a),
         Command::Bench {
             what: BenchCommand::Moments(a),
         } => bench_moments(a),
@@ -818,6 +842,23 @@ fn eval(a: EvalArgs) -> Result<()> {
     } else {
         for l in lines {
             println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    output::check_writable(&a.out, "--out")?;
+    let model = Network::load(&a.model)?;
+    match a.format {
+        ExportFormat::Onnx => {
+            relu_fpt::export::write_onnx(&model, &a.model.display().to_string(), &a.out)?;
+            println!(
+                "wrote {} (ONNX opset {}: input x (N, {}) float32, output y (N, 1))",
+                a.out.display(),
+                relu_fpt::export::OPSET_VERSION,
+                model.input_dim
+            );
         }
     }
     Ok(())

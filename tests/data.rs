@@ -780,3 +780,40 @@ fn npy_inputs_alone_read_with_zero_labels() {
     assert_eq!(x, vec![3.0, 4.0, 5.0, 6.0]);
     assert_eq!(y, vec![0.0, 0.0]);
 }
+
+#[test]
+fn slice_source_reads_borrowed_rows_like_memory_source() {
+    let memory = MemorySource {
+        dim: 3,
+        x: (0..30).map(|i| i as f32).collect(),
+        y: (0..10).map(|i| -(i as f32)).collect(),
+    };
+    let slices = relu_fpt::data::SliceSource::new(3, &memory.x, &memory.y).unwrap();
+    assert_eq!((slices.len(), slices.dim()), (10, 3));
+    assert_eq!(read_all(&slices), read_all(&memory));
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    assert_eq!(slices.read(8, 5, &mut xs, &mut ys).unwrap(), 2);
+    assert_eq!(
+        (xs, ys),
+        ((24..30).map(|i| i as f32).collect(), vec![-8.0, -9.0])
+    );
+    assert_eq!(
+        slices
+            .read(u64::MAX, usize::MAX, &mut Vec::new(), &mut Vec::new())
+            .unwrap(),
+        0
+    );
+    // Passes read the caller's memory in place: the rows handed out are the borrowed ones.
+    let (xs, ys) = slices.in_memory(2, 3).unwrap();
+    assert_eq!(xs.as_ptr(), memory.x[6..].as_ptr());
+    assert_eq!(ys.as_ptr(), memory.y[2..].as_ptr());
+    assert_eq!((xs.len(), ys.len()), (9, 3));
+    let (xs, ys) = slices.in_memory(9, 5).unwrap();
+    assert_eq!((xs.len(), ys.len()), (3, 1));
+    assert!(slices.identity().is_none());
+    let e = relu_fpt::data::SliceSource::new(4, &memory.x, &memory.y).unwrap_err();
+    assert!(
+        e.to_string().contains("30 values") && e.to_string().contains("10 rows"),
+        "{e}"
+    );
+}

@@ -170,6 +170,60 @@ impl SampleSource for MemorySource {
     }
 }
 
+/// Samples borrowed from memory the caller owns (numpy arrays handed over by the Python
+/// bindings): the same as [`MemorySource`] without copying the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceSource<'a> {
+    dim: usize,
+    x: &'a [f32],
+    y: &'a [f32],
+}
+
+impl<'a> SliceSource<'a> {
+    /// `x` holds `y.len()` rows of `dim` values, row-major; fails when the sizes disagree.
+    pub fn new(dim: usize, x: &'a [f32], y: &'a [f32]) -> Result<SliceSource<'a>> {
+        if dim == 0 || x.len() != y.len() * dim {
+            return Err(Error::invalid(format!(
+                "samples in memory: x has {} values but y has {} rows of dimension {dim}; pass one row of x (dim >= 1 values) per label",
+                x.len(),
+                y.len()
+            )));
+        }
+        Ok(SliceSource { dim, x, y })
+    }
+}
+
+impl SampleSource for SliceSource<'_> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> u64 {
+        self.y.len() as u64
+    }
+    fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
+        let start = (start as usize).min(self.y.len());
+        let end = start.saturating_add(rows).min(self.y.len());
+        x.clear();
+        y.clear();
+        x.extend_from_slice(&self.x[start * self.dim..end * self.dim]);
+        y.extend_from_slice(&self.y[start..end]);
+        Ok(end - start)
+    }
+    fn describe(&self) -> String {
+        format!("{} samples in memory, d = {}", self.y.len(), self.dim)
+    }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        let start = (start as usize).min(self.y.len());
+        let end = start.saturating_add(rows).min(self.y.len());
+        Some((
+            &self.x[start * self.dim..end * self.dim],
+            &self.y[start..end],
+        ))
+    }
+    // No `identity`: the caller may free or rewrite the memory once the borrow ends, and a new
+    // array can land at the same address, so no key could promise equal contents across runs.
+}
+
 /// A shape as Python writes it: `(5,)`, `(5, 3)`.
 fn python_tuple(shape: &[u64]) -> String {
     match shape {
