@@ -7,13 +7,16 @@
 #      memory; see `relu-fpt bench moments --help`);
 #   3. `relu-fpt learn` end to end at N = 1e7, d = 512 (parity teacher, k = 4) on the GPU and on
 #      the CPU backend of the same machine, each with its stage table;
+#   4. a sweep of the moments kernel's SYRK tile at N = 2e6, d = 1024, K = 1
+#      (RELU_FPT_GPU_MOMENT_TILE = "workgroup side, outputs per invocation, samples per slab");
 # and writes every figure to one JSON report.
 #
 #   scripts/gpu_check.sh [--small] [--out FILE] [--skip-tests]
 #
 # --small (or GPU_CHECK_SMALL=1) shrinks every size so the script runs in minutes on a
 # software adapter such as lavapipe, which is how it is checked where no GPU is lent (it then
-# runs only the GPU test binaries; its figures say nothing about speed).
+# runs only the GPU test binaries and learn with few epochs; its figures say nothing about
+# speed).
 # Environment: RELU_FPT_BIN=path skips the build and uses that binary (the test step then
 # still needs cargo); GPU_CHECK_PROFILE=dev builds the debug profile instead of release (for a
 # quick check of the script itself: its timings mean nothing); GPU_CHECK_DEADLINE=seconds (default 450) bounds the whole run: each step
@@ -43,13 +46,16 @@ trap 'rm -rf "$work"' EXIT
 export RELU_FPT_GPU_RESIDENT_MIB=${RELU_FPT_GPU_RESIDENT_MIB:-100000}
 export RUST_LOG=${RUST_LOG:-warn}
 
+tiles="16,8,8 16,8,16 8,8,16 16,4,16 8,4,16"
 if [ "$small" = 1 ]; then
   bench_n=20000; bench_dims="16 32 48"; bench_bins="1 64"
-  learn_n=20000; learn_d=16
-  test_args=(--test gpu --test sampling)
+  learn_n=20000; learn_d=16; learn_extra=(--descent-epochs 3 --polish-epochs 2)
+  sweep_n=10000; sweep_d=64
+  test_args=(--test gpu --test sampling --test moment_tiles --test gpu_review)
 else
   bench_n=10000000; bench_dims="128 512 1024"; bench_bins="1 64"
-  learn_n=10000000; learn_d=512
+  learn_n=10000000; learn_d=512; learn_extra=()
+  sweep_n=2000000; sweep_d=1024
   test_args=()
 fi
 
@@ -148,7 +154,7 @@ learn_run() {
   local status
   status=$(timed "$limit" "$work/learn-$backend.out" "$work/learn-$backend.err" \
     "$bin" learn --teacher parity --k 4 --d "$learn_d" --n "$learn_n" --backend "$backend" \
-    --seed 1 --json --out "$work/model-$backend.json")
+    --seed 1 --json --out "$work/model-$backend.json" "${learn_extra[@]}")
   local seconds=$(( $(date +%s) - t0 ))
   if [ "$status" = 0 ] && [ -s "$work/learn-$backend.out" ]; then
     printf '{"backend":"%s","status":0,"wall_seconds":%s,"report":%s}' "$backend" "$seconds" \
@@ -160,8 +166,23 @@ learn_run() {
   fi
   echo "learn ($backend): status $status in $seconds s" >&2
 }
-learn_gpu=$(learn_run gpu 100 90)
-learn_cpu=$(learn_run cpu 150 5)
+learn_gpu=$(learn_run gpu 100 130)
+learn_cpu=$(learn_run cpu 150 40)
+
+# 4. The SYRK tile sweep (what is left of the time, at most 40 s).
+sweep_lines=()
+for t in $tiles; do
+  limit=$(left 0); [ "$limit" -gt 15 ] && limit=15
+  status=$(RELU_FPT_GPU_MOMENT_TILE=$t timed "$limit" "$work/sweep.out" "$work/sweep.err" \
+    "$bin" bench moments --backend gpu --n "$sweep_n" --d "$sweep_d" --bins 1 --runs 5 --json)
+  if [ "$status" = 0 ] && [ -s "$work/sweep.out" ]; then
+    sweep_lines+=("$(printf '{"tile":"%s","result":%s}' "$t" "$(tail -1 "$work/sweep.out")")")
+  else
+    sweep_lines+=("$(printf '{"tile":"%s","status":%s,"error":%s}' "$t" "$status" \
+      "$(js "$(tail -3 "$work/sweep.err")")")")
+  fi
+  echo "tile $t: status $status" >&2
+done
 
 # Wall seconds of each learn, and their ratio (CPU / GPU; a lower bound when the CPU run was
 # cut off by its time limit).
@@ -179,7 +200,9 @@ fi
   printf '"build":{"status":0,"profile":"%s","seconds":%s},' "$profile" "$build_seconds"
   printf '"tests":%s,' "$tests_json"
   printf '"bench_moments":[%s],' "$(IFS=,; echo "${bench_lines[*]}")"
-  printf '"learn":{"n":%s,"d":%s,"gpu":%s,"cpu":%s,"cpu_over_gpu_wall":%s}}\n' \
+  printf '"learn":{"n":%s,"d":%s,"gpu":%s,"cpu":%s,"cpu_over_gpu_wall":%s},' \
     "$learn_n" "$learn_d" "$learn_gpu" "$learn_cpu" "$speedup"
+  printf '"tile_sweep":{"n":%s,"d":%s,"runs":[%s]}}\n' "$sweep_n" "$sweep_d" \
+    "$(IFS=,; echo "${sweep_lines[*]}")"
 } >"$out"
 echo "wrote $out ($(( $(date +%s) - start )) s)" >&2

@@ -6,23 +6,31 @@
 //                recomputes its bin in f64. y edges arrive rounded down to f32, which makes
 //                `edge < y` exact for f32 labels. So every bin agrees with the f64 rule.
 //   syrk_tiles   one workgroup per (upper-triangle output tile, piece): a piece is a run of at
-//                most CHUNK samples of one bin (the host groups samples by bin). Sums w a a^T
-//                over the augmented vector a = (x, 1) in f32, so row d of the tile gives
-//                s_b = sum w x for free. One partial tile per (piece, tile) - no atomics.
-//   reduce_runs  one invocation per (run of same-bin pieces, i <= j): sums that run's partial
-//                tiles and adds them to its bin's packed upper triangle of the augmented
-//                matrix in `totals` (a dispatch holds at most one run per bin: no races).
+//                most CHUNK samples of one bin (the host groups samples by bin). Sums w x x^T
+//                in f32 over the piece into one partial tile per (piece, tile) - no atomics.
+//                The workgroup's WG x WG invocations each own TM x TM outputs (rows and columns
+//                in groups of 4, read from workgroup memory as vec4); samples are staged BK at
+//                a time. Diagonal tiles also sum w x over their columns (the vector the host
+//                needs besides the matrix), from the values they stage anyway, so it costs no
+//                extra tile.
+//   reduce_runs  one invocation per (run of same-bin pieces, i <= j) and per (run, column) of
+//                w x: sums that run's partials and adds them to its bin's packed upper
+//                triangle and w x sums in `totals` (a dispatch holds at most one run per bin:
+//                no races).
 // lavapipe caps every invocation at 65,535 loop iterations in total; here the longest loop is
-// CHUNK / BK slabs (256 by default), inner loops have constant trip counts and unroll.
+// CHUNK / BK slabs (512 by default), inner loops have constant trip counts and unroll.
 
 override WG: u32 = 16u;          // workgroup side: WG x WG invocations per tile
-override BK: u32 = 16u;          // samples staged in workgroup memory per slab
+override TM: u32 = 8u;           // outputs per invocation along each side: 4 or 8
+override BK: u32 = 8u;           // samples staged in workgroup memory per slab
 override CHUNK: u32 = 4096u;     // most samples in one piece (a multiple of BK)
 override WEIGHT_MODE: u32 = 0u;  // 0: w = 1, 1: w = y, 2: w = y^2
 override USE_PERM: bool = true;  // false: samples are already in bin order (K = 1)
 override BIN_WG: u32 = 256u;     // invocations per workgroup of bin_samples
-const TM: u32 = 4u;              // each invocation owns a TM x TM block of the tile
+override GROUPS: u32 = TM / 4u;  // vec4 groups per invocation and side
+const MAX_GROUPS: u32 = 2u;      // private arrays need constant sizes: room for TM = 8
 override TILE: u32 = WG * TM;
+override TILE4: u32 = TILE / 4u;
 
 struct Params {
     dim: u32,         // d
@@ -34,8 +42,8 @@ struct Params {
     pair_count: u32,  // upper-triangle tile pairs
     tiles: u32,       // tiles per side
     piece_base: u32,  // first piece of this dispatch group
-    aug: u32,         // d + 1
-    aug_tri: u32,     // (d + 1)(d + 2) / 2
+    bin_stride: u32,  // words per bin in `totals`: tri + d
+    tri: u32,         // d (d + 1) / 2
     _pad: u32,
 }
 
@@ -51,7 +59,8 @@ struct Params {
 @group(0) @binding(9) var<storage, read> pairs: array<vec2<u32>>;    // (tile row, tile col)
 @group(0) @binding(10) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // (first piece, count, bin, -)
-@group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin, packed
+@group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin: triangle, w x
+@group(0) @binding(13) var<storage, read_write> partial_sx: array<f32>; // per (piece, tile): w x
 
 const NEAR_EDGE: u32 = 0x80000000u;
 const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
@@ -98,8 +107,8 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
     bins[i] = select(cell * p.y_bins + ybin, NEAR_EDGE, near);
 }
 
-var<workgroup> a_slab: array<f32, BK * TILE>;
-var<workgroup> b_slab: array<f32, BK * TILE>;
+var<workgroup> a_slab: array<vec4<f32>, BK * TILE4>;
+var<workgroup> b_slab: array<vec4<f32>, BK * TILE4>;
 
 fn weight_of(v: f32) -> f32 {
     if WEIGHT_MODE == 1u {
@@ -109,6 +118,21 @@ fn weight_of(v: f32) -> f32 {
         return v * v;
     }
     return 1.0;
+}
+
+// Columns c .. c + 3 of sample `row` (zero past d).
+fn load4(row: u32, c: u32) -> vec4<f32> {
+    let at = row * p.dim + c;
+    if c + 3u < p.dim {
+        return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
+    }
+    var v = vec4<f32>(0.0);
+    for (var l = 0u; l < 4u; l++) {
+        if c + l < p.dim {
+            v[l] = x[at + l];
+        }
+    }
+    return v;
 }
 
 var<workgroup> piece_len: u32;
@@ -127,58 +151,76 @@ fn syrk_tiles(
     let len = workgroupUniformLoad(&piece_len);
     let i0 = pair.x * TILE;
     let j0 = pair.y * TILE;
+    let diag = pair.x == pair.y;
     let tid = lid.y * WG + lid.x;
-    var acc: array<f32, TM * TM>;
+    // acc[(4 g + r) GROUPS + h]: row 4 (g WG + lid.y) + r, columns 4 (h WG + lid.x) .. + 3.
+    var acc: array<vec4<f32>, 4u * MAX_GROUPS * MAX_GROUPS>;
+    var sx: array<vec4<f32>, MAX_GROUPS>;
     for (var s0 = 0u; s0 < len; s0 += BK) {
-        // Stage BK samples of both column blocks; row d of the augmented vector is 1.
-        for (var e = tid; e < BK * TILE; e += WG * WG) {
-            let k = e / TILE;
-            let c = e % TILE;
+        // Stage BK samples of both column blocks, four columns per word.
+        for (var e = tid; e < BK * TILE4; e += WG * WG) {
+            let k = e / TILE4;
+            let c4 = e % TILE4;
             let s = s0 + k;
-            var av = 0.0;
-            var bv = 0.0;
+            var av = vec4<f32>(0.0);
+            var bv = vec4<f32>(0.0);
             if s < len {
                 var row = piece.x + s;
                 if USE_PERM {
                     row = perm[row];
                 }
                 let w = weight_of(y[row]);
-                let ca = i0 + c;
-                let cb = j0 + c;
-                if ca < p.dim {
-                    av = w * x[row * p.dim + ca];
-                } else if ca == p.dim {
-                    av = w;
-                }
-                if cb < p.dim {
-                    bv = x[row * p.dim + cb];
-                } else if cb == p.dim {
-                    bv = 1.0;
-                }
+                av = w * load4(row, i0 + 4u * c4);
+                bv = load4(row, j0 + 4u * c4);
             }
             a_slab[e] = av;
             b_slab[e] = bv;
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            var a: array<f32, TM>;
-            var b: array<f32, TM>;
-            for (var m = 0u; m < TM; m++) {
-                a[m] = a_slab[k * TILE + lid.y + m * WG];
-                b[m] = b_slab[k * TILE + lid.x + m * WG];
+            var a: array<vec4<f32>, MAX_GROUPS>;
+            var b: array<vec4<f32>, MAX_GROUPS>;
+            for (var g = 0u; g < GROUPS; g++) {
+                a[g] = a_slab[k * TILE4 + g * WG + lid.y];
+                b[g] = b_slab[k * TILE4 + g * WG + lid.x];
             }
-            for (var m = 0u; m < TM; m++) {
-                for (var n = 0u; n < TM; n++) {
-                    acc[m * TM + n] = fma(a[m], b[n], acc[m * TM + n]);
+            if diag {
+                for (var g = 0u; g < GROUPS; g++) {
+                    sx[g] += a[g];
+                }
+            }
+            for (var g = 0u; g < GROUPS; g++) {
+                for (var r = 0u; r < 4u; r++) {
+                    let am = vec4<f32>(a[g][r]);
+                    for (var h = 0u; h < GROUPS; h++) {
+                        let at = (4u * g + r) * GROUPS + h;
+                        acc[at] = fma(am, b[h], acc[at]);
+                    }
                 }
             }
         }
         workgroupBarrier();
     }
     let base = (wid.y * p.pair_count + wid.x) * TILE * TILE;
-    for (var m = 0u; m < TM; m++) {
-        for (var n = 0u; n < TM; n++) {
-            partial[base + (lid.y + m * WG) * TILE + lid.x + n * WG] = acc[m * TM + n];
+    for (var g = 0u; g < GROUPS; g++) {
+        for (var r = 0u; r < 4u; r++) {
+            let row = 4u * (g * WG + lid.y) + r;
+            for (var h = 0u; h < GROUPS; h++) {
+                let v = acc[(4u * g + r) * GROUPS + h];
+                let at = base + row * TILE + 4u * (h * WG + lid.x);
+                partial[at] = v.x;
+                partial[at + 1u] = v.y;
+                partial[at + 2u] = v.z;
+                partial[at + 3u] = v.w;
+            }
+        }
+    }
+    if diag && lid.x == 0u {
+        let sbase = (wid.y * p.tiles + pair.x) * TILE;
+        for (var g = 0u; g < GROUPS; g++) {
+            for (var r = 0u; r < 4u; r++) {
+                partial_sx[sbase + 4u * (g * WG + lid.y) + r] = sx[g][r];
+            }
         }
     }
 }
@@ -190,11 +232,26 @@ fn reduce_runs(
 ) {
     let i = gid.y;
     let j = gid.x;
-    let dd = p.aug;
-    if i >= dd || j >= dd || j < i {
+    let d = p.dim;
+    let run = runs[wid.z];
+    // Row d of the grid: the w x sums, one column each.
+    if i == d && j < d {
+        var total = 0.0;
+        for (var q0 = 0u; q0 < run.y; q0 += 16u) {
+            var block = 0.0;
+            let end = min(q0 + 16u, run.y);
+            for (var q = q0; q < end; q++) {
+                block += partial_sx[(run.x + q) * p.tiles * TILE + j];
+            }
+            total += block;
+        }
+        let at = run.z * p.bin_stride + p.tri + j;
+        totals[at] = totals[at] + total;
         return;
     }
-    let run = runs[wid.z];
+    if i >= d || j >= d || j < i {
+        return;
+    }
     let ti = i / TILE;
     let tj = j / TILE;
     // Tile pairs are numbered row by row over ti <= tj.
@@ -210,6 +267,6 @@ fn reduce_runs(
         }
         total += block;
     }
-    let at = run.z * p.aug_tri + i * (2u * dd - i + 1u) / 2u + (j - i);
+    let at = run.z * p.bin_stride + i * (2u * d - i + 1u) / 2u + (j - i);
     totals[at] = totals[at] + total;
 }

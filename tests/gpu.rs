@@ -192,6 +192,7 @@ fn moments_small_batches_and_groups() {
     let src = samples(&mut rng, &spec, 12_345);
     let params = MomentKernelParams {
         workgroup_side: 8,
+        per_invocation: 4,
         slab: 8,
         chunk: 512,
         max_pieces_per_group: 3,

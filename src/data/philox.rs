@@ -444,6 +444,39 @@ mod tests {
         }
     }
 
+    /// The portable batch, the AVX2 and the AVX-512 builds (those the CPU has) give the scalar
+    /// twin's bits.
+    #[test]
+    fn every_vector_path_gives_the_scalar_bits() {
+        let key = key_of(0xabcdef);
+        let mut counters = [[0u32; 4]; LANES];
+        for (l, c) in counters.iter_mut().enumerate() {
+            *c = counter_of(5_000_000_000 + 3 * l as u64, l as u32 % 5, STREAM_X);
+        }
+        let mut want = [0f32; 4 * LANES];
+        for (l, c) in counters.iter().enumerate() {
+            let z = normals4(0xabcdef, c[1] as u64 | (c[2] as u64) << 32, c[0], STREAM_X);
+            want[4 * l..4 * l + 4].copy_from_slice(&z);
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut out = [0f32; 4 * LANES];
+        batch(key, &counters, &mut out);
+        assert_eq!(bits(&out), bits(&want), "portable");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: checked just above.
+                unsafe { batch_avx2(key, &counters, &mut out) };
+                assert_eq!(bits(&out), bits(&want), "avx2");
+            }
+            if vector_level() == 2 {
+                // SAFETY: vector_level checked the features.
+                unsafe { batch_avx512(key, &counters, &mut out) };
+                assert_eq!(bits(&out), bits(&want), "avx512");
+            }
+        }
+    }
+
     #[test]
     fn ln2_constant() {
         assert!((LN2_Q58 as f64 / 2f64.powi(58) - std::f64::consts::LN_2).abs() < 1e-16);

@@ -12,8 +12,12 @@
 //! 2. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
 //!    in f64, and counting-sorts the batch into bin order (a permutation, uploaded back) cut into
 //!    pieces of at most `chunk` samples of one bin;
-//! 3. `syrk_tiles` sums w a a^T (a = (x, 1)) in f32 per (piece, upper-triangle tile);
-//!    `reduce_runs` adds each bin's pieces into that bin's total on the device (atomics-free);
+//! 3. `syrk_tiles` sums w x x^T in f32 per (piece, upper-triangle tile), each invocation owning
+//!    a `per_invocation` x `per_invocation` block (8 x 8 by default) read as vec4 from
+//!    workgroup memory; the diagonal tiles also sum w x from the values they stage, so the
+//!    vector costs no extra tile row (an augmented (x, 1) row used to cost a whole tile row:
+//!    twice the work at d = 128); `reduce_runs` adds each bin's pieces into that bin's total on
+//!    the device (atomics-free);
 //! 4. the totals are read back once per pass (and every 64 dispatch groups before that) and
 //!    added in f64.
 //!
@@ -41,16 +45,20 @@ use std::sync::Arc;
 const SHADER: &str = include_str!("../../../shaders/moments.wgsl");
 /// Invocations per workgroup of `bin_samples`.
 const BIN_WORKGROUP: u32 = 256;
-/// Each invocation of `syrk_tiles` owns a TM x TM block (a WGSL `const`).
-const TM: u32 = 4;
 /// Bytes of the uniform `Params` struct.
 const PARAMS_BYTES: u64 = 48;
+/// Environment variable that overrides the SYRK tile: "WG,TM,BK" (workgroup side, outputs per
+/// invocation and side, samples per slab), for sweeps on a hardware GPU.
+pub const MOMENT_TILE_ENV: &str = "RELU_FPT_GPU_MOMENT_TILE";
 
 /// Tunables of the moments kernels, fed to WGSL `override` constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MomentKernelParams {
-    /// Workgroup side of `syrk_tiles`: WG x WG invocations, output tiles of 4 WG x 4 WG.
+    /// Workgroup side of `syrk_tiles`: WG x WG invocations, output tiles of
+    /// `workgroup_side * per_invocation` on a side.
     pub workgroup_side: u32,
+    /// Outputs each invocation owns along each side of the tile (`TM`): 4 or 8.
+    pub per_invocation: u32,
     /// Samples staged in workgroup memory per step (`BK`).
     pub slab: u32,
     /// Most samples one f32 accumulator sums (`CHUNK`, a multiple of `slab`, <= 4096).
@@ -65,7 +73,8 @@ impl Default for MomentKernelParams {
     fn default() -> Self {
         MomentKernelParams {
             workgroup_side: 16,
-            slab: 16,
+            per_invocation: 8,
+            slab: 8,
             chunk: 4096,
             max_pieces_per_group: 256,
             max_batch_rows: 1 << 20,
@@ -74,22 +83,42 @@ impl Default for MomentKernelParams {
 }
 
 impl MomentKernelParams {
-    /// Defaults sized for dimension `d`: 32-wide tiles for small d (less padding work).
+    /// Defaults sized for dimension `d`: 128-wide tiles (16 x 16 invocations of 8 x 8), 64-wide
+    /// below d = 96 and 32-wide below d = 32 (less padding work), unless [`MOMENT_TILE_ENV`]
+    /// says otherwise (then a bad value is reported by the pass, not ignored).
     pub fn for_dim(d: usize) -> Self {
         let mut p = Self::default();
         if d < 32 {
             p.workgroup_side = 8;
+            p.per_invocation = 4;
+            p.slab = 16;
+        } else if d < 96 {
+            p.per_invocation = 4;
+            p.slab = 16;
+        }
+        if let Ok(v) = std::env::var(MOMENT_TILE_ENV) {
+            let parts: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+            match parts[..] {
+                [wg, tm, bk] => {
+                    p.workgroup_side = wg;
+                    p.per_invocation = tm;
+                    p.slab = bk;
+                }
+                // An unusable value becomes parameters that `check` refuses, naming them.
+                _ => p.workgroup_side = 0,
+            }
         }
         p
     }
 
     /// Output tile side.
     pub fn tile(&self) -> u32 {
-        self.workgroup_side * TM
+        self.workgroup_side * self.per_invocation
     }
 
     fn check(&self) -> Result<(), GpuError> {
         let ok = self.workgroup_side > 0
+            && matches!(self.per_invocation, 4 | 8)
             && self.slab > 0
             && self.chunk > 0
             && self.chunk <= 4096
@@ -101,7 +130,8 @@ impl MomentKernelParams {
             Ok(())
         } else {
             Err(GpuError::Kernel(format!(
-                "moment kernel parameters out of range: {self:?}"
+                "moment kernel parameters out of range (per_invocation 4 or 8, chunk a multiple \
+                 of slab and <= 4096; {MOMENT_TILE_ENV} is \"WG,TM,BK\"): {self:?}"
             )))
         }
     }
@@ -132,6 +162,7 @@ fn pipelines(
         let k = key.params;
         let constants = [
             ("WG", k.workgroup_side as f64),
+            ("TM", k.per_invocation as f64),
             ("BK", k.slab as f64),
             ("CHUNK", k.chunk as f64),
             ("WEIGHT_MODE", key.weight as f64),
@@ -168,8 +199,8 @@ struct Piece {
 /// Sizes fixed for one call.
 struct Plan {
     d: usize,
-    aug: usize,
-    aug_tri: usize,
+    /// Words per bin in the totals: the packed triangle, then w x.
+    bin_stride: usize,
     tiles: usize,
     pairs: Vec<[u32; 2]>,
     batch_rows: usize,
@@ -219,9 +250,8 @@ fn plan(
             lim.max_compute_workgroup_storage_size
         )));
     }
-    let aug = d + 1;
-    let aug_tri = aug * (aug + 1) / 2;
-    let tiles = aug.div_ceil(tile);
+    let bin_stride = d * (d + 1) / 2 + d;
+    let tiles = d.div_ceil(tile);
     let mut pairs = Vec::with_capacity(tiles * (tiles + 1) / 2);
     for ti in 0..tiles {
         for tj in ti..tiles {
@@ -231,7 +261,7 @@ fn plan(
     let max_binding = ctx.max_binding() as usize;
     let max_groups = lim.max_compute_workgroups_per_dimension as usize;
     let piece_bytes = pairs.len() * tile * tile * 4;
-    let triangle_bytes = aug_tri * 4;
+    let triangle_bytes = bin_stride * 4;
     if piece_bytes > max_binding || triangle_bytes > max_binding || pairs.len() > max_groups {
         return Err(GpuError::TooLarge(format!(
             "d = {d}: one set of partial tiles needs {piece_bytes} bytes and one triangle \
@@ -265,8 +295,7 @@ fn plan(
     let max_pieces = batch_rows.min(batch_rows.div_ceil(chunk) + bins);
     Ok(Plan {
         d,
-        aug,
-        aug_tri,
+        bin_stride,
         tiles,
         pairs,
         batch_rows,
@@ -289,8 +318,8 @@ fn params_bytes(spec: &BinSpec, plan: &Plan, rows: usize, piece_base: usize) -> 
         plan.pairs.len() as u32,
         plan.tiles as u32,
         piece_base as u32,
-        plan.aug as u32,
-        plan.aug_tri as u32,
+        plan.bin_stride as u32,
+        (plan.d * (plan.d + 1) / 2) as u32,
         0,
     ];
     let mut out = [0u8; 48];
@@ -431,9 +460,13 @@ pub(crate) fn gpu_moments(
         "moments partial tiles",
         (plan.group_pieces * plan.pairs.len() * tile * tile * 4) as u64,
     )?;
+    let partial_sx_buf = ctx.storage_buffer(
+        "moments partial w x",
+        (plan.group_pieces * plan.tiles * tile * 4) as u64,
+    )?;
     let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 16) as u64)?;
-    // Per-bin augmented triangles, summed on the device over groups and batches.
-    let totals_bytes = (k * plan.aug_tri * 4) as u64;
+    // Per-bin triangles and w x sums, summed on the device over groups and batches.
+    let totals_bytes = (k * plan.bin_stride * 4) as u64;
     let totals_buf = ctx.storage_buffer("moments totals", totals_bytes)?;
     let bins_staging = ctx.staging_buffer(
         "moments bins readback",
@@ -461,6 +494,7 @@ pub(crate) fn gpu_moments(
             (10, &partial_buf),
             (11, &runs_buf),
             (12, &totals_buf),
+            (13, &partial_sx_buf),
         ],
     )?;
 
@@ -480,8 +514,8 @@ pub(crate) fn gpu_moments(
         let totals: Vec<f32> =
             ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, flops)?;
         super::context::check_finite("moments", &totals)?;
-        for (b, packed) in totals.chunks_exact(plan.aug_tri).enumerate() {
-            add_augmented(out, b, packed, tri);
+        for (b, packed) in totals.chunks_exact(plan.bin_stride).enumerate() {
+            add_bin(out, b, packed, tri);
         }
         Ok(())
     };
@@ -523,6 +557,7 @@ pub(crate) fn gpu_moments(
                     (8, &pieces_buf),
                     (9, &pairs_buf),
                     (10, &partial_buf),
+                    (13, &partial_sx_buf),
                 ],
             )?;
 
@@ -635,8 +670,10 @@ pub(crate) fn gpu_moments(
                     pass.dispatch_workgroups(plan.pairs.len() as u32, group.len() as u32, 1);
                     pass.set_pipeline(&pipes.reduce);
                     pass.set_bind_group(0, &reduce_bind, &[]);
-                    let side = (plan.aug as u32).div_ceil(params.workgroup_side);
-                    pass.dispatch_workgroups(side, side, runs.len() as u32);
+                    // Rows 0..d of the triangle and row d for the w x sums.
+                    let wg = params.workgroup_side;
+                    let (cols, rows) = ((d as u32).div_ceil(wg), (d as u32 + 1).div_ceil(wg));
+                    pass.dispatch_workgroups(cols, rows, runs.len() as u32);
                 }
                 last = Some(ctx.submit("moments syrk", enc)?);
                 flops_since_flush += group.len() as f64 * plan.piece_flops;
@@ -657,21 +694,20 @@ pub(crate) fn gpu_moments(
     Ok(out)
 }
 
-/// Adds one bin's packed augmented triangle (rows of length d + 1 - i, the last entry of row
-/// i < d being sum w x_i) into `out`.
-fn add_augmented(out: &mut FilteredMoments, bin: usize, packed: &[f32], tri: usize) {
+/// Adds one bin's totals (the packed upper triangle of w x x^T, rows of length d - i, then the
+/// d sums of w x) into `out`.
+fn add_bin(out: &mut FilteredMoments, bin: usize, packed: &[f32], tri: usize) {
     let d = out.dim;
-    let sxx = &mut out.sum_xx[bin * tri..(bin + 1) * tri];
-    let sx = &mut out.sum_x[bin * d..(bin + 1) * d];
-    let mut src = 0;
-    let mut dst = 0;
-    for (i, s) in sx.iter_mut().enumerate() {
-        let len = d - i;
-        for (t, v) in sxx[dst..dst + len].iter_mut().zip(&packed[src..src + len]) {
-            *t += *v as f64;
-        }
-        *s += packed[src + len] as f64;
-        src += len + 1;
-        dst += len;
+    for (t, v) in out.sum_xx[bin * tri..(bin + 1) * tri]
+        .iter_mut()
+        .zip(&packed[..tri])
+    {
+        *t += *v as f64;
+    }
+    for (t, v) in out.sum_x[bin * d..(bin + 1) * d]
+        .iter_mut()
+        .zip(&packed[tri..tri + d])
+    {
+        *t += *v as f64;
     }
 }
