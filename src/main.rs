@@ -235,6 +235,11 @@ struct LearnArgs {
     /// rows, adding up to 4.8e6 row reads, at least one).
     #[arg(long)]
     polish_epochs: Option<usize>,
+    /// Spare basis rows the polish may grow into, each kept only when it lowers the
+    /// validation error (at most --max-dim rows in all; default: max(2, r / 2 rounded up) for
+    /// r directions from the subspace stage).
+    #[arg(long)]
+    spare_rows: Option<usize>,
     /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)
     /// over the training rows, 0 for neither (default: 30, fewer on more than 1e5 rows, adding
     /// up to 3e6 row reads, at least two; the deep net 60 and 1e7 row reads).
@@ -682,6 +687,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         polish: !a.no_polish,
         max_dim: a.max_dim,
         deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
+        spare_rows: a.spare_rows,
         ..LearnConfig::default()
     };
     if let Some(e) = a.polish_epochs {

@@ -436,7 +436,7 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
             epochs: 25,
             ..PolishConfig::default()
         },
-        spare_rows: 2,
+        spare_rows: Some(2),
         seed: 4,
         ..LearnConfig::default()
     };
@@ -454,6 +454,14 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
 
     let both = learn(common::cpu(), &source, &cfg(vec![e(0), e(1)])).unwrap();
     assert_eq!(both.model.layer_input_dim(), 2, "{}", both.summary());
+}
+
+/// The polish's default spare rows: two for a small basis, half the basis (rounded up) for a
+/// large one.
+#[test]
+fn default_spare_rows_grow_with_the_basis() {
+    let rows: Vec<usize> = (0..=10).map(relu_fpt::learn::auto_spare_rows).collect();
+    assert_eq!(rows, vec![2, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5]);
 }
 
 /// learn's stages: in order, each with its device, rows and validation error, the final model
