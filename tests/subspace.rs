@@ -269,6 +269,22 @@ fn learn_on_pure_noise_is_a_no_structure_error() {
     assert_eq!(none.rows, 24_000, "runs on the training split");
 }
 
+/// Too few rows for any label filter: the outcome says so (not "no signal") and names the
+/// rows a filter needs and a row count to try.
+#[test]
+fn too_few_rows_for_any_filter_says_so() {
+    let source = pure_noise(100, 16, 3, gauss, gauss);
+    let report = find_subspace(common::cpu(), &source, &SubspaceConfig::default()).unwrap();
+    let none = report.no_structure().expect("a typed no-structure outcome");
+    assert_eq!(none.filters, 0);
+    assert_eq!(none.min_filter_rows, 20 * 16, "min_filter_factor 20 x d");
+    assert_eq!(none.suggested_rows, Some(4 * 320));
+    let text = none.to_string();
+    assert!(text.contains("too few rows per filter"), "{text}");
+    assert!(text.contains("at least 1280 rows"), "{text}");
+    assert!(!text.contains("may not depend on x"), "{text}");
+}
+
 /// The CLI: `learn` on pure noise says so, exits 2 and writes no model.
 #[test]
 fn cli_learn_reports_no_structure_and_writes_no_model() {

@@ -297,8 +297,8 @@ impl PyNetwork {
 fn no_structure_json(none: &NoStructure) -> serde_json::Value {
     serde_json::json!({
         "rows": none.rows, "input_dim": none.input_dim, "best_score": none.best_score,
-        "threshold": none.threshold, "null_max": none.null_max,
-        "suggested_rows": none.suggested_rows,
+        "threshold": none.threshold, "null_max": none.null_max, "filters": none.filters,
+        "min_filter_rows": none.min_filter_rows, "suggested_rows": none.suggested_rows,
     })
 }
 

@@ -235,28 +235,8 @@ pub fn polish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::Layer;
 
-    /// A two-hidden-layer network on r = 2 inputs and a non-orthonormal 2 x 3 basis.
-    fn example() -> (Network, Vec<Vec<f64>>) {
-        let net = Network::new(
-            2,
-            vec![
-                Layer::new(
-                    2,
-                    3,
-                    vec![0.5, -0.2, 0.3, -0.4, 0.8, 0.1],
-                    vec![0.1, 0.2, -0.05],
-                )
-                .unwrap(),
-                Layer::new(3, 2, vec![1.0, -0.5, 0.3, 0.7, 0.2, -0.6], vec![0.05, -0.1]).unwrap(),
-                Layer::new(2, 1, vec![1.2, -0.9], vec![0.3]).unwrap(),
-            ],
-        )
-        .unwrap();
-        let basis = vec![vec![0.9, 0.1, -0.3], vec![-0.2, 0.7, 0.4]];
-        (net, basis)
-    }
+    use crate::network::two_layer_example as example;
 
     #[test]
     fn factorised_mse_equals_the_lifted_network_mse() {

@@ -536,3 +536,26 @@ impl Network {
                 .all(|v| v.is_finite())
     }
 }
+
+/// For unit tests of the factorised model: a two-hidden-layer network on r = 2 inputs (its
+/// first layer wider than its input, so stored transposed) and a non-orthonormal 2 x 3 basis.
+#[cfg(test)]
+pub(crate) fn two_layer_example() -> (Network, Vec<Vec<f64>>) {
+    let net = Network::new(
+        2,
+        vec![
+            Layer::new(
+                2,
+                3,
+                vec![0.5, -0.2, 0.3, -0.4, 0.8, 0.1],
+                vec![0.1, 0.2, -0.05],
+            )
+            .unwrap(),
+            Layer::new(3, 2, vec![1.0, -0.5, 0.3, 0.7, 0.2, -0.6], vec![0.05, -0.1]).unwrap(),
+            Layer::new(2, 1, vec![1.2, -0.9], vec![0.3]).unwrap(),
+        ],
+    )
+    .unwrap();
+    let basis = vec![vec![0.9, 0.1, -0.3], vec![-0.2, 0.7, 0.4]];
+    (net, basis)
+}

@@ -100,6 +100,7 @@ pub(super) fn baseline(
             },
         rows: n,
         null_margin: f64::NAN,
+        min_filter_rows: 0,
         method: c.method,
     })
 }

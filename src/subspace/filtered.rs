@@ -89,6 +89,11 @@ fn cell_edges(sorted_y: &[f64], quantiles: &[f64], tails: &[f64], atom: bool) ->
     CellEdges { edges, filters }
 }
 
+/// Rows a filter must hold to be scored: min_filter_factor x d, at least 1.
+pub(super) fn min_filter_rows(c: &SubspaceConfig, d: usize) -> u64 {
+    (c.min_filter_factor * d as f64).max(1.0).ceil() as u64
+}
+
 /// One filter: a set of y-bins of one cell.
 struct Filter {
     cell: usize,
@@ -575,7 +580,7 @@ fn scan_filters(
             .zip(&moments.sum_x[b * side..(b + 1) * side])
             .for_each(|(a, v)| *a += v);
     }
-    let min_n = (c.min_filter_factor * frame.d as f64).max(1.0);
+    let min_n = min_filter_rows(c, frame.d) as f64;
     let usable: Vec<&Filter> = bins
         .filters
         .iter()

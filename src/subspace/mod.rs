@@ -499,6 +499,7 @@ fn filtered_pca(
         samples_used,
         rows: n,
         null_margin: c.null_margin,
+        min_filter_rows: filtered::min_filter_rows(c, d),
         method: Method::Filtered,
     })
 }

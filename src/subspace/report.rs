@@ -111,6 +111,8 @@ pub struct SubspaceReport {
     pub rows: u64,
     /// The null margin the bar used.
     pub null_margin: f64,
+    /// Rows a filter must hold to be scored (min_filter_factor x d; 0 for the baselines).
+    pub min_filter_rows: u64,
     /// The estimator that produced it.
     pub method: Method,
 }
@@ -129,13 +131,32 @@ pub struct NoStructure {
     pub threshold: f64,
     /// The largest null-contrast score behind the bar.
     pub null_max: f64,
+    /// Filters the first round scored: 0 when every label filter held fewer than
+    /// `min_filter_rows` rows, so nothing was tested at all.
+    pub filters: usize,
+    /// Rows a filter must hold to be scored.
+    pub min_filter_rows: u64,
     /// Scores of a fixed signal grow like sqrt(N): N (threshold / best)^2 when the best score
-    /// stands above the null maximum; None when it does not (no sign of signal at all).
+    /// stands above the null maximum; with no filter scored, 4 x `min_filter_rows` (enough
+    /// for several label filters); None when the best score does not rise above the null (no
+    /// sign of signal at all).
     pub suggested_rows: Option<u64>,
 }
 
 impl std::fmt::Display for NoStructure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.filters == 0 {
+            return write!(
+                f,
+                "no structure found: too few rows per filter: {} rows (d = {}) left no label \
+                 filter with the {} rows it needs to be scored, so nothing was tested; \
+                 give at least {} rows",
+                self.rows,
+                self.input_dim,
+                self.min_filter_rows,
+                self.suggested_rows.unwrap_or(4 * self.min_filter_rows)
+            );
+        }
         write!(
             f,
             "no structure found: no direction cleared the calibrated null on {} rows (d = {}); \
@@ -193,14 +214,20 @@ impl SubspaceReport {
         } else {
             (first.best_score, first.threshold, first.null_max)
         };
-        let suggested_rows = (best > null && best > 0.0)
-            .then(|| (self.rows as f64 * (bar / best).powi(2)).ceil() as u64);
+        let suggested_rows = if first.filters == 0 {
+            Some(4 * self.min_filter_rows)
+        } else {
+            (best > null && best > 0.0)
+                .then(|| (self.rows as f64 * (bar / best).powi(2)).ceil() as u64)
+        };
         Some(NoStructure {
             rows: self.rows,
             input_dim: self.input_dim,
             best_score: best,
             threshold: bar,
             null_max: null,
+            filters: first.filters,
+            min_filter_rows: self.min_filter_rows,
             suggested_rows,
         })
     }

@@ -713,27 +713,7 @@ mod tests {
     use crate::network::Layer;
     use rand::{RngExt, SeedableRng};
 
-    /// A two-hidden-layer network on r = 2 inputs and a non-orthonormal 2 x 3 basis.
-    fn example() -> (Network, Vec<Vec<f64>>) {
-        let net = Network::new(
-            2,
-            vec![
-                // Wider than its input, so stored transposed; the others are stored as rows.
-                Layer::new(
-                    2,
-                    3,
-                    vec![0.5, -0.2, 0.3, -0.4, 0.8, 0.1],
-                    vec![0.1, 0.2, -0.05],
-                )
-                .unwrap(),
-                Layer::new(3, 2, vec![1.0, -0.5, 0.3, 0.7, 0.2, -0.6], vec![0.05, -0.1]).unwrap(),
-                Layer::new(2, 1, vec![1.2, -0.9], vec![0.3]).unwrap(),
-            ],
-        )
-        .unwrap();
-        let basis = vec![vec![0.9, 0.1, -0.3], vec![-0.2, 0.7, 0.4]];
-        (net, basis)
-    }
+    use crate::network::two_layer_example as example;
 
     fn loaded(model: &Factored, x: &[f32], y: &[f32]) -> Scratch {
         let mut s = model.scratch(y.len());

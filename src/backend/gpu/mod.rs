@@ -19,8 +19,8 @@ pub use fit::FitKernelParams;
 use fit::FitPipelineCache;
 use forward::ForwardPipelineCache;
 pub use forward::{ForwardKernelParams, MAX_FORWARD_WIDTH};
-pub use moments::MomentKernelParams;
 use moments::MomentPipelineCache;
+pub use moments::{sort_batch, BatchOrder, MomentKernelParams, Piece};
 pub use sample::{generate_on_device, philox_words_on_device};
 pub use smoke::{smoke_kernel, smoke_test, smoke_twin};
 // The trainer's passes: projection, small-network training and scoring, sphere-net features.

@@ -189,11 +189,76 @@ fn weight_code(w: SampleWeight) -> u32 {
 const FLUSH_GROUPS: usize = 64;
 
 /// A run of consecutive samples of one bin in the sorted batch, at most `chunk` long.
-#[derive(Clone, Copy)]
-struct Piece {
-    bin: usize,
-    start: u32,
-    len: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The bin.
+    pub bin: usize,
+    /// First position in the sorted batch.
+    pub start: u32,
+    /// Samples.
+    pub len: u32,
+}
+
+/// A batch in bin order: what the SYRK kernels read ([`sort_batch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOrder {
+    /// Runs of one bin each, bins in increasing order.
+    pub pieces: Vec<Piece>,
+    /// Sorted position -> sample index, stable within a bin (empty when not asked for).
+    pub perm: Vec<u32>,
+}
+
+/// The host's share of a batch with K > 1 bins: adds each sample's count, weight, y and y^2 to
+/// its bin in f64 (in sample order) and counting-sorts the batch into bin order, cut into
+/// pieces of at most `chunk` samples. The per-bin sums of w x x^T run on the device; this pass
+/// over 4-byte bin ids stays here because the f64 label sums and the f64 recheck of samples
+/// near an edge need the ids on the host anyway (`benches/batch_sort.rs` times it).
+pub fn sort_batch(
+    bin_ids: &[u32],
+    ys: &[f32],
+    weight: SampleWeight,
+    chunk: usize,
+    want_perm: bool,
+    out: &mut FilteredMoments,
+) -> BatchOrder {
+    let k = out.bins;
+    let mut counts = vec![0usize; k];
+    for (&b, &yv) in bin_ids.iter().zip(ys) {
+        let b = b as usize;
+        let yv = yv as f64;
+        counts[b] += 1;
+        out.count[b] += 1;
+        out.weight_sum[b] += weight.of(yv);
+        out.sum_y[b] += yv;
+        out.sum_y2[b] += yv * yv;
+    }
+    let mut pieces = Vec::new();
+    let mut offset = 0usize;
+    let mut next = vec![0u32; k];
+    for (b, &n) in counts.iter().enumerate() {
+        next[b] = offset as u32;
+        let mut s = 0;
+        while s < n {
+            let len = chunk.min(n - s);
+            pieces.push(Piece {
+                bin: b,
+                start: (offset + s) as u32,
+                len: len as u32,
+            });
+            s += len;
+        }
+        offset += n;
+    }
+    let mut perm = Vec::new();
+    if want_perm {
+        perm.resize(bin_ids.len(), 0u32);
+        for (i, &b) in bin_ids.iter().enumerate() {
+            let slot = &mut next[b as usize];
+            perm[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+    }
+    BatchOrder { pieces, perm }
 }
 
 /// Sizes fixed for one call.
@@ -600,42 +665,11 @@ pub(crate) fn gpu_moments(
             }
 
             // Scalar sums in f64 and the counting sort, on the host.
-            let mut counts = vec![0usize; k];
-            for (&b, &yv) in bin_ids.iter().zip(ys) {
-                let b = b as usize;
-                let yv = yv as f64;
-                counts[b] += 1;
-                out.count[b] += 1;
-                out.weight_sum[b] += weight.of(yv);
-                out.sum_y[b] += yv;
-                out.sum_y2[b] += yv * yv;
-            }
-            let mut pieces = Vec::new();
-            let mut offset = 0usize;
-            let mut next = vec![0u32; k];
-            for (b, &n) in counts.iter().enumerate() {
-                next[b] = offset as u32;
-                let mut s = 0;
-                while s < n {
-                    let len = chunk.min(n - s);
-                    pieces.push(Piece {
-                        bin: b,
-                        start: (offset + s) as u32,
-                        len: len as u32,
-                    });
-                    s += len;
-                }
-                offset += n;
-            }
+            let order = sort_batch(&bin_ids, ys, weight, chunk, use_perm, &mut out);
+            let pieces = order.pieces;
             if use_perm {
-                let mut perm = vec![0u32; rows];
-                for (i, &b) in bin_ids.iter().enumerate() {
-                    let slot = &mut next[b as usize];
-                    perm[*slot as usize] = i as u32;
-                    *slot += 1;
-                }
                 ctx.queue
-                    .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&perm));
+                    .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&order.perm));
             }
             let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
             if !piece_words.is_empty() {
@@ -709,5 +743,33 @@ fn add_bin(out: &mut FilteredMoments, bin: usize, packed: &[f32], tri: usize) {
         .zip(&packed[tri..tri + d])
     {
         *t += *v as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bin order, stable within a bin, cut at `chunk`; the label sums in f64 per bin.
+    #[test]
+    fn sort_batch_orders_by_bin_stably_and_sums_labels() {
+        let bins = [2u32, 0, 2, 1, 2, 0, 2];
+        let ys = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let mut out = FilteredMoments::zeros(3, 4);
+        let order = sort_batch(&bins, &ys, SampleWeight::Unit, 3, true, &mut out);
+        assert_eq!(order.perm, vec![1, 5, 3, 0, 2, 4, 6]);
+        let runs: Vec<(usize, u32, u32)> = order
+            .pieces
+            .iter()
+            .map(|p| (p.bin, p.start, p.len))
+            .collect();
+        assert_eq!(runs, vec![(0, 0, 2), (1, 2, 1), (2, 3, 3), (2, 6, 1)]);
+        assert_eq!(out.count, vec![2, 1, 4, 0]);
+        assert_eq!(out.sum_y, vec![8.0, 4.0, 16.0, 0.0]);
+        assert_eq!(out.sum_y2, vec![40.0, 16.0, 84.0, 0.0]);
+        assert_eq!(out.weight_sum, vec![2.0, 1.0, 4.0, 0.0]);
+        let no_perm = sort_batch(&bins, &ys, SampleWeight::Unit, 3, false, &mut out);
+        assert!(no_perm.perm.is_empty());
+        assert_eq!(no_perm.pieces, order.pieces);
     }
 }
