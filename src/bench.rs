@@ -243,3 +243,110 @@ fn quantiles(mut v: Vec<f32>, parts: usize) -> Vec<f64> {
         .map(|j| v[(j * v.len() / parts).min(v.len() - 1)] as f64)
         .collect()
 }
+
+/// Result of [`bench_kernel`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KernelBench {
+    /// CPU moments micro-kernel ("avx512", "avx2", "portable").
+    pub kernel: String,
+    /// Threads, each summing its own copy of the rows.
+    pub threads: usize,
+    /// Dimension d.
+    pub d: usize,
+    /// Rows each thread sums over and over (they stay in its caches when small).
+    pub rows: usize,
+    /// Rows summed per thread in one timed run (`rows` repeated).
+    pub passes_rows: u64,
+    /// Median wall time of one timed run, seconds.
+    pub seconds: f64,
+    /// threads passes_rows d (d + 1) / seconds / 1e9 (the count `bench moments` uses).
+    pub gflops: f64,
+    /// CPU time of one timed run summed over the threads (median; Linux): on a busy machine
+    /// this, not the wall time, says how fast the kernel is.
+    pub cpu_seconds: Option<f64>,
+    /// threads passes_rows d (d + 1) / cpu_seconds / 1e9: one core's speed per second of CPU
+    /// time, to compare with `bench peak`'s `gflops_per_cpu_second`.
+    pub gflops_per_cpu_second: Option<f64>,
+}
+
+/// The moments kernel on data already in cache: each rayon thread runs the weighted SYRK
+/// (unit weights, K = 1, runs of `rows` rows added into f64) over its own `rows` x d standard
+/// normals until it has summed `total_rows` / threads rows; the median of `runs` timings. With
+/// `rows` d 4 bytes well inside L2 this is the kernel's ceiling without the memory stream.
+pub fn bench_kernel(
+    isa: crate::backend::cpu::syrk::Isa,
+    d: usize,
+    rows: usize,
+    total_rows: u64,
+    runs: usize,
+) -> Result<KernelBench> {
+    use crate::backend::cpu::syrk::{tri_offset, Rows, Syrk, RUN_ROWS};
+    if d == 0 || rows == 0 || rows > RUN_ROWS || total_rows == 0 {
+        return Err(Error::invalid(format!(
+            "bench kernel: d = {d}, rows = {rows}, n = {total_rows}: d and n must be positive \
+             and rows in 1..={RUN_ROWS}"
+        )));
+    }
+    struct Block {
+        x: Vec<f32>,
+        d: usize,
+    }
+    impl Rows for Block {
+        fn row(&self, i: usize) -> &[f32] {
+            &self.x[i * self.d..(i + 1) * self.d]
+        }
+        fn weight(&self, _: usize) -> f32 {
+            1.0
+        }
+    }
+    let threads = rayon::current_num_threads();
+    let per_thread = total_rows.div_ceil(threads as u64);
+    let repeats = per_thread.div_ceil(rows as u64);
+    let block = bench_source(rows, d, 0x6b65726e656c);
+    let timed: Vec<(f64, Option<f64>)> = (0..runs.max(1) + 1)
+        .map(|_| {
+            let cpu = process_cpu_seconds();
+            let t = std::time::Instant::now();
+            let sums: Vec<f64> = rayon::broadcast(|_| {
+                let set = Block {
+                    x: block.x.clone(),
+                    d,
+                };
+                let mut syrk = Syrk::new(isa, d);
+                let mut xx = vec![0.0f64; tri_offset(d, d)];
+                let mut sx = vec![0.0f64; d];
+                for _ in 0..repeats {
+                    syrk.run(&set, 0..rows, 0..d, false, &mut xx, &mut sx);
+                }
+                xx[0]
+            });
+            std::hint::black_box(sums);
+            let wall = t.elapsed().as_secs_f64();
+            (wall, cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a))
+        })
+        .skip(1)
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let seconds = median(timed.iter().map(|t| t.0).collect());
+    let cpu_seconds = timed
+        .iter()
+        .map(|t| t.1)
+        .collect::<Option<Vec<f64>>>()
+        .map(median);
+    let done = threads as u64 * repeats * rows as u64;
+    let flops = done as f64 * d as f64 * (d as f64 + 1.0);
+    Ok(KernelBench {
+        kernel: isa.name().to_string(),
+        threads,
+        d,
+        rows,
+        passes_rows: repeats * rows as u64,
+        seconds,
+        gflops: flops / seconds / 1e9,
+        cpu_seconds,
+        gflops_per_cpu_second: cpu_seconds.map(|c| flops / c / 1e9),
+    })
+}

@@ -58,6 +58,9 @@ enum BenchCommand {
     Peak(BenchPeakArgs),
     /// Enumerate-and-test against the sphere-net fit on small teachers, true basis given.
     Search(BenchSearchArgs),
+    /// The CPU moments kernel on rows already in cache (its ceiling without the memory
+    /// stream), as a fraction of the FMA peak.
+    Kernel(BenchKernelArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -372,6 +375,30 @@ struct BenchMomentsArgs {
 }
 
 #[derive(Args)]
+struct BenchKernelArgs {
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    /// Rows each thread sums over and over (1024 rows of d = 128 are 512 KiB: inside L2).
+    #[arg(long, default_value_t = 1024)]
+    rows: usize,
+    /// Rows summed in one timed run, all threads together.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// CPU moments micro-kernel (auto: RELU_FPT_CPU_KERNEL, else the widest the CPU has).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
+    /// The FMA peak to compare with, GFLOP/s on all threads (default: measure it first).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchPeakArgs {
     /// Seconds per timed repeat.
     #[arg(long, default_value_t = 0.5)]
@@ -452,6 +479,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Peak(a),
         } => bench_peak(a),
+        Command::Bench {
+            what: BenchCommand::Kernel(a),
+        } => bench_kernel(a),
         Command::Bench {
             what: BenchCommand::Search(a),
         } => bench_search(a),
@@ -1090,6 +1120,54 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
+    use relu_fpt::backend::cpu::peak;
+    one_process("bench kernel")?;
+    let isa = a.kernel.resolve()?;
+    let (peak, per_cpu_second) = match a.peak_gflops {
+        Some(p) if p.is_finite() && p > 0.0 => (p, None),
+        Some(p) => {
+            return Err(Error::invalid(format!(
+                "--peak-gflops {p}: give a positive number (GFLOP/s), or leave it out to measure"
+            )))
+        }
+        None => peak::best_of(&peak::measure_all(0.3, 3)),
+    };
+    let r = relu_fpt::bench::bench_kernel(isa, a.d, a.rows, a.n, a.runs)?;
+    if a.json {
+        let mut v = serde_json::to_value(&r).expect("numbers and strings");
+        v["peak_gflops"] = peak.into();
+        v["peak_fraction"] = (r.gflops / peak).into();
+        v["peak_gflops_per_cpu_second"] = per_cpu_second.into();
+        v["cpu_time_fraction"] = r
+            .gflops_per_cpu_second
+            .zip(per_cpu_second)
+            .map(|(g, p)| g / p)
+            .into();
+        println!("{v}");
+    } else {
+        let cpu = match (r.gflops_per_cpu_second, per_cpu_second) {
+            (Some(g), Some(p)) => format!(
+                " ({:.0}% of one core's peak per second of CPU time, {g:.1} of {p:.1})",
+                100.0 * g / p
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{} kernel in cache ({} threads, {} rows of d = {} each, {} rows per thread): median {:.4} s, {:.1} GFLOP/s, {:.0}% of the FMA peak {peak:.1} GFLOP/s{cpu}",
+            r.kernel,
+            r.threads,
+            r.rows,
+            r.d,
+            r.passes_rows,
+            r.seconds,
+            r.gflops,
+            100.0 * r.gflops / peak
+        );
+    }
+    Ok(())
+}
+
 fn bench_peak(a: BenchPeakArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;
     one_process("bench peak")?;
@@ -1103,6 +1181,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
         k => vec![peak::measure(k.resolve()?, a.seconds, a.repeats)],
     };
     let (total, per_cpu_second) = peak::best_of(&peaks);
+    let read = peak::read_bandwidth(peak::READ_PROBE_BYTES, a.repeats);
     let best = peaks
         .iter()
         .find(|p| p.gflops_total == total)
@@ -1112,6 +1191,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
         let mut v = serde_json::to_value(best).expect("numbers and strings");
         v["gflops_per_cpu_second"] = per_cpu_second.into();
         v["by_isa"] = serde_json::to_value(&peaks).expect("numbers and strings");
+        v["read_gbytes_per_s"] = read.into();
         println!("{v}");
     } else {
         for p in &peaks {
@@ -1139,6 +1219,11 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
             per_cpu_second.map_or(String::new(), |c| format!(
                 ", {c:.1} GFLOP/s per core per second of CPU time"
             ))
+        );
+        println!(
+            "memory read: {read:.1} GB/s on all threads (a {} MiB buffer, best of {} repeats)",
+            peak::READ_PROBE_BYTES >> 20,
+            a.repeats
         );
     }
     Ok(())

@@ -182,3 +182,51 @@ fn kernel_from_the_environment() {
     );
     assert_eq!(MomentKernel::Auto.resolve().expect("best"), Isa::best());
 }
+
+/// A dense rank-2 basis (two orthogonal +-1/sqrt(d) rows, so z sums every coordinate) and rows
+/// moved onto its cell edges up to f32 rounding: the vectorised z (and the |x| that sets its
+/// tolerance band) must give exactly the reference's bins on every kernel.
+#[test]
+fn rows_near_dense_basis_edges_fall_in_the_reference_bins() {
+    let d = 64;
+    let s = 1.0 / (d as f64).sqrt();
+    let mut basis = vec![0.0; 2 * d];
+    for j in 0..d {
+        basis[j] = if j % 2 == 0 { s } else { -s };
+        basis[d + j] = if (j / 2) % 2 == 0 { s } else { -s };
+    }
+    let edges = vec![-0.5, 0.0, 0.5];
+    let spec = BinSpec {
+        dim: d,
+        basis: basis.clone(),
+        axis_edges: vec![edges.clone(); 2],
+        y_edges: vec![vec![0.1]; 16],
+    };
+    let mut data = source(3000, d, 7);
+    for (i, row) in data.x.chunks_exact_mut(d).enumerate() {
+        // Two rows in three onto an edge of the first axis, one in three of both.
+        for axis in 0..(i % 3).min(2) {
+            let b = &basis[axis * d..(axis + 1) * d];
+            let e = edges[i % edges.len()];
+            let z: f64 = b.iter().zip(row.iter()).map(|(a, &v)| a * v as f64).sum();
+            for (v, a) in row.iter_mut().zip(b) {
+                *v = (*v as f64 - (z - e) * a) as f32;
+            }
+        }
+    }
+    let want = reference_moments(&data, &spec, SampleWeight::Unit).expect("reference");
+    for (kernel, isa) in [
+        (MomentKernel::Avx512, Isa::Avx512),
+        (MomentKernel::Avx2, Isa::Avx2),
+        (MomentKernel::Portable, Isa::Portable),
+    ] {
+        if !isa.available() {
+            println!("skipped: this CPU lacks {}", isa.name());
+            continue;
+        }
+        let got = run(kernel, &data, &spec, SampleWeight::Unit);
+        assert_eq!(got.count, want.count, "{kernel:?}: bin counts differ");
+        let rel = got.relative_difference(&want);
+        assert!(rel <= TOLERANCE, "{kernel:?}: relative difference {rel:e}");
+    }
+}

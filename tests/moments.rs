@@ -433,3 +433,18 @@ for_backends! {
     fit_empty_source => cpu_fit_empty_source, gpu_fit_empty_source;
     fit_mismatched_basis_and_network => cpu_fit_mismatched_basis_and_network, gpu_fit_mismatched_basis_and_network;
 }
+
+/// The probes behind `relu-fpt bench kernel` and `bench peak`'s read bandwidth give positive
+/// figures, and the kernel bench refuses a block longer than a run.
+#[test]
+fn kernel_and_bandwidth_probes() {
+    use relu_fpt::backend::cpu::moments::{Isa, RUN_ROWS};
+    let isa = Isa::best();
+    let r = relu_fpt::bench::bench_kernel(isa, 40, 64, 4096, 1).expect("bench kernel");
+    assert_eq!((r.d, r.rows, r.kernel.as_str()), (40, 64, isa.name()));
+    assert!(r.passes_rows * r.threads as u64 >= 4096, "{r:?}");
+    assert!(r.gflops.is_finite() && r.gflops > 0.0, "{r:?}");
+    assert!(relu_fpt::bench::bench_kernel(isa, 40, RUN_ROWS + 1, 4096, 1).is_err());
+    let gb = relu_fpt::backend::cpu::peak::read_bandwidth(8 << 20, 1);
+    assert!(gb.is_finite() && gb > 0.0, "{gb}");
+}

@@ -5,8 +5,8 @@
 //! added into f64. Every f64 sum is taken in an order fixed by N and d alone, so the result is
 //! the same bits whatever the thread count:
 //! - **K = 1**: the rows are cut into at most [`MAX_PARTITIONS`] contiguous partitions (a count
-//!   set by N and d, not by the threads); each sums its chunks of about 1 MiB of x (one run
-//!   each, read into cache and consumed there) into its own f64 accumulators, and the
+//!   set by N and d, not by the threads); each sums its chunks of [`RUN_ROWS`] rows (at most 4 MiB
+//!   of x; one run each, the kernel fetching each slice's rows while it multiplies the last) into its own f64 accumulators, and the
 //!   partitions are merged in order. The accumulators are one triangle each, so merging is
 //!   cheap.
 //! - **K > 1**: the rows are read in blocks of about [`BLOCK_BYTES`] of x (sub-chunks read and
@@ -30,8 +30,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Bytes of x per chunk when K = 1: a chunk is read, packed and summed while in cache.
-const SINGLE_BIN_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of x per chunk when K = 1 (at most RUN_ROWS rows): long chunks leave few slices
+/// whose rows the kernel could not fetch ahead (the first of each run).
+const SINGLE_BIN_CHUNK_BYTES: usize = 4 << 20;
 /// Most partitions of the rows when K = 1 (fixed, so the sum order does not follow the threads).
 pub const MAX_PARTITIONS: u64 = 64;
 /// Budget for the K = 1 partitions' f64 accumulators together.
@@ -406,14 +407,17 @@ fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
     let d = spec.dim;
     let per_axis = spec.cells_per_axis();
     let mut cell = 0usize;
-    let mut band = None;
+    let mut band = 0.0;
     for (j, edges) in spec.axis_edges.iter().enumerate() {
         let row = &spec.basis[j * d..(j + 1) * d];
-        let mut z = dot_f64(use_avx2, row, x);
-        let band = *band.get_or_insert_with(|| {
-            let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-            (d as f64 + 2.0) * f64::EPSILON * norm + f64::MIN_POSITIVE
-        });
+        // |x|^2 in the same vectorised pass as the first z (a sequential sum of d squares
+        // would be latency-bound and cost as much as the SYRK at K = 64).
+        let (mut z, norm2) = dot_f64(use_avx2, row, x, j == 0);
+        if j == 0 {
+            // The lanes' |x|^2 is within a factor 1 + d 2^-53 of the exact one: the band
+            // is widened by 1% to cover it.
+            band = 1.01 * (d as f64 + 2.0) * f64::EPSILON * norm2.sqrt() + f64::MIN_POSITIVE;
+        }
         if edges.iter().any(|&e| (z - e).abs() <= band) {
             z = row.iter().zip(x).map(|(a, &b)| a * b as f64).sum();
         }
@@ -422,35 +426,86 @@ fn bin_of_row(spec: &BinSpec, use_avx2: bool, x: &[f32], y: f64) -> usize {
     cell * spec.y_bins() + count_below(&spec.y_edges[cell], y)
 }
 
-fn dot_f64(use_avx2: bool, b: &[f64], x: &[f32]) -> f64 {
+/// b . x and, when `norm` is set, |x|^2 (else 0), both in f64 over eight interleaved lanes.
+fn dot_f64(use_avx2: bool, b: &[f64], x: &[f32], norm: bool) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if use_avx2 {
         // SAFETY: AVX2 and FMA were detected at run time.
-        return unsafe { dot_f64_avx2(b, x) };
+        return unsafe {
+            if norm {
+                dot_f64_avx2::<true>(b, x)
+            } else {
+                dot_f64_avx2::<false>(b, x)
+            }
+        };
     }
     let _ = use_avx2;
-    dot_f64_lanes(b, x)
+    if norm {
+        dot_f64_lanes::<true>(b, x)
+    } else {
+        dot_f64_lanes::<false>(b, x)
+    }
 }
 
+/// [`dot_f64_lanes`] in AVX2 registers (the compiler's version converts x one value at a
+/// time); the same eight lanes, each a fused multiply-add.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f64_avx2(b: &[f64], x: &[f32]) -> f64 {
-    dot_f64_lanes(b, x)
+unsafe fn dot_f64_avx2<const NORM: bool>(b: &[f64], x: &[f32]) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n = b.len().min(x.len()) / 8 * 8;
+    let (mut d0, mut d1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut i = 0;
+    while i < n {
+        let x0 = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i)));
+        let x1 = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i + 4)));
+        d0 = _mm256_fmadd_pd(_mm256_loadu_pd(b.as_ptr().add(i)), x0, d0);
+        d1 = _mm256_fmadd_pd(_mm256_loadu_pd(b.as_ptr().add(i + 4)), x1, d1);
+        if NORM {
+            s0 = _mm256_fmadd_pd(x0, x0, s0);
+            s1 = _mm256_fmadd_pd(x1, x1, s1);
+        }
+        i += 8;
+    }
+    let mut lanes = [0.0f64; 8];
+    let mut squares = [0.0f64; 8];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), d0);
+    _mm256_storeu_pd(lanes.as_mut_ptr().add(4), d1);
+    _mm256_storeu_pd(squares.as_mut_ptr(), s0);
+    _mm256_storeu_pd(squares.as_mut_ptr().add(4), s1);
+    for (l, (bb, v)) in b[n..].iter().zip(&x[n..]).enumerate() {
+        let xv = *v as f64;
+        lanes[l] += bb * xv;
+        if NORM {
+            squares[l] += xv * xv;
+        }
+    }
+    (lanes.iter().sum(), squares.iter().sum())
 }
 
 #[inline(always)]
-fn dot_f64_lanes(b: &[f64], x: &[f32]) -> f64 {
+fn dot_f64_lanes<const NORM: bool>(b: &[f64], x: &[f32]) -> (f64, f64) {
     const LANES: usize = 8;
     let mut lanes = [0.0f64; LANES];
+    let mut squares = [0.0f64; LANES];
     let mut bc = b.chunks_exact(LANES);
     let mut xc = x.chunks_exact(LANES);
     for (bb, v) in (&mut bc).zip(&mut xc) {
         for l in 0..LANES {
-            lanes[l] += bb[l] * v[l] as f64;
+            let xv = v[l] as f64;
+            lanes[l] += bb[l] * xv;
+            if NORM {
+                squares[l] += xv * xv;
+            }
         }
     }
     for (l, (bb, v)) in bc.remainder().iter().zip(xc.remainder()).enumerate() {
-        lanes[l] += bb * *v as f64;
+        let xv = *v as f64;
+        lanes[l] += bb * xv;
+        if NORM {
+            squares[l] += xv * xv;
+        }
     }
-    lanes.iter().sum()
+    (lanes.iter().sum(), squares.iter().sum())
 }

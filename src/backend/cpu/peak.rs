@@ -325,3 +325,38 @@ fn fma_loop_portable(iters: u64, a: f32, b: f32) -> f32 {
     }
     acc.iter().sum()
 }
+
+/// Bytes of the buffer [`read_bandwidth`] streams: far past every cache level.
+pub const READ_PROBE_BYTES: usize = 1 << 30;
+
+/// The machine's memory read bandwidth in GB/s (1e9 bytes per second): every rayon thread
+/// sums its share of a `bytes` buffer (written first, so its pages exist) at once, in 16
+/// independent lanes; the best of `repeats` timings. It bounds any pass that streams x from
+/// memory: at d floats per row, such a pass cannot exceed `gbytes_per_s / (4 d)` billion rows
+/// per second whatever its kernel.
+pub fn read_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    use rayon::prelude::*;
+    const LANES: usize = 16;
+    let threads = rayon::current_num_threads();
+    let per_thread = (bytes / 4 / threads).div_ceil(LANES) * LANES;
+    let mut buf = vec![0.0f32; per_thread * threads];
+    buf.par_chunks_mut(per_thread)
+        .for_each(|c| c.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32));
+    let mut best = 0.0f64;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let sums: Vec<f32> = rayon::broadcast(|ctx| {
+            let part = &buf[ctx.index() * per_thread..(ctx.index() + 1) * per_thread];
+            let mut lanes = [0.0f32; LANES];
+            for c in part.chunks_exact(LANES) {
+                for (l, v) in lanes.iter_mut().zip(c) {
+                    *l += v;
+                }
+            }
+            lanes.iter().sum()
+        });
+        std::hint::black_box(sums);
+        best = best.max((4 * per_thread * threads) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}

@@ -12,7 +12,10 @@
 //! beyond d). With unit weights and `MR` dividing `NR` the kernel broadcasts A straight out of
 //! B's panels, so a row is copied once; otherwise A = w x is packed into panels of `MR` rows.
 //! Tiles run panel by panel (the panel stays in L1 while every row block above the diagonal
-//! passes over it). A row block's first tile starts at its first row rounded down to a vector,
+//! passes over it; the AVX-512 slice is 128 rows so that a B panel and the A rows broadcast
+//! from another stay in L1 together). While the tiles of one slice run, each tile asks for a
+//! share of the next slice's cache lines (a prefetch every few of its rows): packing then reads
+//! L2 instead of stalling on memory, which had cost a third of the pass at d = 128. A row block's first tile starts at its first row rounded down to a vector,
 //! so the triangle costs about half a vector of extra columns per row block. The column sums
 //! (the augmented (x, 1) column of the moment) are summed from the packed panels, d adds per
 //! row, instead of widening every tile.
@@ -208,6 +211,8 @@ pub struct Syrk {
     c: Aligned,
     /// f32 column sums of diag(w) X over the run.
     sum_x: Vec<f32>,
+    /// Addresses of the cache lines of the next slice's rows, fetched during the tiles.
+    ahead: Vec<usize>,
 }
 
 impl Syrk {
@@ -227,6 +232,7 @@ impl Syrk {
             apack: Aligned::new(kc * da),
             c: Aligned::new(da * db),
             sum_x: vec![0.0; da.max(db)],
+            ahead: Vec::new(),
         }
     }
 
@@ -305,10 +311,14 @@ trait MicroKernel {
     /// Column sums of a B panel (rows of NR values).
     fn column_sums_b(panel: &[f32], out: &mut [f32]);
     /// c[MR rows, nv * V columns] (row stride ldc) += sum over kc rows k of
-    /// a[k * a_stride + r] * b[k * NR + j].
+    /// a[k * a_stride + r] * b[k * NR + j], asking for the cache lines at `ahead` (addresses)
+    /// in L2 along the way.
     ///
     /// # Safety
     /// a, b, c must hold what the sum reads and writes; the CPU must have the kernel's ISA.
+    // A micro-kernel's operands are raw pointers with their strides: bundling them would only
+    // hide the layout the safety contract speaks of.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         nv: usize,
         a: *const f32,
@@ -317,6 +327,7 @@ trait MicroKernel {
         kc: usize,
         c: *mut f32,
         ldc: usize,
+        ahead: &[usize],
     );
 }
 
@@ -405,10 +416,27 @@ fn run_generic<K: MicroKernel, R: Rows>(
                 }
             }
         }
-        // Tiles, panel by panel.
+        // Tiles, panel by panel, with the next slice's rows fetched into L2 a few rows per
+        // tile meanwhile (the FMAs hide the memory latency that packing them would stall on).
         let bp = s.bpack.slice().as_ptr();
         let ap = s.apack.slice().as_ptr();
         let cp = s.c.slice_mut().as_mut_ptr();
+        let next = start + kc..(start + kc + K::KC).min(range.end);
+        s.ahead.clear();
+        for i in next {
+            let x = &rows.row(i)[..d];
+            let p = x.as_ptr() as usize;
+            s.ahead.extend((p & !63..p + 4 * d).step_by(64));
+        }
+        let tiles: usize = (jb_lo..nb)
+            .map(|jb| {
+                (rb0..rb1)
+                    .take_while(|rb| rb * K::MR < (jb + 1) * K::NR)
+                    .count()
+            })
+            .sum();
+        let ahead = &s.ahead;
+        let mut tile_no = 0;
         for jb in jb_lo..nb {
             let p0 = jb * K::NR;
             for rb in rb0..rb1 {
@@ -416,6 +444,9 @@ fn run_generic<K: MicroKernel, R: Rows>(
                 if row0 >= p0 + K::NR {
                     break;
                 }
+                let lines =
+                    &ahead[ahead.len() * tile_no / tiles..ahead.len() * (tile_no + 1) / tiles];
+                tile_no += 1;
                 let c_start = if row0 > p0 { row0 / K::V * K::V } else { p0 };
                 let nv = (p0 + K::NR - c_start) / K::V;
                 // SAFETY: every offset below stays inside the packed panels (kc <= KC rows)
@@ -434,6 +465,7 @@ fn run_generic<K: MicroKernel, R: Rows>(
                         kc,
                         cp.add(row0 * ldc + c_start),
                         ldc,
+                        lines,
                     );
                 }
             }
@@ -460,6 +492,19 @@ fn run_generic<K: MicroKernel, R: Rows>(
         }
         start += kc;
     }
+}
+
+/// Asks for the cache line holding address `p` in L2 (no effect on any result; a prefetch
+/// never faults, whatever the address).
+#[inline(always)]
+fn prefetch_line(p: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// out[j] += sum over rows k of panel[k * W + j], in four interleaved partial sums (so the
@@ -497,7 +542,7 @@ impl MicroKernel for Avx512 {
     const MR: usize = 8;
     const NR: usize = 32;
     const V: usize = 16;
-    const KC: usize = 256;
+    const KC: usize = 128;
     #[inline(always)]
     unsafe fn tile(
         nv: usize,
@@ -507,15 +552,17 @@ impl MicroKernel for Avx512 {
         kc: usize,
         c: *mut f32,
         ldc: usize,
+        ahead: &[usize],
     ) {
         #[cfg(target_arch = "x86_64")]
         match nv {
-            2 => tile_avx512::<2>(a, a_stride, b, kc, c, ldc),
-            _ => tile_avx512::<1>(a, a_stride, b, kc, c, ldc),
+            2 => tile_avx512::<2>(a, a_stride, b, kc, c, ldc, ahead),
+            _ => tile_avx512::<1>(a, a_stride, b, kc, c, ldc, ahead),
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!(
-            "AVX-512 on {nv} vectors outside x86_64 ({a:?} {a_stride} {b:?} {kc} {c:?} {ldc})"
+            "AVX-512 on {nv} vectors outside x86_64 ({a:?} {a_stride} {b:?} {kc} {c:?} {ldc} {})",
+            ahead.len()
         )
     }
 }
@@ -529,13 +576,26 @@ unsafe fn tile_avx512<const NV: usize>(
     kc: usize,
     c: *mut f32,
     ldc: usize,
+    ahead: &[usize],
 ) {
     use std::arch::x86_64::*;
+    // One line of `ahead` every `step` rows, spread over the tile; the rest after it.
+    let step = if ahead.is_empty() {
+        usize::MAX
+    } else {
+        (kc / ahead.len()).max(1)
+    };
+    let (mut next_line, mut fetched) = (0, 0);
     const MR: usize = Avx512::MR;
     const NR: usize = Avx512::NR;
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let mut bv = [_mm512_setzero_ps(); NV];
     for k in 0..kc {
+        if k == next_line && fetched < ahead.len() {
+            prefetch_line(ahead[fetched]);
+            fetched += 1;
+            next_line += step;
+        }
         let bk = b.add(k * NR);
         for (v, reg) in bv.iter_mut().enumerate() {
             *reg = _mm512_loadu_ps(bk.add(16 * v));
@@ -554,6 +614,7 @@ unsafe fn tile_avx512<const NV: usize>(
             _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *reg));
         }
     }
+    ahead[fetched..].iter().for_each(|&p| prefetch_line(p));
 }
 
 impl MicroKernel for Avx2 {
@@ -578,15 +639,17 @@ impl MicroKernel for Avx2 {
         kc: usize,
         c: *mut f32,
         ldc: usize,
+        ahead: &[usize],
     ) {
         #[cfg(target_arch = "x86_64")]
         match nv {
-            2 => tile_avx2::<2>(a, a_stride, b, kc, c, ldc),
-            _ => tile_avx2::<1>(a, a_stride, b, kc, c, ldc),
+            2 => tile_avx2::<2>(a, a_stride, b, kc, c, ldc, ahead),
+            _ => tile_avx2::<1>(a, a_stride, b, kc, c, ldc, ahead),
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!(
-            "AVX2 on {nv} vectors outside x86_64 ({a:?} {a_stride} {b:?} {kc} {c:?} {ldc})"
+            "AVX2 on {nv} vectors outside x86_64 ({a:?} {a_stride} {b:?} {kc} {c:?} {ldc} {})",
+            ahead.len()
         )
     }
 }
@@ -600,13 +663,26 @@ unsafe fn tile_avx2<const NV: usize>(
     kc: usize,
     c: *mut f32,
     ldc: usize,
+    ahead: &[usize],
 ) {
     use std::arch::x86_64::*;
+    // One line of `ahead` every `step` rows, spread over the tile; the rest after it.
+    let step = if ahead.is_empty() {
+        usize::MAX
+    } else {
+        (kc / ahead.len()).max(1)
+    };
+    let (mut next_line, mut fetched) = (0, 0);
     const MR: usize = Avx2::MR;
     const NR: usize = Avx2::NR;
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     let mut bv = [_mm256_setzero_ps(); NV];
     for k in 0..kc {
+        if k == next_line && fetched < ahead.len() {
+            prefetch_line(ahead[fetched]);
+            fetched += 1;
+            next_line += step;
+        }
         let bk = b.add(k * NR);
         for (v, reg) in bv.iter_mut().enumerate() {
             *reg = _mm256_loadu_ps(bk.add(8 * v));
@@ -625,6 +701,7 @@ unsafe fn tile_avx2<const NV: usize>(
             _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), *reg));
         }
     }
+    ahead[fetched..].iter().for_each(|&p| prefetch_line(p));
 }
 
 impl MicroKernel for Portable {
@@ -649,7 +726,9 @@ impl MicroKernel for Portable {
         kc: usize,
         c: *mut f32,
         ldc: usize,
+        ahead: &[usize],
     ) {
+        ahead.iter().for_each(|&p| prefetch_line(p));
         let width = nv * Self::V;
         let mut acc = [[0.0f32; Self::NR]; Self::MR];
         for k in 0..kc {
