@@ -239,8 +239,8 @@ struct LearnArgs {
     #[arg(long)]
     polish_epochs: Option<usize>,
     /// Spare basis rows the polish may grow into, each kept only when it lowers the
-    /// validation error (at most --max-dim rows in all; default: max(2, r / 2 rounded up) for
-    /// r directions from the subspace stage).
+    /// validation error (at most --max-dim rows in all; default: 2, or r for r > 4
+    /// directions from the subspace stage).
     #[arg(long)]
     spare_rows: Option<usize>,
     /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)

@@ -456,12 +456,12 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
     assert_eq!(both.model.layer_input_dim(), 2, "{}", both.summary());
 }
 
-/// The polish's default spare rows: two for a small basis, half the basis (rounded up) for a
+/// The polish's default spare rows: two for a small basis, as many as the basis has rows for a
 /// large one.
 #[test]
 fn default_spare_rows_grow_with_the_basis() {
     let rows: Vec<usize> = (0..=10).map(relu_fpt::learn::auto_spare_rows).collect();
-    assert_eq!(rows, vec![2, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5]);
+    assert_eq!(rows, vec![2, 2, 2, 2, 2, 5, 6, 7, 8, 9, 10]);
 }
 
 /// learn's stages: in order, each with its device, rows and validation error, the final model

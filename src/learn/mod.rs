@@ -333,13 +333,18 @@ impl LearnReport {
     }
 }
 
-/// Spare rows the polish gets by default when the subspace stage found r directions:
-/// max(2, ceil(r / 2)). A first layer of high rank has more directions too weak for filtered
-/// PCA at a given N (measured: a random [12, 6] network at d = 128, 1e6 rows, 8 found; 2 spare
-/// rows recovered 2 of the 4 missing and left MSE/Var at 1.4e-3, 4 recovered all of them:
-/// 7e-8), while for small r two cost little and catch one missed direction.
+/// Spare rows the polish gets by default when the subspace stage found r directions: 2 up to
+/// r = 4, then r. A first layer of high rank has more directions too weak for filtered PCA at
+/// a given N (measured at 1e6 rows: a random [12, 6] network at d = 128, 8 of 12 found, MSE/Var
+/// 1.4e-3 with 2 spare rows and 1.1e-7 with 4; a random [16, 8] network at d = 256, 8 of 16
+/// found, 7.5e-3 with 4 and 9e-7 with 8), while for small r two cost little and catch a missed
+/// direction. Unused rows are pruned after the polish.
 pub fn auto_spare_rows(r: usize) -> usize {
-    r.div_ceil(2).max(2)
+    if r <= 4 {
+        2
+    } else {
+        r
+    }
 }
 
 /// Length of a spare basis row at the start of the polish (B's rows have length 1): small, so
