@@ -51,7 +51,7 @@ def parity(base, n):
 
 
 def memory(base, ns):
-    print("| N | learn RSS (MB) | learn s | subspace RSS (MB) | predict RSS (MB) | eval RSS (MB) |")
+    print("| N | learn RSS (MiB) | learn s | subspace RSS (MiB) | predict RSS (MiB) | eval RSS (MiB) |")
     print("|---|---|---|---|---|---|")
     for n in ns:
         data = parity(base, n)
