@@ -268,6 +268,25 @@ impl GpuContext {
             & !15
     }
 
+    /// The most invocations a one-dimensional workgroup may have on this adapter.
+    pub(crate) fn max_workgroup_1d(&self) -> u32 {
+        self.limits
+            .max_compute_invocations_per_workgroup
+            .min(self.limits.max_compute_workgroup_size_x)
+    }
+
+    /// Fails with [`GpuError::TooLarge`], naming `what`, when a one-dimensional workgroup of
+    /// `invocations` does not fit this adapter.
+    pub(crate) fn check_workgroup_1d(&self, what: &str, invocations: u32) -> Result<(), GpuError> {
+        let most = self.max_workgroup_1d();
+        if invocations > most {
+            return Err(GpuError::TooLarge(format!(
+                "{what}: workgroups of {invocations} invocations; this adapter allows {most}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Fails with [`GpuError::TooLarge`] when `bytes` does not fit one storage binding.
     pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
         let max = self.max_binding();

@@ -53,9 +53,7 @@ impl EvaluateKernelParams {
     /// adapters.
     pub fn for_context(ctx: &GpuContext) -> Self {
         EvaluateKernelParams {
-            workgroup_size: 64
-                .min(ctx.limits.max_compute_invocations_per_workgroup)
-                .min(ctx.limits.max_compute_workgroup_size_x),
+            workgroup_size: 64.min(ctx.max_workgroup_1d()),
             samples_per_tile: 32,
             chunk_len: 1024,
             max_chunks_per_dispatch: 256,
@@ -71,10 +69,7 @@ impl EvaluateKernelParams {
     pub fn for_batch(ctx: &GpuContext, batch: &CandidateBatch) -> Self {
         let mut p = Self::for_context(ctx);
         let stats = stat_len(batch.feature_dim()) as u32;
-        let most = ctx
-            .limits
-            .max_compute_invocations_per_workgroup
-            .min(ctx.limits.max_compute_workgroup_size_x);
+        let most = ctx.max_workgroup_1d();
         if stats <= 32 {
             p.workgroup_size = p.workgroup_size.min(32);
         }
@@ -203,15 +198,8 @@ pub fn evaluate_candidates_with(
             "evaluate kernel: sizes must be positive and the chunk a multiple of the tile: {kp:?}"
         )));
     }
+    ctx.check_workgroup_1d("evaluate kernel", wg)?;
     let lim = &ctx.limits;
-    if wg > lim.max_compute_invocations_per_workgroup || wg > lim.max_compute_workgroup_size_x {
-        return Err(GpuError::TooLarge(format!(
-            "evaluate kernel: workgroups of {wg} invocations; this adapter allows {}",
-            lim.max_compute_invocations_per_workgroup
-                .min(lim.max_compute_workgroup_size_x)
-        ))
-        .into());
-    }
     let f = batch.feature_dim();
     let tri = tri_len(f);
     let stat_len = stat_len(f);

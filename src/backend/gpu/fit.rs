@@ -69,9 +69,7 @@ impl FitKernelParams {
     /// partials read back stay ~1 % of the x uploaded); blocks of 64 on software adapters, with
     /// a 30,000-iteration loop budget that cuts the chunk further; batches of 2^20 rows.
     pub fn for_context(ctx: &GpuContext) -> Self {
-        let workgroup_size = 64
-            .min(ctx.limits.max_compute_invocations_per_workgroup)
-            .min(ctx.limits.max_compute_workgroup_size_x);
+        let workgroup_size = 64.min(ctx.max_workgroup_1d());
         let block = if ctx.is_software() { 1 } else { 2 } * workgroup_size;
         FitKernelParams {
             workgroup_size,
@@ -240,15 +238,8 @@ fn plan(
              a multiple of block and <= {MAX_CHUNK}): {kp:?}"
         )));
     }
+    ctx.check_workgroup_1d("fit kernel", wg)?;
     let lim = &ctx.limits;
-    if wg > lim.max_compute_invocations_per_workgroup || wg > lim.max_compute_workgroup_size_x {
-        return Err(GpuError::TooLarge(format!(
-            "fit kernel: workgroups of {wg} invocations; this adapter allows {}",
-            lim.max_compute_invocations_per_workgroup
-                .min(lim.max_compute_workgroup_size_x)
-        ))
-        .into());
-    }
     let shared = shared_bytes(kp.block, r);
     if shared > lim.max_compute_workgroup_storage_size as u64 {
         return Err(GpuError::TooLarge(format!(

@@ -49,9 +49,7 @@ impl ForwardKernelParams {
             .max(1)
             .next_multiple_of(16)
             .min(MAX_FORWARD_WIDTH.max(widest));
-        let workgroup_size = 64
-            .min(ctx.limits.max_compute_invocations_per_workgroup)
-            .min(ctx.limits.max_compute_workgroup_size_x);
+        let workgroup_size = 64.min(ctx.max_workgroup_1d());
         let loop_budget = ctx.is_software().then_some(30_000);
         let mut samples_per_group = (ACT_WORDS / (2 * max_width)).clamp(1, 32) as u32;
         if let Some(budget) = loop_budget {
@@ -138,18 +136,7 @@ fn check_params(ctx: &GpuContext, network: &Network, kp: &ForwardKernelParams) -
             kp.max_width
         )));
     }
-    if kp.workgroup_size > ctx.limits.max_compute_invocations_per_workgroup
-        || kp.workgroup_size > ctx.limits.max_compute_workgroup_size_x
-    {
-        return Err(GpuError::TooLarge(format!(
-            "workgroup size {}; this adapter allows {}",
-            kp.workgroup_size,
-            ctx.limits
-                .max_compute_invocations_per_workgroup
-                .min(ctx.limits.max_compute_workgroup_size_x)
-        ))
-        .into());
-    }
+    ctx.check_workgroup_1d("forward kernel", kp.workgroup_size)?;
     if let Some(budget) = kp.loop_budget {
         let cost = loop_cost(network, kp.workgroup_size, kp.samples_per_group);
         if cost > budget {

@@ -44,10 +44,7 @@ impl ProjectKernelParams {
     /// invocation idle beyond the remainder, slabs of up to 256 columns in 8 KiB of workgroup
     /// memory, 2^16 rows per dispatch, and a 30,000-iteration loop budget on software adapters.
     pub fn for_shape(ctx: &GpuContext, r: usize, d: usize) -> Self {
-        let workgroup_size = 128
-            .min(ctx.limits.max_compute_invocations_per_workgroup)
-            .min(ctx.limits.max_compute_workgroup_size_x)
-            .max(1);
+        let workgroup_size = 128.min(ctx.max_workgroup_1d()).max(1);
         let rank_block = (r.max(1) as u32).min(workgroup_size);
         let rows_per_tile = (workgroup_size / rank_block).max(1);
         let room = (SLAB_WORDS / rows_per_tile).saturating_sub(1).max(4);
@@ -89,16 +86,7 @@ impl ProjectKernelParams {
                 tr as u64 * rb as u64
             )));
         }
-        let most = ctx
-            .limits
-            .max_compute_invocations_per_workgroup
-            .min(ctx.limits.max_compute_workgroup_size_x);
-        if wg > most {
-            return Err(GpuError::TooLarge(format!(
-                "projection workgroup of {wg} invocations; this adapter allows {most}"
-            ))
-            .into());
-        }
+        ctx.check_workgroup_1d("projection kernel", wg)?;
         let words = tr as u64 * (kt as u64 + 1);
         let room = ctx.limits.max_compute_workgroup_storage_size as u64 / 4;
         if words > room {

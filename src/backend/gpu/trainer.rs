@@ -70,10 +70,7 @@ impl TrainerKernelParams {
     /// partials of 512 rows, 2^16 rows per scoring dispatch, and a 30,000-iteration loop budget
     /// on software adapters.
     pub fn for_context(ctx: &GpuContext) -> Self {
-        let most = ctx
-            .limits
-            .max_compute_invocations_per_workgroup
-            .min(ctx.limits.max_compute_workgroup_size_x);
+        let most = ctx.max_workgroup_1d();
         let mut workgroup_size = 64u32;
         while workgroup_size > most {
             workgroup_size /= 2;
@@ -131,16 +128,7 @@ impl TrainerKernelParams {
                 "trainer kernels: the workgroup size must be a power of two and every tunable positive",
             ));
         }
-        let most = ctx
-            .limits
-            .max_compute_invocations_per_workgroup
-            .min(ctx.limits.max_compute_workgroup_size_x);
-        if wg > most {
-            return Err(GpuError::TooLarge(format!(
-                "trainer workgroup of {wg} invocations; this adapter allows {most}"
-            ))
-            .into());
-        }
+        ctx.check_workgroup_1d("trainer kernels", wg)?;
         if let Some(budget) = self.loop_budget {
             let cost = self.loop_cost(widths);
             if cost > budget {
