@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{CountingSource, Rng};
 
 use relu_fpt::backend::gpu::{
     smoke_kernel, smoke_test, smoke_twin, FitKernelParams, GpuError, MomentKernelParams,
@@ -274,52 +274,6 @@ fn bad_requests_give_typed_errors() {
         )
         .unwrap_err();
     assert!(matches!(e, Error::Gpu(GpuError::Kernel(_))), "{e}");
-}
-
-/// A memory source that counts how often it is read, and names itself by `name`.
-struct CountingSource {
-    inner: MemorySource,
-    name: &'static str,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl CountingSource {
-    fn new(inner: MemorySource, name: &'static str) -> Self {
-        CountingSource {
-            inner,
-            name,
-            reads: Default::default(),
-        }
-    }
-    fn reads(&self) -> usize {
-        self.reads.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl relu_fpt::data::SampleSource for CountingSource {
-    fn dim(&self) -> usize {
-        self.inner.dim
-    }
-    fn len(&self) -> u64 {
-        self.inner.y.len() as u64
-    }
-    fn read(
-        &self,
-        start: u64,
-        rows: usize,
-        x: &mut Vec<f32>,
-        y: &mut Vec<f32>,
-    ) -> relu_fpt::Result<usize> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.read(start, rows, x, y)
-    }
-    fn describe(&self) -> String {
-        "counting test source".into()
-    }
-    fn identity(&self) -> Option<String> {
-        Some(self.name.to_string())
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{CountingSource, Rng};
 
 use relu_fpt::backend::cpu::project::project_f64;
 use relu_fpt::backend::cpu::trainer::{feature_normal_equations, window_gradient};
@@ -294,51 +294,13 @@ fn normal_equations_match_the_f64_twin() {
     }
 }
 
-/// A source that names itself (so the GPU keeps a resident copy) and counts its reads.
-struct Named {
-    inner: MemorySource,
-    reads: std::sync::atomic::AtomicUsize,
-    /// Unique per test: the backend is shared, and equal keys promise equal rows.
-    name: &'static str,
-}
-
-impl SampleSource for Named {
-    fn dim(&self) -> usize {
-        self.inner.dim
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read(
-        &self,
-        start: u64,
-        rows: usize,
-        x: &mut Vec<f32>,
-        y: &mut Vec<f32>,
-    ) -> relu_fpt::error::Result<usize> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.read(start, rows, x, y)
-    }
-    fn describe(&self) -> String {
-        "named test source".into()
-    }
-    fn identity(&self) -> Option<String> {
-        Some(self.name.into())
-    }
-}
-
 #[test]
 fn scores_match_the_f64_twin_and_reuse_resident_rows() {
     let mut rng = Rng(5);
     let d = 14;
     let b = basis(&mut rng, 3, d);
     let teacher = Network::with_projection(&network(&mut rng, 3, &[4]), &b).unwrap();
-    let src = Named {
-        inner: samples(&mut rng, d, 2_345, &teacher),
-        reads: Default::default(),
-        name: "gpu_trainer scores",
-    };
+    let src = CountingSource::new(samples(&mut rng, d, 2_345, &teacher), "gpu_trainer scores");
     // Compact networks (rank 3, rank 9 with a deep small net, a wide one) and a dense one.
     let nets = [
         Network::with_projection(&network(&mut rng, 3, &[4]), &b).unwrap(),
@@ -353,7 +315,7 @@ fn scores_match_the_f64_twin_and_reuse_resident_rows() {
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-6 * w, "sse {g} vs {w}");
     }
-    let reads = src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let reads = src.reads();
     // Pieces of 300 rows and partials of 64 rows: many dispatches, ragged ends; the rows come
     // from the device copy the first pass left.
     let small = TrainerKernelParams {
@@ -364,7 +326,7 @@ fn scores_match_the_f64_twin_and_reuse_resident_rows() {
         ..TrainerKernelParams::for_context(gpu().context())
     };
     let again = gpu().sse_with(&refs, &src, Some(&small)).unwrap();
-    assert_eq!(src.reads.load(std::sync::atomic::Ordering::Relaxed), reads);
+    assert_eq!(src.reads(), reads);
     for (g, w) in again.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-6 * w, "small pieces: sse {g} vs {w}");
     }
@@ -632,11 +594,10 @@ fn whitened_views_are_kept_resident_under_their_own_keys() {
     let d = 6;
     let b = basis(&mut rng, 2, d);
     let teacher = Network::with_projection(&network(&mut rng, 2, &[3]), &b).unwrap();
-    let src = Named {
-        inner: samples(&mut rng, d, 1_500, &teacher),
-        reads: Default::default(),
-        name: "gpu_trainer whitened",
-    };
+    let src = CountingSource::new(
+        samples(&mut rng, d, 1_500, &teacher),
+        "gpu_trainer whitened",
+    );
     let whitening = |scale: f64| Whitening {
         map: Some(
             (0..d - 1)
@@ -660,7 +621,7 @@ fn whitened_views_are_kept_resident_under_their_own_keys() {
         .is_none());
     // Scoring on each view: the first pass reads the source, later passes use the device copy.
     let net = network(&mut rng, d - 1, &[4]);
-    let count = || src.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let count = || src.reads();
     for view in [&v1, &v2] {
         let want = common::cpu().sse(&[&net], view).unwrap();
         let before = count();

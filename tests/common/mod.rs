@@ -73,3 +73,52 @@ pub fn labelled_samples(net: &Network, n: usize, seed: u64) -> MemorySource {
         .collect();
     MemorySource { dim: d, x, y }
 }
+
+/// A memory source that counts how often it is read and names itself by `name` (so a GPU
+/// backend keeps a resident copy of it).
+pub struct CountingSource {
+    /// The rows (reading them here is not counted).
+    pub inner: MemorySource,
+    /// Unique per test when a backend is shared: equal names promise equal rows.
+    name: &'static str,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingSource {
+    pub fn new(inner: MemorySource, name: &'static str) -> Self {
+        CountingSource {
+            inner,
+            name,
+            reads: Default::default(),
+        }
+    }
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl relu_fpt::data::SampleSource for CountingSource {
+    fn dim(&self) -> usize {
+        self.inner.dim
+    }
+    fn len(&self) -> u64 {
+        self.inner.y.len() as u64
+    }
+    fn read(
+        &self,
+        start: u64,
+        rows: usize,
+        x: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> relu_fpt::Result<usize> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(start, rows, x, y)
+    }
+    fn describe(&self) -> String {
+        "counting test source".into()
+    }
+    fn identity(&self) -> Option<String> {
+        Some(self.name.to_string())
+    }
+}
