@@ -478,10 +478,16 @@ pub fn check_fit_request(
 ) -> Result<()> {
     let d = source.dim();
     let r = basis.len();
-    if r == 0 || basis.iter().any(|b| b.len() != d) || fit.input_dim != r {
+    // A fit with its own projection would read past its first layer in the kernels, which take
+    // the fit's first layer to have r inputs.
+    if r == 0
+        || basis.iter().any(|b| b.len() != d)
+        || fit.input_dim != r
+        || fit.projection.is_some()
+    {
         return Err(Error::invalid(format!(
             "fit moments: need at least one basis row of length d = {d} and a fit on their coordinates \
-             (got {r} rows of lengths {:?}, a fit on {} inputs)",
+             without a projection of its own (got {r} rows of lengths {:?}, a fit on {} inputs)",
             basis.iter().map(Vec::len).collect::<Vec<_>>(),
             fit.input_dim
         )));

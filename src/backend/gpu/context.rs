@@ -8,6 +8,60 @@ use std::time::Duration;
 /// (overriding [`WaitPolicy`]'s estimate; for tests and for users who want a hard bound).
 pub const WAIT_SECONDS_ENV: &str = "RELU_FPT_GPU_WAIT_SECONDS";
 
+/// Environment variable that turns naga's runtime checks back on in every kernel, for
+/// debugging: "all" (bounds-clamped indices, bounded loops, checked integer division), "bounds"
+/// (bounds checks only) or "none" (the default). See [`ShaderChecks`].
+pub const SHADER_CHECKS_ENV: &str = "RELU_FPT_GPU_SHADER_CHECKS";
+
+/// Which of naga's runtime checks the kernels are compiled with.
+///
+/// Shipped kernels are compiled without them ("trusted" modules): every launcher proves its
+/// indices in bounds, its loops finite and its divisors non-zero before it dispatches
+/// (`docs/gpu-review.md` gives the argument kernel by kernel), and the checks cost real speed:
+/// naga clamps every array index (which can push a dynamically indexed private array into
+/// local memory), adds a counter to every loop (which stops the driver unrolling it) and
+/// wraps every integer division in a zero test. Storage buffers stay protected where the
+/// driver itself bounds-checks them (Vulkan's robust buffer access).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaderChecks {
+    /// No runtime checks (the default).
+    None,
+    /// Bounds checks on every index, nothing else.
+    Bounds,
+    /// Every check naga offers (what `create_shader_module` does).
+    All,
+}
+
+impl ShaderChecks {
+    /// From [`SHADER_CHECKS_ENV`]; unset means [`ShaderChecks::None`].
+    pub fn from_env() -> Result<Self, GpuError> {
+        match std::env::var(SHADER_CHECKS_ENV)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") | Some("none") => Ok(ShaderChecks::None),
+            Some("bounds") => Ok(ShaderChecks::Bounds),
+            Some("all") => Ok(ShaderChecks::All),
+            Some(other) => Err(GpuError::Kernel(format!(
+                "{SHADER_CHECKS_ENV}={other}: expected none, bounds or all"
+            ))),
+        }
+    }
+
+    fn runtime_checks(self) -> wgpu::ShaderRuntimeChecks {
+        match self {
+            ShaderChecks::All => wgpu::ShaderRuntimeChecks::checked(),
+            ShaderChecks::Bounds => {
+                let mut c = wgpu::ShaderRuntimeChecks::unchecked();
+                c.bounds_checks = true;
+                c
+            }
+            ShaderChecks::None => wgpu::ShaderRuntimeChecks::unchecked(),
+        }
+    }
+}
+
 /// How long the host waits for the device, and how much work one dispatch may hold.
 ///
 /// A wait for a submission of F flops gives up after `base_seconds + F /
@@ -68,6 +122,8 @@ pub struct GpuContext {
     /// Why the device was lost, once it was.
     lost: Arc<Mutex<Option<String>>>,
     wait: Mutex<WaitPolicy>,
+    /// Runtime checks the kernels are compiled with.
+    pub shader_checks: ShaderChecks,
     /// State that launchers build once per device (compiled pipelines), one value per type.
     /// Held here rather than in statics keyed by `wgpu::Device`: devices compare by an id that
     /// repeats across instances, so a second device in one process could get the first one's
@@ -188,6 +244,7 @@ impl GpuContext {
             }
         });
         let software = info.device_type == wgpu::DeviceType::Cpu;
+        let shader_checks = ShaderChecks::from_env()?;
         Ok(GpuContext {
             device,
             queue,
@@ -196,6 +253,7 @@ impl GpuContext {
             uncaptured,
             lost,
             wait: Mutex::new(WaitPolicy::for_adapter(software)),
+            shader_checks,
             launcher_state: Mutex::new(Vec::new()),
         })
     }
@@ -262,9 +320,12 @@ impl GpuContext {
     /// Largest size one storage binding may have on this adapter (bytes), rounded down to a
     /// multiple of 16 (buffers are allocated in multiples of 16; some drivers report 2^31 - 1).
     pub(crate) fn max_binding(&self) -> u64 {
+        // At most 2^31 bytes (2^29 words): the kernels index words with u32 arithmetic, which
+        // must not wrap, and Metal reports its whole buffer length here.
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+            .min(1 << 31)
             & !15
     }
 
@@ -358,7 +419,9 @@ impl GpuContext {
     }
 
     /// Compiles one WGSL entry point with `override` constants, capturing validation
-    /// errors as [`GpuError::Kernel`] instead of wgpu's default panic.
+    /// errors as [`GpuError::Kernel`] instead of wgpu's default panic. The module gets the
+    /// runtime checks of [`GpuContext::shader_checks`] (none by default: every kernel in
+    /// `shaders/` is launched only with bounds its launcher has checked).
     pub(crate) fn compute_pipeline(
         &self,
         label: &str,
@@ -367,12 +430,17 @@ impl GpuContext {
         constants: &[(&str, f64)],
     ) -> Result<wgpu::ComputePipeline, GpuError> {
         self.capture(label, || {
-            let module = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-                });
+            let descriptor = wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+            };
+            // SAFETY: the kernels are this crate's own `shaders/`, and each launcher checks
+            // the sizes, dispatch extents and parameters that keep its indices in bounds, its
+            // loops finite and its divisors non-zero (docs/gpu-review.md, "Trusted modules").
+            let module = unsafe {
+                self.device
+                    .create_shader_module_trusted(descriptor, self.shader_checks.runtime_checks())
+            };
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(label),

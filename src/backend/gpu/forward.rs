@@ -173,6 +173,7 @@ pub(crate) struct DeviceForward {
     depth: u32,
     samples_per_group: usize,
     row_flops: f64,
+    input_dim: usize,
 }
 
 impl DeviceForward {
@@ -211,6 +212,7 @@ impl DeviceForward {
             depth: network.layers.len() as u32,
             samples_per_group: kp.samples_per_group as usize,
             row_flops,
+            input_dim: network.input_dim,
         })
     }
 
@@ -229,6 +231,16 @@ impl DeviceForward {
         rows: usize,
         out: &wgpu::Buffer,
     ) -> Result<()> {
+        // The kernel reads rows x input_dim words of x and writes rows words of out, unchecked.
+        if x.size() < (rows * self.input_dim * 4) as u64 || out.size() < (rows * 4) as u64 {
+            return Err(GpuError::Kernel(format!(
+                "forward on device: {rows} rows of {} inputs do not fit buffers of {} and {} bytes",
+                self.input_dim,
+                x.size(),
+                out.size()
+            ))
+            .into());
+        }
         let sb = self.samples_per_group;
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
         let watchdog_rows = (ctx.max_dispatch_flops() / self.row_flops.max(1.0)).max(sb as f64);

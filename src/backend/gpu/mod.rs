@@ -12,7 +12,9 @@ mod sample;
 mod smoke;
 mod trainer;
 
-pub use context::{list_adapters, GpuContext, WaitPolicy, WAIT_SECONDS_ENV};
+pub use context::{
+    list_adapters, GpuContext, ShaderChecks, WaitPolicy, SHADER_CHECKS_ENV, WAIT_SECONDS_ENV,
+};
 pub use evaluate::{evaluate_candidates_with, EvaluateKernelParams};
 pub use feed::{ResidentSamples, MAX_BATCH_BYTES, RESIDENT_MIB_ENV};
 pub use fit::FitKernelParams;

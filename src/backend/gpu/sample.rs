@@ -159,6 +159,14 @@ impl Generator {
             .is_some_and(|g| g.groups == 0 || g.groups > 65_535)
             || recipe.rows > u32::MAX as u64
             || recipe.teacher.input_dim == 0
+            || recipe
+                .centre
+                .as_ref()
+                .is_some_and(|c| c.len() != recipe.teacher.input_dim)
+            || recipe
+                .residual
+                .as_ref()
+                .is_some_and(|r| r.input_dim != recipe.teacher.input_dim)
         {
             return Ok(None);
         }
