@@ -22,15 +22,17 @@
 
 override WG: u32 = 16u;          // workgroup side: WG x WG invocations per tile
 override TM: u32 = 8u;           // outputs per invocation along each side: 4 or 8
-override BK: u32 = 8u;           // samples staged in workgroup memory per slab
+override BK: u32 = 16u;          // samples staged in workgroup memory per slab
 override CHUNK: u32 = 4096u;     // most samples in one piece (a multiple of BK)
 override WEIGHT_MODE: u32 = 0u;  // 0: w = 1, 1: w = y, 2: w = y^2
 override USE_PERM: bool = true;  // false: samples are already in bin order (K = 1)
 override BIN_WG: u32 = 256u;     // invocations per workgroup of bin_samples
-override GROUPS: u32 = TM / 4u;  // vec4 groups per invocation and side
-const MAX_GROUPS: u32 = 2u;      // private arrays need constant sizes: room for TM = 8
+override VEC_X: bool = false;    // d % 4 == 0: x is read through `x4`, a word per 4 columns
+override GROUPS: u32 = TM / 4u;  // vec4 groups per invocation and side: 1 or 2
 override TILE: u32 = WG * TM;
 override TILE4: u32 = TILE / 4u;
+override SLAB: u32 = BK * TILE4; // vec4 words per slab and operand
+override LOADS: u32 = (SLAB + WG * WG - 1u) / (WG * WG); // words staged per invocation: 1-4
 
 struct Params {
     dim: u32,         // d
@@ -61,6 +63,7 @@ struct Params {
 @group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // (first piece, count, bin, -)
 @group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin: triangle, w x
 @group(0) @binding(13) var<storage, read_write> partial_sx: array<f32>; // per (piece, tile): w x
+@group(0) @binding(14) var<storage, read> x4: array<vec4<f32>>;     // x again, when VEC_X
 
 const NEAR_EDGE: u32 = 0x80000000u;
 const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
@@ -107,8 +110,10 @@ fn bin_samples(@builtin(global_invocation_id) gid: vec3<u32>) {
     bins[i] = select(cell * p.y_bins + ybin, NEAR_EDGE, near);
 }
 
-var<workgroup> a_slab: array<vec4<f32>, BK * TILE4>;
-var<workgroup> b_slab: array<vec4<f32>, BK * TILE4>;
+// Two slabs of each operand: the invocations fill one while they multiply from the other,
+// so one barrier per slab suffices (see syrk_tiles).
+var<workgroup> a_slab: array<vec4<f32>, 2u * SLAB>;
+var<workgroup> b_slab: array<vec4<f32>, 2u * SLAB>;
 
 fn weight_of(v: f32) -> f32 {
     if WEIGHT_MODE == 1u {
@@ -120,106 +125,222 @@ fn weight_of(v: f32) -> f32 {
     return 1.0;
 }
 
-// Columns c .. c + 3 of sample `row` (zero past d).
+// Columns c .. c + 3 of sample `row` (zero past d); c is a multiple of 4.
 fn load4(row: u32, c: u32) -> vec4<f32> {
+    if VEC_X {
+        // d is a multiple of 4 (the launcher sets VEC_X only then): whole words or none.
+        if c < p.dim {
+            return x4[(row * p.dim + c) / 4u];
+        }
+        return vec4<f32>(0.0);
+    }
     let at = row * p.dim + c;
     if c + 3u < p.dim {
         return vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
     }
     var v = vec4<f32>(0.0);
-    for (var l = 0u; l < 4u; l++) {
-        if c + l < p.dim {
-            v[l] = x[at + l];
-        }
+    if c < p.dim {
+        v.x = x[at];
+    }
+    if c + 1u < p.dim {
+        v.y = x[at + 1u];
+    }
+    if c + 2u < p.dim {
+        v.z = x[at + 2u];
     }
     return v;
 }
 
-var<workgroup> piece_len: u32;
+// Word e of the slab at sample s0 of the piece: sample s0 + e / TILE4, columns 4 (e % TILE4)
+// .. + 3 of the row block (a, weighted) and of the column block (b); zero past the piece.
+struct SlabWord {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
 
+fn fetch(e: u32, s0: u32, len: u32, start: u32, i0: u32, j0: u32) -> SlabWord {
+    let s = s0 + e / TILE4;
+    let c = 4u * (e % TILE4);
+    var out = SlabWord(vec4<f32>(0.0), vec4<f32>(0.0));
+    if e < SLAB && s < len {
+        var row = start + s;
+        if USE_PERM {
+            row = perm[row];
+        }
+        out.a = weight_of(y[row]) * load4(row, i0 + c);
+        out.b = load4(row, j0 + c);
+    }
+    return out;
+}
+
+fn store(buf: u32, e: u32, w: SlabWord) {
+    if e < SLAB {
+        a_slab[buf * SLAB + e] = w.a;
+        b_slab[buf * SLAB + e] = w.b;
+    }
+}
+
+// One partial output row: 4 columns of `v` at tile row `row`, columns from `col`.
+fn put(base: u32, row: u32, col: u32, v: vec4<f32>) {
+    let at = base + row * TILE + col;
+    partial[at] = v.x;
+    partial[at + 1u] = v.y;
+    partial[at + 2u] = v.z;
+    partial[at + 3u] = v.w;
+}
+
+// An invocation owns rows 4 (g WG + bi) + r and columns 4 (h WG + bj) .. + 3 of the tile for
+// g, h < GROUPS, r < 4: accumulator c{g}{h}_{r}, with (bi, bj) = (lid.y, lid.x). The
+// accumulators are named variables, not an array, so they stay in registers on every
+// compiler; with TM = 4 only the c00 ones are used. Diagonal tiles skip blocks wholly below the
+// diagonal (their transposes are computed): with TM = 8 the block g = 1, h = 0, a quarter of
+// the tile; with TM = 4 the first WG (WG + 1) / 2 invocations take the blocks bi <= bj in
+// order and the others, whole warps of them, only stage samples: almost half the tile.
 @compute @workgroup_size(WG, WG)
 fn syrk_tiles(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
     let pair = pairs[wid.x];
+    // A read-only load at a workgroup-uniform index: uniform, so the barriers below sit in
+    // uniform control flow.
     let piece = pieces[p.piece_base + wid.y];
-    if lid.x == 0u && lid.y == 0u {
-        piece_len = min(piece.y, CHUNK);
-    }
-    // Uniform across the workgroup, so the barriers below sit in uniform control flow.
-    let len = workgroupUniformLoad(&piece_len);
+    let len = min(piece.y, CHUNK);
     let i0 = pair.x * TILE;
     let j0 = pair.y * TILE;
     let diag = pair.x == pair.y;
     let tid = lid.y * WG + lid.x;
-    // acc[(4 g + r) GROUPS + h]: row 4 (g WG + lid.y) + r, columns 4 (h WG + lid.x) .. + 3.
-    var acc: array<vec4<f32>, 4u * MAX_GROUPS * MAX_GROUPS>;
-    var sx: array<vec4<f32>, MAX_GROUPS>;
-    for (var s0 = 0u; s0 < len; s0 += BK) {
-        // Stage BK samples of both column blocks, four columns per word.
-        for (var e = tid; e < BK * TILE4; e += WG * WG) {
-            let k = e / TILE4;
-            let c4 = e % TILE4;
-            let s = s0 + k;
-            var av = vec4<f32>(0.0);
-            var bv = vec4<f32>(0.0);
-            if s < len {
-                var row = piece.x + s;
-                if USE_PERM {
-                    row = perm[row];
-                }
-                let w = weight_of(y[row]);
-                av = w * load4(row, i0 + 4u * c4);
-                bv = load4(row, j0 + 4u * c4);
-            }
-            a_slab[e] = av;
-            b_slab[e] = bv;
+    let step = WG * WG;
+    var bi = lid.y;
+    var bj = lid.x;
+    var owns_block = true;
+    if diag && GROUPS == 1u {
+        // Invocation t takes the t-th block of the upper triangle, row by row.
+        var t = tid;
+        var row = 0u;
+        while row < WG && t >= WG - row {
+            t -= WG - row;
+            row++;
         }
-        workgroupBarrier();
-        for (var k = 0u; k < BK; k++) {
-            var a: array<vec4<f32>, MAX_GROUPS>;
-            var b: array<vec4<f32>, MAX_GROUPS>;
-            for (var g = 0u; g < GROUPS; g++) {
-                a[g] = a_slab[k * TILE4 + g * WG + lid.y];
-                b[g] = b_slab[k * TILE4 + g * WG + lid.x];
-            }
-            if diag {
-                for (var g = 0u; g < GROUPS; g++) {
-                    sx[g] += a[g];
+        owns_block = row < WG;
+        bi = row;
+        bj = row + t;
+    }
+    var c00_0 = vec4<f32>(0.0); var c00_1 = vec4<f32>(0.0);
+    var c00_2 = vec4<f32>(0.0); var c00_3 = vec4<f32>(0.0);
+    var c01_0 = vec4<f32>(0.0); var c01_1 = vec4<f32>(0.0);
+    var c01_2 = vec4<f32>(0.0); var c01_3 = vec4<f32>(0.0);
+    var c10_0 = vec4<f32>(0.0); var c10_1 = vec4<f32>(0.0);
+    var c10_2 = vec4<f32>(0.0); var c10_3 = vec4<f32>(0.0);
+    var c11_0 = vec4<f32>(0.0); var c11_1 = vec4<f32>(0.0);
+    var c11_2 = vec4<f32>(0.0); var c11_3 = vec4<f32>(0.0);
+    var sx0 = vec4<f32>(0.0);
+    var sx1 = vec4<f32>(0.0);
+
+    // Slab 0 into buffer 0. Each invocation stages LOADS words of each operand per slab.
+    var w0 = fetch(tid, 0u, len, piece.x, i0, j0);
+    var w1 = w0;
+    var w2 = w0;
+    var w3 = w0;
+    if LOADS > 1u { w1 = fetch(tid + step, 0u, len, piece.x, i0, j0); }
+    if LOADS > 2u { w2 = fetch(tid + 2u * step, 0u, len, piece.x, i0, j0); }
+    if LOADS > 3u { w3 = fetch(tid + 3u * step, 0u, len, piece.x, i0, j0); }
+    store(0u, tid, w0);
+    if LOADS > 1u { store(0u, tid + step, w1); }
+    if LOADS > 2u { store(0u, tid + 2u * step, w2); }
+    if LOADS > 3u { store(0u, tid + 3u * step, w3); }
+    workgroupBarrier();
+
+    let slabs = (len + BK - 1u) / BK;
+    for (var s = 0u; s < slabs; s++) {
+        let buf = s & 1u;
+        let more = s + 1u < slabs;
+        // The next slab's loads are in flight while this one is multiplied.
+        if more {
+            let s0 = (s + 1u) * BK;
+            w0 = fetch(tid, s0, len, piece.x, i0, j0);
+            if LOADS > 1u { w1 = fetch(tid + step, s0, len, piece.x, i0, j0); }
+            if LOADS > 2u { w2 = fetch(tid + 2u * step, s0, len, piece.x, i0, j0); }
+            if LOADS > 3u { w3 = fetch(tid + 3u * step, s0, len, piece.x, i0, j0); }
+        }
+        if owns_block {
+            for (var k = 0u; k < BK; k++) {
+                let at = buf * SLAB + k * TILE4;
+                let a0 = a_slab[at + bi];
+                let b0 = b_slab[at + bj];
+                c00_0 = fma(vec4<f32>(a0.x), b0, c00_0);
+                c00_1 = fma(vec4<f32>(a0.y), b0, c00_1);
+                c00_2 = fma(vec4<f32>(a0.z), b0, c00_2);
+                c00_3 = fma(vec4<f32>(a0.w), b0, c00_3);
+                if diag {
+                    sx0 += a0;
                 }
-            }
-            for (var g = 0u; g < GROUPS; g++) {
-                for (var r = 0u; r < 4u; r++) {
-                    let am = vec4<f32>(a[g][r]);
-                    for (var h = 0u; h < GROUPS; h++) {
-                        let at = (4u * g + r) * GROUPS + h;
-                        acc[at] = fma(am, b[h], acc[at]);
+                if GROUPS > 1u {
+                    let a1 = a_slab[at + WG + bi];
+                    let b1 = b_slab[at + WG + bj];
+                    c01_0 = fma(vec4<f32>(a0.x), b1, c01_0);
+                    c01_1 = fma(vec4<f32>(a0.y), b1, c01_1);
+                    c01_2 = fma(vec4<f32>(a0.z), b1, c01_2);
+                    c01_3 = fma(vec4<f32>(a0.w), b1, c01_3);
+                    c11_0 = fma(vec4<f32>(a1.x), b1, c11_0);
+                    c11_1 = fma(vec4<f32>(a1.y), b1, c11_1);
+                    c11_2 = fma(vec4<f32>(a1.z), b1, c11_2);
+                    c11_3 = fma(vec4<f32>(a1.w), b1, c11_3);
+                    if diag {
+                        sx1 += a1;
+                    } else {
+                        c10_0 = fma(vec4<f32>(a1.x), b0, c10_0);
+                        c10_1 = fma(vec4<f32>(a1.y), b0, c10_1);
+                        c10_2 = fma(vec4<f32>(a1.z), b0, c10_2);
+                        c10_3 = fma(vec4<f32>(a1.w), b0, c10_3);
                     }
                 }
             }
         }
+        // The other buffer was last read before the previous barrier: safe to refill.
+        if more {
+            let nb = 1u - buf;
+            store(nb, tid, w0);
+            if LOADS > 1u { store(nb, tid + step, w1); }
+            if LOADS > 2u { store(nb, tid + 2u * step, w2); }
+            if LOADS > 3u { store(nb, tid + 3u * step, w3); }
+        }
         workgroupBarrier();
     }
-    let base = (wid.y * p.pair_count + wid.x) * TILE * TILE;
-    for (var g = 0u; g < GROUPS; g++) {
-        for (var r = 0u; r < 4u; r++) {
-            let row = 4u * (g * WG + lid.y) + r;
-            for (var h = 0u; h < GROUPS; h++) {
-                let v = acc[(4u * g + r) * GROUPS + h];
-                let at = base + row * TILE + 4u * (h * WG + lid.x);
-                partial[at] = v.x;
-                partial[at + 1u] = v.y;
-                partial[at + 2u] = v.z;
-                partial[at + 3u] = v.w;
-            }
-        }
+
+    if !owns_block {
+        return;
     }
-    if diag && lid.x == 0u {
+    let base = (wid.y * p.pair_count + wid.x) * TILE * TILE;
+    let r0 = 4u * bi;
+    let q0 = 4u * bj;
+    put(base, r0, q0, c00_0);
+    put(base, r0 + 1u, q0, c00_1);
+    put(base, r0 + 2u, q0, c00_2);
+    put(base, r0 + 3u, q0, c00_3);
+    if GROUPS > 1u {
+        let r1 = r0 + 4u * WG;
+        let q1 = q0 + 4u * WG;
+        put(base, r0, q1, c01_0);
+        put(base, r0 + 1u, q1, c01_1);
+        put(base, r0 + 2u, q1, c01_2);
+        put(base, r0 + 3u, q1, c01_3);
+        put(base, r1, q0, c10_0);
+        put(base, r1 + 1u, q0, c10_1);
+        put(base, r1 + 2u, q0, c10_2);
+        put(base, r1 + 3u, q0, c10_3);
+        put(base, r1, q1, c11_0);
+        put(base, r1 + 1u, q1, c11_1);
+        put(base, r1 + 2u, q1, c11_2);
+        put(base, r1 + 3u, q1, c11_3);
+    }
+    // One invocation per row block writes the w x sums: the one on the diagonal.
+    if diag && bi == bj {
         let sbase = (wid.y * p.tiles + pair.x) * TILE;
-        for (var g = 0u; g < GROUPS; g++) {
-            for (var r = 0u; r < 4u; r++) {
-                partial_sx[sbase + 4u * (g * WG + lid.y) + r] = sx[g][r];
+        for (var r = 0u; r < 4u; r++) {
+            partial_sx[sbase + r0 + r] = sx0[r];
+            if GROUPS > 1u {
+                partial_sx[sbase + r0 + 4u * WG + r] = sx1[r];
             }
         }
     }

@@ -42,7 +42,15 @@ fn every_tile_setting_matches_the_twin() {
     for (d, n) in [(37, 2_003), (130, 1_501)] {
         let src = source(n, d);
         for spec in [BinSpec::single(d), binned(d)] {
-            for (wg, tm, bk) in [(8, 4, 8), (16, 4, 16), (4, 8, 16), (8, 8, 4), (16, 8, 8)] {
+            for (wg, tm, bk) in [
+                (8, 4, 8),
+                (16, 4, 16),
+                (16, 4, 8),
+                (4, 8, 8),
+                (8, 8, 4),
+                (16, 8, 8),
+                (16, 8, 16),
+            ] {
                 let params = MomentKernelParams {
                     workgroup_side: wg,
                     per_invocation: tm,

@@ -73,28 +73,26 @@ impl Default for MomentKernelParams {
     fn default() -> Self {
         MomentKernelParams {
             workgroup_side: 16,
-            per_invocation: 8,
-            slab: 8,
+            per_invocation: 4,
+            slab: 16,
             chunk: 4096,
-            max_pieces_per_group: 256,
+            max_pieces_per_group: 4096,
             max_batch_rows: 1 << 20,
         }
     }
 }
 
 impl MomentKernelParams {
-    /// Defaults sized for dimension `d`: 128-wide tiles (16 x 16 invocations of 8 x 8), 64-wide
-    /// below d = 96 and 32-wide below d = 32 (less padding work), unless [`MOMENT_TILE_ENV`]
-    /// says otherwise (then a bad value is reported by the pass, not ignored).
+    /// Defaults sized for dimension `d`: 64-wide tiles (16 x 16 invocations of 4 x 4 outputs),
+    /// 32-wide below d = 32 (less padding work), slabs of 16 samples, unless
+    /// [`MOMENT_TILE_ENV`] says otherwise (then a bad value is reported by the pass, not
+    /// ignored). On an H200 at N = 1e7 (docs/measurements/2026-12-04-h200-syrk.json) 4 x 4
+    /// outputs per invocation beat 8 x 8 by 1.5x at d = 512 and 1024: fewer registers, more
+    /// workgroups resident per multiprocessor.
     pub fn for_dim(d: usize) -> Self {
         let mut p = Self::default();
         if d < 32 {
             p.workgroup_side = 8;
-            p.per_invocation = 4;
-            p.slab = 16;
-        } else if d < 96 {
-            p.per_invocation = 4;
-            p.slab = 16;
         }
         if let Ok(v) = std::env::var(MOMENT_TILE_ENV) {
             let parts: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
@@ -111,6 +109,17 @@ impl MomentKernelParams {
         p
     }
 
+    /// Bytes of workgroup memory `syrk_tiles` uses: two slabs of each operand.
+    pub fn workgroup_bytes(&self) -> u32 {
+        4 * self.slab * self.tile() * 4
+    }
+
+    /// Words of each operand one invocation stages per slab (the shader's `LOADS`).
+    fn loads(&self) -> u32 {
+        let wg2 = self.workgroup_side * self.workgroup_side;
+        (self.slab * self.tile() / 4).div_ceil(wg2.max(1))
+    }
+
     /// Output tile side.
     pub fn tile(&self) -> u32 {
         self.workgroup_side * self.per_invocation
@@ -120,6 +129,7 @@ impl MomentKernelParams {
         let ok = self.workgroup_side > 0
             && matches!(self.per_invocation, 4 | 8)
             && self.slab > 0
+            && (1..=4).contains(&self.loads())
             && self.chunk > 0
             && self.chunk <= 4096
             && self.chunk.is_multiple_of(self.slab)
@@ -131,7 +141,8 @@ impl MomentKernelParams {
         } else {
             Err(GpuError::Kernel(format!(
                 "moment kernel parameters out of range (per_invocation 4 or 8, chunk a multiple \
-                 of slab and <= 4096; {MOMENT_TILE_ENV} is \"WG,TM,BK\"): {self:?}"
+                 of slab and <= 4096, slab x tile / 4 at most 4 words per invocation; \
+                 {MOMENT_TILE_ENV} is \"WG,TM,BK\"): {self:?}"
             )))
         }
     }
@@ -142,6 +153,7 @@ pub struct PipelineKey {
     params: MomentKernelParams,
     weight: u32,
     use_perm: bool,
+    vec_x: bool,
 }
 
 pub struct MomentPipelines {
@@ -168,6 +180,7 @@ fn pipelines(
             ("WEIGHT_MODE", key.weight as f64),
             ("USE_PERM", if key.use_perm { 1.0 } else { 0.0 }),
             ("BIN_WG", BIN_WORKGROUP as f64),
+            ("VEC_X", if key.vec_x { 1.0 } else { 0.0 }),
         ];
         Ok(MomentPipelines {
             bin: ctx.compute_pipeline("moments bin", SHADER, "bin_samples", &constants)?,
@@ -184,6 +197,10 @@ fn weight_code(w: SampleWeight) -> u32 {
         SampleWeight::LabelSquared => 2,
     }
 }
+
+/// Workgroups one batch's SYRK should give the device at least (an H200 holds about a
+/// thousand 64-wide tiles' workgroups at once): below that, pieces get shorter.
+const MIN_WORKGROUPS: usize = 4096;
 
 /// Group sums an f32 device total adds before it is read back and added in f64.
 const FLUSH_GROUPS: usize = 64;
@@ -269,6 +286,9 @@ struct Plan {
     tiles: usize,
     pairs: Vec<[u32; 2]>,
     batch_rows: usize,
+    /// Most rows in one piece: the kernel's chunk, or fewer when a batch would otherwise give
+    /// the device too few workgroups.
+    piece_rows: usize,
     group_pieces: usize,
     max_pieces: usize,
     /// Flops of one piece of the SYRK.
@@ -308,7 +328,7 @@ fn plan(
             "workgroups of {wg} x {wg} or {BIN_WORKGROUP} invocations exceed this adapter's limits"
         )));
     }
-    let shared = 2 * params.slab * params.tile() * 4 + 4;
+    let shared = params.workgroup_bytes();
     if shared > lim.max_compute_workgroup_storage_size {
         return Err(GpuError::TooLarge(format!(
             "the moment kernel needs {shared} bytes of workgroup memory; this adapter has {}",
@@ -348,22 +368,32 @@ fn plan(
         batch_rows -= batch_rows % chunk;
     }
     batch_rows = batch_rows.min(rows.max(1) as usize);
-    // A piece's flops (every tile pair over a full chunk); a dispatch group holds at most the
+    // Pieces short enough that a batch gives the device MIN_WORKGROUPS workgroups (small d has
+    // few tile pairs: at d = 128, 3), in whole slabs, at least 256 rows.
+    let slab = params.slab as usize;
+    let piece_rows = ((batch_rows * pairs.len() / MIN_WORKGROUPS)
+        .max(256)
+        .min(chunk)
+        / slab)
+        .max(1)
+        * slab;
+    // A piece's flops (every tile pair over a full piece); a dispatch group holds at most the
     // context's limit (driver watchdogs), but at least one piece.
-    let piece_flops = 2.0 * (pairs.len() * tile * tile) as f64 * params.chunk as f64;
+    let piece_flops = 2.0 * (pairs.len() * tile * tile) as f64 * piece_rows as f64;
     let watchdog_pieces = (ctx.max_dispatch_flops() / piece_flops).max(1.0) as usize;
     let group_pieces = (params.max_pieces_per_group as usize)
         .min(watchdog_pieces)
         .min(max_binding / piece_bytes)
         .min(max_binding / triangle_bytes)
         .min(max_groups);
-    let max_pieces = batch_rows.min(batch_rows.div_ceil(chunk) + bins);
+    let max_pieces = batch_rows.min(batch_rows.div_ceil(piece_rows) + bins);
     Ok(Plan {
         d,
         bin_stride,
         tiles,
         pairs,
         batch_rows,
+        piece_rows,
         group_pieces,
         max_pieces,
         piece_flops,
@@ -493,10 +523,12 @@ pub(crate) fn gpu_moments(
             params: *params,
             weight: weight_code(weight),
             use_perm,
+            // Every x buffer is a whole number of 16-byte words when d is a multiple of 4.
+            vec_x: d.is_multiple_of(4),
         },
     )?;
     let tile = params.tile() as usize;
-    let chunk = params.chunk as usize;
+    let chunk = plan.piece_rows;
     let tri = d * (d + 1) / 2;
     let mut out = FilteredMoments::zeros(d, k);
 
@@ -619,6 +651,7 @@ pub(crate) fn gpu_moments(
                     (1, batch.x),
                     (2, batch.y),
                     (7, &perm_buf),
+                    (14, batch.x),
                     (8, &pieces_buf),
                     (9, &pairs_buf),
                     (10, &partial_buf),
