@@ -519,10 +519,16 @@ fn wide_layers_fit_the_loop_budget_or_fail_cleanly() {
             let got = got.expect("within the budget");
             let want = window_gradient(&shape, true, &src.x, &src.y, &params).unwrap();
             let scales = block_scales(&shape, &want);
+            // Each basis gradient sums `width` hidden units' f32 products per row. The rounding
+            // error of an f32 sum of n terms grows like sqrt(n) u |partial sums| (u = 2^-24,
+            // errors of random sign), and the partial sums may exceed the block's largest
+            // gradient s where terms cancel; 8 sqrt(n) u s allows for that (5.7e-5 s at
+            // n = 14000, where an H200 measured 2.5e-5 s). Narrow layers keep the 1e-5 bound.
+            let tol = (8.0 * (width as f64).sqrt() * f32::EPSILON as f64 / 2.0).max(1e-5);
             for ((&g, &w), &s) in got.iter().zip(&want).zip(&scales) {
                 assert!(
-                    (g - w).abs() <= 1e-5 * s + 1e-12,
-                    "width {width}: {g} vs {w}"
+                    (g - w).abs() <= tol * s + 1e-12,
+                    "width {width}: {g} vs {w} (bound {tol:.2e} x {s:.3e})"
                 );
             }
         } else {
