@@ -1,208 +1,260 @@
 #!/usr/bin/env bash
-# One-shot hardware check of the GPU backend, meant to finish in under 8 minutes on a GPU
-# machine:
-#   1. the test suite on the hardware adapter (`cargo test --release`);
-#   2. `relu-fpt bench moments` at N = 1e7, d in {128, 512, 1024}, K in {1, 64} on the GPU
-#      (the device generates the samples and keeps them resident, so the passes read device
-#      memory; see `relu-fpt bench moments --help`);
-#   3. `relu-fpt learn` end to end at N = 1e7, d = 512 (parity teacher, k = 4) on the GPU and on
-#      the CPU backend of the same machine, each with its stage table;
-#   4. a sweep of the moments kernel's SYRK tile at N = 2e6, d = 1024, K = 1
-#      (RELU_FPT_GPU_MOMENT_TILE = "workgroup side, outputs per invocation, samples per slab");
-# and writes every figure to one JSON report.
+# One hardware check of the GPU backend, side by side with PyTorch on the same card and the CPU
+# backend on the same host, written as one JSON report. Built for a lent GPU machine that has no
+# Rust (the binaries are built elsewhere and carried) and gives back only a few files.
 #
-#   scripts/gpu_check.sh [--small] [--out FILE] [--skip-tests]
+#   scripts/gpu_check.sh [--small] [--out DIR] [--steps "tests ablation table torch learn cpu"]
 #
-# --small (or GPU_CHECK_SMALL=1) shrinks every size so the script runs in minutes on a
-# software adapter such as lavapipe, which is how it is checked where no GPU is lent (it then
-# runs only the GPU test binaries and learn with few epochs; its figures say nothing about
-# speed).
-# Environment: RELU_FPT_BIN=path skips the build and uses that binary (the test step then
-# still needs cargo); GPU_CHECK_PROFILE=dev builds the debug profile instead of release (for a
-# quick check of the script itself: its timings mean nothing); GPU_CHECK_DEADLINE=seconds (default 450) bounds the whole run: each step
-# gets what is left, a step that fails or runs out of time is recorded as such and the next one
-# runs. RELU_FPT_GPU_RESIDENT_MIB (default 100000 here) lets the device keep the samples.
+# Inputs (build them where cargo is: `scripts/gpu_check.sh --pack` does it, see below):
+#   .dev/relu-fpt        the stripped release binary (RELU_FPT_BIN overrides; else target/release)
+#   .dev/tests/*         stripped GPU test binaries, run on the hardware adapter
+#   .dev/relu-fpt-base   optional: an older build, timed beside the new one (the ablation)
+#   .dev/COMMIT          the commit the binaries were built from
+#   .gl/*.deb            optional: the Vulkan loader packages, unpacked first when no
+#                        libvulkan.so.1 is present (see docs/gpu-review.md, "Running on a lent
+#                        GPU")
+# Steps (all by default):
+#   tests     the GPU test binaries, each with its own time limit
+#   ablation  bench moments at d = 512, K = 1: the base build, then the new one with naga's
+#             runtime checks all on, bounds checks only, none (RELU_FPT_GPU_SHADER_CHECKS)
+#   table     bench moments at d in {128, 512, 1024}, K in {1, 64} (N = 1e7, samples generated
+#             and kept on the device)
+#   torch     scripts/torch_peer.py moments on the same sizes, when python3 has torch and a GPU
+#   learn     learn --teacher parity --k 4 --d 512 --n 1e7 --backend gpu, stage lines kept
+#   cpu       bench moments --backend cpu at d = 512 (K = 1, 64) and bench peak on this host
+# Every step has a time limit inside GPU_CHECK_DEADLINE seconds (default 420); a step that
+# fails or runs out of time is recorded as such and the next one runs. Results: DIR/report.json
+# (one JSON object), DIR/log.txt, and DIR/files.tgz with every raw output (default DIR: $OUT
+# when set, else ./gpu-check). --small shrinks every size so that the script runs in a couple
+# of minutes on a software adapter (lavapipe), which is how it is rehearsed: its figures say
+# nothing about speed.
+#
+#   scripts/gpu_check.sh --pack [BASE_COMMIT]
+# builds the release binary and the GPU test binaries here, strips them into .dev/ (and, given
+# BASE_COMMIT, a build of that commit as .dev/relu-fpt-base, from a temporary worktree).
 set -uo pipefail
-
 cd "$(dirname "$0")/.."
-small=${GPU_CHECK_SMALL:-0}
-out=gpu_check.json
-skip_tests=0
+
+gpu_tests="gpu gpu_review gpu_trainer moment_tiles sampling"
+
+if [ "${1:-}" = --pack ]; then
+  set -e
+  mkdir -p .dev/tests
+  cargo build --release --locked
+  strip -o .dev/relu-fpt target/release/relu-fpt
+  for t in $gpu_tests; do
+    exe=$(cargo test --release --locked --no-run --test "$t" --message-format=json 2>/dev/null \
+      | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' | tail -1)
+    strip -o ".dev/tests/$t" "$exe"
+  done
+  git rev-parse HEAD >.dev/COMMIT
+  git diff --quiet HEAD || echo "+uncommitted" >>.dev/COMMIT
+  if [ -n "${2:-}" ]; then
+    wt=$(mktemp -d)
+    git worktree add --detach "$wt" "$2" >/dev/null
+    (cd "$wt" && CARGO_TARGET_DIR="$PWD/../relu-fpt-base-target" cargo build --release --locked)
+    strip -o .dev/relu-fpt-base "$wt/../relu-fpt-base-target/release/relu-fpt"
+    echo "$2" >.dev/BASE_COMMIT
+    git worktree remove --force "$wt"
+  fi
+  ls -la .dev .dev/tests
+  exit 0
+fi
+
+small=0
+steps="tests ablation table torch learn cpu"
+dir=${OUT:-gpu-check}
 while [ $# -gt 0 ]; do
   case "$1" in
     --small) small=1 ;;
-    --out) out="$2"; shift ;;
-    --skip-tests) skip_tests=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --out) dir="$2"; shift ;;
+    --steps) steps="$2"; shift ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+has() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-start=$(date +%s)
-deadline=$((start + ${GPU_CHECK_DEADLINE:-450}))
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+mkdir -p "$dir"
+raw=$(mktemp -d)
+pack() { tar czf "$dir/files.tgz" -C "$raw" . 2>/dev/null; }
+trap pack EXIT
+t0=$(date +%s)
+deadline=$((t0 + ${GPU_CHECK_DEADLINE:-420}))
+el() { echo $(( $(date +%s) - t0 )); }
+log() { echo "[$(el)s] $*" | tee -a "$dir/log.txt" >&2; }
+# Seconds for a step: at most $1, keeping $2 for the steps after it.
+cap() { local c=$1 left; left=$((deadline - $(date +%s) - $2)); [ "$left" -lt "$c" ] && c=$left; [ "$c" -lt 1 ] && c=1; echo "$c"; }
+
+# The Vulkan loader, where the machine lacks it.
+if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && ls .gl/*.deb >/dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} RUST_LOG=${RUST_LOG:-warn} WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
 export RELU_FPT_GPU_RESIDENT_MIB=${RELU_FPT_GPU_RESIDENT_MIB:-100000}
-export RUST_LOG=${RUST_LOG:-warn}
 
-tiles="16,8,8 16,8,16 8,8,16 16,4,16 8,4,16"
+bin=${RELU_FPT_BIN:-}
+[ -z "$bin" ] && [ -x .dev/relu-fpt ] && bin=$PWD/.dev/relu-fpt
+[ -z "$bin" ] && bin=$PWD/target/release/relu-fpt
+base=""
+[ -x .dev/relu-fpt-base ] && base=$PWD/.dev/relu-fpt-base
+commit=$(cat .dev/COMMIT 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)
+
+"$bin" devices >"$raw/devices.txt" 2>&1
+if [ "$small" = 0 ] && ! grep -q "software: false" "$raw/devices.txt"; then
+  nv=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  if [ -f "$nv" ]; then
+    export VK_DRIVER_FILES=$nv
+    "$bin" devices >"$raw/devices.txt" 2>&1
+  fi
+fi
+cat "$raw/devices.txt" >&2
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader \
+  >"$raw/gpu.txt" 2>/dev/null || echo "" >"$raw/gpu.txt"
+
 if [ "$small" = 1 ]; then
-  bench_n=20000; bench_dims="16 32 48"; bench_bins="1 64"
-  learn_n=20000; learn_d=16; learn_extra=(--descent-epochs 3 --polish-epochs 2)
-  sweep_n=10000; sweep_d=64
-  test_args=(--test gpu --test sampling --test moment_tiles --test gpu_review)
+  n=20000; dims="16 32 48"; ad=32; ln=20000; ld=16; learn_extra=(--descent-epochs 2 --polish-epochs 1)
 else
-  bench_n=10000000; bench_dims="128 512 1024"; bench_bins="1 64"
-  learn_n=10000000; learn_d=512; learn_extra=()
-  sweep_n=2000000; sweep_d=1024
-  test_args=()
+  n=10000000; dims="128 512 1024"; ad=512; ln=10000000; ld=512; learn_extra=()
 fi
 
-# Seconds left before the deadline, keeping `reserve` for the steps after this one.
-left() { local reserve=$1; local now; now=$(date +%s); echo $((deadline - now - reserve)); }
-# A JSON string (control characters other than tab and newline dropped).
-js() {
-  local s
-  s=$(printf '%s' "$1" | tr -d '\000-\010\013-\037')
-  s=${s//\\/\\\\}
-  s=${s//\"/\\\"}
-  s=${s//$'\t'/ }
-  s=${s//$'\n'/\\n}
-  printf '"%s"' "$s"
-}
-# Runs "$@" for at most $1 seconds with stdout to $2 and stderr to $3; prints the exit status
-# (124: out of time).
-timed() {
-  local limit=$1 out=$2 err=$3; shift 3
-  if [ "$limit" -le 0 ]; then echo "no time left" >"$err"; echo 124; return; fi
-  if [ "$out" = "$err" ]; then
-    timeout --kill-after=10 "$limit" "$@" >"$out" 2>&1; echo $?
+# Runs "$@" for at most $1 s, stdout to $2, stderr to $3; echoes the exit status (124: timed out).
+timed() { local c=$1 o=$2 e=$3; shift 3; timeout -k 5 "$c" "$@" >"$o" 2>"$e"; echo $?; }
+bench_line() { # label, cap, reserve, binary, args...
+  local label=$1 c; c=$(cap "$2" "$3"); shift 3
+  local s; s=$(timed "$c" "$raw/b.out" "$raw/b.err" "$@" --json)
+  if [ "$s" = 0 ] && [ -s "$raw/b.out" ]; then
+    printf '{"label":"%s","result":%s}\n' "$label" "$(tail -1 "$raw/b.out")" >>"$raw/bench.jsonl"
   else
-    timeout --kill-after=10 "$limit" "$@" >"$out" 2>"$err"; echo $?
+    python3 -c 'import json,sys; print(json.dumps({"label": sys.argv[1], "status": int(sys.argv[2]), "error": sys.argv[3]}))' \
+      "$label" "$s" "$(tail -3 "$raw/b.err")" >>"$raw/bench.jsonl"
   fi
+  log "$label: exit $s $(grep -oE '"seconds":[0-9.e-]+' "$raw/b.out" | head -1)"
 }
 
-# 0. Build (release: the timings need it; tests build in the same profile, sharing the deps).
-profile=${GPU_CHECK_PROFILE:-release}
-profile_dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-build_status=0
-build_start=$(date +%s)
-if [ -z "${RELU_FPT_BIN:-}" ]; then
-  if [ "$skip_tests" = 1 ]; then
-    cargo build --profile "$profile" --locked >"$work/build.log" 2>&1 || build_status=$?
-  else
-    cargo test --profile "$profile" --locked --no-run >"$work/build.log" 2>&1 || build_status=$?
-  fi
-  bin=${CARGO_TARGET_DIR:-target}/$profile_dir/relu-fpt
-else
-  bin=$RELU_FPT_BIN
-fi
-build_seconds=$(( $(date +%s) - build_start ))
-if [ "$build_status" != 0 ] || [ ! -x "$bin" ]; then
-  tail -20 "$work/build.log" >&2
-  echo "gpu_check.sh: the build failed; nothing was measured" >&2
-  printf '{"format":"relu-fpt/gpu-check","version":1,"build":{"status":%s,"seconds":%s,"log_tail":%s}}\n' \
-    "$build_status" "$build_seconds" "$(js "$(tail -20 "$work/build.log")")" >"$out"
-  exit 1
-fi
-
-devices=$("$bin" devices 2>&1 | head -20)
-cpu_model=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')
-cores=$(nproc 2>/dev/null || echo 0)
-
-# 1. The test suite on the adapter wgpu picks (a hardware one when present).
-tests_json='{"skipped":true}'
-if [ "$skip_tests" != 1 ]; then
-  limit=$(left 240); [ "$limit" -gt 240 ] && limit=240
-  t0=$(date +%s)
-  status=$(timed "$limit" "$work/tests.log" "$work/tests.log" \
-    cargo test --profile "$profile" --locked "${test_args[@]}" -- --test-threads=4)
-  count() { grep -E '^test result' "$work/tests.log" | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s+=$1} END{print s+0}'; }
-  passed=$(count passed)
-  failed=$(count failed)
-  failures=$(grep -E '^test .* FAILED$' "$work/tests.log" | head -40)
-  tests_json=$(printf '{"status":%s,"timed_out":%s,"passed":%s,"failed":%s,"seconds":%s,"failures":%s}' \
-    "$status" "$([ "$status" = 124 ] && echo true || echo false)" "${passed:-0}" "${failed:-0}" \
-    "$(( $(date +%s) - t0 ))" "$(js "$failures")")
-  echo "tests: status $status, ${passed:-0} passed, ${failed:-0} failed" >&2
-fi
-
-# 2. Moments on the GPU.
-bench_lines=()
-for d in $bench_dims; do
-  for k in $bench_bins; do
-    limit=$(left 200); [ "$limit" -gt 60 ] && limit=60
-    status=$(timed "$limit" "$work/bench.out" "$work/bench.err" \
-      "$bin" bench moments --backend gpu --n "$bench_n" --d "$d" --bins "$k" --runs 5 --json)
-    if [ "$status" = 0 ] && [ -s "$work/bench.out" ]; then
-      bench_lines+=("$(tail -1 "$work/bench.out")")
-      echo "bench d = $d, K = $k: $(tail -1 "$work/bench.out")" >&2
-    else
-      bench_lines+=("$(printf '{"d":%s,"bins":%s,"n":%s,"status":%s,"error":%s}' "$d" "$k" "$bench_n" \
-        "$status" "$(js "$(tail -3 "$work/bench.err")")")")
-      echo "bench d = $d, K = $k: status $status" >&2
-    fi
+if has tests; then
+  log "tests"
+  # Test binaries start the CLI by the path it had where they were built.
+  want=$(grep -aoE '/[A-Za-z0-9_./-]*/target/release/relu-fpt' .dev/tests/gpu 2>/dev/null | head -1)
+  if [ -n "$want" ] && [ ! -e "$want" ]; then mkdir -p "$(dirname "$want")" && ln -sf "$bin" "$want"; fi
+  for t in $gpu_tests; do
+    [ -x ".dev/tests/$t" ] || continue
+    c=$(cap 60 300)
+    s=$(timed "$c" "$raw/test_$t.txt" "$raw/test_$t.txt" ".dev/tests/$t" --test-threads=4)
+    log "test $t: exit $s $(grep -E '^test result' "$raw/test_$t.txt" | tail -1)"
+    grep -E '^test .* FAILED$' "$raw/test_$t.txt" | head -5 | tee -a "$dir/log.txt" >&2
   done
-done
-
-# 3. learn end to end, GPU then CPU backend.
-learn_run() {
-  local backend=$1 cap=$2 reserve=$3
-  local limit; limit=$(left "$reserve"); [ "$limit" -gt "$cap" ] && limit=$cap
-  local t0; t0=$(date +%s)
-  local status
-  status=$(timed "$limit" "$work/learn-$backend.out" "$work/learn-$backend.err" \
-    "$bin" learn --teacher parity --k 4 --d "$learn_d" --n "$learn_n" --backend "$backend" \
-    --seed 1 --json --out "$work/model-$backend.json" "${learn_extra[@]}")
-  local seconds=$(( $(date +%s) - t0 ))
-  if [ "$status" = 0 ] && [ -s "$work/learn-$backend.out" ]; then
-    printf '{"backend":"%s","status":0,"wall_seconds":%s,"report":%s}' "$backend" "$seconds" \
-      "$(tail -1 "$work/learn-$backend.out")"
-  else
-    printf '{"backend":"%s","status":%s,"timed_out":%s,"wall_seconds":%s,"error":%s}' "$backend" \
-      "$status" "$([ "$status" = 124 ] && echo true || echo false)" "$seconds" \
-      "$(js "$(tail -3 "$work/learn-$backend.err")")"
-  fi
-  echo "learn ($backend): status $status in $seconds s" >&2
-}
-learn_gpu=$(learn_run gpu 100 130)
-learn_cpu=$(learn_run cpu 150 40)
-
-# 4. The SYRK tile sweep (what is left of the time, at most 40 s).
-sweep_lines=()
-for t in $tiles; do
-  limit=$(left 0); [ "$limit" -gt 15 ] && limit=15
-  status=$(RELU_FPT_GPU_MOMENT_TILE=$t timed "$limit" "$work/sweep.out" "$work/sweep.err" \
-    "$bin" bench moments --backend gpu --n "$sweep_n" --d "$sweep_d" --bins 1 --runs 5 --json)
-  if [ "$status" = 0 ] && [ -s "$work/sweep.out" ]; then
-    sweep_lines+=("$(printf '{"tile":"%s","result":%s}' "$t" "$(tail -1 "$work/sweep.out")")")
-  else
-    sweep_lines+=("$(printf '{"tile":"%s","status":%s,"error":%s}' "$t" "$status" \
-      "$(js "$(tail -3 "$work/sweep.err")")")")
-  fi
-  echo "tile $t: status $status" >&2
-done
-
-# Wall seconds of each learn, and their ratio (CPU / GPU; a lower bound when the CPU run was
-# cut off by its time limit).
-secs() { printf '%s' "$1" | sed -nE 's/.*"wall_seconds":([0-9]+).*/\1/p'; }
-gs=$(secs "$learn_gpu"); cs=$(secs "$learn_cpu")
-speedup=null
-if [ -n "$gs" ] && [ -n "$cs" ] && [ "$gs" -gt 0 ]; then
-  speedup=$(awk -v c="$cs" -v g="$gs" 'BEGIN{printf "%.2f", c / g}')
+  pack
 fi
 
-{
-  printf '{"format":"relu-fpt/gpu-check","version":1,"small":%s,' "$([ "$small" = 1 ] && echo true || echo false)"
-  printf '"started":"%s","total_seconds":%s,' "$(date -u -d "@$start" +%FT%TZ)" "$(( $(date +%s) - start ))"
-  printf '"machine":{"cpu":%s,"cores":%s,"devices":%s},' "$(js "$cpu_model")" "$cores" "$(js "$devices")"
-  printf '"build":{"status":0,"profile":"%s","seconds":%s},' "$profile" "$build_seconds"
-  printf '"tests":%s,' "$tests_json"
-  printf '"bench_moments":[%s],' "$(IFS=,; echo "${bench_lines[*]}")"
-  printf '"learn":{"n":%s,"d":%s,"gpu":%s,"cpu":%s,"cpu_over_gpu_wall":%s},' \
-    "$learn_n" "$learn_d" "$learn_gpu" "$learn_cpu" "$speedup"
-  printf '"tile_sweep":{"n":%s,"d":%s,"runs":[%s]}}\n' "$sweep_n" "$sweep_d" \
-    "$(IFS=,; echo "${sweep_lines[*]}")"
-} >"$out"
-echo "wrote $out ($(( $(date +%s) - start )) s)" >&2
+if has ablation; then
+  log "ablation d=$ad K=1"
+  [ -n "$base" ] && bench_line "base build" 60 240 "$base" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
+  for checks in all bounds none; do
+    RELU_FPT_GPU_SHADER_CHECKS=$checks bench_line "checks $checks" 40 200 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
+  done
+  for tile in 16,8,8 8,8,16 16,4,16; do
+    RELU_FPT_GPU_MOMENT_TILE=$tile bench_line "tile $tile" 30 180 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
+  done
+  pack
+fi
+
+if has table; then
+  log "table"
+  for d in $dims; do for k in 1 64; do
+    bench_line "gpu d=$d K=$k" 40 150 "$bin" bench moments --backend gpu --n "$n" --d "$d" --bins "$k" --runs 5
+  done; done
+  pack
+fi
+
+if has torch && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  log "torch"
+  specs=""; for d in $dims; do specs="$specs $d:1 $d:64"; done
+  c=$(cap 90 100)
+  PYTHONUNBUFFERED=1 timeout -k 5 "$c" python3 scripts/torch_peer.py moments "$n" $specs >"$raw/torch.jsonl" 2>"$raw/torch.err"
+  log "torch: exit $?"
+  pack
+fi
+
+if has learn; then
+  log "learn gpu"
+  c=$(cap 150 60)
+  s=$(timed "$c" "$raw/learn_gpu.json" "$raw/learn_gpu.err" "$bin" learn --teacher parity --k 4 --d "$ld" --n "$ln" \
+    --backend gpu --seed 1 --json --out "$raw/model_gpu.json" "${learn_extra[@]}")
+  log "learn gpu: exit $s"; tail -12 "$raw/learn_gpu.err" | tee -a "$dir/log.txt" >&2
+  pack
+fi
+
+if has cpu; then
+  log "cpu"
+  "$bin" bench peak --json >"$raw/peak.json" 2>/dev/null
+  for k in 1 64; do
+    bench_line "cpu d=$ad K=$k" 60 0 "$bin" bench moments --backend cpu --n "$n" --d "$ad" --bins "$k" --runs 5
+  done
+  pack
+fi
+
+# One report.
+python3 - "$raw" "$dir/report.json" "$commit" "$(el)" "$small" <<'PY'
+import json, os, sys, datetime
+raw, out, commit, secs, small = sys.argv[1:6]
+def lines(name):
+    p = os.path.join(raw, name)
+    if not os.path.exists(p):
+        return []
+    rows = []
+    for l in open(p):
+        l = l.strip()
+        if l.startswith("{"):
+            try:
+                rows.append(json.loads(l))
+            except ValueError:
+                pass
+    return rows
+def text(name):
+    p = os.path.join(raw, name)
+    return open(p, errors="replace").read().strip() if os.path.exists(p) else None
+tests = {}
+for f in sorted(os.listdir(raw)):
+    if f.startswith("test_"):
+        t = open(os.path.join(raw, f), errors="replace").read()
+        tests[f[5:-4]] = {"summary": [l for l in t.splitlines() if l.startswith("test result")],
+                          "failed": [l for l in t.splitlines() if l.endswith("FAILED")]}
+learn = None
+if os.path.exists(os.path.join(raw, "learn_gpu.json")):
+    l = lines("learn_gpu.json")
+    learn = {"report": l[-1] if l else None, "stderr_tail": (text("learn_gpu.err") or "")[-3000:]}
+report = {
+    "format": "relu-fpt/gpu-check", "version": 2, "small": small == "1",
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "commit": commit, "seconds": int(secs),
+    "gpu": text("gpu.txt"), "devices": text("devices.txt"),
+    "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None),
+    "cores": os.cpu_count(),
+    "tests": tests, "bench": lines("bench.jsonl"), "torch": lines("torch.jsonl"),
+    "cpu_peak": (lines("peak.json") or [None])[0], "learn": learn,
+}
+json.dump(report, open(out, "w"), indent=1)
+PY
+log "wrote $dir/report.json"
+# A short table last (what a caller sees at the end of the output).
+python3 - "$dir/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for b in r["bench"]:
+    res = b.get("result")
+    if res:
+        print(f'{b["label"]:>22}: {res["seconds"]:.4f} s  {res["gflops"]:8.0f} GFLOP/s')
+    else:
+        print(f'{b["label"]:>22}: status {b.get("status")}')
+for t in r["torch"]:
+    print(f'{"torch " + t["precision"] + " d=%d K=%d" % (t["d"], t["bins"]):>22}: {t["seconds"]:.4f} s  {t["gflops"]:8.0f} GFLOP/s')
+for name, t in r["tests"].items():
+    print(f'{"test " + name:>22}: {" ".join(t["summary"])[-80:]} {len(t["failed"])} failed')
+PY
