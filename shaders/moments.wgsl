@@ -16,7 +16,8 @@
 //   reduce_runs  one invocation per (run of same-bin pieces, i <= j) and per (run, column) of
 //                w x: sums that run's partials and adds them to its bin's packed upper
 //                triangle and w x sums in `totals` (a dispatch holds at most one run per bin:
-//                no races).
+//                no races). Runs and pieces come from the host's sort or, where the device has
+//                f64, from the device's (binning.wgsl); bin_samples serves the host's sort.
 // lavapipe caps every invocation at 65,535 loop iterations in total; here the longest loop is
 // CHUNK / BK slabs (512 by default), inner loops have constant trip counts and unroll.
 
@@ -46,7 +47,7 @@ struct Params {
     piece_base: u32,  // first piece of this dispatch group
     bin_stride: u32,  // words per bin in `totals`: tri + d
     tri: u32,         // d (d + 1) / 2
-    _pad: u32,
+    group: u32,       // this dispatch group within the batch (piece_base / pieces per group)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,10 +61,11 @@ struct Params {
 @group(0) @binding(8) var<storage, read> pieces: array<vec2<u32>>;   // (start, length)
 @group(0) @binding(9) var<storage, read> pairs: array<vec2<u32>>;    // (tile row, tile col)
 @group(0) @binding(10) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // (first piece, count, bin, -)
+@group(0) @binding(11) var<storage, read> runs: array<vec4<u32>>;    // per group: (first piece, count, bin, -)
 @group(0) @binding(12) var<storage, read_write> totals: array<f32>;  // per bin: triangle, w x
 @group(0) @binding(13) var<storage, read_write> partial_sx: array<f32>; // per (piece, tile): w x
 @group(0) @binding(14) var<storage, read> x4: array<vec4<f32>>;     // x again, when VEC_X
+@group(0) @binding(15) var<storage, read> run_counts: array<u32>;    // runs per dispatch group
 
 const NEAR_EDGE: u32 = 0x80000000u;
 const TWO_ULP: f32 = 1.1920929e-7; // 2^-23: twice f32's unit roundoff
@@ -206,6 +208,10 @@ fn syrk_tiles(
     // uniform control flow.
     let piece = pieces[p.piece_base + wid.y];
     let len = min(piece.y, CHUNK);
+    // An empty piece slot (the device's sort plans for the most pieces a batch can have).
+    if len == 0u {
+        return;
+    }
     let i0 = pair.x * TILE;
     let j0 = pair.y * TILE;
     let diag = pair.x == pair.y;
@@ -354,7 +360,11 @@ fn reduce_runs(
     let i = gid.y;
     let j = gid.x;
     let d = p.dim;
-    let run = runs[wid.z];
+    // The group's runs start at its first piece slot; dispatches may hold spare run slots.
+    if wid.z >= run_counts[p.group] {
+        return;
+    }
+    let run = runs[p.piece_base + wid.z];
     // Row d of the grid: the w x sums, one column each.
     if i == d && j < d {
         var total = 0.0;

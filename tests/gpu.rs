@@ -190,18 +190,56 @@ fn moments_small_batches_and_groups() {
     let mut rng = Rng(7);
     let spec = spec(&mut rng, 5, 1, &[-0.3, 0.4], &Y7);
     let src = samples(&mut rng, &spec, 12_345);
-    let params = MomentKernelParams {
-        workgroup_side: 8,
-        per_invocation: 4,
-        slab: 8,
-        chunk: 512,
-        max_pieces_per_group: 3,
-        max_batch_rows: 4_001,
-    };
-    let got = common::gpu()
-        .moments_with(&src, &spec, SampleWeight::LabelSquared, &params, &hidden())
-        .expect("GPU moments");
-    check(&src, &spec, SampleWeight::LabelSquared, &got);
+    // Bins sorted on the device and on the host; 83 batches of 150 rows carry the device's
+    // per-piece label sums past the 64 batches it keeps before the host adds them up.
+    for (device_binning, max_batch_rows) in [(true, 4_001), (false, 4_001), (true, 150)] {
+        let params = MomentKernelParams {
+            workgroup_side: 8,
+            per_invocation: 4,
+            slab: 8,
+            chunk: 512,
+            max_pieces_per_group: 3,
+            max_batch_rows,
+            device_binning,
+        };
+        let got = common::gpu()
+            .moments_with(&src, &spec, SampleWeight::LabelSquared, &params, &hidden())
+            .expect("GPU moments");
+        check(&src, &spec, SampleWeight::LabelSquared, &got);
+    }
+}
+
+/// Discrete data: most rows exactly on an axis edge. The device bins such rows as computed and
+/// lists them for the host's f64 recheck; past the list's 4,096 rows the pass bins on the host
+/// instead. Either way every bin is the reference's.
+#[test]
+fn rows_on_an_edge_beyond_the_near_edge_list_fall_back_to_the_host() {
+    let mut rng = Rng(31);
+    let d = 8;
+    for (n, on_edge) in [(3_000, 2_000), (7_000, 6_000)] {
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let v = rng.normal() as f32;
+                x.push(if j == 0 && i < on_edge { 0.25 } else { v });
+            }
+        }
+        let y = (0..n).map(|i| x[i * d + 1] + 0.1 * x[i * d]).collect();
+        let src = MemorySource { dim: d, x, y };
+        let mut basis = vec![0.0; d];
+        basis[0] = 1.0;
+        let spec = BinSpec {
+            dim: d,
+            basis,
+            axis_edges: vec![vec![0.25]],
+            y_edges: vec![vec![0.0]; 2],
+        };
+        spec.validate().expect("valid spec");
+        let got = common::gpu()
+            .moments(&src, &spec, SampleWeight::Label, &hidden())
+            .expect("GPU moments");
+        check(&src, &spec, SampleWeight::Label, &got);
+    }
 }
 
 #[test]

@@ -223,7 +223,9 @@ impl GpuContext {
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("relu-fpt"),
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            // f64 in shaders lets the moments pass bin and sort on the device (binning.rs).
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F64),
             required_limits: adapter.limits(),
             ..Default::default()
         }))

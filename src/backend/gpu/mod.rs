@@ -1,5 +1,6 @@
 //! GPU backend: WGSL kernels in `shaders/`, one launcher module per kernel.
 
+mod binning;
 mod context;
 mod evaluate;
 mod features;

@@ -3,22 +3,20 @@
 //! Samples come from the batch feeder (`feed.rs`: a resident copy, or uploads of at most 256 MiB
 //! overlapped with compute, two in flight). Per batch (at most
 //! [`MomentKernelParams::max_batch_rows`] rows and one storage binding):
-//! 1. `bin_samples` computes z = B^T x and the bin id of every sample on the device (skipped
-//!    when K = 1: the fast path). z is f32 there; a sample whose z lies within the f32 error
-//!    bound of an axis edge comes back flagged and the host recomputes its bin with the f64
-//!    rule ([`BinSpec::bin_of`]) from its row (read back from the device when resident), and
-//!    y edges are rounded down to f32, so every bin equals the CPU backend's and the
-//!    reference's, samples exactly on an edge included;
-//! 2. the host reads the bin ids back (4 bytes a sample), sums count, weight, y and y^2 per bin
-//!    in f64, and counting-sorts the batch into bin order (a permutation, uploaded back) cut into
-//!    pieces of at most `chunk` samples of one bin;
-//! 3. `syrk_tiles` sums w x x^T in f32 per (piece, upper-triangle tile), each invocation owning
-//!    a `per_invocation` x `per_invocation` block (8 x 8 by default) read as vec4 from
-//!    workgroup memory; the diagonal tiles also sum w x from the values they stage, so the
-//!    vector costs no extra tile row (an augmented (x, 1) row used to cost a whole tile row:
-//!    twice the work at d = 128); `reduce_runs` adds each bin's pieces into that bin's total on
-//!    the device (atomics-free);
-//! 4. the totals are read back once per pass (and every 64 dispatch groups before that) and
+//! 1. with K > 1 bins, the batch is sorted into bin order and cut into pieces of at most
+//!    `piece_rows` samples of one bin. Where the device has f64 in shaders this all happens on
+//!    the device (`binning.rs`: bin ids with z in f64, a counting sort, pieces, runs, per-piece
+//!    label sums), with nothing read back inside the pass; rows within f64 rounding of an axis
+//!    edge are rechecked by the host at the end. Elsewhere `bin_samples` computes the bin ids
+//!    (z in f32, near-edge rows flagged and rebinned by the host with the f64 rule), the host
+//!    reads them back (4 bytes a sample), sums count, weight, y and y^2 per bin in f64 and
+//!    counting-sorts the batch ([`sort_batch`]). Either way every bin equals the CPU backend's;
+//! 2. `syrk_tiles` sums w x x^T in f32 per (piece, upper-triangle tile), each invocation owning
+//!    a `per_invocation` x `per_invocation` block (4 x 4 by default) read as vec4 from
+//!    double-buffered workgroup memory; the diagonal tiles also sum w x from the values they
+//!    stage, so the vector costs no extra tile row; `reduce_runs` adds each bin's pieces into
+//!    that bin's total on the device (atomics-free);
+//! 3. the totals are read back once per pass (and every 64 dispatch groups before that) and
 //!    added in f64.
 //!
 //! Pipelines are compiled once per (kernel parameters, weight, K = 1 or not) and cached in
@@ -26,7 +24,8 @@
 //!
 //! Precision: f32 sums over at most `chunk` (4096) samples, f32 sums of at most 16 such
 //! partials in blocks (up to `max_pieces_per_group` in all), f32 totals over at most 64 groups,
-//! then f64 on the host; counts, weight, y and y^2 sums are f64 from the start. Measured on
+//! then f64 on the host; counts are exact, and weight, y and y^2 sums are f64 from the start
+//! (host sort) or f32 over one piece, then f64 (device sort). Measured on
 //! lavapipe against `reference_moments`: relative difference 1e-7 to 1.4e-6.
 //!
 //! Device limits: every buffer is checked against `max_storage_buffer_binding_size` and
@@ -34,6 +33,7 @@
 //! partial tiles and the K per-bin triangles must each fit 128 MiB, which caps d near 8000 at
 //! K = 1 and near 1000 at K = 64.
 
+use super::binning;
 use super::context::PipelineCache;
 use super::feed::ResidentSamples;
 use super::{GpuContext, GpuError};
@@ -67,6 +67,9 @@ pub struct MomentKernelParams {
     pub max_pieces_per_group: u32,
     /// Most samples per uploaded batch.
     pub max_batch_rows: u32,
+    /// Bin and sort K > 1 bins on the device where it has f64 in shaders (`binning.rs`);
+    /// false: on the host, one readback of the bin ids per batch.
+    pub device_binning: bool,
 }
 
 impl Default for MomentKernelParams {
@@ -78,6 +81,7 @@ impl Default for MomentKernelParams {
             chunk: 4096,
             max_pieces_per_group: 4096,
             max_batch_rows: 1 << 20,
+            device_binning: true,
         }
     }
 }
@@ -415,7 +419,7 @@ fn params_bytes(spec: &BinSpec, plan: &Plan, rows: usize, piece_base: usize) -> 
         piece_base as u32,
         plan.bin_stride as u32,
         (plan.d * (plan.d + 1) / 2) as u32,
-        0,
+        (piece_base / plan.group_pieces) as u32,
     ];
     let mut out = [0u8; 48];
     out.copy_from_slice(bytemuck::cast_slice(&words));
@@ -530,7 +534,6 @@ pub(crate) fn gpu_moments(
     let tile = params.tile() as usize;
     let chunk = plan.piece_rows;
     let tri = d * (d + 1) / 2;
-    let mut out = FilteredMoments::zeros(d, k);
 
     // Buffers for the whole call, sized for the largest batch and group.
     let basis = f32s(spec.basis.iter().copied());
@@ -561,13 +564,30 @@ pub(crate) fn gpu_moments(
         "moments partial w x",
         (plan.group_pieces * plan.tiles * tile * 4) as u64,
     )?;
-    let runs_buf = ctx.storage_buffer("moments runs", (plan.group_pieces * 16) as u64)?;
+    // Runs per dispatch group, each group's at its first piece slot; and their counts.
+    let layout = binning::Layout {
+        batch_rows: plan.batch_rows,
+        piece_rows: plan.piece_rows,
+        max_pieces: plan.max_pieces,
+        group_pieces: plan.group_pieces,
+    };
+    let groups_per_batch = layout.groups();
+    let runs_buf = ctx.storage_buffer(
+        "moments runs",
+        (groups_per_batch * plan.group_pieces * 16) as u64,
+    )?;
+    let run_counts_buf = ctx.storage_buffer("moments run counts", (groups_per_batch * 4) as u64)?;
+    let mut device_binning = match use_perm && params.device_binning {
+        true => binning::DeviceBinning::new(ctx, spec, weight_code(weight), &y_edges, layout)?,
+        false => None,
+    };
     // Per-bin triangles and w x sums, summed on the device over groups and batches.
     let totals_bytes = (k * plan.bin_stride * 4) as u64;
     let totals_buf = ctx.storage_buffer("moments totals", totals_bytes)?;
+    let host_sorts = use_perm && device_binning.is_none();
     let bins_staging = ctx.staging_buffer(
         "moments bins readback",
-        if use_perm { plan.batch_rows * 4 } else { 4 } as u64,
+        if host_sorts { plan.batch_rows * 4 } else { 4 } as u64,
     );
     if !basis.is_empty() {
         ctx.queue
@@ -592,14 +612,18 @@ pub(crate) fn gpu_moments(
             (11, &runs_buf),
             (12, &totals_buf),
             (13, &partial_sx_buf),
+            (15, &run_counts_buf),
         ],
     )?;
 
     // Device totals are read back and added in f64 at the end, and every FLUSH_GROUPS groups
     // before that so that no f32 total sums more than that many group sums.
-    let mut groups_in_totals = 0usize;
-    let mut flops_since_flush = 0.0f64;
-    let flush = |out: &mut FilteredMoments, flops: f64| -> Result<()> {
+    let mut sums = PassSums {
+        out: FilteredMoments::zeros(d, k),
+        flops: 0.0,
+        groups: 0,
+    };
+    let flush = |sums: &mut PassSums| -> Result<()> {
         let staging = ctx.staging_buffer("moments totals readback", totals_bytes);
         let mut enc = ctx
             .device
@@ -609,16 +633,17 @@ pub(crate) fn gpu_moments(
         enc.copy_buffer_to_buffer(&totals_buf, 0, &staging, 0, totals_bytes);
         enc.clear_buffer(&totals_buf, 0, None);
         let totals: Vec<f32> =
-            ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, flops)?;
+            ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, sums.flops)?;
         super::context::check_finite("moments", &totals)?;
         for (b, packed) in totals.chunks_exact(plan.bin_stride).enumerate() {
-            add_bin(out, b, packed, tri);
+            add_bin(&mut sums.out, b, packed, tri);
         }
+        sums.flops = 0.0;
+        sums.groups = 0;
         Ok(())
     };
     // The buffers start zeroed (wgpu clears new buffers).
 
-    let mut bin_ids: Vec<u32> = Vec::new();
     let row_flops = plan.piece_flops / chunk as f64;
     super::feed::for_each_batch(
         ctx,
@@ -628,20 +653,6 @@ pub(crate) fn gpu_moments(
         row_flops,
         |batch| -> Result<Option<wgpu::SubmissionIndex>> {
             let rows = batch.rows;
-            let ys = batch.y_host;
-            let bin_bind = ctx.bind_group(
-                "moments bin",
-                &pipes.bin,
-                &[
-                    (0, &params_buf),
-                    (1, batch.x),
-                    (2, batch.y),
-                    (3, &basis_buf),
-                    (4, &axis_buf),
-                    (5, &yedge_buf),
-                    (6, &bins_buf),
-                ],
-            )?;
             // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
             let syrk_bind = ctx.bind_group(
                 "moments syrk",
@@ -651,16 +662,91 @@ pub(crate) fn gpu_moments(
                     (1, batch.x),
                     (2, batch.y),
                     (7, &perm_buf),
-                    (14, batch.x),
                     (8, &pieces_buf),
                     (9, &pairs_buf),
                     (10, &partial_buf),
                     (13, &partial_sx_buf),
+                    (14, batch.x),
                 ],
             )?;
+            // One dispatch group: the SYRK over `count` piece slots from `base`, then the sums
+            // of at most `runs` runs into the totals.
+            let syrk_group = |sums: &mut PassSums, base: usize, count: usize, runs: usize| {
+                ctx.queue
+                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
+                let mut enc = ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("moments syrk"),
+                    });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    pass.set_pipeline(&pipes.syrk);
+                    pass.set_bind_group(0, &syrk_bind, &[]);
+                    pass.dispatch_workgroups(plan.pairs.len() as u32, count as u32, 1);
+                    pass.set_pipeline(&pipes.reduce);
+                    pass.set_bind_group(0, &reduce_bind, &[]);
+                    // Rows 0..d of the triangle and row d for the w x sums.
+                    let wg = params.workgroup_side;
+                    let (cols, rows) = ((d as u32).div_ceil(wg), (d as u32 + 1).div_ceil(wg));
+                    pass.dispatch_workgroups(cols, rows, runs as u32);
+                }
+                let index = ctx.submit("moments syrk", enc)?;
+                sums.flops += count as f64 * plan.piece_flops;
+                sums.groups += 1;
+                if sums.groups == FLUSH_GROUPS {
+                    flush(sums)?;
+                }
+                Ok::<_, crate::error::Error>(index)
+            };
+            let mut last = None;
 
-            // Bin ids: on the device, except for the single-bin fast path.
+            if let Some(binning) = device_binning.as_mut() {
+                // Bins, sort, pieces and runs on the device; nothing comes back here.
+                let mut enc = ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("moments binning"),
+                    });
+                let targets = binning::SortTargets {
+                    bins: &bins_buf,
+                    pieces: &pieces_buf,
+                    perm: &perm_buf,
+                    runs: &runs_buf,
+                    run_counts: &run_counts_buf,
+                };
+                binning.encode_batch(&mut enc, spec, batch.x, batch.y, rows, &targets)?;
+                ctx.submit("moments binning", enc)?;
+                for g in 0..groups_per_batch {
+                    let base = g * plan.group_pieces;
+                    let count = plan.group_pieces.min(plan.max_pieces - base);
+                    last = Some(syrk_group(&mut sums, base, count, count.min(k))?);
+                }
+                if binning.stats_full() {
+                    flush(&mut sums)?;
+                    binning.take_stats(&mut sums.out)?;
+                }
+                progress.inc(rows as u64);
+                return Ok(last);
+            }
+
+            // Bin ids: on the device, read back and sorted here (K = 1 needs neither).
+            let ys = batch.y_host;
+            let mut bin_ids = vec![0u32; rows];
             if use_perm {
+                let bin_bind = ctx.bind_group(
+                    "moments bin",
+                    &pipes.bin,
+                    &[
+                        (0, &params_buf),
+                        (1, batch.x),
+                        (2, batch.y),
+                        (3, &basis_buf),
+                        (4, &axis_buf),
+                        (5, &yedge_buf),
+                        (6, &bins_buf),
+                    ],
+                )?;
                 ctx.queue
                     .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, 0));
                 let mut enc = ctx
@@ -676,9 +762,9 @@ pub(crate) fn gpu_moments(
                 }
                 let bytes = (rows * 4) as u64;
                 enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
-                let flops = 2.0 * (rows * spec.rank() * d) as f64 + flops_since_flush;
+                let flops = 2.0 * (rows * spec.rank() * d) as f64 + sums.flops;
                 bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes, flops)?;
-                flops_since_flush = 0.0;
+                sums.flops = 0.0;
                 settle_near_edges(spec, &mut bin_ids, ys, |near| match batch.x_host {
                     Some(xs) => Ok(near
                         .iter()
@@ -692,13 +778,10 @@ pub(crate) fn gpu_moments(
                         GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
                     );
                 }
-            } else {
-                bin_ids.clear();
-                bin_ids.resize(rows, 0);
             }
 
             // Scalar sums in f64 and the counting sort, on the host.
-            let order = sort_batch(&bin_ids, ys, weight, chunk, use_perm, &mut out);
+            let order = sort_batch(&bin_ids, ys, weight, chunk, use_perm, &mut sums.out);
             let pieces = order.pieces;
             if use_perm {
                 ctx.queue
@@ -709,11 +792,10 @@ pub(crate) fn gpu_moments(
                 ctx.queue
                     .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
             }
-
-            let mut last = None;
             for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
                 let base = g * plan.group_pieces;
-                // Runs of consecutive pieces of one bin: (first piece, count, bin, 0).
+                // Runs of consecutive pieces of one bin: (first piece, count, bin, 0), written
+                // at the group's first piece slot.
                 let mut runs: Vec<[u32; 4]> = Vec::new();
                 for (q, piece) in group.iter().enumerate() {
                     match runs.last_mut() {
@@ -722,43 +804,40 @@ pub(crate) fn gpu_moments(
                     }
                 }
                 ctx.queue
-                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
-                ctx.queue
-                    .write_buffer(&runs_buf, 0, bytemuck::cast_slice(&runs));
-                let mut enc = ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("moments syrk"),
-                    });
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    pass.set_pipeline(&pipes.syrk);
-                    pass.set_bind_group(0, &syrk_bind, &[]);
-                    pass.dispatch_workgroups(plan.pairs.len() as u32, group.len() as u32, 1);
-                    pass.set_pipeline(&pipes.reduce);
-                    pass.set_bind_group(0, &reduce_bind, &[]);
-                    // Rows 0..d of the triangle and row d for the w x sums.
-                    let wg = params.workgroup_side;
-                    let (cols, rows) = ((d as u32).div_ceil(wg), (d as u32 + 1).div_ceil(wg));
-                    pass.dispatch_workgroups(cols, rows, runs.len() as u32);
-                }
-                last = Some(ctx.submit("moments syrk", enc)?);
-                flops_since_flush += group.len() as f64 * plan.piece_flops;
-                groups_in_totals += 1;
-                if groups_in_totals == FLUSH_GROUPS {
-                    flush(&mut out, flops_since_flush)?;
-                    flops_since_flush = 0.0;
-                    groups_in_totals = 0;
-                }
+                    .write_buffer(&runs_buf, (base * 16) as u64, bytemuck::cast_slice(&runs));
+                ctx.queue.write_buffer(
+                    &run_counts_buf,
+                    (g * 4) as u64,
+                    bytemuck::bytes_of(&(runs.len() as u32)),
+                );
+                last = Some(syrk_group(&mut sums, base, group.len(), runs.len())?);
             }
             progress.inc(rows as u64);
             Ok(last)
         },
     )?;
-    if out.total_count() > 0 {
-        flush(&mut out, flops_since_flush)?;
+    if sums.out.total_count() > 0 || device_binning.is_some() {
+        flush(&mut sums)?;
     }
-    Ok(out)
+    if let Some(binning) = device_binning {
+        if !binning.finish(spec, weight, &mut sums.out)? {
+            // More rows lay on bin edges than the near-edge list holds: bin on the host.
+            let host = MomentKernelParams {
+                device_binning: false,
+                ..*params
+            };
+            return gpu_moments(ctx, cache, source, spec, weight, &host, resident, progress);
+        }
+    }
+    Ok(sums.out)
+}
+
+/// The totals of a pass as they are gathered: f64 sums so far, and the work and dispatch
+/// groups since the device's f32 totals were last read back.
+struct PassSums {
+    out: FilteredMoments,
+    flops: f64,
+    groups: usize,
 }
 
 /// Adds one bin's totals (the packed upper triangle of w x x^T, rows of length d - i, then the
