@@ -16,7 +16,9 @@
 # Steps (all by default):
 #   tests     the GPU test binaries, each with its own time limit
 #   ablation  bench moments at d = 512, K = 1: the base build, then the new one with naga's
-#             runtime checks all on, bounds checks only, none (RELU_FPT_GPU_SHADER_CHECKS)
+#             runtime checks all on, bounds checks only, none (RELU_FPT_GPU_SHADER_CHECKS), the
+#             8 x 8 tiles (RELU_FPT_GPU_MOMENT_TILE); K = 64 with the bins sorted on the host
+#             and on the device (RELU_FPT_GPU_BINNING)
 #   table     bench moments at d in {128, 512, 1024}, K in {1, 64} (N = 1e7, samples generated
 #             and kept on the device)
 #   torch     scripts/torch_peer.py moments on the same sizes, when python3 has torch and a GPU
@@ -159,8 +161,11 @@ if has ablation; then
   for checks in all bounds none; do
     RELU_FPT_GPU_SHADER_CHECKS=$checks bench_line "checks $checks" 40 200 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
   done
-  for tile in 16,8,8 8,8,16 16,4,16; do
+  for tile in 16,8,16 16,8,8; do
     RELU_FPT_GPU_MOMENT_TILE=$tile bench_line "tile $tile" 30 180 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
+  done
+  for where in host device; do
+    RELU_FPT_GPU_BINNING=$where bench_line "K=64 binning on the $where" 30 180 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 64 --runs 5
   done
   pack
 fi

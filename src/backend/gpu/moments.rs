@@ -50,6 +50,9 @@ const PARAMS_BYTES: u64 = 48;
 /// Environment variable that overrides the SYRK tile: "WG,TM,BK" (workgroup side, outputs per
 /// invocation and side, samples per slab), for sweeps on a hardware GPU.
 pub const MOMENT_TILE_ENV: &str = "RELU_FPT_GPU_MOMENT_TILE";
+/// Environment variable that chooses where K > 1 bins are sorted: "device" (the default, where
+/// the adapter has f64 in shaders) or "host" (for measuring one against the other).
+pub const MOMENT_BINNING_ENV: &str = "RELU_FPT_GPU_BINNING";
 
 /// Tunables of the moments kernels, fed to WGSL `override` constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,7 +93,7 @@ impl MomentKernelParams {
     /// Defaults sized for dimension `d`: 64-wide tiles (16 x 16 invocations of 4 x 4 outputs),
     /// 32-wide below d = 32 (less padding work), slabs of 16 samples, unless
     /// [`MOMENT_TILE_ENV`] says otherwise (then a bad value is reported by the pass, not
-    /// ignored). On an H200 at N = 1e7 (docs/measurements/2026-12-04-h200-syrk.json) 4 x 4
+    /// ignored), and with bins sorted where [`MOMENT_BINNING_ENV`] says. On an H200 at N = 1e7 (docs/measurements/2026-12-04-h200-syrk.json) 4 x 4
     /// outputs per invocation beat 8 x 8 by 1.5x at d = 512 and 1024: fewer registers, more
     /// workgroups resident per multiprocessor.
     pub fn for_dim(d: usize) -> Self {
@@ -109,6 +112,9 @@ impl MomentKernelParams {
                 // An unusable value becomes parameters that `check` refuses, naming them.
                 _ => p.workgroup_side = 0,
             }
+        }
+        if std::env::var(MOMENT_BINNING_ENV).is_ok_and(|v| v.trim() == "host") {
+            p.device_binning = false;
         }
         p
     }
