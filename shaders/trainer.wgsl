@@ -13,6 +13,9 @@
 // chunk in a register, in row order, and writes one f32 partial; the host adds the chunks in
 // f64. B's entries are sum_rows dLoss/dz_j x_i (x read coalesced: neighbouring invocations take
 // neighbouring i).
+// `adam_step`: one invocation per trained parameter adds its chunk partials in order and takes
+// Adam's step (the host's rule, in f32, with the step's scalars computed on the host in f64),
+// so a whole window of minibatches runs without the host.
 // `score`: the forward pass, then each row's squared error into a scratch plane.
 // `sum_squares`: one workgroup per WG RPT rows (coalesced strided reads, then a tree in
 // workgroup memory) writes one f32 partial per workgroup; the host adds them in f64.
@@ -49,6 +52,10 @@ struct Info {
     sq_off: u32,  // scratch plane of squared errors (score)
     slot: u32,    // first partial written by sum_squares
     chunks: u32,  // gradient chunks of RC rows
+    lr: f32,      // adam_step: this step's rate, the bias corrections 1 - b1^t and 1 - b2^t,
+    c1: f32,      // and 1 / rows (the gradient of the mean squared error)
+    c2: f32,
+    inv_rows: f32,
 }
 
 @group(0) @binding(0) var<uniform> info: Info;
@@ -59,6 +66,9 @@ struct Info {
 @group(0) @binding(5) var<storage, read> layers: array<u32>;
 @group(0) @binding(6) var<storage, read_write> scratch: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(8) var<storage, read_write> params_rw: array<f32>; // adam_step: the parameters
+@group(0) @binding(9) var<storage, read_write> adam_m: array<f32>;
+@group(0) @binding(10) var<storage, read_write> adam_v: array<f32>;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -248,4 +258,29 @@ fn sum_squares(
     if t == 0u {
         partials[info.slot + wid.x] = red[0];
     }
+}
+
+const B1: f32 = 0.9;
+const B2: f32 = 0.999;
+const EPS: f32 = 1e-8;
+
+@compute @workgroup_size(WG)
+fn adam_step(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = info.first + gid.x + gid.y * nwg.x * WG;
+    if e >= info.params {
+        return;
+    }
+    var g = 0.0;
+    for (var c = 0u; c < info.chunks; c++) {
+        g += partials[c * info.params + e];
+    }
+    g *= info.inv_rows;
+    let m = B1 * adam_m[e] + (1.0 - B1) * g;
+    let v = B2 * adam_v[e] + (1.0 - B2) * g * g;
+    adam_m[e] = m;
+    adam_v[e] = v;
+    params_rw[e] -= info.lr * (m / info.c1) / (sqrt(v / info.c2) + EPS);
 }

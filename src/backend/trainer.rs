@@ -161,15 +161,35 @@ impl Adam {
         self.steps as usize
     }
 
-    /// One step from the gradient of the summed squared error over `rows` rows (the mean is
-    /// taken here).
-    pub fn step(&mut self, grad_sum: &[f64], rows: usize, params: &mut [f64]) {
+    /// Advances the step count and returns this step's scalars: the step size and the bias
+    /// corrections 1 - b1^t and 1 - b2^t (what a device running the step needs).
+    pub fn next_step(&mut self) -> AdamStep {
         let lr = self.learning_rate * (1.0 - self.steps / self.total_steps).max(0.0);
         self.steps += 1.0;
         self.b1t *= B1;
         self.b2t *= B2;
+        AdamStep {
+            learning_rate: lr,
+            c1: 1.0 - self.b1t,
+            c2: 1.0 - self.b2t,
+        }
+    }
+
+    /// The first and second moment estimates, for a device that runs the steps and hands them
+    /// back.
+    pub fn moments_mut(&mut self) -> (&mut [f64], &mut [f64]) {
+        (&mut self.m, &mut self.v)
+    }
+
+    /// One step from the gradient of the summed squared error over `rows` rows (the mean is
+    /// taken here).
+    pub fn step(&mut self, grad_sum: &[f64], rows: usize, params: &mut [f64]) {
+        let AdamStep {
+            learning_rate: lr,
+            c1,
+            c2,
+        } = self.next_step();
         let scale = 1.0 / rows.max(1) as f64;
-        let (c1, c2) = (1.0 - self.b1t, 1.0 - self.b2t);
         for (((p, &g), m), v) in params
             .iter_mut()
             .zip(grad_sum)
@@ -182,6 +202,17 @@ impl Adam {
             *p -= lr * (*m / c1) / ((*v / c2).sqrt() + EPS);
         }
     }
+}
+
+/// The scalars of one Adam step ([`Adam::next_step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// Step size (decayed).
+    pub learning_rate: f64,
+    /// 1 - b1^t.
+    pub c1: f64,
+    /// 1 - b2^t.
+    pub c2: f64,
 }
 
 /// The sphere-net features of z = B x: relu(<u_j, z> - t_k) for each direction u_j (r values)

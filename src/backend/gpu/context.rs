@@ -465,12 +465,23 @@ impl GpuContext {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> Result<wgpu::BindGroup, GpuError> {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
+        let entries = buffers
             .iter()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: *i,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| (*i, b.as_entire_binding()))
+            .collect();
+        self.bind_group_with(label, pipeline, entries)
+    }
+
+    /// Binds `(binding, resource)` pairs (e.g. a slot of a buffer) to group 0 of `pipeline`.
+    pub(crate) fn bind_group_with(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        resources: Vec<(u32, wgpu::BindingResource)>,
+    ) -> Result<wgpu::BindGroup, GpuError> {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
             .collect();
         self.capture(label, || {
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {

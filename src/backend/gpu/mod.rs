@@ -247,9 +247,7 @@ impl Backend for GpuBackend {
         params: &mut [f64],
         adam: &mut Adam,
     ) -> Result<()> {
-        self.train_window_steps(shape, train_basis, x, y, batch_size, params, |g, n, p| {
-            adam.step(g, n, p)
-        })
+        self.train_window_on_device(shape, train_basis, x, y, batch_size, params, adam)
     }
 
     /// One minibatch of `train_window` on the device (the MPI backend adds these across ranks).

@@ -179,10 +179,28 @@ impl Projector {
         basis: &wgpu::Buffer,
         z: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup> {
-        Ok(ctx.bind_group(
+        self.bind_with(ctx, self.info_buf.as_entire_binding(), x, basis, z)
+    }
+
+    /// [`Projector::bind`] with the parameter block read from `info` (a slot of a caller's
+    /// buffer holding many) instead of this projector's own.
+    pub(crate) fn bind_with(
+        &self,
+        ctx: &GpuContext,
+        info: wgpu::BindingResource,
+        x: &wgpu::Buffer,
+        basis: &wgpu::Buffer,
+        z: &wgpu::Buffer,
+    ) -> Result<wgpu::BindGroup> {
+        Ok(ctx.bind_group_with(
             "project bind group",
             &self.pipeline,
-            &[(0, &self.info_buf), (1, x), (2, basis), (3, z)],
+            vec![
+                (0, info),
+                (1, x.as_entire_binding()),
+                (2, basis.as_entire_binding()),
+                (3, z.as_entire_binding()),
+            ],
         )?)
     }
 

@@ -4,11 +4,15 @@
 //! **Train window.** The window's x and y are uploaded once (in segments of whole minibatches
 //! that fit one storage binding). With B fixed, z = B x is projected once per segment into
 //! unit-major planes (`project.rs`); with B trained it is projected per minibatch from the
-//! current B. Per minibatch the host writes the parameters (f32) and one submission runs the
-//! projection (when B is trained), `forward_backward` (activations and deltas in scratch
-//! planes) and `gradient` (one f32 partial per parameter and chunk of `chunk_rows` rows); the
-//! host reads the partials back, adds the chunks in f64 and hands the sum to its Adam step
-//! before the next minibatch, as the trait asks.
+//! current B. Each minibatch runs the projection (when B is trained), `forward_backward`
+//! (activations and deltas in scratch planes) and `gradient` (one f32 partial per parameter and
+//! chunk of `chunk_rows` rows). Then, for [`crate::backend::Backend::train_window`], `adam_step`
+//! takes Adam's step on the device (the host's rule in f32, the step's scalars from the host's
+//! [`Adam`] in f64): the parameters and Adam's moments go up at the start of the window and
+//! come back at its end, and 64 minibatches run per submission, each with its own uniform
+//! parameter block, so the host waits once per window instead of once per minibatch. For a
+//! single gradient (`train_gradient`, the MPI backend's minibatch share) the host reads the
+//! partials back and adds the chunks in f64 instead.
 //!
 //! **Scoring (sse).** Sources come through the batch feeder (`feed.rs`), so a validation split
 //! that is resident on the device is never uploaded again. Per piece of a batch and per
@@ -33,7 +37,7 @@ use super::context::PipelineCache;
 use super::feed::{for_each_batch, ResidentSamples};
 use super::project::{ProjectInfo, ProjectKernelParams, ProjectPipelineCache, Projector};
 use super::{GpuContext, GpuError};
-use crate::backend::trainer::FactoredShape;
+use crate::backend::trainer::{Adam, FactoredShape};
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -149,6 +153,7 @@ pub struct TrainerPipelines {
     gradient: wgpu::ComputePipeline,
     score: wgpu::ComputePipeline,
     sum_squares: wgpu::ComputePipeline,
+    adam_step: wgpu::ComputePipeline,
 }
 
 /// (WG, SB, RC, RPT): what the compiled trainer pipelines depend on.
@@ -183,6 +188,7 @@ fn pipelines(
                 gradient: build("gradient")?,
                 score: build("score")?,
                 sum_squares: build("sum_squares")?,
+                adam_step: build("adam_step")?,
             })
         })?,
     )
@@ -208,6 +214,10 @@ struct Info {
     sq_off: u32,
     slot: u32,
     chunks: u32,
+    lr: f32,
+    c1: f32,
+    c2: f32,
+    inv_rows: f32,
 }
 
 /// The layer table of a small network and where its scratch planes lie.
@@ -265,8 +275,24 @@ fn grid(ctx: &GpuContext, groups: usize) -> (u32, u32) {
     (gx as u32, groups.div_ceil(gx) as u32)
 }
 
-/// Runs the minibatches of one window (see the module docs), calling `step(gradient, rows,
-/// params)` with each minibatch's f64 gradient sum in the [`FactoredShape`] layout.
+/// The host's step after a minibatch: `step(gradient, rows, params)` with the f64 gradient sum
+/// in the [`FactoredShape`] layout.
+pub(crate) type HostStep<'a> = &'a mut dyn FnMut(&[f64], usize, &mut [f64]);
+
+/// Who takes the Adam steps of a window.
+pub(crate) enum Steps<'a> {
+    /// The host, after each minibatch's gradient is read back.
+    Host(HostStep<'a>),
+    /// The device (`adam_step`), [`DEVICE_STEPS`] minibatches per submission; the parameters
+    /// and Adam's moments are uploaded at the start of the window and read back at its end.
+    Device(&'a mut Adam),
+}
+
+/// Minibatches per submission when the device takes the Adam steps.
+const DEVICE_STEPS: usize = 64;
+
+/// Runs the minibatches of one window (see the module docs), with the Adam steps taken as
+/// `steps` says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_window(
     ctx: &GpuContext,
@@ -278,7 +304,7 @@ pub(crate) fn run_window(
     y: &[f32],
     batch_size: usize,
     params: &mut [f64],
-    mut step: impl FnMut(&[f64], usize, &mut [f64]),
+    mut steps: Steps,
 ) -> Result<()> {
     crate::backend::cpu::trainer::check_window(shape, x, y, batch_size, params)?;
     let rows = y.len();
@@ -334,38 +360,101 @@ pub(crate) fn run_window(
         .write_buffer(&layer_buf, 0, bytemuck::cast_slice(&layout.table));
     let scratch_buf = ctx.storage_buffer("trainer scratch", scratch_bytes)?;
     let partial_buf = ctx.storage_buffer("trainer partials", partial_bytes)?;
-    let staging = ctx.staging_buffer("trainer readback", partial_bytes);
-    let info_buf = ctx.uniform_buffer("trainer info", std::mem::size_of::<Info>() as u64);
-    let project_bind = projector.bind(ctx, &x_buf, &params_buf, &z_buf)?;
-    let fb_bind = ctx.bind_group(
-        "trainer forward-backward",
-        &pipes.forward_backward,
-        &[
-            (0, &info_buf),
-            (1, &z_buf),
-            (3, &y_buf),
-            (4, &params_buf),
-            (5, &layer_buf),
-            (6, &scratch_buf),
-        ],
-    )?;
-    let grad_bind = ctx.bind_group(
-        "trainer gradient",
-        &pipes.gradient,
-        &[
-            (0, &info_buf),
-            (1, &z_buf),
-            (2, &x_buf),
-            (5, &layer_buf),
-            (6, &scratch_buf),
-            (7, &partial_buf),
-        ],
-    )?;
+    // Per-minibatch parameter blocks: one uniform slot each, at the adapter's offset alignment,
+    // so that a submission can hold many minibatches (one slot when the host steps).
+    let slots = match steps {
+        Steps::Host(_) => 1,
+        Steps::Device(_) => DEVICE_STEPS.min(segment.div_ceil(batch)),
+    };
+    let info_size = std::mem::size_of::<Info>() as u64;
+    let project_size = std::mem::size_of::<ProjectInfo>() as u64;
+    let slot_bytes = info_size
+        .max(project_size)
+        .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
+    let info_buf = ctx.uniform_buffer("trainer info", slots as u64 * slot_bytes);
+    let project_info_buf = ctx.uniform_buffer("trainer project info", slots as u64 * slot_bytes);
+    fn slot_of(
+        buf: &wgpu::Buffer,
+        k: usize,
+        size: u64,
+        slot_bytes: u64,
+    ) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: buf,
+            offset: k as u64 * slot_bytes,
+            size: std::num::NonZeroU64::new(size),
+        })
+    }
+    let buffer = wgpu::Buffer::as_entire_binding;
+    let mut fb_binds = Vec::with_capacity(slots);
+    let mut grad_binds = Vec::with_capacity(slots);
+    let mut project_binds = Vec::with_capacity(slots);
+    for k in 0..slots {
+        let info = slot_of(&info_buf, k, info_size, slot_bytes);
+        fb_binds.push(ctx.bind_group_with(
+            "trainer forward-backward",
+            &pipes.forward_backward,
+            vec![
+                (0, info.clone()),
+                (1, buffer(&z_buf)),
+                (3, buffer(&y_buf)),
+                (4, buffer(&params_buf)),
+                (5, buffer(&layer_buf)),
+                (6, buffer(&scratch_buf)),
+            ],
+        )?);
+        grad_binds.push(ctx.bind_group_with(
+            "trainer gradient",
+            &pipes.gradient,
+            vec![
+                (0, info),
+                (1, buffer(&z_buf)),
+                (2, buffer(&x_buf)),
+                (5, buffer(&layer_buf)),
+                (6, buffer(&scratch_buf)),
+                (7, buffer(&partial_buf)),
+            ],
+        )?);
+        project_binds.push(projector.bind_with(
+            ctx,
+            slot_of(&project_info_buf, k, project_size, slot_bytes),
+            &x_buf,
+            &params_buf,
+            &z_buf,
+        )?);
+    }
+    // The device's Adam state, and its steps' bind groups.
+    let mut device_adam = None;
+    if let Steps::Device(adam) = &mut steps {
+        let (m, v) = adam.moments_mut();
+        let m_buf = ctx.storage_buffer("trainer adam m", (np * 4) as u64)?;
+        let v_buf = ctx.storage_buffer("trainer adam v", (np * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&m_buf, 0, bytemuck::cast_slice(&f32s(m)));
+        ctx.queue
+            .write_buffer(&v_buf, 0, bytemuck::cast_slice(&f32s(v)));
+        ctx.queue
+            .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
+        let mut binds = Vec::with_capacity(slots);
+        for k in 0..slots {
+            binds.push(ctx.bind_group_with(
+                "trainer adam",
+                &pipes.adam_step,
+                vec![
+                    (0, slot_of(&info_buf, k, info_size, slot_bytes)),
+                    (7, buffer(&partial_buf)),
+                    (8, buffer(&params_buf)),
+                    (9, buffer(&m_buf)),
+                    (10, buffer(&v_buf)),
+                ],
+            )?);
+        }
+        device_adam = Some((m_buf, v_buf, binds));
+    }
 
     let first = if train_basis { 0 } else { shape.basis_len() };
     let row_flops =
         2.0 * (r * d) as f64 * if train_basis { 2.0 } else { 0.0 } + 3.0 * small_flops(&layers);
-    let mut p32 = vec![0.0f32; np];
     let mut grad = vec![0.0f64; np];
     for s0 in (0..rows).step_by(segment) {
         let seg = segment.min(rows - s0);
@@ -385,15 +474,15 @@ pub(crate) fn run_window(
         };
         if !train_basis {
             // B is fixed: project the whole segment once (in dispatches the device allows).
-            p32.iter_mut()
-                .zip(params.iter())
-                .for_each(|(a, &b)| *a = b as f32);
-            ctx.queue
-                .write_buffer(&params_buf, 0, bytemuck::cast_slice(&p32));
+            if let Steps::Host(_) = steps {
+                ctx.queue
+                    .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
+            }
             let most = projector.max_rows(ctx, r, d);
             for a in (0..seg).step_by(most) {
                 let info = project_info(a, most.min(seg - a));
-                projector.write_info(ctx, &info);
+                ctx.queue
+                    .write_buffer(&project_info_buf, 0, bytemuck::bytes_of(&info));
                 let mut enc = ctx
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -401,79 +490,141 @@ pub(crate) fn run_window(
                     });
                 {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    projector.dispatch(ctx, &mut pass, &project_bind, &info);
+                    projector.dispatch(ctx, &mut pass, &project_binds[0], &info);
                 }
                 ctx.submit("trainer project", enc)?;
             }
         }
-        for m0 in (0..seg).step_by(batch) {
-            let len = batch.min(seg - m0);
-            p32.iter_mut()
-                .zip(params.iter())
-                .for_each(|(a, &b)| *a = b as f32);
-            ctx.queue
-                .write_buffer(&params_buf, 0, bytemuck::cast_slice(&p32));
-            let used_chunks = len.div_ceil(kp.chunk_rows as usize);
-            let info = Info {
-                rows: len as u32,
-                depth: layers.len() as u32,
-                stride: batch as u32,
-                in_off: m0 as u32,
-                in_rs: 1,
-                in_cs: segment as u32,
-                y_off: m0 as u32,
-                x_off: (m0 * d) as u32,
-                d: d as u32,
-                r: r as u32,
-                first: first as u32,
-                params: np as u32,
-                dz_off: layout.dz_off,
-                sq_off: layout.sq_off,
-                slot: 0,
-                chunks: used_chunks as u32,
-            };
-            ctx.queue
-                .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
-            let pinfo = project_info(m0, len);
+        // Minibatches in submissions of `slots`.
+        let starts: Vec<usize> = (0..seg).step_by(batch).collect();
+        for group in starts.chunks(slots) {
+            let mut infos = vec![0u8; (slots as u64 * slot_bytes) as usize];
+            let mut pinfos = infos.clone();
+            let mut work = Vec::with_capacity(group.len());
+            for (k, &m0) in group.iter().enumerate() {
+                let len = batch.min(seg - m0);
+                let used_chunks = len.div_ceil(kp.chunk_rows as usize);
+                let mut info = Info {
+                    rows: len as u32,
+                    depth: layers.len() as u32,
+                    stride: batch as u32,
+                    in_off: m0 as u32,
+                    in_rs: 1,
+                    in_cs: segment as u32,
+                    y_off: m0 as u32,
+                    x_off: (m0 * d) as u32,
+                    d: d as u32,
+                    r: r as u32,
+                    first: first as u32,
+                    params: np as u32,
+                    dz_off: layout.dz_off,
+                    sq_off: layout.sq_off,
+                    slot: 0,
+                    chunks: used_chunks as u32,
+                    ..Info::default()
+                };
+                if let Steps::Device(adam) = &mut steps {
+                    let st = adam.next_step();
+                    info.lr = st.learning_rate as f32;
+                    info.c1 = st.c1 as f32;
+                    info.c2 = st.c2 as f32;
+                    info.inv_rows = 1.0 / len as f32;
+                }
+                let at = k * slot_bytes as usize;
+                infos[at..at + info_size as usize].copy_from_slice(bytemuck::bytes_of(&info));
+                let pinfo = project_info(m0, len);
+                pinfos[at..at + project_size as usize].copy_from_slice(bytemuck::bytes_of(&pinfo));
+                work.push((len, used_chunks, pinfo));
+            }
+            if let Steps::Host(_) = steps {
+                ctx.queue
+                    .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
+            }
+            ctx.queue.write_buffer(&info_buf, 0, &infos);
             if train_basis {
-                projector.write_info(ctx, &pinfo);
+                ctx.queue.write_buffer(&project_info_buf, 0, &pinfos);
             }
             let mut enc = ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("trainer minibatch"),
+                    label: Some("trainer minibatches"),
                 });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                if train_basis {
-                    projector.dispatch(ctx, &mut pass, &project_bind, &pinfo);
+                for (k, (len, used_chunks, pinfo)) in work.iter().enumerate() {
+                    if train_basis {
+                        projector.dispatch(ctx, &mut pass, &project_binds[k], pinfo);
+                    }
+                    let (gx, gy) = grid(ctx, len.div_ceil(kp.rows_per_group as usize));
+                    pass.set_pipeline(&pipes.forward_backward);
+                    pass.set_bind_group(0, &fb_binds[k], &[]);
+                    pass.dispatch_workgroups(gx, gy, 1);
+                    let (gx, gy) = grid(ctx, (np - first).div_ceil(kp.workgroup_size as usize));
+                    pass.set_pipeline(&pipes.gradient);
+                    pass.set_bind_group(0, &grad_binds[k], &[]);
+                    pass.dispatch_workgroups(gx, gy, *used_chunks as u32);
+                    if let Some((_, _, adam_binds)) = &device_adam {
+                        pass.set_pipeline(&pipes.adam_step);
+                        pass.set_bind_group(0, &adam_binds[k], &[]);
+                        pass.dispatch_workgroups(gx, gy, 1);
+                    }
                 }
-                let (gx, gy) = grid(ctx, len.div_ceil(kp.rows_per_group as usize));
-                pass.set_pipeline(&pipes.forward_backward);
-                pass.set_bind_group(0, &fb_bind, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-                let entries = np - first;
-                let (gx, gy) = grid(ctx, entries.div_ceil(kp.workgroup_size as usize));
-                pass.set_pipeline(&pipes.gradient);
-                pass.set_bind_group(0, &grad_bind, &[]);
-                pass.dispatch_workgroups(gx, gy, used_chunks as u32);
             }
-            let bytes = (used_chunks * np * 4) as u64;
-            enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
-            let flops = len as f64 * row_flops;
-            let partials: Vec<f32> =
-                ctx.submit_and_read("trainer minibatch", enc, &staging, bytes, flops)?;
-            grad.fill(0.0);
-            for chunk in partials.chunks_exact(np) {
-                grad[first..]
-                    .iter_mut()
-                    .zip(&chunk[first..])
-                    .for_each(|(g, &v)| *g += v as f64);
+            let flops: f64 = work.iter().map(|w| w.0 as f64 * row_flops).sum();
+            match &mut steps {
+                Steps::Device(_) => {
+                    ctx.submit("trainer minibatches", enc)?;
+                }
+                Steps::Host(step) => {
+                    let (len, used_chunks, _) = work[0];
+                    let bytes = (used_chunks * np * 4) as u64;
+                    let staging = ctx.staging_buffer("trainer readback", bytes);
+                    enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
+                    let partials: Vec<f32> =
+                        ctx.submit_and_read("trainer minibatch", enc, &staging, bytes, flops)?;
+                    grad.fill(0.0);
+                    for chunk in partials.chunks_exact(np) {
+                        grad[first..]
+                            .iter_mut()
+                            .zip(&chunk[first..])
+                            .for_each(|(g, &v)| *g += v as f64);
+                    }
+                    step(&grad, len, params);
+                }
             }
-            step(&grad, len, params);
+        }
+    }
+    // The device's steps: the trained parameters and Adam's moments come back once.
+    if let (Steps::Device(adam), Some((m_buf, v_buf, _))) = (&mut steps, &device_adam) {
+        let bytes = (np * 4) as u64;
+        let staging = ctx.staging_buffer("trainer state readback", 3 * bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("trainer state"),
+            });
+        enc.copy_buffer_to_buffer(&params_buf, 0, &staging, 0, bytes);
+        enc.copy_buffer_to_buffer(m_buf, 0, &staging, bytes, bytes);
+        enc.copy_buffer_to_buffer(v_buf, 0, &staging, 2 * bytes, bytes);
+        let flops = rows as f64 * row_flops;
+        let state: Vec<f32> =
+            ctx.submit_and_read("trainer state", enc, &staging, 3 * bytes, flops)?;
+        // Entries below `first` (a fixed B) are not trained: they keep their f64 values.
+        let (m, v) = adam.moments_mut();
+        for (k, dst) in [&mut *params, m, v].into_iter().enumerate() {
+            for (t, &s) in dst[first..]
+                .iter_mut()
+                .zip(&state[k * np + first..(k + 1) * np])
+            {
+                *t = s as f64;
+            }
         }
     }
     Ok(())
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&e| e as f32).collect()
 }
 
 /// A network prepared for scoring: parameters (f32, layer by layer), its layer table, and its
@@ -706,7 +857,7 @@ pub(crate) fn sse(
                         dz_off: net.dz_off,
                         sq_off: net.sq_off,
                         slot: used as u32,
-                        chunks: 0,
+                        ..Info::default()
                     };
                     ctx.queue
                         .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
@@ -768,7 +919,7 @@ impl super::GpuBackend {
         y: &[f32],
         batch_size: usize,
         params: &mut [f64],
-        step: impl FnMut(&[f64], usize, &mut [f64]),
+        mut step: impl FnMut(&[f64], usize, &mut [f64]),
     ) -> Result<()> {
         run_window(
             &self.ctx,
@@ -780,7 +931,36 @@ impl super::GpuBackend {
             y,
             batch_size,
             params,
-            step,
+            Steps::Host(&mut step),
+        )
+    }
+
+    /// The minibatches of one training window with Adam's steps on the device: the window's
+    /// rows go up once, the parameters and Adam's moments go up at its start and come back at
+    /// its end, and the minibatches run [`DEVICE_STEPS`] to a submission
+    /// ([`crate::backend::Backend::train_window`] on this backend).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_window_on_device(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        run_window(
+            &self.ctx,
+            &self.trainer_pipelines,
+            &self.project_pipelines,
+            shape,
+            train_basis,
+            x,
+            y,
+            batch_size,
+            params,
+            Steps::Device(adam),
         )
     }
 
