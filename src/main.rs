@@ -202,6 +202,10 @@ struct SubspaceArgs {
     /// Seed (also of the teacher and samples, for synthetic sources).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
+    /// finished stage and round prints (errors still print).
+    #[arg(long)]
+    quiet: bool,
     /// Print the report as one JSON line on stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -265,6 +269,10 @@ struct LearnArgs {
     deep_widths: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
+    /// finished stage and round prints (errors still print).
+    #[arg(long)]
+    quiet: bool,
     /// Print the report as one JSON line on stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -346,6 +354,10 @@ struct DemoArgs {
     d: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
+    /// finished stage and round prints (errors still print).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -505,6 +517,16 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>> {
     Ok(mpi::distribute(backend::select(choice)?))
 }
 
+/// A line on stderr as each stage and round ends (bars too on a terminal), or nothing with
+/// `--quiet`.
+fn stage_lines(quiet: bool) {
+    progress::set_verbosity(if quiet {
+        progress::Verbosity::Quiet
+    } else {
+        progress::Verbosity::Stages
+    });
+}
+
 /// Refuses commands that do not split across MPI ranks (each rank would repeat the whole job).
 fn one_process(command: &str) -> Result<()> {
     if mpi::ranks() > 1 {
@@ -581,6 +603,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn subspace(a: SubspaceArgs) -> Result<()> {
+    stage_lines(a.quiet);
     if mpi::is_root() {
         output::check_writable(&a.out, "--out")?;
         if let Some(p) = &a.plot {
@@ -741,6 +764,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
 }
 
 fn learn_cmd(a: LearnArgs) -> Result<()> {
+    stage_lines(a.quiet);
     if mpi::is_root() {
         output::check_writable(&a.out, "--out")?;
     }
@@ -993,6 +1017,7 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
+    stage_lines(a.quiet);
     let backend = open_backend(a.backend)?;
     let mut spec = TeacherSpec::new(TeacherKind::Parity, a.d);
     spec.k = Some(4);

@@ -301,3 +301,192 @@ fn read_vector(path: &Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// The `  NAME: ..` lines a run printed on stderr as its stages and rounds ended, in order.
+fn stage_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(": "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value after `key` in a stage line ("validation MSE/Var 1.234e-5" -> 1.234e-5).
+fn value_after(line: &str, key: &str) -> Option<f64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.split([' ', ',']).find(|w| !w.is_empty())?.parse().ok()
+}
+
+#[test]
+fn learn_prints_a_line_per_stage_on_a_piped_stderr_and_quiet_silences_them() {
+    // Stderr is a pipe here, as in a log or a batch job: no bars, one line per stage.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let args = [
+        "learn",
+        "--teacher",
+        "fan",
+        "--d",
+        "8",
+        "--n",
+        "6000",
+        "--backend",
+        "cpu",
+        "--budget",
+        "64",
+        "--descent-epochs",
+        "3",
+        "--polish-epochs",
+        "3",
+        "--json",
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    let started = std::time::Instant::now();
+    let o = relu_fpt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    let stages = report["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "subspace",
+            "enumerate",
+            "sphere-net",
+            "descent",
+            "deep-net",
+            "polish"
+        ]
+    );
+    let lines = stage_lines(&o);
+    assert!(
+        stderr(&o).lines().all(|l| l.starts_with("  ")),
+        "only stage lines: {}",
+        stderr(&o)
+    );
+    // The filtered-PCA rounds and refine steps first, then one line per stage, in order.
+    let rounds = report["subspace"]["rounds"].as_array().unwrap().len();
+    let refines = report["subspace"]["refine"].as_array().unwrap().len();
+    let inner: Vec<&String> = lines
+        .iter()
+        .take_while(|l| l.starts_with("  subspace round") || l.starts_with("  subspace refine"))
+        .collect();
+    assert_eq!(inner.len(), rounds + refines, "{lines:#?}");
+    assert!(
+        inner[0].starts_with("  subspace round 1 (label): "),
+        "{}",
+        inner[0]
+    );
+    let outer: Vec<&String> = lines[inner.len()..].iter().collect();
+    let outer_names: Vec<&str> = outer
+        .iter()
+        .map(|l| l.trim_start().split(':').next().unwrap())
+        .collect();
+    assert_eq!(outer_names, names, "{lines:#?}");
+    let var = report["validation_var"].as_f64().unwrap();
+    for (line, st) in outer.iter().zip(stages) {
+        // Rows and seconds on every line, the stage's validation error where it has one.
+        assert!(line.contains(" rows, ") && line.contains(" s"), "{line}");
+        match st["validation_mse"].as_f64() {
+            Some(m) => {
+                let shown = value_after(line, "validation MSE/Var ").expect(line);
+                assert!(
+                    (shown - m / var).abs() <= 1e-3 * (m / var),
+                    "{line}: {} in the JSON",
+                    m / var
+                );
+            }
+            None => assert!(!line.contains("validation"), "{line}"),
+        }
+        // The host's CPU time during the stage: never more than the threads could give.
+        let cpu = st["host_cpu_seconds"]
+            .as_f64()
+            .expect("host_cpu_seconds on Linux");
+        let wall = st["seconds"].as_f64().unwrap();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(cpu >= 0.0 && cpu <= wall * threads + 0.05, "{st}");
+    }
+    let dimension = report["dimension"].as_u64().unwrap();
+    assert!(
+        outer[0].starts_with(&format!("  subspace: {dimension} direction")),
+        "{}",
+        outer[0]
+    );
+
+    // --quiet: nothing on stderr, and the same JSON on stdout (timings aside).
+    let mut quiet_args = args.to_vec();
+    quiet_args.insert(1, "--quiet");
+    let q = relu_fpt(&quiet_args);
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(stderr(&q), "", "--quiet prints nothing on stderr");
+    let quiet: serde_json::Value = serde_json::from_slice(&q.stdout).expect("one JSON line");
+    for key in ["validation_mse", "model", "final_stage", "dimension"] {
+        assert_eq!(quiet[key], report[key], "{key}");
+    }
+    assert!(
+        started.elapsed().as_secs() < 120,
+        "two tiny runs took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn subspace_prints_a_line_per_round_and_refine_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.json");
+    let o = relu_fpt(&[
+        "subspace",
+        "--teacher",
+        "fan",
+        "--d",
+        "8",
+        "--n",
+        "6000",
+        "--backend",
+        "cpu",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    let rounds = report["rounds"].as_array().unwrap();
+    let lines = stage_lines(&o);
+    let round_lines: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("  subspace round "))
+        .collect();
+    assert_eq!(round_lines.len(), rounds.len(), "{lines:#?}");
+    for (i, (line, r)) in round_lines.iter().zip(rounds).enumerate() {
+        let accepted = r["accepted"].as_u64().unwrap();
+        let head = format!(
+            "  subspace round {} ({}): ",
+            i + 1,
+            r["kind"].as_str().unwrap()
+        );
+        assert!(line.starts_with(&head), "{line}");
+        let found = match accepted {
+            0 => "no direction".to_string(),
+            1 => "1 direction,".to_string(),
+            k => format!("{k} directions,"),
+        };
+        assert!(
+            line.contains(&found) && line.contains("6000 rows"),
+            "{line}"
+        );
+    }
+    let refine = report["refine"].as_array().unwrap().len();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("  subspace refine "))
+            .count(),
+        refine,
+        "{lines:#?}"
+    );
+    assert_eq!(lines.len(), rounds.len() + refine, "{lines:#?}");
+}

@@ -19,10 +19,9 @@ use crate::backend::{Backend, FactoredShape, Pass, ProjectedSamples};
 use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::progress::num;
+use crate::progress::{num, StageClock};
 use crate::search::{search, sphere_net_fit_streamed, SearchConfig, SphereNetConfig};
 use crate::subspace::{find_subspace, SubspaceConfig, SubspaceReport};
-use std::time::Instant;
 
 /// Settings of [`learn`].
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +181,11 @@ pub struct StageReport {
     pub row_reads: u64,
     /// Wall seconds.
     pub seconds: f64,
+    /// CPU seconds this process spent during the stage, all its threads together (Linux; None
+    /// elsewhere): the host's computing, as opposed to waiting on the device or the disk. It is
+    /// process CPU time, so a driver's busy threads count, and on a software adapter (lavapipe)
+    /// the device's own work runs on the CPU and counts too. Under MPI: rank 0's.
+    pub host_cpu_seconds: Option<f64>,
     /// Validation MSE of the stage's result on the whole validation split (the best epoch for
     /// the trainers, kept or not); None for the subspace.
     pub validation_mse: Option<f64>,
@@ -192,8 +196,36 @@ impl StageReport {
         serde_json::json!({
             "stage": self.stage, "device": self.device, "rows": self.rows,
             "row_reads": self.row_reads, "seconds": self.seconds,
+            "host_cpu_seconds": self.host_cpu_seconds,
             "validation_mse": self.validation_mse,
         })
+    }
+
+    /// Prints the stage's line on stderr (see [`crate::progress::stage_done`]): rows, row reads
+    /// when they differ, seconds, and its validation MSE / `var` when it has one.
+    pub(crate) fn announce(&self, var: f64, directions: Option<usize>, kept: Option<bool>) {
+        crate::progress::stage_done(&self.stage, || {
+            let mut facts = Vec::new();
+            if let Some(r) = directions {
+                facts.push(format!("{r} direction{}", if r == 1 { "" } else { "s" }));
+            }
+            facts.push(format!("{} rows", crate::progress::count(self.rows)));
+            if self.row_reads != self.rows {
+                facts.push(format!(
+                    "{} row reads",
+                    crate::progress::count(self.row_reads)
+                ));
+            }
+            facts.push(crate::progress::seconds(self.seconds));
+            if let Some(m) = self.validation_mse {
+                let mut f = format!("validation MSE/Var {}", num(m / var.max(1e-300)));
+                if kept == Some(false) {
+                    f += " (not kept)";
+                }
+                facts.push(f);
+            }
+            facts
+        });
     }
 }
 
@@ -272,8 +304,8 @@ impl LearnReport {
             self.full_net_log10
         );
         s += &format!(
-            "{:<11} {:<6} {:>10} {:>11} {:>8} {:>11} {:>11}\n",
-            "stage", "device", "rows", "row reads", "seconds", "val MSE", "MSE/Var"
+            "{:<11} {:<6} {:>10} {:>11} {:>8} {:>8} {:>11} {:>11}\n",
+            "stage", "device", "rows", "row reads", "seconds", "host CPU", "val MSE", "MSE/Var"
         );
         for st in &self.stages {
             let (mse, rel) = match st.validation_mse {
@@ -286,13 +318,17 @@ impl LearnReport {
                 "polish" => self.polished_mse.map(|p| p.kept),
                 _ => None,
             };
+            let cpu = st
+                .host_cpu_seconds
+                .map_or("-".to_string(), |c| format!("{c:.2}"));
             s += &format!(
-                "{:<11} {:<6} {:>10} {:>11} {:>8.2} {:>11} {:>11}{}\n",
+                "{:<11} {:<6} {:>10} {:>11} {:>8.2} {:>8} {:>11} {:>11}{}\n",
                 st.stage,
                 st.device,
                 st.rows,
                 st.row_reads,
                 st.seconds,
+                cpu,
                 mse,
                 rel,
                 match kept {
@@ -330,6 +366,13 @@ impl LearnReport {
             "stages": self.stages.iter().map(StageReport::to_json).collect::<Vec<_>>(),
             "backend": self.backend,
         })
+    }
+}
+
+/// The line of the stage just recorded (see [`StageReport::announce`]).
+fn announce_last(stages: &[StageReport], var: f64, kept: Option<bool>) {
+    if let Some(st) = stages.last() {
+        st.announce(var, None, kept);
     }
 }
 
@@ -484,16 +527,18 @@ pub fn learn(
     let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
     let val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
     let mut stages = Vec::new();
-    let stage = |name: &str, pass: Pass, rows: u64, row_reads: u64, t: Instant, mse| StageReport {
-        stage: name.to_string(),
-        device: backend.device_of(pass).to_string(),
-        rows,
-        row_reads,
-        seconds: t.elapsed().as_secs_f64(),
-        validation_mse: mse,
-    };
+    let stage =
+        |name: &str, pass: Pass, rows: u64, row_reads: u64, t: StageClock, mse| StageReport {
+            stage: name.to_string(),
+            device: backend.device_of(pass).to_string(),
+            rows,
+            row_reads,
+            seconds: t.seconds(),
+            host_cpu_seconds: t.cpu_seconds(),
+            validation_mse: mse,
+        };
 
-    let t = Instant::now();
+    let t = StageClock::start();
     let (basis, subspace) = find_basis(backend, &train, config)?;
     let r = basis.len();
     if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
@@ -512,11 +557,17 @@ pub fn learn(
         t,
         None,
     ));
+    // A given basis (the whitened pipeline's, announced there) has no stage to speak of.
+    if subspace.is_some() {
+        stages[0].announce(1.0, Some(r), None);
+    }
+    // Before the first stage with a validation error, so that its line can say MSE / Var.
+    let validation_var = streamed_label_variance(backend, &val)?;
 
     // Enumerate-and-test on a bounded subsample of z: its cost is candidates x rows, and the
     // ranking needs far fewer rows than the fit. Its pick is scored on the whole validation
     // split like every other stage's.
-    let t = Instant::now();
+    let t = StageClock::start();
     let flat: Vec<f64> = basis.iter().flatten().copied().collect();
     let sub_rows = config.search_config.max_rows.max(1);
     let sub_train = project_head(backend, &fit_rows, &flat, r, sub_rows)?;
@@ -542,11 +593,12 @@ pub fn learn(
         t,
         Some(enumerate_mse),
     ));
+    announce_last(&stages, validation_var, None);
 
     let mut sphere_net_mse = None;
     let (mut network, mut validation_mse, mut chosen) = (enumerate_net, enumerate_mse, "enumerate");
     if config.sphere_net {
-        let t = Instant::now();
+        let t = StageClock::start();
         let sphere_config = SphereNetConfig {
             seed: config.seed,
             ..config.sphere_config.clone()
@@ -563,18 +615,18 @@ pub fn learn(
             t,
             Some(m),
         ));
+        announce_last(&stages, validation_var, None);
         sphere_net_mse = Some(m);
         if m < validation_mse {
             (network, validation_mse, chosen) = (fit.fit.network, m, "sphere-net");
         }
     }
     let mut final_stage = chosen;
-    let validation_var = streamed_label_variance(backend, &val)?;
 
     let mut basis = basis;
     let mut descent_mse = None;
     if config.descent {
-        let t = Instant::now();
+        let t = StageClock::start();
         let pc = PolishConfig {
             seed: config.seed,
             ..config.descent_config.clone()
@@ -591,6 +643,7 @@ pub fn learn(
             t,
             Some(res.after),
         ));
+        announce_last(&stages, validation_var, Some(res.kept));
         if res.kept {
             network = shape.unpack(&res.params)?.1;
             validation_mse = res.after;
@@ -600,7 +653,7 @@ pub fn learn(
     }
     let mut deep_net_mse = None;
     if !config.deep_widths.is_empty() {
-        let t = Instant::now();
+        let t = StageClock::start();
         let pc = PolishConfig {
             seed: config.seed ^ DEEP_NET_SEED,
             ..config.deep_config.clone()
@@ -618,6 +671,7 @@ pub fn learn(
             t,
             Some(res.after),
         ));
+        announce_last(&stages, validation_var, Some(kept));
         deep_net_mse = Some(PolishedMse {
             before: validation_mse,
             after: res.after,
@@ -631,7 +685,7 @@ pub fn learn(
     }
     let mut polished_mse = None;
     if config.polish {
-        let t = Instant::now();
+        let t = StageClock::start();
         let pc = PolishConfig {
             seed: config.seed,
             ..config.polish_config.clone()
@@ -683,6 +737,7 @@ pub fn learn(
             t,
             Some(errors.after),
         ));
+        announce_last(&stages, validation_var, Some(errors.kept));
         polished_mse = Some(errors);
     }
     let model = Network::with_projection(&network, &basis)?;

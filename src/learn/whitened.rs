@@ -3,13 +3,13 @@
 //! see `data::whiten`); the rest of the pipeline runs on W (x - mu), and the map is folded into
 //! the model so that it acts on the raw x.
 
-use super::{learn, validation_split, LearnConfig, LearnReport};
-use crate::backend::Backend;
+use super::{learn, validation_split, LearnConfig, LearnReport, StageReport};
+use crate::backend::{Backend, Pass};
 use crate::data::whiten::{WhitenedSource, Whitening};
 use crate::data::{SampleRange, SampleSource};
 use crate::error::{Error, Result};
+use crate::progress::StageClock;
 use crate::subspace::{find_subspace, SubspaceConfig};
-use std::time::Instant;
 
 /// See the module docs. Called by [`learn`] when whitening is on and no basis is given.
 pub(super) fn learn_whitened(
@@ -19,7 +19,7 @@ pub(super) fn learn_whitened(
 ) -> Result<LearnReport> {
     let (n_train, _) = validation_split(source.len() as usize, config.validation_fraction)?;
     let train = SampleRange::new(source, 0, n_train as u64)?;
-    let t = Instant::now();
+    let t = StageClock::start();
     let sc = SubspaceConfig {
         max_dim: config.max_dim,
         seed: config.seed,
@@ -30,11 +30,22 @@ pub(super) fn learn_whitened(
     if let Some(none) = report.no_structure() {
         return Err(Error::NoStructure(Box::new(none)));
     }
-    let subspace_seconds = t.elapsed().as_secs_f64();
+    let (subspace_seconds, subspace_cpu) = (t.seconds(), t.cpu_seconds());
     let whitening = report
         .whitening
         .clone()
         .unwrap_or_else(|| Whitening::identity(source.dim()));
+    // The stage's line now, before the inner run's stages print theirs.
+    let stage = StageReport {
+        stage: "subspace".to_string(),
+        device: backend.device_of(Pass::Moments).to_string(),
+        rows: n_train as u64,
+        row_reads: report.samples_used,
+        seconds: subspace_seconds,
+        host_cpu_seconds: subspace_cpu,
+        validation_mse: None,
+    };
+    stage.announce(1.0, Some(report.basis.len()), None);
     let mut inner = config.clone();
     inner.subspace_config.whiten = false;
     inner.known_basis = Some(report.frame_basis.clone());
@@ -49,8 +60,7 @@ pub(super) fn learn_whitened(
     };
     // The inner run reported an empty "subspace" stage (the basis was given): fill it in.
     if let Some(st) = out.stages.iter_mut().find(|s| s.stage == "subspace") {
-        st.seconds = subspace_seconds;
-        st.row_reads = report.samples_used;
+        *st = stage;
     }
     out.subspace = Some(report);
     Ok(out)

@@ -65,6 +65,14 @@ pub(super) fn baseline(
         .map(|p| p.0.abs() / null_edge)
         .collect();
     let basis: Vec<Vec<f64>> = basis;
+    let seconds = started.elapsed().as_secs_f64();
+    crate::progress::stage_done(&format!("subspace {}", c.method.name()), || {
+        vec![
+            format!("{k} directions"),
+            format!("{} rows", crate::progress::count(n)),
+            crate::progress::seconds(seconds),
+        ]
+    });
     Ok(SubspaceReport {
         input_dim: d,
         frame_basis: basis.clone(),
@@ -87,7 +95,7 @@ pub(super) fn baseline(
             bins: 0,
             accumulator_bytes: 0,
             candidates: 0,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             pass_seconds: f64::NAN,
             host_seconds: f64::NAN,
         }],

@@ -319,11 +319,30 @@ pub(super) fn round(
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
     };
+    announce_round(&report, index, n);
     Ok(RoundOutcome {
         report,
         directions,
         whitening: estimated,
     })
+}
+
+/// The round's line on stderr (see [`crate::progress::stage_done`]): what it accepted, or how
+/// close it came to the bar, rows and seconds.
+fn announce_round(report: &RoundReport, index: usize, rows: u64) {
+    let name = format!("subspace round {index} ({})", report.kind.name());
+    crate::progress::stage_done(&name, || {
+        let found = match report.accepted {
+            0 => format!("no direction (best {:.2} of the bar)", report.best_ratio()),
+            1 => "1 direction".to_string(),
+            k => format!("{k} directions"),
+        };
+        vec![
+            found,
+            format!("{} rows", crate::progress::count(rows)),
+            crate::progress::seconds(report.seconds),
+        ]
+    });
 }
 
 /// mu and Sigma from the totals of a pass over rows centred on `frame`'s centre (the extra

@@ -51,9 +51,17 @@ pub(super) fn gauss_newton(
         let m = pass_backend.fit_moments(&view, &rows, &fit, &bar)?;
         bar.finish_and_clear();
         let mse = m.sse / m.rows.max(1) as f64;
+        let seconds = started.elapsed().as_secs_f64();
         steps.push(RefineStep {
             residual_mse: mse,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
+        });
+        crate::progress::stage_done(&format!("subspace refine {}", step + 1), || {
+            vec![
+                format!("{} rows", crate::progress::count(m.rows)),
+                crate::progress::seconds(seconds),
+                format!("residual MSE {}", crate::progress::num(mse)),
+            ]
         });
         if let Some((prev, prev_basis)) = &last {
             if mse >= *prev {
