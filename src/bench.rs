@@ -1,7 +1,9 @@
-//! Benchmarks a user can run: `relu-fpt bench moments` times one backend's moment pass and
-//! reports one JSON line comparable with `scripts/np_moment.py` (numpy's
-//! X^T X prints the same n, d, seconds, gflops fields); on the CPU it also states the speed as
-//! a fraction of the machine's FMA peak (`relu-fpt bench peak`, [`crate::backend::cpu::peak`]).
+//! Benchmarks a user can run: `relu-fpt bench moments` times the moment pass of one or more
+//! backends over one or more (d, K) and reports one JSON line per result, comparable with
+//! `scripts/np_moment.py` (numpy's X^T X prints the same n, d, seconds, gflops fields), and
+//! one table when there are several ([`moments_table`]); on the CPU it also states the speed
+//! as a fraction of the machine's FMA peak (`relu-fpt bench peak`,
+//! [`crate::backend::cpu::peak`]).
 
 use crate::backend::cpu::peak::process_cpu_seconds;
 use crate::backend::Backend;
@@ -65,6 +67,36 @@ impl MomentBench {
         serde_json::to_string(self).expect("a struct of strings and numbers serialises")
     }
 
+    /// One human line: the backend, the sizes, the median, GFLOP/s and the peak's share.
+    pub fn line(&self) -> String {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .map_or(String::new(), |k| format!(", {k} kernel"));
+        let mut peak = match (self.peak_gflops, self.peak_fraction) {
+            (Some(p), Some(f)) => format!(", {:.0}% of the FMA peak {p:.1} GFLOP/s", 100.0 * f),
+            _ => String::new(),
+        };
+        if let (Some(c), Some(f)) = (self.cpu_seconds, self.cpu_time_fraction) {
+            peak += &format!(
+                " ({:.0}% of the cores' peak over {c:.3} s of CPU time)",
+                100.0 * f
+            );
+        }
+        format!(
+            "{} ({}{kernel}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s){peak}, {:.3e} samples/s",
+            self.backend,
+            self.adapter,
+            self.n,
+            self.d,
+            self.bins,
+            self.seconds,
+            self.runs,
+            self.gflops,
+            self.samples_per_second
+        )
+    }
+
     /// Records the FMA peak the speed is compared with: all threads' in GFLOP/s of wall time
     /// and, when known, one core's per second of CPU time.
     pub fn set_peak(&mut self, peak_gflops: f64, per_cpu_second: Option<f64>) {
@@ -94,6 +126,49 @@ pub fn bench_moments(
     runs: usize,
     progress: &indicatif::ProgressBar,
 ) -> Result<MomentBench> {
+    check_sizes(n, d, bins)?;
+    let samples = bench_samples(backend, n, d)?;
+    time_moments(backend, &samples, bins, runs, progress)
+}
+
+/// [`bench_moments`] for every (d, K) of `dims` x `bins` on each backend in turn (each
+/// backend's samples drawn once per d), checking every size before timing any. `each` sees
+/// every result as it is made (to complete it and print it) before it joins the list.
+pub fn bench_moments_grid(
+    backends: &[&dyn Backend],
+    n: u64,
+    dims: &[usize],
+    bins: &[usize],
+    runs: usize,
+    mut each: impl FnMut(&mut MomentBench) -> Result<()>,
+) -> Result<Vec<MomentBench>> {
+    if backends.is_empty() || dims.is_empty() || bins.is_empty() {
+        return Err(Error::invalid(
+            "bench moments: give at least one backend, one d and one K",
+        ));
+    }
+    for &d in dims {
+        for &k in bins {
+            check_sizes(n, d, k)?;
+        }
+    }
+    let mut out = Vec::with_capacity(backends.len() * dims.len() * bins.len());
+    for &backend in backends {
+        for &d in dims {
+            let samples = bench_samples(backend, n, d)?;
+            for &k in bins {
+                let bar = crate::progress::bar(1, &format!("{} d={d} K={k}", backend.kind()));
+                let mut r = time_moments(backend, &samples, k, runs, &bar)?;
+                bar.finish_and_clear();
+                each(&mut r)?;
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_sizes(n: u64, d: usize, bins: usize) -> Result<()> {
     if n == 0 || d == 0 || bins == 0 {
         return Err(Error::invalid(format!(
             "bench moments: n = {n}, d = {d}, bins = {bins}: all must be positive"
@@ -104,6 +179,18 @@ pub fn bench_moments(
             "bench moments: bins > 1 uses a rank-2 basis, so d must be at least 2",
         ));
     }
+    Ok(())
+}
+
+/// The rows a backend's passes read, and where they are (see [`bench_moments`]).
+struct BenchSamples {
+    source: Box<dyn SampleSource>,
+    data: &'static str,
+    n: u64,
+    d: usize,
+}
+
+fn bench_samples(backend: &dyn Backend, n: u64, d: usize) -> Result<BenchSamples> {
     let seed = 0x6d6f6d656e7473;
     let (source, data): (Box<dyn SampleSource>, &str) = if backend.kind() == "gpu" {
         let teacher = bench_teacher(d)?;
@@ -112,7 +199,18 @@ pub fn bench_moments(
     } else {
         (Box::new(bench_source(n as usize, d, seed)), "host memory")
     };
-    let source = source.as_ref();
+    Ok(BenchSamples { source, data, n, d })
+}
+
+fn time_moments(
+    backend: &dyn Backend,
+    samples: &BenchSamples,
+    bins: usize,
+    runs: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<MomentBench> {
+    let (n, d) = (samples.n, samples.d);
+    let source = samples.source.as_ref();
     let spec = bench_spec(source, bins)?;
     spec.validate()?;
     let runs = runs.max(MIN_TIMED_RUNS);
@@ -149,7 +247,7 @@ pub fn bench_moments(
         gflops: n as f64 * d as f64 * (d as f64 + 1.0) / seconds / 1e9,
         samples_per_second: n as f64 / seconds,
         runs,
-        data: data.to_string(),
+        data: samples.data.to_string(),
         kernel: None,
         peak_gflops: None,
         peak_fraction: None,
@@ -157,6 +255,99 @@ pub fn bench_moments(
         peak_gflops_per_cpu_second: None,
         cpu_time_fraction: None,
     })
+}
+
+/// One table of [`bench_moments_grid`]'s results: a line per backend (adapter, where its
+/// samples were, kernel and FMA peak), then a row per (d, K) with each backend's median
+/// seconds and GFLOP/s (and share of the FMA peak where known), and, when both a CPU and a GPU
+/// ran, the GPU's speed over the CPU's (CPU seconds / GPU seconds). Backends and sizes keep
+/// the order of the results.
+pub fn moments_table(results: &[MomentBench]) -> String {
+    let mut kinds: Vec<&MomentBench> = Vec::new();
+    let mut sizes: Vec<(usize, usize)> = Vec::new();
+    for r in results {
+        if !kinds.iter().any(|k| k.backend == r.backend) {
+            kinds.push(r);
+        }
+        if !sizes.contains(&(r.d, r.bins)) {
+            sizes.push((r.d, r.bins));
+        }
+    }
+    let find = |kind: &str, d: usize, k: usize| {
+        results
+            .iter()
+            .find(|r| r.backend == kind && r.d == d && r.bins == k)
+    };
+    let with_peak = |kind: &str| {
+        results
+            .iter()
+            .any(|r| r.backend == kind && r.peak_fraction.is_some())
+    };
+    let ratio =
+        kinds.iter().any(|k| k.backend == "cpu") && kinds.iter().any(|k| k.backend == "gpu");
+    let mut s = String::new();
+    for k in &kinds {
+        let kernel = k
+            .kernel
+            .as_ref()
+            .map_or(String::new(), |v| format!(", {v} kernel"));
+        let peak = k
+            .peak_gflops
+            .map_or(String::new(), |p| format!(", FMA peak {p:.1} GFLOP/s"));
+        s += &format!(
+            "{}: {}{kernel}, samples: {}{peak}\n",
+            k.backend, k.adapter, k.data
+        );
+    }
+    if let Some(first) = results.first() {
+        s += &format!(
+            "N = {}, median of {} timed runs after a warm-up; GFLOP/s = N d (d+1) / s\n",
+            first.n, first.runs
+        );
+    }
+    s += &format!("{:>6} {:>5}", "d", "K");
+    for k in &kinds {
+        let b = &k.backend;
+        s += &format!(" {:>10} {:>12}", format!("{b} s"), format!("{b} GFLOP/s"));
+        if with_peak(b) {
+            s += &format!(" {:>9}", format!("{b} %peak"));
+        }
+    }
+    if ratio {
+        s += &format!(" {:>8}", "gpu/cpu");
+    }
+    s += "\n";
+    for &(d, k) in &sizes {
+        s += &format!("{d:>6} {k:>5}");
+        for kind in &kinds {
+            let b = kind.backend.as_str();
+            match find(b, d, k) {
+                Some(r) => s += &format!(" {:>10.4} {:>12.1}", r.seconds, r.gflops),
+                None => s += &format!(" {:>10} {:>12}", "-", "-"),
+            }
+            if with_peak(b) {
+                let f = find(b, d, k).and_then(|r| r.peak_fraction);
+                s += &format!(
+                    " {:>9}",
+                    f.map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f))
+                );
+            }
+        }
+        if ratio {
+            let r = find("cpu", d, k)
+                .zip(find("gpu", d, k))
+                .map(|(c, g)| c.seconds / g.seconds);
+            s += &format!(
+                " {:>8}",
+                r.map_or("-".to_string(), |r| format!("{}x", crate::progress::num(r)))
+            );
+        }
+        s += "\n";
+    }
+    if ratio {
+        s += "gpu/cpu: the GPU's speed over the CPU's on the same (d, K) (CPU seconds / GPU seconds)\n";
+    }
+    s
 }
 
 /// n x d standard normals (seeded, generated in parallel blocks) with labels y = x0 x1 + x2.

@@ -52,7 +52,7 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Binned second moments: median of timed runs after a warm-up (data generation excluded);
-    /// on the CPU also as a fraction of the FMA peak.
+    /// on the CPU also as a fraction of the FMA peak; several backends and (d, K) in one table.
     Moments(BenchMomentsArgs),
     /// The CPU's f32 FMA peak: a register-only FMA loop on every thread at once.
     Peak(BenchPeakArgs),
@@ -364,16 +364,21 @@ struct DemoArgs {
 struct BenchMomentsArgs {
     #[arg(long, default_value_t = 1_000_000)]
     n: u64,
-    #[arg(long, default_value_t = 128)]
-    d: usize,
-    /// Number of bins K (K > 1 uses a rank-2 basis with label bins per cell).
-    #[arg(long, default_value_t = 1)]
-    bins: usize,
+    /// Dimensions d, comma separated: each (d, K) is timed on each backend.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    d: Vec<usize>,
+    /// Numbers of bins K, comma separated (K > 1 uses a rank-2 basis with label bins per cell).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    bins: Vec<usize>,
     /// Timed runs after one warm-up (at least 5).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendChoice,
+    /// Backends, comma separated (e.g. cpu,gpu): with several, or several sizes, one table
+    /// compares them (GPU/CPU speed ratio included). Same sizes, not the same rows: the CPU's
+    /// samples sit in host memory, a GPU draws its own on the device (kept there when they fit
+    /// RELU_FPT_GPU_RESIDENT_MIB), so the GPU figures leave out the bus.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
+    backend: Vec<BackendChoice>,
     /// CPU moments micro-kernel (auto: RELU_FPT_CPU_KERNEL, else the widest the CPU has).
     #[arg(long, value_enum, default_value = "auto")]
     kernel: relu_fpt::backend::cpu::syrk::MomentKernel,
@@ -381,7 +386,7 @@ struct BenchMomentsArgs {
     /// `relu-fpt bench peak` does).
     #[arg(long)]
     peak_gflops: Option<f64>,
-    /// Print exactly one JSON line.
+    /// Print one JSON line per (backend, d, K) result instead of the line or table.
     #[arg(long)]
     json: bool,
 }
@@ -1089,61 +1094,67 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
             )));
         }
     }
-    let chosen = backend::select(a.backend)?;
-    // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or given).
-    // Under mpirun the ranks would measure the peak at once and share the cores, so there it
-    // is only what --peak-gflops gives.
-    let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == "cpu" {
-        let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
-        let isa = cpu.moment_isa()?;
-        let peak = match a.peak_gflops {
-            Some(p) => Some((p, None)),
-            None if mpi::ranks() > 1 => None,
-            None => Some(relu_fpt::backend::cpu::peak::best_of(
-                &relu_fpt::backend::cpu::peak::measure_all(0.3, 3),
-            )),
-        };
-        (Box::new(cpu), Some((isa, peak)))
-    } else {
-        (chosen, None)
-    };
-    // Under mpirun every rank holds the generated samples and each pass splits them by rows.
-    let backend = mpi::distribute(chosen);
-    let bar = progress::bar((a.runs + 1) as u64, "bench");
-    let mut r = relu_fpt::bench::bench_moments(backend.as_ref(), a.n, a.d, a.bins, a.runs, &bar)?;
-    bar.finish_and_clear();
-    if let Some((isa, peak)) = &cpu {
-        r.kernel = Some(isa.name().to_string());
-        if let Some((peak, per_cpu_second)) = peak {
-            r.set_peak(*peak, *per_cpu_second);
+    // Each backend once, in the order given (auto resolves first).
+    let mut opened: Vec<(Box<dyn Backend>, Option<CpuFacts>)> = Vec::new();
+    for &choice in &a.backend {
+        let chosen = backend::select(choice)?;
+        if opened.iter().any(|(b, _)| b.kind() == chosen.kind()) {
+            return Err(Error::invalid(format!(
+                "--backend: the {} backend is named twice (auto picks the GPU when there is one, else the CPU); give each once",
+                chosen.kind()
+            )));
         }
+        // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or
+        // given). Under mpirun the ranks would measure the peak at once and share the cores,
+        // so there it is only what --peak-gflops gives.
+        let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == "cpu" {
+            let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
+            let isa = cpu.moment_isa()?;
+            let peak = match a.peak_gflops {
+                Some(p) => Some((p, None)),
+                None if mpi::ranks() > 1 => None,
+                None => Some(relu_fpt::backend::cpu::peak::best_of(
+                    &relu_fpt::backend::cpu::peak::measure_all(0.3, 3),
+                )),
+            };
+            (Box::new(cpu), Some((isa, peak)))
+        } else {
+            (chosen, None)
+        };
+        // Under mpirun every rank holds the generated samples and each pass splits them by rows.
+        opened.push((mpi::distribute(chosen), cpu));
     }
-    if a.json {
-        let mut v: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("own JSON");
-        add_ranks(&mut v);
-        println!("{v}");
-    } else {
-        let kernel = r
-            .kernel
-            .as_ref()
-            .map_or(String::new(), |k| format!(", {k} kernel"));
-        let mut peak = match (r.peak_gflops, r.peak_fraction) {
-            (Some(p), Some(f)) => format!(", {:.0}% of the FMA peak {p:.1} GFLOP/s", 100.0 * f),
-            _ => String::new(),
-        };
-        if let (Some(c), Some(f)) = (r.cpu_seconds, r.cpu_time_fraction) {
-            peak += &format!(
-                " ({:.0}% of the cores' peak over {c:.3} s of CPU time)",
-                100.0 * f
-            );
-        }
-        println!(
-            "{} ({}{kernel}): N = {}, d = {}, K = {}: median {:.4} s over {} runs, {:.1} GFLOP/s (N d (d+1) / s){peak}, {:.3e} samples/s",
-            r.backend, r.adapter, r.n, r.d, r.bins, r.seconds, r.runs, r.gflops, r.samples_per_second
-        );
+    let backends: Vec<&dyn Backend> = opened.iter().map(|(b, _)| b.as_ref()).collect();
+    let results =
+        relu_fpt::bench::bench_moments_grid(&backends, a.n, &a.d, &a.bins, a.runs, |r| {
+            let cpu = opened.iter().find(|(b, _)| b.kind() == r.backend);
+            if let Some((_, Some((isa, peak)))) = cpu {
+                r.kernel = Some(isa.name().to_string());
+                if let Some((peak, per_cpu_second)) = peak {
+                    r.set_peak(*peak, *per_cpu_second);
+                }
+            }
+            if a.json {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&r.to_json_line()).expect("own JSON");
+                add_ranks(&mut v);
+                println!("{v}");
+            }
+            Ok(())
+        })?;
+    match results.as_slice() {
+        _ if a.json => {}
+        [one] => println!("{}", one.line()),
+        all => print!("{}", relu_fpt::bench::moments_table(all)),
     }
     Ok(())
 }
+
+/// The CPU backend's moments kernel and FMA peak (GFLOP/s, and per CPU second when measured).
+type CpuFacts = (
+    relu_fpt::backend::cpu::syrk::Isa,
+    Option<(f64, Option<f64>)>,
+);
 
 fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;

@@ -490,3 +490,137 @@ fn subspace_prints_a_line_per_round_and_refine_step() {
     );
     assert_eq!(lines.len(), rounds.len() + refine, "{lines:#?}");
 }
+
+/// The rows of a `bench moments` table: (d, K) and the rest of the row's cells.
+fn table_rows(stdout: &str) -> Vec<(usize, usize, Vec<String>)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            let d = cells.first()?.parse().ok()?;
+            let k = cells.get(1)?.parse().ok()?;
+            Some((d, k, cells[2..].iter().map(|c| c.to_string()).collect()))
+        })
+        .collect()
+}
+
+const BENCH_SIZES: [&str; 8] = [
+    "--n", "20000", "--d", "16,32", "--bins", "1,4", "--runs", "5",
+];
+
+#[test]
+fn bench_moments_tables_every_size_and_keeps_the_single_line() {
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "moments", "--peak-gflops", "100"];
+        args.extend_from_slice(extra);
+        let o = relu_fpt(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // One backend, one size: today's single line.
+    let one = bench(&["--n", "20000", "--d", "16", "--runs", "5"]);
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(
+        one.starts_with("cpu (") && one.contains("N = 20000, d = 16, K = 1: median "),
+        "{one}"
+    );
+    // Several sizes: one table, a row per (d, K) in order, seconds, GFLOP/s and share of peak.
+    let table = bench(&BENCH_SIZES);
+    let rows = table_rows(&table);
+    let sizes: Vec<(usize, usize)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(sizes, [(16, 1), (16, 4), (32, 1), (32, 4)], "{table}");
+    for (_, _, cells) in &rows {
+        assert_eq!(cells.len(), 3, "{table}");
+        assert!(cells[0].parse::<f64>().unwrap() > 0.0, "{table}");
+        assert!(cells[2].ends_with('%'), "{table}");
+    }
+    assert!(
+        table.contains("cpu s") && !table.contains("gpu/cpu"),
+        "{table}"
+    );
+    // --json: one line per result with the single result's fields.
+    let json = bench(&[&BENCH_SIZES[..], &["--json"]].concat());
+    let single = bench(&["--n", "20000", "--d", "16", "--runs", "5", "--json"]);
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let single: serde_json::Value = serde_json::from_str(single.trim()).unwrap();
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{json}");
+    for (v, (d, k)) in lines.iter().zip(&sizes) {
+        assert_eq!(keys(v), keys(&single), "{v}");
+        assert_eq!(
+            (v["d"].as_u64(), v["bins"].as_u64()),
+            (Some(*d as u64), Some(*k as u64))
+        );
+        assert_eq!(v["backend"], "cpu");
+        assert_eq!(v["peak_gflops"], 100.0);
+    }
+}
+
+/// On the GPU (lavapipe in CI; a missing adapter fails, as every GPU test does): both backends
+/// in one table with the GPU/CPU ratio, and one JSON line per backend and size.
+#[test]
+fn bench_moments_compares_the_cpu_with_the_gpu_in_one_table() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "moments",
+            "--backend",
+            "cpu,gpu",
+            "--peak-gflops",
+            "100",
+        ];
+        args.extend_from_slice(&BENCH_SIZES);
+        args.extend_from_slice(extra);
+        let o = relu_fpt(&args);
+        assert!(o.status.success(), "needs a GPU adapter: {}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let table = run(&[]);
+    assert!(table.lines().any(|l| l.starts_with("cpu: ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("gpu: ")), "{table}");
+    assert!(table.contains("generated on the device") && table.contains("host memory"));
+    assert!(table.contains("gpu/cpu"), "{table}");
+    let rows = table_rows(&table);
+    let sizes: Vec<(usize, usize)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(sizes, [(16, 1), (16, 4), (32, 1), (32, 4)], "{table}");
+    for (_, _, cells) in &rows {
+        // cpu s, cpu GFLOP/s, cpu %peak, gpu s, gpu GFLOP/s, gpu/cpu.
+        assert_eq!(cells.len(), 6, "{table}");
+        let (cpu, gpu) = (
+            cells[0].parse::<f64>().unwrap(),
+            cells[3].parse::<f64>().unwrap(),
+        );
+        let ratio: f64 = cells[5].trim_end_matches('x').parse().unwrap();
+        // The ratio is of the unrounded seconds; the cells show them to 1e-4 s.
+        let slack = 0.5e-4 * (1.0 / cpu + 1.0 / gpu) + 1e-3;
+        assert!((ratio / (cpu / gpu) - 1.0).abs() <= slack, "{table}");
+    }
+    let json = run(&["--json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 8, "{json}");
+    let got: Vec<(String, u64, u64)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["backend"].as_str().unwrap().to_string(),
+                v["d"].as_u64().unwrap(),
+                v["bins"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = Vec::new();
+    for b in ["cpu", "gpu"] {
+        for (d, k) in [(16, 1), (16, 4), (32, 1), (32, 4)] {
+            want.push((b.to_string(), d, k));
+        }
+    }
+    assert_eq!(got, want);
+    assert!(lines[4]["peak_gflops"].is_null() && lines[4]["data"] == "generated on the device");
+}
