@@ -262,6 +262,10 @@ fn sum_squares(
 
 const B1: f32 = 0.9;
 const B2: f32 = 0.999;
+// 1 - B1 and 1 - B2 written out: 1.0 - B2 in f32 is 1.3e-5 off 0.001 (B2 rounds up), which
+// would scale every step by 6e-6.
+const ONE_MINUS_B1: f32 = 0.1;
+const ONE_MINUS_B2: f32 = 0.001;
 const EPS: f32 = 1e-8;
 
 @compute @workgroup_size(WG)
@@ -278,8 +282,8 @@ fn adam_step(
         g += partials[c * info.params + e];
     }
     g *= info.inv_rows;
-    let m = B1 * adam_m[e] + (1.0 - B1) * g;
-    let v = B2 * adam_v[e] + (1.0 - B2) * g * g;
+    let m = B1 * adam_m[e] + ONE_MINUS_B1 * g;
+    let v = B2 * adam_v[e] + ONE_MINUS_B2 * g * g;
     adam_m[e] = m;
     adam_v[e] = v;
     params_rw[e] -= info.lr * (m / info.c1) / (sqrt(v / info.c2) + EPS);

@@ -135,8 +135,13 @@ fn streamed_training_equals_the_in_memory_trainer() {
                 "{} basis {train_basis}: {diff}",
                 backend.kind()
             );
+            // The GPU takes Adam's steps in f32 (its parameters held in f32): parameters within
+            // 1e-6 move predictions by ~1e-6 |x|, against residuals of ~1e-2 here, so the
+            // validation MSE by up to ~1e-4 of itself (lavapipe: 1.3e-5). The CPU agrees to
+            // 4e-8.
+            let bound = if backend.kind() == "gpu" { 1e-4 } else { 1e-6 };
             let rel = (out.after - reference.after).abs() / reference.after;
-            assert!(rel < 1e-5, "{} vs {}", out.after, reference.after);
+            assert!(rel < bound, "{} vs {}", out.after, reference.after);
             if !train_basis {
                 assert_eq!(model.projection.as_ref(), Some(&c.basis));
             }
@@ -261,10 +266,16 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         assert_eq!(adam.steps(), 1);
         results.push(p);
     }
-    // The GPU's gradient is f32 (tests/gpu_trainer.rs bounds it); after one step the two agree
-    // far below the step size.
+    // The GPU's gradient is f32 (tests/gpu_trainer.rs bounds it) and it takes the step in f32,
+    // holding the parameters in f32: after one step the two agree within f32's rounding of the
+    // parameter (2^-24 |p|) and of the step's few operations (8 units of 2^-23 of the step,
+    // at most lr = 1e-3): far below the step size.
+    let eps = f32::EPSILON as f64;
     for (a, b) in results[0].iter().zip(&results[1]) {
-        assert!((a - b).abs() < 1e-12, "{a} {b}");
+        assert!(
+            (a - b).abs() <= 1e-12 + a.abs() * eps + 8.0 * 1e-3 * eps,
+            "{a} {b}"
+        );
     }
     // Adam's first step moves every parameter by lr against the sign of its gradient.
     for (k, &was) in start.iter().enumerate() {
@@ -276,8 +287,9 @@ fn train_window_steps_adam_on_gradient_sums_on_both_backends() {
         if g.abs() > 1.0 {
             let want = was - 1e-3 * g.signum();
             for moved in results.iter().map(|p| p[k]) {
+                // Plus the f32 rounding of the GPU's parameter.
                 assert!(
-                    (moved - want).abs() < 1e-8,
+                    (moved - want).abs() < 1e-8 + want.abs() * eps,
                     "parameter {k}: {moved} vs {want}"
                 );
             }

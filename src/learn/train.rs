@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::network::Network;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rayon::prelude::*;
 
 /// Rows per block of the epoch order (part of the reproducibility contract: changing it
 /// changes the order, so the trained model, for a seed).
@@ -81,33 +82,47 @@ struct Window {
 fn read_window(
     train: &dyn SampleSource,
     window: &[usize],
-    block_len: &impl Fn(usize) -> usize,
+    block_len: &(impl Fn(usize) -> usize + Sync),
     blocks: &mut [Window],
     rng: &mut rand::rngs::StdRng,
     mut out: Window,
 ) -> Result<Window> {
     let d = train.dim();
-    for (&b, buf) in window.iter().zip(blocks.iter_mut()) {
-        let want = block_len(b);
-        let got = train.read((b * BLOCK_ROWS) as u64, want, &mut buf.x, &mut buf.y)?;
-        if got != want {
-            return Err(Error::invalid(format!(
-                "{} returned {got} rows at row {} where {want} were expected",
-                train.describe(),
-                b * BLOCK_ROWS
-            )));
-        }
-    }
+    // The blocks in parallel: a generated block (a built-in teacher) is only two tasks of work,
+    // and files take parallel positioned reads.
+    window
+        .par_iter()
+        .zip(blocks.par_iter_mut())
+        .try_for_each(|(&b, buf)| -> Result<()> {
+            let want = block_len(b);
+            let got = train.read((b * BLOCK_ROWS) as u64, want, &mut buf.x, &mut buf.y)?;
+            if got != want {
+                return Err(Error::invalid(format!(
+                    "{} returned {got} rows at row {} where {want} were expected",
+                    train.describe(),
+                    b * BLOCK_ROWS
+                )));
+            }
+            Ok(())
+        })?;
     let len: usize = window.iter().map(|&b| block_len(b)).sum();
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(rng);
-    out.x.clear();
-    out.y.clear();
-    for &k in &order {
-        let (j, i) = locate(window, k, block_len);
-        out.x.extend_from_slice(&blocks[j].x[i * d..(i + 1) * d]);
-        out.y.push(blocks[j].y[i]);
-    }
+    let at: Vec<(usize, usize)> = order
+        .iter()
+        .map(|&k| locate(window, k, block_len))
+        .collect();
+    out.x.resize(len * d, 0.0);
+    out.y.resize(len, 0.0);
+    let blocks = &*blocks;
+    out.x
+        .par_chunks_mut(d.max(1))
+        .zip(out.y.par_iter_mut())
+        .zip(at.par_iter())
+        .for_each(|((x, y), &(j, i))| {
+            x.copy_from_slice(&blocks[j].x[i * d..(i + 1) * d]);
+            *y = blocks[j].y[i];
+        });
     Ok(out)
 }
 
