@@ -72,6 +72,14 @@ pub enum DataError {
         column: usize,
         value: f32,
     },
+    /// A finite float64 beyond float32's range (which it would become an infinity in).
+    #[error("{}: row {row}, column {column} is {value:e}, a finite float64 beyond float32's range (largest magnitude 3.4e38), in which relu-fpt computes: rescale the data (e.g. `x = x / np.abs(x).max()`) or drop such rows", path.display())]
+    BeyondFloat32 {
+        path: PathBuf,
+        row: u64,
+        column: usize,
+        value: f64,
+    },
     /// A dtype other than little-endian float32/float64.
     #[error("{}: header field 'descr' is {descr}, but only float32 ('<f4') and float64 ('<f8') are read: save `x.astype(np.float32)`", path.display())]
     UnsupportedDtype { path: PathBuf, descr: String },

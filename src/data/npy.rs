@@ -543,6 +543,8 @@ impl NpyArray {
         let size = self.header.dtype.size() as u64;
         let offset = self.header.data_offset + start * self.cols as u64 * size;
         let io = |e| Error::io(&self.path, e);
+        // The first finite float64 that float32 cannot hold (it converts to an infinity).
+        let mut beyond: Option<(usize, f64)> = None;
         match self.header.dtype {
             NpyDtype::F32 => {
                 // Read straight into the output buffer, then fix the byte order in place.
@@ -567,9 +569,16 @@ impl NpyArray {
                     let n = STAGE.min(count - done);
                     let bytes = &mut stage[..n * 8];
                     read_exact_at(&self.file, bytes, offset + done as u64 * 8).map_err(io)?;
-                    for (dst, src) in out[done..done + n].iter_mut().zip(bytes.chunks_exact(8)) {
+                    for (j, (dst, src)) in out[done..done + n]
+                        .iter_mut()
+                        .zip(bytes.chunks_exact(8))
+                        .enumerate()
+                    {
                         let v = f64::from_le_bytes(src.try_into().expect("8-byte chunk"));
                         *dst = v as f32;
+                        if beyond.is_none() && v.is_finite() && dst.is_infinite() {
+                            beyond = Some((done + j, v));
+                        }
                     }
                     done += n;
                 }
@@ -586,6 +595,15 @@ impl NpyArray {
                 .position(|v| !v.is_finite())
                 .map(|j| at + j)
         }) {
+            if let Some((at, value)) = beyond.filter(|b| b.0 == i) {
+                return Err(DataError::BeyondFloat32 {
+                    path: self.path.clone(),
+                    row: start + (at / self.cols) as u64,
+                    column: at % self.cols,
+                    value,
+                }
+                .into());
+            }
             return Err(DataError::NonFinite {
                 path: self.path.clone(),
                 row: start + (i / self.cols) as u64,
@@ -824,12 +842,20 @@ impl NpyWriter {
         }
         let mut file = self.file.take().expect("file present until finish");
         let io = |e| Error::io(&self.temp_path, e);
-        file.flush().map_err(io)?;
-        let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        file.write_all(&header).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
+        // From here Drop no longer sees the file: a failure (a full disk at the flush) removes
+        // the temporary file itself.
+        let written = (|| -> Result<()> {
+            file.flush().map_err(io)?;
+            let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
+            file.seek(SeekFrom::Start(0)).map_err(io)?;
+            file.write_all(&header).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            crate::output::abandon(&self.temp_path);
+            return Err(e);
+        }
         crate::output::commit(&self.temp_path, &self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(self.rows)
     }
@@ -901,4 +927,24 @@ pub fn save_npy(
     let rows = x_writer.finish()?;
     y_writer.finish()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure inside `finish` (a full disk at the last flush; here a handle that cannot
+    /// write) removes the temporary file: `finish` has taken the file, so `Drop` cannot.
+    #[test]
+    fn a_failed_finish_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = NpyWriter::create_vector(&dir.path().join("p.npy")).unwrap();
+        w.write_rows(&[1.0, 2.0, 3.0]).unwrap();
+        let read_only = File::open(&w.temp_path).unwrap();
+        w.file = Some(BufWriter::new(read_only));
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains(".p.npy.tmp-"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
