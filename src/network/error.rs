@@ -73,6 +73,23 @@ pub enum NetworkError {
         field: String,
         found: String,
     },
+    /// A finite parameter that float32, in which models are evaluated, cannot hold.
+    #[error("{origin}: field {field} is {value:e}, which float32 cannot hold (largest magnitude 3.4e38); predictions are computed in float32 on the CPU and the GPU alike, so rescale the network (e.g. divide a layer's weights by a constant and multiply the next layer's by it)")]
+    BeyondFloat32 {
+        origin: String,
+        field: String,
+        value: f64,
+    },
+    /// A bare NaN or Infinity in the JSON text: what Python's `json.dump` writes for
+    /// non-finite floats, which JSON does not allow.
+    #[error("{origin}: line {line}, column {column} holds a bare {token}, which is not JSON (Python's json.dump writes it for float('{python}')); network parameters must be finite numbers: find what produced the {token} and write the file again (json.dump(..., allow_nan=False) refuses such values)")]
+    NanInJson {
+        origin: String,
+        line: usize,
+        column: usize,
+        token: String,
+        python: String,
+    },
     /// A subspace row does not have `input_dim` entries.
     #[error("{origin}: field {field} has {found} entries but input_dim is {expected}; every subspace row is a vector in R^input_dim")]
     SubspaceRow {

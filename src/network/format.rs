@@ -80,11 +80,22 @@ impl Network {
 
     /// Parses a version-2 or version-1 network file. `origin` (usually the file name) prefixes every error.
     pub fn from_json(text: &str, origin: &str) -> Result<Network, NetworkError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| NetworkError::NotJson {
-            origin: origin.to_string(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            match bare_non_finite(text, e.line(), e.column()) {
+                Some((token, python)) => NetworkError::NanInJson {
+                    origin: origin.to_string(),
+                    line: e.line(),
+                    column: e.column(),
+                    token: token.to_string(),
+                    python: python.to_string(),
+                },
+                None => NetworkError::NotJson {
+                    origin: origin.to_string(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                },
+            }
         })?;
         let p = Parser { origin };
         let obj = value.as_object().ok_or_else(|| {
@@ -323,6 +334,57 @@ impl Network {
             source,
         })?;
         Network::from_json(&text, &path.display().to_string())
+    }
+}
+
+/// The bare non-finite token (NaN, Infinity, -Infinity) where serde_json stopped at `line`,
+/// `column` (1-based; the column points at or just past the token's first character), with
+/// the Python float it stands for.
+fn bare_non_finite(text: &str, line: usize, column: usize) -> Option<(&'static str, &'static str)> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let at = column.saturating_sub(1).min(l.len());
+    // Back up over a token the parser had started to read.
+    let start = l[..at]
+        .rfind(|c: char| !(c.is_ascii_alphabetic() || c == '-'))
+        .map_or(0, |i| i + 1);
+    let rest = &l[start..];
+    [("-Infinity", "-inf"), ("Infinity", "inf"), ("NaN", "nan")]
+        .into_iter()
+        .find(|(t, _)| rest.starts_with(t))
+}
+
+impl Network {
+    /// Refuses a parameter that float32 cannot hold (finite, but above 3.4e38 in magnitude):
+    /// models are evaluated in float32, where it would become an infinity. `origin` names the
+    /// file in the error, which names the JSON field.
+    pub fn check_float32(&self, origin: &str) -> Result<(), NetworkError> {
+        let bad = |field: String, value: f64| NetworkError::BeyondFloat32 {
+            origin: origin.to_string(),
+            field,
+            value,
+        };
+        let too_big = |v: f64| (v as f32).is_infinite();
+        for (name, rows) in [
+            ("projection", &self.projection),
+            ("subspace", &self.subspace),
+        ] {
+            for (i, row) in rows.iter().flatten().enumerate() {
+                if let Some(j) = row.iter().position(|&v| too_big(v)) {
+                    return Err(bad(format!("{name}[{i}][{j}]"), row[j]));
+                }
+            }
+        }
+        for (li, l) in self.layers.iter().enumerate() {
+            for o in 0..l.outputs {
+                if let Some(j) = l.row(o).iter().position(|&v| too_big(v)) {
+                    return Err(bad(format!("layers[{li}].weights[{o}][{j}]"), l.row(o)[j]));
+                }
+            }
+            if let Some(o) = l.bias.iter().position(|&v| too_big(v)) {
+                return Err(bad(format!("layers[{li}].bias[{o}]"), l.bias[o]));
+            }
+        }
+        Ok(())
     }
 }
 
