@@ -19,6 +19,7 @@ pub mod network;
 pub mod output;
 pub mod plot;
 pub mod progress;
+pub mod safety;
 pub mod search;
 pub mod subspace;
 pub mod teacher;

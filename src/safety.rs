@@ -1,0 +1,760 @@
+//! Checks made before any work starts, so that a careless flag or a hostile file is refused in
+//! milliseconds with the figure behind the refusal instead of aborting on an allocation,
+//! filling the disk or computing for hours: memory and disk space against what a request
+//! implies, the work that size flags multiply, the project's environment variables, and
+//! samples that repeat rows.
+//!
+//! Every refusal is an [`Error::InvalidRequest`] whose message names the flag (or variable),
+//! the figure and the fix.
+
+use crate::data::SampleSource;
+use crate::error::{Error, Result};
+use crate::learn::LearnConfig;
+use std::path::Path;
+
+/// Flops a command may be asked to do by its size flags: above this, the request is refused
+/// (about a day at 100 GFLOP/s, many days on a laptop core).
+pub const MAX_FLAG_FLOPS: f64 = 1e16;
+/// Above this many flops of flag-driven work a note with the estimate is printed before the
+/// work starts (about 2 minutes at 100 GFLOP/s; the defaults need 1e9 to 1e12).
+pub const NOTE_FLAG_FLOPS: f64 = 1e13;
+/// Widest hidden layer `learn --hidden` accepts (enumerate-and-test's candidates).
+pub const MAX_HIDDEN: usize = 1024;
+/// Largest teacher network `generate` and the `--teacher` sources build, in parameters (the
+/// built-in teachers have d x k + a few hundred; 1e8 parameters are 800 MB of f64).
+pub const MAX_TEACHER_PARAMS: u128 = 100_000_000;
+
+/// A byte count as a short figure: `512 B`, `3.4 MB`, `1.2 TB` (powers of 1000).
+pub fn bytes(n: u128) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else if v >= 1000.0 {
+        // Beyond exabytes: say it in powers of ten.
+        format!("{:.1e} B", n as f64)
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// A flop count and how long it would take at 100 GFLOP/s, e.g. `2.6e15 flops (7.2 hours at
+/// 100 GFLOP/s)`.
+pub fn flops(f: f64) -> String {
+    let s = f / 1e11;
+    let time = if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.0} minutes", s / 60.0)
+    } else if s < 2.0 * 86400.0 {
+        format!("{:.1} hours", s / 3600.0)
+    } else if s < 2.0 * 365.0 * 86400.0 {
+        format!("{:.0} days", s / 86400.0)
+    } else if s < 1000.0 * 365.0 * 86400.0 {
+        format!("{:.0} years", s / (365.0 * 86400.0))
+    } else {
+        format!("{:.1e} years", s / (365.0 * 86400.0))
+    };
+    format!("{f:.1e} flops ({time} at 100 GFLOP/s)")
+}
+
+/// Memory a new allocation can get without swapping (Linux: `MemAvailable` of /proc/meminfo);
+/// None where unknown.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Bytes an unprivileged writer may still write in the file system that holds `dir` (statvfs:
+/// available blocks times the fragment size); None where unknown.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a NUL-terminated path and `st` a buffer statvfs fills on success.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it initialised the struct.
+        let st = unsafe { st.assume_init() };
+        #[allow(clippy::unnecessary_cast)]
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Refuses `need` bytes of memory when the machine has fewer available. `what` says what needs
+/// them (with the flags), `fix` what to change.
+pub fn check_memory(need: u128, what: &str, fix: &str) -> Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if need > available as u128 {
+        return Err(Error::invalid(format!(
+            "{what} needs at least {} of memory but this machine has {} available; {fix}",
+            bytes(need),
+            bytes(available as u128)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to write `need` bytes into `dir` when its file system has less free space; `what`
+/// names the output and its flag.
+pub fn check_free_space(dir: &Path, need: u128, what: &str) -> Result<()> {
+    let Some(free) = free_space(dir) else {
+        return Ok(());
+    };
+    if need > free as u128 {
+        return Err(Error::invalid(format!(
+            "{what} needs {} of disk space but {} has {} free; free some space or write elsewhere",
+            bytes(need),
+            dir.display(),
+            bytes(free as u128)
+        )));
+    }
+    Ok(())
+}
+
+/// A vector of `n` copies of `value`, or a typed error (naming `what`) when the allocation
+/// fails, instead of the process aborting.
+pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::invalid(format!(
+            "{what}: cannot allocate {} ({n} values); use smaller sizes",
+            bytes(n as u128 * std::mem::size_of::<T>().max(1) as u128)
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// Checks, before anything is opened, that each input (flag, path) names an existing regular
+/// file (a shard pattern is left to [`crate::data::shards::expand_pattern`], which reports its own
+/// misses). `positioned` inputs (sample files, read by position) must be regular files; the
+/// others (JSON files, read once) may also be pipes such as `<(...)`.
+pub fn check_inputs(inputs: &[(&str, &Path, bool)]) -> Result<()> {
+    for &(flag, path, positioned) in inputs {
+        let text = path.to_string_lossy();
+        match std::fs::metadata(path) {
+            Err(_) if text.contains(['*', '?', '[']) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let here = std::env::current_dir()
+                    .map(|d| format!(" (relative paths start in {})", d.display()))
+                    .unwrap_or_default();
+                return Err(Error::invalid(format!(
+                    "{flag} {text}: no such file{}; check the path",
+                    if path.is_relative() { here } else { String::new() }
+                )));
+            }
+            Err(e) => {
+                return Err(Error::invalid(format!(
+                    "{flag} {text}: cannot be read ({e}); check the path and its permissions"
+                )))
+            }
+            Ok(m) if m.is_dir() => {
+                return Err(Error::invalid(format!(
+                    "{flag} {text}: is a directory; give the file inside it (e.g. {})",
+                    path.join(if positioned { "x.npy" } else { "model.json" })
+                        .display()
+                )))
+            }
+            Ok(m) if positioned && !m.is_file() => {
+                return Err(Error::invalid(format!(
+                    "{flag} {text}: is not a regular file (a pipe or a device); sample files are read by position, so save the array to a file with np.save"
+                )))
+            }
+            Ok(_) => {}
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            if !text.contains(['*', '?', '[']) {
+                return Err(Error::invalid(format!(
+                    "{flag} {text}: cannot be opened ({e}); check its permissions"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names the flag in a file error: an error about one of `files` (flag, path; a pattern
+/// stands for each of its matches) that does not already name a flag gets it in front, so
+/// `x.npy: row 3, column 2 is NaN` becomes `--x x.npy: row 3, column 2 is NaN`. Other errors
+/// (GPU, no structure, other ranks) pass unchanged.
+pub fn with_flag(e: Error, files: &[(&str, &Path)]) -> Error {
+    let fileish = matches!(
+        e,
+        Error::Data(_)
+            | Error::Network(_)
+            | Error::Io { .. }
+            | Error::Export(_)
+            | Error::InvalidRequest(_)
+    );
+    if !fileish {
+        return e;
+    }
+    let msg = e.to_string();
+    if msg.starts_with("--") || msg.starts_with("environment variable") {
+        return e;
+    }
+    for &(flag, path) in files {
+        let candidates = crate::data::shards::expand_pattern(path, flag)
+            .unwrap_or_else(|_| vec![path.to_path_buf()]);
+        for c in candidates {
+            let shown = c.display().to_string();
+            if shown.is_empty() {
+                continue;
+            }
+            if names_path(&msg, &shown) {
+                return Error::invalid(if msg.starts_with(&shown) {
+                    format!("{flag} {msg}")
+                } else {
+                    format!("{flag}: {msg}")
+                });
+            }
+        }
+    }
+    e
+}
+
+/// Whether `msg` mentions `path` as a word of its own (not inside another word or path).
+fn names_path(msg: &str, path: &str) -> bool {
+    msg.match_indices(path).any(|(at, _)| {
+        let before = msg[..at].chars().next_back();
+        let after = msg[at + path.len()..].chars().next();
+        let open = before.is_none_or(|c| c.is_whitespace() || "('\"".contains(c));
+        let close = after.is_none_or(|c| c.is_whitespace() || ":)'\",;".contains(c));
+        open && close
+    })
+}
+
+/// One environment variable the project reads, with the values it accepts.
+struct EnvRule {
+    name: &'static str,
+    accepts: &'static str,
+    ok: fn(&str) -> bool,
+}
+
+fn one_of(v: &str, words: &[&str]) -> bool {
+    words.iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
+const ENV_RULES: &[EnvRule] = &[
+    EnvRule {
+        name: "RELU_FPT_CPU_KERNEL",
+        accepts: "auto, avx512, avx2 or portable",
+        ok: |v| one_of(v, &["auto", "avx512", "avx2", "portable"]),
+    },
+    EnvRule {
+        name: "RELU_FPT_GPU_RESIDENT_MIB",
+        accepts: "a whole number of MiB (0 turns residency off)",
+        ok: |v| v.parse::<u64>().is_ok_and(|m| m <= u64::MAX >> 20),
+    },
+    EnvRule {
+        name: "RELU_FPT_GPU_WAIT_SECONDS",
+        accepts: "a positive number of seconds",
+        ok: |v| v.parse::<f64>().is_ok_and(|s| s.is_finite() && s > 0.0),
+    },
+    EnvRule {
+        name: "RELU_FPT_GPU_SHADER_CHECKS",
+        accepts: "none, bounds or all",
+        ok: |v| matches!(v, "none" | "bounds" | "all"),
+    },
+    EnvRule {
+        name: "RELU_FPT_GPU_BINNING",
+        accepts: "host or device",
+        ok: |v| matches!(v, "host" | "device"),
+    },
+    EnvRule {
+        name: "RELU_FPT_GPU_MOMENT_TILE",
+        accepts: "three positive whole numbers 'workgroup,per_invocation,slab' (e.g. 16,4,16)",
+        ok: |v| {
+            let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+            parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok_and(|n| n > 0))
+        },
+    },
+    EnvRule {
+        name: "WGPU_BACKEND",
+        accepts: "a comma-separated list of vulkan, metal, dx12, gl (e.g. vulkan)",
+        ok: |v| {
+            v.split(',').all(|b| {
+                one_of(
+                    b.trim(),
+                    &[
+                        "vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl",
+                        "webgpu", "noop",
+                    ],
+                )
+            })
+        },
+    },
+    EnvRule {
+        name: "WGPU_POWER_PREF",
+        accepts: "low, high or none",
+        ok: |v| one_of(v, &["low", "high", "none"]),
+    },
+    EnvRule {
+        name: "RAYON_NUM_THREADS",
+        accepts: "a whole number of threads (0 for one per core)",
+        ok: |v| v.parse::<usize>().is_ok(),
+    },
+];
+
+/// Checks the environment variables the project reads (`RELU_FPT_*` and the `WGPU_BACKEND`,
+/// `WGPU_POWER_PREF` and `RAYON_NUM_THREADS` the README documents): a set variable with a
+/// value none of them accepts is an error naming the variable, instead of being ignored.
+/// Empty values count as unset.
+pub fn check_environment() -> Result<()> {
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), value) = (name.to_str(), value.to_string_lossy()) else {
+            continue;
+        };
+        let v = value.trim();
+        if let Some(rule) = ENV_RULES.iter().find(|r| r.name == name) {
+            if !v.is_empty() && !(rule.ok)(v) {
+                return Err(Error::invalid(format!(
+                    "environment variable {name}={value}: expected {}; fix or unset it (unset {name})",
+                    rule.accepts
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parameters of a network with `inputs` inputs, the given hidden widths and one output, as a
+/// float (so that absurd widths do not overflow).
+fn network_params(inputs: f64, hidden: &[usize]) -> f64 {
+    let mut n = 0.0;
+    let mut width = inputs;
+    for &h in hidden {
+        let h = h as f64;
+        n += h * width + h;
+        width = h;
+    }
+    n + width + 1.0
+}
+
+/// The work `learn`'s size flags imply on `n` rows of dimension `d`: a lower bound (one
+/// direction found, the smallest model), so that a refusal is always deserved. Each part is
+/// (what, flops); see [`check_learn_work`].
+pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> {
+    let n_train = (n as f64 * (1.0 - config.validation_fraction)).max(1.0);
+    let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX) as f64);
+    let fit = n_fit as usize;
+    let mut parts = Vec::new();
+    // Enumerate-and-test: every candidate is scored on up to max_rows training and as many
+    // validation rows, its last layer's normal equations (f^2 per row) included.
+    let rows = n_fit.min(config.search_config.max_rows as f64);
+    let f = config.hidden.last().copied().unwrap_or(1) as f64 + 1.0;
+    let per_row = 2.0 * network_params(1.0, &config.hidden) + f * f;
+    parts.push((
+        format!(
+            "enumerate-and-test (--budget {} candidates of --hidden {})",
+            config.budget,
+            widths(&config.hidden)
+        ),
+        config.budget as f64 * 2.0 * rows * per_row,
+    ));
+    // Trainers: forward and backward (6 flops per parameter) and the projection of each row
+    // read (2 d flops for one direction).
+    let trainer = |c: &crate::learn::PolishConfig, hidden: &[usize], extra: f64| {
+        let reads = c.epochs_for(fit.max(1)) as f64 * n_fit;
+        reads * (6.0 * (network_params(1.0, hidden) + extra) + 2.0 * d as f64)
+    };
+    if config.descent {
+        parts.push((
+            format!(
+                "descent ({} passes over {} rows, --descent-epochs)",
+                config.descent_config.epochs_for(fit.max(1)),
+                fit
+            ),
+            trainer(&config.descent_config, &config.hidden, 0.0),
+        ));
+    }
+    if !config.deep_widths.is_empty() {
+        parts.push((
+            format!(
+                "deep-net (--deep-widths {}, {} passes over {} rows)",
+                widths(&config.deep_widths),
+                config.deep_config.epochs_for(fit.max(1)),
+                fit
+            ),
+            trainer(&config.deep_config, &config.deep_widths, 0.0),
+        ));
+    }
+    if config.polish {
+        parts.push((
+            format!(
+                "polish ({} passes over {} rows, --polish-epochs)",
+                config.polish_config.epochs_for(fit.max(1)),
+                fit
+            ),
+            trainer(&config.polish_config, &config.hidden, d as f64),
+        ));
+    }
+    parts
+}
+
+fn widths(w: &[usize]) -> String {
+    w.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Refuses `learn` settings whose flag-driven work ([`learn_work`]) exceeds [`MAX_FLAG_FLOPS`]
+/// or whose enumerate-and-test batch would not fit in memory; returns a note (to print before
+/// the work) when the work is above [`NOTE_FLAG_FLOPS`].
+pub fn check_learn_work(config: &LearnConfig, n: u64, d: usize) -> Result<Option<String>> {
+    if let Some(&h) = config.hidden.iter().find(|&&h| h > MAX_HIDDEN) {
+        return Err(Error::invalid(format!(
+            "--hidden {}: enumerate-and-test scores whole candidates, each with the normal equations of its last layer (f^2 values per row for f features), so widths above {MAX_HIDDEN} are refused (a width of {h} means {:.1e} values per row); the default is 4, and wide networks are the deep-net stage's (--deep-widths)",
+            widths(&config.hidden),
+            (h as f64 + 1.0).powi(2)
+        )));
+    }
+    // The trainers hold the parameters, their gradient and Adam's two moments in f64.
+    for (flag, w) in [
+        ("--hidden", &config.hidden),
+        ("--deep-widths", &config.deep_widths),
+    ] {
+        let params = network_params(1.0, w);
+        check_memory(
+            (params * 8.0 * 4.0) as u128,
+            &format!(
+                "training a network of --hidden/--deep-widths {} ({params:.1e} parameters with gradients and Adam moments)",
+                widths(w)
+            ),
+            &format!("use smaller {flag} widths"),
+        )?;
+    }
+    // The search scores its candidates in batches, each with the normal equations of its last
+    // layer: f (f + 1) / 2 doubles per candidate.
+    let f = config.hidden.last().copied().unwrap_or(1) as u128 + 1;
+    let batch = (config.budget.min(config.search_config.batch_size)) as u128;
+    let gram = batch * (f * (f + 1) / 2 + f) * 8;
+    check_memory(
+        gram,
+        &format!(
+            "enumerate-and-test with --hidden {} (the normal equations of {} candidates at once, {} features each)",
+            widths(&config.hidden),
+            batch,
+            f
+        ),
+        "use smaller --hidden widths (the default is 4)",
+    )?;
+    let parts = learn_work(config, n, d);
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    let (worst, worst_flops) = parts
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(w, f)| (w.as_str(), *f))
+        .unwrap_or(("", 0.0));
+    if total > MAX_FLAG_FLOPS || total.is_nan() {
+        return Err(Error::invalid(format!(
+            "these settings mean at least {} of training on {n} rows, most of it in {worst} ({}); refused above {MAX_FLAG_FLOPS:.0e} flops: lower --budget, --hidden, --deep-widths or the epochs (the defaults need about 1e11 to 1e12 flops)",
+            flops(total),
+            flops(worst_flops)
+        )));
+    }
+    Ok((total > NOTE_FLAG_FLOPS).then(|| {
+        format!(
+            "note: these settings mean at least {} of training, most of it in {worst}; the defaults need about 1e11 to 1e12 flops",
+            flops(total)
+        )
+    }))
+}
+
+/// `bench moments`' sizes, checked before the FMA peak is measured: positive, and the
+/// samples (held in host memory on the CPU) with every thread's accumulators within memory.
+pub fn check_bench_moments(n: u64, dims: &[usize], bins: &[usize]) -> Result<()> {
+    if n == 0 || dims.is_empty() || dims.contains(&0) || bins.is_empty() || bins.contains(&0) {
+        return Err(Error::invalid(format!(
+            "bench moments --n {n} --d {} --bins {}: every size must be at least 1",
+            widths(dims),
+            widths(bins)
+        )));
+    }
+    if bins.iter().any(|&k| k > 1) && dims.iter().any(|&d| d < 2) {
+        return Err(Error::invalid(
+            "bench moments: --bins above 1 use a rank-2 basis, so every --d must be at least 2",
+        ));
+    }
+    let threads = rayon::current_num_threads() as u128;
+    for &d in dims {
+        let d128 = d as u128;
+        let k = bins.iter().copied().max().unwrap_or(1) as u128;
+        let need = n as u128 * d128 * 4 + threads * k * (d128 * (d128 + 3) / 2 + 4) * 8;
+        check_memory(
+            need,
+            &format!("bench moments --n {n} --d {d} (the samples in host memory and {threads} threads' sums)"),
+            "lower --n or --d",
+        )?;
+    }
+    Ok(())
+}
+
+/// `bench kernel`'s sizes, checked before the FMA peak is measured.
+pub fn check_bench_kernel(d: usize, rows: usize, n: u64, runs: usize) -> Result<()> {
+    let most = crate::backend::cpu::syrk::RUN_ROWS;
+    if d == 0 || rows == 0 || rows > most || n == 0 || runs == 0 {
+        return Err(Error::invalid(format!(
+            "bench kernel --d {d} --rows {rows} --n {n} --runs {runs}: --d, --n and --runs must be at least 1 and --rows in 1..={most}"
+        )));
+    }
+    let threads = rayon::current_num_threads() as u128;
+    let (d, rows) = (d as u128, rows as u128);
+    let need = threads * (2 * rows * d * 4 + d * (d + 1) / 2 * 8 + d * 8);
+    check_memory(
+        need,
+        &format!(
+            "bench kernel --d {d} --rows {rows} ({threads} threads, each with its rows and d (d + 1) / 2 sums)"
+        ),
+        "lower --d (the kernel's in-cache figure needs only a few hundred)",
+    )?;
+    let flops = n as f64 * (d * d) as f64 * (runs as f64 + 1.0);
+    if flops > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "bench kernel --d {d} --n {n} --runs {runs}: {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n or --d",
+            self::flops(flops)
+        )));
+    }
+    Ok(())
+}
+
+/// `bench search`'s sizes, checked before any teacher is sampled: the rows of a case (its
+/// training rows and a quarter as many validation rows, 8 bytes each at the least) within
+/// memory, and the candidates' work within [`MAX_FLAG_FLOPS`].
+pub fn check_bench_search(rows: usize, budgets: &[usize]) -> Result<()> {
+    if rows == 0 || budgets.is_empty() || budgets.contains(&0) {
+        return Err(Error::invalid(format!(
+            "bench search --rows {rows} --budgets {}: --rows and every budget must be at least 1",
+            widths(budgets)
+        )));
+    }
+    let rows128 = rows as u128;
+    check_memory(
+        (rows128 + rows128 / 4) * 8,
+        &format!("bench search --rows {rows} (each case's samples in memory)"),
+        "lower --rows (default 80000)",
+    )?;
+    let work: f64 = budgets
+        .iter()
+        .map(|&b| b as f64 * 1.25 * rows as f64 * 20.0)
+        .sum();
+    if work > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "bench search --budgets {} --rows {rows}: at least {} per case; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --budgets or --rows",
+            widths(budgets),
+            flops(work)
+        )));
+    }
+    Ok(())
+}
+
+/// Memory a filtered-PCA or baseline run needs at the least for d inputs: a d x d symmetric
+/// matrix of f64 sums, its eigendecomposition's copy and one accumulator.
+pub fn subspace_bytes(d: usize) -> u128 {
+    3 * 8 * (d as u128) * (d as u128)
+}
+
+/// Refuses samples whose dimension needs more memory for the d x d moments than the machine
+/// has ([`subspace_bytes`]); `origin` names the file or flag that sets d.
+pub fn check_subspace_memory(d: usize, origin: &str) -> Result<()> {
+    check_memory(
+        subspace_bytes(d),
+        &format!("{origin}: d = {d} columns (d x d second moments)"),
+        "reduce the dimension first (e.g. PCA to a few thousand columns)",
+    )
+}
+
+/// Parameters the built-in teacher of these flags would have, as an upper bound (its first
+/// layer lifted to d inputs, its random rotation, and the widths of the random teacher).
+pub fn teacher_params(d: usize, widths_: &[usize], k: Option<usize>, m: Option<usize>) -> u128 {
+    let d = d as u128;
+    let first = widths_.first().copied().unwrap_or(4) as u128;
+    let k = k.unwrap_or(4) as u128;
+    let m = m.unwrap_or(4) as u128;
+    let rows = first.max(k).max(2 * m).max(16);
+    let deeper: u128 = widths_
+        .windows(2)
+        .map(|w| w[0] as u128 * w[1] as u128)
+        .sum();
+    rows * d + 3 * k.max(3) * d + deeper
+}
+
+/// Refuses a teacher network above [`MAX_TEACHER_PARAMS`] before it is built.
+pub fn check_teacher_size(
+    d: usize,
+    widths_: &[usize],
+    k: Option<usize>,
+    m: Option<usize>,
+) -> Result<()> {
+    let p = teacher_params(d, widths_, k, m);
+    if p > MAX_TEACHER_PARAMS {
+        return Err(Error::invalid(format!(
+            "--d {d} with --widths {}: the teacher would have about {p:.1e} parameters ({} in f64), above the {MAX_TEACHER_PARAMS:.0e} a built-in teacher may have; use a smaller --d or --widths",
+            widths(widths_),
+            bytes(p * 8),
+            p = p as f64,
+            MAX_TEACHER_PARAMS = MAX_TEACHER_PARAMS as f64
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a built-in teacher whose construction and sampling (its scale is set on
+/// 65536 samples, then every one of `n` rows is a forward pass) would exceed
+/// [`MAX_FLAG_FLOPS`]; returns a note when the work is above 1e12 flops (the teacher's
+/// forward pass is a plain f64 loop of a few GFLOP/s).
+pub fn check_teacher_work(
+    d: usize,
+    widths_: &[usize],
+    k: Option<usize>,
+    m: Option<usize>,
+    n: u64,
+) -> Result<Option<String>> {
+    let params = teacher_params(d, widths_, k, m) as f64;
+    let work = 2.0 * params * (crate::teacher::NORMALISATION_SAMPLES as f64 + n as f64);
+    if work > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "--n {n} samples of a teacher of about {params:.1e} parameters (--d {d}, --widths {}): at least {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n, --d or --widths",
+            widths(widths_),
+            flops(work)
+        )));
+    }
+    Ok((work > 1e12).then(|| {
+        format!(
+            "note: a teacher of about {params:.1e} parameters (--widths {}) and --n {n} samples mean about {} of forward passes (the teacher's own loop runs a few GFLOP/s)",
+            widths(widths_),
+            flops(work)
+        )
+    }))
+}
+
+/// How many of the first rows of a source repeat an earlier one: samples of a continuous
+/// distribution never repeat, so repeats mean a copied or upsampled data set, on which the
+/// null of filtered PCA (independent rows) no longer holds. Reads at most `max_rows` rows
+/// (the first ones). Returns (rows read, repeated rows).
+pub fn repeated_rows(source: &dyn SampleSource, max_rows: usize) -> Result<(u64, u64)> {
+    use std::collections::HashSet;
+    use std::hash::{Hash, Hasher};
+    let d = source.dim();
+    let want = source.len().min(max_rows as u64);
+    let mut seen: HashSet<u64> = HashSet::with_capacity(want as usize);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let (mut start, mut repeats) = (0u64, 0u64);
+    while start < want {
+        let n = source.read(start, (want - start).min(1 << 14) as usize, &mut x, &mut y)?;
+        if n == 0 {
+            break;
+        }
+        for (row, label) in x.chunks_exact(d).zip(&y) {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for v in row {
+                v.to_bits().hash(&mut h);
+            }
+            label.to_bits().hash(&mut h);
+            if !seen.insert(h.finish()) {
+                repeats += 1;
+            }
+        }
+        start += n as u64;
+    }
+    Ok((start, repeats))
+}
+
+/// Share of repeated rows above which [`warn_repeated_rows`] warns.
+pub const REPEAT_WARN_FRACTION: f64 = 0.01;
+
+/// A warning when more than [`REPEAT_WARN_FRACTION`] of the first 65536 rows repeat an
+/// earlier row (see [`repeated_rows`]); None otherwise.
+pub fn warn_repeated_rows(source: &dyn SampleSource) -> Result<Option<String>> {
+    let (read, repeats) = repeated_rows(source, 1 << 16)?;
+    if read == 0 || (repeats as f64) <= REPEAT_WARN_FRACTION * read as f64 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "warning: {repeats} of the first {read} rows of {} repeat an earlier row ({} unique): filtered PCA assumes independent samples, so directions found on repeated rows may be artefacts of the copies; remove duplicates (np.unique(np.column_stack([x, y]), axis=0)) or draw more samples",
+        source.describe(),
+        read - repeats
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(64_000_000_000), "64.0 GB");
+        assert!(flops(2.6e15).contains("7.2 hours"), "{}", flops(2.6e15));
+        assert!(flops(1e19).contains("years"));
+    }
+
+    #[test]
+    fn the_default_learn_settings_need_no_note() {
+        let c = LearnConfig::default();
+        assert_eq!(check_learn_work(&c, 1_000_000, 128).unwrap(), None);
+        let total: f64 = learn_work(&c, 1_000_000, 128).iter().map(|p| p.1).sum();
+        assert!(total > 1e9 && total < NOTE_FLAG_FLOPS, "{total:e}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_and_large_ones_noted() {
+        let mut c = LearnConfig {
+            hidden: vec![1_000_000_000],
+            ..LearnConfig::default()
+        };
+        let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
+        assert!(e.contains("--hidden 1000000000"), "{e}");
+        c.hidden = vec![10_000];
+        let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
+        assert!(e.contains("above 1024"), "{e}");
+        c.hidden = vec![4];
+        c.budget = usize::MAX;
+        let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
+        assert!(e.contains("--budget") && e.contains("refused above"), "{e}");
+        c.budget = 512;
+        c.descent_config.epochs = 1_000_000_000;
+        c.descent_config.row_budget = 0;
+        let e = check_learn_work(&c, 1_000_000, 128)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("descent"), "{e}");
+        c.descent_config.epochs = 100_000;
+        let note = check_learn_work(&c, 1_000_000, 128).unwrap().unwrap();
+        assert!(note.contains("descent"), "{note}");
+    }
+
+    #[test]
+    fn teacher_sizes() {
+        assert!(check_teacher_size(128, &[4, 4], None, None).is_ok());
+        assert!(check_teacher_size(4_000_000_000, &[4, 4], None, None).is_err());
+        assert!(check_teacher_size(8, &[100_000_000], None, None).is_err());
+    }
+
+    #[test]
+    fn failed_allocations_are_errors() {
+        let e = try_vec(usize::MAX / 2, 0u64, "test buffer").unwrap_err();
+        assert!(e.to_string().contains("test buffer"), "{e}");
+        assert_eq!(try_vec(3, 1u8, "x").unwrap(), vec![1, 1, 1]);
+    }
+}
