@@ -1,13 +1,13 @@
 //! The classical baselines pHd, SIR and SAVE, from the same accumulators as filtered PCA.
 
-use super::report::{RoundKind, RoundReport, SubspaceReport};
+use super::report::{NoStructure, RoundKind, RoundReport, SubspaceReport};
 use super::{
     orthonormalise, quantile_sorted, read_pilot, sorted_by_magnitude, symmetric_eigen, Method,
     SubspaceConfig,
 };
 use crate::backend::Backend;
 use crate::data::SampleSource;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::moments::{BinSpec, FilteredMoments, SampleWeight};
 use nalgebra::DMatrix;
 
@@ -20,6 +20,12 @@ pub(super) fn baseline(
     let n = source.len();
     let k = c.dim.unwrap_or(1).min(d);
     let started = std::time::Instant::now();
+    // Constant labels make pHd's matrix zero and leave SIR's and SAVE's slices empty: their
+    // top eigenvectors would be arbitrary axes, so there is nothing to return.
+    let pilot = read_pilot(source, c.pilot_rows)?;
+    if let Some(none) = NoStructure::if_constant(&pilot.y, n, d) {
+        return Err(Error::NoStructure(Box::new(none)));
+    }
     let bar = crate::progress::bar(n, "round 1");
     let (matrix, pilot_rows) = match c.method {
         Method::Phd => {
@@ -32,7 +38,6 @@ pub(super) fn baseline(
             (m.second_moment(0..1) / total - sigma * mean_y, n)
         }
         _ => {
-            let pilot = read_pilot(source, c.pilot_rows)?;
             let mut ys = pilot.y.clone();
             ys.sort_by(|a, b| a.total_cmp(b));
             let edges: Vec<f64> = (1..c.slices)

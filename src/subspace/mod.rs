@@ -242,6 +242,8 @@ fn validate(source: &dyn SampleSource, c: &SubspaceConfig) -> Result<()> {
             source.len()
         )));
     }
+    // The d x d moments must fit before any pass allocates them.
+    crate::safety::check_subspace_memory(d, &source.describe())?;
     if c.max_dim == 0 {
         return Err(Error::invalid(
             "subspace: max_dim must be at least 1, got 0",
@@ -369,6 +371,9 @@ fn filtered_pca(
     let d = source.dim();
     let n = source.len();
     let mut pilot = read_pilot(source, c.pilot_rows)?;
+    if let Some(none) = NoStructure::if_constant(&pilot.y, n, d) {
+        return Err(Error::NoStructure(Box::new(none)));
+    }
     // Whitening estimated from the first round's own pass (its totals are the plain moments):
     // the pass reads rows centred on the pilot's mean, so its f32 sums do not cancel when
     // |mu| >> the spread, and the round is scored in the frame that comes out.

@@ -139,12 +139,59 @@ pub struct NoStructure {
     /// Scores of a fixed signal grow like sqrt(N): N (threshold / best)^2 when the best score
     /// stands above the null maximum; with no filter scored, 4 x `min_filter_rows` (enough
     /// for several label filters); None when the best score does not rise above the null (no
-    /// sign of signal at all).
+    /// sign of signal at all), and also when it stands less than halfway from the null
+    /// maximum to the bar: labels independent of x reach up to 1.12 x the null maximum
+    /// (measured, see `SubspaceConfig::null_margin`), so such a score backs no estimate.
     pub suggested_rows: Option<u64>,
+    /// Set when every label of the first `label_rows` rows is this value: constant labels
+    /// carry no information about x, and no round was run.
+    pub constant_label: Option<f64>,
+    /// Rows whose labels were looked at for `constant_label` (the pilot).
+    pub label_rows: u64,
+}
+
+impl NoStructure {
+    /// The outcome for labels that are all `value` on the first `label_rows` of `rows` rows.
+    pub fn constant(rows: u64, input_dim: usize, label_rows: u64, value: f64) -> Self {
+        NoStructure {
+            rows,
+            input_dim,
+            best_score: f64::NAN,
+            threshold: f64::NAN,
+            null_max: f64::NAN,
+            filters: 0,
+            min_filter_rows: 0,
+            suggested_rows: None,
+            constant_label: Some(value),
+            label_rows,
+        }
+    }
+
+    /// [`NoStructure::constant`] when the labels `y` (the first rows of `rows`) are all equal.
+    pub fn if_constant(y: &[f64], rows: u64, input_dim: usize) -> Option<Self> {
+        let first = *y.first()?;
+        y.iter()
+            .all(|&v| v == first)
+            .then(|| Self::constant(rows, input_dim, y.len() as u64, first))
+    }
 }
 
 impl std::fmt::Display for NoStructure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(v) = self.constant_label {
+            let which = if self.label_rows >= self.rows {
+                format!("all {} labels are {v}", self.rows)
+            } else {
+                format!(
+                    "the first {} labels (of {} rows) are all {v}; if y varies further on, shuffle the rows (the first rows fix the label filters)",
+                    self.label_rows, self.rows
+                )
+            };
+            return write!(
+                f,
+                "no structure to find: constant labels: {which}; labels that do not vary carry no information about x, so there is no subspace or network to learn: check that the y file holds the labels you meant"
+            );
+        }
         if self.filters == 0 {
             return write!(
                 f,
@@ -171,9 +218,10 @@ impl std::fmt::Display for NoStructure {
             ),
             None => write!(
                 f,
-                "it did not rise above the null, so the labels may not depend on x at all; if \
-                 they do, well over {} rows are needed",
-                4 * self.rows
+                "it stayed within the null's own spread ({:.3} of the null maximum; labels \
+                 independent of x reach about 1.12), so nothing indicates that the labels \
+                 depend on x at all, and no row count can be estimated from it",
+                self.best_score / self.null_max
             ),
         }
     }
@@ -217,7 +265,9 @@ impl SubspaceReport {
         let suggested_rows = if first.filters == 0 {
             Some(4 * self.min_filter_rows)
         } else {
-            (best > null && best > 0.0)
+            // Backed by the null's measured spread only when the best score stands at least
+            // halfway from the null maximum to the bar.
+            (best > 0.5 * (null + bar) && best > 0.0)
                 .then(|| (self.rows as f64 * (bar / best).powi(2)).ceil() as u64)
         };
         Some(NoStructure {
@@ -229,6 +279,8 @@ impl SubspaceReport {
             filters: first.filters,
             min_filter_rows: self.min_filter_rows,
             suggested_rows,
+            constant_label: None,
+            label_rows: 0,
         })
     }
 
