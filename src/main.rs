@@ -7,7 +7,7 @@ use relu_fpt::learn::{learn, LearnConfig, LearnReport};
 use relu_fpt::network::Network;
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
 use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
-use relu_fpt::{metrics, output, plot, progress, Error, Result};
+use relu_fpt::{metrics, output, plot, progress, safety, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -106,6 +106,11 @@ impl TeacherFlags {
                 "--noise: must be a finite standard deviation >= 0",
             ));
         }
+        safety::check_teacher_size(self.d, &self.widths, self.k, self.m)?;
+        let note = safety::check_teacher_work(self.d, &self.widths, self.k, self.m, self.n)?;
+        if let (Some(note), true) = (note, mpi::is_root()) {
+            eprintln!("relu-fpt: {note}");
+        }
         let mut spec = TeacherSpec::new(kind, self.d);
         spec.widths = self.widths.clone();
         spec.k = self.k;
@@ -140,9 +145,33 @@ struct Samples {
     teacher: Option<Teacher>,
 }
 
+impl Samples {
+    /// The warning of [`safety::warn_repeated_rows`] for sample files (a teacher's samples
+    /// never repeat).
+    fn repeated_rows_warning(&self) -> Result<Option<String>> {
+        if self.teacher.is_some() {
+            return Ok(None);
+        }
+        safety::warn_repeated_rows(self.source.as_ref())
+    }
+}
+
 impl SourceFlags {
+    /// The sample files given, as (flag, path).
+    fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        let mut v = Vec::new();
+        if let Some(x) = &self.x {
+            v.push(("--x", x.as_path()));
+        }
+        if let Some(y) = &self.y {
+            v.push(("--y", y.as_path()));
+        }
+        v
+    }
+
     fn open(&self, seed: u64) -> Result<Samples> {
         if let (Some(x), Some(y)) = (&self.x, &self.y) {
+            safety::check_inputs(&[("--x", x, true), ("--y", y, true)])?;
             return Ok(Samples {
                 source: relu_fpt::data::open_samples(x, y)?,
                 teacher: None,
@@ -482,6 +511,16 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    // A set variable with a value the project cannot use is an error, not silently ignored.
+    if let Err(e) = safety::check_environment() {
+        if mpi::is_root() {
+            eprintln!("relu-fpt: error: {e}");
+        }
+        return ExitCode::from(e.exit_code());
+    }
+    // Errors about a file name the flag that gave it (see safety::with_flag).
+    let files = cli.command.files();
+    let files: Vec<(&str, &Path)> = files.iter().map(|(f, p)| (*f, p.as_path())).collect();
     let outcome = match cli.command {
         Command::Demo(a) => demo(a),
         Command::Generate(a) => generate(a),
@@ -503,7 +542,8 @@ fn main() -> ExitCode {
             what: BenchCommand::Search(a),
         } => bench_search(a),
         Command::Devices => devices(),
-    };
+    }
+    .map_err(|e| safety::with_flag(e, &files));
     // With several MPI ranks all stop together: the lowest failing rank's error, printed once.
     match mpi::agree(outcome) {
         Ok(()) => ExitCode::SUCCESS,
@@ -513,6 +553,67 @@ fn main() -> ExitCode {
             }
             ExitCode::from(mpi::exit_status(e.exit_code()))
         }
+    }
+}
+
+impl Command {
+    /// The files the command's flags name, inputs and outputs, as (flag, path).
+    fn files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut f = Vec::new();
+        let mut add = |flag: &'static str, p: Option<&PathBuf>| {
+            if let Some(p) = p {
+                f.push((flag, p.clone()));
+            }
+        };
+        match self {
+            Command::Subspace(a) => {
+                add("--x", a.source.x.as_ref());
+                add("--y", a.source.y.as_ref());
+                add("--out", Some(&a.out));
+                add("--plot", a.plot.as_ref());
+            }
+            Command::Learn(a) => {
+                add("--x", a.source.x.as_ref());
+                add("--y", a.source.y.as_ref());
+                add("--out", Some(&a.out));
+            }
+            Command::Predict(a) => {
+                add("--model", Some(&a.model));
+                add("--x", Some(&a.x));
+                add("--out", Some(&a.out));
+            }
+            Command::Eval(a) => {
+                add("--model", Some(&a.model));
+                add("--x", Some(&a.x));
+                add("--y", Some(&a.y));
+                add("--teacher", a.teacher.as_ref());
+                add("--plot", a.plot.as_ref());
+            }
+            Command::Export(a) => {
+                add("--model", Some(&a.model));
+                add("--out", Some(&a.out));
+            }
+            Command::Generate(a) => add("--out", Some(&a.out)),
+            _ => {}
+        }
+        f
+    }
+}
+
+/// Checks an output file before any work: writable, a regular file or none yet, and not the
+/// same file as an input or another output.
+fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    for (flag, path) in outputs {
+        output::check_writable(path, flag)?;
+    }
+    output::check_not_input(outputs, inputs)
+}
+
+/// The directory an output file will be written in.
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -570,15 +671,35 @@ fn generate(a: GenerateArgs) -> Result<()> {
     })?;
     let source = a.teacher.sampler(&teacher, a.seed)?;
     output::check_writable_dir(&a.out, "--out")?;
-    // All three files are written into a registered staging directory first and renamed only
-    // when all are complete, so a failure or an interrupt leaves the directory as it was.
-    let staging = output::begin(&a.out.join("relu-fpt-generate"))?;
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    // The three files' size is known: refuse up front rather than fill the disk.
+    let (n, d) = (source.len() as u128, source.dim() as u128);
+    let params: usize = teacher
+        .network
+        .layers
+        .iter()
+        .map(|l| l.weights.len() + l.bias.len())
+        .sum();
+    let json_bytes = 25 * params as u128 + 4096;
+    let need = n * d * 4 + n * 4 + 2 * 128 + json_bytes;
+    safety::check_free_space(
+        &output::existing_ancestor(&a.out),
+        need,
+        &format!(
+            "--out {}: {n} samples of d = {d} (x.npy, y.npy and teacher.json)",
+            a.out.display()
+        ),
+    )?;
+    // All three files are written into a registered staging directory and committed together
+    // (one rename of the directory when --out is new or empty), so a failure or an interrupt
+    // leaves --out as it was: no mix of two data sets, no empty directory.
+    let staging = output::begin_dir(&a.out)?;
     let written = (|| -> Result<()> {
         let bar = progress::bar(source.len(), "generate");
-        let mut x_out = NpyWriter::create_matrix(&staging.join("x.npy"), source.dim())?;
-        let mut y_out = NpyWriter::create_vector(&staging.join("y.npy"))?;
-        for_each_chunk(&source, 1 << 16, |_, x, y| {
+        let mut x_out = NpyWriter::create_matrix(&staging.path.join("x.npy"), source.dim())?;
+        let mut y_out = NpyWriter::create_vector(&staging.path.join("y.npy"))?;
+        // Chunks of at most 16 MiB of x, whatever d.
+        let chunk = ((16usize << 20) / (4 * source.dim()).max(1)).clamp(1, 1 << 16);
+        for_each_chunk(&source, chunk, |_, x, y| {
             x_out.write_rows(x)?;
             y_out.write_rows(y)?;
             bar.inc(y.len() as u64);
@@ -586,16 +707,17 @@ fn generate(a: GenerateArgs) -> Result<()> {
         })?;
         x_out.finish()?;
         y_out.finish()?;
-        teacher.network.save(&staging.join("teacher.json"))?;
+        teacher.network.save(&staging.path.join("teacher.json"))?;
         bar.finish_and_clear();
-        for f in ["x.npy", "y.npy", "teacher.json"] {
-            std::fs::rename(staging.join(f), a.out.join(f))
-                .map_err(|e| Error::io(a.out.join(f), e))?;
-        }
         Ok(())
     })();
-    output::abandon(&staging);
-    written?;
+    match written {
+        Ok(()) => staging.commit(&["x.npy", "y.npy", "teacher.json"])?,
+        Err(e) => {
+            staging.abandon();
+            return Err(e);
+        }
+    }
     println!(
         "wrote {} samples (d = {}) of the {} teacher (relevant dimension {}) to {}: x.npy, y.npy, teacher.json",
         source.len(),
@@ -609,13 +731,44 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn subspace(a: SubspaceArgs) -> Result<()> {
     stage_lines(a.quiet);
+    let mut outputs = vec![("--out", a.out.as_path())];
+    if let Some(p) = &a.plot {
+        outputs.push(("--plot", p.as_path()));
+    }
     if mpi::is_root() {
-        output::check_writable(&a.out, "--out")?;
-        if let Some(p) = &a.plot {
-            output::check_writable(p, "--plot")?;
-        }
+        check_outputs(&outputs, &a.source.inputs())?;
+    }
+    if a.max_dim == 0 {
+        return Err(Error::invalid(
+            "--max-dim 0: the subspace needs room for at least one direction; give --max-dim 1 or more (default 32)",
+        ));
+    }
+    if !(a.null_margin.is_finite() && a.null_margin >= 1.0) {
+        return Err(Error::invalid(format!(
+            "--null-margin {}: must be a number >= 1 (a bar below the null maximum accepts noise; default 1.25)",
+            a.null_margin
+        )));
+    }
+    if a.method != Method::Filtered && a.dim.is_none() {
+        return Err(Error::invalid(format!(
+            "--method {}: the baselines need the number of directions, --dim K; only filtered PCA finds it",
+            a.method.name()
+        )));
     }
     let samples = a.source.open(a.seed)?;
+    let d = samples.source.dim();
+    if let Some(k) = a.dim.filter(|&k| k == 0 || k > d) {
+        return Err(Error::invalid(format!(
+            "--dim {k}: must lie in 1..={d} (the inputs have d = {d} columns)"
+        )));
+    }
+    if mpi::is_root() {
+        if let Some(w) = samples.repeated_rows_warning()? {
+            eprintln!("relu-fpt: {w}");
+        }
+        let need = 25 * d as u128 + 1024;
+        safety::check_free_space(&dir_of(&a.out), need, &format!("--out {}", a.out.display()))?;
+    }
     let backend = open_backend(a.backend)?;
     let config = SubspaceConfig {
         method: a.method,
@@ -631,6 +784,10 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     let t = Instant::now();
     let report = find_subspace(backend.as_ref(), samples.source.as_ref(), &config)?;
     let seconds = t.elapsed().as_secs_f64();
+    // Nothing found: exit 2 and write nothing (the README's promise), on every rank alike.
+    if let Some(none) = report.no_structure() {
+        return Err(Error::NoStructure(Box::new(none)));
+    }
     if !mpi::is_root() {
         return Ok(());
     }
@@ -768,14 +925,83 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
     config
 }
 
+/// `learn`'s flags checked by their own names before any work (the library's messages name
+/// its fields, which are the Python parameters).
+fn check_learn_args(a: &LearnArgs) -> Result<()> {
+    if !(a.validation > 0.0 && a.validation < 1.0) {
+        return Err(Error::invalid(format!(
+            "--validation {}: the fraction of rows held out for validation must lie strictly between 0 and 1 (default 0.2)",
+            a.validation
+        )));
+    }
+    if a.budget == 0 {
+        return Err(Error::invalid(
+            "--budget 0: enumerate-and-test needs at least one candidate (default 512)",
+        ));
+    }
+    if a.hidden.is_empty() || a.hidden.contains(&0) {
+        return Err(Error::invalid(format!(
+            "--hidden {:?}: give hidden widths of at least 1 each, comma separated (default 4)",
+            a.hidden
+        )));
+    }
+    if a.max_dim == 0 {
+        return Err(Error::invalid(
+            "--max-dim 0: the subspace needs room for at least one direction; give --max-dim 1 or more (default 32)",
+        ));
+    }
+    if a.polish_epochs == Some(0) {
+        return Err(Error::invalid(
+            "--polish-epochs 0: give at least one pass, or --no-polish to skip the polish",
+        ));
+    }
+    Ok(())
+}
+
+/// The fewest rows the fitting stages can work on for d inputs: one Adam minibatch, and twice
+/// the d + 1 parameters of a basis row with its share of the network, which the polish fits.
+fn min_fit_rows(d: usize) -> usize {
+    let batch = relu_fpt::learn::PolishConfig::default().batch_size;
+    batch.max(2 * (d + 1))
+}
+
 fn learn_cmd(a: LearnArgs) -> Result<()> {
     stage_lines(a.quiet);
     if mpi::is_root() {
-        output::check_writable(&a.out, "--out")?;
+        check_outputs(&[("--out", a.out.as_path())], &a.source.inputs())?;
     }
+    check_learn_args(&a)?;
     let samples = a.source.open(a.seed)?;
+    let (n, d) = (samples.source.len(), samples.source.dim());
+    let config = learn_config(&a);
+    if let Some(m) = a.max_train_rows {
+        let need = min_fit_rows(d);
+        if m < need {
+            return Err(Error::invalid(format!(
+                "--max-train-rows {m}: the fitting stages need at least {need} rows here (one minibatch of {}, and 2 (d + 1) = {} for the polish, which fits the basis's d = {d} columns); give --max-train-rows {need} or more, or leave it out to use every training row",
+                relu_fpt::learn::PolishConfig::default().batch_size,
+                2 * (d + 1)
+            )));
+        }
+    }
+    safety::check_subspace_memory(d, &samples.source.describe())?;
+    let note = safety::check_learn_work(&config, n, d)?;
+    if mpi::is_root() {
+        if let Some(note) = note {
+            eprintln!("relu-fpt: {note}");
+        }
+        if let Some(w) = samples.repeated_rows_warning()? {
+            eprintln!("relu-fpt: {w}");
+        }
+        // At least one basis row of d numbers goes into the model file.
+        safety::check_free_space(
+            &dir_of(&a.out),
+            25 * d as u128 + 4096,
+            &format!("--out {}", a.out.display()),
+        )?;
+    }
     let backend = open_backend(a.backend)?;
-    let report = learn(backend.as_ref(), samples.source.as_ref(), &learn_config(&a))?;
+    let report = learn(backend.as_ref(), samples.source.as_ref(), &config)?;
     if !mpi::is_root() {
         return Ok(());
     }
@@ -875,6 +1101,9 @@ fn add_ranks(v: &mut serde_json::Value) {
 
 fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result<Network> {
     let model = Network::load(path)?;
+    // Evaluated in f32 on the CPU and the GPU alike: a weight beyond f32 is refused by both
+    // (as `export` refuses it), rather than giving infinities that differ between them.
+    model.check_float32(&path.display().to_string())?;
     if model.input_dim != source.dim() {
         return Err(Error::invalid(format!(
             "{}: the model takes d = {} inputs but {} has d = {} columns: use the model learned on data of this dimension",
@@ -887,12 +1116,42 @@ fn load_model_for(path: &Path, source: &dyn SampleSource, data: &Path) -> Result
     Ok(model)
 }
 
+/// Refuses predictions that overflowed f32 (the model's output beyond 3.4e38 on these inputs):
+/// `start` is the row of `p[0]`.
+fn finite_predictions(p: &[f32], start: u64, model: &Path) -> Result<()> {
+    match p.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::invalid(format!(
+            "--model {}: the prediction for row {} is {}: the model's output overflows float32 (beyond 3.4e38) on this input; rescale the model or the inputs",
+            model.display(),
+            start + i as u64,
+            p[i]
+        ))),
+    }
+}
+
 fn predict(a: PredictArgs) -> Result<()> {
     if mpi::is_root() {
-        output::check_writable(&a.out, "--out")?;
+        check_outputs(
+            &[("--out", a.out.as_path())],
+            &[("--model", a.model.as_path()), ("--x", a.x.as_path())],
+        )?;
     }
+    safety::check_inputs(&[("--model", &a.model, false), ("--x", &a.x, true)])?;
     let source = relu_fpt::data::open_inputs(&a.x)?;
     let model = load_model_for(&a.model, source.as_ref(), &a.x)?;
+    if mpi::is_root() {
+        // The output's size is known: N float32 values and a header.
+        safety::check_free_space(
+            &dir_of(&a.out),
+            source.len() as u128 * 4 + 128,
+            &format!(
+                "--out {} ({} float32 predictions)",
+                a.out.display(),
+                source.len()
+            ),
+        )?;
+    }
     let backend = open_backend(a.backend)?;
     // Rank 0 alone writes (the other ranks send it their predictions).
     let mut out = match mpi::is_root() {
@@ -904,7 +1163,10 @@ fn predict(a: PredictArgs) -> Result<()> {
         &model,
         source.as_ref(),
         |p, _| match &mut out {
-            Some(w) => w.write_rows(p),
+            Some(w) => {
+                finite_predictions(p, w.rows(), &a.model)?;
+                w.write_rows(p)
+            }
             None => Ok(()),
         },
     )?;
@@ -916,19 +1178,48 @@ fn predict(a: PredictArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    if let (Some(p), true) = (&a.plot, mpi::is_root()) {
-        output::check_writable(p, "--plot")?;
+    let mut inputs = vec![
+        ("--model", a.model.as_path()),
+        ("--x", a.x.as_path()),
+        ("--y", a.y.as_path()),
+    ];
+    if let Some(t) = &a.teacher {
+        inputs.push(("--teacher", t.as_path()));
     }
+    if let (Some(p), true) = (&a.plot, mpi::is_root()) {
+        check_outputs(&[("--plot", p.as_path())], &inputs)?;
+    }
+    let mut files = vec![
+        ("--model", a.model.as_path(), false),
+        ("--x", a.x.as_path(), true),
+        ("--y", a.y.as_path(), true),
+    ];
+    if let Some(t) = &a.teacher {
+        files.push(("--teacher", t.as_path(), false));
+    }
+    safety::check_inputs(&files)?;
     let source = relu_fpt::data::open_samples(&a.x, &a.y)?;
     let model = load_model_for(&a.model, source.as_ref(), &a.x)?;
     let teacher = match &a.teacher {
         Some(p) => Some(Network::load(p)?),
         None => None,
     };
+    if let (Some(t), Some(path)) = (&teacher, &a.teacher) {
+        if t.input_dim != model.input_dim {
+            return Err(Error::invalid(format!(
+                "--teacher {}: the teacher takes d = {} inputs but the model (--model {}) takes d = {}: give the teacher the samples were generated from",
+                path.display(),
+                t.input_dim,
+                a.model.display(),
+                model.input_dim
+            )));
+        }
+    }
     let backend = open_backend(a.backend)?;
     let (mut n, mut sum_y, mut sum_y2, mut sse, mut sse2) = (0u64, 0.0, 0.0, 0.0, 0.0);
     let mut points = Vec::new();
     predict_stream(backend.as_ref(), &model, source.as_ref(), |p, y| {
+        finite_predictions(p, n, &a.model)?;
         for (&pi, &yi) in p.iter().zip(y) {
             let e = (pi as f64 - yi as f64).powi(2);
             n += 1;
@@ -1005,7 +1296,11 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    output::check_writable(&a.out, "--out")?;
+    check_outputs(
+        &[("--out", a.out.as_path())],
+        &[("--model", a.model.as_path())],
+    )?;
+    safety::check_inputs(&[("--model", &a.model, false)])?;
     let model = Network::load(&a.model)?;
     match a.format {
         ExportFormat::Onnx => {
@@ -1023,6 +1318,20 @@ fn export(a: ExportArgs) -> Result<()> {
 
 fn demo(a: DemoArgs) -> Result<()> {
     stage_lines(a.quiet);
+    if a.d < 4 {
+        return Err(Error::invalid(format!(
+            "--d {}: the demo's parity teacher reads k = 4 coordinates, so --d must be at least 4 (default 128)",
+            a.d
+        )));
+    }
+    if a.n < 2 {
+        return Err(Error::invalid(format!(
+            "--n {}: learning needs at least 2 samples (default 1000000)",
+            a.n
+        )));
+    }
+    safety::check_teacher_size(a.d, &[], Some(4), None)?;
+    safety::check_subspace_memory(a.d, "--d")?;
     let backend = open_backend(a.backend)?;
     let mut spec = TeacherSpec::new(TeacherKind::Parity, a.d);
     spec.k = Some(4);
@@ -1082,6 +1391,8 @@ fn demo(a: DemoArgs) -> Result<()> {
 }
 
 fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
+    // Sizes first: before the FMA peak is measured or any sample allocated.
+    safety::check_bench_moments(a.n, &a.d, &a.bins)?;
     if a.runs < relu_fpt::bench::MIN_TIMED_RUNS {
         return Err(Error::invalid(
             "--runs: at least 5 timed runs, so the median means something",
@@ -1159,6 +1470,7 @@ type CpuFacts = (
 fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;
     one_process("bench kernel")?;
+    safety::check_bench_kernel(a.d, a.rows, a.n, a.runs)?;
     let isa = a.kernel.resolve()?;
     let (peak, per_cpu_second) = match a.peak_gflops {
         Some(p) if p.is_finite() && p > 0.0 => (p, None),
@@ -1268,6 +1580,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
 fn bench_search(a: BenchSearchArgs) -> Result<()> {
     use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
     one_process("bench search")?;
+    safety::check_bench_search(a.rows, &a.budgets)?;
     let backend = backend::select(a.backend)?;
     let generators = a
         .generators
