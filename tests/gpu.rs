@@ -190,9 +190,9 @@ fn moments_small_batches_and_groups() {
     let mut rng = Rng(7);
     let spec = spec(&mut rng, 5, 1, &[-0.3, 0.4], &Y7);
     let src = samples(&mut rng, &spec, 12_345);
-    // Bins sorted on the device and on the host; 83 batches of 150 rows carry the device's
-    // per-piece label sums past the 64 batches it keeps before the host adds them up.
-    for (device_binning, max_batch_rows) in [(true, 4_001), (false, 4_001), (true, 150)] {
+    // Bins sorted on the device and on the host; 309 batches of 40 rows carry the device's
+    // per-piece label sums past the 256 batches it keeps before the host adds them up.
+    for (device_binning, max_batch_rows) in [(true, 4_001), (false, 4_001), (true, 40)] {
         let params = MomentKernelParams {
             workgroup_side: 8,
             per_invocation: 4,

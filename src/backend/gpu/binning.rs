@@ -25,7 +25,7 @@ const BLOCK: u32 = 1024;
 /// Most bins the sort takes (a block's histogram lives in workgroup memory).
 pub const MAX_BINS: usize = 4096;
 /// Batches whose per-piece sums the device keeps before the host adds them up.
-const STATS_BATCHES: usize = 64;
+const STATS_BATCHES: usize = 256;
 /// Bytes of the uniform `Params` struct.
 const PARAMS_BYTES: u64 = 64;
 

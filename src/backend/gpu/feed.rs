@@ -269,7 +269,8 @@ pub(crate) fn for_each_batch(
     let mut slots: [Option<(wgpu::Buffer, wgpu::Buffer)>; 2] = [None, None];
     let mut in_flight: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
+        // Two batches read ahead: reading overlaps the upload and the pass.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
         scope.spawn(move || read_ahead(source, rows_per_batch, tx));
         let mut start = 0u64;
         let mut index = 0usize;
@@ -424,33 +425,70 @@ fn generate_batches(
 /// One batch read from the source: x (rows x d), y, rows.
 type Batch = (Vec<f32>, Vec<f32>, usize);
 
+/// Rows one reader task reads of a streamed batch (several tasks read a batch in parallel).
+const READ_PART_ROWS: usize = 16_384;
+
 /// Reads `source` in batches of `batch_rows` and sends them until the source ends, the
-/// receiver hangs up, or a read fails (the error is sent on).
+/// receiver hangs up, or a read fails (the error is sent on). Each batch is read in parts of
+/// [`READ_PART_ROWS`] on every core: positioned reads of a file, its finiteness scan and
+/// conversion, and a view's arithmetic (centring, whitening) all run in parallel.
 fn read_ahead(
     source: &dyn SampleSource,
     batch_rows: usize,
     tx: std::sync::mpsc::SyncSender<Result<Batch>>,
 ) {
+    let d = source.dim();
+    let n = source.len();
     let mut start = 0u64;
-    while start < source.len() {
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        match source.read(start, batch_rows, &mut xs, &mut ys) {
-            Ok(0) => {
-                let _ = tx.send(Ok((xs, ys, 0)));
-                break;
+    while start < n {
+        let rows = (batch_rows as u64).min(n - start) as usize;
+        let read = read_parallel(source, start, rows, d);
+        let failed = read.is_err();
+        let got = read.as_ref().map_or(0, |b| b.2);
+        if tx.send(read).is_err() || failed || got == 0 {
+            break;
+        }
+        start += got as u64;
+    }
+}
+
+/// Rows `start .. start + rows` of `source`, read in parts on every core and joined.
+fn read_parallel(source: &dyn SampleSource, start: u64, rows: usize, d: usize) -> Result<Batch> {
+    use rayon::prelude::*;
+    let mut xs = vec![0.0f32; rows * d];
+    let mut ys = vec![0.0f32; rows];
+    let counts: Vec<usize> = xs
+        .par_chunks_mut((READ_PART_ROWS * d).max(1))
+        .zip(ys.par_chunks_mut(READ_PART_ROWS))
+        .enumerate()
+        .map(|(p, (xp, yp))| -> Result<usize> {
+            let want = yp.len();
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            let got = source.read(start + (p * READ_PART_ROWS) as u64, want, &mut x, &mut y)?;
+            if got > want || x.len() != got * d || y.len() != got {
+                return Err(Error::invalid(format!(
+                    "{} returned {} x values and {} labels for {got} rows of d = {d}",
+                    source.describe(),
+                    x.len(),
+                    y.len()
+                )));
             }
-            Ok(rows) => {
-                if tx.send(Ok((xs, ys, rows))).is_err() {
-                    break;
-                }
-                start += rows as u64;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                break;
-            }
+            xp[..got * d].copy_from_slice(&x);
+            yp[..got].copy_from_slice(&y);
+            Ok(got)
+        })
+        .collect::<Result<_>>()?;
+    // A part that came back short ends the batch there (a source shorter than it said).
+    let mut got = 0;
+    for (p, &c) in counts.iter().enumerate() {
+        got = p * READ_PART_ROWS + c;
+        if c < READ_PART_ROWS.min(rows - p * READ_PART_ROWS) {
+            break;
         }
     }
+    xs.truncate(got * d);
+    ys.truncate(got);
+    Ok((xs, ys, got))
 }
 
 /// Device buffers (x of `xb` bytes, y of `yb`) for the next batch of a resident copy while one is

@@ -2,7 +2,7 @@
 //!
 //! Samples come from the batch feeder (`feed.rs`: a resident copy, or uploads of at most 256 MiB
 //! overlapped with compute, two in flight). Per batch (at most
-//! [`MomentKernelParams::max_batch_rows`] rows and one storage binding):
+//! [`MomentKernelParams::max_batch_rows`] rows and 256 MiB of x):
 //! 1. with K > 1 bins, the batch is sorted into bin order and cut into pieces of at most
 //!    `piece_rows` samples of one bin. Where the device has f64 in shaders this all happens on
 //!    the device (`binning.rs`: bin ids with z in f64, a counting sort, pieces, runs, per-piece
@@ -363,9 +363,11 @@ fn plan(
              {triangle_bytes} bytes; this adapter binds at most {max_binding} bytes"
         )));
     }
-    // Rows of x per batch: one binding, whole chunks when more than one fits.
+    // Rows of x per batch: one binding of at most MAX_BATCH_BYTES (the size every pass uses, so
+    // a resident copy made by one pass serves the others, and streamed batches overlap), whole
+    // chunks when more than one fits.
     let row_bytes = d * 4;
-    let mut batch_rows = (max_binding / row_bytes)
+    let mut batch_rows = (max_binding.min(super::feed::MAX_BATCH_BYTES as usize) / row_bytes)
         .min(params.max_batch_rows as usize)
         .min(max_groups * BIN_WORKGROUP as usize);
     if batch_rows == 0 {
