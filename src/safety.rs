@@ -130,18 +130,15 @@ pub fn check_free_space(dir: &Path, need: u128, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A vector of `n` copies of `value`, or a typed error (naming `what`) when the allocation
-/// fails, instead of the process aborting.
-pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
+/// Reserves room for `additional` more values in `v`, or a typed error (`what` says for what,
+/// `fix` what to change) when the allocation fails, instead of the process aborting.
+pub fn reserve<T>(v: &mut Vec<T>, additional: usize, what: &str, fix: &str) -> Result<()> {
+    v.try_reserve_exact(additional).map_err(|_| {
         Error::invalid(format!(
-            "{what}: cannot allocate {} ({n} values); use smaller sizes",
-            bytes(n as u128 * std::mem::size_of::<T>().max(1) as u128)
+            "{what}: cannot allocate {} ({additional} values); {fix}",
+            bytes(additional as u128 * std::mem::size_of::<T>().max(1) as u128)
         ))
-    })?;
-    v.resize(n, value);
-    Ok(v)
+    })
 }
 
 /// Checks, before anything is opened, that each input (flag, path) names an existing regular
@@ -753,8 +750,10 @@ mod tests {
 
     #[test]
     fn failed_allocations_are_errors() {
-        let e = try_vec(usize::MAX / 2, 0u64, "test buffer").unwrap_err();
+        let mut v: Vec<u64> = Vec::new();
+        let e = reserve(&mut v, usize::MAX / 16, "test buffer", "use less").unwrap_err();
         assert!(e.to_string().contains("test buffer"), "{e}");
-        assert_eq!(try_vec(3, 1u8, "x").unwrap(), vec![1, 1, 1]);
+        reserve(&mut v, 3, "x", "y").unwrap();
+        assert!(v.capacity() >= 3);
     }
 }

@@ -538,6 +538,33 @@ impl NpyArray {
         // Every value is overwritten below, so a buffer of the right length is not zeroed again.
         if out.len() != count {
             out.clear();
+            // A typed error, not an abort, when a header's d makes a chunk too large: checked
+            // against the available memory first (an overcommitting kernel would grant the
+            // reservation and kill the process as the zeros below are written).
+            let what = || {
+                format!(
+                    "{}: {rows} rows of {} columns",
+                    self.path.display(),
+                    self.cols
+                )
+            };
+            if count > 1 << 26 {
+                crate::safety::check_memory(
+                    count as u128 * 4,
+                    &what(),
+                    "a file this wide needs more memory than this machine has",
+                )?;
+            }
+            crate::safety::reserve(
+                out,
+                count,
+                &format!(
+                    "{}: {rows} rows of {} columns",
+                    self.path.display(),
+                    self.cols
+                ),
+                "a file this wide needs more memory than this machine has",
+            )?;
             out.resize(count, 0.0);
         }
         let size = self.header.dtype.size() as u64;

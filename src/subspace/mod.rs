@@ -546,9 +546,16 @@ pub(super) fn read_pilot(source: &dyn SampleSource, rows: usize) -> Result<Pilot
     let want = (rows as u64).min(source.len()) as usize;
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     let mut pilot = Pilot {
-        x: Vec::with_capacity(want * d),
+        x: Vec::new(),
         y: Vec::with_capacity(want),
     };
+    // A typed error, not an abort, when the pilot's f64 copy does not fit.
+    crate::safety::reserve(
+        &mut pilot.x,
+        want.saturating_mul(d),
+        &format!("{}: the {want} pilot rows of d = {d}", source.describe()),
+        "reduce the dimension first",
+    )?;
     while pilot.y.len() < want {
         let n = source.read(
             pilot.y.len() as u64,
