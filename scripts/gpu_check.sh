@@ -23,7 +23,11 @@
 #             and kept on the device)
 #   torch     scripts/torch_peer.py moments on the same sizes, when python3 has torch and a GPU
 #   learn     learn --teacher parity --k 4 --d 512 --n 1e7 --backend gpu, stage lines kept
+#   files     the same teacher written to .npy files (2e6 rows to learn from, 1e5 to test):
+#             the page cache's read time of x.npy, learn --backend gpu from the files, predict,
+#             the test MSE / Var(y)
 #   cpu       bench moments --backend cpu at d = 512 (K = 1, 64) and bench peak on this host
+# GPU_CHECK_SHADER_CHECKS (default "all bounds none") lists the ablation's shader-check settings.
 # Every step has a time limit inside GPU_CHECK_DEADLINE seconds (default 420); a step that
 # fails or runs out of time is recorded as such and the next one runs. Results: DIR/report.json
 # (one JSON object), DIR/log.txt, and DIR/files.tgz with every raw output (default DIR: $OUT
@@ -68,7 +72,7 @@ for l in sys.stdin:
 fi
 
 small=0
-steps="tests ablation table torch learn cpu"
+steps="tests ablation table torch learn files cpu"
 dir=${OUT:-gpu-check}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -122,8 +126,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 
 if [ "$small" = 1 ]; then
   n=20000; dims="16 32 48"; ad=32; ln=20000; ld=16; learn_extra=(--descent-epochs 2 --polish-epochs 1)
+  fn=20000; ft=2000
 else
   n=10000000; dims="128 512 1024"; ad=512; ln=10000000; ld=512; learn_extra=()
+  fn=2000000; ft=100000
 fi
 
 # Runs "$@" for at most $1 s, stdout to $2, stderr to $3; echoes the exit status (124: timed out).
@@ -158,7 +164,7 @@ fi
 if has ablation; then
   log "ablation d=$ad K=1"
   [ -n "$base" ] && bench_line "base build" 60 240 "$base" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
-  for checks in all bounds none; do
+  for checks in ${GPU_CHECK_SHADER_CHECKS:-all bounds none}; do
     RELU_FPT_GPU_SHADER_CHECKS=$checks bench_line "checks $checks" 40 200 "$bin" bench moments --backend gpu --n "$n" --d "$ad" --bins 1 --runs 5
   done
   for tile in 16,8,16 16,8,8; do
@@ -193,6 +199,43 @@ if has learn; then
   s=$(timed "$c" "$raw/learn_gpu.json" "$raw/learn_gpu.err" "$bin" learn --teacher parity --k 4 --d "$ld" --n "$ln" \
     --backend gpu --seed 1 --json --out "$raw/model_gpu.json" "${learn_extra[@]}")
   log "learn gpu: exit $s"; tail -12 "$raw/learn_gpu.err" | tee -a "$dir/log.txt" >&2
+  pack
+fi
+
+if has files; then
+  log "files"
+  w=$(mktemp -d)
+  c=$(cap 60 60)
+  timeout -k 5 "$c" "$bin" generate --teacher parity --k 4 --d "$ld" --n $((fn + ft)) --seed 7 --out "$w/all" >/dev/null 2>"$raw/generate.err"
+  log "generate: exit $?"
+  python3 - "$w" "$fn" <<'PY' 2>>"$raw/generate.err"
+import sys, numpy as np
+w, n = sys.argv[1], int(sys.argv[2])
+x = np.load(f"{w}/all/x.npy", mmap_mode="r"); y = np.load(f"{w}/all/y.npy", mmap_mode="r")
+np.save(f"{w}/train_x.npy", x[:n]); np.save(f"{w}/train_y.npy", y[:n])
+np.save(f"{w}/test_x.npy", x[n:]); np.save(f"{w}/test_y.npy", y[n:])
+PY
+  rm -rf "$w/all"
+  # The page cache's read time of the training x, twice (the second is the cached figure).
+  for k in 1 2; do
+    t1=$(date +%s.%N); cat "$w/train_x.npy" >/dev/null; t2=$(date +%s.%N)
+    awk -v a="$t1" -v b="$t2" -v n="$(stat -c %s "$w/train_x.npy")" \
+      'BEGIN { printf "{\"cat_seconds\": %.4f, \"bytes\": %d}\n", b - a, n }' >>"$raw/files.jsonl"
+  done
+  c=$(cap 90 30)
+  t1=$(date +%s.%N)
+  s=$(timed "$c" "$raw/learn_files.json" "$raw/learn_files.err" "$bin" learn --x "$w/train_x.npy" --y "$w/train_y.npy" \
+    --backend gpu --seed 1 --json --out "$w/model.json" "${learn_extra[@]}")
+  t2=$(date +%s.%N)
+  log "learn files: exit $s in $(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.1f", b - a }') s"; tail -14 "$raw/learn_files.err" | tee -a "$dir/log.txt" >&2
+  if [ "$s" = 0 ]; then
+    "$bin" predict --model "$w/model.json" --x "$w/test_x.npy" --out "$w/p.npy" --backend gpu 2>>"$raw/learn_files.err"
+    python3 -c "
+import numpy as np; p = np.load('$w/p.npy').reshape(-1); y = np.load('$w/test_y.npy').reshape(-1)
+print('{\"learn_seconds\": %.2f, \"test_mse_over_var\": %.3g}' % ($t2 - $t1, np.mean((p - y) ** 2) / y.var()))" >>"$raw/files.jsonl"
+    log "files: $(tail -1 "$raw/files.jsonl")"
+  fi
+  rm -rf "$w"
   pack
 fi
 
@@ -244,6 +287,9 @@ report = {
     "cores": os.cpu_count(),
     "tests": tests, "bench": lines("bench.jsonl"), "torch": lines("torch.jsonl"),
     "cpu_peak": (lines("peak.json") or [None])[0], "learn": learn,
+    "files": lines("files.jsonl"),
+    "learn_files": {"report": (lines("learn_files.json") or [None])[-1],
+                    "stderr_tail": (text("learn_files.err") or "")[-3000:]},
 }
 json.dump(report, open(out, "w"), indent=1)
 PY
@@ -260,6 +306,14 @@ for b in r["bench"]:
         print(f'{b["label"]:>22}: status {b.get("status")}')
 for t in r["torch"]:
     print(f'{"torch " + t["precision"] + " d=%d K=%d" % (t["d"], t["bins"]):>22}: {t["seconds"]:.4f} s  {t["gflops"]:8.0f} GFLOP/s')
+for f in r.get("files", []):
+    print(f'{"files":>22}: {json.dumps(f)}')
+for name in ("learn", "learn_files"):
+    l = r.get(name) or {}
+    if l.get("report"):
+        print(f'{name:>22}: validation MSE/Var {l["report"].get("validation_mse", 0) / max(l["report"].get("validation_var", 1), 1e-300):.3g}')
+    for line in (l.get("stderr_tail") or "").splitlines()[-12:]:
+        print(f'{"":>22}  {line}')
 for name, t in r["tests"].items():
     print(f'{"test " + name:>22}: {" ".join(t["summary"])[-80:]} {len(t["failed"])} failed')
 PY
