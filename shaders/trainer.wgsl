@@ -16,6 +16,8 @@
 // `adam_step`: one invocation per trained parameter adds its chunk partials in order and takes
 // Adam's step (the host's rule, in f32, with the step's scalars computed on the host in f64),
 // so a whole window of minibatches runs without the host.
+// `gather_rows`: one invocation per (row, column) of a window the device drew itself puts the
+// window's rows in the trainer's order: win[s] = raw[order[s]] for s < rows.
 // `score`: the forward pass, then each row's squared error into a scratch plane.
 // `sum_squares`: one workgroup per WG RPT rows (coalesced strided reads, then a tree in
 // workgroup memory) writes one f32 partial per workgroup; the host adds them in f64.
@@ -69,6 +71,11 @@ struct Info {
 @group(0) @binding(8) var<storage, read_write> params_rw: array<f32>; // adam_step: the parameters
 @group(0) @binding(9) var<storage, read_write> adam_m: array<f32>;
 @group(0) @binding(10) var<storage, read_write> adam_v: array<f32>;
+@group(0) @binding(11) var<storage, read> raw_x: array<f32>;  // gather_rows: rows as drawn
+@group(0) @binding(12) var<storage, read> raw_y: array<f32>;
+@group(0) @binding(13) var<storage, read> order: array<u32>;  // window row -> drawn row
+@group(0) @binding(14) var<storage, read_write> win_x: array<f32>;
+@group(0) @binding(15) var<storage, read_write> win_y: array<f32>;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -287,4 +294,22 @@ fn adam_step(
     adam_m[e] = m;
     adam_v[e] = v;
     params_rw[e] -= info.lr * (m / info.c1) / (sqrt(v / info.c2) + EPS);
+}
+
+@compute @workgroup_size(WG)
+fn gather_rows(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let s = e / info.d;
+    let k = e % info.d;
+    if s >= info.rows {
+        return;
+    }
+    let src = order[s];
+    win_x[e] = raw_x[src * info.d + k];
+    if k == 0u {
+        win_y[s] = raw_y[src];
+    }
 }

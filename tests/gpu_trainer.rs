@@ -639,3 +639,98 @@ fn whitened_views_are_kept_resident_under_their_own_keys() {
         assert!((first[0] - want[0]).abs() <= 1e-6 * want[0]);
     }
 }
+
+/// A window the device draws itself (a built-in teacher's rows, generated and put in order on
+/// the device) trains exactly as the same rows drawn by the device, read back and uploaded as a
+/// host window: same bits. (The device's labels come from its f32 forward pass, so they may
+/// differ from the host's f64 ones in the last bit; every GPU pass uses the device's.)
+#[test]
+fn windows_drawn_on_the_device_train_as_the_same_rows_uploaded() {
+    use relu_fpt::data::{GaussianSource, SampleRange};
+    let mut rng = Rng(41);
+    let d = 12;
+    let teacher = Network::with_projection(&network(&mut rng, 2, &[5]), &basis(&mut rng, 2, d))
+        .unwrap()
+        .dense();
+    let source = GaussianSource::new(teacher, 20_000, 5, 0.05).unwrap();
+    // A split of it, as the trainer sees it (rows 2000.. of the source).
+    let train = SampleRange::new(&source, 2_000, 15_000).unwrap();
+    assert!(gpu().assembles_windows(&train));
+    let plain = MemorySource {
+        dim: d,
+        x: vec![0.0; d],
+        y: vec![0.0],
+    };
+    assert!(!gpu().assembles_windows(&plain));
+    assert!(!relu_fpt::backend::cpu::CpuBackend::default().assembles_windows(&train));
+
+    let blocks = [(4_096u64, 4_096usize), (12_288, 2_712)];
+    let rows: usize = blocks.iter().map(|b| b.1).sum();
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    for i in (1..rows).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    // The device's rows, read back, in that order.
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for &(start, len) in &blocks {
+        let (bx, by) =
+            relu_fpt::backend::gpu::generate_on_device(gpu().context(), &train, start, len)
+                .unwrap()
+                .expect("the device draws a teacher's rows");
+        x.extend(bx);
+        y.extend(by);
+    }
+    let xs: Vec<f32> = order
+        .iter()
+        .flat_map(|&k| x[k as usize * d..(k as usize + 1) * d].to_vec())
+        .collect();
+    let ys: Vec<f32> = order.iter().map(|&k| y[k as usize]).collect();
+
+    let student = network(&mut rng, 2, &[4]);
+    let shape = FactoredShape::of(&student, d).unwrap();
+    let start = shape.pack(&student, &basis(&mut rng, 2, d)).unwrap();
+    for train_basis in [true, false] {
+        let mut results = Vec::new();
+        for drawn in [false, true] {
+            let mut p = start.clone();
+            let mut adam = Adam::new(p.len(), 5e-3, 100);
+            if drawn {
+                gpu()
+                    .train_window_of(
+                        &shape,
+                        train_basis,
+                        &train,
+                        &blocks,
+                        &order,
+                        64,
+                        &mut p,
+                        &mut adam,
+                    )
+                    .unwrap();
+            } else {
+                gpu()
+                    .train_window(&shape, train_basis, &xs, &ys, 64, &mut p, &mut adam)
+                    .unwrap();
+            }
+            assert_eq!(adam.steps(), rows.div_ceil(64));
+            results.push(p);
+        }
+        assert_ne!(results[0], start, "the window trained");
+        assert_eq!(results[0], results[1], "B trained: {train_basis}");
+    }
+    // An order that does not fit the blocks is refused.
+    let mut p = start.clone();
+    let mut adam = Adam::new(p.len(), 5e-3, 100);
+    assert!(gpu()
+        .train_window_of(
+            &shape,
+            true,
+            &train,
+            &blocks,
+            &order[1..],
+            64,
+            &mut p,
+            &mut adam
+        )
+        .is_err());
+}

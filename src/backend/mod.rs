@@ -113,6 +113,46 @@ pub trait Backend: Send + Sync {
         cpu::trainer::gradient_sum(shape, train_basis, x, y, params)
     }
 
+    /// Whether this backend assembles training windows of `source` itself
+    /// ([`Backend::train_window_of`]): a device that draws the rows of a built-in teacher
+    /// where the trainer runs. When false (the default), the trainer reads each window's rows
+    /// on the host and calls [`Backend::train_window`].
+    fn assembles_windows(&self, source: &dyn SampleSource) -> bool {
+        let _ = source;
+        false
+    }
+
+    /// [`Backend::train_window`] over rows of `source` that the backend assembles itself: the
+    /// rows of `blocks` ((first row, rows) each) concatenated, then taken in `order` (a
+    /// permutation of the window's rows). Called only when [`Backend::assembles_windows`] says
+    /// so; same rows, same steps as `train_window` on rows read by the host.
+    #[allow(clippy::too_many_arguments)]
+    fn train_window_of(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        source: &dyn SampleSource,
+        blocks: &[(u64, usize)],
+        order: &[u32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        let _ = (
+            shape,
+            train_basis,
+            source,
+            blocks,
+            order,
+            batch_size,
+            params,
+            adam,
+        );
+        Err(crate::error::Error::invalid(
+            "this backend does not assemble training windows (train_window reads them)",
+        ))
+    }
+
     /// Normal equations (sum phi phi^T, sum phi y, in f64) of the sphere-net features of
     /// z = B x over every row of `source`. The default is the CPU pass.
     fn feature_normal_equations(

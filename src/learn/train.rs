@@ -9,9 +9,13 @@
 //! N, never on the thread count. With one window (N at most a window) the order is a plain
 //! shuffle of all rows per epoch, as in the in-memory reference [`super::polish`].
 //!
-//! The minibatch passes run on the backend ([`Backend::train_window`]); Adam runs on the host.
-//! After each epoch the model is scored on the whole validation split (streamed); the epoch
-//! with the best validation error is kept, and only if it beats the start.
+//! The minibatch passes run on the backend ([`Backend::train_window`]), which takes Adam's steps
+//! from the host's [`Adam`] (a GPU runs them on the device). A backend that draws the rows
+//! itself ([`Backend::assembles_windows`]: a GPU with a built-in teacher's samples) gets each
+//! window's blocks and order instead of its rows ([`Backend::train_window_of`]), so no row is
+//! drawn or moved on the host. After each epoch the model is scored on the whole validation
+//! split (streamed); the epoch with the best validation error is kept, and only if it beats
+//! the start.
 
 use super::PolishConfig;
 use crate::backend::{Adam, Backend, FactoredShape};
@@ -70,11 +74,29 @@ pub fn window_rows(d: usize, window_bytes: usize) -> usize {
     (window_bytes / (4 * d.max(1)) / BLOCK_ROWS).max(1) * BLOCK_ROWS
 }
 
-/// Rows of x and y (a block as read, or a shuffled window).
+/// Rows of x and y (a block as read, or a shuffled window); or, for a backend that assembles
+/// windows itself, only the window's blocks and its order.
 #[derive(Clone, Default)]
 struct Window {
     x: Vec<f32>,
     y: Vec<f32>,
+    /// (first row, rows) of each block, when the backend assembles the window.
+    blocks: Vec<(u64, usize)>,
+    /// The window's row order, when the backend assembles the window.
+    order: Vec<u32>,
+}
+
+/// The order of a window's rows: its blocks concatenated, shuffled by `rng` (the one stream
+/// of shuffles, whether the host or the backend assembles the rows).
+fn window_order(
+    window: &[usize],
+    block_len: &impl Fn(usize) -> usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<usize> {
+    let len: usize = window.iter().map(|&b| block_len(b)).sum();
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(rng);
+    order
 }
 
 /// Reads the blocks of `window` into `blocks` and gathers their rows, shuffled by `rng`, into
@@ -105,9 +127,8 @@ fn read_window(
             }
             Ok(())
         })?;
-    let len: usize = window.iter().map(|&b| block_len(b)).sum();
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(rng);
+    let order = window_order(window, block_len, rng);
+    let len = order.len();
     let at: Vec<(usize, usize)> = order
         .iter()
         .map(|&k| locate(window, k, block_len))
@@ -211,6 +232,8 @@ pub fn train(
     // (two windows in flight, so memory stays bounded); the shuffles run in window order on
     // that one thread, so the order does not depend on timing.
     let windows = plan.iter().map(Vec::len).collect::<Vec<_>>();
+    // A backend that draws the rows itself gets only each window's blocks and order.
+    let assembled = backend.assembles_windows(train);
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window>>(1);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Window>();
@@ -221,7 +244,21 @@ pub fn train(
             let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
             for window in plan.iter().flatten() {
                 let out = back_rx.try_recv().unwrap_or_default();
-                let built = read_window(train, window, block_len, &mut blocks, &mut rng, out);
+                let built = if assembled {
+                    Ok(Window {
+                        blocks: window
+                            .iter()
+                            .map(|&b| ((b * BLOCK_ROWS) as u64, block_len(b)))
+                            .collect(),
+                        order: window_order(window, block_len, &mut rng)
+                            .into_iter()
+                            .map(|k| k as u32)
+                            .collect(),
+                        ..Window::default()
+                    })
+                } else {
+                    read_window(train, window, block_len, &mut blocks, &mut rng, out)
+                };
                 let failed = built.is_err();
                 if tx.send(built).is_err() || failed {
                     return;
@@ -233,7 +270,28 @@ pub fn train(
                 let w = rx.recv().map_err(|_| {
                     Error::invalid("trainer: the reader thread stopped without an error")
                 })??;
-                backend.train_window(shape, train_basis, &w.x, &w.y, batch, &mut p, &mut adam)?;
+                if assembled {
+                    backend.train_window_of(
+                        shape,
+                        train_basis,
+                        train,
+                        &w.blocks,
+                        &w.order,
+                        batch,
+                        &mut p,
+                        &mut adam,
+                    )?;
+                } else {
+                    backend.train_window(
+                        shape,
+                        train_basis,
+                        &w.x,
+                        &w.y,
+                        batch,
+                        &mut p,
+                        &mut adam,
+                    )?;
+                }
                 // The reader may be gone after the last window.
                 let _ = back_tx.send(w);
             }

@@ -85,6 +85,9 @@ pub struct GpuBackend {
     project_pipelines: project::ProjectPipelineCache,
     trainer_pipelines: trainer::TrainerPipelineCache,
     feature_pipelines: features::FeaturePipelineCache,
+    /// The generator of the last training source whose windows this device drew (a train()
+    /// call asks for hundreds of windows of one source), by the source's identity.
+    window_generator: std::sync::Mutex<Option<(String, std::sync::Arc<sample::Generator>)>>,
 }
 
 impl GpuBackend {
@@ -101,7 +104,38 @@ impl GpuBackend {
             project_pipelines: Default::default(),
             trainer_pipelines: Default::default(),
             feature_pipelines: Default::default(),
+            window_generator: Default::default(),
         })
+    }
+
+    /// The device generator of `source`'s rows, when the device can draw them (a built-in
+    /// teacher's samples or a view of them); kept for the next call on the same source.
+    fn window_generator(
+        &self,
+        source: &dyn SampleSource,
+    ) -> Result<Option<std::sync::Arc<sample::Generator>>> {
+        let Some(recipe) = source.synthetic() else {
+            return Ok(None);
+        };
+        if recipe.stride() != source.dim() || recipe.rows != source.len() {
+            return Ok(None);
+        }
+        let key = source.identity();
+        let mut held = self
+            .window_generator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (Some(key), Some((k, gen))) = (&key, held.as_ref()) {
+            if k == key {
+                return Ok(Some(gen.clone()));
+            }
+        }
+        let Some(gen) = sample::Generator::new(&self.ctx, &recipe)? else {
+            return Ok(None);
+        };
+        let gen = std::sync::Arc::new(gen);
+        *held = key.map(|k| (k, gen.clone()));
+        Ok(Some(gen))
     }
 
     /// The open device.
@@ -248,6 +282,39 @@ impl Backend for GpuBackend {
         adam: &mut Adam,
     ) -> Result<()> {
         self.train_window_on_device(shape, train_basis, x, y, batch_size, params, adam)
+    }
+
+    fn assembles_windows(&self, source: &dyn SampleSource) -> bool {
+        self.window_generator(source).is_ok_and(|g| g.is_some())
+    }
+
+    fn train_window_of(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        source: &dyn SampleSource,
+        blocks: &[(u64, usize)],
+        order: &[u32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        let Some(gen) = self.window_generator(source)? else {
+            return Err(crate::error::Error::invalid(format!(
+                "train window: the device cannot draw the rows of {}",
+                source.describe()
+            )));
+        };
+        self.train_drawn_window(
+            &gen,
+            shape,
+            train_basis,
+            blocks,
+            order,
+            batch_size,
+            params,
+            adam,
+        )
     }
 
     /// One minibatch of `train_window` on the device (the MPI backend adds these across ranks).

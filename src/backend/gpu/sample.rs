@@ -262,6 +262,30 @@ impl Generator {
         if rows == 0 {
             return Ok(Vec::new());
         }
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("sample"),
+            });
+        self.encode(ctx, &mut enc, start, rows, x, y)?;
+        let bytes = (rows * 4) as u64;
+        let staging = ctx.staging_buffer("sample labels readback", bytes);
+        enc.copy_buffer_to_buffer(y, 0, &staging, 0, bytes);
+        let flops = rows as f64 * self.row_flops() + queued;
+        Ok(ctx.submit_and_read("sample", enc, &staging, bytes, flops)?)
+    }
+
+    /// Encodes the generation of rows `start .. start + rows` into `x` and `y` (nothing is read
+    /// back).
+    pub(crate) fn encode(
+        &self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        start: u64,
+        rows: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
         let r = &self.recipe;
         if start + rows as u64 > r.rows {
             return Err(Error::invalid(format!(
@@ -289,11 +313,6 @@ impl Generator {
             &p.finish,
             &[(0, &params), (1, &self.tables), (3, y), (5, &h)],
         )?;
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("sample"),
-            });
         let dispatch = |enc: &mut wgpu::CommandEncoder,
                         pipe: &wgpu::ComputePipeline,
                         bind: &wgpu::BindGroup,
@@ -306,27 +325,22 @@ impl Generator {
             pass.dispatch_workgroups(gx, gy, 1);
             Ok(())
         };
-        dispatch(
-            &mut enc,
-            &p.sample,
-            &sample_bind,
-            (rows * d.div_ceil(4)) as u64,
-        )?;
-        self.teacher.encode(ctx, &mut enc, x, rows, y)?;
+        dispatch(enc, &p.sample, &sample_bind, (rows * d.div_ceil(4)) as u64)?;
+        self.teacher.encode(ctx, enc, x, rows, y)?;
         if let Some(c) = &self.centre {
             let bind =
                 ctx.bind_group("sample centre", &p.centre, &[(0, &params), (2, x), (4, c)])?;
-            dispatch(&mut enc, &p.centre, &bind, (rows * d) as u64)?;
+            dispatch(enc, &p.centre, &bind, (rows * d) as u64)?;
         }
         if let Some(res) = &self.residual {
-            res.encode(ctx, &mut enc, x, rows, &h)?;
+            res.encode(ctx, enc, x, rows, &h)?;
         }
-        dispatch(&mut enc, &p.finish, &finish_bind, rows as u64)?;
-        let bytes = (rows * 4) as u64;
-        let staging = ctx.staging_buffer("sample labels readback", bytes);
-        enc.copy_buffer_to_buffer(y, 0, &staging, 0, bytes);
-        let flops = rows as f64 * self.row_flops() + queued;
-        Ok(ctx.submit_and_read("sample", enc, &staging, bytes, flops)?)
+        dispatch(enc, &p.finish, &finish_bind, rows as u64)
+    }
+
+    /// The recipe this generator draws.
+    pub(crate) fn recipe(&self) -> &Synthetic {
+        &self.recipe
     }
 }
 

@@ -36,6 +36,7 @@
 use super::context::PipelineCache;
 use super::feed::{for_each_batch, ResidentSamples};
 use super::project::{ProjectInfo, ProjectKernelParams, ProjectPipelineCache, Projector};
+use super::sample::Generator;
 use super::{GpuContext, GpuError};
 use crate::backend::trainer::{Adam, FactoredShape};
 use crate::data::SampleSource;
@@ -154,6 +155,7 @@ pub struct TrainerPipelines {
     score: wgpu::ComputePipeline,
     sum_squares: wgpu::ComputePipeline,
     adam_step: wgpu::ComputePipeline,
+    gather_rows: wgpu::ComputePipeline,
 }
 
 /// (WG, SB, RC, RPT): what the compiled trainer pipelines depend on.
@@ -189,6 +191,7 @@ fn pipelines(
                 score: build("score")?,
                 sum_squares: build("sum_squares")?,
                 adam_step: build("adam_step")?,
+                gather_rows: build("gather_rows")?,
             })
         })?,
     )
@@ -291,6 +294,18 @@ pub(crate) enum Steps<'a> {
 /// Minibatches per submission when the device takes the Adam steps.
 const DEVICE_STEPS: usize = 64;
 
+/// Where a window's rows are.
+pub(crate) enum WindowRows<'a> {
+    /// On the host: uploaded in segments.
+    Host { x: &'a [f32], y: &'a [f32] },
+    /// Already on the device (one segment): `rows` rows of x (rows x d) and their labels.
+    Device {
+        x: wgpu::Buffer,
+        y: wgpu::Buffer,
+        rows: usize,
+    },
+}
+
 /// Runs the minibatches of one window (see the module docs), with the Adam steps taken as
 /// `steps` says.
 #[allow(clippy::too_many_arguments)]
@@ -300,14 +315,22 @@ pub(crate) fn run_window(
     project_cache: &ProjectPipelineCache,
     shape: &FactoredShape,
     train_basis: bool,
-    x: &[f32],
-    y: &[f32],
+    data: WindowRows,
     batch_size: usize,
     params: &mut [f64],
     mut steps: Steps,
 ) -> Result<()> {
-    crate::backend::cpu::trainer::check_window(shape, x, y, batch_size, params)?;
-    let rows = y.len();
+    let rows = match &data {
+        WindowRows::Host { x, y } => {
+            crate::backend::cpu::trainer::check_window(shape, x, y, batch_size, params)?;
+            y.len()
+        }
+        WindowRows::Device { rows, .. } => {
+            // The shape, batch and parameters; the rows are the device's own, sized by it.
+            crate::backend::cpu::trainer::check_window(shape, &[], &[], batch_size, params)?;
+            *rows
+        }
+    };
     if rows == 0 {
         return Ok(());
     }
@@ -335,6 +358,12 @@ pub(crate) fn run_window(
         return Err(too_large("one minibatch of x", batch as u64 * row_bytes));
     }
     let segment = per_segment.min(rows);
+    if matches!(data, WindowRows::Device { .. }) && segment < rows {
+        return Err(too_large(
+            "a window drawn on the device",
+            rows as u64 * row_bytes,
+        ));
+    }
     let scratch_bytes = (layout.planes * batch * 4) as u64;
     if scratch_bytes > ctx.max_binding() {
         return Err(too_large(
@@ -351,8 +380,13 @@ pub(crate) fn run_window(
         ));
     }
 
-    let x_buf = ctx.storage_buffer("trainer x", segment as u64 * row_bytes)?;
-    let y_buf = ctx.storage_buffer("trainer y", (segment * 4) as u64)?;
+    let (x_buf, y_buf) = match &data {
+        WindowRows::Host { .. } => (
+            ctx.storage_buffer("trainer x", segment as u64 * row_bytes)?,
+            ctx.storage_buffer("trainer y", (segment * 4) as u64)?,
+        ),
+        WindowRows::Device { x, y, .. } => (x.clone(), y.clone()),
+    };
     let z_buf = ctx.storage_buffer("trainer z", (segment * r * 4) as u64)?;
     let params_buf = ctx.storage_buffer("trainer params", (np * 4) as u64)?;
     let layer_buf = ctx.storage_buffer("trainer layers", (layout.table.len() * 4) as u64)?;
@@ -458,10 +492,12 @@ pub(crate) fn run_window(
     let mut grad = vec![0.0f64; np];
     for s0 in (0..rows).step_by(segment) {
         let seg = segment.min(rows - s0);
-        ctx.queue
-            .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[s0 * d..(s0 + seg) * d]));
-        ctx.queue
-            .write_buffer(&y_buf, 0, bytemuck::cast_slice(&y[s0..s0 + seg]));
+        if let WindowRows::Host { x, y } = &data {
+            ctx.queue
+                .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[s0 * d..(s0 + seg) * d]));
+            ctx.queue
+                .write_buffer(&y_buf, 0, bytemuck::cast_slice(&y[s0..s0 + seg]));
+        }
         let project_info = |row0: usize, n: usize| ProjectInfo {
             rows: n as u32,
             d: d as u32,
@@ -927,8 +963,7 @@ impl super::GpuBackend {
             &self.project_pipelines,
             shape,
             train_basis,
-            x,
-            y,
+            WindowRows::Host { x, y },
             batch_size,
             params,
             Steps::Host(&mut step),
@@ -956,8 +991,104 @@ impl super::GpuBackend {
             &self.project_pipelines,
             shape,
             train_basis,
-            x,
-            y,
+            WindowRows::Host { x, y },
+            batch_size,
+            params,
+            Steps::Device(adam),
+        )
+    }
+
+    /// [`crate::backend::Backend::train_window_of`]: the window's blocks drawn on the device by
+    /// `gen`, put in `order` there (`gather_rows`), then trained as
+    /// [`GpuBackend::train_window_on_device`] does; no row crosses the bus.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn train_drawn_window(
+        &self,
+        gen: &Generator,
+        shape: &FactoredShape,
+        train_basis: bool,
+        blocks: &[(u64, usize)],
+        order: &[u32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let d = shape.input_dim;
+        let rows: usize = blocks.iter().map(|b| b.1).sum();
+        if order.len() != rows || rows == 0 || gen.recipe().stride() != d {
+            return Err(Error::invalid(format!(
+                "train window: an order of {} rows for blocks of {rows} rows of d = {d}",
+                order.len()
+            )));
+        }
+        let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
+        kp.check(ctx, &shape.widths)?;
+        let pipes = pipelines(ctx, &self.trainer_pipelines, &kp)?;
+        let row_bytes = (d * 4) as u64;
+        let storage = |label: &str, bytes: u64| ctx.storage_buffer(label, bytes);
+        let raw_x = storage("window drawn x", rows as u64 * row_bytes)?;
+        let raw_y = storage("window drawn y", (rows * 4) as u64)?;
+        let most = blocks.iter().map(|b| b.1).max().unwrap_or(1);
+        let block_x = storage("window block x", most as u64 * row_bytes)?;
+        let block_y = storage("window block y", (most * 4) as u64)?;
+        let order_buf = storage("window order", (rows * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&order_buf, 0, bytemuck::cast_slice(order));
+        let win_x = storage("window x", rows as u64 * row_bytes)?;
+        let win_y = storage("window y", (rows * 4) as u64)?;
+        let info = Info {
+            rows: rows as u32,
+            d: d as u32,
+            ..Info::default()
+        };
+        let info_buf = ctx.uniform_buffer("window gather info", std::mem::size_of::<Info>() as u64);
+        ctx.queue
+            .write_buffer(&info_buf, 0, bytemuck::bytes_of(&info));
+        let gather = ctx.bind_group(
+            "window gather",
+            &pipes.gather_rows,
+            &[
+                (0, &info_buf),
+                (11, &raw_x),
+                (12, &raw_y),
+                (13, &order_buf),
+                (14, &win_x),
+                (15, &win_y),
+            ],
+        )?;
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("window draw"),
+            });
+        let mut at = 0u64;
+        for &(start, len) in blocks {
+            gen.encode(ctx, &mut enc, start, len, &block_x, &block_y)?;
+            let (xb, yb) = (len as u64 * row_bytes, (len * 4) as u64);
+            enc.copy_buffer_to_buffer(&block_x, 0, &raw_x, at * row_bytes, xb);
+            enc.copy_buffer_to_buffer(&block_y, 0, &raw_y, at * 4, yb);
+            at += len as u64;
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            let (gx, gy) = grid(ctx, (rows * d).div_ceil(kp.workgroup_size as usize));
+            pass.set_pipeline(&pipes.gather_rows);
+            pass.set_bind_group(0, &gather, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
+        ctx.submit("window draw", enc)?;
+        run_window(
+            ctx,
+            &self.trainer_pipelines,
+            &self.project_pipelines,
+            shape,
+            train_basis,
+            WindowRows::Device {
+                x: win_x,
+                y: win_y,
+                rows,
+            },
             batch_size,
             params,
             Steps::Device(adam),
