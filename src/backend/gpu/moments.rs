@@ -35,7 +35,7 @@
 
 use super::binning;
 use super::context::PipelineCache;
-use super::feed::ResidentSamples;
+use super::feed::{DeviceBatch, ResidentSamples};
 use super::{GpuContext, GpuError};
 use crate::data::SampleSource;
 use crate::error::Result;
@@ -520,332 +520,456 @@ pub(crate) fn gpu_moments(
     resident: Option<&ResidentSamples>,
     progress: &indicatif::ProgressBar,
 ) -> Result<FilteredMoments> {
-    let k = spec.bins();
-    if k == 0 {
+    if spec.bins() == 0 {
         return Err(GpuError::NoBins.into());
     }
     spec.check_request(source)?;
-    let d = spec.dim;
-    let plan = plan(ctx, spec, source.len(), params)?;
-    let use_perm = k > 1;
-    let pipes = pipelines(
-        ctx,
-        cache,
-        PipelineKey {
-            params: *params,
-            weight: weight_code(weight),
-            use_perm,
-            // Every x buffer is a whole number of 16-byte words when d is a multiple of 4.
-            vec_x: d.is_multiple_of(4),
-        },
-    )?;
-    let tile = params.tile() as usize;
-    let chunk = plan.piece_rows;
-    let tri = d * (d + 1) / 2;
-
-    // Buffers for the whole call, sized for the largest batch and group.
-    let basis = f32s(spec.basis.iter().copied());
-    let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
-    // Rounded down: for an f32 label y, `e < y` in f64 equals `down(e) < y` in f32.
-    let y_edges: Vec<f32> = spec
-        .y_edges
-        .iter()
-        .flatten()
-        .map(|&e| f32_at_or_below(e))
-        .collect();
-    let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
-    let basis_buf = ctx.storage_buffer("moments basis", (basis.len() * 4) as u64)?;
-    let axis_buf = ctx.storage_buffer("moments axis edges", (axis_edges.len() * 4) as u64)?;
-    let yedge_buf = ctx.storage_buffer("moments y edges", (y_edges.len() * 4) as u64)?;
-    let bins_buf = ctx.storage_buffer("moments bins", (plan.batch_rows * 4) as u64)?;
-    let perm_buf = ctx.storage_buffer(
-        "moments perm",
-        if use_perm { plan.batch_rows * 4 } else { 4 } as u64,
-    )?;
-    let pieces_buf = ctx.storage_buffer("moments pieces", (plan.max_pieces * 8) as u64)?;
-    let pairs_buf = ctx.storage_buffer("moments pairs", (plan.pairs.len() * 8) as u64)?;
-    let partial_buf = ctx.storage_buffer(
-        "moments partial tiles",
-        (plan.group_pieces * plan.pairs.len() * tile * tile * 4) as u64,
-    )?;
-    let partial_sx_buf = ctx.storage_buffer(
-        "moments partial w x",
-        (plan.group_pieces * plan.tiles * tile * 4) as u64,
-    )?;
-    // Runs per dispatch group, each group's at its first piece slot; and their counts.
-    let layout = binning::Layout {
-        batch_rows: plan.batch_rows,
-        piece_rows: plan.piece_rows,
-        max_pieces: plan.max_pieces,
-        group_pieces: plan.group_pieces,
-    };
-    let groups_per_batch = layout.groups();
-    let runs_buf = ctx.storage_buffer(
-        "moments runs",
-        (groups_per_batch * plan.group_pieces * 16) as u64,
-    )?;
-    let run_counts_buf = ctx.storage_buffer("moments run counts", (groups_per_batch * 4) as u64)?;
-    let mut device_binning = match use_perm && params.device_binning {
-        true => binning::DeviceBinning::new(ctx, spec, weight_code(weight), &y_edges, layout)?,
-        false => None,
-    };
-    // Per-bin triangles and w x sums, summed on the device over groups and batches.
-    let totals_bytes = (k * plan.bin_stride * 4) as u64;
-    let totals_buf = ctx.storage_buffer("moments totals", totals_bytes)?;
-    let host_sorts = use_perm && device_binning.is_none();
-    let bins_staging = ctx.staging_buffer(
-        "moments bins readback",
-        if host_sorts { plan.batch_rows * 4 } else { 4 } as u64,
-    );
-    if !basis.is_empty() {
-        ctx.queue
-            .write_buffer(&basis_buf, 0, bytemuck::cast_slice(&basis));
-    }
-    if !axis_edges.is_empty() {
-        ctx.queue
-            .write_buffer(&axis_buf, 0, bytemuck::cast_slice(&axis_edges));
-    }
-    if !y_edges.is_empty() {
-        ctx.queue
-            .write_buffer(&yedge_buf, 0, bytemuck::cast_slice(&y_edges));
-    }
-    ctx.queue
-        .write_buffer(&pairs_buf, 0, bytemuck::cast_slice(&plan.pairs));
-    let reduce_bind = ctx.bind_group(
-        "moments reduce",
-        &pipes.reduce,
-        &[
-            (0, &params_buf),
-            (10, &partial_buf),
-            (11, &runs_buf),
-            (12, &totals_buf),
-            (13, &partial_sx_buf),
-            (15, &run_counts_buf),
-        ],
-    )?;
-
-    // Device totals are read back and added in f64 at the end, and every FLUSH_GROUPS groups
-    // before that so that no f32 total sums more than that many group sums.
-    let mut sums = PassSums {
-        out: FilteredMoments::zeros(d, k),
-        flops: 0.0,
-        groups: 0,
-    };
-    let flush = |sums: &mut PassSums| -> Result<()> {
-        let staging = ctx.staging_buffer("moments totals readback", totals_bytes);
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("moments totals"),
-            });
-        enc.copy_buffer_to_buffer(&totals_buf, 0, &staging, 0, totals_bytes);
-        enc.clear_buffer(&totals_buf, 0, None);
-        let totals: Vec<f32> =
-            ctx.submit_and_read("moments totals", enc, &staging, totals_bytes, sums.flops)?;
-        super::context::check_finite("moments", &totals)?;
-        for (b, packed) in totals.chunks_exact(plan.bin_stride).enumerate() {
-            add_bin(&mut sums.out, b, packed, tri);
-        }
-        sums.flops = 0.0;
-        sums.groups = 0;
-        Ok(())
-    };
-    // The buffers start zeroed (wgpu clears new buffers).
-
-    let row_flops = plan.piece_flops / chunk as f64;
+    let mut pass = MomentPass::new(ctx, cache, source.len(), spec, weight, params)?;
+    let row_flops = pass.plan.piece_flops / pass.plan.piece_rows as f64;
     super::feed::for_each_batch(
         ctx,
         resident,
         source,
-        plan.batch_rows,
+        pass.plan.batch_rows,
         row_flops,
-        |batch| -> Result<Option<wgpu::SubmissionIndex>> {
-            let rows = batch.rows;
-            // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
-            let syrk_bind = ctx.bind_group(
-                "moments syrk",
-                &pipes.syrk,
-                &[
-                    (0, &params_buf),
-                    (1, batch.x),
-                    (2, batch.y),
-                    (7, &perm_buf),
-                    (8, &pieces_buf),
-                    (9, &pairs_buf),
-                    (10, &partial_buf),
-                    (13, &partial_sx_buf),
-                    (14, batch.x),
-                ],
-            )?;
-            // One dispatch group: the SYRK over `count` piece slots from `base`, then the sums
-            // of at most `runs` runs into the totals.
-            let syrk_group = |sums: &mut PassSums, base: usize, count: usize, runs: usize| {
-                ctx.queue
-                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, base));
-                let mut enc = ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("moments syrk"),
-                    });
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    pass.set_pipeline(&pipes.syrk);
-                    pass.set_bind_group(0, &syrk_bind, &[]);
-                    pass.dispatch_workgroups(plan.pairs.len() as u32, count as u32, 1);
-                    pass.set_pipeline(&pipes.reduce);
-                    pass.set_bind_group(0, &reduce_bind, &[]);
-                    // Rows 0..d of the triangle and row d for the w x sums.
-                    let wg = params.workgroup_side;
-                    let (cols, rows) = ((d as u32).div_ceil(wg), (d as u32 + 1).div_ceil(wg));
-                    pass.dispatch_workgroups(cols, rows, runs as u32);
-                }
-                let index = ctx.submit("moments syrk", enc)?;
-                sums.flops += count as f64 * plan.piece_flops;
-                sums.groups += 1;
-                if sums.groups == FLUSH_GROUPS {
-                    flush(sums)?;
-                }
-                Ok::<_, crate::error::Error>(index)
-            };
-            let mut last = None;
-
-            if let Some(binning) = device_binning.as_mut() {
-                // Bins, sort, pieces and runs on the device; nothing comes back here.
-                let mut enc = ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("moments binning"),
-                    });
-                let targets = binning::SortTargets {
-                    bins: &bins_buf,
-                    pieces: &pieces_buf,
-                    perm: &perm_buf,
-                    runs: &runs_buf,
-                    run_counts: &run_counts_buf,
-                };
-                binning.encode_batch(&mut enc, spec, batch.x, batch.y, rows, &targets)?;
-                ctx.submit("moments binning", enc)?;
-                for g in 0..groups_per_batch {
-                    let base = g * plan.group_pieces;
-                    let count = plan.group_pieces.min(plan.max_pieces - base);
-                    last = Some(syrk_group(&mut sums, base, count, count.min(k))?);
-                }
-                if binning.stats_full() {
-                    flush(&mut sums)?;
-                    binning.take_stats(&mut sums.out)?;
-                }
-                progress.inc(rows as u64);
-                return Ok(last);
-            }
-
-            // Bin ids: on the device, read back and sorted here (K = 1 needs neither).
-            let ys = batch.y_host;
-            let mut bin_ids = vec![0u32; rows];
-            if use_perm {
-                let bin_bind = ctx.bind_group(
-                    "moments bin",
-                    &pipes.bin,
-                    &[
-                        (0, &params_buf),
-                        (1, batch.x),
-                        (2, batch.y),
-                        (3, &basis_buf),
-                        (4, &axis_buf),
-                        (5, &yedge_buf),
-                        (6, &bins_buf),
-                    ],
-                )?;
-                ctx.queue
-                    .write_buffer(&params_buf, 0, &params_bytes(spec, &plan, rows, 0));
-                let mut enc = ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("moments bin"),
-                    });
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    pass.set_pipeline(&pipes.bin);
-                    pass.set_bind_group(0, &bin_bind, &[]);
-                    pass.dispatch_workgroups((rows as u32).div_ceil(BIN_WORKGROUP), 1, 1);
-                }
-                let bytes = (rows * 4) as u64;
-                enc.copy_buffer_to_buffer(&bins_buf, 0, &bins_staging, 0, bytes);
-                let flops = 2.0 * (rows * spec.rank() * d) as f64 + sums.flops;
-                bin_ids = ctx.submit_and_read("moments bin", enc, &bins_staging, bytes, flops)?;
-                sums.flops = 0.0;
-                settle_near_edges(spec, &mut bin_ids, ys, |near| match batch.x_host {
-                    Some(xs) => Ok(near
-                        .iter()
-                        .flat_map(|&i| &xs[i * d..(i + 1) * d])
-                        .copied()
-                        .collect()),
-                    None => gather_rows(ctx, batch.x, d, near),
-                })?;
-                if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
-                    return Err(
-                        GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into(),
-                    );
-                }
-            }
-
-            // Scalar sums in f64 and the counting sort, on the host.
-            let order = sort_batch(&bin_ids, ys, weight, chunk, use_perm, &mut sums.out);
-            let pieces = order.pieces;
-            if use_perm {
-                ctx.queue
-                    .write_buffer(&perm_buf, 0, bytemuck::cast_slice(&order.perm));
-            }
-            let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
-            if !piece_words.is_empty() {
-                ctx.queue
-                    .write_buffer(&pieces_buf, 0, bytemuck::cast_slice(&piece_words));
-            }
-            for (g, group) in pieces.chunks(plan.group_pieces).enumerate() {
-                let base = g * plan.group_pieces;
-                // Runs of consecutive pieces of one bin: (first piece, count, bin, 0), written
-                // at the group's first piece slot.
-                let mut runs: Vec<[u32; 4]> = Vec::new();
-                for (q, piece) in group.iter().enumerate() {
-                    match runs.last_mut() {
-                        Some(run) if run[2] as usize == piece.bin => run[1] += 1,
-                        _ => runs.push([q as u32, 1, piece.bin as u32, 0]),
-                    }
-                }
-                ctx.queue
-                    .write_buffer(&runs_buf, (base * 16) as u64, bytemuck::cast_slice(&runs));
-                ctx.queue.write_buffer(
-                    &run_counts_buf,
-                    (g * 4) as u64,
-                    bytemuck::bytes_of(&(runs.len() as u32)),
-                );
-                last = Some(syrk_group(&mut sums, base, group.len(), runs.len())?);
-            }
-            progress.inc(rows as u64);
+        |batch| {
+            let last = pass.batch(batch)?;
+            progress.inc(batch.rows as u64);
             Ok(last)
         },
     )?;
-    if sums.out.total_count() > 0 || device_binning.is_some() {
-        flush(&mut sums)?;
-    }
-    if let Some(binning) = device_binning {
-        if !binning.finish(spec, weight, &mut sums.out)? {
+    match pass.finish()? {
+        Some(moments) => Ok(moments),
+        None => {
             // More rows lay on bin edges than the near-edge list holds: bin on the host.
             let host = MomentKernelParams {
                 device_binning: false,
                 ..*params
             };
-            return gpu_moments(ctx, cache, source, spec, weight, &host, resident, progress);
+            gpu_moments(ctx, cache, source, spec, weight, &host, resident, progress)
         }
     }
-    Ok(sums.out)
 }
 
-/// The totals of a pass as they are gathered: f64 sums so far, and the work and dispatch
-/// groups since the device's f32 totals were last read back.
-struct PassSums {
+/// One moments pass: its plan, pipelines and buffers (sized for the largest batch and group),
+/// and the sums gathered so far.
+struct MomentPass<'a> {
+    ctx: &'a GpuContext,
+    spec: &'a BinSpec,
+    weight: SampleWeight,
+    params: MomentKernelParams,
+    plan: Plan,
+    pipes: Arc<MomentPipelines>,
+    params_buf: wgpu::Buffer,
+    basis_buf: wgpu::Buffer,
+    axis_buf: wgpu::Buffer,
+    yedge_buf: wgpu::Buffer,
+    bins_buf: wgpu::Buffer,
+    bins_staging: wgpu::Buffer,
+    perm_buf: wgpu::Buffer,
+    pieces_buf: wgpu::Buffer,
+    pairs_buf: wgpu::Buffer,
+    partial_buf: wgpu::Buffer,
+    partial_sx_buf: wgpu::Buffer,
+    /// Runs per dispatch group, each group's at its first piece slot; and their counts.
+    runs_buf: wgpu::Buffer,
+    run_counts_buf: wgpu::Buffer,
+    /// Per-bin triangles and w x sums, summed on the device over groups and batches.
+    totals_buf: wgpu::Buffer,
+    reduce_bind: wgpu::BindGroup,
+    /// The device's sort of K > 1 bins, where it has one (else the host sorts).
+    device_binning: Option<binning::DeviceBinning<'a>>,
+    /// f64 sums so far.
     out: FilteredMoments,
+    /// Work and dispatch groups since the device's f32 totals were last read back.
     flops: f64,
     groups: usize,
+}
+
+impl<'a> MomentPass<'a> {
+    fn new(
+        ctx: &'a GpuContext,
+        cache: &MomentPipelineCache,
+        rows: u64,
+        spec: &'a BinSpec,
+        weight: SampleWeight,
+        params: &MomentKernelParams,
+    ) -> Result<Self> {
+        let (d, k) = (spec.dim, spec.bins());
+        let plan = plan(ctx, spec, rows, params)?;
+        let use_perm = k > 1;
+        let pipes = pipelines(
+            ctx,
+            cache,
+            PipelineKey {
+                params: *params,
+                weight: weight_code(weight),
+                use_perm,
+                // Every x buffer is a whole number of 16-byte words when d is a multiple of 4.
+                vec_x: d.is_multiple_of(4),
+            },
+        )?;
+        let tile = params.tile() as usize;
+        let basis = f32s(spec.basis.iter().copied());
+        let axis_edges = f32s(spec.axis_edges.iter().flatten().copied());
+        // Rounded down: for an f32 label y, `e < y` in f64 equals `down(e) < y` in f32.
+        let y_edges: Vec<f32> = spec
+            .y_edges
+            .iter()
+            .flatten()
+            .map(|&e| f32_at_or_below(e))
+            .collect();
+        let layout = binning::Layout {
+            batch_rows: plan.batch_rows,
+            piece_rows: plan.piece_rows,
+            max_pieces: plan.max_pieces,
+            group_pieces: plan.group_pieces,
+        };
+        let groups_per_batch = layout.groups();
+        let device_binning = match use_perm && params.device_binning {
+            true => binning::DeviceBinning::new(ctx, spec, weight_code(weight), &y_edges, layout)?,
+            false => None,
+        };
+        let host_sorts = use_perm && device_binning.is_none();
+        let storage = |label: &str, bytes: usize| ctx.storage_buffer(label, bytes as u64);
+        let upload = |buf: &wgpu::Buffer, words: &[f32]| {
+            if !words.is_empty() {
+                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(words));
+            }
+        };
+        let basis_buf = storage("moments basis", basis.len() * 4)?;
+        upload(&basis_buf, &basis);
+        let axis_buf = storage("moments axis edges", axis_edges.len() * 4)?;
+        upload(&axis_buf, &axis_edges);
+        let yedge_buf = storage("moments y edges", y_edges.len() * 4)?;
+        upload(&yedge_buf, &y_edges);
+        let pairs_buf = storage("moments pairs", plan.pairs.len() * 8)?;
+        ctx.queue
+            .write_buffer(&pairs_buf, 0, bytemuck::cast_slice(&plan.pairs));
+        let params_buf = ctx.uniform_buffer("moments params", PARAMS_BYTES);
+        let partial_buf = storage(
+            "moments partial tiles",
+            plan.group_pieces * plan.pairs.len() * tile * tile * 4,
+        )?;
+        let partial_sx_buf = storage(
+            "moments partial w x",
+            plan.group_pieces * plan.tiles * tile * 4,
+        )?;
+        let runs_buf = storage("moments runs", groups_per_batch * plan.group_pieces * 16)?;
+        let run_counts_buf = storage("moments run counts", groups_per_batch * 4)?;
+        let totals_buf = storage("moments totals", k * plan.bin_stride * 4)?;
+        let reduce_bind = ctx.bind_group(
+            "moments reduce",
+            &pipes.reduce,
+            &[
+                (0, &params_buf),
+                (10, &partial_buf),
+                (11, &runs_buf),
+                (12, &totals_buf),
+                (13, &partial_sx_buf),
+                (15, &run_counts_buf),
+            ],
+        )?;
+        // The buffers start zeroed (wgpu clears new buffers).
+        Ok(MomentPass {
+            ctx,
+            spec,
+            weight,
+            params: *params,
+            bins_buf: storage("moments bins", plan.batch_rows * 4)?,
+            bins_staging: ctx.staging_buffer(
+                "moments bins readback",
+                if host_sorts { plan.batch_rows * 4 } else { 4 } as u64,
+            ),
+            perm_buf: storage(
+                "moments perm",
+                if use_perm { plan.batch_rows * 4 } else { 4 },
+            )?,
+            pieces_buf: storage("moments pieces", plan.max_pieces * 8)?,
+            plan,
+            pipes,
+            params_buf,
+            basis_buf,
+            axis_buf,
+            yedge_buf,
+            pairs_buf,
+            partial_buf,
+            partial_sx_buf,
+            runs_buf,
+            run_counts_buf,
+            totals_buf,
+            reduce_bind,
+            device_binning,
+            out: FilteredMoments::zeros(d, k),
+            flops: 0.0,
+            groups: 0,
+        })
+    }
+
+    /// Reads the device's f32 totals back, adds them to the f64 sums and clears them (at the
+    /// end, and every [`FLUSH_GROUPS`] groups before that, so that no f32 total sums more than
+    /// that many group sums).
+    fn flush(&mut self) -> Result<()> {
+        let ctx = self.ctx;
+        // The buffer may be longer (sizes round up to 16 bytes).
+        let bytes = (self.spec.bins() * self.plan.bin_stride * 4) as u64;
+        let staging = ctx.staging_buffer("moments totals readback", bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments totals"),
+            });
+        enc.copy_buffer_to_buffer(&self.totals_buf, 0, &staging, 0, bytes);
+        enc.clear_buffer(&self.totals_buf, 0, None);
+        let totals: Vec<f32> =
+            ctx.submit_and_read("moments totals", enc, &staging, bytes, self.flops)?;
+        super::context::check_finite("moments", &totals)?;
+        let d = self.spec.dim;
+        let tri = d * (d + 1) / 2;
+        for (b, packed) in totals.chunks_exact(self.plan.bin_stride).enumerate() {
+            add_bin(&mut self.out, b, packed, tri);
+        }
+        self.flops = 0.0;
+        self.groups = 0;
+        Ok(())
+    }
+
+    /// One batch: its bins sorted (on the device or the host), then its SYRK groups.
+    fn batch(&mut self, batch: &DeviceBatch) -> Result<Option<wgpu::SubmissionIndex>> {
+        // The layout keeps `perm` even when USE_PERM is false (it is then a 16-byte dummy).
+        let syrk_bind = self.ctx.bind_group(
+            "moments syrk",
+            &self.pipes.syrk,
+            &[
+                (0, &self.params_buf),
+                (1, batch.x),
+                (2, batch.y),
+                (7, &self.perm_buf),
+                (8, &self.pieces_buf),
+                (9, &self.pairs_buf),
+                (10, &self.partial_buf),
+                (13, &self.partial_sx_buf),
+                (14, batch.x),
+            ],
+        )?;
+        if self.device_binning.is_some() {
+            self.device_sorted_batch(batch, &syrk_bind)
+        } else {
+            self.host_sorted_batch(batch, &syrk_bind)
+        }
+    }
+
+    /// One dispatch group: the SYRK over `count` piece slots from `base`, then the sums of at
+    /// most `runs` runs into the totals.
+    fn syrk_group(
+        &mut self,
+        syrk_bind: &wgpu::BindGroup,
+        rows: usize,
+        base: usize,
+        count: usize,
+        runs: usize,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let ctx = self.ctx;
+        let d = self.spec.dim as u32;
+        ctx.queue.write_buffer(
+            &self.params_buf,
+            0,
+            &params_bytes(self.spec, &self.plan, rows, base),
+        );
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments syrk"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&self.pipes.syrk);
+            pass.set_bind_group(0, syrk_bind, &[]);
+            pass.dispatch_workgroups(self.plan.pairs.len() as u32, count as u32, 1);
+            pass.set_pipeline(&self.pipes.reduce);
+            pass.set_bind_group(0, &self.reduce_bind, &[]);
+            // Rows 0..d of the triangle and row d for the w x sums.
+            let wg = self.params.workgroup_side;
+            pass.dispatch_workgroups(d.div_ceil(wg), (d + 1).div_ceil(wg), runs as u32);
+        }
+        let index = ctx.submit("moments syrk", enc)?;
+        self.flops += count as f64 * self.plan.piece_flops;
+        self.groups += 1;
+        if self.groups == FLUSH_GROUPS {
+            self.flush()?;
+        }
+        Ok(index)
+    }
+
+    /// Bins, sort, pieces and runs on the device (`binning.rs`); nothing comes back here.
+    fn device_sorted_batch(
+        &mut self,
+        batch: &DeviceBatch,
+        syrk_bind: &wgpu::BindGroup,
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
+        let ctx = self.ctx;
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments binning"),
+            });
+        let targets = binning::SortTargets {
+            bins: &self.bins_buf,
+            pieces: &self.pieces_buf,
+            perm: &self.perm_buf,
+            runs: &self.runs_buf,
+            run_counts: &self.run_counts_buf,
+        };
+        if let Some(binning) = self.device_binning.as_mut() {
+            binning.encode_batch(&mut enc, self.spec, batch.x, batch.y, batch.rows, &targets)?;
+        }
+        ctx.submit("moments binning", enc)?;
+        let (group, slots) = (self.plan.group_pieces, self.plan.max_pieces);
+        let mut last = None;
+        for base in (0..slots).step_by(group) {
+            let count = group.min(slots - base);
+            let runs = count.min(self.spec.bins());
+            last = Some(self.syrk_group(syrk_bind, batch.rows, base, count, runs)?);
+        }
+        if self.device_binning.as_ref().is_some_and(|b| b.stats_full()) {
+            self.flush()?;
+            if let Some(binning) = self.device_binning.as_mut() {
+                binning.take_stats(&mut self.out)?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Bin ids on the device (none for K = 1), read back, checked near the edges and
+    /// counting-sorted here with the label sums in f64; then the SYRK groups.
+    fn host_sorted_batch(
+        &mut self,
+        batch: &DeviceBatch,
+        syrk_bind: &wgpu::BindGroup,
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
+        let ctx = self.ctx;
+        let rows = batch.rows;
+        let use_perm = self.spec.bins() > 1;
+        let mut bin_ids = vec![0u32; rows];
+        if use_perm {
+            bin_ids = self.bin_ids(batch)?;
+        }
+        let order = sort_batch(
+            &bin_ids,
+            batch.y_host,
+            self.weight,
+            self.plan.piece_rows,
+            use_perm,
+            &mut self.out,
+        );
+        if use_perm {
+            ctx.queue
+                .write_buffer(&self.perm_buf, 0, bytemuck::cast_slice(&order.perm));
+        }
+        let pieces = order.pieces;
+        let piece_words: Vec<[u32; 2]> = pieces.iter().map(|p| [p.start, p.len]).collect();
+        if !piece_words.is_empty() {
+            ctx.queue
+                .write_buffer(&self.pieces_buf, 0, bytemuck::cast_slice(&piece_words));
+        }
+        let mut last = None;
+        for (g, group) in pieces.chunks(self.plan.group_pieces).enumerate() {
+            let base = g * self.plan.group_pieces;
+            // Runs of consecutive pieces of one bin: (first piece, count, bin, 0), written at
+            // the group's first piece slot.
+            let mut runs: Vec<[u32; 4]> = Vec::new();
+            for (q, piece) in group.iter().enumerate() {
+                match runs.last_mut() {
+                    Some(run) if run[2] as usize == piece.bin => run[1] += 1,
+                    _ => runs.push([q as u32, 1, piece.bin as u32, 0]),
+                }
+            }
+            ctx.queue.write_buffer(
+                &self.runs_buf,
+                (base * 16) as u64,
+                bytemuck::cast_slice(&runs),
+            );
+            ctx.queue.write_buffer(
+                &self.run_counts_buf,
+                (g * 4) as u64,
+                bytemuck::bytes_of(&(runs.len() as u32)),
+            );
+            last = Some(self.syrk_group(syrk_bind, rows, base, group.len(), runs.len())?);
+        }
+        Ok(last)
+    }
+
+    /// The batch's bin ids from `bin_samples`, read back (one wait), the rows flagged near an
+    /// edge rebinned with the f64 rule.
+    fn bin_ids(&mut self, batch: &DeviceBatch) -> Result<Vec<u32>> {
+        let ctx = self.ctx;
+        let (spec, rows) = (self.spec, batch.rows);
+        let (d, k) = (spec.dim, spec.bins());
+        let bin_bind = ctx.bind_group(
+            "moments bin",
+            &self.pipes.bin,
+            &[
+                (0, &self.params_buf),
+                (1, batch.x),
+                (2, batch.y),
+                (3, &self.basis_buf),
+                (4, &self.axis_buf),
+                (5, &self.yedge_buf),
+                (6, &self.bins_buf),
+            ],
+        )?;
+        ctx.queue.write_buffer(
+            &self.params_buf,
+            0,
+            &params_bytes(spec, &self.plan, rows, 0),
+        );
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moments bin"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&self.pipes.bin);
+            pass.set_bind_group(0, &bin_bind, &[]);
+            pass.dispatch_workgroups((rows as u32).div_ceil(BIN_WORKGROUP), 1, 1);
+        }
+        let bytes = (rows * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.bins_buf, 0, &self.bins_staging, 0, bytes);
+        let flops = 2.0 * (rows * spec.rank() * d) as f64 + self.flops;
+        let mut bin_ids =
+            ctx.submit_and_read("moments bin", enc, &self.bins_staging, bytes, flops)?;
+        self.flops = 0.0;
+        settle_near_edges(spec, &mut bin_ids, batch.y_host, |near| {
+            match batch.x_host {
+                Some(xs) => Ok(near
+                    .iter()
+                    .flat_map(|&i| &xs[i * d..(i + 1) * d])
+                    .copied()
+                    .collect()),
+                None => gather_rows(ctx, batch.x, d, near),
+            }
+        })?;
+        if let Some(&bad) = bin_ids.iter().find(|&&b| b as usize >= k) {
+            return Err(GpuError::Kernel(format!("bin kernel returned bin {bad} of {k}")).into());
+        }
+        Ok(bin_ids)
+    }
+
+    /// The pass's moments: the last totals, and the device sort's label sums and near-edge
+    /// corrections; `None` when the device sort's near-edge list overflowed (the pass must be
+    /// run again with the host's sort).
+    fn finish(mut self) -> Result<Option<FilteredMoments>> {
+        if self.out.total_count() > 0 || self.device_binning.is_some() {
+            self.flush()?;
+        }
+        if let Some(binning) = self.device_binning.take() {
+            if !binning.finish(self.spec, self.weight, &mut self.out)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.out))
+    }
 }
 
 /// Adds one bin's totals (the packed upper triangle of w x x^T, rows of length d - i, then the
