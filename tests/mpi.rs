@@ -735,6 +735,55 @@ fn rank_cases() {
         split_gpu.description()
     ));
 
+    // A basis past the GPU fit kernel's rank 8 (refine steps of a 12-direction subspace): the
+    // GPU backend sums it with the CPU pass over this rank's rows only (the refine steps once
+    // built a bare CPU backend for it, and every rank read every row).
+    struct RowCounter<'a>(&'a dyn SampleSource, std::sync::atomic::AtomicU64);
+    impl SampleSource for RowCounter<'_> {
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read(
+            &self,
+            start: u64,
+            rows: usize,
+            x: &mut Vec<f32>,
+            y: &mut Vec<f32>,
+        ) -> Result<usize, Error> {
+            let n = self.0.read(start, rows, x, y)?;
+            self.1
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+        fn describe(&self) -> String {
+            "rows counted".into()
+        }
+    }
+    let wide: Vec<Vec<f64>> = (0..12)
+        .map(|j| (0..D).map(|i| f64::from(u8::from(i == j))).collect())
+        .collect();
+    let wide_fit = teacher(12, 13);
+    let counted = RowCounter(&s, Default::default());
+    let all = split_gpu
+        .fit_moments(&counted, &wide, &wide_fit, &bar)
+        .unwrap();
+    let one = cpu.fit_moments(&s, &wide, &wide_fit, &bar).unwrap();
+    let read = counted.1.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(all.rows, one.rows);
+    let diff = rel(&all.cross, &one.cross).max(rel(&all.gram, &one.gram));
+    assert!(diff < ALIGNED_TOL, "rank-12 fit moments: {diff}");
+    assert!(
+        read <= N / 2 + 16_384 && read + 16_384 >= N / 2,
+        "rank {} read {read} of {N} rows",
+        mpi::rank()
+    );
+    say(format!(
+        "GPU rank-12 fit moments: within {diff:.1e}, each rank read its half ({read} rows here)"
+    ));
+
     // The ordered stream: rank 0 sees every row's value once, in order.
     let net = teacher(D, 3);
     let mut got = Vec::new();

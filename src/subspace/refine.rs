@@ -11,9 +11,6 @@ use crate::network::{dot, Network};
 use crate::search::{sphere_net_fit, SphereNetConfig};
 use nalgebra::DMatrix;
 
-/// The GPU fit-moments kernel holds z in a fixed array of this many entries; larger bases are
-/// summed by the CPU backend.
-const GPU_FIT_MAX_RANK: usize = 8;
 /// The steps stop when a step lowered the residual MSE by less than this fraction.
 const CONVERGED: f64 = 0.01;
 
@@ -35,20 +32,13 @@ pub(super) fn gauss_newton(
     let mut steps = Vec::new();
     let mut last: Option<(f64, Vec<Vec<f64>>)> = None;
     let view = RoundSource::new(source, frame.centre());
-    let cpu;
-    let pass_backend: &dyn Backend = if backend.kind() == "gpu" && basis.len() > GPU_FIT_MAX_RANK {
-        cpu = crate::backend::cpu::CpuBackend::new();
-        &cpu
-    } else {
-        backend
-    };
     for step in 0..c.refine_steps {
         let started = std::time::Instant::now();
         let r = basis.len();
         let fit = fit_on_pilot(pilot, frame, basis, &c.fit_config)?;
         let bar = crate::progress::bar(source.len(), &format!("refine {}", step + 1));
         let rows = frame.raw_rows(basis);
-        let m = pass_backend.fit_moments(&view, &rows, &fit, &bar)?;
+        let m = backend.fit_moments(&view, &rows, &fit, &bar)?;
         bar.finish_and_clear();
         let mse = m.sse / m.rows.max(1) as f64;
         let seconds = started.elapsed().as_secs_f64();

@@ -75,6 +75,9 @@ pub enum GpuError {
     Overflow(String),
 }
 
+/// Bases of more rank than this are fitted by the CPU pass (see `fit_moments`).
+const GPU_FIT_MAX_RANK: usize = 8;
+
 /// The wgpu implementation of [`Backend`].
 pub struct GpuBackend {
     ctx: GpuContext,
@@ -252,6 +255,12 @@ impl Backend for GpuBackend {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments> {
+        // Past rank 8 the CPU pass sums the rows of this backend's share (under MPI, of this
+        // rank's): the device kernel keeps z in registers, eight at a time.
+        if basis.len() > GPU_FIT_MAX_RANK {
+            return crate::backend::cpu::CpuBackend::new()
+                .fit_moments(source, basis, fit, progress);
+        }
         let params = FitKernelParams::for_rank(&self.ctx, basis.len());
         self.fit_moments_with(source, basis, fit, &params, progress)
     }
