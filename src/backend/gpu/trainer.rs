@@ -664,16 +664,68 @@ fn f32s(v: &[f64]) -> Vec<f32> {
 }
 
 /// A network prepared for scoring: parameters (f32, layer by layer), its layer table, and its
-/// projection on the device (compact networks).
+/// projection on the device with the kernel that applies it (compact networks).
 struct ScoredNet {
     params: wgpu::Buffer,
     table: wgpu::Buffer,
     projection: Option<wgpu::Buffer>,
+    projector: Option<Projector>,
     rank: usize,
     depth: usize,
     dz_off: u32,
     sq_off: u32,
     row_flops: f64,
+}
+
+impl ScoredNet {
+    /// Uploads `n` (rows of d) for pieces of at most `piece_cap` rows.
+    fn new(
+        ctx: &GpuContext,
+        project_cache: &ProjectPipelineCache,
+        n: &Network,
+        d: usize,
+        piece_cap: usize,
+    ) -> Result<Self> {
+        let mut flat: Vec<f32> = Vec::new();
+        let mut layers = Vec::new();
+        for l in &n.layers {
+            layers.push((l.inputs, l.outputs, flat.len()));
+            flat.extend(l.weights.iter().map(|&w| w as f32));
+            flat.extend(l.bias.iter().map(|&b| b as f32));
+        }
+        let rank = n.projection.as_ref().map_or(0, Vec::len);
+        let layout = net_layout(&layers, 0, piece_cap);
+        let params = ctx.storage_buffer("score params", (flat.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&params, 0, bytemuck::cast_slice(&flat));
+        let table = ctx.storage_buffer("score layers", (layout.table.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&table, 0, bytemuck::cast_slice(&layout.table));
+        let (projection, projector) = match &n.projection {
+            Some(p) => {
+                let b: Vec<f32> = p.iter().flatten().map(|&v| v as f32).collect();
+                let buf = ctx.storage_buffer("score projection", (b.len() * 4) as u64)?;
+                ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&b));
+                let pkp = ProjectKernelParams::for_shape(ctx, p.len(), d);
+                (
+                    Some(buf),
+                    Some(Projector::new(ctx, project_cache, &pkp, d)?),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(ScoredNet {
+            params,
+            table,
+            projection,
+            projector,
+            rank,
+            depth: n.layers.len(),
+            dz_off: layout.dz_off,
+            sq_off: layout.sq_off,
+            row_flops: small_flops(&layers) + 2.0 * (rank * d) as f64,
+        })
+    }
 }
 
 /// Summed squared error of each network over every row of `source`, streamed through the
@@ -703,26 +755,7 @@ pub(crate) fn sse(
     if networks.is_empty() || source.is_empty() {
         return Ok(sums);
     }
-    // Tunables that fit the widest network; the rows per dispatch bound every scratch plane.
-    let widths_of = |n: &Network| -> Vec<usize> {
-        let mut w = vec![n.layer_input_dim()];
-        w.extend(n.layers.iter().map(|l| l.outputs));
-        w
-    };
-    let kp = match kp {
-        Some(kp) => *kp,
-        None => {
-            let mut kp = TrainerKernelParams::for_context(ctx);
-            for n in networks {
-                let fitted = TrainerKernelParams::for_widths(ctx, &widths_of(n));
-                kp.rows_per_group = kp.rows_per_group.min(fitted.rows_per_group);
-            }
-            kp
-        }
-    };
-    for n in networks {
-        kp.check(ctx, &widths_of(n))?;
-    }
+    let kp = scoring_params(ctx, networks, kp)?;
     let pipes = pipelines(ctx, cache, &kp)?;
     let r_max = networks
         .iter()
@@ -746,96 +779,20 @@ pub(crate) fn sse(
         ))
         .into());
     }
-    let projectors = networks
+    let prepared = networks
         .iter()
-        .map(|n| match &n.projection {
-            Some(p) => {
-                let pkp = ProjectKernelParams::for_shape(ctx, p.len(), d);
-                Projector::new(ctx, project_cache, &pkp, d).map(Some)
-            }
-            None => Ok(None),
-        })
+        .map(|n| ScoredNet::new(ctx, project_cache, n, d, piece_cap))
         .collect::<Result<Vec<_>>>()?;
-    let mut prepared = Vec::with_capacity(networks.len());
-    for n in networks {
-        let mut flat: Vec<f32> = Vec::new();
-        let mut layers = Vec::new();
-        for l in &n.layers {
-            layers.push((l.inputs, l.outputs, flat.len()));
-            flat.extend(l.weights.iter().map(|&w| w as f32));
-            flat.extend(l.bias.iter().map(|&b| b as f32));
-        }
-        let rank = n.projection.as_ref().map_or(0, Vec::len);
-        let layout = net_layout(&layers, 0, piece_cap);
-        let params = ctx.storage_buffer("score params", (flat.len() * 4) as u64)?;
-        ctx.queue
-            .write_buffer(&params, 0, bytemuck::cast_slice(&flat));
-        let table = ctx.storage_buffer("score layers", (layout.table.len() * 4) as u64)?;
-        ctx.queue
-            .write_buffer(&table, 0, bytemuck::cast_slice(&layout.table));
-        let projection = match &n.projection {
-            Some(p) => {
-                let b: Vec<f32> = p.iter().flatten().map(|&v| v as f32).collect();
-                let buf = ctx.storage_buffer("score projection", (b.len() * 4) as u64)?;
-                ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&b));
-                Some(buf)
-            }
-            None => None,
-        };
-        prepared.push(ScoredNet {
-            params,
-            table,
-            projection,
-            rank,
-            depth: n.layers.len(),
-            dz_off: layout.dz_off,
-            sq_off: layout.sq_off,
-            row_flops: small_flops(&layers) + 2.0 * (rank * d) as f64,
-        });
-    }
     let scratch = ctx.storage_buffer("score scratch", (planes * piece_cap * 4) as u64)?;
     let z_buf = ctx.storage_buffer("score z", (r_max.max(1) * piece_cap * 4) as u64)?;
     let per_partial = (kp.workgroup_size * kp.rows_per_invocation) as usize;
-    let slots = SCORE_SLOTS.max(piece_cap.div_ceil(per_partial));
-    let partial_buf = ctx.storage_buffer("score partials", (slots * 4) as u64)?;
+    let mut partials = ScorePartials::new(ctx, SCORE_SLOTS.max(piece_cap.div_ceil(per_partial)))?;
     let info_buf = ctx.uniform_buffer("score info", std::mem::size_of::<Info>() as u64);
     let sum_bind = ctx.bind_group(
         "score sums",
         &pipes.sum_squares,
-        &[(0, &info_buf), (6, &scratch), (7, &partial_buf)],
+        &[(0, &info_buf), (6, &scratch), (7, &partials.buf)],
     )?;
-
-    // Partials in flight: (network, count) in the order they were written.
-    let mut written: Vec<(usize, usize)> = Vec::new();
-    let mut used = 0usize;
-    let mut pending_flops = 0.0f64;
-    let flush = |written: &mut Vec<(usize, usize)>,
-                 used: &mut usize,
-                 pending: &mut f64,
-                 sums: &mut [f64]|
-     -> Result<()> {
-        if *used == 0 {
-            return Ok(());
-        }
-        let bytes = (*used * 4) as u64;
-        let staging = ctx.staging_buffer("score readback", bytes);
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("score readback"),
-            });
-        enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
-        let parts: Vec<f32> = ctx.submit_and_read("scoring", enc, &staging, bytes, *pending)?;
-        let mut at = 0;
-        for &(net, count) in written.iter() {
-            sums[net] += parts[at..at + count].iter().map(|&v| v as f64).sum::<f64>();
-            at += count;
-        }
-        written.clear();
-        *used = 0;
-        *pending = 0.0;
-        Ok(())
-    };
     let max_row_flops = prepared.iter().map(|p| p.row_flops).fold(0.0, f64::max);
     let batch_rows = super::feed::batch_rows(ctx, d, usize::MAX, piece_cap);
     for_each_batch(
@@ -847,8 +804,8 @@ pub(crate) fn sse(
         |batch| -> Result<Option<wgpu::SubmissionIndex>> {
             let mut last = None;
             let mut binds = Vec::with_capacity(prepared.len());
-            for (net, proj) in prepared.iter().zip(&projectors) {
-                let project = match (proj, &net.projection) {
+            for net in &prepared {
+                let project = match (&net.projector, &net.projection) {
                     (Some(p), Some(b)) => Some(p.bind(ctx, batch.x, b, &z_buf)?),
                     _ => None,
                 };
@@ -870,12 +827,10 @@ pub(crate) fn sse(
             for p0 in (0..batch.rows).step_by(piece_cap) {
                 let n = piece_cap.min(batch.rows - p0);
                 let groups = n.div_ceil(per_partial);
-                for (k, ((net, proj), (project_bind, score_bind))) in
-                    prepared.iter().zip(&projectors).zip(&binds).enumerate()
+                for (k, (net, (project_bind, score_bind))) in
+                    prepared.iter().zip(&binds).enumerate()
                 {
-                    if used + groups > slots {
-                        flush(&mut written, &mut used, &mut pending_flops, &mut sums)?;
-                    }
+                    let slot = partials.reserve(ctx, groups, &mut sums)?;
                     let compact = project_bind.is_some();
                     let info = Info {
                         rows: n as u32,
@@ -885,14 +840,11 @@ pub(crate) fn sse(
                         in_rs: if compact { 1 } else { d as u32 },
                         in_cs: if compact { piece_cap as u32 } else { 1 },
                         y_off: p0 as u32,
-                        x_off: 0,
                         d: d as u32,
                         r: net.rank as u32,
-                        first: 0,
-                        params: 0,
                         dz_off: net.dz_off,
                         sq_off: net.sq_off,
-                        slot: used as u32,
+                        slot: slot as u32,
                         ..Info::default()
                     };
                     ctx.queue
@@ -907,7 +859,7 @@ pub(crate) fn sse(
                         z_cs: piece_cap as u32,
                         basis_off: 0,
                     };
-                    if let Some(p) = proj {
+                    if let Some(p) = &net.projector {
                         p.write_info(ctx, &pinfo);
                     }
                     let mut enc =
@@ -918,7 +870,7 @@ pub(crate) fn sse(
                     {
                         let mut pass =
                             enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                        if let (Some(p), Some(b)) = (proj, project_bind) {
+                        if let (Some(p), Some(b)) = (&net.projector, project_bind) {
                             p.dispatch(ctx, &mut pass, b, &pinfo);
                         }
                         let (gx, gy) = grid(ctx, n.div_ceil(kp.rows_per_group as usize));
@@ -930,16 +882,108 @@ pub(crate) fn sse(
                         pass.dispatch_workgroups(groups as u32, 1, 1);
                     }
                     last = Some(ctx.submit("scoring", enc)?);
-                    written.push((k, groups));
-                    used += groups;
-                    pending_flops += n as f64 * net.row_flops;
+                    partials.wrote(k, groups, n as f64 * net.row_flops);
                 }
             }
             Ok(last)
         },
     )?;
-    flush(&mut written, &mut used, &mut pending_flops, &mut sums)?;
+    partials.flush(ctx, &mut sums)?;
     Ok(sums)
+}
+
+/// The scoring tunables: those given, or the context's defaults with rows per workgroup cut to
+/// fit the widest network; checked against every network.
+fn scoring_params(
+    ctx: &GpuContext,
+    networks: &[&Network],
+    kp: Option<&TrainerKernelParams>,
+) -> Result<TrainerKernelParams> {
+    let widths_of = |n: &Network| -> Vec<usize> {
+        let mut w = vec![n.layer_input_dim()];
+        w.extend(n.layers.iter().map(|l| l.outputs));
+        w
+    };
+    let kp = match kp {
+        Some(kp) => *kp,
+        None => {
+            let mut kp = TrainerKernelParams::for_context(ctx);
+            for n in networks {
+                let fitted = TrainerKernelParams::for_widths(ctx, &widths_of(n));
+                kp.rows_per_group = kp.rows_per_group.min(fitted.rows_per_group);
+            }
+            kp
+        }
+    };
+    for n in networks {
+        kp.check(ctx, &widths_of(n))?;
+    }
+    Ok(kp)
+}
+
+/// The scoring pass's f32 partial sums on the device, in the order they were written, read
+/// back and added in f64 per network when the buffer is full and at the end.
+struct ScorePartials {
+    buf: wgpu::Buffer,
+    slots: usize,
+    /// (network, partials) in the order written.
+    written: Vec<(usize, usize)>,
+    used: usize,
+    /// Work submitted since the last readback (its wait bound).
+    pending_flops: f64,
+}
+
+impl ScorePartials {
+    fn new(ctx: &GpuContext, slots: usize) -> Result<Self> {
+        Ok(ScorePartials {
+            buf: ctx.storage_buffer("score partials", (slots * 4) as u64)?,
+            slots,
+            written: Vec::new(),
+            used: 0,
+            pending_flops: 0.0,
+        })
+    }
+
+    /// The first of `count` free slots, after reading the buffer back if it has too few.
+    fn reserve(&mut self, ctx: &GpuContext, count: usize, sums: &mut [f64]) -> Result<usize> {
+        if self.used + count > self.slots {
+            self.flush(ctx, sums)?;
+        }
+        Ok(self.used)
+    }
+
+    /// Records `count` partials of network `net` written by work of `flops`.
+    fn wrote(&mut self, net: usize, count: usize, flops: f64) {
+        self.written.push((net, count));
+        self.used += count;
+        self.pending_flops += flops;
+    }
+
+    /// Reads the partials back and adds them to their networks' sums.
+    fn flush(&mut self, ctx: &GpuContext, sums: &mut [f64]) -> Result<()> {
+        if self.used == 0 {
+            return Ok(());
+        }
+        let bytes = (self.used * 4) as u64;
+        let staging = ctx.staging_buffer("score readback", bytes);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("score readback"),
+            });
+        enc.copy_buffer_to_buffer(&self.buf, 0, &staging, 0, bytes);
+        let parts: Vec<f32> =
+            ctx.submit_and_read("scoring", enc, &staging, bytes, self.pending_flops)?;
+        let mut at = 0;
+        for &(net, count) in &self.written {
+            sums[net] += parts[at..at + count].iter().map(|&v| v as f64).sum::<f64>();
+            at += count;
+        }
+        self.written.clear();
+        self.used = 0;
+        self.pending_flops = 0.0;
+        Ok(())
+    }
 }
 
 impl super::GpuBackend {
