@@ -4,7 +4,7 @@
 
 use relu_fpt::data::{
     for_each_chunk, save_npy, write_npy_f32, DataError, GaussianSource, MemorySource, NpyDtype,
-    NpySource, NpyWriter, SampleRange, SampleSource,
+    NpySource, NpyWriter, SampleRange, SampleSource, SliceSource,
 };
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::Error;
@@ -816,4 +816,34 @@ fn slice_source_reads_borrowed_rows_like_memory_source() {
         e.to_string().contains("30 values") && e.to_string().contains("10 rows"),
         "{e}"
     );
+}
+
+/// Both in-memory sources read alike, past the end and with a request as long as usize allows
+/// (MemorySource once added start + rows without saturating).
+#[test]
+fn memory_and_slice_sources_read_alike_to_the_end() {
+    let x: Vec<f32> = (0..15).map(|v| v as f32).collect();
+    let y: Vec<f32> = (0..5).map(|v| -(v as f32)).collect();
+    let owned = MemorySource {
+        dim: 3,
+        x: x.clone(),
+        y: y.clone(),
+    };
+    let borrowed = SliceSource::new(3, &x, &y).unwrap();
+    for source in [&owned as &dyn SampleSource, &borrowed] {
+        for (start, rows, want) in [(0, 2, 2), (3, 10, 2), (1, usize::MAX, 4), (9, 1, 0)] {
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            let got = source.read(start, rows, &mut xs, &mut ys).unwrap();
+            assert_eq!(got, want, "{} from {start}", source.describe());
+            let first = (start as usize).min(5);
+            assert_eq!(ys, y[first..first + want].to_vec());
+            assert_eq!(xs, x[first * 3..(first + want) * 3].to_vec());
+            assert_eq!(
+                source.in_memory(start, rows),
+                Some((&xs[..], &ys[..])),
+                "in_memory agrees with read"
+            );
+        }
+    }
+    assert_eq!(owned.describe(), borrowed.describe());
 }

@@ -159,25 +159,45 @@ impl SampleSource for MemorySource {
         self.y.len() as u64
     }
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        let start = (start as usize).min(self.y.len());
-        let end = (start + rows).min(self.y.len());
-        x.clear();
-        y.clear();
-        x.extend_from_slice(&self.x[start * self.dim..end * self.dim]);
-        y.extend_from_slice(&self.y[start..end]);
-        Ok(end - start)
-    }
-    fn describe(&self) -> String {
-        format!("{} samples in memory, d = {}", self.y.len(), self.dim)
-    }
-    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
-        let start = (start as usize).min(self.y.len());
-        let end = (start + rows).min(self.y.len());
-        Some((
-            &self.x[start * self.dim..end * self.dim],
-            &self.y[start..end],
+        Ok(copy_rows(
+            rows_in(self.dim, &self.x, &self.y, start, rows),
+            x,
+            y,
         ))
     }
+    fn describe(&self) -> String {
+        describe_in_memory(self.y.len(), self.dim)
+    }
+    fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
+        Some(rows_in(self.dim, &self.x, &self.y, start, rows))
+    }
+}
+
+/// Rows `start .. start + rows` (cut at the end) of `x` (row-major, rows of `dim`) and `y`:
+/// what both in-memory sources read.
+fn rows_in<'a>(
+    dim: usize,
+    x: &'a [f32],
+    y: &'a [f32],
+    start: u64,
+    rows: usize,
+) -> (&'a [f32], &'a [f32]) {
+    let start = start.min(y.len() as u64) as usize;
+    let end = start.saturating_add(rows).min(y.len());
+    (&x[start * dim..end * dim], &y[start..end])
+}
+
+/// Copies rows into a reader's buffers; returns how many.
+fn copy_rows((xs, ys): (&[f32], &[f32]), x: &mut Vec<f32>, y: &mut Vec<f32>) -> usize {
+    x.clear();
+    y.clear();
+    x.extend_from_slice(xs);
+    y.extend_from_slice(ys);
+    ys.len()
+}
+
+fn describe_in_memory(rows: usize, dim: usize) -> String {
+    format!("{rows} samples in memory, d = {dim}")
 }
 
 /// Samples borrowed from memory the caller owns (numpy arrays handed over by the Python
@@ -211,24 +231,17 @@ impl SampleSource for SliceSource<'_> {
         self.y.len() as u64
     }
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        let start = (start as usize).min(self.y.len());
-        let end = start.saturating_add(rows).min(self.y.len());
-        x.clear();
-        y.clear();
-        x.extend_from_slice(&self.x[start * self.dim..end * self.dim]);
-        y.extend_from_slice(&self.y[start..end]);
-        Ok(end - start)
+        Ok(copy_rows(
+            rows_in(self.dim, self.x, self.y, start, rows),
+            x,
+            y,
+        ))
     }
     fn describe(&self) -> String {
-        format!("{} samples in memory, d = {}", self.y.len(), self.dim)
+        describe_in_memory(self.y.len(), self.dim)
     }
     fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
-        let start = (start as usize).min(self.y.len());
-        let end = start.saturating_add(rows).min(self.y.len());
-        Some((
-            &self.x[start * self.dim..end * self.dim],
-            &self.y[start..end],
-        ))
+        Some(rows_in(self.dim, self.x, self.y, start, rows))
     }
     // No `identity`: the caller may free or rewrite the memory once the borrow ends, and a new
     // array can land at the same address, so no key could promise equal contents across runs.
