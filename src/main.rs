@@ -207,7 +207,8 @@ struct SubspaceArgs {
     source: SourceFlags,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
-    /// Filtered PCA finds the dimension itself; pHd, SIR and SAVE need --dim.
+    /// Filtered PCA finds the dimension itself (`paper`: the paper's rounds alone, without
+    /// whitening, refine steps or residual rounds); pHd, SIR and SAVE need --dim.
     #[arg(long, value_enum, default_value = "filtered")]
     method: Method,
     /// Upper bound on the dimension filtered PCA may find.
@@ -252,12 +253,19 @@ struct LearnArgs {
     source: SourceFlags,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// `default`: filtered PCA with its additions, enumerate-and-test and the sphere-net fit,
+    /// then the gradient stages. `paper`: the paper's algorithm as written (conditioned label
+    /// rounds, then enumerate-and-test over the product net, bias-free, as the final
+    /// hypothesis; no gradient stages); give --hidden the architecture to enumerate.
+    #[arg(long, value_enum, default_value = "default")]
+    method: relu_fpt::learn::LearnMethod,
     /// Hidden widths of the enumerated student networks.
     #[arg(long = "hidden", value_delimiter = ',', default_value = "4")]
     hidden: Vec<usize>,
-    /// Most candidate networks enumerate-and-test evaluates.
-    #[arg(long, default_value_t = 512)]
-    budget: usize,
+    /// Most candidate networks enumerate-and-test evaluates (default 512; with --method
+    /// paper 1000000, a cap its sweeps rarely reach).
+    #[arg(long)]
+    budget: Option<usize>,
     /// Upper bound on the subspace dimension (a user bound, not a limit of the method).
     #[arg(long, default_value_t = 32)]
     max_dim: usize,
@@ -749,7 +757,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
             a.null_margin
         )));
     }
-    if a.method != Method::Filtered && a.dim.is_none() {
+    if !a.method.finds_dimension() && a.dim.is_none() {
         return Err(Error::invalid(format!(
             "--method {}: the baselines need the number of directions, --dim K; only filtered PCA finds it",
             a.method.name()
@@ -896,7 +904,11 @@ fn teacher_metrics(teacher: &Teacher, basis: &[Vec<f64>], seed: u64) -> TeacherC
 fn learn_config(a: &LearnArgs) -> LearnConfig {
     let mut config = LearnConfig {
         hidden: a.hidden.clone(),
-        budget: a.budget,
+        method: a.method,
+        budget: a.budget.unwrap_or(match a.method {
+            relu_fpt::learn::LearnMethod::Paper => relu_fpt::learn::PAPER_BUDGET,
+            relu_fpt::learn::LearnMethod::Default => 512,
+        }),
         seed: a.seed,
         validation_fraction: a.validation,
         polish: !a.no_polish,
@@ -934,7 +946,7 @@ fn check_learn_args(a: &LearnArgs) -> Result<()> {
             a.validation
         )));
     }
-    if a.budget == 0 {
+    if a.budget == Some(0) {
         return Err(Error::invalid(
             "--budget 0: enumerate-and-test needs at least one candidate (default 512)",
         ));

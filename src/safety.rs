@@ -355,6 +355,26 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX) as f64);
     let fit = n_fit as usize;
     let mut parts = Vec::new();
+    if config.method == crate::learn::LearnMethod::Paper {
+        // The paper's pipeline: the sweeps over the product net and nothing else. They end by
+        // themselves, typically after about three sweeps of the coarse net and two per finer
+        // level (the budget is a cap); each candidate of the last hidden layer is scored by a
+        // rank-one update, about (inputs + features) per training and validation row.
+        let s = &config.search_config;
+        let units: usize = config.hidden.iter().sum();
+        let per_unit = 3 * crate::search::COARSE_POINTS + s.sweep_levels * 2 * (s.sweep_local + 1);
+        let candidates = (units * per_unit).min(config.budget) as f64;
+        let rows = n_fit.min(crate::learn::PAPER_SCORE_ROWS as f64);
+        let widest = config.hidden.iter().copied().max().unwrap_or(1) as f64;
+        parts.push((
+            format!(
+                "enumerate-and-test (the sweeps over the product net of --hidden {}, about {candidates:.0} candidates)",
+                widths(&config.hidden)
+            ),
+            candidates * 2.0 * rows * 2.0 * (2.0 * widest + 1.0),
+        ));
+        return parts;
+    }
     // Enumerate-and-test: every candidate is scored on up to max_rows training and as many
     // validation rows, its last layer's normal equations (f^2 per row) included.
     let rows = n_fit.min(config.search_config.max_rows as f64);

@@ -67,8 +67,9 @@ fn mean_and_error(d: &[f64]) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
-/// Section 5.6: tr(S_{|y|>tau}/N - P(|y|>tau) I) = tau p_|y|(tau) and
-/// tr(sum y^2 x x^T / N - mean(y^2) I) = 2 mean(y^2), for a bias-free teacher (F2, Stein).
+/// The trace identities of docs/algorithm.md ("Filtered PCA"): tr(S_{|y|>tau}/N - P(|y|>tau) I)
+/// = tau p_|y|(tau) and tr(sum y^2 x x^T / N - mean(y^2) I) = 2 mean(y^2), for a bias-free
+/// teacher (Stein's identity and homogeneity).
 /// Monte Carlo error comes from the spread over 8 disjoint blocks; the check allows 4
 /// standard errors.
 #[test]

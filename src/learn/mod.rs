@@ -8,10 +8,12 @@
 //! whatever N: nothing holds x or z for all rows.
 
 mod grow;
+mod paper;
 mod polish;
 mod train;
 mod whitened;
 
+pub use paper::{parts, LearnMethod, Part, PAPER_BUDGET, PAPER_SCORE_ROWS};
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 pub use train::{mse, train, validation_mse, window_rows, TrainOutcome, BLOCK_ROWS};
 
@@ -26,6 +28,8 @@ use crate::subspace::{find_subspace, SubspaceConfig, SubspaceReport};
 /// Settings of [`learn`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct LearnConfig {
+    /// The pipeline: the default one, or the paper's algorithm as written (`paper`).
+    pub method: LearnMethod,
     /// Hidden widths of the enumerated candidates.
     pub hidden: Vec<usize>,
     /// Most candidates enumerate-and-test evaluates.
@@ -78,6 +82,7 @@ pub struct LearnConfig {
 impl Default for LearnConfig {
     fn default() -> Self {
         LearnConfig {
+            method: LearnMethod::Default,
             hidden: vec![4],
             // Measured at d = 128, N = 1e6 on the five benchmark teachers: the sphere-net fit
             // beat enumerate-and-test on all of them at 4096 candidates too, and the descent
@@ -269,6 +274,8 @@ pub struct LearnReport {
     pub stages: Vec<StageReport>,
     /// The backend's description.
     pub backend: String,
+    /// The pipeline that ran (see [`parts`] for which of its parts are the paper's).
+    pub method: LearnMethod,
 }
 
 impl LearnReport {
@@ -294,6 +301,7 @@ impl LearnReport {
             Some(sub) => s += &sub.summary(),
             None => s += "subspace: given (known basis)\n",
         }
+        s += &paper::parts_summary(self);
         s += &format!(
             "validation MSE {}, MSE/Var {}; final model from the {} stage (search kept {}; enumerate-and-test {} candidates of a net of 10^{:.1})\n",
             num(self.validation_mse),
@@ -365,6 +373,8 @@ impl LearnReport {
             "validation_rows": self.validation_rows,
             "stages": self.stages.iter().map(StageReport::to_json).collect::<Vec<_>>(),
             "backend": self.backend,
+            "method": self.method.name(),
+            "parts": paper::parts_json(self),
         })
     }
 }
@@ -517,6 +527,9 @@ pub fn learn(
         )));
     }
     let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
+    if config.method == LearnMethod::Paper {
+        return paper::learn_paper(backend, source, config);
+    }
     // Whitening (on by default): the whitened pipeline runs this function on W (x - mu).
     if config.subspace_config.whiten && config.known_basis.is_none() {
         return whitened::learn_whitened(backend, source, config);
@@ -760,5 +773,6 @@ pub fn learn(
         validation_rows: n_val,
         stages,
         backend: backend.description(),
+        method: LearnMethod::Default,
     })
 }

@@ -15,9 +15,11 @@
 //!     least squares: a layer's first two units carry +-(the previous fit's output), so the deep
 //!     candidate starts from the shallow fit, and the rest are chosen greedily; then the whole
 //!     network is refined by joint perturbation.
-//!   - `Product` is the paper's enumeration as written: the product net (directions x grid of deeper
-//!     weights and biases) enumerated whole when it fits the coarse budget, else sampled at
-//!     random, then coarse-to-fine refinement around the best candidates.
+//!   - `Product`: the product net (directions x grid of deeper weights and biases) enumerated
+//!     whole when it fits the coarse budget, else sampled at random, then coarse-to-fine
+//!     refinement by random joint perturbation of the best candidates.
+//!   - `Sweep` (`--method paper`): the product net with every hidden unit's weights on a net
+//!     of the sphere, searched one unit at a time at halving resolutions (module `sweep`).
 //! - [`sphere_net_fit`]: ReLU features on a sphere net (with a few thresholds)
 //!   plus linear features, ridge; a convex, fast final fit.
 //! - [`search`] runs both and keeps whichever validates better.
@@ -25,6 +27,9 @@
 pub mod bench;
 mod evaluate_ref;
 mod sphere;
+mod sweep;
+
+pub use sweep::COARSE_POINTS;
 
 pub use evaluate_ref::reference_evaluate;
 pub use sphere::{
@@ -45,6 +50,9 @@ pub enum Generator {
     Greedy,
     /// The paper's product net, sampled (or enumerated whole), then joint refinement.
     Product,
+    /// The paper's product net (every hidden unit on a net of the sphere), searched one unit
+    /// at a time at halving resolutions (see the module `sweep`).
+    Sweep,
 }
 
 impl Generator {
@@ -53,6 +61,7 @@ impl Generator {
         match self {
             Generator::Greedy => "greedy",
             Generator::Product => "product",
+            Generator::Sweep => "sweep",
         }
     }
 }
@@ -101,6 +110,14 @@ pub struct SearchConfig {
     pub directions: Vec<Vec<f64>>,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Sweep generator: random members of the net scored for the start.
+    pub sweep_starts: usize,
+    /// Sweep generator: most sweeps over the units per resolution.
+    pub sweep_max: usize,
+    /// Sweep generator: finer resolutions (delta halved each) after the coarse net.
+    pub sweep_levels: usize,
+    /// Sweep generator: points of the finer net tried near each unit per sweep.
+    pub sweep_local: usize,
 }
 
 impl Default for SearchConfig {
@@ -124,6 +141,10 @@ impl Default for SearchConfig {
             dictionary_biases: vec![-1.5, -0.75, 0.0, 0.75, 1.5],
             directions: Vec::new(),
             seed: 0,
+            sweep_starts: 256,
+            sweep_max: 6,
+            sweep_levels: 6,
+            sweep_local: 64,
         }
     }
 }
@@ -496,9 +517,23 @@ pub fn enumerate_and_test(
     let k1 = config.hidden[0];
     // log10 of the paper's net size with (3/delta)^(r-1) directions, whatever is built.
     let net_points_log10 = (r as f64 - 1.0) * (3.0 / config.sphere_delta).log10() + 2f64.log10();
-    let full_net_log10 = k1 as f64 * net_points_log10
-        + gw as f64 * (weight_grid.len() as f64).log10()
-        + gb as f64 * (bias_grid.len() as f64).log10();
+    let full_net_log10 = if config.generator == Generator::Sweep {
+        // Every unit on a net of the sphere of its input width (plus the bias coordinate).
+        let bias = usize::from(config.bias_bound > 0.0) as f64;
+        let mut width = r;
+        let mut total = 0.0;
+        for &h in &config.hidden {
+            let points =
+                (width as f64 + bias - 1.0) * (3.0 / config.sphere_delta).log10() + 2f64.log10();
+            total += h as f64 * points;
+            width = h;
+        }
+        total
+    } else {
+        k1 as f64 * net_points_log10
+            + gw as f64 * (weight_grid.len() as f64).log10()
+            + gb as f64 * (bias_grid.len() as f64).log10()
+    };
     let mut scorer = Scorer {
         backend,
         train,
@@ -510,6 +545,7 @@ pub fn enumerate_and_test(
     let (found, exhaustive, sphere_points, history) = match config.generator {
         Generator::Product => product_search(&mut scorer, &layout, config)?,
         Generator::Greedy => greedy_search(&mut scorer, config)?,
+        Generator::Sweep => sweep::sweep_search(&mut scorer, &layout, config)?,
     };
     let (validation_mse, best) = found;
     let network = network_from_params(r, &config.hidden, &best)?;
@@ -738,7 +774,8 @@ fn shallow_prefix(units: &[Unit]) -> Vec<f32> {
 /// Unit directions worth trying for a residual e on projected samples (z ~ N(0, I)): by
 /// Stein's identity E[e z] = E[grad e] and E[e (z z^T - I)] = E[Hess e], and a ReLU unit's
 /// Hessian is concentrated on its own direction; the second moments of z on e's upper and lower
-/// tails (filtered PCA of section 2 on the residual) see directions whose low moments vanish.
+/// tails (filtered PCA on the residual, docs/algorithm.md) see directions whose low moments
+/// vanish.
 /// Each direction is returned with its negative.
 fn residual_directions(z: &[f32], e: &[f64], rank: usize) -> Vec<Vec<f64>> {
     let n = e.len();

@@ -97,6 +97,9 @@ pub(super) fn baseline(
             threshold_mean: f64::NAN,
             filters: 0,
             cell_axes: 0,
+            cells: 1,
+            cells_per_axis: 1,
+            cell_coverage: 1.0,
             bins: 0,
             accumulator_bytes: 0,
             candidates: 0,
@@ -115,6 +118,7 @@ pub(super) fn baseline(
         null_margin: f64::NAN,
         min_filter_rows: 0,
         method: c.method,
+        stopped: None,
     })
 }
 

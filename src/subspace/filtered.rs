@@ -23,15 +23,20 @@ const ACCUMULATOR_BUDGET: f64 = (1u64 << 30) as f64;
 const FIRST_WANT: usize = 4;
 
 /// Edge list of one cell and the filters it defines (bin indices local to the cell).
-struct CellEdges {
-    edges: Vec<f64>,
+pub(super) struct CellEdges {
+    pub(super) edges: Vec<f64>,
     /// Local bin sets.
-    filters: Vec<Vec<usize>>,
+    pub(super) filters: Vec<Vec<usize>>,
 }
 
 /// Builds a cell's y edges from its sorted labels: quantile edges (signed prefix / suffix
 /// filters), med +- tail quantiles of |y - med| (tail filters), and the atom edges.
-fn cell_edges(sorted_y: &[f64], quantiles: &[f64], tails: &[f64], atom: bool) -> CellEdges {
+pub(super) fn cell_edges(
+    sorted_y: &[f64],
+    quantiles: &[f64],
+    tails: &[f64],
+    atom: bool,
+) -> CellEdges {
     let mut edges: Vec<f64> = Vec::new();
     let mut signed_edges: Vec<f64> = Vec::new();
     let mut tail_pairs: Vec<(f64, f64)> = Vec::new();
@@ -95,19 +100,24 @@ pub(super) fn min_filter_rows(c: &SubspaceConfig, d: usize) -> u64 {
 }
 
 /// One filter: a set of y-bins of one cell.
-struct Filter {
-    cell: usize,
-    bins: Vec<usize>,
+pub(super) struct Filter {
+    pub(super) cell: usize,
+    pub(super) bins: Vec<usize>,
 }
 
-/// The bins of one round and the filters over them.
-struct RoundBins {
-    spec: BinSpec,
-    filters: Vec<Filter>,
-    cells: usize,
-    y_bins: usize,
-    groups: usize,
-    cell_axes: usize,
+/// The bins of one round and the filters over them. Bin (group g, cell c, label bin j) is
+/// `(g * cells + c) * y_bins + j`.
+pub(super) struct RoundBins {
+    pub(super) spec: BinSpec,
+    pub(super) filters: Vec<Filter>,
+    pub(super) cells: usize,
+    pub(super) y_bins: usize,
+    pub(super) groups: usize,
+    pub(super) cell_axes: usize,
+    /// Cells per conditioning axis (1 when unconditioned).
+    pub(super) cells_per_axis: usize,
+    /// Fraction of the pilot's rows in cells of their own (1 unless cells were pooled).
+    pub(super) coverage: f64,
 }
 
 /// How many conditioning axes a round can afford: at most `max_cell_axes` (and the basis
@@ -221,6 +231,8 @@ fn round_bins(
         y_bins,
         groups,
         cell_axes: a,
+        cells_per_axis: if a == 0 { 1 } else { b },
+        coverage: 1.0,
     }
 }
 
@@ -271,13 +283,35 @@ pub(super) fn round(
     let bar = crate::progress::bar(n, &format!("round {index}"));
     let moments = backend.moments(&view, &bins.spec, SampleWeight::Unit, &bar)?;
     bar.finish_and_clear();
+    Ok(conclude(
+        &moments, &bins, frame, basis, kind, room, index, estimate, n, started, c,
+    ))
+}
+
+/// Scores a round's pass (see [`round`]) and reports it: the filters against the calibrated
+/// null, the merge, the round's line on stderr. `started` is when the round began (its pass
+/// is what has run since).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conclude(
+    moments: &FilteredMoments,
+    bins: &RoundBins,
+    frame: &Frame,
+    basis: &[Vec<f64>],
+    kind: RoundKind,
+    room: usize,
+    index: usize,
+    estimate: bool,
+    n: u64,
+    started: std::time::Instant,
+    c: &SubspaceConfig,
+) -> RoundOutcome {
     let pass_seconds = started.elapsed().as_secs_f64();
     let host = std::time::Instant::now();
     // With `estimate`, the pass ran on rows centred on `frame`'s centre (the pilot mean), and
     // its totals give mu and Sigma: the whitening is built here and the round is scored in its
     // frame, which saves a pass of its own. Second moments are moved to the new centre exactly
     // (a rank-2 correction per statistic, see `filter_stats`).
-    let estimated = estimate.then(|| estimate_whitening(&moments, frame));
+    let estimated = estimate.then(|| estimate_whitening(moments, frame));
     let new_frame = estimated.as_ref().map(Frame::new);
     let score_frame = new_frame.as_ref().unwrap_or(frame);
     let shift: Option<Vec<f64>> = estimated.as_ref().map(|w| {
@@ -285,12 +319,14 @@ pub(super) fn round(
         w.mean.iter().zip(old).map(|(a, b)| a - b).collect()
     });
     let scan = scan_filters(
-        &moments,
-        &bins,
+        moments,
+        bins,
         score_frame,
         basis,
         shift.as_deref(),
-        kind == RoundKind::Label,
+        // The filtered means are the default method's addition (the paper's rounds are
+        // second moments only).
+        kind == RoundKind::Label && c.method != super::Method::Paper,
         index as u64,
         room,
         c,
@@ -312,6 +348,9 @@ pub(super) fn round(
         threshold_mean: scan.bar_mean,
         filters: scan.filters,
         cell_axes: bins.cell_axes,
+        cells: bins.cells,
+        cells_per_axis: bins.cells_per_axis,
+        cell_coverage: bins.coverage,
         bins: moments.bins,
         accumulator_bytes: (moments.bins * (tri + side + 3) * 8) as u64,
         candidates: scan.candidates.len(),
@@ -320,11 +359,11 @@ pub(super) fn round(
         host_seconds: host.elapsed().as_secs_f64(),
     };
     announce_round(&report, index, n);
-    Ok(RoundOutcome {
+    RoundOutcome {
         report,
         directions,
         whitening: estimated,
-    })
+    }
 }
 
 /// The round's line on stderr (see [`crate::progress::stage_done`]): what it accepted, or how
@@ -875,7 +914,8 @@ fn merge(
             crate::network::axpy(&mut w, -dot, b);
         }
         let norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
-        // Section 5.2: drop a direction that is mostly inside what we already have.
+        // Drop a direction that is mostly inside what we already have (less than half of it
+        // is new).
         if norm < 0.5 {
             continue;
         }

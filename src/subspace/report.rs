@@ -55,6 +55,14 @@ pub struct RoundReport {
     pub filters: usize,
     /// Directions conditioned on (cell axes) this round.
     pub cell_axes: usize,
+    /// Cells of z = B x the round's filters were split by (1: unconditioned); with
+    /// `--method paper`, the occupied cells of a grid on every found direction plus one cell
+    /// pooling the rest (see `paper`).
+    pub cells: usize,
+    /// Cells per conditioning axis of that grid (1 when unconditioned).
+    pub cells_per_axis: usize,
+    /// Fraction of the pilot's rows that lie in cells of their own (1 unless some were pooled).
+    pub cell_coverage: f64,
     /// Bins of the pass (groups x cells x label bins): the cost of conditioning.
     pub bins: usize,
     /// Bytes of the pass's f64 accumulators (one set; the CPU backend keeps one per thread).
@@ -115,6 +123,8 @@ pub struct SubspaceReport {
     pub min_filter_rows: u64,
     /// The estimator that produced it.
     pub method: Method,
+    /// Why the rounds ended (`--method paper`; None for the others).
+    pub stopped: Option<String>,
 }
 
 /// No direction cleared the null: what the rounds saw and how many samples would likely do.
@@ -247,7 +257,7 @@ impl SubspaceReport {
 
     /// The typed outcome when filtered PCA found nothing (None otherwise).
     pub fn no_structure(&self) -> Option<NoStructure> {
-        if self.dim() > 0 || self.method != Method::Filtered {
+        if self.dim() > 0 || !self.method.finds_dimension() {
             return None;
         }
         let first = self.rounds.first()?;
@@ -313,6 +323,9 @@ impl SubspaceReport {
                     "threshold_mean": json_f64(r.threshold_mean),
                     "filters": r.filters,
                     "cell_axes": r.cell_axes,
+                    "cells": r.cells,
+                    "cells_per_axis": r.cells_per_axis,
+                    "cell_coverage": json_f64(r.cell_coverage),
                     "bins": r.bins,
                     "accumulator_bytes": r.accumulator_bytes,
                     "candidates": r.candidates,
@@ -342,6 +355,7 @@ impl SubspaceReport {
             "refine": refine,
             "samples_used": self.samples_used,
             "method": self.method.name(),
+            "stopped": self.stopped,
         })
     }
 
@@ -365,7 +379,7 @@ impl SubspaceReport {
                 .take(4)
                 .map(|v| format!("{v:.3}"))
                 .collect();
-            if self.method != Method::Filtered {
+            if !self.method.finds_dimension() {
                 s.push_str(&format!(
                     "  round {}: {} direction(s), scores [{}] (x null edge), |eig| [{}] vs null edge {:.3}\n",
                     i + 1,
@@ -397,6 +411,27 @@ impl SubspaceReport {
                 r.seconds,
                 r.host_seconds
             ));
+            if r.cells > 1 {
+                s.push_str(&format!(
+                    "    conditioned on {} cells ({} per axis on {} directions{}), {:.0}% of the pilot's rows in cells of their own, {} of accumulators\n",
+                    r.cells,
+                    r.cells_per_axis,
+                    r.cell_axes,
+                    if self.method == Method::Paper {
+                        ", the occupied ones and one pooling the rest"
+                    } else {
+                        ""
+                    },
+                    100.0 * r.cell_coverage,
+                    crate::safety::bytes(r.accumulator_bytes as u128)
+                ));
+            }
+        }
+        if self.method == Method::Paper {
+            s.push_str("  the paper's algorithm: label rounds only, each after the first conditioned on cells of every direction found before it; not run: whitening, refine steps, residual rounds (additions of --method filtered)\n");
+            if let Some(why) = &self.stopped {
+                s.push_str(&format!("  stopped: {why}\n"));
+            }
         }
         if !self.refine.is_empty() {
             let steps: Vec<String> = self
