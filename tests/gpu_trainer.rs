@@ -734,3 +734,88 @@ fn windows_drawn_on_the_device_train_as_the_same_rows_uploaded() {
         )
         .is_err());
 }
+
+/// A window of a source the device holds a copy of is copied from that copy (no row read on
+/// the host), blocks straddling the copy's batches; once the copy is evicted the rows are read
+/// on the host instead. Either way the window trains as the same rows uploaded: same bits.
+#[test]
+fn windows_from_a_device_copy_train_as_the_same_rows_uploaded() {
+    use relu_fpt::backend::gpu::MomentKernelParams;
+    use relu_fpt::moments::{BinSpec, SampleWeight};
+    // A backend of its own: this test evicts its copies.
+    let gpu = GpuBackend::new(true).expect("a GPU adapter (lavapipe in CI)");
+    let mut rng = Rng(43);
+    let d = 10;
+    let teacher =
+        Network::with_projection(&network(&mut rng, 2, &[5]), &basis(&mut rng, 2, d)).unwrap();
+    let src = CountingSource::new(
+        samples(&mut rng, d, 12_000, &teacher),
+        "gpu_trainer windows from a device copy",
+    );
+    assert!(!gpu.assembles_windows(&src), "no copy yet");
+    // A moments pass in batches of 5000 rows leaves the copy.
+    let params = MomentKernelParams {
+        max_batch_rows: 5_000,
+        ..MomentKernelParams::for_dim(d)
+    };
+    gpu.moments_with(
+        &src,
+        &BinSpec::single(d),
+        SampleWeight::Unit,
+        &params,
+        &hidden(),
+    )
+    .unwrap();
+    assert!(gpu.assembles_windows(&src), "the copy is held");
+
+    let blocks = [(4_096u64, 4_096usize), (8_192, 3_808)];
+    let rows: usize = blocks.iter().map(|b| b.1).sum();
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    for i in (1..rows).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let picked: Vec<usize> = order
+        .iter()
+        .map(|&k| {
+            let k = k as usize;
+            if k < 4_096 {
+                4_096 + k
+            } else {
+                8_192 + k - 4_096
+            }
+        })
+        .collect();
+    let xs: Vec<f32> = picked
+        .iter()
+        .flat_map(|&i| src.inner.x[i * d..(i + 1) * d].to_vec())
+        .collect();
+    let ys: Vec<f32> = picked.iter().map(|&i| src.inner.y[i]).collect();
+
+    let student = network(&mut rng, 2, &[4]);
+    let shape = FactoredShape::of(&student, d).unwrap();
+    let start = shape.pack(&student, &basis(&mut rng, 2, d)).unwrap();
+    let run = |assembled: bool| {
+        let mut p = start.clone();
+        let mut adam = Adam::new(p.len(), 5e-3, 100);
+        if assembled {
+            gpu.train_window_of(&shape, true, &src, &blocks, &order, 64, &mut p, &mut adam)
+                .unwrap();
+        } else {
+            gpu.train_window(&shape, true, &xs, &ys, 64, &mut p, &mut adam)
+                .unwrap();
+        }
+        p
+    };
+    let uploaded = run(false);
+    assert_ne!(uploaded, start, "the window trained");
+    let reads = src.reads();
+    assert_eq!(run(true), uploaded, "copied from the device copy");
+    assert_eq!(src.reads(), reads, "no row read on the host");
+    gpu.resident().clear();
+    assert_eq!(
+        run(true),
+        uploaded,
+        "read on the host once the copy is gone"
+    );
+    assert!(src.reads() > reads);
+}

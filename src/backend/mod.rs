@@ -114,9 +114,9 @@ pub trait Backend: Send + Sync {
     }
 
     /// Whether this backend assembles training windows of `source` itself
-    /// ([`Backend::train_window_of`]): a device that draws the rows of a built-in teacher
-    /// where the trainer runs. When false (the default), the trainer reads each window's rows
-    /// on the host and calls [`Backend::train_window`].
+    /// ([`Backend::train_window_of`]): a device that draws the rows of a built-in teacher, or
+    /// holds a copy of the rows, where the trainer runs. When false (the default), the trainer
+    /// reads each window's rows on the host and calls [`Backend::train_window`].
     fn assembles_windows(&self, source: &dyn SampleSource) -> bool {
         let _ = source;
         false

@@ -10,12 +10,12 @@
 //! shuffle of all rows per epoch, as in the in-memory reference [`super::polish`].
 //!
 //! The minibatch passes run on the backend ([`Backend::train_window`]), which takes Adam's steps
-//! from the host's [`Adam`] (a GPU runs them on the device). A backend that draws the rows
-//! itself ([`Backend::assembles_windows`]: a GPU with a built-in teacher's samples) gets each
-//! window's blocks and order instead of its rows ([`Backend::train_window_of`]), so no row is
-//! drawn or moved on the host. After each epoch the model is scored on the whole validation
-//! split (streamed); the epoch with the best validation error is kept, and only if it beats
-//! the start.
+//! from the host's [`Adam`] (a GPU runs them on the device). A backend that assembles the
+//! rows itself ([`Backend::assembles_windows`]: a GPU that draws a built-in teacher's samples
+//! or holds a copy of the rows) gets each window's blocks and order instead of its rows
+//! ([`Backend::train_window_of`]), so no row is drawn, read or moved on the host. After each
+//! epoch the model is scored on the whole validation split (streamed); the epoch with the best
+//! validation error is kept, and only if it beats the start.
 
 use super::PolishConfig;
 use crate::backend::{Adam, Backend, FactoredShape};

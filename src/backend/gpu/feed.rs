@@ -63,6 +63,13 @@ struct ResidentBatch {
     y_host: Vec<f32>,
 }
 
+/// One batch of a device copy as a caller outside the feeder sees it: x (rows x d) and y.
+pub(crate) struct ResidentRows {
+    pub x: wgpu::Buffer,
+    pub y: wgpu::Buffer,
+    pub rows: usize,
+}
+
 struct Entry {
     key: ResidentKey,
     batches: Arc<Vec<ResidentBatch>>,
@@ -156,6 +163,30 @@ impl ResidentSamples {
                 .unwrap_or(0);
             entries.remove(oldest);
         }
+    }
+
+    /// The batches of `source`'s device copy, when one is held (the trainer assembles windows
+    /// from it); counted as a use for eviction, not as a pass served.
+    pub(crate) fn held(&self, source: &dyn SampleSource) -> Option<Vec<ResidentRows>> {
+        let key = ResidentKey {
+            identity: source.identity()?,
+            len: source.len(),
+            dim: source.dim(),
+        };
+        let mut entries = self.entries();
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let e = entries.iter_mut().find(|e| e.key == key)?;
+        e.last_use = now;
+        Some(
+            e.batches
+                .iter()
+                .map(|b| ResidentRows {
+                    x: b.x.clone(),
+                    y: b.y.clone(),
+                    rows: b.y_host.len(),
+                })
+                .collect(),
+        )
     }
 
     fn lookup(&self, key: &ResidentKey) -> Option<Arc<Vec<ResidentBatch>>> {

@@ -295,6 +295,7 @@ impl Backend for GpuBackend {
 
     fn assembles_windows(&self, source: &dyn SampleSource) -> bool {
         self.window_generator(source).is_ok_and(|g| g.is_some())
+            || self.resident.held(source).is_some()
     }
 
     fn train_window_of(
@@ -308,14 +309,17 @@ impl Backend for GpuBackend {
         params: &mut [f64],
         adam: &mut Adam,
     ) -> Result<()> {
-        let Some(gen) = self.window_generator(source)? else {
-            return Err(crate::error::Error::invalid(format!(
-                "train window: the device cannot draw the rows of {}",
-                source.describe()
-            )));
+        // Drawn on the device, else copied from the device's copy, else (the copy was evicted
+        // since the trainer asked) read here.
+        let gen = self.window_generator(source)?;
+        let held = self.resident.held(source);
+        let rows_from = match (&gen, &held) {
+            (Some(gen), _) => trainer::WindowSource::Drawn(gen),
+            (None, Some(batches)) => trainer::WindowSource::Resident(batches),
+            (None, None) => trainer::WindowSource::Host(source),
         };
-        self.train_drawn_window(
-            &gen,
+        self.train_assembled_window(
+            rows_from,
             shape,
             train_basis,
             blocks,

@@ -34,7 +34,7 @@
 //! down to one and then fails with [`GpuError::TooLarge`] (widths of a few thousand).
 
 use super::context::PipelineCache;
-use super::feed::{for_each_batch, ResidentSamples};
+use super::feed::{for_each_batch, ResidentRows, ResidentSamples};
 use super::project::{ProjectInfo, ProjectKernelParams, ProjectPipelineCache, Projector};
 use super::sample::Generator;
 use super::{GpuContext, GpuError};
@@ -293,6 +293,16 @@ pub(crate) enum Steps<'a> {
 
 /// Minibatches per submission when the device takes the Adam steps.
 const DEVICE_STEPS: usize = 64;
+
+/// Where the device gets the rows of a window it assembles.
+pub(crate) enum WindowSource<'a> {
+    /// Drawn by a generator (a built-in teacher's rows).
+    Drawn(&'a Generator),
+    /// Copied from the source's copy on the device, batch after batch.
+    Resident(&'a [ResidentRows]),
+    /// Read on the host and uploaded (the copy was evicted since the trainer asked).
+    Host(&'a dyn SampleSource),
+}
 
 /// Where a window's rows are.
 pub(crate) enum WindowRows<'a> {
@@ -1042,13 +1052,14 @@ impl super::GpuBackend {
         )
     }
 
-    /// [`crate::backend::Backend::train_window_of`]: the window's blocks drawn on the device by
-    /// `gen`, put in `order` there (`gather_rows`), then trained as
-    /// [`GpuBackend::train_window_on_device`] does; no row crosses the bus.
+    /// [`crate::backend::Backend::train_window_of`]: the window's blocks put on the device as
+    /// `rows_from` says (drawn there, copied from a resident copy, or read on the host as a last
+    /// resort), put in `order` there (`gather_rows`), then trained as
+    /// [`GpuBackend::train_window_on_device`] does.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn train_drawn_window(
+    pub(crate) fn train_assembled_window(
         &self,
-        gen: &Generator,
+        rows_from: WindowSource,
         shape: &FactoredShape,
         train_basis: bool,
         blocks: &[(u64, usize)],
@@ -1060,9 +1071,9 @@ impl super::GpuBackend {
         let ctx = &self.ctx;
         let d = shape.input_dim;
         let rows: usize = blocks.iter().map(|b| b.1).sum();
-        if order.len() != rows || rows == 0 || gen.recipe().stride() != d {
+        if order.len() != rows || rows == 0 {
             return Err(Error::invalid(format!(
-                "train window: an order of {} rows for blocks of {rows} rows of d = {d}",
+                "train window: an order of {} rows for blocks of {rows} rows",
                 order.len()
             )));
         }
@@ -1071,11 +1082,8 @@ impl super::GpuBackend {
         let pipes = pipelines(ctx, &self.trainer_pipelines, &kp)?;
         let row_bytes = (d * 4) as u64;
         let storage = |label: &str, bytes: u64| ctx.storage_buffer(label, bytes);
-        let raw_x = storage("window drawn x", rows as u64 * row_bytes)?;
-        let raw_y = storage("window drawn y", (rows * 4) as u64)?;
-        let most = blocks.iter().map(|b| b.1).max().unwrap_or(1);
-        let block_x = storage("window block x", most as u64 * row_bytes)?;
-        let block_y = storage("window block y", (most * 4) as u64)?;
+        let raw_x = storage("window rows x", rows as u64 * row_bytes)?;
+        let raw_y = storage("window rows y", (rows * 4) as u64)?;
         let order_buf = storage("window order", (rows * 4) as u64)?;
         ctx.queue
             .write_buffer(&order_buf, 0, bytemuck::cast_slice(order));
@@ -1104,15 +1112,76 @@ impl super::GpuBackend {
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("window draw"),
+                label: Some("window rows"),
             });
-        let mut at = 0u64;
-        for &(start, len) in blocks {
-            gen.encode(ctx, &mut enc, start, len, &block_x, &block_y)?;
-            let (xb, yb) = (len as u64 * row_bytes, (len * 4) as u64);
-            enc.copy_buffer_to_buffer(&block_x, 0, &raw_x, at * row_bytes, xb);
-            enc.copy_buffer_to_buffer(&block_y, 0, &raw_y, at * 4, yb);
-            at += len as u64;
+        match rows_from {
+            WindowSource::Drawn(gen) => {
+                if gen.recipe().stride() != d {
+                    return Err(Error::invalid(
+                        "train window: the generator's rows are not d wide",
+                    ));
+                }
+                let most = blocks.iter().map(|b| b.1).max().unwrap_or(1);
+                let block_x = storage("window block x", most as u64 * row_bytes)?;
+                let block_y = storage("window block y", (most * 4) as u64)?;
+                let mut at = 0u64;
+                for &(start, len) in blocks {
+                    gen.encode(ctx, &mut enc, start, len, &block_x, &block_y)?;
+                    let (xb, yb) = (len as u64 * row_bytes, (len * 4) as u64);
+                    enc.copy_buffer_to_buffer(&block_x, 0, &raw_x, at * row_bytes, xb);
+                    enc.copy_buffer_to_buffer(&block_y, 0, &raw_y, at * 4, yb);
+                    at += len as u64;
+                }
+            }
+            WindowSource::Resident(batches) => {
+                // Each block's rows from the batches that hold them (a block may straddle two).
+                let mut at = 0u64;
+                for &(start, len) in blocks {
+                    let (mut row, end) = (start, start + len as u64);
+                    let mut first = 0u64;
+                    for b in batches.iter() {
+                        let last = first + b.rows as u64;
+                        if row < end && row < last && row >= first {
+                            let n = end.min(last) - row;
+                            let off = row - first;
+                            enc.copy_buffer_to_buffer(
+                                &b.x,
+                                off * row_bytes,
+                                &raw_x,
+                                at * row_bytes,
+                                n * row_bytes,
+                            );
+                            enc.copy_buffer_to_buffer(&b.y, off * 4, &raw_y, at * 4, n * 4);
+                            at += n;
+                            row += n;
+                        }
+                        first = last;
+                    }
+                    if row != end {
+                        return Err(Error::invalid(format!(
+                            "train window: rows {start}..{end} past the device copy's {first}"
+                        )));
+                    }
+                }
+            }
+            WindowSource::Host(source) => {
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                let mut at = 0u64;
+                for &(start, len) in blocks {
+                    let got = source.read(start, len, &mut x, &mut y)?;
+                    if got != len || x.len() != len * d {
+                        return Err(Error::invalid(format!(
+                            "{} returned {got} rows of {len} at row {start}",
+                            source.describe()
+                        )));
+                    }
+                    ctx.queue
+                        .write_buffer(&raw_x, at * row_bytes, bytemuck::cast_slice(&x));
+                    ctx.queue
+                        .write_buffer(&raw_y, at * 4, bytemuck::cast_slice(&y));
+                    at += len as u64;
+                }
+            }
         }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
@@ -1121,7 +1190,7 @@ impl super::GpuBackend {
             pass.set_bind_group(0, &gather, &[]);
             pass.dispatch_workgroups(gx, gy, 1);
         }
-        ctx.submit("window draw", enc)?;
+        ctx.submit("window rows", enc)?;
         run_window(
             ctx,
             &self.trainer_pipelines,
