@@ -353,7 +353,8 @@ struct EvalArgs {
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
-    /// Also draw predictions against labels (first 2000 samples) as an SVG chart.
+    /// Also draw predictions against labels, and the residuals against labels on their own
+    /// scale (first 2000 samples), as an SVG chart of two panels.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -1289,13 +1290,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         ));
     }
     if let Some(path) = &a.plot {
-        let svg = plot::scatter(
-            "predictions against labels",
-            "label y",
-            "prediction",
-            &points,
-        );
-        output::write_atomic(path, svg.as_bytes())?;
+        output::write_atomic(path, plot::prediction_panels(&points).as_bytes())?;
     }
     if a.json {
         println!("{v}");

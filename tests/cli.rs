@@ -270,10 +270,14 @@ fn learn_predict_eval_round_trip_through_the_model_file() {
         "predict MSE {mse} vs learn {reported}"
     );
 
-    // eval with the teacher reports angles and a small relative error on fresh samples.
+    // eval with the teacher reports angles and a small relative error on fresh samples, and
+    // draws predictions and residuals against the labels.
     let test = generate(dir.path(), "test", "20000", "4");
+    let plot = dir.path().join("eval.svg");
     let o = relu_fpt(&[
         "eval",
+        "--plot",
+        plot.to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
         "--x",
@@ -290,6 +294,15 @@ fn learn_predict_eval_round_trip_through_the_model_file() {
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(e["relative_mse"].as_f64().unwrap() < 0.1, "{e}");
     assert!(e["principal_angles"].as_array().unwrap().len() >= 2, "{e}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(
+        svg.matches("class=\"legend\"").count(),
+        2,
+        "two panels, each with a legend"
+    );
+    assert!(svg.contains("residual (prediction - label)"));
+    assert!(svg.matches("class=\"xtick\"").count() >= 8);
+    assert!(svg.matches("class=\"ytick\"").count() >= 8);
 }
 
 /// Reads an (N,) float32 .npy file written by `predict`.
