@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple, PyType};
 use relu_fpt::backend::{cpu::CpuBackend, gpu::GpuBackend, Backend};
 use relu_fpt::data::{SampleSource, SliceSource};
-use relu_fpt::learn::LearnConfig;
+use relu_fpt::learn::{LearnConfig, LearnMethod};
 use relu_fpt::network::{Network, NetworkError};
 use relu_fpt::subspace::{Method, NoStructure, SubspaceConfig};
 use relu_fpt::teacher::{TeacherKind, TeacherSpec};
@@ -326,18 +326,19 @@ fn samples<'a>(
 }
 
 /// Learns a network from X (N x d float32) and y (N float32): filtered PCA, the search, the
-/// descent and the polish. When filtered PCA finds no direction (or there are too few rows to
+/// descent and the polish (`method="paper"`: the paper's rounds and enumerate-and-test over the
+/// product net, no gradient stage). When filtered PCA finds no direction (or there are too few rows to
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default"))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'_, f32>,
     y: PyReadonlyArray1<'_, f32>,
     hidden: Vec<usize>,
-    budget: usize,
+    budget: Option<usize>,
     max_dim: usize,
     polish: bool,
     polish_epochs: usize,
@@ -348,11 +349,27 @@ fn learn<'py>(
     validation_fraction: f64,
     seed: u64,
     backend: &str,
+    method: &str,
 ) -> PyResult<(PyNetwork, String, Bound<'py, PyArray2<f64>>)> {
+    let method = match method {
+        "default" => LearnMethod::Default,
+        "paper" => LearnMethod::Paper,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "method={other:?}: expected \"default\" or \"paper\""
+            )))
+        }
+    };
+    // No budget: 512 candidates, or the paper method's cap (its sweeps end by themselves).
+    let budget = budget.unwrap_or(match method {
+        LearnMethod::Default => 512,
+        LearnMethod::Paper => relu_fpt::learn::PAPER_BUDGET,
+    });
     let (d, xr, yr) = samples(&x, &y)?;
     let x_copied = matches!(xr, Cow::Owned(_));
     let device = self::backend(backend)?;
     let mut config = LearnConfig {
+        method,
         hidden,
         budget,
         seed,
@@ -450,12 +467,13 @@ fn find_subspace<'py>(
 ) -> PyResult<(Bound<'py, PyArray2<f64>>, String)> {
     let method = match method {
         "filtered" => Method::Filtered,
+        "paper" => Method::Paper,
         "phd" => Method::Phd,
         "sir" => Method::Sir,
         "save" => Method::Save,
         other => {
             return Err(PyValueError::new_err(format!(
-                "method={other:?}: expected \"filtered\", \"phd\", \"sir\" or \"save\""
+                "method={other:?}: expected \"filtered\", \"paper\", \"phd\", \"sir\" or \"save\""
             )))
         }
     };

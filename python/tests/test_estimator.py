@@ -220,6 +220,7 @@ def test_bad_input_raises_value_error_with_the_reason(teacher_data, fitted):
         (dict(validation_fraction=1.0), "validation_fraction"),
         (dict(backend="tpu"), "backend"),
         (dict(random_state=-1), "random_state"),
+        (dict(method="fast"), "method"),
     ]:
         with pytest.raises(ValueError, match=word):
             ReluNetRegressor(**dict(FAST, **params)).fit(X[:100], y[:100])
@@ -235,6 +236,25 @@ def test_bad_input_raises_value_error_with_the_reason(teacher_data, fitted):
 def _core_params():
     return dict(hidden=[4], budget=8, max_dim=8, polish=False, polish_epochs=0,
                 descent_epochs=0, deep_widths=[], deep_epochs=0, refine_steps=0, validation_fraction=0.2, backend="cpu")
+
+
+def test_paper_method(teacher_data):
+    """method="paper": the paper's label rounds, then enumerate-and-test over the product net
+    as the model; no sphere-net fit and no gradient stage."""
+    X, y, X_test, y_test, _ = teacher_data
+    est = ReluNetRegressor(method="paper", hidden=(4,), random_state=0, backend="cpu").fit(X, y)
+    report = est.report_
+    assert report["method"] == "paper" and report["fallback"] is None
+    assert [s["stage"] for s in report["stages"]] == ["subspace", "enumerate"]
+    assert report["final_stage"] == "enumerate" and report["polished_mse"] is None
+    ran = {p["name"]: (p["paper"], p["ran"]) for p in report["parts"]}
+    assert ran["enumerate-and-test"] == (True, True)
+    assert ran["polish (Adam on B and the network)"] == (False, False)
+    assert report["subspace"]["method"] == "paper" and est.dimension_ == 2
+    # Bias-free units on the sphere, as the paper's networks.
+    assert not np.any(est.model_.layers[0][1])
+    # 1 - twice the worst shortfall of random_state 0..9 (0.996143; the rounds' basis sets it).
+    assert est.score(X_test, y_test) > 0.9922
 
 
 def test_backend_choices(teacher_data):

@@ -119,6 +119,10 @@ def test_find_subspace_methods(teacher_data):
     # Twice the worst of random_state 0..9 (2.05e-3 rad).
     assert principal_angle(basis, vt[:2]) < 4.1e-3
     assert report["method"] == "filtered" and report["rounds"][0]["accepted"] >= 1
+    paper, report = relu_fpt.find_subspace(X, y, method="paper", backend="cpu", random_state=0)
+    assert paper.shape == (2, 12) and report["method"] == "paper"
+    assert [r["accepted"] for r in report["rounds"]] == [2, 0] and report["refine"] == []
+    assert "found no direction" in report["stopped"]
     sir, report = relu_fpt.find_subspace(X, y, method="sir", dim=2, backend="cpu")
     assert sir.shape == (2, 12) and report["method"] == "sir"
     # The library's own messages come through as ValueError.

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_array, check_X_y
 
 from . import _core
 
-_METHODS = ("filtered", "phd", "sir", "save")
+_METHODS = ("filtered", "paper", "phd", "sir", "save")
 _BACKENDS = ("auto", "cpu", "gpu")
 
 
@@ -45,8 +45,10 @@ def find_subspace(X, y, method="filtered", dim=None, max_dim=32, refine_steps=3,
     X : array-like of shape (n_samples, n_features)
         Inputs, ideally x ~ N(0, I) (the method's assumption).
     y : array-like of shape (n_samples,)
-    method : {"filtered", "phd", "sir", "save"}, default="filtered"
-        Filtered PCA finds the dimension itself; pHd, SIR and SAVE need ``dim``.
+    method : {"filtered", "paper", "phd", "sir", "save"}, default="filtered"
+        Filtered PCA finds the dimension itself (``"paper"``: the paper's label rounds alone,
+        each after the first conditioned on cells of every direction found so far, without
+        whitening, refine steps or residual rounds); pHd, SIR and SAVE need ``dim``.
     dim : int or None
         Number of directions (baselines); for filtered PCA a tighter bound than ``max_dim``.
     max_dim : int, default=32

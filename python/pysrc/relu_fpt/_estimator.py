@@ -25,6 +25,13 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     x -> small(B x), so ``predict`` costs d r plus the small network per row. Every stage
     streams over all training rows with bounded memory.
 
+    ``method="paper"`` runs the paper's algorithm as written instead: filtered PCA's label
+    rounds (each after the first conditioned on cells of every direction found so far; no
+    whitening, refine steps or residual rounds), then enumerate-and-test over the product net
+    of bias-free networks of widths ``hidden`` (give the architecture to enumerate, e.g.
+    ``hidden=(16,)`` for a 16-unit teacher) as the final model: no sphere-net fit and no
+    gradient stage, so the stage parameters below do not apply.
+
     The method assumes Gaussian inputs x ~ N(0, I); on other data it still runs. When
     filtered PCA finds no direction above its calibrated null (or there are fewer than 10
     rows), the model is a ridge regression on x (penalty by generalised cross-validation),
@@ -37,8 +44,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     max_dim : int, default=32
         Largest subspace dimension filtered PCA may report (a bound, not a limit of the
         method: the dimension itself is found).
-    budget : int, default=512
-        Most candidate networks enumerate-and-test evaluates.
+    budget : int or None, default=None
+        Most candidate networks enumerate-and-test evaluates (None: 512, or 1 000 000 with
+        ``method="paper"``, a cap its sweeps rarely reach).
     polish : bool, default=True
         Refine network and basis jointly (Adam on all weights and on B) after the search.
     polish_epochs : int, default=15
@@ -63,6 +71,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         a software adapter (lavapipe). ``predict`` always runs on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds every random choice; the same seed and data give the same model.
+    method : {"default", "paper"}, default="default"
+        The pipeline (see above).
 
     Attributes
     ----------
@@ -88,9 +98,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         PCA saw) and ``x_copied`` (whether X had to be copied to be read).
     """
 
-    def __init__(self, hidden=(4,), max_dim=32, budget=512, polish=True, polish_epochs=15,
+    def __init__(self, hidden=(4,), max_dim=32, budget=None, polish=True, polish_epochs=15,
                  descent_epochs=30, deep_widths=(32, 32), deep_epochs=60, refine_steps=3,
-                 validation_fraction=0.2, backend="auto", random_state=None):
+                 validation_fraction=0.2, backend="auto", random_state=None, method="default"):
         self.hidden = hidden
         self.max_dim = max_dim
         self.budget = budget
@@ -103,6 +113,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.backend = backend
         self.random_state = random_state
+        self.method = method
 
     def _check_params(self):
         """Validated copies of the parameters (fit never modifies them)."""
@@ -134,11 +145,14 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"validation_fraction={vf!r}: expected a float in (0, 1)")
         if self.backend not in _BACKENDS:
             raise ValueError(f"backend={self.backend!r}: expected one of {_BACKENDS}")
+        if self.method not in _LEARN_METHODS:
+            raise ValueError(f"method={self.method!r}: expected one of {_LEARN_METHODS}")
         if not isinstance(self.polish, (bool, np.bool_)):
             raise ValueError(f"polish={self.polish!r}: expected True or False")
         max_dim = count("max_dim", 1)
         return dict(
-            hidden=hidden, budget=count("budget", 1), max_dim=max_dim, polish=bool(self.polish),
+            hidden=hidden, budget=None if self.budget is None else count("budget", 1),
+            max_dim=max_dim, polish=bool(self.polish), method=self.method,
             polish_epochs=count("polish_epochs", 0), descent_epochs=count("descent_epochs", 0),
             deep_widths=deep_widths, deep_epochs=count("deep_epochs", 0),
             refine_steps=count("refine_steps", 0), validation_fraction=float(vf),
@@ -191,6 +205,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         known to fail, with the reason for each (pass as ``expected_failed_checks``)."""
         return dict(_EXPECTED_FAILED_CHECKS)
 
+
+_LEARN_METHODS = ("default", "paper")
 
 # scikit-learn >= 1.6 takes expected failures as an argument of check_estimator rather than
 # as a tag; this is the list to pass.
