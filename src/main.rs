@@ -208,7 +208,8 @@ struct SubspaceArgs {
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
     /// Filtered PCA finds the dimension itself (`paper`: the paper's rounds alone, without
-    /// whitening, refine steps or residual rounds); pHd, SIR and SAVE need --dim.
+    /// whitening, refine steps or residual rounds, so --no-whiten, --refine-steps and
+    /// --residual-rounds do not apply); pHd, SIR and SAVE need --dim.
     #[arg(long, value_enum, default_value = "filtered")]
     method: Method,
     /// Upper bound on the dimension filtered PCA may find.
@@ -256,7 +257,9 @@ struct LearnArgs {
     /// `default`: filtered PCA with its additions, enumerate-and-test and the sphere-net fit,
     /// then the gradient stages. `paper`: the paper's algorithm as written (conditioned label
     /// rounds, then enumerate-and-test over the product net, bias-free, as the final
-    /// hypothesis; no gradient stages); give --hidden the architecture to enumerate.
+    /// hypothesis; no gradient stages, so --refine-steps, --no-whiten, --descent-epochs,
+    /// --deep-widths, --polish-epochs, --no-polish and --spare-rows do not apply); give
+    /// --hidden the architecture to enumerate (e.g. 16 for parity k = 4).
     #[arg(long, value_enum, default_value = "default")]
     method: relu_fpt::learn::LearnMethod,
     /// Hidden widths of the enumerated student networks.
