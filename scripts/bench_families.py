@@ -15,8 +15,24 @@ model misses. Wall seconds include reading the files (relu-fpt) and the `fit` ca
 
 Usage: python3 scripts/bench_families.py [--cases name,name] [--no-mlp | --no-ours]
          [--scale 0.5] [--raw rows.jsonl [--resume]] [--keep DIR]
+       python3 scripts/bench_families.py --time-to-accuracy [--cases ...] [--scale 0.5]
+         [--raw rows.jsonl] [--plot curves.svg]
 (--no-mlp, then --no-ours --resume on the same --raw file, gives the table in two sittings.)
-Needs numpy and scikit-learn. Prints a Markdown table; --raw appends one JSON line per case.
+Needs numpy and scikit-learn (and matplotlib for --plot). Prints a Markdown table; --raw
+appends one JSON line per case.
+
+--time-to-accuracy runs relu-fpt and the MLP one after the other on each case, in one sitting,
+and compares time to accuracy on the same held-out rows: both train on the first 80% of the
+rows and are scored on the last 20% (relu-fpt's validation split), MSE / Var(y) there. The MLP
+is trained epoch by epoch (partial_fit, same widths and Adam settings) and scored after every
+epoch, stopping as its early stopping would (no improvement of more than 1e-4 in 10 epochs,
+at most 200), and keeps its best epoch; its curve is validation error against the seconds of
+its fitting and scoring. relu-fpt's curve is the best validation error so far against seconds
+since `learn` began, from `learn --json` (each stage's result at its end, and the trainers'
+validation checks in between, which score the first 32768 validation rows). The table gives
+each one's final test error (1e5 fresh rows, noiseless labels) and wall seconds, and the
+seconds relu-fpt needed to reach the MLP's final validation error. --plot draws both curves for
+each case run (two cases make a readable figure).
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 import numpy as np
@@ -166,6 +182,122 @@ def run_case(name, spec, args, tmp, have):
     return row
 
 
+def ours_curve(rep):
+    """relu-fpt's best validation MSE so far against seconds since learn began (as
+    LearnReport::curve in src/learn/mod.rs), from its --json report."""
+    best, out = float("inf"), []
+    for st in rep["stages"]:
+        for c in st.get("curve", []):
+            best = min(best, c["best_mse"])
+            out.append((c["seconds"], best))
+        if st.get("validation_mse") is not None:
+            best = min(best, st["validation_mse"])
+            out.append((st.get("started", 0.0) + st["seconds"], best))
+    return out
+
+
+def mlp_curve(widths, x, y, n_train, seed, max_iter=200, patience=10, tol=1e-4):
+    """MLPRegressor trained epoch by epoch on the first n_train rows, scored on the rest after
+    every epoch: the curve (seconds, validation MSE), the best model and its epoch count."""
+    import copy
+    from sklearn.neural_network import MLPRegressor
+    mlp = MLPRegressor(hidden_layer_sizes=[2 * w for w in widths], random_state=seed)
+    xt, yt, xv, yv = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+    rng = np.random.default_rng(seed)
+    curve, best, best_model, stall, t = [], float("inf"), None, 0, time.perf_counter()
+    for _ in range(max_iter):
+        order = rng.permutation(n_train)  # partial_fit does not shuffle by itself
+        mlp.partial_fit(xt[order], yt[order])
+        mse = float(((mlp.predict(xv) - yv) ** 2).mean())
+        curve.append((time.perf_counter() - t, min(best, mse)))
+        if mse < best * (1 - tol):
+            stall = 0
+        else:
+            stall += 1
+        if mse < best:
+            best, best_model = mse, copy.deepcopy(mlp)
+        if stall >= patience:
+            break
+    return curve, best_model, len(curve)
+
+
+def time_to_accuracy(name, spec, args, tmp):
+    """One case of --time-to-accuracy: relu-fpt, then the MLP, on the same split."""
+    flags, d, n, law, noise, widths = spec
+    n = max(int(n * args.scale), 20_000)
+    path = os.path.join(tmp, name.replace(" ", "_").replace(",", "").replace("=", ""))
+    subprocess.run([BIN, "generate", *flags, "--d", str(d), "--n", "1", "--seed", str(args.seed),
+                    "--out", path], check=True, capture_output=True)
+    teacher = json.load(open(os.path.join(path, "teacher.json")))
+    xt, ft, _ = make_data(teacher, law, n, d, noise, args.seed, path)
+    var_f = ft.var()
+    x, y = np.load(os.path.join(path, "x.npy")), np.load(os.path.join(path, "y.npy"))
+    n_val = int(round(n * 0.2))
+    var_y = float(y[n - n_val:].astype(np.float64).var())
+    row = {"case": name, "d": d, "n": n, "law": law, "noise": noise, "mode": "time-to-accuracy"}
+    model = os.path.join(path, "model.json")
+    t = time.perf_counter()
+    p = subprocess.run([BIN, "learn", "--x", os.path.join(path, "x.npy"), "--y",
+                        os.path.join(path, "y.npy"), "--out", model, "--backend", "cpu", "--seed",
+                        str(args.seed), "--json", *args.learn_flags.split()],
+                       capture_output=True, text=True)
+    row["relu_fpt_seconds"] = time.perf_counter() - t
+    if p.returncode != 0:
+        row.update(error=p.stderr.strip()[-300:])
+        return row
+    rep = json.loads(p.stdout)
+    np.save(os.path.join(path, "xt.npy"), xt)
+    subprocess.run([BIN, "predict", "--model", model, "--x", os.path.join(path, "xt.npy"),
+                    "--out", os.path.join(path, "pt.npy"), "--backend", "cpu"],
+                   check=True, capture_output=True)
+    pred = np.load(os.path.join(path, "pt.npy")).astype(np.float64)
+    row["relu_fpt"] = float(((pred - ft) ** 2).mean() / var_f)
+    row["relu_fpt_curve"] = [(s, m / rep["validation_var"]) for s, m in ours_curve(rep)]
+    row["relu_fpt_validation"] = rep["validation_mse"] / rep["validation_var"]
+    t = time.perf_counter()
+    curve, mlp, epochs = mlp_curve(widths, x, y, n - n_val, args.seed)
+    row["mlp_seconds"] = time.perf_counter() - t
+    row["mlp_epochs"] = epochs
+    row["mlp"] = float(((mlp.predict(xt) - ft) ** 2).mean() / var_f)
+    row["mlp_curve"] = [(s, m / var_y) for s, m in curve]
+    row["mlp_validation"] = min(m for _, m in row["mlp_curve"])
+    reach = [s for s, m in row["relu_fpt_curve"] if m <= row["mlp_validation"]]
+    row["relu_fpt_seconds_to_mlp"] = reach[0] if reach else None
+    return row
+
+
+def print_time_row(row):
+    if "error" in row:
+        print(f"| {row['case']} | {rows(row['n'])} | exit ({row['error'][-80:]}) | | | |", flush=True)
+        return
+    reach = row["relu_fpt_seconds_to_mlp"]
+    print(f"| {row['case']} | {rows(row['n'])} | {fmt(row['relu_fpt'])} ({row['relu_fpt_seconds']:.1f}) "
+          f"| {fmt(row['mlp'])} ({row['mlp_seconds']:.1f}, {row['mlp_epochs']} epochs) "
+          f"| {fmt(row['mlp_validation'])} | {'not reached' if reach is None else f'{reach:.1f}'} |",
+          flush=True)
+
+
+def plot_curves(rows_, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(rows_), figsize=(5.5 * len(rows_), 4), squeeze=False)
+    for ax, row in zip(axes[0], rows_):
+        for key, label in (("relu_fpt_curve", "relu-fpt"), ("mlp_curve", "MLPRegressor")):
+            pts = row.get(key) or []
+            if pts:
+                ax.step([s for s, _ in pts], [m for _, m in pts], where="post", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("validation MSE / Var(y), best so far")
+        ax.set_title(f"{row['case']}, N = {rows(row['n'])}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def rows(n):
     """4e5, 1e6: the sizes as the case names write them."""
     m, e = f"{n:.1e}".split("e")
@@ -205,10 +337,33 @@ def main():
     ap.add_argument("--resume", action="store_true",
                     help="with --raw: skip the cases it already holds and print them from it")
     ap.add_argument("--keep", help="keep the data under this directory")
+    ap.add_argument("--time-to-accuracy", action="store_true",
+                    help="relu-fpt and the MLP side by side: final errors, seconds, and the "
+                    "seconds relu-fpt needs to reach the MLP's final validation error")
+    ap.add_argument("--plot", help="with --time-to-accuracy: draw the curves to this file")
     args = ap.parse_args()
     want = [c for c in args.cases.split(",") if c]
     cases = {k: v for k, v in CASES.items() if not want or any(w in k for w in want)}
     tmp = args.keep or tempfile.mkdtemp(prefix="relu-fpt-families-")
+    if args.time_to_accuracy:
+        print("| case | N | relu-fpt test MSE/Var (s) | MLPRegressor test MSE/Var (s) "
+              "| MLP's validation MSE/Var | relu-fpt's seconds to reach it |")
+        print("|---|---|---|---|---|---|")
+        done = []
+        for name, spec in cases.items():
+            if spec[3] == "noise":
+                continue  # no structure: nothing to race to
+            row = time_to_accuracy(name, spec, args, tmp)
+            done.append(row)
+            if args.raw:
+                with open(args.raw, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            print_time_row(row)
+            if not args.keep:
+                clean(tmp)
+        if args.plot:
+            plot_curves([r for r in done if "error" not in r], args.plot)
+        return 0
     print("| case | N | relevant dim | found | gradient energy missed | relu-fpt test MSE/Var (s) "
           "| final stage | MLPRegressor (s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -229,12 +384,17 @@ def main():
         row = {**have, **row} if args.resume else row
         print_row(row)
         if not args.keep:
-            for f in os.listdir(tmp):
-                p = os.path.join(tmp, f)
-                if os.path.isdir(p):
-                    for g in os.listdir(p):
-                        os.remove(os.path.join(p, g))
-                    os.rmdir(p)
+            clean(tmp)
+
+
+def clean(tmp):
+    """Removes the cases' data under tmp."""
+    for f in os.listdir(tmp):
+        p = os.path.join(tmp, f)
+        if os.path.isdir(p):
+            for g in os.listdir(p):
+                os.remove(os.path.join(p, g))
+            os.rmdir(p)
 
 
 if __name__ == "__main__":

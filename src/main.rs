@@ -304,9 +304,16 @@ struct LearnArgs {
     #[arg(long)]
     no_whiten: bool,
     /// Hidden widths of the network the deep-net stage trains on z from a random start
-    /// (kept when it validates better than the descent from the search's pick); 0 for none.
+    /// (kept when it validates better than the descent from the search's pick; it runs when
+    /// the descent's residual shows structure on z, or for as long as it stays ahead of the
+    /// descent after as many row reads); 0 for none.
     #[arg(long, value_delimiter = ',', default_value = "32,32")]
     deep_widths: Vec<usize>,
+    /// Wall-clock seconds the learning may take: the stages are planned to end within it and
+    /// the best model found is returned when it runs out. A budgeted run depends on the
+    /// machine's speed and load, so it is not reproducible across machines.
+    #[arg(long)]
+    time_budget: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
@@ -395,6 +402,10 @@ struct DemoArgs {
     d: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Wall-clock seconds the learning may take (as `learn --time-budget`; not reproducible
+    /// across machines).
+    #[arg(long)]
+    time_budget: Option<f64>,
     /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
     /// finished stage and round prints (errors still print).
     #[arg(long)]
@@ -919,6 +930,7 @@ fn learn_config(a: &LearnArgs) -> LearnConfig {
         max_dim: a.max_dim,
         deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
         spare_rows: a.spare_rows,
+        time_budget: a.time_budget,
         ..LearnConfig::default()
     };
     if let Some(e) = a.polish_epochs {
@@ -969,6 +981,24 @@ fn check_learn_args(a: &LearnArgs) -> Result<()> {
     if a.polish_epochs == Some(0) {
         return Err(Error::invalid(
             "--polish-epochs 0: give at least one pass, or --no-polish to skip the polish",
+        ));
+    }
+    check_time_budget(a.time_budget)
+}
+
+/// `--time-budget` of `learn` and `demo`: a positive number of seconds, one process.
+fn check_time_budget(budget: Option<f64>) -> Result<()> {
+    let Some(b) = budget else {
+        return Ok(());
+    };
+    if !(b.is_finite() && b > 0.0) {
+        return Err(Error::invalid(format!(
+            "--time-budget {b}: give a positive number of seconds (e.g. --time-budget 30), or leave it out to learn to the accuracy the data supports"
+        )));
+    }
+    if mpi::ranks() > 1 {
+        return Err(Error::invalid(
+            "--time-budget: not available under mpirun (each rank reads its own clock, so the ranks would take different decisions); leave it out, or run one process",
         ));
     }
     Ok(())
@@ -1326,6 +1356,47 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The demo's samples in memory, when the backend reads rows on the host and they fit
+/// comfortably (at most half the available memory); None leaves them to the generator (a GPU
+/// draws a built-in teacher's rows on the device itself). Says which on stdout.
+fn draw_demo_samples(
+    backend: &dyn Backend,
+    generator: &GaussianSource,
+) -> Result<Option<relu_fpt::data::MemorySource>> {
+    let (n, d) = (generator.len(), generator.dim());
+    let bytes = n as u128 * (d as u128 + 1) * 4;
+    if backend.kind() != "cpu" {
+        println!("demo: the device draws the samples itself on every pass (none cross the bus); the time below is the learner's on them");
+        return Ok(None);
+    }
+    if safety::available_memory().is_some_and(|m| bytes > m as u128 / 2) {
+        println!(
+            "demo: the {n} samples ({}) would take more than half the available memory, so they are drawn again on every pass and the time below includes drawing them",
+            safety::bytes(bytes)
+        );
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let fix = "lower --n or --d";
+    safety::reserve(&mut x, n as usize * d, "demo: the samples in memory", fix)?;
+    safety::reserve(&mut y, n as usize, "demo: the labels in memory", fix)?;
+    let (mut xb, mut yb) = (Vec::new(), Vec::new());
+    let mut start = 0u64;
+    while start < n {
+        let got = generator.read(start, 1 << 16, &mut xb, &mut yb)?;
+        x.extend_from_slice(&xb);
+        y.extend_from_slice(&yb);
+        start += got.max(1) as u64;
+    }
+    println!(
+        "demo: drew the {n} samples into memory ({}) in {:.1} s, before the clock starts: the time below is the learner's, not the generator's",
+        safety::bytes(bytes),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Some(relu_fpt::data::MemorySource { dim: d, x, y }))
+}
+
 fn demo(a: DemoArgs) -> Result<()> {
     stage_lines(a.quiet);
     if a.d < 4 {
@@ -1340,6 +1411,7 @@ fn demo(a: DemoArgs) -> Result<()> {
             a.n
         )));
     }
+    check_time_budget(a.time_budget)?;
     safety::check_teacher_size(a.d, &[], Some(4), None)?;
     safety::check_subspace_memory(a.d, "--d")?;
     let backend = open_backend(a.backend)?;
@@ -1353,14 +1425,23 @@ fn demo(a: DemoArgs) -> Result<()> {
         a.n,
         backend.description()
     );
-    let train = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
+    let generator = GaussianSource::new(teacher.network.clone(), a.n, a.seed, 0.0)?;
+    // The samples are drawn once, before the clock starts, so that the time reported is the
+    // learner's and not the generator's (which would draw every row again on every pass).
+    let drawn = draw_demo_samples(backend.as_ref(), &generator)?;
+    let train: &dyn SampleSource = match &drawn {
+        Some(m) => m,
+        None => &generator,
+    };
     // The defaults a user of `learn` gets: nothing here knows the teacher's width.
     let config = LearnConfig {
         seed: a.seed,
+        time_budget: a.time_budget,
         ..LearnConfig::default()
     };
     let t = Instant::now();
-    let report: LearnReport = learn(backend.as_ref(), &train, &config)?;
+    let report: LearnReport = learn(backend.as_ref(), train, &config)?;
+    drop(drawn);
     let learn_seconds = t.elapsed().as_secs_f64();
     print!("{}", report.summary());
     // Fresh test samples from an independent seed.

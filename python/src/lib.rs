@@ -331,7 +331,7 @@ fn samples<'a>(
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default"))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default", time_budget=None))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
@@ -350,6 +350,7 @@ fn learn<'py>(
     seed: u64,
     backend: &str,
     method: &str,
+    time_budget: Option<f64>,
 ) -> PyResult<(PyNetwork, String, Bound<'py, PyArray2<f64>>)> {
     let method = match method {
         "default" => LearnMethod::Default,
@@ -376,6 +377,7 @@ fn learn<'py>(
         validation_fraction,
         polish,
         max_dim,
+        time_budget,
         ..LearnConfig::default()
     };
     config.polish_config.epochs = polish_epochs;

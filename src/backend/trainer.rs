@@ -124,7 +124,9 @@ impl FactoredShape {
     }
 }
 
-/// Adam on the host, with a step size that decays linearly to zero over `total_steps`.
+/// Adam on the host, with a step size that decays linearly to zero over `total_steps`;
+/// [`Adam::decay_over`] shortens the decay from the present step (a trainer that must end by a
+/// deadline).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
     m: Vec<f64>,
@@ -132,7 +134,11 @@ pub struct Adam {
     /// b1^t and b2^t for the bias correction.
     b1t: f64,
     b2t: f64,
+    /// The step size at `decay_start`.
     learning_rate: f64,
+    /// The step at which the present linear decay began.
+    decay_start: f64,
+    /// The step at which the step size reaches zero.
     total_steps: f64,
     steps: f64,
 }
@@ -151,9 +157,24 @@ impl Adam {
             b1t: 1.0,
             b2t: 1.0,
             learning_rate,
+            decay_start: 0.0,
             total_steps: total_steps.max(1) as f64,
             steps: 0.0,
         }
+    }
+
+    /// From the next step on, the step size falls linearly from its present value to zero
+    /// over `steps` steps (at least one).
+    pub fn decay_over(&mut self, steps: usize) {
+        self.learning_rate = self.current_rate();
+        self.decay_start = self.steps;
+        self.total_steps = self.steps + steps.max(1) as f64;
+    }
+
+    /// The step size the next step takes.
+    pub fn current_rate(&self) -> f64 {
+        let span = self.total_steps - self.decay_start;
+        self.learning_rate * (1.0 - (self.steps - self.decay_start) / span).max(0.0)
     }
 
     /// Steps taken so far.
@@ -164,7 +185,7 @@ impl Adam {
     /// Advances the step count and returns this step's scalars: the step size and the bias
     /// corrections 1 - b1^t and 1 - b2^t (what a device running the step needs).
     pub fn next_step(&mut self) -> AdamStep {
-        let lr = self.learning_rate * (1.0 - self.steps / self.total_steps).max(0.0);
+        let lr = self.current_rate();
         self.steps += 1.0;
         self.b1t *= B1;
         self.b2t *= B2;

@@ -59,6 +59,7 @@ pub(super) fn learn_paper(
     source: &dyn SampleSource,
     config: &LearnConfig,
 ) -> Result<LearnReport> {
+    let origin = std::time::Instant::now();
     let n = source.len() as usize;
     let d = source.dim();
     let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
@@ -74,6 +75,9 @@ pub(super) fn learn_paper(
         seconds: t.seconds(),
         host_cpu_seconds: t.cpu_seconds(),
         validation_mse: mse,
+        started: origin.elapsed().as_secs_f64() - t.seconds(),
+        stopped: None,
+        curve: Vec::new(),
     };
 
     let t = StageClock::start();
@@ -153,6 +157,10 @@ pub(super) fn learn_paper(
         stages: vec![subspace_stage, enumerate],
         backend: backend.description(),
         method: LearnMethod::Paper,
+        deep_net_decision: None,
+        deep_net_evidence: None,
+        time_budget: None,
+        budget_notes: Vec::new(),
     })
 }
 

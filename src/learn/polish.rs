@@ -41,6 +41,11 @@ pub struct PolishConfig {
     pub window_bytes: usize,
     /// Seed of the sample order.
     pub seed: u64,
+    /// Stop when done: hold the step size until the validation error stops improving, then
+    /// decay it and end the stage ([`super::StopRule`]; the streaming trainer only). `None`
+    /// runs the planned passes with the step size decaying over all of them, as the in-memory
+    /// reference [`polish`] always does.
+    pub stop: Option<super::StopRule>,
 }
 
 impl Default for PolishConfig {
@@ -56,6 +61,7 @@ impl Default for PolishConfig {
             max_rows: usize::MAX,
             window_bytes: 16 << 20,
             seed: 0,
+            stop: None,
         }
     }
 }

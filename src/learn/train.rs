@@ -50,6 +50,12 @@ pub struct TrainOutcome {
     pub rows: u64,
     /// Adam steps taken.
     pub steps: usize,
+    /// Training rows read, repeats included.
+    pub row_reads: u64,
+    /// Why the stage ended.
+    pub stop: StopReason,
+    /// The validation checks in order (per epoch without a stop rule).
+    pub curve: Vec<Check>,
 }
 
 /// Validation MSE of the compact network of `params` over every row of `val`.
@@ -177,6 +183,94 @@ fn epoch_windows(
         .collect()
 }
 
+/// When the streaming trainer ends a stage before its planned passes ("stop when done"). The
+/// step size decays linearly to zero over the planned passes ([`PolishConfig::epochs_for`]);
+/// every `check_rows` row reads the model is scored on the check rows, paired row by row with
+/// the best model so far. When no check within `patience_rows` row reads has improved on it
+/// significantly, the step size decays to zero over a last stretch (`finish_fraction` of the
+/// row reads so far: a decaying step size makes its gains at the end) and the stage ends there,
+/// keeping its best checked model. Every quantity is counted in row reads and validation
+/// errors, never in seconds, so the same seed gives the same model on any machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StopRule {
+    /// Row reads between validation checks (rounded up to whole windows; at most one epoch).
+    pub check_rows: u64,
+    /// The decay starts when no check within this many row reads improved on the best model
+    /// significantly (see `z`).
+    pub patience_rows: u64,
+    /// A check's model improves on the best one significantly when its squared error, paired
+    /// row by row with the best model's on the check rows, is lower on average by more than
+    /// `z` standard errors of that mean difference.
+    pub z: f64,
+    /// Validation rows the checks score (the first ones of the split); the kept model is
+    /// scored on the whole split at the end.
+    pub check_val_rows: u64,
+    /// Row reads of the last stretch once patience runs out, as a fraction of the row reads
+    /// before it (at least one check's worth, at most what the plan has left).
+    pub finish_fraction: f64,
+    /// Patience starts only at the first significant gain: for a stage that fine-tunes a
+    /// trained model, whose first steps often cost more than they gain before the decaying
+    /// step size pays them back (the polish). Otherwise it runs from the stage's start, so a
+    /// stage that starts where it cannot improve stops after `patience_rows`.
+    pub wait_for_gain: bool,
+}
+
+impl Default for StopRule {
+    fn default() -> Self {
+        StopRule {
+            check_rows: 250_000,
+            patience_rows: 750_000,
+            z: 2.0,
+            check_val_rows: 32_768,
+            finish_fraction: 0.25,
+            wait_for_gain: false,
+        }
+    }
+}
+
+/// Why a trainer stage ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// It read every planned pass (no stop rule, or the decay ran into the plan's end).
+    Planned,
+    /// The validation error stopped improving; the last stretch that followed has ended.
+    Plateau,
+    /// The time budget ran out (the decay was started early enough to end by then, as far as
+    /// the measured speed allowed).
+    Deadline,
+    /// The parameters became non-finite; the best model before that stands.
+    Diverged,
+    /// It lost a [`Race`]: another stage was better after as many row reads.
+    Behind,
+}
+
+impl StopReason {
+    /// A word for the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Planned => "planned passes",
+            StopReason::Plateau => "plateau",
+            StopReason::Deadline => "time budget",
+            StopReason::Diverged => "diverged",
+            StopReason::Behind => "behind the descent",
+        }
+    }
+}
+
+/// One validation check of a trainer stage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Check {
+    /// Row reads of the stage so far.
+    pub row_reads: u64,
+    /// Wall seconds since the stage began.
+    pub seconds: f64,
+    /// Validation MSE of the model at this check (on the check rows with a stop rule, on the
+    /// whole split per epoch without).
+    pub validation_mse: f64,
+    /// Validation MSE of the best model so far (what the stage would return if it ended here).
+    pub best_mse: f64,
+}
+
 /// Adam on every row of `train` from `start` (parameters in the [`FactoredShape`] layout),
 /// scoring each epoch on `val`; B is trained only when `train_basis`. See the module docs.
 pub fn train(
@@ -188,6 +282,94 @@ pub fn train(
     train_basis: bool,
     config: &PolishConfig,
 ) -> Result<TrainOutcome> {
+    train_until(
+        backend,
+        train,
+        val,
+        shape,
+        start,
+        train_basis,
+        config,
+        &Limits::default(),
+    )
+}
+
+/// Squared-error sums of the model `cur` on `val`, paired row by row with `best`: rows, the sum
+/// of cur's squared errors, and the sum and the sum of squares of (cur's - best's).
+fn paired_sums(
+    backend: &dyn Backend,
+    cur: &Network,
+    best: &Network,
+    val: &dyn SampleSource,
+) -> Result<[f64; 4]> {
+    let sums = backend.row_sums(val, 4, &mut |rows| {
+        let mut s = vec![0f64; 4];
+        crate::data::for_each_chunk(rows, crate::backend::SCORE_CHUNK_ROWS, |_, x, y| {
+            let pc = backend.predict(cur, x, y.len())?;
+            let pb = backend.predict(best, x, y.len())?;
+            for ((&u, &v), &t) in pc.iter().zip(&pb).zip(y) {
+                let ec = (u as f64 - t as f64).powi(2);
+                let diff = ec - (v as f64 - t as f64).powi(2);
+                s[0] += 1.0;
+                s[1] += ec;
+                s[2] += diff;
+                s[3] += diff * diff;
+            }
+            Ok(())
+        })?;
+        Ok(s)
+    })?;
+    Ok([sums[0], sums[1], sums[2], sums[3]])
+}
+
+/// A race against another stage's validation curve: at the first check after `at` row reads,
+/// the stage ends ([`StopReason::Behind`]) unless its best model is better than the other
+/// stage's best after as many row reads (the other's last check at or before them, else its
+/// first). Both curves must come from the same check rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Race {
+    pub at: u64,
+    pub against: Vec<Check>,
+    /// The stage goes on when its best is below `margin` times the other's.
+    pub margin: f64,
+}
+
+impl Race {
+    /// The other stage's best after at most `reads` row reads.
+    pub fn incumbent_at(&self, reads: u64) -> Option<f64> {
+        self.against
+            .iter()
+            .take_while(|c| c.row_reads <= reads)
+            .last()
+            .or(self.against.first())
+            .map(|c| c.best_mse)
+    }
+}
+
+/// What may end a trainer stage besides its own rule: a wall-clock deadline, and a race.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// The step size is made to reach zero by this time (at the speed measured so far in the
+    /// stage), and the stage ends there with the best model so far. Only a deadline makes the
+    /// result depend on the machine's speed.
+    pub deadline: Option<std::time::Instant>,
+    pub race: Option<Race>,
+}
+
+/// [`train`] within [`Limits`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_until(
+    backend: &dyn Backend,
+    train: &dyn SampleSource,
+    val: &dyn SampleSource,
+    shape: &FactoredShape,
+    start: &[f64],
+    train_basis: bool,
+    config: &PolishConfig,
+    limits: &Limits,
+) -> Result<TrainOutcome> {
+    let deadline = limits.deadline;
+    let clock = std::time::Instant::now();
     let d = shape.input_dim;
     if train.dim() != d || val.dim() != d || train.is_empty() || val.is_empty() {
         return Err(Error::invalid(format!(
@@ -213,21 +395,59 @@ pub fn train(
     let epochs = config.epochs_for(n);
     let plan = epoch_windows(blocks, per_window, epochs, config.seed);
     let batch = config.batch_size;
-    let total_steps: usize = plan
-        .iter()
-        .flatten()
-        .map(|w| {
-            w.iter()
-                .map(|&b| block_len(b))
-                .sum::<usize>()
-                .div_ceil(batch)
-        })
-        .sum();
+    let steps_of = |w: &[usize]| {
+        w.iter()
+            .map(|&b| block_len(b))
+            .sum::<usize>()
+            .div_ceil(batch)
+    };
+    let total_steps: usize = plan.iter().flatten().map(|w| steps_of(w)).sum();
+    let planned_reads = (n * epochs) as u64;
 
     let before = validation_mse(backend, shape, start, val)?;
     let mut p = start.to_vec();
+    // A deadline needs checks, so that the model at the deadline is scored: without a stop
+    // rule it gets one that never stops early.
+    let checks_only = StopRule {
+        patience_rows: u64::MAX,
+        ..StopRule::default()
+    };
+    let rule = config
+        .stop
+        .as_ref()
+        .or((deadline.is_some() || limits.race.is_some()).then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
+    // The check rows, and the best model on them (the start until a check beats it).
+    let check_val = match rule {
+        Some(r) => Some(crate::data::SampleRange::new(
+            val,
+            0,
+            val.len().min(r.check_val_rows.max(1)),
+        )?),
+        None => None,
+    };
     let mut best = (f64::INFINITY, p.clone());
+    let mut best_net = shape.compact(start)?;
+    // With a stop rule: whether a check's model replaced the start as the best.
+    let mut best_trained = false;
+    let mut curve = Vec::new();
+    let mut reason = StopReason::Planned;
+    let mut reads = 0u64;
+    let mut epochs_run = 0usize;
+    // Row reads at the last significant improvement (None before the first) and at the last
+    // check, and where the step size reaches zero (the plan's end, or sooner when a deadline
+    // says so).
+    let waits = rule.is_some_and(|r| r.wait_for_gain);
+    let (mut last_gain, mut last_check, mut end) = ((!waits).then_some(0u64), 0u64, planned_reads);
+    let mut raced = false;
+    // Whether patience ran out and the stage is in its last stretch, and where the step size
+    // would reach zero without a deadline (the plan's end, or the last stretch's).
+    let mut finishing = false;
+    let mut cap = planned_reads;
+    // When and at how many row reads the first window ended (the deadline's speed counts from
+    // there).
+    let mut since: Option<(std::time::Instant, u64)> = None;
+    let check_every = rule.map(|r| r.check_rows.clamp(1, n as u64));
     // A reader thread reads and shuffles the next window while the backend trains on this one
     // (two windows in flight, so memory stays bounded); the shuffles run in window order on
     // that one thread, so the order does not depend on timing.
@@ -265,8 +485,8 @@ pub fn train(
                 }
             }
         });
-        for count in windows {
-            for _ in 0..count {
+        'epochs: for (epoch, count) in windows.into_iter().enumerate() {
+            for k in 0..count {
                 let w = rx.recv().map_err(|_| {
                     Error::invalid("trainer: the reader thread stopped without an error")
                 })??;
@@ -292,29 +512,148 @@ pub fn train(
                         &mut adam,
                     )?;
                 }
+                reads += if assembled { w.order.len() } else { w.y.len() } as u64;
                 // The reader may be gone after the last window.
                 let _ = back_tx.send(w);
+                let Some(rule) = rule else {
+                    continue;
+                };
+                if p.iter().any(|v| !v.is_finite()) {
+                    reason = StopReason::Diverged;
+                    break 'epochs;
+                }
+                // The deadline: at the speed measured so far (from the end of the first window,
+                // so that the stage's start-up does not count), the rows left before it; the
+                // step size is made to reach zero there (never past the plan's end).
+                if let Some(t) = deadline {
+                    let now = std::time::Instant::now();
+                    let (t0, r0) = *since.get_or_insert((now, reads));
+                    let rate = if reads > r0 {
+                        (reads - r0) as f64 / (now - t0).as_secs_f64().max(1e-9)
+                    } else {
+                        reads as f64 / clock.elapsed().as_secs_f64().max(1e-9)
+                    };
+                    let secs = t.saturating_duration_since(now).as_secs_f64();
+                    let want = (reads + (secs * rate) as u64).min(cap);
+                    if secs <= 0.0 {
+                        // The time is up: this window's model is the stage's last.
+                        end = reads;
+                    } else if want.abs_diff(end) * 20 > end.saturating_sub(reads).max(1) {
+                        // Re-planned when it moves by more than 5% of what is left.
+                        let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
+                        let left = want.saturating_sub(reads).max(1);
+                        adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
+                        end = reads + left;
+                    }
+                }
+                let last = (epoch + 1 == epochs && k + 1 == count) || reads >= end;
+                if reads - last_check < check_every.unwrap_or(1) && !last {
+                    continue;
+                }
+                last_check = reads;
+                let cur = shape.compact(&p)?;
+                let check = check_val.as_ref().expect("check rows with a stop rule");
+                let [rows, sse, sd, sd2] = paired_sums(backend, &cur, &best_net, check)?;
+                let rows = rows.max(1.0);
+                let mse = sse / rows;
+                let mean = sd / rows;
+                let se = ((sd2 / rows - mean * mean).max(0.0) / rows).sqrt();
+                // Before the first check, the start's error on the check rows.
+                let best_mse = if best.0.is_finite() {
+                    best.0
+                } else {
+                    mse - mean
+                };
+                if mean < -rule.z * se {
+                    last_gain = Some(reads);
+                }
+                if mse < best_mse {
+                    best = (mse, p.clone());
+                    best_net = cur;
+                    best_trained = true;
+                } else {
+                    best.0 = best_mse;
+                }
+                curve.push(Check {
+                    row_reads: reads,
+                    seconds: clock.elapsed().as_secs_f64(),
+                    validation_mse: mse,
+                    best_mse: best.0,
+                });
+                if reads >= end && reads < planned_reads {
+                    reason = if end < cap {
+                        StopReason::Deadline
+                    } else {
+                        StopReason::Plateau
+                    };
+                    break 'epochs;
+                }
+                // Patience runs from the last significant gain (see `wait_for_gain`). When it
+                // runs out, the step size decays to zero over a last stretch (the gains of a
+                // decaying step size come at its end), and the stage ends there.
+                if !finishing && last_gain.is_some_and(|g| reads - g >= rule.patience_rows) {
+                    finishing = true;
+                    let left = ((rule.finish_fraction * reads as f64) as u64)
+                        .max(check_every.unwrap_or(1))
+                        .min(end - reads);
+                    cap = reads + left;
+                    if cap < end {
+                        let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
+                        adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
+                        end = cap;
+                    }
+                }
+                if let Some(race) = limits.race.as_ref().filter(|r| reads >= r.at && !raced) {
+                    raced = true;
+                    if race
+                        .incumbent_at(reads)
+                        .is_some_and(|other| best.0 >= race.margin * other)
+                    {
+                        reason = StopReason::Behind;
+                        break 'epochs;
+                    }
+                }
+            }
+            epochs_run = epoch + 1;
+            if rule.is_some() {
+                continue;
             }
             if p.iter().any(|v| !v.is_finite()) {
                 // Diverged: no later epoch can recover, and the best so far stands.
+                reason = StopReason::Diverged;
                 break;
             }
             let mse = validation_mse(backend, shape, &p, val)?;
             if mse < best.0 {
                 best = (mse, p.clone());
             }
+            curve.push(Check {
+                row_reads: reads,
+                seconds: clock.elapsed().as_secs_f64(),
+                validation_mse: mse,
+                best_mse: best.0,
+            });
         }
         Ok(())
     })?;
-    let after = if epochs == 0 { before } else { best.0 };
+    let after = match rule {
+        None if epochs == 0 => before,
+        None => best.0,
+        // The best model on the whole split (the start when no check beat it).
+        Some(_) if best_trained => validation_mse(backend, shape, &best.1, val)?,
+        Some(_) => before,
+    };
     let kept = after < before;
     Ok(TrainOutcome {
         params: if kept { best.1 } else { start.to_vec() },
         before,
         after,
         kept,
-        epochs,
+        epochs: epochs_run,
         rows: n as u64,
         steps: adam.steps(),
+        row_reads: reads,
+        stop: reason,
+        curve,
     })
 }

@@ -3,7 +3,7 @@
 //! see `data::whiten`); the rest of the pipeline runs on W (x - mu), and the map is folded into
 //! the model so that it acts on the raw x.
 
-use super::{learn, validation_split, LearnConfig, LearnReport, StageReport};
+use super::{learn_in, validation_split, Budget, LearnConfig, LearnReport, StageReport};
 use crate::backend::{Backend, Pass};
 use crate::data::whiten::{WhitenedSource, Whitening};
 use crate::data::{SampleRange, SampleSource};
@@ -16,6 +16,8 @@ pub(super) fn learn_whitened(
     backend: &dyn Backend,
     source: &dyn SampleSource,
     config: &LearnConfig,
+    budget: Option<&Budget>,
+    origin: std::time::Instant,
 ) -> Result<LearnReport> {
     let (n_train, _) = validation_split(source.len() as usize, config.validation_fraction)?;
     let train = SampleRange::new(source, 0, n_train as u64)?;
@@ -26,7 +28,10 @@ pub(super) fn learn_whitened(
         whiten: true,
         ..config.subspace_config.clone()
     };
-    let report = find_subspace(backend, &train, &sc)?;
+    let (report, note) = match budget {
+        Some(b) => super::budget::subspace_within(backend, &train, &sc, b)?,
+        None => (find_subspace(backend, &train, &sc)?, None),
+    };
     if let Some(none) = report.no_structure() {
         return Err(Error::NoStructure(Box::new(none)));
     }
@@ -44,6 +49,9 @@ pub(super) fn learn_whitened(
         seconds: subspace_seconds,
         host_cpu_seconds: subspace_cpu,
         validation_mse: None,
+        started: (origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
+        stopped: None,
+        curve: Vec::new(),
     };
     stage.announce(1.0, Some(report.basis.len()), None);
     let mut inner = config.clone();
@@ -51,10 +59,10 @@ pub(super) fn learn_whitened(
     inner.known_basis = Some(report.frame_basis.clone());
     let mut out = if whitening.is_identity() {
         // W = I and mu = 0: the raw rows are the whitened rows.
-        learn(backend, source, &inner)?
+        learn_in(backend, source, &inner, budget, origin)?
     } else {
         let view = WhitenedSource::new(source, &whitening)?;
-        let mut r = learn(backend, &view, &inner)?;
+        let mut r = learn_in(backend, &view, &inner, budget, origin)?;
         r.model = whitening.fold(&r.model)?;
         r
     };
@@ -63,5 +71,8 @@ pub(super) fn learn_whitened(
         *st = stage;
     }
     out.subspace = Some(report);
+    if let Some(note) = note {
+        out.budget_notes.insert(0, note);
+    }
     Ok(out)
 }

@@ -53,17 +53,28 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         Passes of the polish over the training rows (fewer on more than 320 000 rows:
         at most 4.8 million row reads in all, at least one pass).
     descent_epochs : int, default=30
-        Passes of the descent on z = B x with B fixed, from the search's network (0: none;
-        fewer on more than 100 000 rows: at most 3 million row reads, at least two passes).
+        Most passes of the descent on z = B x with B fixed, from the search's network (0:
+        none; fewer on more than 50 000 rows: at most 1.5 million row reads, at least two
+        passes). Like every trainer stage it ends sooner when its validation error stops
+        improving.
     deep_widths : tuple of int, default=(32, 32)
         Hidden widths of a second network on z, trained from a random start by the same
         descent (the "deep-net" stage) and kept when it validates better; a one-hidden-layer
-        fit approximates a deep teacher poorly. ``()`` skips the stage.
+        fit approximates a deep teacher poorly. It runs when the descent's residual shows
+        structure on z, or for as long as it keeps ahead of the descent after as many row
+        reads (``report_["deep_net_decision"]`` says which). ``()`` skips the stage.
     deep_epochs : int, default=60
         Passes of the deep-net stage (0: none; fewer on more than about 170 000 rows: at
         most 10 million row reads, at least three passes).
     refine_steps : int, default=3
         Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
+    time_budget : float or None, default=None
+        Wall-clock seconds ``fit`` may take: the stages are planned to end within it and the
+        best model found is returned when it runs out (``report_["budget_notes"]`` says what
+        the budget cut). A budgeted fit depends on the machine's speed and load, so it is not
+        reproducible across machines (``report_["reproducible"]`` is then False). None: no
+        limit; every trainer stage ends when its validation error stops improving, or after
+        its passes.
     validation_fraction : float, default=0.2
         Fraction of the rows (the last ones) held out for validation.
     backend : {"auto", "cpu", "gpu"}, default="auto"
@@ -100,7 +111,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(self, hidden=(4,), max_dim=32, budget=None, polish=True, polish_epochs=15,
                  descent_epochs=30, deep_widths=(32, 32), deep_epochs=60, refine_steps=3,
-                 validation_fraction=0.2, backend="auto", random_state=None, method="default"):
+                 validation_fraction=0.2, backend="auto", random_state=None, method="default",
+                 time_budget=None):
         self.hidden = hidden
         self.max_dim = max_dim
         self.budget = budget
@@ -114,6 +126,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         self.backend = backend
         self.random_state = random_state
         self.method = method
+        self.time_budget = time_budget
 
     def _check_params(self):
         """Validated copies of the parameters (fit never modifies them)."""
@@ -150,13 +163,18 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.polish, (bool, np.bool_)):
             raise ValueError(f"polish={self.polish!r}: expected True or False")
         max_dim = count("max_dim", 1)
+        tb = self.time_budget
+        if tb is not None and (
+            not isinstance(tb, numbers.Real) or isinstance(tb, bool) or not 0.0 < tb < float("inf")
+        ):
+            raise ValueError(f"time_budget={tb!r}: expected None or a positive number of seconds")
         return dict(
             hidden=hidden, budget=None if self.budget is None else count("budget", 1),
             max_dim=max_dim, polish=bool(self.polish), method=self.method,
             polish_epochs=count("polish_epochs", 0), descent_epochs=count("descent_epochs", 0),
             deep_widths=deep_widths, deep_epochs=count("deep_epochs", 0),
             refine_steps=count("refine_steps", 0), validation_fraction=float(vf),
-            backend=self.backend,
+            backend=self.backend, time_budget=None if tb is None else float(tb),
         )
 
     def fit(self, X, y):

@@ -1,0 +1,383 @@
+//! Stop when done, and the time budget (issue 22): a trainer stage ends when its validation
+//! error stops improving (and not before its first gain when it waits for one), a stage that
+//! loses its race against another's curve stops after the pilot and says why, a deadline ends a
+//! stage with the best model so far, and `learn --time-budget` returns a model within a
+//! generous bound of the budget and says that the budget cut it. Every case is small (a few
+//! thousand rows, a few thousand parameters), so the whole file takes seconds.
+
+mod common;
+
+use relu_fpt::backend::FactoredShape;
+use relu_fpt::data::{write_npy_f32, GaussianSource, MemorySource, SampleRange, SampleSource};
+use relu_fpt::learn::{
+    learn, train_until, Check, LearnConfig, Limits, PolishConfig, Race, StopReason, StopRule,
+};
+use relu_fpt::network::{Layer, Network};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const D: usize = 6;
+const N_TRAIN: usize = 8192;
+const N_VAL: usize = 2048;
+
+/// A width-3 network on span(e_0, e_1) of R^6, its basis, and noisy samples of it: training
+/// from the teacher itself cannot lower the validation error beyond noise.
+fn noisy_teacher() -> (Network, Vec<Vec<f64>>, MemorySource) {
+    let small = Network::new(
+        2,
+        vec![
+            Layer::new(
+                2,
+                3,
+                vec![1.0, 0.2, -0.4, 1.0, 0.7, -0.6],
+                vec![0.1, -0.2, 0.0],
+            )
+            .unwrap(),
+            Layer::new(3, 1, vec![1.0, -0.8, 0.5], vec![0.05]).unwrap(),
+        ],
+    )
+    .unwrap();
+    let mut basis = vec![vec![0.0; D]; 2];
+    basis[0][0] = 1.0;
+    basis[1][1] = 1.0;
+    let teacher = Network::with_projection(&small, &basis).unwrap();
+    let mut source = common::labelled_samples(&teacher, N_TRAIN + N_VAL, 7);
+    let mut rng = common::Rng(3);
+    for y in &mut source.y {
+        *y += 0.3 * rng.normal() as f32;
+    }
+    (small, basis, source)
+}
+
+/// Trainer settings: one check per epoch of the training rows, 40 epochs planned.
+fn config(wait_for_gain: bool) -> PolishConfig {
+    PolishConfig {
+        epochs: 40,
+        seed: 2,
+        stop: Some(StopRule {
+            check_rows: N_TRAIN as u64,
+            patience_rows: 3 * N_TRAIN as u64,
+            check_val_rows: N_VAL as u64,
+            wait_for_gain,
+            ..StopRule::default()
+        }),
+        ..PolishConfig::default()
+    }
+}
+
+fn split(source: &MemorySource) -> (SampleRange<'_>, SampleRange<'_>) {
+    (
+        SampleRange::new(source, 0, N_TRAIN as u64).unwrap(),
+        SampleRange::new(source, N_TRAIN as u64, N_VAL as u64).unwrap(),
+    )
+}
+
+/// A stage that starts where it cannot improve (the teacher itself, noisy labels) stops after
+/// its patience, on both backends, with the same bits on one and three threads; told to wait
+/// for a first gain, it runs its planned passes instead.
+#[test]
+fn a_stage_that_cannot_improve_stops_after_its_patience() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    let shape = FactoredShape::of(&small, D).unwrap();
+    let start = shape.pack(&small, &basis).unwrap();
+    let planned = 40 * N_TRAIN as u64;
+    for backend in common::backends() {
+        let run = |threads: usize, cfg: &PolishConfig| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                train_until(
+                    backend,
+                    &train,
+                    &val,
+                    &shape,
+                    &start,
+                    false,
+                    cfg,
+                    &Limits::default(),
+                )
+            })
+            .unwrap()
+        };
+        let out = run(1, &config(false));
+        assert_eq!(out.stop, StopReason::Plateau, "{}: {out:?}", backend.kind());
+        assert!(
+            out.row_reads < planned / 4,
+            "{}: {} row reads of {planned} planned",
+            backend.kind(),
+            out.row_reads
+        );
+        assert_eq!(out.row_reads, out.curve.last().unwrap().row_reads);
+        // Each check scored the check rows; the curve's best never rises.
+        assert!(out.curve.windows(2).all(|w| w[1].best_mse <= w[0].best_mse));
+        if backend.kind() == "cpu" {
+            let three = run(3, &config(false));
+            assert_eq!(out.params, three.params);
+            assert_eq!(out.row_reads, three.row_reads);
+            assert_eq!(out.after.to_bits(), three.after.to_bits());
+        }
+        let waiting = run(1, &config(true));
+        assert_eq!(waiting.row_reads, planned, "{waiting:?}");
+        assert_eq!(waiting.stop, StopReason::Planned);
+    }
+}
+
+/// A race against a curve that cannot be beaten stops after the pilot and says so; against
+/// one that is beaten at once, the stage runs on.
+#[test]
+fn a_stage_that_loses_its_race_stops_after_the_pilot() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    // A fresh network far from the teacher: it improves from its start.
+    let mut fresh = small.clone();
+    fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
+    let shape = FactoredShape::of(&fresh, D).unwrap();
+    let start = shape.pack(&fresh, &basis).unwrap();
+    let cfg = PolishConfig {
+        epochs: 12,
+        ..config(false)
+    };
+    let race = |best_mse: f64| Limits {
+        deadline: None,
+        race: Some(Race {
+            at: 2 * N_TRAIN as u64,
+            against: vec![Check {
+                row_reads: N_TRAIN as u64,
+                seconds: 0.0,
+                validation_mse: best_mse,
+                best_mse,
+            }],
+            margin: 1.0,
+        }),
+    };
+    let lost = train_until(
+        common::cpu(),
+        &train,
+        &val,
+        &shape,
+        &start,
+        false,
+        &cfg,
+        &race(0.0),
+    )
+    .unwrap();
+    assert_eq!(lost.stop, StopReason::Behind, "{lost:?}");
+    assert_eq!(lost.row_reads, 2 * N_TRAIN as u64);
+    let won = train_until(
+        common::cpu(),
+        &train,
+        &val,
+        &shape,
+        &start,
+        false,
+        &cfg,
+        &race(1e9),
+    )
+    .unwrap();
+    assert_ne!(won.stop, StopReason::Behind, "{won:?}");
+    assert!(won.row_reads > 2 * N_TRAIN as u64);
+    assert!(won.kept && won.after < won.before);
+}
+
+/// A deadline that has passed ends a stage after its first window, with the best model of its
+/// one check, and says so.
+#[test]
+fn a_passed_deadline_ends_a_stage_after_one_window() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    let mut fresh = small.clone();
+    fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
+    let shape = FactoredShape::of(&fresh, D).unwrap();
+    let start = shape.pack(&fresh, &basis).unwrap();
+    let cfg = PolishConfig {
+        // Windows of one block, so that the first ends well before the epoch does.
+        window_bytes: relu_fpt::learn::BLOCK_ROWS * D * 4,
+        ..config(false)
+    };
+    let limits = Limits {
+        deadline: Some(Instant::now()),
+        race: None,
+    };
+    let out = train_until(
+        common::cpu(),
+        &train,
+        &val,
+        &shape,
+        &start,
+        true,
+        &cfg,
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(out.stop, StopReason::Deadline, "{out:?}");
+    assert_eq!(out.row_reads, relu_fpt::learn::BLOCK_ROWS as u64);
+    assert_eq!(out.curve.len(), 1);
+    assert!(out.after.is_finite());
+}
+
+/// The samples of a random [4, 4] teacher on a 3-dim subspace of R^16.
+fn random_teacher_source(n: u64) -> GaussianSource {
+    let spec = relu_fpt::teacher::TeacherSpec {
+        k: Some(3),
+        widths: vec![4, 4],
+        seed: 5,
+        ..relu_fpt::teacher::TeacherSpec::new(relu_fpt::teacher::TeacherKind::Random, 16)
+    };
+    let teacher = relu_fpt::teacher::build(&spec).unwrap();
+    GaussianSource::new(teacher.network, n, 6, 0.0).unwrap()
+}
+
+/// `learn` with a time budget returns a model well within a generous bound of it, says what the
+/// budget cut and that such a run is not reproducible; without one, the report says the run
+/// is, and why the deep-net stage ran or stopped.
+#[test]
+fn learn_within_a_time_budget_says_what_it_cut() {
+    let source = random_teacher_source(300_000);
+    let budget = 1.5;
+    let t = Instant::now();
+    let rep = learn(
+        common::cpu(),
+        &source,
+        &LearnConfig {
+            time_budget: Some(budget),
+            seed: 3,
+            ..LearnConfig::default()
+        },
+    )
+    .unwrap();
+    let took = t.elapsed().as_secs_f64();
+    // Generous: a busy machine may overrun the plan, never by this much.
+    assert!(
+        took < 3.0 * budget + 5.0,
+        "{took} s for a {budget} s budget"
+    );
+    assert_eq!(rep.time_budget, Some(budget));
+    assert!(!rep.budget_notes.is_empty(), "{}", rep.summary());
+    assert!(rep.validation_mse.is_finite() && rep.validation_mse < rep.validation_var);
+    let summary = rep.summary();
+    assert!(summary.contains("not reproducible"), "{summary}");
+    let json = rep.to_json();
+    assert_eq!(json["reproducible"], false);
+    assert_eq!(json["time_budget"], budget);
+    // What became of the deep-net stage is said either way.
+    let why = rep.deep_net_decision.clone().unwrap();
+    if !rep.stages.iter().any(|s| s.stage == "deep-net") {
+        assert!(why.starts_with("skipped"), "{why}");
+    }
+    // The curve: best validation error against seconds, in time order, never rising.
+    let curve = rep.curve();
+    assert!(curve
+        .windows(2)
+        .all(|w| w[0].0 <= w[1].0 + 1e-9 && w[1].1 <= w[0].1));
+
+    let bad = learn(
+        common::cpu(),
+        &source,
+        &LearnConfig {
+            time_budget: Some(0.0),
+            ..LearnConfig::default()
+        },
+    );
+    assert!(bad.unwrap_err().to_string().contains("time_budget"));
+}
+
+/// A teacher the search's network fits exactly (one hidden layer without biases on one
+/// direction: the sphere-net features relu(+-z) represent it): the deep-net stage runs only
+/// its pilot, stops behind the descent, and the report says why, in the summary and the JSON
+/// alike.
+#[test]
+fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
+    let spec = relu_fpt::teacher::TeacherSpec {
+        k: Some(1),
+        widths: vec![3],
+        seed: 3,
+        ..relu_fpt::teacher::TeacherSpec::new(relu_fpt::teacher::TeacherKind::Random, 12)
+    };
+    let teacher = relu_fpt::teacher::build(&spec).unwrap();
+    let source = GaussianSource::new(teacher.network, 40_000, 4, 0.0).unwrap();
+    let mut cfg = LearnConfig {
+        budget: 64,
+        polish: false,
+        seed: 2,
+        ..LearnConfig::default()
+    };
+    let pilot = 64_000;
+    cfg.deep_gate.as_mut().unwrap().race_rows = pilot;
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    assert_eq!(
+        deep.stopped.as_deref(),
+        Some("behind the descent"),
+        "{}",
+        rep.summary()
+    );
+    // The first check at or past the pilot's row reads (one per pass of 32000 rows).
+    assert_eq!(deep.row_reads, pilot);
+    assert_ne!(rep.final_stage, "deep-net");
+    let why = rep.deep_net_decision.clone().unwrap();
+    assert!(
+        why.starts_with("stopped after its pilot of 64000 row reads"),
+        "{why}"
+    );
+    assert!(why.contains("no structure on z"), "{why}");
+    assert!(rep.summary().contains(&format!("deep-net stage: {why}")));
+    assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
+    assert_eq!(rep.to_json()["reproducible"], true);
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
+}
+
+/// Through the command line: `--time-budget` ends `learn` in time and says so; a budget that is
+/// not a positive number of seconds is refused by name before any work.
+#[test]
+fn the_time_budget_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = random_teacher_source(100_000);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    source.read(0, 100_000, &mut x, &mut y).unwrap();
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    write_npy_f32(&xp, &[100_000, 16], &x).unwrap();
+    write_npy_f32(&yp, &[100_000], &y).unwrap();
+    let model = dir.path().join("model.json");
+    let learn_with = |budget: &str| {
+        bin()
+            .args(["learn", "--backend", "cpu", "--quiet"])
+            .arg(format!("--time-budget={budget}"))
+            .arg("--x")
+            .arg(&xp)
+            .arg("--y")
+            .arg(&yp)
+            .arg("--out")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    let t = Instant::now();
+    let out = learn_with("1");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("time budget 1 s") && text.contains("not reproducible"),
+        "{text}"
+    );
+    assert!(model.exists());
+    std::fs::remove_file(&model).unwrap();
+    for bad in ["0", "-2", "NaN", "inf"] {
+        let out = learn_with(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--time-budget"), "{bad}: {err}");
+        assert!(!model.exists(), "{bad}");
+    }
+}
