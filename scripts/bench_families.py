@@ -281,21 +281,28 @@ def plot_curves(rows_, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, axes = plt.subplots(1, len(rows_), figsize=(5.5 * len(rows_), 4), squeeze=False)
     for ax, row in zip(axes[0], rows_):
         for key, label in (("relu_fpt_curve", "relu-fpt"), ("mlp_curve", "MLPRegressor")):
             pts = row.get(key) or []
             if pts:
                 ax.step([s for s, _ in pts], [m for _, m in pts], where="post", label=label)
+        if row.get("mlp_validation"):
+            ax.axhline(row["mlp_validation"], color="grey", ls=":", lw=1,
+                       label="MLPRegressor's final validation error")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("seconds")
+        # Plain numbers on the seconds axis, and no labels on its minor ticks (they overlap).
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("seconds since the start of fitting (one sitting, same machine)")
         ax.set_ylabel("validation MSE / Var(y), best so far")
         ax.set_title(f"{row['case']}, N = {rows(row['n'])}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, dpi=100)
 
 
 def rows(n):
@@ -326,7 +333,8 @@ def print_row(row):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="", help="substrings of case names, comma separated")
+    ap.add_argument("--cases", default="", help="substrings of case names, separated by commas "
+                    "(or by ';' when a name holds a comma)")
     ap.add_argument("--no-mlp", action="store_true", help="relu-fpt only")
     ap.add_argument("--no-ours", action="store_true", help="MLPRegressor only")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every N")
@@ -342,7 +350,8 @@ def main():
                     "seconds relu-fpt needs to reach the MLP's final validation error")
     ap.add_argument("--plot", help="with --time-to-accuracy: draw the curves to this file")
     args = ap.parse_args()
-    want = [c for c in args.cases.split(",") if c]
+    # Names hold commas ("random [6,6] k=6, d=96"): a list with ';' is split there instead.
+    want = [c for c in args.cases.split(";" if ";" in args.cases else ",") if c]
     cases = {k: v for k, v in CASES.items() if not want or any(w in k for w in want)}
     tmp = args.keep or tempfile.mkdtemp(prefix="relu-fpt-families-")
     if args.time_to_accuracy:
