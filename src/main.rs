@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use relu_fpt::backend::{self, mpi, Backend, BackendChoice};
 use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
-use relu_fpt::learn::{learn, LearnConfig, LearnReport};
+use relu_fpt::learn::{learn, LearnOptions, LearnReport};
 use relu_fpt::network::Network;
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
 use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
@@ -248,73 +248,45 @@ struct SubspaceArgs {
     out: PathBuf,
 }
 
+/// `learn`'s flags: each option of [`LearnOptions`] under its flag name, its help its meaning
+/// as written there ([`cli_help`]).
 #[derive(Args)]
 struct LearnArgs {
     #[command(flatten)]
     source: SourceFlags,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
-    /// `default`: filtered PCA with its additions, enumerate-and-test and the sphere-net fit,
-    /// then the gradient stages. `paper`: the paper's algorithm as written (conditioned label
-    /// rounds, then enumerate-and-test over the product net, bias-free, as the final
-    /// hypothesis; no gradient stages, so --refine-steps, --no-whiten, --descent-epochs,
-    /// --deep-widths, --polish-epochs, --no-polish and --spare-rows do not apply); give
-    /// --hidden the architecture to enumerate (e.g. 16 for parity k = 4).
-    #[arg(long, value_enum, default_value = "default")]
+    #[arg(long, value_enum, default_value = "default", help = cli_help("method"))]
     method: relu_fpt::learn::LearnMethod,
-    /// Hidden widths of the enumerated student networks.
-    #[arg(long = "hidden", value_delimiter = ',', default_value = "4")]
+    #[arg(long, value_delimiter = ',', default_value = "4", help = cli_help("hidden"))]
     hidden: Vec<usize>,
-    /// Most candidate networks enumerate-and-test evaluates (default 512; with --method
-    /// paper 1000000, a cap its sweeps rarely reach).
-    #[arg(long)]
+    #[arg(long, help = cli_help("budget"))]
     budget: Option<usize>,
-    /// Upper bound on the subspace dimension (a user bound, not a limit of the method).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, help = cli_help("max_dim"))]
     max_dim: usize,
-    /// Fraction of the samples held out for validation (the last rows).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, help = cli_help("validation_fraction"))]
     validation: f64,
-    /// Skip the final joint refinement of the network and the basis.
-    #[arg(long)]
+    #[arg(long, help = cli_help_off("polish"))]
     no_polish: bool,
-    /// Passes of the polish over the training rows (default: 15, fewer on more than 3.2e5
-    /// rows, adding up to 4.8e6 row reads, at least one).
-    #[arg(long)]
+    #[arg(long, help = cli_help("polish_epochs"))]
     polish_epochs: Option<usize>,
-    /// Spare basis rows the polish may grow into, each kept only when it lowers the
-    /// validation error (at most --max-dim rows in all; default: 2, or r for r > 4
-    /// directions from the subspace stage).
-    #[arg(long)]
+    #[arg(long, help = cli_help("spare_rows"))]
     spare_rows: Option<usize>,
-    /// Passes of each descent on z = B x (B fixed: from the search's pick, and the deep net's)
-    /// over the training rows, 0 for neither (default: 30, fewer on more than 1e5 rows, adding
-    /// up to 3e6 row reads, at least two; the deep net 60 and 1e7 row reads).
-    #[arg(long)]
+    #[arg(long, help = cli_help("descent_epochs"))]
     descent_epochs: Option<usize>,
-    /// The stages that fit the network on z = B x (enumerate-and-test, sphere-net fit,
-    /// descent, polish) read at most this many training rows (the first ones); by default
-    /// every row. Filtered PCA reads every row either way.
-    #[arg(long)]
-    max_train_rows: Option<usize>,
-    /// Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
-    #[arg(long, default_value_t = 3)]
-    refine_steps: usize,
-    /// Learn on the raw x instead of Sigma^(-1/2) (x - mu) (the model always reads raw x).
-    #[arg(long)]
-    no_whiten: bool,
-    /// Hidden widths of the network the deep-net stage trains on z from a random start
-    /// (kept when it validates better than the descent from the search's pick; it runs when
-    /// the descent's residual shows structure on z, or for as long as it stays ahead of the
-    /// descent after as many row reads); 0 for none.
-    #[arg(long, value_delimiter = ',', default_value = "32,32")]
+    #[arg(long, value_delimiter = ',', default_value = "32,32", help = cli_help("deep_widths"))]
     deep_widths: Vec<usize>,
-    /// Wall-clock seconds the learning may take: the stages are planned to end within it and
-    /// the best model found is returned when it runs out. A budgeted run depends on the
-    /// machine's speed and load, so it is not reproducible across machines.
-    #[arg(long)]
+    #[arg(long, help = cli_help("deep_epochs"))]
+    deep_epochs: Option<usize>,
+    #[arg(long, help = cli_help("max_train_rows"))]
+    max_train_rows: Option<usize>,
+    #[arg(long, default_value_t = 3, help = cli_help("refine_steps"))]
+    refine_steps: usize,
+    #[arg(long, help = cli_help_off("whiten"))]
+    no_whiten: bool,
+    #[arg(long, help = cli_help("time_budget"))]
     time_budget: Option<f64>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help = cli_help("seed"))]
     seed: u64,
     /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
     /// finished stage and round prints (errors still print).
@@ -326,6 +298,70 @@ struct LearnArgs {
     /// Where to write the model (relu-fpt/network JSON).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The flag of a [`LearnOptions`] field: `--validation` for `validation_fraction`, `--no-polish`
+/// and `--no-whiten` for the switches that are on by default, else the name with dashes.
+fn learn_flag(name: &str) -> String {
+    match name {
+        "validation_fraction" => "--validation".to_string(),
+        "polish" | "whiten" => format!("--no-{name}"),
+        _ => format!("--{}", name.replace('_', "-")),
+    }
+}
+
+/// How `learn`'s messages write an option set to a value: `--validation 1.5`, `--no-polish`.
+fn learn_spelling(name: &str, value: &str) -> String {
+    match name {
+        "polish" | "whiten" => learn_flag(name),
+        _ => format!("{} {value}", learn_flag(name)),
+    }
+}
+
+/// The help of a `learn` flag: the option's meaning ([`LearnOptions::doc`]) with the other
+/// options it names written as flags.
+fn cli_help(name: &str) -> String {
+    let doc = LearnOptions::doc(name);
+    let mut out = String::new();
+    for (i, part) in doc.split('`').enumerate() {
+        if i % 2 == 1 && LearnOptions::names().any(|n| n == part) {
+            out += &learn_flag(part);
+        } else if i % 2 == 1 {
+            out += &format!("`{part}`");
+        } else {
+            out += part;
+        }
+    }
+    out
+}
+
+/// The help of a `--no-...` flag: it turns the option off.
+fn cli_help_off(name: &str) -> String {
+    format!("Turns `{name}` off. {name}: {}", cli_help(name))
+}
+
+impl LearnArgs {
+    /// The options the flags give.
+    fn options(&self) -> LearnOptions {
+        LearnOptions {
+            method: self.method,
+            hidden: self.hidden.clone(),
+            budget: self.budget,
+            max_dim: self.max_dim,
+            validation_fraction: self.validation,
+            polish: !self.no_polish,
+            polish_epochs: self.polish_epochs,
+            spare_rows: self.spare_rows,
+            descent_epochs: self.descent_epochs,
+            deep_widths: self.deep_widths.clone(),
+            deep_epochs: self.deep_epochs,
+            max_train_rows: self.max_train_rows,
+            refine_steps: self.refine_steps,
+            whiten: !self.no_whiten,
+            time_budget: self.time_budget,
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -916,76 +952,6 @@ fn teacher_metrics(teacher: &Teacher, basis: &[Vec<f64>], seed: u64) -> TeacherC
     }
 }
 
-fn learn_config(a: &LearnArgs) -> LearnConfig {
-    let mut config = LearnConfig {
-        hidden: a.hidden.clone(),
-        method: a.method,
-        budget: a.budget.unwrap_or(match a.method {
-            relu_fpt::learn::LearnMethod::Paper => relu_fpt::learn::PAPER_BUDGET,
-            relu_fpt::learn::LearnMethod::Default => 512,
-        }),
-        seed: a.seed,
-        validation_fraction: a.validation,
-        polish: !a.no_polish,
-        max_dim: a.max_dim,
-        deep_widths: a.deep_widths.iter().copied().filter(|&w| w > 0).collect(),
-        spare_rows: a.spare_rows,
-        time_budget: a.time_budget,
-        ..LearnConfig::default()
-    };
-    if let Some(e) = a.polish_epochs {
-        config.polish_config.epochs = e;
-        config.polish_config.row_budget = 0;
-    }
-    if let Some(e) = a.descent_epochs {
-        config.descent = e > 0;
-        config.descent_config.epochs = e;
-        config.descent_config.row_budget = 0;
-        config.deep_config.epochs = e;
-        config.deep_config.row_budget = 0;
-        if e == 0 {
-            config.deep_widths.clear();
-        }
-    }
-    config.subspace_config.refine_steps = a.refine_steps;
-    config.max_train_rows = a.max_train_rows;
-    config.subspace_config.whiten = !a.no_whiten;
-    config
-}
-
-/// `learn`'s flags checked by their own names before any work (the library's messages name
-/// its fields, which are the Python parameters).
-fn check_learn_args(a: &LearnArgs) -> Result<()> {
-    if !(a.validation > 0.0 && a.validation < 1.0) {
-        return Err(Error::invalid(format!(
-            "--validation {}: the fraction of rows held out for validation must lie strictly between 0 and 1 (default 0.2)",
-            a.validation
-        )));
-    }
-    if a.budget == Some(0) {
-        return Err(Error::invalid(
-            "--budget 0: enumerate-and-test needs at least one candidate (default 512)",
-        ));
-    }
-    if a.hidden.is_empty() || a.hidden.contains(&0) {
-        return Err(Error::invalid(format!(
-            "--hidden {:?}: give hidden widths of at least 1 each, comma separated (default 4)",
-            a.hidden
-        )));
-    }
-    if a.max_dim == 0 {
-        return Err(Error::invalid(
-            "--max-dim 0: the subspace needs room for at least one direction; give --max-dim 1 or more (default 32)",
-        ));
-    }
-    if a.polish_epochs == Some(0) {
-        return Err(Error::invalid(
-            "--polish-epochs 0: give at least one pass, or --no-polish to skip the polish",
-        ));
-    }
-    check_time_budget(a.time_budget)
-}
-
 /// `--time-budget` of `learn` and `demo`: a positive number of seconds, one process.
 fn check_time_budget(budget: Option<f64>) -> Result<()> {
     let Some(b) = budget else {
@@ -1004,32 +970,19 @@ fn check_time_budget(budget: Option<f64>) -> Result<()> {
     Ok(())
 }
 
-/// The fewest rows the fitting stages can work on for d inputs: one Adam minibatch, and twice
-/// the d + 1 parameters of a basis row with its share of the network, which the polish fits.
-fn min_fit_rows(d: usize) -> usize {
-    let batch = relu_fpt::learn::PolishConfig::default().batch_size;
-    batch.max(2 * (d + 1))
-}
-
 fn learn_cmd(a: LearnArgs) -> Result<()> {
     stage_lines(a.quiet);
     if mpi::is_root() {
         check_outputs(&[("--out", a.out.as_path())], &a.source.inputs())?;
     }
-    check_learn_args(&a)?;
+    // The flags by their own names before any work.
+    let options = a.options();
+    options.check_as(&learn_spelling)?;
+    check_time_budget(a.time_budget)?;
     let samples = a.source.open(a.seed)?;
     let (n, d) = (samples.source.len(), samples.source.dim());
-    let config = learn_config(&a);
-    if let Some(m) = a.max_train_rows {
-        let need = min_fit_rows(d);
-        if m < need {
-            return Err(Error::invalid(format!(
-                "--max-train-rows {m}: the fitting stages need at least {need} rows here (one minibatch of {}, and 2 (d + 1) = {} for the polish, which fits the basis's d = {d} columns); give --max-train-rows {need} or more, or leave it out to use every training row",
-                relu_fpt::learn::PolishConfig::default().batch_size,
-                2 * (d + 1)
-            )));
-        }
-    }
+    options.check_for_dim(d, &learn_spelling)?;
+    let config = options.into_config();
     safety::check_subspace_memory(d, &samples.source.describe())?;
     let note = safety::check_learn_work(&config, n, d)?;
     if mpi::is_root() {
@@ -1434,11 +1387,12 @@ fn demo(a: DemoArgs) -> Result<()> {
         None => &generator,
     };
     // The defaults a user of `learn` gets: nothing here knows the teacher's width.
-    let config = LearnConfig {
+    let config = LearnOptions {
         seed: a.seed,
         time_budget: a.time_budget,
-        ..LearnConfig::default()
-    };
+        ..LearnOptions::default()
+    }
+    .into_config();
     let t = Instant::now();
     let report: LearnReport = learn(backend.as_ref(), train, &config)?;
     drop(drawn);

@@ -15,7 +15,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple, PyType};
 use relu_fpt::backend::{cpu::CpuBackend, gpu::GpuBackend, Backend};
 use relu_fpt::data::{SampleSource, SliceSource};
-use relu_fpt::learn::{LearnConfig, LearnMethod};
+use relu_fpt::learn::options::keyword_spelling;
+use relu_fpt::learn::{LearnMethod, LearnOptions};
 use relu_fpt::network::{Network, NetworkError};
 use relu_fpt::subspace::{Method, NoStructure, SubspaceConfig};
 use relu_fpt::teacher::{TeacherKind, TeacherSpec};
@@ -331,7 +332,7 @@ fn samples<'a>(
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default", time_budget=None))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default", time_budget=None, spare_rows=None, max_train_rows=None, whiten=true))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
@@ -341,16 +342,19 @@ fn learn<'py>(
     budget: Option<usize>,
     max_dim: usize,
     polish: bool,
-    polish_epochs: usize,
-    descent_epochs: usize,
+    polish_epochs: Option<usize>,
+    descent_epochs: Option<usize>,
     deep_widths: Vec<usize>,
-    deep_epochs: usize,
+    deep_epochs: Option<usize>,
     refine_steps: usize,
     validation_fraction: f64,
     seed: u64,
     backend: &str,
     method: &str,
     time_budget: Option<f64>,
+    spare_rows: Option<usize>,
+    max_train_rows: Option<usize>,
+    whiten: bool,
 ) -> PyResult<(PyNetwork, String, Bound<'py, PyArray2<f64>>)> {
     let method = match method {
         "default" => LearnMethod::Default,
@@ -361,36 +365,33 @@ fn learn<'py>(
             )))
         }
     };
-    // No budget: 512 candidates, or the paper method's cap (its sweeps end by themselves).
-    let budget = budget.unwrap_or(match method {
-        LearnMethod::Default => 512,
-        LearnMethod::Paper => relu_fpt::learn::PAPER_BUDGET,
-    });
-    let (d, xr, yr) = samples(&x, &y)?;
-    let x_copied = matches!(xr, Cow::Owned(_));
-    let device = self::backend(backend)?;
-    let mut config = LearnConfig {
+    // The one conversion the command line makes too (`LearnOptions`).
+    let options = LearnOptions {
         method,
         hidden,
         budget,
-        seed,
+        max_dim,
         validation_fraction,
         polish,
-        max_dim,
+        polish_epochs,
+        spare_rows,
+        descent_epochs,
+        deep_widths,
+        deep_epochs,
+        max_train_rows,
+        refine_steps,
+        whiten,
         time_budget,
-        ..LearnConfig::default()
+        seed,
     };
-    config.polish_config.epochs = polish_epochs;
-    config.descent = descent_epochs > 0;
-    config.descent_config.epochs = descent_epochs;
-    // No deep-net stage when it has no layers or no passes.
-    config.deep_widths = if deep_epochs > 0 {
-        deep_widths
-    } else {
-        Vec::new()
-    };
-    config.deep_config.epochs = deep_epochs;
-    config.subspace_config.refine_steps = refine_steps;
+    options.check().map_err(py_err)?;
+    let (d, xr, yr) = samples(&x, &y)?;
+    options
+        .check_for_dim(d, &keyword_spelling)
+        .map_err(py_err)?;
+    let x_copied = matches!(xr, Cow::Owned(_));
+    let device = self::backend(backend)?;
+    let config = options.into_config();
     let source = SliceSource::new(d, &xr, &yr).map_err(py_err)?;
     // The model, the report, and filtered PCA's basis (raw input coordinates; none for the
     // fallback).
@@ -570,6 +571,15 @@ fn _rows_address(x: PyReadonlyArray2<'_, f32>) -> Option<usize> {
     }
 }
 
+/// Each option of `learn` with its meaning, as the library states it (`LearnOptions`): what
+/// the estimator's docstring repeats (tests compare them).
+#[pyfunction]
+fn _learn_option_docs() -> Vec<(&'static str, String)> {
+    LearnOptions::names()
+        .map(|n| (n, LearnOptions::doc(n)))
+        .collect()
+}
+
 /// The description of the backend a choice opens ("auto", "cpu", "gpu").
 #[pyfunction]
 fn backend_description(choice: &str) -> PyResult<String> {
@@ -584,6 +594,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(make_teacher, m)?)?;
     m.add_function(wrap_pyfunction!(backend_description, m)?)?;
     m.add_function(wrap_pyfunction!(_rows_address, m)?)?;
+    m.add_function(wrap_pyfunction!(_learn_option_docs, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 pub mod budget;
 pub mod gate;
 mod grow;
+pub mod options;
 mod paper;
 mod polish;
 mod train;
@@ -19,6 +20,7 @@ mod whitened;
 
 pub use budget::Budget;
 pub use gate::{DeepNetEvidence, DeepNetGate};
+pub use options::{min_fit_rows, LearnOptions};
 pub use paper::{parts, LearnMethod, Part, PAPER_BUDGET, PAPER_SCORE_ROWS};
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
 pub use train::{
@@ -35,7 +37,8 @@ use crate::search::{search, sphere_net_fit_streamed, SearchConfig, SphereNetConf
 use crate::subspace::{find_subspace, SubspaceConfig, SubspaceReport};
 use std::time::Instant;
 
-/// Settings of [`learn`].
+/// Settings of [`learn`]: what the front ends make of a user's [`LearnOptions`]
+/// ([`LearnOptions::into_config`]), and the stages' own settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LearnConfig {
     /// The pipeline: the default one, or the paper's algorithm as written (`paper`).

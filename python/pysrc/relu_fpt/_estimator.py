@@ -37,53 +37,86 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     rows), the model is a ridge regression on x (penalty by generalised cross-validation),
     and ``report_["fallback"]`` says so and why.
 
+    Each parameter means what the library's options model says (``LearnOptions`` in the Rust
+    crate; the texts below are its doc comments), and ``relu-fpt learn`` has a flag for each
+    (``--polish-epochs`` for ``polish_epochs``, ``--validation`` for ``validation_fraction``,
+    ``--no-polish``, ``--no-whiten``, ``--seed`` for an int ``random_state``): the same options
+    give the same model.
+
     Parameters
     ----------
     hidden : tuple of int, default=(4,)
-        Hidden widths of the enumerated candidate networks.
+        Hidden widths of the candidate networks enumerate-and-test evaluates (each at least 1).
     max_dim : int, default=32
-        Largest subspace dimension filtered PCA may report (a bound, not a limit of the
-        method: the dimension itself is found).
+        Largest subspace dimension filtered PCA may report, and the most basis rows the model
+        may have, spare rows included: a bound, not a limit of the method (the dimension itself
+        is found).
     budget : int or None, default=None
-        Most candidate networks enumerate-and-test evaluates (None: 512, or 1 000 000 with
-        ``method="paper"``, a cap its sweeps rarely reach).
+        Most candidate networks enumerate-and-test evaluates, at least 1 (none given: 512, or
+        1,000,000 with method ``paper``, a cap its sweeps rarely reach).
     polish : bool, default=True
-        Refine network and basis jointly (Adam on all weights and on B) after the search.
-    polish_epochs : int, default=15
-        Passes of the polish over the training rows (fewer on more than 320 000 rows:
-        at most 4.8 million row reads in all, at least one pass).
-    descent_epochs : int, default=30
-        Most passes of the descent on z = B x with B fixed, from the search's network (0:
-        none; fewer on more than 50 000 rows: at most 1.5 million row reads, at least two
-        passes). Like every trainer stage it ends sooner when its validation error stops
-        improving.
+        Refine the network and the basis jointly (Adam on all weights and on B) after the
+        search; off: no polish.
+    polish_epochs : int or None, default=None
+        Most passes of the polish over the training rows, at least 1 (none given: 15, fewer on
+        more than 320,000 rows: at most 4.8 million row reads in all, at least one pass; a
+        number given is not cut to a number of row reads). Like every trainer stage it ends
+        sooner when its validation error stops improving.
+    descent_epochs : int or None, default=None
+        Most passes of the descent on z = B x with B fixed, from the search's network; 0: no
+        descent, and no deep-net stage unless ``deep_epochs`` is given (none given: 30, fewer
+        on more than 50,000 rows: at most 1.5 million row reads, at least two passes; a number
+        given is not cut to a number of row reads). Like every trainer stage it ends sooner
+        when its validation error stops improving.
     deep_widths : tuple of int, default=(32, 32)
-        Hidden widths of a second network on z, trained from a random start by the same
-        descent (the "deep-net" stage) and kept when it validates better; a one-hidden-layer
-        fit approximates a deep teacher poorly. It runs when the descent's residual shows
-        structure on z, or for as long as it keeps ahead of the descent after as many row
-        reads (``report_["deep_net_decision"]`` says which). ``()`` skips the stage.
-    deep_epochs : int, default=60
-        Passes of the deep-net stage (0: none; fewer on more than about 170 000 rows: at
-        most 10 million row reads, at least three passes).
+        Hidden widths of a second network on z, trained from a random start by the same descent
+        (the deep-net stage) and kept when it validates better; a one-hidden-layer fit
+        approximates a deep teacher poorly. It runs when the descent's residual shows structure
+        on z, or for as long as it keeps ahead of the descent after as many row reads (the
+        report's deep_net_decision says which). Widths of 0 are dropped; none left: no deep-net
+        stage.
+    deep_epochs : int or None, default=None
+        Most passes of the deep-net stage; 0: no deep-net stage (none given: as
+        ``descent_epochs`` when that is given, else 60, fewer on more than about 170,000 rows:
+        at most 10 million row reads, at least three passes; a number given is not cut to a
+        number of row reads).
     refine_steps : int, default=3
-        Gauss-Newton steps on the filtered-PCA basis (one pass over the data each).
+        Gauss-Newton steps on the filtered-PCA basis after its rounds, one pass over the data
+        each (0: none).
     time_budget : float or None, default=None
-        Wall-clock seconds ``fit`` may take: the stages are planned to end within it and the
-        best model found is returned when it runs out (``report_["budget_notes"]`` says what
-        the budget cut). A budgeted fit depends on the machine's speed and load, so it is not
-        reproducible across machines (``report_["reproducible"]`` is then False). None: no
-        limit; every trainer stage ends when its validation error stops improving, or after
-        its passes.
+        Wall-clock seconds the learning may take: the stages are planned to end within it and
+        the best model found is returned when it runs out (the report's budget_notes say what
+        the budget cut). A budgeted run depends on the machine's speed and load, so it is not
+        reproducible across machines. None given: no limit; every trainer stage ends when its
+        validation error stops improving, or after its passes.
     validation_fraction : float, default=0.2
-        Fraction of the rows (the last ones) held out for validation.
+        Fraction of the rows (the last ones) held out for validation, strictly between 0 and 1.
     backend : {"auto", "cpu", "gpu"}, default="auto"
         ``auto``: a hardware GPU when there is one, else all CPU cores. ``gpu`` also accepts
         a software adapter (lavapipe). ``predict`` always runs on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds every random choice; the same seed and data give the same model.
     method : {"default", "paper"}, default="default"
-        The pipeline (see above).
+        The pipeline. ``default``: filtered PCA with its additions (whitening, refine steps,
+        residual rounds), enumerate-and-test and the sphere-net fit, then the gradient stages
+        (descent, deep net, polish). ``paper``: the paper's algorithm as written (filtered
+        PCA's label rounds, each after the first conditioned on cells of every direction found
+        so far, then enumerate-and-test over the product net of bias-free networks of widths
+        ``hidden`` as the final model); no sphere-net fit and no gradient stage, so ``whiten``,
+        ``refine_steps``, ``descent_epochs``, ``deep_widths``, ``deep_epochs``, ``polish``,
+        ``polish_epochs`` and ``spare_rows`` do not apply. Give ``hidden`` the architecture to
+        enumerate (e.g. 16 for a 16-unit teacher).
+    spare_rows : int or None, default=None
+        Spare basis rows the polish may grow into, each kept only when it lowers the validation
+        error (at most ``max_dim`` rows in all; none given: 2, or r for r > 4 directions from
+        the subspace stage).
+    max_train_rows : int or None, default=None
+        The stages that fit the network on z = B x (enumerate-and-test, the sphere-net fit, the
+        descent, the deep net and the polish) read at most this many training rows (the first
+        ones); none given: every row. Filtered PCA reads every training row either way.
+    whiten : bool, default=True
+        Learn on the whitened inputs Sigma^(-1/2) (x - mu) rather than on the raw x (the model
+        always reads the raw x); off: learn on the raw x.
 
     Attributes
     ----------
@@ -109,10 +142,10 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         PCA saw) and ``x_copied`` (whether X had to be copied to be read).
     """
 
-    def __init__(self, hidden=(4,), max_dim=32, budget=None, polish=True, polish_epochs=15,
-                 descent_epochs=30, deep_widths=(32, 32), deep_epochs=60, refine_steps=3,
+    def __init__(self, hidden=(4,), max_dim=32, budget=None, polish=True, polish_epochs=None,
+                 descent_epochs=None, deep_widths=(32, 32), deep_epochs=None, refine_steps=3,
                  validation_fraction=0.2, backend="auto", random_state=None, method="default",
-                 time_budget=None):
+                 time_budget=None, spare_rows=None, max_train_rows=None, whiten=True):
         self.hidden = hidden
         self.max_dim = max_dim
         self.budget = budget
@@ -127,6 +160,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.method = method
         self.time_budget = time_budget
+        self.spare_rows = spare_rows
+        self.max_train_rows = max_train_rows
+        self.whiten = whiten
 
     def _check_params(self):
         """Validated copies of the parameters (fit never modifies them)."""
@@ -134,6 +170,14 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
             v = getattr(self, name)
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
                 raise ValueError(f"{name}={v!r}: expected an int >= {low}")
+            return int(v)
+
+        def count_or_none(name, low):
+            v = getattr(self, name)
+            if v is None:
+                return None
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name}={v!r}: expected None or an int >= {low}")
             return int(v)
 
         def widths(name, allow_empty):
@@ -160,8 +204,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"backend={self.backend!r}: expected one of {_BACKENDS}")
         if self.method not in _LEARN_METHODS:
             raise ValueError(f"method={self.method!r}: expected one of {_LEARN_METHODS}")
-        if not isinstance(self.polish, (bool, np.bool_)):
-            raise ValueError(f"polish={self.polish!r}: expected True or False")
+        for name in ("polish", "whiten"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected True or False")
         max_dim = count("max_dim", 1)
         tb = self.time_budget
         if tb is not None and (
@@ -171,8 +216,11 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         return dict(
             hidden=hidden, budget=None if self.budget is None else count("budget", 1),
             max_dim=max_dim, polish=bool(self.polish), method=self.method,
-            polish_epochs=count("polish_epochs", 0), descent_epochs=count("descent_epochs", 0),
-            deep_widths=deep_widths, deep_epochs=count("deep_epochs", 0),
+            polish_epochs=count_or_none("polish_epochs", 0),
+            descent_epochs=count_or_none("descent_epochs", 0),
+            deep_widths=deep_widths, deep_epochs=count_or_none("deep_epochs", 0),
+            spare_rows=count_or_none("spare_rows", 0),
+            max_train_rows=count_or_none("max_train_rows", 1), whiten=bool(self.whiten),
             refine_steps=count("refine_steps", 0), validation_fraction=float(vf),
             backend=self.backend, time_budget=None if tb is None else float(tb),
         )
