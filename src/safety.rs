@@ -361,15 +361,21 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
         // level (the budget is a cap); each candidate of the last hidden layer is scored by a
         // rank-one update, about (inputs + features) per training and validation row.
         let s = &config.search_config;
-        let units: usize = config.hidden.iter().sum();
+        let units: usize = config.search_config.hidden.iter().sum();
         let per_unit = 3 * crate::search::COARSE_POINTS + s.sweep_levels * 2 * (s.sweep_local + 1);
-        let candidates = (units * per_unit).min(config.budget) as f64;
+        let candidates = (units * per_unit).min(config.search_config.budget) as f64;
         let rows = n_fit.min(crate::learn::PAPER_SCORE_ROWS as f64);
-        let widest = config.hidden.iter().copied().max().unwrap_or(1) as f64;
+        let widest = config
+            .search_config
+            .hidden
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1) as f64;
         parts.push((
             format!(
                 "enumerate-and-test (the sweeps over the product net of --hidden {}, about {candidates:.0} candidates)",
-                widths(&config.hidden)
+                widths(&config.search_config.hidden)
             ),
             candidates * 2.0 * rows * 2.0 * (2.0 * widest + 1.0),
         ));
@@ -378,15 +384,15 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
     // Enumerate-and-test: every candidate is scored on up to max_rows training and as many
     // validation rows, its last layer's normal equations (f^2 per row) included.
     let rows = n_fit.min(config.search_config.max_rows as f64);
-    let f = config.hidden.last().copied().unwrap_or(1) as f64 + 1.0;
-    let per_row = 2.0 * network_params(1.0, &config.hidden) + f * f;
+    let f = config.search_config.hidden.last().copied().unwrap_or(1) as f64 + 1.0;
+    let per_row = 2.0 * network_params(1.0, &config.search_config.hidden) + f * f;
     parts.push((
         format!(
             "enumerate-and-test (--budget {} candidates of --hidden {})",
-            config.budget,
-            widths(&config.hidden)
+            config.search_config.budget,
+            widths(&config.search_config.hidden)
         ),
-        config.budget as f64 * 2.0 * rows * per_row,
+        config.search_config.budget as f64 * 2.0 * rows * per_row,
     ));
     // Trainers: forward and backward (6 flops per parameter) and the projection of each row
     // read (2 d flops for one direction).
@@ -401,7 +407,7 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
                 config.descent_config.epochs_for(fit.max(1)),
                 fit
             ),
-            trainer(&config.descent_config, &config.hidden, 0.0),
+            trainer(&config.descent_config, &config.search_config.hidden, 0.0),
         ));
     }
     if !config.deep_widths.is_empty() {
@@ -422,7 +428,11 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
                 config.polish_config.epochs_for(fit.max(1)),
                 fit
             ),
-            trainer(&config.polish_config, &config.hidden, d as f64),
+            trainer(
+                &config.polish_config,
+                &config.search_config.hidden,
+                d as f64,
+            ),
         ));
     }
     parts
@@ -439,16 +449,21 @@ fn widths(w: &[usize]) -> String {
 /// or whose enumerate-and-test batch would not fit in memory; returns a note (to print before
 /// the work) when the work is above [`NOTE_FLAG_FLOPS`].
 pub fn check_learn_work(config: &LearnConfig, n: u64, d: usize) -> Result<Option<String>> {
-    if let Some(&h) = config.hidden.iter().find(|&&h| h > MAX_HIDDEN) {
+    if let Some(&h) = config
+        .search_config
+        .hidden
+        .iter()
+        .find(|&&h| h > MAX_HIDDEN)
+    {
         return Err(Error::invalid(format!(
             "--hidden {}: enumerate-and-test scores whole candidates, each with the normal equations of its last layer (f^2 values per row for f features), so widths above {MAX_HIDDEN} are refused (a width of {h} means {:.1e} values per row); the default is 4, and wide networks are the deep-net stage's (--deep-widths)",
-            widths(&config.hidden),
+            widths(&config.search_config.hidden),
             (h as f64 + 1.0).powi(2)
         )));
     }
     // The trainers hold the parameters, their gradient and Adam's two moments in f64.
     for (flag, w) in [
-        ("--hidden", &config.hidden),
+        ("--hidden", &config.search_config.hidden),
         ("--deep-widths", &config.deep_widths),
     ] {
         let params = network_params(1.0, w);
@@ -463,14 +478,17 @@ pub fn check_learn_work(config: &LearnConfig, n: u64, d: usize) -> Result<Option
     }
     // The search scores its candidates in batches, each with the normal equations of its last
     // layer: f (f + 1) / 2 doubles per candidate.
-    let f = config.hidden.last().copied().unwrap_or(1) as u128 + 1;
-    let batch = (config.budget.min(config.search_config.batch_size)) as u128;
+    let f = config.search_config.hidden.last().copied().unwrap_or(1) as u128 + 1;
+    let batch = (config
+        .search_config
+        .budget
+        .min(config.search_config.batch_size)) as u128;
     let gram = batch * (f * (f + 1) / 2 + f) * 8;
     check_memory(
         gram,
         &format!(
             "enumerate-and-test with --hidden {} (the normal equations of {} candidates at once, {} features each)",
-            widths(&config.hidden),
+            widths(&config.search_config.hidden),
             batch,
             f
         ),
@@ -736,20 +754,18 @@ mod tests {
 
     #[test]
     fn absurd_sizes_are_refused_and_large_ones_noted() {
-        let mut c = LearnConfig {
-            hidden: vec![1_000_000_000],
-            ..LearnConfig::default()
-        };
+        let mut c = LearnConfig::default();
+        c.search_config.hidden = vec![1_000_000_000];
         let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
         assert!(e.contains("--hidden 1000000000"), "{e}");
-        c.hidden = vec![10_000];
+        c.search_config.hidden = vec![10_000];
         let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
         assert!(e.contains("above 1024"), "{e}");
-        c.hidden = vec![4];
-        c.budget = usize::MAX;
+        c.search_config.hidden = vec![4];
+        c.search_config.budget = usize::MAX;
         let e = check_learn_work(&c, 10_000, 8).unwrap_err().to_string();
         assert!(e.contains("--budget") && e.contains("refused above"), "{e}");
-        c.budget = 512;
+        c.search_config.budget = 512;
         c.descent_config.epochs = 1_000_000_000;
         c.descent_config.row_budget = 0;
         let e = check_learn_work(&c, 1_000_000, 128)

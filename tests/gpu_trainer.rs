@@ -362,7 +362,10 @@ fn learn_matches_the_cpu(spec: relu_fpt::teacher::TeacherSpec) {
     use relu_fpt::data::GaussianSource;
     use relu_fpt::learn::{learn, LearnConfig, PolishConfig};
     let config = LearnConfig {
-        budget: 100,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 100,
+            ..LearnConfig::default().search_config
+        },
         sphere_config: relu_fpt::search::SphereNetConfig {
             max_directions: 24,
             ..Default::default()

@@ -177,7 +177,10 @@ fn bad_learn_requests_are_errors() {
     };
     assert!(learn(cpu, &src, &bad_fraction).is_err());
     let too_big = LearnConfig {
-        max_dim: 1,
+        subspace_config: relu_fpt::subspace::SubspaceConfig {
+            max_dim: 1,
+            ..LearnConfig::default().subspace_config
+        },
         ..config(0.0)
     };
     assert!(learn(cpu, &src, &too_big).is_err());
@@ -205,7 +208,10 @@ fn learn_random_deep_networks_with_biases() {
         let teacher = build(&spec).unwrap();
         let src = GaussianSource::new(teacher.network.clone(), 8000, seed + 1, 0.0).unwrap();
         let cfg = LearnConfig {
-            budget: 1500,
+            search_config: relu_fpt::search::SearchConfig {
+                budget: 1500,
+                ..LearnConfig::default().search_config
+            },
             known_basis: Some(teacher.basis.clone()),
             polish_config: relu_fpt::learn::PolishConfig {
                 epochs: 80,
@@ -306,7 +312,10 @@ fn learn_without_polish_reports_the_search_fit() {
 /// directions) and 10 polish epochs, so each test takes a few seconds.
 fn small_search(polish: bool) -> LearnConfig {
     LearnConfig {
-        budget: 200,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 200,
+            ..LearnConfig::default().search_config
+        },
         sphere_config: relu_fpt::search::SphereNetConfig {
             max_directions: 48,
             ..Default::default()
@@ -442,7 +451,10 @@ fn learn_end_to_end_random_network_with_biases() {
         let teacher = build(&spec).unwrap();
         let src = GaussianSource::new(teacher.network.clone(), 40_000, seed + 1, 0.0).unwrap();
         let cfg = LearnConfig {
-            budget: 500,
+            search_config: relu_fpt::search::SearchConfig {
+                budget: 500,
+                ..LearnConfig::default().search_config
+            },
             polish_config: relu_fpt::learn::PolishConfig {
                 epochs: 10,
                 ..Default::default()
@@ -467,7 +479,7 @@ fn row_caps_bound_the_work_and_errors_stay_on_all_validation_rows() {
     for seed in seeds(&[11]) {
         let src = common::labelled_samples(&net, 2000, seed);
         let mut cfg = config(0.02);
-        cfg.budget = 300;
+        cfg.search_config.budget = 300;
         cfg.search_config.max_rows = 300;
         cfg.sphere_config.max_rows = 400;
         cfg.polish_config.max_rows = 500;

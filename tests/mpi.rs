@@ -628,7 +628,10 @@ fn rank_cases() {
     // learn on the anisotropic inputs: the whitened pipeline, the streaming trainer (descent
     // and polish, minibatches split), the spare rows' paired test.
     let lc = LearnConfig {
-        budget: 48,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 48,
+            ..LearnConfig::default().search_config
+        },
         seed: 5,
         descent_config: PolishConfig {
             epochs: 3,

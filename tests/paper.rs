@@ -197,8 +197,11 @@ fn learn_paper_end_to_end() {
     let source = GaussianSource::new(t.network.clone(), 60_000, 3, 0.0).unwrap();
     let config = LearnConfig {
         method: LearnMethod::Paper,
-        hidden: vec![2],
-        budget: relu_fpt::learn::PAPER_BUDGET,
+        search_config: relu_fpt::search::SearchConfig {
+            hidden: vec![2],
+            budget: relu_fpt::learn::PAPER_BUDGET,
+            ..LearnConfig::default().search_config
+        },
         seed: 1,
         ..LearnConfig::default()
     };

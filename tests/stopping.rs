@@ -299,7 +299,10 @@ fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
     let teacher = relu_fpt::teacher::build(&spec).unwrap();
     let source = GaussianSource::new(teacher.network, 40_000, 4, 0.0).unwrap();
     let mut cfg = LearnConfig {
-        budget: 64,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 64,
+            ..LearnConfig::default().search_config
+        },
         polish: false,
         seed: 2,
         ..LearnConfig::default()

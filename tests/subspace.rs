@@ -412,7 +412,10 @@ fn anisotropic_inputs_match_their_whitened_twin() {
         y: y.clone(),
     };
     let config = LearnConfig {
-        budget: 100,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 100,
+            ..LearnConfig::default().search_config
+        },
         descent_config: relu_fpt::learn::PolishConfig {
             epochs: 5,
             ..Default::default()

@@ -439,7 +439,10 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
     let source = common::labelled_samples(&teacher, 20_000, 22);
     let cfg = |basis: Vec<Vec<f64>>| LearnConfig {
         known_basis: Some(basis),
-        budget: 100,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 100,
+            ..LearnConfig::default().search_config
+        },
         sphere_config: SphereNetConfig {
             max_directions: 24,
             ..SphereNetConfig::default()
@@ -487,7 +490,10 @@ fn learn_reports_every_stage() {
     let teacher = relu_fpt::teacher::build(&spec).unwrap();
     let source = GaussianSource::new(teacher.network.clone(), 20_000, 4, 0.0).unwrap();
     let cfg = LearnConfig {
-        budget: 100,
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 100,
+            ..LearnConfig::default().search_config
+        },
         sphere_config: SphereNetConfig {
             max_directions: 24,
             ..SphereNetConfig::default()

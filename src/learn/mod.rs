@@ -43,11 +43,8 @@ use std::time::Instant;
 pub struct LearnConfig {
     /// The pipeline: the default one, or the paper's algorithm as written (`paper`).
     pub method: LearnMethod,
-    /// Hidden widths of the enumerated candidates.
-    pub hidden: Vec<usize>,
-    /// Most candidates enumerate-and-test evaluates.
-    pub budget: usize,
-    /// Seed of every random choice.
+    /// Seed of every random choice: its one home (`learn` seeds every stage from it, so the
+    /// `seed` fields of the stage settings below are not read).
     pub seed: u64,
     /// Fraction of the rows (the last ones) held out for validation, in (0, 1).
     pub validation_fraction: f64,
@@ -58,9 +55,6 @@ pub struct LearnConfig {
     pub descent_config: PolishConfig,
     /// Refine the found network and the basis jointly after the search (see `polish`).
     pub polish: bool,
-    /// Largest subspace dimension accepted: a user bound (default 32, as for `subspace`), not a
-    /// limit of any stage.
-    pub max_dim: usize,
     /// Also fit sphere-net features plus ridge and keep it if it validates better.
     pub sphere_net: bool,
     /// Hidden widths of a second network on z, trained by the descent from a random start
@@ -72,11 +66,14 @@ pub struct LearnConfig {
     pub deep_config: PolishConfig,
     /// Polish settings (its seed is taken from `seed`).
     pub polish_config: PolishConfig,
-    /// Enumerate-and-test settings other than hidden, budget and seed.
+    /// Enumerate-and-test settings: the hidden widths of the candidates (`hidden`) and the most
+    /// candidates it evaluates (`budget`) live here.
     pub search_config: SearchConfig,
-    /// Sphere-net settings other than the seed.
+    /// Sphere-net settings.
     pub sphere_config: SphereNetConfig,
-    /// Filtered-PCA settings other than max_dim and seed.
+    /// Filtered-PCA settings. Its `max_dim`, the largest subspace dimension accepted (a user
+    /// bound, default 32 as for `subspace`, not a limit of any stage), also bounds the rows
+    /// the polish may grow B to.
     pub subspace_config: SubspaceConfig,
     /// A subspace basis (orthonormal rows, r x d) to use instead of filtered PCA: oracle runs
     /// and tests. `None` runs filtered PCA.
@@ -101,11 +98,6 @@ impl Default for LearnConfig {
     fn default() -> Self {
         LearnConfig {
             method: LearnMethod::Default,
-            hidden: vec![4],
-            // Measured at d = 128, N = 1e6 on the five benchmark teachers: the sphere-net fit
-            // beat enumerate-and-test on all of them at 4096 candidates too, and the descent
-            // starts from the better; 512 keeps the search near half a second.
-            budget: 512,
             seed: 0,
             validation_fraction: 0.2,
             descent: true,
@@ -128,7 +120,6 @@ impl Default for LearnConfig {
                 ..PolishConfig::default()
             },
             polish: true,
-            max_dim: 32,
             sphere_net: true,
             // On the random [6, 6] teacher (d = 96, 6e5 rows) the descent from the sphere-net
             // fit ended at 1.2e-3 of Var(y) where MLPRegressor reached 1.1e-5 in full d; two
@@ -166,9 +157,19 @@ impl Default for LearnConfig {
                 }),
                 ..PolishConfig::default()
             },
-            search_config: SearchConfig::default(),
+            search_config: SearchConfig {
+                hidden: vec![4],
+                // Measured at d = 128, N = 1e6 on the five benchmark teachers: the sphere-net
+                // fit beat enumerate-and-test on all of them at 4096 candidates too, and the
+                // descent starts from the better; 512 keeps the search near half a second.
+                budget: 512,
+                ..SearchConfig::default()
+            },
             sphere_config: SphereNetConfig::default(),
-            subspace_config: SubspaceConfig::default(),
+            subspace_config: SubspaceConfig {
+                max_dim: 32,
+                ..SubspaceConfig::default()
+            },
             known_basis: None,
             max_train_rows: None,
             spare_rows: None,
@@ -568,7 +569,6 @@ fn find_basis(
         return Ok((b.clone(), None, None));
     }
     let sc = SubspaceConfig {
-        max_dim: config.max_dim,
         seed: config.seed,
         ..config.subspace_config.clone()
     };
@@ -725,11 +725,11 @@ fn learn_in(
     let (basis, subspace, note) = find_basis(backend, &train, config, budget)?;
     budget_notes.extend(note);
     let r = basis.len();
-    if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
+    let max_dim = config.subspace_config.max_dim;
+    if r == 0 || r > max_dim || basis.iter().any(|b| b.len() != d) {
         return Err(Error::invalid(format!(
-            "learn: subspace of dimension {r} (rows of length {:?}) for d = {d}, max_dim {}",
+            "learn: subspace of dimension {r} (rows of length {:?}) for d = {d}, max_dim {max_dim}",
             basis.first().map(|b| b.len()),
-            config.max_dim
         )));
     }
     let reads = subspace.as_ref().map_or(0, |s| s.samples_used);
@@ -765,15 +765,13 @@ fn learn_in(
     let t = StageClock::start();
     let flat: Vec<f64> = basis.iter().flatten().copied().collect();
     let mut search_config = SearchConfig {
-        hidden: config.hidden.clone(),
-        budget: config.budget,
         seed: config.seed,
         ..config.search_config.clone()
     };
     if let Some(b) = budget {
-        search_config.budget = b.scaled(config.budget, 20.0, 16);
+        search_config.budget = b.scaled(config.search_config.budget, 20.0, 16);
         search_config.max_rows = b.scaled(search_config.max_rows, 5_000.0, 10_000);
-        if search_config.budget < config.budget {
+        if search_config.budget < config.search_config.budget {
             budget_notes.push(format!(
                 "enumerate-and-test on {} candidates and {} rows",
                 search_config.budget, search_config.max_rows
@@ -986,7 +984,7 @@ fn learn_in(
         let mut spare = config
             .spare_rows
             .unwrap_or_else(|| auto_spare_rows(r))
-            .min(config.max_dim.saturating_sub(r));
+            .min(max_dim.saturating_sub(r));
         // Pruning spare rows costs a paired pass over the validation split each: under a
         // budget only when they leave most of the time to the training.
         if budget.is_some_and(|b| b.left() < 30.0 * validation_pass * (spare as f64 + 1.0)) {

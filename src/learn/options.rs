@@ -113,9 +113,9 @@ impl Default for LearnOptions {
         let c = LearnConfig::default();
         LearnOptions {
             method: c.method,
-            hidden: c.hidden,
+            hidden: c.search_config.hidden,
             budget: None,
-            max_dim: c.max_dim,
+            max_dim: c.subspace_config.max_dim,
             validation_fraction: c.validation_fraction,
             polish: c.polish,
             polish_epochs: None,
@@ -243,21 +243,22 @@ impl LearnOptions {
     pub fn into_config(self) -> LearnConfig {
         let mut config = LearnConfig {
             method: self.method,
-            budget: self.budget.unwrap_or(match self.method {
-                LearnMethod::Paper => PAPER_BUDGET,
-                LearnMethod::Default => LearnConfig::default().budget,
-            }),
-            hidden: self.hidden,
             seed: self.seed,
             validation_fraction: self.validation_fraction,
             polish: self.polish,
-            max_dim: self.max_dim,
             deep_widths: self.deep_widths.into_iter().filter(|&w| w > 0).collect(),
             spare_rows: self.spare_rows,
             max_train_rows: self.max_train_rows,
             time_budget: self.time_budget,
             ..LearnConfig::default()
         };
+        if let Some(b) = self.budget {
+            config.search_config.budget = b;
+        } else if self.method == LearnMethod::Paper {
+            config.search_config.budget = PAPER_BUDGET;
+        }
+        config.search_config.hidden = self.hidden;
+        config.subspace_config.max_dim = self.max_dim;
         config.subspace_config.refine_steps = self.refine_steps;
         config.subspace_config.whiten = self.whiten;
         if let Some(e) = self.polish_epochs {

@@ -86,7 +86,6 @@ pub(super) fn learn_paper(
         None => {
             let sc = SubspaceConfig {
                 method: Method::Paper,
-                max_dim: config.max_dim,
                 seed: config.seed,
                 ..config.subspace_config.clone()
             };
@@ -98,10 +97,10 @@ pub(super) fn learn_paper(
         }
     };
     let r = basis.len();
-    if r == 0 || r > config.max_dim || basis.iter().any(|b| b.len() != d) {
+    let max_dim = config.subspace_config.max_dim;
+    if r == 0 || r > max_dim || basis.iter().any(|b| b.len() != d) {
         return Err(Error::invalid(format!(
-            "learn: subspace of dimension {r} for d = {d}, max_dim {}",
-            config.max_dim
+            "learn: subspace of dimension {r} for d = {d}, max_dim {max_dim}"
         )));
     }
     let mut subspace_stage = stage("subspace", Pass::Moments, n_train as u64, t, None);
@@ -117,8 +116,6 @@ pub(super) fn learn_paper(
     let sub_train = project_head(backend, &fit_rows, &flat, r, rows)?;
     let sub_val = project_head(backend, &val, &flat, r, rows)?;
     let search_config = SearchConfig {
-        hidden: config.hidden.clone(),
-        budget: config.budget,
         seed: config.seed,
         generator: Generator::Sweep,
         // The paper's networks are bias-free.

@@ -23,7 +23,6 @@ pub(super) fn learn_whitened(
     let train = SampleRange::new(source, 0, n_train as u64)?;
     let t = StageClock::start();
     let sc = SubspaceConfig {
-        max_dim: config.max_dim,
         seed: config.seed,
         whiten: true,
         ..config.subspace_config.clone()

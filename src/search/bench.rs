@@ -99,7 +99,6 @@ pub struct SearchBenchConfig {
 
 impl Default for SearchBenchConfig {
     fn default() -> Self {
-        let learn = crate::learn::LearnConfig::default();
         SearchBenchConfig {
             cases: default_cases(),
             budgets: vec![512, 4096, 32768],
@@ -108,11 +107,9 @@ impl Default for SearchBenchConfig {
             // learn's split of 1e5 samples.
             train_rows: 80_000,
             validation_rows: 20_000,
-            search: SearchConfig {
-                hidden: learn.hidden.clone(),
-                ..learn.search_config.clone()
-            },
-            sphere: learn.sphere_config.clone(),
+            // learn's settings but the budget, which each run sets.
+            search: SearchConfig::default(),
+            sphere: SphereNetConfig::default(),
         }
     }
 }
