@@ -859,7 +859,7 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
         .as_ref()
         .map(|t| teacher_metrics(t, &report.basis, a.seed));
     if a.json {
-        let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).expect("own JSON");
+        let mut v = report.to_value();
         v["seconds"] = seconds.into();
         v["backend"] = backend.description().into();
         add_ranks(&mut v);
@@ -1491,8 +1491,7 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
                 }
             }
             if a.json {
-                let mut v: serde_json::Value =
-                    serde_json::from_str(&r.to_json_line()).expect("own JSON");
+                let mut v = serde_json::to_value(&r).expect("a struct of strings and numbers");
                 add_ranks(&mut v);
                 println!("{v}");
             }

@@ -81,6 +81,11 @@ fn json_round_trip_is_bit_exact() {
     }
     let back = Network::from_json(&wide.to_json(), "memory").unwrap();
     assert_eq!(bits(&back), bits(&wide));
+    // The value a report embeds is the text's, parsed.
+    for n in [&net, &wide] {
+        let parsed: serde_json::Value = serde_json::from_str(&n.to_json()).unwrap();
+        assert_eq!(n.to_value(), parsed);
+    }
 
     let text = net.to_json();
     let back = Network::from_json(&text, "memory").unwrap();

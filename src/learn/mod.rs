@@ -441,14 +441,12 @@ impl LearnReport {
 
     /// The report and the model as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        // The model in the network module's own JSON schema.
-        let model: serde_json::Value =
-            serde_json::from_str(&self.model.to_json()).unwrap_or(serde_json::Value::Null);
         serde_json::json!({
-            "model": model,
+            // The model in the network module's own JSON schema.
+            "model": self.model.to_value(),
             "dimension": self.dimension,
             "model_dimension": self.model.layer_input_dim(),
-            "subspace": self.subspace.as_ref().and_then(|s| serde_json::from_str::<serde_json::Value>(&s.to_json()).ok()),
+            "subspace": self.subspace.as_ref().map(SubspaceReport::to_value),
             "validation_mse": self.validation_mse,
             "validation_var": self.validation_var,
             "enumerate_mse": self.enumerate_mse,

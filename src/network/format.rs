@@ -78,6 +78,41 @@ impl Network {
         s
     }
 
+    /// [`Network::to_json`] as a value (the same numbers, for embedding in a report without
+    /// writing the text and parsing it back).
+    pub fn to_value(&self) -> Value {
+        let vector = |v: &[f64]| -> Value {
+            Value::Array(
+                v.iter()
+                    .map(|&x| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number))
+                    .collect(),
+            )
+        };
+        let rows = |r: Option<&[Vec<f64>]>| -> Value {
+            r.map_or(Value::Null, |r| {
+                Value::Array(r.iter().map(|row| vector(row)).collect())
+            })
+        };
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "weights": (0..l.outputs).map(|o| vector(l.row(o))).collect::<Vec<_>>(),
+                    "bias": vector(&l.bias),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "input_dim": self.input_dim,
+            "projection": rows(self.projection.as_deref()),
+            "layers": layers,
+            "subspace": rows(self.subspace.as_deref()),
+        })
+    }
+
     /// Parses a version-2 or version-1 network file. `origin` (usually the file name) prefixes every error.
     pub fn from_json(text: &str, origin: &str) -> Result<Network, NetworkError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
