@@ -320,14 +320,15 @@ def draw(summary, time_rows, out, cases, methods, quick):
             if cens:
                 ax.plot([c[0] for c in cens], [c[1] for c in cens], "^", mfc="none", ms=9,
                         color=colours[method],
-                        label=f"{labels[method]}: not reached by N = max tried")
+                        label=f"{labels[method]}: not reached by N = {cens[0][1]:.3g} "
+                              "(the largest it was given)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("input dimension d")
         ax.set_ylabel(f"rows needed (test MSE/Var <= {TARGET_MSE})")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     for ax in list(axes.flat)[len(cases):]:
         ax.axis("off")
     fig.suptitle("Rows needed against d (error bars: one geometric std over seeds)"
@@ -382,7 +383,13 @@ def main():
     ap.add_argument("--time-n", type=int, default=None)
     ap.add_argument("--time-ks", default=None)
     ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--redraw", nargs="+", metavar="JSON",
+                    help="draw the figures from scaling.json files of earlier runs instead of "
+                         "running: a later file's (case, method) points replace an earlier "
+                         "file's, the first file's timing rows are kept")
     a = ap.parse_args()
+    if a.redraw:
+        return redraw(a.redraw, a.out)
     q = a.quick
     dims = [int(v) for v in (a.dims or ("8,16" if q else "16,32,64")).split(",")]
     seeds = list(range(1, 1 + (a.seeds or (1 if q else 3))))
@@ -495,6 +502,35 @@ def main():
             exp = summary[name]["exponents"].get(method)
             print(f"  {name:14s} {method:8s} exponent {'-' if exp is None else f'{exp:.2f}'}: "
                   + ", ".join(cells))
+
+
+def redraw(paths, out):
+    """The figures and a combined scaling.json from earlier runs' scaling.json files."""
+    runs = [json.load(open(p)) for p in paths]
+    base = runs[0]
+    summary = {case: dict(v, exponents=dict(v["exponents"])) for case, v in base["summary"].items()}
+    for extra in runs[1:]:
+        for case, per in extra["summary"].items():
+            into = summary.setdefault(case, {"exponents": {}})
+            for method, pts in per.items():
+                if method != "exponents":
+                    into[method] = pts
+                    into["exponents"][method] = per["exponents"].get(method)
+        base["runs"] = base["runs"] + extra["runs"]
+    methods = [m for m in ("default", "paper", "mlp")
+               if any(m in per for per in summary.values())]
+    cases = [(c.split()[0], int(c.split("=")[1])) if c.startswith("parity")
+             else ("random", int(c.split("[")[1].split(",")[0])) for c in summary]
+    os.makedirs(out, exist_ok=True)
+    draw(summary, base["time"], out, cases, methods, base["quick"])
+    base["summary"] = summary
+    base["merged_from"] = [os.path.basename(p) for p in paths]
+    with open(os.path.join(out, "scaling.json"), "w") as f:
+        json.dump(base, f, indent=1)
+    for case, per in summary.items():
+        for method in methods:
+            exp = per["exponents"].get(method)
+            print(f"  {case:14s} {method:8s} exponent {'-' if exp is None else f'{exp:.2f}'}")
 
 
 if __name__ == "__main__":
