@@ -130,15 +130,23 @@ def missed_energy(subspace, grads):
     return float(max(total - inside.sum(), 0.0) / total)
 
 
-def run_case(name, spec, args, tmp, have):
-    """One case's row; with --resume the parts `have` already holds are not run again."""
-    flags, d, n, law, noise, widths = spec
+def case_data(name, spec, args, tmp):
+    """A case's data: N (scaled), the folder holding x.npy, y.npy and teacher.json, the
+    teacher, and the test rows with their noiseless labels and gradients."""
+    flags, d, n, law, noise, _ = spec
     n = max(int(n * args.scale), 20_000)
     path = os.path.join(tmp, name.replace(" ", "_").replace(",", "").replace("=", ""))
     subprocess.run([BIN, "generate", *flags, "--d", str(d), "--n", "1", "--seed", str(args.seed),
                     "--out", path], check=True, capture_output=True)
     teacher = json.load(open(os.path.join(path, "teacher.json")))
     xt, ft, gt = make_data(teacher, law, n, d, noise, args.seed, path)
+    return n, path, teacher, xt, ft, gt
+
+
+def run_case(name, spec, args, tmp, have):
+    """One case's row; with --resume the parts `have` already holds are not run again."""
+    _, d, _, law, noise, widths = spec
+    n, path, _, xt, ft, gt = case_data(name, spec, args, tmp)
     var = ft.var()
     row = {"case": name, "d": d, "n": n, "law": law, "noise": noise}
     model = os.path.join(path, "model.json")
@@ -223,13 +231,8 @@ def mlp_curve(widths, x, y, n_train, seed, max_iter=200, patience=10, tol=1e-4):
 
 def time_to_accuracy(name, spec, args, tmp):
     """One case of --time-to-accuracy: relu-fpt, then the MLP, on the same split."""
-    flags, d, n, law, noise, widths = spec
-    n = max(int(n * args.scale), 20_000)
-    path = os.path.join(tmp, name.replace(" ", "_").replace(",", "").replace("=", ""))
-    subprocess.run([BIN, "generate", *flags, "--d", str(d), "--n", "1", "--seed", str(args.seed),
-                    "--out", path], check=True, capture_output=True)
-    teacher = json.load(open(os.path.join(path, "teacher.json")))
-    xt, ft, _ = make_data(teacher, law, n, d, noise, args.seed, path)
+    _, d, _, law, noise, widths = spec
+    n, path, _, xt, ft, _ = case_data(name, spec, args, tmp)
     var_f = ft.var()
     x, y = np.load(os.path.join(path, "x.npy")), np.load(os.path.join(path, "y.npy"))
     n_val = int(round(n * 0.2))
