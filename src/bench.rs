@@ -6,7 +6,7 @@
 //! [`crate::backend::cpu::peak`]).
 
 use crate::backend::cpu::peak::process_cpu_seconds;
-use crate::backend::Backend;
+use crate::backend::{Backend, Device};
 use crate::data::{GaussianSource, MemorySource, SampleSource};
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, SampleWeight};
@@ -22,8 +22,8 @@ pub const MIN_TIMED_RUNS: usize = 5;
 /// Result of [`bench_moments`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct MomentBench {
-    /// "cpu" or "gpu".
-    pub backend: String,
+    /// The backend's device ("cpu" or "gpu" in the JSON).
+    pub backend: Device,
     /// The backend's description (CPU threads or adapter name).
     pub adapter: String,
     /// Samples N.
@@ -192,7 +192,7 @@ struct BenchSamples {
 
 fn bench_samples(backend: &dyn Backend, n: u64, d: usize) -> Result<BenchSamples> {
     let seed = 0x6d6f6d656e7473;
-    let (source, data): (Box<dyn SampleSource>, &str) = if backend.kind() == "gpu" {
+    let (source, data): (Box<dyn SampleSource>, &str) = if backend.kind() == Device::Gpu {
         let teacher = bench_teacher(d)?;
         let source = GaussianSource::new(teacher, n, seed, 0.0)?;
         (Box::new(source), "generated on the device")
@@ -238,7 +238,7 @@ fn time_moments(
     cpu_times.sort_by(f64::total_cmp);
     let cpu_seconds = (cpu_times.len() == runs).then(|| cpu_times[runs / 2]);
     Ok(MomentBench {
-        backend: backend.kind().to_string(),
+        backend: backend.kind(),
         adapter: backend.description(),
         n,
         d,
@@ -273,18 +273,18 @@ pub fn moments_table(results: &[MomentBench]) -> String {
             sizes.push((r.d, r.bins));
         }
     }
-    let find = |kind: &str, d: usize, k: usize| {
+    let find = |kind: Device, d: usize, k: usize| {
         results
             .iter()
             .find(|r| r.backend == kind && r.d == d && r.bins == k)
     };
-    let with_peak = |kind: &str| {
+    let with_peak = |kind: Device| {
         results
             .iter()
             .any(|r| r.backend == kind && r.peak_fraction.is_some())
     };
-    let ratio =
-        kinds.iter().any(|k| k.backend == "cpu") && kinds.iter().any(|k| k.backend == "gpu");
+    let ratio = kinds.iter().any(|k| k.backend == Device::Cpu)
+        && kinds.iter().any(|k| k.backend == Device::Gpu);
     let mut s = String::new();
     for k in &kinds {
         let kernel = k
@@ -307,7 +307,7 @@ pub fn moments_table(results: &[MomentBench]) -> String {
     }
     s += &format!("{:>6} {:>5}", "d", "K");
     for k in &kinds {
-        let b = &k.backend;
+        let b = k.backend;
         s += &format!(" {:>10} {:>12}", format!("{b} s"), format!("{b} GFLOP/s"));
         if with_peak(b) {
             s += &format!(" {:>9}", format!("{b} %peak"));
@@ -320,7 +320,7 @@ pub fn moments_table(results: &[MomentBench]) -> String {
     for &(d, k) in &sizes {
         s += &format!("{d:>6} {k:>5}");
         for kind in &kinds {
-            let b = kind.backend.as_str();
+            let b = kind.backend;
             match find(b, d, k) {
                 Some(r) => s += &format!(" {:>10.4} {:>12.1}", r.seconds, r.gflops),
                 None => s += &format!(" {:>10} {:>12}", "-", "-"),
@@ -334,8 +334,8 @@ pub fn moments_table(results: &[MomentBench]) -> String {
             }
         }
         if ratio {
-            let r = find("cpu", d, k)
-                .zip(find("gpu", d, k))
+            let r = find(Device::Cpu, d, k)
+                .zip(find(Device::Gpu, d, k))
                 .map(|(c, g)| c.seconds / g.seconds);
             s += &format!(
                 " {:>8}",

@@ -1,7 +1,7 @@
 //! The `relu-fpt` command line: thin wrappers over the library, friendly one-line errors.
 
 use clap::{Args, Parser, Subcommand};
-use relu_fpt::backend::{self, mpi, Backend, BackendChoice};
+use relu_fpt::backend::{self, mpi, Backend, BackendChoice, Device};
 use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
 use relu_fpt::learn::{learn, LearnOptions, LearnReport};
 use relu_fpt::network::Network;
@@ -1318,7 +1318,7 @@ fn draw_demo_samples(
 ) -> Result<Option<relu_fpt::data::MemorySource>> {
     let (n, d) = (generator.len(), generator.dim());
     let bytes = n as u128 * (d as u128 + 1) * 4;
-    if backend.kind() != "cpu" {
+    if backend.kind() != Device::Cpu {
         println!("demo: the device draws the samples itself on every pass (none cross the bus); the time below is the learner's on them");
         return Ok(None);
     }
@@ -1463,7 +1463,7 @@ fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
         // On the CPU: the chosen kernel, and the FMA peak measured before the moments (or
         // given). Under mpirun the ranks would measure the peak at once and share the cores,
         // so there it is only what --peak-gflops gives.
-        let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == "cpu" {
+        let (chosen, cpu): (Box<dyn Backend>, _) = if chosen.kind() == Device::Cpu {
             let cpu = relu_fpt::backend::cpu::CpuBackend::with_moment_kernel(a.kernel);
             let isa = cpu.moment_isa()?;
             let peak = match a.peak_gflops {

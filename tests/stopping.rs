@@ -312,7 +312,7 @@ fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
     let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
     assert_eq!(
-        deep.stopped.as_deref(),
+        deep.stopped.map(StopReason::as_str),
         Some("behind the descent"),
         "{}",
         rep.summary()

@@ -219,7 +219,7 @@ fn projection_matches_f64_on_both_backends() {
                 for (j, b) in basis.chunks_exact(d).enumerate() {
                     let want: f64 = b.iter().zip(row).map(|(p, &q)| p * q as f64).sum();
                     let got = z[i * r + j] as f64;
-                    let scale = match backend.kind() {
+                    let scale = match backend.kind().as_str() {
                         "cpu" => want.abs(),
                         _ => b.iter().zip(row).map(|(p, &q)| (p * q as f64).abs()).sum(),
                     };
@@ -363,7 +363,7 @@ fn feature_normal_equations_match_f64_sums_on_both_backends() {
             .zip(want.gram.iter().chain(&want.rhs))
             .zip(scales)
         {
-            let tol = match backend.kind() {
+            let tol = match backend.kind().as_str() {
                 "cpu" => 1e-9 * (1.0 + b.abs()),
                 _ => 1e-5 * (1.0 + s),
             };

@@ -28,10 +28,46 @@ pub enum BackendChoice {
     Gpu,
 }
 
+/// The kind of device a pass runs on; reports write it as "cpu" or "gpu".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    /// "cpu" or "gpu": the name reports and tables print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Device {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Device {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
 /// A device that computes the statistics of a pass over the data.
 pub trait Backend: Send + Sync {
-    /// "cpu" or "gpu".
-    fn kind(&self) -> &'static str;
+    /// The device of this backend's own passes.
+    fn kind(&self) -> Device;
     /// Human description: CPU model and threads, or the adapter name and driver.
     fn description(&self) -> String;
     /// Binned, filtered first and second moments over the whole source.
@@ -196,12 +232,12 @@ pub trait Backend: Send + Sync {
         pass(source)
     }
 
-    /// The device that runs `pass` on this backend: "cpu" or "gpu". The default says the
-    /// trainer's passes (projection, train windows, feature normal equations), whose defaults
-    /// run on the CPU, run there, and the others on this backend's device.
-    fn device_of(&self, pass: Pass) -> &'static str {
+    /// The device that runs `pass` on this backend. The default says the trainer's passes
+    /// (projection, train windows, feature normal equations), whose defaults run on the CPU,
+    /// run there, and the others on this backend's device.
+    fn device_of(&self, pass: Pass) -> Device {
         match pass {
-            Pass::Project | Pass::TrainWindow | Pass::FeatureNormalEquations => "cpu",
+            Pass::Project | Pass::TrainWindow | Pass::FeatureNormalEquations => Device::Cpu,
             Pass::Moments | Pass::FitMoments | Pass::Evaluate | Pass::Predict => self.kind(),
         }
     }

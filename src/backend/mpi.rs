@@ -27,7 +27,7 @@
 //! single-process identity: one rank, nothing to combine.
 
 use super::{
-    Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, NormalEquations, Pass,
+    Adam, Backend, CandidateBatch, CandidateStats, Device, FactoredShape, NormalEquations, Pass,
     ProjectedSamples, SphereFeatures,
 };
 use crate::data::{for_each_chunk, SampleSource};
@@ -385,7 +385,7 @@ fn combine<T: Sums>(local: Result<T>) -> Result<T> {
 }
 
 impl Backend for MpiBackend {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> Device {
         self.inner.kind()
     }
 
@@ -561,7 +561,7 @@ impl Backend for MpiBackend {
         .map(|s| s.0)
     }
 
-    fn device_of(&self, pass: Pass) -> &'static str {
+    fn device_of(&self, pass: Pass) -> Device {
         self.inner.device_of(pass)
     }
 }

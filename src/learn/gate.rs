@@ -65,7 +65,7 @@ impl Default for DeepNetGate {
 }
 
 /// What the residual test measured, and what it decided.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeepNetEvidence {
     /// Rows the residual fit was fitted on and scored on.
     pub fit_rows: usize,
@@ -78,7 +78,8 @@ pub struct DeepNetEvidence {
     pub explained: f64,
     /// Its standard error.
     pub standard_error: f64,
-    /// Whether the deep-net stage runs.
+    /// Whether the deep-net stage runs (`structure` in the JSON).
+    #[serde(rename = "structure")]
     pub run: bool,
 }
 

@@ -15,6 +15,7 @@ mod grow;
 pub mod options;
 mod paper;
 mod polish;
+mod stage;
 mod train;
 mod whitened;
 
@@ -23,12 +24,13 @@ pub use gate::{DeepNetEvidence, DeepNetGate};
 pub use options::{min_fit_rows, LearnOptions};
 pub use paper::{parts, LearnMethod, Part, PAPER_BUDGET, PAPER_SCORE_ROWS};
 pub use polish::{dense_mse, polish, DenseSamples, PolishConfig, PolishResult};
+pub use stage::Stage;
 pub use train::{
     mse, train, train_until, validation_mse, window_rows, Check, Limits, Race, StopReason,
     StopRule, TrainOutcome, BLOCK_ROWS,
 };
 
-use crate::backend::{Backend, FactoredShape, Pass, ProjectedSamples};
+use crate::backend::{Backend, Device, FactoredShape, Pass, ProjectedSamples};
 use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -180,7 +182,7 @@ impl Default for LearnConfig {
 }
 
 /// Validation MSE before and after the polish.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct PolishedMse {
     pub before: f64,
     pub after: f64,
@@ -198,12 +200,6 @@ impl From<&PolishResult> for PolishedMse {
     }
 }
 
-impl PolishedMse {
-    fn to_json(self) -> serde_json::Value {
-        serde_json::json!({"before": self.before, "after": self.after, "kept": self.kept})
-    }
-}
-
 impl From<&TrainOutcome> for PolishedMse {
     fn from(r: &TrainOutcome) -> Self {
         PolishedMse {
@@ -215,13 +211,13 @@ impl From<&TrainOutcome> for PolishedMse {
 }
 
 /// One stage of [`learn`]: where it ran, what it read, how long it took, and the validation
-/// error of its result.
-#[derive(Clone, Debug, PartialEq)]
+/// error of its result. Its JSON has these fields.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StageReport {
-    /// "subspace", "enumerate", "sphere-net", "descent" or "polish".
-    pub stage: String,
-    /// "cpu" or "gpu": the device of the stage's passes over the rows.
-    pub device: String,
+    /// Which stage.
+    pub stage: Stage,
+    /// The device of the stage's passes over the rows.
+    pub device: Device,
     /// Distinct training rows the stage computed on.
     pub rows: u64,
     /// Rows streamed, repeated passes included (validation scoring not counted).
@@ -238,41 +234,19 @@ pub struct StageReport {
     pub validation_mse: Option<f64>,
     /// Wall seconds from the start of `learn` to the start of the stage.
     pub started: f64,
-    /// Why a trainer stage ended ([`StopReason::as_str`]); None for the other stages.
-    pub stopped: Option<String>,
-    /// A trainer stage's validation checks ([`Check`]: seconds since the stage began).
+    /// Why a trainer stage ended (written as [`StopReason::as_str`]); None for the other
+    /// stages.
+    pub stopped: Option<StopReason>,
+    /// A trainer stage's validation checks ([`Check`], its seconds counted from the start of
+    /// `learn` like `started`, not from the stage's start as in [`TrainOutcome`]).
     pub curve: Vec<Check>,
 }
 
 impl StageReport {
-    fn to_json(&self) -> serde_json::Value {
-        let curve: Vec<serde_json::Value> = self
-            .curve
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "row_reads": c.row_reads,
-                    "seconds": self.started + c.seconds,
-                    "validation_mse": c.validation_mse,
-                    "best_mse": c.best_mse,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "stage": self.stage, "device": self.device, "rows": self.rows,
-            "row_reads": self.row_reads, "seconds": self.seconds,
-            "host_cpu_seconds": self.host_cpu_seconds,
-            "validation_mse": self.validation_mse,
-            "started": self.started,
-            "stopped": self.stopped,
-            "curve": curve,
-        })
-    }
-
     /// Prints the stage's line on stderr (see [`crate::progress::stage_done`]): rows, row reads
     /// when they differ, seconds, and its validation MSE / `var` when it has one.
     pub(crate) fn announce(&self, var: f64, directions: Option<usize>, kept: Option<bool>) {
-        crate::progress::stage_done(&self.stage, || {
+        crate::progress::stage_done(self.stage.as_str(), || {
             let mut facts = Vec::new();
             if let Some(r) = directions {
                 facts.push(format!("{r} direction{}", if r == 1 { "" } else { "s" }));
@@ -300,15 +274,18 @@ impl StageReport {
     }
 }
 
-/// What [`learn`] returns.
-#[derive(Clone, Debug)]
+/// What [`learn`] returns. Its JSON ([`LearnReport::to_json`]) has these fields, and a few
+/// more derived from them.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LearnReport {
     /// The model on the original d-dim input, in compact form (projection B, then the small
-    /// network); `subspace` is the span of B.
+    /// network); `subspace` is the span of B. In the JSON: the network module's own schema.
+    #[serde(serialize_with = "model_json")]
     pub model: Network,
     /// Subspace dimension r that the search and the descent worked in.
     pub dimension: usize,
     /// What filtered PCA reported (None when a known basis was given).
+    #[serde(serialize_with = "subspace_json")]
     pub subspace: Option<SubspaceReport>,
     /// Validation MSE of the returned model.
     pub validation_mse: f64,
@@ -325,11 +302,10 @@ pub struct LearnReport {
     pub deep_net_mse: Option<PolishedMse>,
     /// Polish errors, when it ran.
     pub polished_mse: Option<PolishedMse>,
-    /// The search's pick: "enumerate" or "sphere-net".
-    pub chosen: String,
-    /// The stage whose result is the returned model: "enumerate", "sphere-net", "descent",
-    /// "deep-net" or "polish".
-    pub final_stage: String,
+    /// The search's pick: [`Stage::Enumerate`] or [`Stage::SphereNet`].
+    pub chosen: Stage,
+    /// The stage whose result is the returned model (any but [`Stage::Subspace`]).
+    pub final_stage: Stage,
     /// Candidates evaluated, and log10 of the full net's size at the chosen resolution.
     pub candidates_evaluated: usize,
     pub full_net_log10: f64,
@@ -408,11 +384,11 @@ impl LearnReport {
                 Some(m) => (num(m), num(m / var)),
                 None => ("-".to_string(), "-".to_string()),
             };
-            let kept = match st.stage.as_str() {
-                "descent" => self.descent_mse.map(|p| p.kept),
-                "deep-net" => self.deep_net_mse.map(|p| p.kept),
-                "polish" => self.polished_mse.map(|p| p.kept),
-                _ => None,
+            let kept = match st.stage {
+                Stage::Descent => self.descent_mse.map(|p| p.kept),
+                Stage::DeepNet => self.deep_net_mse.map(|p| p.kept),
+                Stage::Polish => self.polished_mse.map(|p| p.kept),
+                Stage::Subspace | Stage::Enumerate | Stage::SphereNet => None,
             };
             let cpu = st
                 .host_cpu_seconds
@@ -439,41 +415,18 @@ impl LearnReport {
         s
     }
 
-    /// The report and the model as JSON.
+    /// The report and the model as JSON: its fields, and `model_dimension` (the model's rows
+    /// of B), `parts` ([`parts`]) and `reproducible` (no time budget).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            // The model in the network module's own JSON schema.
-            "model": self.model.to_value(),
-            "dimension": self.dimension,
-            "model_dimension": self.model.layer_input_dim(),
-            "subspace": self.subspace.as_ref().map(SubspaceReport::to_value),
-            "validation_mse": self.validation_mse,
-            "validation_var": self.validation_var,
-            "enumerate_mse": self.enumerate_mse,
-            "sphere_net_mse": self.sphere_net_mse,
-            "descent_mse": self.descent_mse.map(PolishedMse::to_json),
-            "deep_net_mse": self.deep_net_mse.map(PolishedMse::to_json),
-            "polished_mse": self.polished_mse.map(PolishedMse::to_json),
-            "chosen": self.chosen,
-            "final_stage": self.final_stage,
-            "candidates_evaluated": self.candidates_evaluated,
-            "full_net_log10": self.full_net_log10,
-            "train_rows": self.train_rows,
-            "validation_rows": self.validation_rows,
-            "stages": self.stages.iter().map(StageReport::to_json).collect::<Vec<_>>(),
-            "backend": self.backend,
-            "method": self.method.name(),
-            "parts": paper::parts_json(self),
-            "deep_net_decision": self.deep_net_decision,
-            "deep_net_evidence": self.deep_net_evidence.as_ref().map(|e| serde_json::json!({
-                "fit_rows": e.fit_rows, "test_rows": e.test_rows, "features": e.features,
-                "residual_mse": e.residual_mse, "explained": e.explained,
-                "standard_error": e.standard_error, "structure": e.run,
-            })),
-            "time_budget": self.time_budget,
-            "budget_notes": self.budget_notes,
-            "reproducible": self.time_budget.is_none(),
-        })
+        let mut v = serde_json::to_value(self).expect("a report of numbers and strings");
+        let fields = v.as_object_mut().expect("a struct is an object");
+        fields.insert(
+            "model_dimension".into(),
+            self.model.layer_input_dim().into(),
+        );
+        fields.insert("parts".into(), paper::parts_json(self));
+        fields.insert("reproducible".into(), self.time_budget.is_none().into());
+        v
     }
 
     /// The validation error of the best model so far against wall seconds since `learn`
@@ -486,7 +439,7 @@ impl LearnReport {
         for st in &self.stages {
             for c in &st.curve {
                 best = best.min(c.best_mse);
-                out.push((st.started + c.seconds, best));
+                out.push((c.seconds, best));
             }
             if let Some(m) = st.validation_mse {
                 best = best.min(m);
@@ -495,6 +448,19 @@ impl LearnReport {
         }
         out
     }
+}
+
+/// [`LearnReport::model`] in the JSON: the network module's own schema.
+fn model_json<S: serde::Serializer>(model: &Network, s: S) -> std::result::Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&model.to_value(), s)
+}
+
+/// [`LearnReport::subspace`] in the JSON: the subspace report's own.
+fn subspace_json<S: serde::Serializer>(
+    report: &Option<SubspaceReport>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&report.as_ref().map(SubspaceReport::to_value), s)
 }
 
 /// The line of the stage just recorded (see [`StageReport::announce`]).
@@ -693,9 +659,9 @@ fn learn_in(
     let mut stages = Vec::new();
     let mut budget_notes = Vec::new();
     let stage =
-        |name: &str, pass: Pass, rows: u64, row_reads: u64, t: StageClock, mse| StageReport {
-            stage: name.to_string(),
-            device: backend.device_of(pass).to_string(),
+        |name: Stage, pass: Pass, rows: u64, row_reads: u64, t: StageClock, mse| StageReport {
+            stage: name,
+            device: backend.device_of(pass),
             rows,
             row_reads,
             seconds: t.seconds(),
@@ -705,18 +671,29 @@ fn learn_in(
             stopped: None,
             curve: Vec::new(),
         };
-    // A trainer stage's report from its outcome.
-    let trained = |name: &str, res: &TrainOutcome, t: StageClock| StageReport {
-        stopped: Some(res.stop.as_str().to_string()),
-        curve: res.curve.clone(),
-        ..stage(
+    // A trainer stage's report from its outcome: its checks on the run's clock.
+    let trained = |name: Stage, res: &TrainOutcome, t: StageClock| {
+        let report = stage(
             name,
             Pass::TrainWindow,
             res.rows,
             res.row_reads,
             t,
             Some(res.after),
-        )
+        );
+        let started = report.started;
+        StageReport {
+            stopped: Some(res.stop),
+            curve: res
+                .curve
+                .iter()
+                .map(|c| Check {
+                    seconds: started + c.seconds,
+                    ..*c
+                })
+                .collect(),
+            ..report
+        }
     };
 
     let t = StageClock::start();
@@ -732,7 +709,7 @@ fn learn_in(
     }
     let reads = subspace.as_ref().map_or(0, |s| s.samples_used);
     stages.push(stage(
-        "subspace",
+        Stage::Subspace,
         Pass::Moments,
         n_train as u64,
         reads,
@@ -790,7 +767,7 @@ fn learn_in(
     )?;
     let validation_pass = scored.elapsed().as_secs_f64();
     stages.push(stage(
-        "enumerate",
+        Stage::Enumerate,
         Pass::Evaluate,
         sub_train.len() as u64,
         sub_train.len() as u64,
@@ -800,7 +777,8 @@ fn learn_in(
     announce_last(&stages, validation_var, None);
 
     let mut sphere_net_mse = None;
-    let (mut network, mut validation_mse, mut chosen) = (enumerate_net, enumerate_mse, "enumerate");
+    let (mut network, mut validation_mse, mut chosen) =
+        (enumerate_net, enumerate_mse, Stage::Enumerate);
     if config.sphere_net {
         let t = StageClock::start();
         let mut sphere_config = SphereNetConfig {
@@ -819,7 +797,7 @@ fn learn_in(
         bar.finish_and_clear();
         let m = fit.fit.validation_mse;
         stages.push(stage(
-            "sphere-net",
+            Stage::SphereNet,
             Pass::FeatureNormalEquations,
             fit.rows,
             fit.rows,
@@ -829,7 +807,7 @@ fn learn_in(
         announce_last(&stages, validation_var, None);
         sphere_net_mse = Some(m);
         if m < validation_mse {
-            (network, validation_mse, chosen) = (fit.fit.network, m, "sphere-net");
+            (network, validation_mse, chosen) = (fit.fit.network, m, Stage::SphereNet);
         }
     }
     let mut final_stage = chosen;
@@ -854,12 +832,12 @@ fn learn_in(
             backend, &fit_rows, &val, &shape, &start, false, &pc, &limits,
         )?;
         let errors = PolishedMse::from(&res);
-        stages.push(trained("descent", &res, t));
+        stages.push(trained(Stage::Descent, &res, t));
         announce_last(&stages, validation_var, Some(res.kept));
         if res.kept {
             network = shape.unpack(&res.params)?.1;
             validation_mse = res.after;
-            final_stage = "descent";
+            final_stage = Stage::Descent;
         }
         descent_mse = Some(errors);
         descent_cut = res.stop == StopReason::Deadline;
@@ -868,7 +846,7 @@ fn learn_in(
     let mut deep_net_mse = None;
     // The better network the polish does not start from, when the deep net was kept within
     // its margin: the model when the polish does not beat it.
-    let mut fallback: Option<(Network, f64, &str)> = None;
+    let mut fallback: Option<(Network, f64, Stage)> = None;
     let mut deep_net_decision = None;
     let mut deep_net_evidence = None;
     if !config.deep_widths.is_empty() {
@@ -954,7 +932,7 @@ fn learn_in(
                     deep_net_evidence.as_ref().map_or(String::new(), |e| e.finding())
                 ));
             }
-            stages.push(trained("deep-net", &res, t));
+            stages.push(trained(Stage::DeepNet, &res, t));
             announce_last(&stages, validation_var, Some(kept));
             deep_net_mse = Some(PolishedMse {
                 before: validation_mse,
@@ -968,7 +946,7 @@ fn learn_in(
                 }
                 network = shape.unpack(&res.params)?.1;
                 validation_mse = res.after;
-                final_stage = "deep-net";
+                final_stage = Stage::DeepNet;
             }
         }
     }
@@ -1031,14 +1009,14 @@ fn learn_in(
             if after < bar {
                 (network, basis) = (pruned.network, pruned.basis);
                 validation_mse = after;
-                final_stage = "polish";
+                final_stage = Stage::Polish;
                 errors.kept = true;
                 fallback = None;
             }
         }
         stages.push(StageReport {
             validation_mse: Some(errors.after),
-            ..trained("polish", &res, t)
+            ..trained(Stage::Polish, &res, t)
         });
         announce_last(&stages, validation_var, Some(errors.kept));
         polished_mse = Some(errors);
@@ -1048,7 +1026,7 @@ fn learn_in(
     }
     if let Some(b) = budget {
         for st in &stages {
-            if st.stopped.as_deref() == Some(StopReason::Deadline.as_str()) {
+            if st.stopped == Some(StopReason::Deadline) {
                 budget_notes.push(format!("the {} ended at its deadline", st.stage));
             }
         }
@@ -1071,8 +1049,8 @@ fn learn_in(
         descent_mse,
         deep_net_mse,
         polished_mse,
-        chosen: chosen.to_string(),
-        final_stage: final_stage.to_string(),
+        chosen,
+        final_stage,
         candidates_evaluated: found.enumerate.candidates_evaluated,
         full_net_log10: found.enumerate.full_net_log10,
         train_rows: n_train,

@@ -10,7 +10,7 @@
 //! ([`parts`]), for both methods.
 
 use super::{
-    mse, project_head, streamed_label_variance, validation_split, LearnConfig, LearnReport,
+    mse, project_head, streamed_label_variance, validation_split, LearnConfig, LearnReport, Stage,
     StageReport,
 };
 use crate::backend::{Backend, Pass};
@@ -22,7 +22,8 @@ use crate::search::{enumerate_and_test, Generator, SearchConfig};
 use crate::subspace::{find_subspace, Method, RoundKind, SubspaceConfig};
 
 /// Which pipeline `learn` runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LearnMethod {
     /// Filtered PCA with its additions, enumerate-and-test and the sphere-net fit, then the
     /// gradient stages (descent, deep net, polish).
@@ -67,9 +68,9 @@ pub(super) fn learn_paper(
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
     let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
     let val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
-    let stage = |name: &str, pass: Pass, rows: u64, t: StageClock, mse| StageReport {
-        stage: name.to_string(),
-        device: backend.device_of(pass).to_string(),
+    let stage = |name: Stage, pass: Pass, rows: u64, t: StageClock, mse| StageReport {
+        stage: name,
+        device: backend.device_of(pass),
         rows,
         row_reads: rows,
         seconds: t.seconds(),
@@ -103,7 +104,7 @@ pub(super) fn learn_paper(
             "learn: subspace of dimension {r} for d = {d}, max_dim {max_dim}"
         )));
     }
-    let mut subspace_stage = stage("subspace", Pass::Moments, n_train as u64, t, None);
+    let mut subspace_stage = stage(Stage::Subspace, Pass::Moments, n_train as u64, t, None);
     subspace_stage.row_reads = subspace.as_ref().map_or(0, |s| s.samples_used);
     if subspace.is_some() {
         subspace_stage.announce(1.0, Some(r), None);
@@ -127,7 +128,7 @@ pub(super) fn learn_paper(
     let model = Network::with_projection(&found.network, &basis)?;
     let validation_mse = mse(backend, &model, &val)?;
     let enumerate = stage(
-        "enumerate",
+        Stage::Enumerate,
         Pass::Evaluate,
         sub_train.len() as u64,
         t,
@@ -145,8 +146,8 @@ pub(super) fn learn_paper(
         descent_mse: None,
         deep_net_mse: None,
         polished_mse: None,
-        chosen: "enumerate".to_string(),
-        final_stage: "enumerate".to_string(),
+        chosen: Stage::Enumerate,
+        final_stage: Stage::Enumerate,
         candidates_evaluated: found.candidates_evaluated,
         full_net_log10: found.full_net_log10,
         train_rows: n_train,
@@ -163,7 +164,7 @@ pub(super) fn learn_paper(
 
 /// One part of the algorithm in a `learn` report: the paper's or an addition, and whether it
 /// ran.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Part {
     pub name: &'static str,
     /// True for the paper's own steps, false for this implementation's additions.
@@ -181,7 +182,7 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
             .filter(|r| r.kind == RoundKind::Label)
             .count()
     });
-    let stage = |name: &str| report.stages.iter().any(|s| s.stage == name);
+    let stage = |name: Stage| report.stages.iter().any(|s| s.stage == name);
     let default = report.method == LearnMethod::Default;
     let part = |name, paper, ran| Part { name, paper, ran };
     vec![
@@ -191,7 +192,7 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
             true,
             label_rounds > 1,
         ),
-        part("enumerate-and-test", true, stage("enumerate")),
+        part("enumerate-and-test", true, stage(Stage::Enumerate)),
         part(
             "calibrated null (random-group contrasts)",
             false,
@@ -216,18 +217,22 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
         part(
             "greedy candidate generator",
             false,
-            default && stage("enumerate"),
+            default && stage(Stage::Enumerate),
         ),
-        part("sphere-net fit", false, stage("sphere-net")),
-        part("descent on z (Adam)", false, stage("descent")),
-        part("deep net on z (Adam)", false, stage("deep-net")),
-        part("polish (Adam on B and the network)", false, stage("polish")),
+        part("sphere-net fit", false, stage(Stage::SphereNet)),
+        part("descent on z (Adam)", false, stage(Stage::Descent)),
+        part("deep net on z (Adam)", false, stage(Stage::DeepNet)),
+        part(
+            "polish (Adam on B and the network)",
+            false,
+            stage(Stage::Polish),
+        ),
     ]
 }
 
 /// Whether the stage that produced the final model is the paper's.
 pub fn final_stage_is_paper(report: &LearnReport) -> bool {
-    report.final_stage == "enumerate"
+    report.final_stage == Stage::Enumerate
 }
 
 /// The summary's lines on the parts (see [`parts`]).
@@ -269,10 +274,5 @@ pub fn parts_summary(report: &LearnReport) -> String {
 
 /// [`parts`] as JSON: `[{"name": .., "paper": bool, "ran": bool}, ..]`.
 pub fn parts_json(report: &LearnReport) -> serde_json::Value {
-    serde_json::Value::Array(
-        parts(report)
-            .into_iter()
-            .map(|p| serde_json::json!({"name": p.name, "paper": p.paper, "ran": p.ran}))
-            .collect(),
-    )
+    serde_json::to_value(parts(report)).expect("names and flags")
 }

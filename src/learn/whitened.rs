@@ -3,7 +3,7 @@
 //! see `data::whiten`); the rest of the pipeline runs on W (x - mu), and the map is folded into
 //! the model so that it acts on the raw x.
 
-use super::{learn_in, validation_split, Budget, LearnConfig, LearnReport, StageReport};
+use super::{learn_in, validation_split, Budget, LearnConfig, LearnReport, Stage, StageReport};
 use crate::backend::{Backend, Pass};
 use crate::data::whiten::{WhitenedSource, Whitening};
 use crate::data::{SampleRange, SampleSource};
@@ -41,8 +41,8 @@ pub(super) fn learn_whitened(
         .unwrap_or_else(|| Whitening::identity(source.dim()));
     // The stage's line now, before the inner run's stages print theirs.
     let stage = StageReport {
-        stage: "subspace".to_string(),
-        device: backend.device_of(Pass::Moments).to_string(),
+        stage: Stage::Subspace,
+        device: backend.device_of(Pass::Moments),
         rows: n_train as u64,
         row_reads: report.samples_used,
         seconds: subspace_seconds,
@@ -65,8 +65,8 @@ pub(super) fn learn_whitened(
         r.model = whitening.fold(&r.model)?;
         r
     };
-    // The inner run reported an empty "subspace" stage (the basis was given): fill it in.
-    if let Some(st) = out.stages.iter_mut().find(|s| s.stage == "subspace") {
+    // The inner run reported an empty subspace stage (the basis was given): fill it in.
+    if let Some(st) = out.stages.iter_mut().find(|s| s.stage == Stage::Subspace) {
         *st = stage;
     }
     out.subspace = Some(report);

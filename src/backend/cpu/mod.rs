@@ -8,7 +8,7 @@ pub mod project;
 pub mod syrk;
 pub mod trainer;
 
-use crate::backend::{Backend, CandidateBatch, CandidateStats, ProjectedSamples};
+use crate::backend::{Backend, CandidateBatch, CandidateStats, Device, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
@@ -40,8 +40,8 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    fn kind(&self) -> &'static str {
-        "cpu"
+    fn kind(&self) -> Device {
+        Device::Cpu
     }
 
     fn description(&self) -> String {

@@ -32,7 +32,7 @@ pub use project::ProjectKernelParams;
 pub use trainer::TrainerKernelParams;
 
 use crate::backend::{
-    Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, NormalEquations, Pass,
+    Adam, Backend, CandidateBatch, CandidateStats, Device, FactoredShape, NormalEquations, Pass,
     ProjectedSamples, SphereFeatures,
 };
 use crate::data::SampleSource;
@@ -221,8 +221,8 @@ impl GpuBackend {
 }
 
 impl Backend for GpuBackend {
-    fn kind(&self) -> &'static str {
-        "gpu"
+    fn kind(&self) -> Device {
+        Device::Gpu
     }
 
     fn description(&self) -> String {
@@ -357,7 +357,7 @@ impl Backend for GpuBackend {
     }
 
     /// Every pass runs on the device.
-    fn device_of(&self, _pass: Pass) -> &'static str {
-        "gpu"
+    fn device_of(&self, _pass: Pass) -> Device {
+        Device::Gpu
     }
 }
