@@ -19,6 +19,7 @@ pub mod network;
 pub mod output;
 pub mod plot;
 pub mod progress;
+pub mod runtime;
 pub mod safety;
 pub mod search;
 pub mod subspace;

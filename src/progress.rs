@@ -45,7 +45,7 @@ pub fn verbosity() -> Verbosity {
 pub fn bar(len: u64, label: &str) -> ProgressBar {
     if verbosity() == Verbosity::Quiet
         || !std::io::stderr().is_terminal()
-        || !crate::backend::mpi::is_root()
+        || !crate::runtime::is_root()
     {
         return ProgressBar::hidden();
     }
@@ -64,7 +64,7 @@ pub fn bar(len: u64, label: &str) -> ProgressBar {
 /// Prints `  NAME: FACT, FACT, ..` on stderr, one line, when a stage or round has ended and
 /// the verbosity is [`Verbosity::Stages`] (on MPI rank 0 only). The facts are built only then.
 pub fn stage_done(name: &str, facts: impl FnOnce() -> Vec<String>) {
-    if verbosity() == Verbosity::Stages && crate::backend::mpi::is_root() {
+    if verbosity() == Verbosity::Stages && crate::runtime::is_root() {
         eprintln!("{}", stage_line(name, &facts()));
     }
 }

@@ -284,7 +284,7 @@ pub fn select(choice: BackendChoice) -> Result<Box<dyn Backend>> {
         BackendChoice::Auto => match gpu::GpuBackend::new(false) {
             Ok(g) => Ok(Box::new(g)),
             Err(e) => {
-                if mpi::is_root() {
+                if crate::runtime::is_root() {
                     eprintln!(
                         "note: using the CPU backend ({e}); pass --backend gpu to use a software adapter"
                     );

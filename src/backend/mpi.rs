@@ -41,16 +41,9 @@ static COMBINES: AtomicU64 = AtomicU64::new(0);
 static COMBINED_BYTES: AtomicU64 = AtomicU64::new(0);
 static GATHERED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// Environment variables by which MPI launchers (Open MPI's mpirun, MPICH's Hydra, PMI) tell
-/// a process it is one of several.
-const LAUNCHER_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS"];
-
-/// The number of processes a launcher started, when this one was started by one.
-fn launched_size() -> Option<usize> {
-    LAUNCHER_SIZE_VARS
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-}
+// The launch facts live in `runtime`; here for the callers that already ask the MPI module.
+use crate::runtime::launched_size;
+pub use crate::runtime::{is_root, local_rank, rank, ranks};
 
 /// Communication so far in this process: what the scaling benchmark reports per pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,29 +66,6 @@ pub fn communication() -> Communication {
     }
 }
 
-/// Number of ranks P (1 without MPI).
-pub fn ranks() -> usize {
-    imp::world().map_or(1, |w| w.size)
-}
-
-/// This process's rank (0 without MPI).
-pub fn rank() -> usize {
-    imp::world().map_or(0, |w| w.rank)
-}
-
-/// This process's index among the ranks on its own machine, as the launcher says (Open MPI,
-/// MPICH, Slurm), for choosing one of several GPUs per node; 0 when not launched by one.
-pub fn local_rank() -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
-    .unwrap_or(0)
-}
-
 /// Which of a machine's devices this rank computes on, given whether each is hardware (in the
 /// order the driver lists them): under MPI, the hardware devices are dealt to the ranks of one
 /// machine by [`local_rank`] (rank i on device i mod count), so that each rank on a node with
@@ -112,11 +82,6 @@ pub fn device_for_this_rank(hardware: &[bool]) -> Option<usize> {
 fn deal_device(hardware: &[bool], local_rank: usize) -> Option<usize> {
     let devices: Vec<usize> = (0..hardware.len()).filter(|&i| hardware[i]).collect();
     (!devices.is_empty()).then(|| devices[local_rank % devices.len()])
-}
-
-/// Whether this rank prints and writes outputs: rank 0, or the only process.
-pub fn is_root() -> bool {
-    rank() == 0
 }
 
 /// The contiguous rows `start .. start + len` of `n` that this rank owns; see [`split_range`].
@@ -572,30 +537,19 @@ mod imp {
     //! library is initialised for serialised calls and a lock keeps them so).
 
     use super::{Error, Result, SampleSource, GATHERED_BYTES};
+    use crate::runtime::{world, World};
     use ::mpi::collective::SystemOperation;
     use ::mpi::datatype::Equivalence;
     use ::mpi::environment::{Threading, Universe};
     use ::mpi::topology::SimpleCommunicator;
     use ::mpi::traits::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::Mutex;
 
-    /// Rank and size of the world communicator, set once by [`start`].
-    #[derive(Clone, Copy)]
-    pub(super) struct World {
-        pub(super) rank: usize,
-        pub(super) size: usize,
-    }
-
-    static WORLD: OnceLock<World> = OnceLock::new();
     static FAILURE_AGREED: AtomicBool = AtomicBool::new(false);
     static CALLS: Mutex<()> = Mutex::new(());
     /// Largest message, in elements: MPI counts are C ints.
     const MAX_MESSAGE: usize = 1 << 24;
-
-    pub(super) fn world() -> Option<World> {
-        WORLD.get().copied()
-    }
 
     pub(super) fn failure_agreed() -> bool {
         FAILURE_AGREED.load(Ordering::SeqCst)
@@ -620,7 +574,7 @@ mod imp {
             rank: w.rank() as usize,
             size: w.size() as usize,
         };
-        let _ = WORLD.set(world);
+        crate::runtime::set_world(world);
         if world.rank != 0 {
             silence_stdout();
         }
@@ -801,16 +755,6 @@ mod imp {
     //! Without MPI there is one rank and nothing to combine.
 
     use super::{Result, SampleSource};
-
-    #[derive(Clone, Copy)]
-    pub(super) struct World {
-        pub(super) rank: usize,
-        pub(super) size: usize,
-    }
-
-    pub(super) fn world() -> Option<World> {
-        None
-    }
 
     pub(super) fn failure_agreed() -> bool {
         false

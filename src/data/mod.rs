@@ -142,13 +142,25 @@ pub enum DataError {
     },
 }
 
-/// Samples held in memory (tests, small experiments).
+/// Samples held in memory (tests, small experiments): a [`SliceSource`] over rows it owns,
+/// read by the same code.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemorySource {
     pub dim: usize,
     /// rows x dim, row-major.
     pub x: Vec<f32>,
     pub y: Vec<f32>,
+}
+
+impl MemorySource {
+    /// The rows as a borrowed source.
+    fn view(&self) -> SliceSource<'_> {
+        SliceSource {
+            dim: self.dim,
+            x: &self.x,
+            y: &self.y,
+        }
+    }
 }
 
 impl SampleSource for MemorySource {
@@ -159,45 +171,14 @@ impl SampleSource for MemorySource {
         self.y.len() as u64
     }
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        Ok(copy_rows(
-            rows_in(self.dim, &self.x, &self.y, start, rows),
-            x,
-            y,
-        ))
+        self.view().read(start, rows, x, y)
     }
     fn describe(&self) -> String {
-        describe_in_memory(self.y.len(), self.dim)
+        self.view().describe()
     }
     fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
-        Some(rows_in(self.dim, &self.x, &self.y, start, rows))
+        Some(self.view().rows(start, rows))
     }
-}
-
-/// Rows `start .. start + rows` (cut at the end) of `x` (row-major, rows of `dim`) and `y`:
-/// what both in-memory sources read.
-fn rows_in<'a>(
-    dim: usize,
-    x: &'a [f32],
-    y: &'a [f32],
-    start: u64,
-    rows: usize,
-) -> (&'a [f32], &'a [f32]) {
-    let start = start.min(y.len() as u64) as usize;
-    let end = start.saturating_add(rows).min(y.len());
-    (&x[start * dim..end * dim], &y[start..end])
-}
-
-/// Copies rows into a reader's buffers; returns how many.
-fn copy_rows((xs, ys): (&[f32], &[f32]), x: &mut Vec<f32>, y: &mut Vec<f32>) -> usize {
-    x.clear();
-    y.clear();
-    x.extend_from_slice(xs);
-    y.extend_from_slice(ys);
-    ys.len()
-}
-
-fn describe_in_memory(rows: usize, dim: usize) -> String {
-    format!("{rows} samples in memory, d = {dim}")
 }
 
 /// Samples borrowed from memory the caller owns (numpy arrays handed over by the Python
@@ -221,6 +202,16 @@ impl<'a> SliceSource<'a> {
         }
         Ok(SliceSource { dim, x, y })
     }
+
+    /// Rows `start .. start + rows` (cut at the end), borrowed for as long as the data is.
+    fn rows(self, start: u64, rows: usize) -> (&'a [f32], &'a [f32]) {
+        let start = start.min(self.y.len() as u64) as usize;
+        let end = start.saturating_add(rows).min(self.y.len());
+        (
+            &self.x[start * self.dim..end * self.dim],
+            &self.y[start..end],
+        )
+    }
 }
 
 impl SampleSource for SliceSource<'_> {
@@ -231,17 +222,18 @@ impl SampleSource for SliceSource<'_> {
         self.y.len() as u64
     }
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        Ok(copy_rows(
-            rows_in(self.dim, self.x, self.y, start, rows),
-            x,
-            y,
-        ))
+        let (xs, ys) = self.rows(start, rows);
+        x.clear();
+        y.clear();
+        x.extend_from_slice(xs);
+        y.extend_from_slice(ys);
+        Ok(ys.len())
     }
     fn describe(&self) -> String {
-        describe_in_memory(self.y.len(), self.dim)
+        format!("{} samples in memory, d = {}", self.y.len(), self.dim)
     }
     fn in_memory(&self, start: u64, rows: usize) -> Option<(&[f32], &[f32])> {
-        Some(rows_in(self.dim, self.x, self.y, start, rows))
+        Some(self.rows(start, rows))
     }
     // No `identity`: the caller may free or rewrite the memory once the borrow ends, and a new
     // array can land at the same address, so no key could promise equal contents across runs.

@@ -617,7 +617,7 @@ pub fn learn(
                 "learn: the paper's algorithm runs as written, with no stage to plan: a time budget applies to the default method",
             ))
         }
-        Some(_) if crate::backend::mpi::ranks() > 1 => {
+        Some(_) if crate::runtime::ranks() > 1 => {
             return Err(Error::invalid(
                 "learn: a time budget is not available under mpirun: the ranks would read different clocks and take different decisions; run without it, or as one process",
             ))

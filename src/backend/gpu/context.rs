@@ -194,7 +194,7 @@ impl GpuContext {
         let instance = headless_instance();
         // Under MPI the ranks of one machine take its hardware adapters in turn.
         let mut listed = Vec::new();
-        if crate::backend::mpi::ranks() > 1 {
+        if crate::runtime::ranks() > 1 {
             listed = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         }
         let hardware: Vec<bool> = listed
