@@ -22,6 +22,7 @@ pub mod progress;
 pub mod runtime;
 pub mod safety;
 pub mod search;
+pub mod sphere;
 pub mod subspace;
 pub mod teacher;
 

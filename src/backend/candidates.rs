@@ -24,6 +24,15 @@ impl ProjectedSamples {
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()
     }
+    /// The first `rows` rows (at least one).
+    pub fn head(&self, rows: usize) -> ProjectedSamples {
+        let n = self.len().min(rows.max(1));
+        ProjectedSamples {
+            rank: self.rank,
+            z: self.z[..n * self.rank].to_vec(),
+            y: self.y[..n].to_vec(),
+        }
+    }
 }
 
 /// C candidate networks sharing one architecture: `inputs` (= r) inputs, ReLU hidden layers of

@@ -17,7 +17,7 @@
 use crate::backend::ProjectedSamples;
 use crate::error::Result;
 use crate::network::Network;
-use crate::search::{sphere_net_fit, SphereNetConfig};
+use crate::sphere::{sphere_net_fit, SphereNetConfig};
 
 /// When the deep-net stage runs (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
@@ -124,7 +124,7 @@ pub fn deep_net_evidence(
     gate: &DeepNetGate,
     variance: f64,
 ) -> Result<DeepNetEvidence> {
-    let fit = crate::search::head(fit, gate.fit_rows.max(1));
+    let fit = fit.head(gate.fit_rows.max(1));
     let (fit_res, test_res) = (residual(net, &fit), residual(net, test));
     let g = sphere_net_fit(&fit_res, &test_res, sphere)?;
     let pred = g.network.forward_f32(&test_res.z, test_res.len());

@@ -26,20 +26,22 @@
 
 pub mod bench;
 mod evaluate_ref;
-mod sphere;
 mod sweep;
 
 pub use sweep::COARSE_POINTS;
 
 pub use evaluate_ref::reference_evaluate;
-pub use sphere::{
-    sphere_net_fit, sphere_net_fit_streamed, SphereNetConfig, SphereNetCost, SphereNetFit,
-    StreamedSphereNetFit,
+// The sphere-net fit and the direction nets live below the stages that use them (filtered
+// PCA's refine steps, the search, the deep-net gate); here for the search's callers.
+pub use crate::sphere::{
+    covering_radius, label_variance, network_from_params, ridge_solve, sphere_net, sphere_net_fit,
+    sphere_net_fit_streamed, SphereNetConfig, SphereNetCost, SphereNetFit, StreamedSphereNetFit,
 };
+use crate::sphere::{norm, random_unit};
 
 use crate::backend::{tri_len, Backend, CandidateBatch, ProjectedSamples};
 use crate::error::{Error, Result};
-use crate::network::{Layer, Network};
+use crate::network::Network;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -175,87 +177,6 @@ pub struct EnumerateResult {
     pub history: Vec<f64>,
 }
 
-/// Unit vectors covering S^(r-1) to within about `delta`: evenly spaced for r <= 2, greedy
-/// farthest-apart random points for r >= 3 (at most `cap`). Antipodal pairs always included.
-pub fn sphere_net(rank: usize, delta: f64, cap: usize, seed: u64) -> Vec<Vec<f64>> {
-    match rank {
-        0 => Vec::new(),
-        1 => vec![vec![1.0], vec![-1.0]],
-        2 => {
-            let m = ((2.0 * std::f64::consts::PI / delta.max(1e-3)).ceil() as usize)
-                .max(4)
-                .min(cap.max(4));
-            let m = m + (m % 2); // even, so antipodes are present
-            (0..m)
-                .map(|j| {
-                    let t = 2.0 * std::f64::consts::PI * j as f64 / m as f64;
-                    vec![t.cos(), t.sin()]
-                })
-                .collect()
-        }
-        _ => {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5feb);
-            let mut pts: Vec<Vec<f64>> = Vec::new();
-            // Coordinate directions first: axis-aligned teachers are common.
-            for i in 0..rank {
-                for s in [1.0, -1.0] {
-                    let mut e = vec![0.0; rank];
-                    e[i] = s;
-                    pts.push(e);
-                }
-            }
-            let mut misses = 0;
-            while pts.len() + 1 < cap && misses < 2000 {
-                let mut u: Vec<f64> = (0..rank).map(|_| rng.sample(StandardNormal)).collect();
-                let n = norm(&u);
-                if n < 1e-9 {
-                    continue;
-                }
-                u.iter_mut().for_each(|v| *v /= n);
-                let far = pts.iter().all(|p| dist(p, &u) > delta);
-                let neg: Vec<f64> = u.iter().map(|v| -v).collect();
-                if far {
-                    pts.push(u);
-                    pts.push(neg);
-                    misses = 0;
-                } else {
-                    misses += 1;
-                }
-            }
-            pts
-        }
-    }
-}
-
-/// Estimated covering radius of unit vectors `dirs` on S^(r-1): the largest distance from 1024
-/// seeded random unit vectors to their nearest member (a lower bound that is tight in low r).
-pub fn covering_radius(dirs: &[Vec<f64>], rank: usize, seed: u64) -> f64 {
-    if dirs.is_empty() || rank == 0 {
-        return f64::INFINITY;
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc07e_0001);
-    (0..1024)
-        .map(|_| {
-            let u = random_unit(rank, &mut rng);
-            dirs.iter()
-                .map(|d| dist(d, &u))
-                .fold(f64::INFINITY, f64::min)
-        })
-        .fold(0.0, f64::max)
-}
-
-fn norm(u: &[f64]) -> f64 {
-    u.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-fn dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
-}
-
 /// Values -bound, -bound + step, ..., bound (0 included when bound/step is whole).
 fn grid(bound: f64, step: f64) -> Vec<f64> {
     if bound <= 0.0 || step <= 0.0 {
@@ -308,30 +229,6 @@ impl Layout {
     }
 }
 
-/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
-pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
-    let f = rhs.len();
-    let mut g = nalgebra::DMatrix::<f64>::zeros(f, f);
-    let mut k = 0;
-    for i in 0..f {
-        for j in i..f {
-            g[(i, j)] = packed[k];
-            g[(j, i)] = packed[k];
-            k += 1;
-        }
-    }
-    let scale = (0..f).map(|i| g[(i, i)]).sum::<f64>() / f.max(1) as f64;
-    let rho = ridge * scale.max(1e-300) + 1e-12;
-    for i in 0..f {
-        g[(i, i)] += rho;
-    }
-    let chol = nalgebra::linalg::Cholesky::new(g)?;
-    let a = chol.solve(&nalgebra::DVector::from_column_slice(rhs));
-    a.iter()
-        .all(|v| v.is_finite())
-        .then(|| a.iter().copied().collect())
-}
-
 /// Fits each candidate's output layer by ridge on `train` and scores it on `val`. `prefixes`
 /// holds the hidden-layer parameters of each candidate; returns (validation MSE, full params).
 fn score(
@@ -382,42 +279,6 @@ fn score(
             )
         })
         .collect())
-}
-
-/// Builds a [`Network`] on `rank` inputs from packed candidate parameters.
-pub fn network_from_params(rank: usize, hidden: &[usize], params: &[f32]) -> Result<Network> {
-    let mut layers = Vec::new();
-    let mut at = 0;
-    let mut width = rank;
-    let p: Vec<f64> = params.iter().map(|&v| v as f64).collect();
-    for &h in hidden {
-        let need = h * width + h;
-        if at + need > p.len() {
-            return Err(Error::invalid(
-                "candidate params shorter than the architecture",
-            ));
-        }
-        layers.push(Layer::new(
-            width,
-            h,
-            p[at..at + h * width].to_vec(),
-            p[at + h * width..at + need].to_vec(),
-        )?);
-        at += need;
-        width = h;
-    }
-    if at + width + 1 != p.len() {
-        return Err(Error::invalid(
-            "candidate params do not match the architecture",
-        ));
-    }
-    layers.push(Layer::new(
-        width,
-        1,
-        p[at..at + width].to_vec(),
-        vec![p[at + width]],
-    )?);
-    Ok(Network::new(rank, layers)?)
 }
 
 /// Checks train/validation samples against a search configuration.
@@ -492,7 +353,7 @@ pub fn enumerate_and_test(
     config: &SearchConfig,
 ) -> Result<EnumerateResult> {
     check_search_inputs(train, val, &config.hidden)?;
-    let (train, val) = (&head(train, config.max_rows), &head(val, config.max_rows));
+    let (train, val) = (&train.head(config.max_rows), &val.head(config.max_rows));
     if config.budget == 0 || config.batch_size == 0 {
         return Err(Error::invalid(
             "search: budget and batch_size must be positive",
@@ -595,16 +456,6 @@ impl Directions {
             random_unit(self.rank, rng)
         } else {
             self.net[rng.random_range(0..self.net.len())].clone()
-        }
-    }
-}
-
-fn random_unit(rank: usize, rng: &mut rand::rngs::StdRng) -> Vec<f64> {
-    loop {
-        let u: Vec<f64> = (0..rank).map(|_| rng.sample(StandardNormal)).collect();
-        let n = norm(&u);
-        if n > 1e-9 {
-            return u.into_iter().map(|v| v / n).collect();
         }
     }
 }
@@ -1396,16 +1247,6 @@ fn perturb(
     p
 }
 
-/// The first `rows` rows (at least one) of projected samples.
-pub fn head(samples: &ProjectedSamples, rows: usize) -> ProjectedSamples {
-    let n = samples.len().min(rows.max(1));
-    ProjectedSamples {
-        rank: samples.rank,
-        z: samples.z[..n * samples.rank].to_vec(),
-        y: samples.y[..n].to_vec(),
-    }
-}
-
 /// Mean squared error of a network on projected samples (f64).
 pub fn mse_of(network: &Network, samples: &ProjectedSamples) -> f64 {
     mse_on_rows(network, samples.rank, &samples.z, &samples.y)
@@ -1434,13 +1275,6 @@ pub fn mse_on_rows(network: &Network, dim: usize, x: &[f32], y: &[f32]) -> f64 {
         })
         .collect();
     partial.iter().sum::<f64>() / y.len().max(1) as f64
-}
-
-/// Variance of the labels.
-pub fn label_variance(y: &[f32]) -> f64 {
-    let n = y.len().max(1) as f64;
-    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n;
-    y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n
 }
 
 /// Which final fit [`search`] kept.

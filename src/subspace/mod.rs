@@ -52,7 +52,7 @@ use crate::data::whiten::Whitening;
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::search::SphereNetConfig;
+use crate::sphere::SphereNetConfig;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 /// Which subspace estimator to run.

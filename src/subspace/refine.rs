@@ -8,7 +8,7 @@ use crate::backend::{Backend, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::network::{dot, Network};
-use crate::search::{sphere_net_fit, SphereNetConfig};
+use crate::sphere::{sphere_net_fit, SphereNetConfig};
 use nalgebra::DMatrix;
 
 /// The steps stop when a step lowered the residual MSE by less than this fraction.

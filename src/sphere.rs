@@ -1,14 +1,180 @@
-//! Sphere-net ReLU features plus ridge (docs/algorithm.md, "Fitting on the subspace"): features
-//! relu(<u_j, z> - t) for directions u_j on a net of S^(r-1) and thresholds t, the linear
-//! features z and a constant, then ridge regression with the ridge picked on validation. The
-//! result is exactly a one-hidden-layer ReLU network (z_i = relu(z_i) - relu(-z_i)).
+//! Sphere nets and the sphere-net fit (docs/algorithm.md, "Fitting on the subspace"), below
+//! the stages that use them: filtered PCA's refine steps (a fit h on z), the search (its
+//! candidates' directions and its convex final fit) and the deep-net gate.
+//!
+//! The fit: features relu(<u_j, z> - t) for directions u_j on a net of S^(r-1) and thresholds
+//! t, the linear features z and a constant, then ridge regression with the ridge picked on
+//! validation. The result is exactly a one-hidden-layer ReLU network
+//! (z_i = relu(z_i) - relu(-z_i)).
 
-use super::{label_variance, network_from_params, sphere_net};
 use crate::backend::{Backend, ProjectedSamples, SphereFeatures};
 use crate::data::{SampleRange, SampleSource};
 use crate::error::{Error, Result};
-use crate::network::Network;
+use crate::network::{Layer, Network};
+use rand::{RngExt, SeedableRng};
+use rand_distr::StandardNormal;
 use rayon::prelude::*;
+
+/// Unit vectors covering S^(r-1) to within about `delta`: evenly spaced for r <= 2, greedy
+/// farthest-apart random points for r >= 3 (at most `cap`). Antipodal pairs always included.
+pub fn sphere_net(rank: usize, delta: f64, cap: usize, seed: u64) -> Vec<Vec<f64>> {
+    match rank {
+        0 => Vec::new(),
+        1 => vec![vec![1.0], vec![-1.0]],
+        2 => {
+            let m = ((2.0 * std::f64::consts::PI / delta.max(1e-3)).ceil() as usize)
+                .max(4)
+                .min(cap.max(4));
+            let m = m + (m % 2); // even, so antipodes are present
+            (0..m)
+                .map(|j| {
+                    let t = 2.0 * std::f64::consts::PI * j as f64 / m as f64;
+                    vec![t.cos(), t.sin()]
+                })
+                .collect()
+        }
+        _ => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5feb);
+            let mut pts: Vec<Vec<f64>> = Vec::new();
+            // Coordinate directions first: axis-aligned teachers are common.
+            for i in 0..rank {
+                for s in [1.0, -1.0] {
+                    let mut e = vec![0.0; rank];
+                    e[i] = s;
+                    pts.push(e);
+                }
+            }
+            let mut misses = 0;
+            while pts.len() + 1 < cap && misses < 2000 {
+                let mut u: Vec<f64> = (0..rank).map(|_| rng.sample(StandardNormal)).collect();
+                let n = norm(&u);
+                if n < 1e-9 {
+                    continue;
+                }
+                u.iter_mut().for_each(|v| *v /= n);
+                let far = pts.iter().all(|p| dist(p, &u) > delta);
+                let neg: Vec<f64> = u.iter().map(|v| -v).collect();
+                if far {
+                    pts.push(u);
+                    pts.push(neg);
+                    misses = 0;
+                } else {
+                    misses += 1;
+                }
+            }
+            pts
+        }
+    }
+}
+
+/// Estimated covering radius of unit vectors `dirs` on S^(r-1): the largest distance from 1024
+/// seeded random unit vectors to their nearest member (a lower bound that is tight in low r).
+pub fn covering_radius(dirs: &[Vec<f64>], rank: usize, seed: u64) -> f64 {
+    if dirs.is_empty() || rank == 0 {
+        return f64::INFINITY;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc07e_0001);
+    (0..1024)
+        .map(|_| {
+            let u = random_unit(rank, &mut rng);
+            dirs.iter()
+                .map(|d| dist(d, &u))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Euclidean length.
+pub(crate) fn norm(u: &[f64]) -> f64 {
+    u.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// Euclidean distance.
+pub(crate) fn dist(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// A uniformly random unit vector in R^rank.
+pub(crate) fn random_unit(rank: usize, rng: &mut rand::rngs::StdRng) -> Vec<f64> {
+    loop {
+        let u: Vec<f64> = (0..rank).map(|_| rng.sample(StandardNormal)).collect();
+        let n = norm(&u);
+        if n > 1e-9 {
+            return u.into_iter().map(|v| v / n).collect();
+        }
+    }
+}
+
+/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
+pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
+    let f = rhs.len();
+    let mut g = nalgebra::DMatrix::<f64>::zeros(f, f);
+    let mut k = 0;
+    for i in 0..f {
+        for j in i..f {
+            g[(i, j)] = packed[k];
+            g[(j, i)] = packed[k];
+            k += 1;
+        }
+    }
+    let scale = (0..f).map(|i| g[(i, i)]).sum::<f64>() / f.max(1) as f64;
+    let rho = ridge * scale.max(1e-300) + 1e-12;
+    for i in 0..f {
+        g[(i, i)] += rho;
+    }
+    let chol = nalgebra::linalg::Cholesky::new(g)?;
+    let a = chol.solve(&nalgebra::DVector::from_column_slice(rhs));
+    a.iter()
+        .all(|v| v.is_finite())
+        .then(|| a.iter().copied().collect())
+}
+
+/// Builds a [`Network`] on `rank` inputs from packed candidate parameters.
+pub fn network_from_params(rank: usize, hidden: &[usize], params: &[f32]) -> Result<Network> {
+    let mut layers = Vec::new();
+    let mut at = 0;
+    let mut width = rank;
+    let p: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    for &h in hidden {
+        let need = h * width + h;
+        if at + need > p.len() {
+            return Err(Error::invalid(
+                "candidate params shorter than the architecture",
+            ));
+        }
+        layers.push(Layer::new(
+            width,
+            h,
+            p[at..at + h * width].to_vec(),
+            p[at + h * width..at + need].to_vec(),
+        )?);
+        at += need;
+        width = h;
+    }
+    if at + width + 1 != p.len() {
+        return Err(Error::invalid(
+            "candidate params do not match the architecture",
+        ));
+    }
+    layers.push(Layer::new(
+        width,
+        1,
+        p[at..at + width].to_vec(),
+        vec![p[at + width]],
+    )?);
+    Ok(Network::new(rank, layers)?)
+}
+
+/// Variance of the labels.
+pub fn label_variance(y: &[f32]) -> f64 {
+    let n = y.len().max(1) as f64;
+    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n;
+    y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n
+}
 
 /// Settings of the sphere-net fit.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,7 +243,7 @@ impl SphereNetConfig {
         SphereNetCost {
             directions: dirs.len(),
             features: dirs.len() * self.thresholds.len() + rank + 1,
-            covering_radius: super::covering_radius(&dirs, rank, self.seed),
+            covering_radius: covering_radius(&dirs, rank, self.seed),
         }
     }
 }
@@ -154,7 +320,7 @@ pub fn sphere_net_fit(
             "sphere-net fit: needs thresholds, ridges and a positive delta",
         ));
     }
-    let train = &super::head(train, config.max_rows);
+    let train = &train.head(config.max_rows);
     let dirs = sphere_net(r, config.delta, config.max_directions.max(2), config.seed);
     let t = &config.thresholds;
     let f = dirs.len() * t.len() + r + 1;
@@ -207,7 +373,7 @@ pub fn sphere_net_fit(
         .collect();
     let mut best: Option<(f64, f64, Vec<f64>)> = None;
     for &ridge in &config.ridges {
-        let Some(a) = super::ridge_solve(&packed, &fy, ridge) else {
+        let Some(a) = ridge_solve(&packed, &fy, ridge) else {
             continue;
         };
         let sse: f64 = val_phi
@@ -294,7 +460,7 @@ pub fn sphere_net_fit_streamed(
     let sums = backend.feature_normal_equations(&head, &features, progress)?;
     let mut fits = Vec::new();
     for &ridge in &config.ridges {
-        if let Some(a) = super::ridge_solve(&sums.gram, &sums.rhs, ridge) {
+        if let Some(a) = ridge_solve(&sums.gram, &sums.rhs, ridge) {
             let small = network_of(&dirs, t, r, &a)?;
             let compact = Network::with_projection(&small, basis)?;
             fits.push((ridge, small, compact));
