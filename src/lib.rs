@@ -18,6 +18,7 @@ pub mod moments;
 pub mod network;
 pub mod output;
 pub mod plot;
+pub mod predict;
 pub mod progress;
 pub mod runtime;
 pub mod safety;

@@ -1,10 +1,13 @@
-//! The `relu-fpt` command line: thin wrappers over the library, friendly one-line errors.
+//! The `relu-fpt` command line: parses the arguments, checks the user's files and values (one-line
+//! errors that name the flag at fault), calls the library, and prints or writes what it returns.
+//! The computing (learning, predicting and scoring, the benchmarks) is the library's.
 
 use clap::{Args, Parser, Subcommand};
 use relu_fpt::backend::{self, mpi, Backend, BackendChoice, Device};
 use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
 use relu_fpt::learn::{learn, LearnOptions, LearnReport};
 use relu_fpt::network::Network;
+use relu_fpt::predict::{predict_stream, ErrorSums};
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
 use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
 use relu_fpt::{metrics, output, plot, progress, safety, Error, Result};
@@ -1016,76 +1019,6 @@ fn learn_cmd(a: LearnArgs) -> Result<()> {
     Ok(())
 }
 
-/// Streams x through the model on the backend, handing each chunk's predictions to `sink`. A
-/// reader thread reads the next chunk while this one is computed (two chunks in flight).
-fn predict_stream(
-    backend: &dyn Backend,
-    model: &Network,
-    source: &dyn SampleSource,
-    mut sink: impl FnMut(&[f32], &[f32]) -> Result<()>,
-) -> Result<()> {
-    const CHUNK: usize = 1 << 16;
-    let bar = progress::bar(source.len(), "predict");
-    if mpi::ranks() > 1 {
-        // Under mpirun each rank predicts every P-th chunk and rank 0 consumes them all in order.
-        mpi::stream_to_root(
-            source,
-            CHUNK,
-            true,
-            |x, rows| backend.predict(model, x, rows),
-            |p, y| {
-                bar.inc(p.len() as u64);
-                sink(p, y)
-            },
-        )?;
-        bar.finish_and_clear();
-        return Ok(());
-    }
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<f32>, Vec<f32>)>>(1);
-        let (back_tx, back_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
-        scope.spawn(move || {
-            let mut start = 0u64;
-            while start < source.len() {
-                let (mut x, mut y) = back_rx.try_recv().unwrap_or_default();
-                let read = source.read(start, CHUNK, &mut x, &mut y);
-                let stop = match &read {
-                    Ok(0) | Err(_) => true,
-                    Ok(n) => {
-                        start += *n as u64;
-                        false
-                    }
-                };
-                if tx.send(read.map(|_| (x, y))).is_err() || stop {
-                    return;
-                }
-            }
-        });
-        let mut seen = 0u64;
-        for chunk in rx {
-            let (x, y) = chunk?;
-            if y.is_empty() {
-                break;
-            }
-            let p = backend.predict(model, &x, y.len())?;
-            bar.inc(y.len() as u64);
-            seen += y.len() as u64;
-            sink(&p, &y)?;
-            let _ = back_tx.send((x, y));
-        }
-        if seen != source.len() {
-            return Err(Error::invalid(format!(
-                "{} returned no rows at row {seen} of {}",
-                source.describe(),
-                source.len()
-            )));
-        }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    Ok(())
-}
-
 /// Adds `"ranks": P` to a JSON report and, under mpirun, what was communicated.
 fn add_ranks(v: &mut serde_json::Value) {
     v["ranks"] = mpi::ranks().into();
@@ -1215,17 +1148,12 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
     }
     let backend = open_backend(a.backend)?;
-    let (mut n, mut sum_y, mut sum_y2, mut sse, mut sse2) = (0u64, 0.0, 0.0, 0.0, 0.0);
+    let mut sums = ErrorSums::default();
     let mut points = Vec::new();
     predict_stream(backend.as_ref(), &model, source.as_ref(), |p, y| {
-        finite_predictions(p, n, &a.model)?;
+        finite_predictions(p, sums.n, &a.model)?;
+        sums.add(p, y);
         for (&pi, &yi) in p.iter().zip(y) {
-            let e = (pi as f64 - yi as f64).powi(2);
-            n += 1;
-            sum_y += yi as f64;
-            sum_y2 += (yi as f64).powi(2);
-            sse += e;
-            sse2 += e * e;
             if points.len() < 2000 {
                 points.push((yi as f64, pi as f64));
             }
@@ -1236,27 +1164,10 @@ fn eval(a: EvalArgs) -> Result<()> {
         // The sums above were all made on rank 0, in row order.
         return Ok(());
     }
-    let nf = n as f64;
-    let mse = sse / nf;
-    let var = (sum_y2 / nf - (sum_y / nf).powi(2)).max(f64::MIN_POSITIVE);
-    // 95% interval of the mean squared error by the central limit theorem.
-    let half = 1.96 * ((sse2 / nf - mse * mse).max(0.0) / nf).sqrt();
-    let mut v = serde_json::json!({
-        "n": n, "mse": mse, "mse_ci95": [mse - half, mse + half],
-        "var_y": var, "relative_mse": mse / var,
-        "relative_mse_ci95": [(mse - half) / var, (mse + half) / var],
-    });
+    let evaluation = sums.evaluation();
+    let mut v = serde_json::to_value(evaluation).expect("numbers");
     add_ranks(&mut v);
-    let num = progress::num;
-    let mut lines = vec![format!(
-        "{n} samples: MSE {} (95% interval {} to {}), MSE/Var(y) {} ({} to {})",
-        num(mse),
-        num(mse - half),
-        num(mse + half),
-        num(mse / var),
-        num((mse - half) / var),
-        num((mse + half) / var)
-    )];
+    let mut lines = vec![evaluation.line()];
     if let Some(t) = &teacher {
         let truth = t.first_layer_span();
         let found = model
@@ -1405,21 +1316,14 @@ fn demo(a: DemoArgs) -> Result<()> {
         a.seed.wrapping_add(1_000_003),
         0.0,
     )?;
-    let (mut sse, mut sy, mut sy2, mut n) = (0.0, 0.0, 0.0, 0u64);
+    let mut sums = ErrorSums::default();
     predict_stream(backend.as_ref(), &report.model, &test, |p, y| {
-        for (&pi, &yi) in p.iter().zip(y) {
-            sse += (pi as f64 - yi as f64).powi(2);
-            sy += yi as f64;
-            sy2 += (yi as f64).powi(2);
-            n += 1;
-        }
+        sums.add(p, y);
         Ok(())
     })?;
     if !mpi::is_root() {
         return Ok(());
     }
-    let nf = n as f64;
-    let var = sy2 / nf - (sy / nf).powi(2);
     let cmp = teacher_metrics(
         &teacher,
         report.model.subspace.as_deref().unwrap_or(&[]),
@@ -1428,8 +1332,8 @@ fn demo(a: DemoArgs) -> Result<()> {
     println!("{}", cmp.line());
     println!(
         "test MSE/Var(y) on {} fresh samples: {}; learned in {:.1} s",
-        n,
-        progress::num(sse / nf / var),
+        sums.n,
+        progress::num(sums.mse() / sums.label_variance()),
         learn_seconds
     );
     Ok(())
