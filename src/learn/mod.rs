@@ -627,8 +627,486 @@ pub fn learn(
     learn_in(backend, source, config, budget.as_ref(), Instant::now())
 }
 
+/// The best model so far, passed from stage to stage: the network on z, the basis B, its
+/// validation error and the stage that made it.
+struct Best {
+    network: Network,
+    basis: Vec<Vec<f64>>,
+    validation_mse: f64,
+    stage: Stage,
+}
+
+/// What the stages of one run share: where they read, what they are told, and what they have
+/// reported so far.
+struct Run<'a> {
+    backend: &'a dyn Backend,
+    config: &'a LearnConfig,
+    budget: Option<&'a Budget>,
+    /// When the whole run began (the stages' start times count from it).
+    origin: Instant,
+    /// Input dimension d.
+    d: usize,
+    /// The training rows the fitting stages read.
+    fit_rows: SampleRange<'a>,
+    n_fit: usize,
+    /// The validation rows every stage scores its result on.
+    val: SampleRange<'a>,
+    /// Variance of their labels.
+    validation_var: f64,
+    stages: Vec<StageReport>,
+    budget_notes: Vec<String>,
+}
+
+/// What enumerate-and-test leaves for the later stages: its bounded subsamples of z (the
+/// deep-net gate's residual test reads them), its counts, and the seconds one pass over the
+/// validation split took (what a budget reserves for the last ones).
+struct Enumerated {
+    network: Network,
+    validation_mse: f64,
+    sub_train: ProjectedSamples,
+    sub_val: ProjectedSamples,
+    candidates_evaluated: usize,
+    full_net_log10: f64,
+    validation_pass: f64,
+}
+
+/// What the descent leaves for the deep-net stage.
+struct Descended {
+    errors: PolishedMse,
+    curve: Vec<Check>,
+    /// Whether the budget's deadline ended it.
+    cut: bool,
+}
+
+/// What the deep-net stage decided.
+#[derive(Default)]
+struct DeepNetOutcome {
+    errors: Option<PolishedMse>,
+    /// The better model the polish does not start from, when the deep net was kept within its
+    /// margin: the model when the polish does not beat it.
+    fallback: Option<Best>,
+    decision: Option<String>,
+    evidence: Option<DeepNetEvidence>,
+}
+
+impl Run<'_> {
+    /// A stage's report, its clock read now.
+    fn stage(
+        &self,
+        name: Stage,
+        pass: Pass,
+        rows: u64,
+        row_reads: u64,
+        t: StageClock,
+        mse: Option<f64>,
+    ) -> StageReport {
+        StageReport {
+            stage: name,
+            device: self.backend.device_of(pass),
+            rows,
+            row_reads,
+            seconds: t.seconds(),
+            host_cpu_seconds: t.cpu_seconds(),
+            validation_mse: mse,
+            started: (self.origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
+            stopped: None,
+            curve: Vec::new(),
+        }
+    }
+
+    /// A trainer stage's report from its outcome: its checks on the run's clock.
+    fn trained(&self, name: Stage, res: &TrainOutcome, t: StageClock) -> StageReport {
+        let report = self.stage(
+            name,
+            Pass::TrainWindow,
+            res.rows,
+            res.row_reads,
+            t,
+            Some(res.after),
+        );
+        let started = report.started;
+        StageReport {
+            stopped: Some(res.stop),
+            curve: res
+                .curve
+                .iter()
+                .map(|c| Check {
+                    seconds: started + c.seconds,
+                    ..*c
+                })
+                .collect(),
+            ..report
+        }
+    }
+
+    /// Records a stage and prints its line.
+    fn record(&mut self, report: StageReport, kept: Option<bool>) {
+        self.stages.push(report);
+        announce_last(&self.stages, self.validation_var, kept);
+    }
+
+    /// Enumerate-and-test on a bounded subsample of z: its cost is candidates x rows, and the
+    /// ranking needs far fewer rows than the fit. Its pick is scored on the whole validation
+    /// split like every other stage's. A budget scales both to the time left.
+    fn enumerate(&mut self, basis: &[Vec<f64>]) -> Result<Enumerated> {
+        let (backend, config) = (self.backend, self.config);
+        let t = StageClock::start();
+        let r = basis.len();
+        let flat: Vec<f64> = basis.iter().flatten().copied().collect();
+        let mut search_config = SearchConfig {
+            seed: config.seed,
+            ..config.search_config.clone()
+        };
+        if let Some(b) = self.budget {
+            search_config.budget = b.scaled(config.search_config.budget, 20.0, 16);
+            search_config.max_rows = b.scaled(search_config.max_rows, 5_000.0, 10_000);
+            if search_config.budget < config.search_config.budget {
+                self.budget_notes.push(format!(
+                    "enumerate-and-test on {} candidates and {} rows",
+                    search_config.budget, search_config.max_rows
+                ));
+            }
+        }
+        let sub_rows = search_config.max_rows.max(1);
+        let sub_train = project_head(backend, &self.fit_rows, &flat, r, sub_rows)?;
+        let sub_val = project_head(backend, &self.val, &flat, r, sub_rows)?;
+        let found = search(backend, &sub_train, &sub_val, &search_config, None)?;
+        let network = found.enumerate.network.clone();
+        // One pass over the validation split, timed: what the budget reserves for the last ones.
+        let scored = Instant::now();
+        let validation_mse = mse(
+            backend,
+            &Network::with_projection(&network, basis)?,
+            &self.val,
+        )?;
+        let validation_pass = scored.elapsed().as_secs_f64();
+        let report = self.stage(
+            Stage::Enumerate,
+            Pass::Evaluate,
+            sub_train.len() as u64,
+            sub_train.len() as u64,
+            t,
+            Some(validation_mse),
+        );
+        self.record(report, None);
+        Ok(Enumerated {
+            network,
+            validation_mse,
+            sub_train,
+            sub_val,
+            candidates_evaluated: found.enumerate.candidates_evaluated,
+            full_net_log10: found.enumerate.full_net_log10,
+            validation_pass,
+        })
+    }
+
+    /// The sphere-net fit from normal equations streamed over the training rows; it becomes
+    /// the best when it validates better. Returns its validation error.
+    fn sphere_net(&mut self, best: &mut Best) -> Result<f64> {
+        let t = StageClock::start();
+        let mut sphere_config = SphereNetConfig {
+            seed: self.config.seed,
+            ..self.config.sphere_config.clone()
+        };
+        if let Some(b) = self.budget {
+            let rows = b.scaled(self.n_fit, 10_000.0, 20_000);
+            if rows < self.n_fit.min(sphere_config.max_rows) {
+                sphere_config.max_rows = rows;
+                self.budget_notes
+                    .push(format!("the sphere-net fit on at most {rows} rows"));
+            }
+        }
+        let bar = crate::progress::bar(self.n_fit as u64, "sphere-net");
+        let fit = sphere_net_fit_streamed(
+            self.backend,
+            &self.fit_rows,
+            &self.val,
+            &best.basis,
+            &sphere_config,
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        let m = fit.fit.validation_mse;
+        let report = self.stage(
+            Stage::SphereNet,
+            Pass::FeatureNormalEquations,
+            fit.rows,
+            fit.rows,
+            t,
+            Some(m),
+        );
+        self.record(report, None);
+        if m < best.validation_mse {
+            (best.network, best.validation_mse, best.stage) =
+                (fit.fit.network, m, Stage::SphereNet);
+        }
+        Ok(m)
+    }
+
+    /// The descent on z from the best network, B fixed; kept when it validates better.
+    fn descent(&mut self, best: &mut Best) -> Result<Descended> {
+        let t = StageClock::start();
+        let pc = PolishConfig {
+            seed: self.config.seed,
+            ..self.config.descent_config.clone()
+        };
+        let limits = Limits {
+            deadline: self.budget.map(|b| b.deadline(0.25)),
+            race: None,
+        };
+        let shape = FactoredShape::of(&best.network, self.d)?;
+        let start = shape.pack(&best.network, &best.basis)?;
+        let res = train::train_until(
+            self.backend,
+            &self.fit_rows,
+            &self.val,
+            &shape,
+            &start,
+            false,
+            &pc,
+            &limits,
+        )?;
+        let errors = PolishedMse::from(&res);
+        let report = self.trained(Stage::Descent, &res, t);
+        self.record(report, Some(res.kept));
+        if res.kept {
+            best.network = shape.unpack(&res.params)?.1;
+            best.validation_mse = res.after;
+            best.stage = Stage::Descent;
+        }
+        Ok(Descended {
+            errors,
+            cut: res.stop == StopReason::Deadline,
+            curve: res.curve,
+        })
+    }
+
+    /// The deep-net stage: whether it runs (see `gate`: the residual test first; without
+    /// structure on z, a race against the descent's curve, or under a budget no stage at
+    /// all), then a deeper network on z from a random start, kept within its margin.
+    fn deep_net(
+        &mut self,
+        best: &mut Best,
+        enumerated: &Enumerated,
+        descended: Option<&Descended>,
+    ) -> Result<DeepNetOutcome> {
+        let config = self.config;
+        let r = best.basis.len();
+        let mut out = DeepNetOutcome::default();
+        let mut limits = Limits {
+            deadline: self.budget.map(|b| b.deadline(0.5)),
+            race: None,
+        };
+        let mut run = true;
+        if let (Some(gate), Some(descended)) = (&config.deep_gate, descended) {
+            let ev = gate::deep_net_evidence(
+                &best.network,
+                &enumerated.sub_train,
+                &enumerated.sub_val,
+                &SphereNetConfig {
+                    seed: config.seed,
+                    ..gate.features.clone()
+                },
+                gate,
+                self.validation_var,
+            )?;
+            let figures = ev.finding();
+            if self.budget.is_some() && (descended.cut || !ev.run) {
+                // A descent cut short leaves structure on z that more descent would take; and
+                // a budget has no time for a pilot.
+                run = false;
+                out.decision = Some(if descended.cut {
+                    "skipped: the time budget cut the descent short, so its residual says nothing about a deeper network".to_string()
+                } else {
+                    format!(
+                        "skipped: {figures}, and under a time budget there is no time for a pilot"
+                    )
+                });
+                self.budget_notes.push("no deep-net stage".to_string());
+            } else if ev.run {
+                out.decision = Some(format!("ran: {figures}"));
+            } else {
+                limits.race = Some(Race {
+                    at: gate.race_rows,
+                    against: descended.curve.clone(),
+                    margin: gate.race_margin,
+                });
+                out.decision = Some(format!(
+                    "raced the descent ({figures}): past {} row reads only when ahead of the descent after as many",
+                    crate::progress::count(gate.race_rows)
+                ));
+            }
+            out.evidence = Some(ev);
+        }
+        if !run {
+            return Ok(out);
+        }
+        let t = StageClock::start();
+        let pc = PolishConfig {
+            seed: config.seed ^ DEEP_NET_SEED,
+            ..config.deep_config.clone()
+        };
+        let start_net = random_start(r, &config.deep_widths, pc.seed)?;
+        let shape = FactoredShape::of(&start_net, self.d)?;
+        let start = shape.pack(&start_net, &best.basis)?;
+        let res = train::train_until(
+            self.backend,
+            &self.fit_rows,
+            &self.val,
+            &shape,
+            &start,
+            false,
+            &pc,
+            &limits,
+        )?;
+        let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
+        let kept = res.kept && res.after < margin * best.validation_mse;
+        let var = self.validation_var.max(1e-300);
+        if res.stop == StopReason::Behind {
+            let at = res.curve.last();
+            out.decision = Some(format!(
+                "stopped after its pilot of {} row reads: the two-layer network from a random start was at validation MSE/Var {} where the descent had been at {} after as many, so the teacher is no deeper than the descent's network can fit; and {}",
+                crate::progress::count(res.row_reads),
+                num(at.map_or(f64::NAN, |c| c.best_mse) / var),
+                num(limits
+                    .race
+                    .as_ref()
+                    .and_then(|r| r.incumbent_at(res.row_reads))
+                    .unwrap_or(f64::NAN)
+                    / var),
+                out.evidence.as_ref().map_or(String::new(), |e| e.finding())
+            ));
+        } else if limits.race.is_some() {
+            out.decision = Some(format!(
+                "ran: after its pilot of {} row reads the two-layer network from a random start was ahead of the descent after as many; and {}",
+                crate::progress::count(limits.race.as_ref().map_or(0, |r| r.at)),
+                out.evidence.as_ref().map_or(String::new(), |e| e.finding())
+            ));
+        }
+        let report = self.trained(Stage::DeepNet, &res, t);
+        self.record(report, Some(kept));
+        out.errors = Some(PolishedMse {
+            before: best.validation_mse,
+            after: res.after,
+            kept,
+        });
+        if kept {
+            // Within the margin but not better: the descent's network stays the fallback.
+            if res.after >= best.validation_mse {
+                out.fallback = Some(Best {
+                    network: best.network.clone(),
+                    basis: best.basis.clone(),
+                    validation_mse: best.validation_mse,
+                    stage: best.stage,
+                });
+            }
+            best.network = shape.unpack(&res.params)?.1;
+            best.validation_mse = res.after;
+            best.stage = Stage::DeepNet;
+        }
+        Ok(out)
+    }
+
+    /// The polish: the best network and B together, grown by spare rows that are kept only
+    /// when they help; kept when it beats the best (or the fallback, when there is one).
+    fn polish(
+        &mut self,
+        best: &mut Best,
+        fallback: &mut Option<Best>,
+        validation_pass: f64,
+    ) -> Result<PolishedMse> {
+        let (backend, config) = (self.backend, self.config);
+        let r = best.basis.len();
+        let max_dim = config.subspace_config.max_dim;
+        let t = StageClock::start();
+        let pc = PolishConfig {
+            seed: config.seed,
+            ..config.polish_config.clone()
+        };
+        let mut spare = config
+            .spare_rows
+            .unwrap_or_else(|| auto_spare_rows(r))
+            .min(max_dim.saturating_sub(r));
+        // Pruning spare rows costs a paired pass over the validation split each: under a
+        // budget only when they leave most of the time to the training.
+        if self
+            .budget
+            .is_some_and(|b| b.left() < 30.0 * validation_pass * (spare as f64 + 1.0))
+        {
+            if spare > 0 {
+                self.budget_notes
+                    .push("no spare rows in the polish".to_string());
+            }
+            spare = 0;
+        }
+        let (start_net, start_basis) = if spare > 0 {
+            grow::grow(&best.network, &best.basis, spare, GROW_SCALE, config.seed)?
+        } else {
+            (best.network.clone(), best.basis.clone())
+        };
+        // Fewer when d leaves less room.
+        let spare = start_basis.len() - best.basis.len();
+        // Under a budget it ends in time to prune the spare rows (a paired pass over the
+        // validation split each, two predictions a row) and score the result.
+        let limits = Limits {
+            deadline: self.budget.map(|b| {
+                b.end_less(validation_pass * (1.5 * spare as f64 + 1.5) + 0.03 * b.seconds())
+            }),
+            race: None,
+        };
+        let shape = FactoredShape::of(&start_net, self.d)?;
+        let start = shape.pack(&start_net, &start_basis)?;
+        let res = train::train_until(
+            backend,
+            &self.fit_rows,
+            &self.val,
+            &shape,
+            &start,
+            true,
+            &pc,
+            &limits,
+        )?;
+        let mut errors = PolishedMse {
+            before: best.validation_mse,
+            after: res.after,
+            kept: false,
+        };
+        if res.kept && res.after < best.validation_mse {
+            let (grown_basis, grown) = shape.unpack(&res.params)?;
+            let pruned = grow::prune(backend, &grown, &grown_basis, spare, PRUNE_Z, &self.val)?;
+            let after = if pruned.kept < spare {
+                mse(
+                    backend,
+                    &Network::with_projection(&pruned.network, &pruned.basis)?,
+                    &self.val,
+                )?
+            } else {
+                res.after
+            };
+            errors.after = after;
+            let bar = fallback
+                .as_ref()
+                .map_or(best.validation_mse, |f| f.validation_mse);
+            if after < bar {
+                (best.network, best.basis) = (pruned.network, pruned.basis);
+                best.validation_mse = after;
+                best.stage = Stage::Polish;
+                errors.kept = true;
+                *fallback = None;
+            }
+        }
+        let report = StageReport {
+            validation_mse: Some(errors.after),
+            ..self.trained(Stage::Polish, &res, t)
+        };
+        self.record(report, Some(errors.kept));
+        Ok(errors)
+    }
+}
+
 /// [`learn`] within an optional budget; `origin` is when the whole run began (the stages'
-/// start times count from it).
+/// start times count from it). The stages in order, each passing the best model so far to the
+/// next.
 fn learn_in(
     backend: &dyn Backend,
     source: &dyn SampleSource,
@@ -654,51 +1132,24 @@ fn learn_in(
     let train = SampleRange::new(source, 0, n_train as u64)?;
     // What the fitting stages read.
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
-    let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
-    let mut val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
-    let mut stages = Vec::new();
-    let mut budget_notes = Vec::new();
-    let stage =
-        |name: Stage, pass: Pass, rows: u64, row_reads: u64, t: StageClock, mse| StageReport {
-            stage: name,
-            device: backend.device_of(pass),
-            rows,
-            row_reads,
-            seconds: t.seconds(),
-            host_cpu_seconds: t.cpu_seconds(),
-            validation_mse: mse,
-            started: (origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
-            stopped: None,
-            curve: Vec::new(),
-        };
-    // A trainer stage's report from its outcome: its checks on the run's clock.
-    let trained = |name: Stage, res: &TrainOutcome, t: StageClock| {
-        let report = stage(
-            name,
-            Pass::TrainWindow,
-            res.rows,
-            res.row_reads,
-            t,
-            Some(res.after),
-        );
-        let started = report.started;
-        StageReport {
-            stopped: Some(res.stop),
-            curve: res
-                .curve
-                .iter()
-                .map(|c| Check {
-                    seconds: started + c.seconds,
-                    ..*c
-                })
-                .collect(),
-            ..report
-        }
+    let mut run = Run {
+        backend,
+        config,
+        budget,
+        origin,
+        d,
+        fit_rows: SampleRange::new(source, 0, n_fit as u64)?,
+        n_fit,
+        val: SampleRange::new(source, (n - n_val) as u64, n_val as u64)?,
+        validation_var: 0.0,
+        stages: Vec::new(),
+        budget_notes: Vec::new(),
     };
 
+    // The subspace.
     let t = StageClock::start();
     let (basis, subspace, note) = find_basis(backend, &train, config, budget)?;
-    budget_notes.extend(note);
+    run.budget_notes.extend(note);
     let r = basis.len();
     let max_dim = config.subspace_config.max_dim;
     if r == 0 || r > max_dim || basis.iter().any(|b| b.len() != d) {
@@ -708,322 +1159,71 @@ fn learn_in(
         )));
     }
     let reads = subspace.as_ref().map_or(0, |s| s.samples_used);
-    stages.push(stage(
+    let report = run.stage(
         Stage::Subspace,
         Pass::Moments,
         n_train as u64,
         reads,
         t,
         None,
-    ));
+    );
+    run.stages.push(report);
     // A given basis (the whitened pipeline's, announced there) has no stage to speak of.
     if subspace.is_some() {
-        stages[0].announce(1.0, Some(r), None);
+        run.stages[0].announce(1.0, Some(r), None);
     }
     // Under a budget, fewer validation rows when the time left is short: every stage scores
     // its result on them, and the trainers their checks.
     if let Some(b) = budget {
         let rows = b.scaled(n_val, 10_000.0, 16_384);
         if rows < n_val {
-            val = SampleRange::new(source, (n - n_val) as u64, rows as u64)?;
-            budget_notes.push(format!(
+            run.val = SampleRange::new(source, (n - n_val) as u64, rows as u64)?;
+            run.budget_notes.push(format!(
                 "validation on the first {rows} of {n_val} held-out rows"
             ));
         }
     }
     // Before the first stage with a validation error, so that its line can say MSE / Var.
-    let validation_var = streamed_label_variance(backend, &val)?;
+    run.validation_var = streamed_label_variance(backend, &run.val)?;
 
-    // Enumerate-and-test on a bounded subsample of z: its cost is candidates x rows, and the
-    // ranking needs far fewer rows than the fit. Its pick is scored on the whole validation
-    // split like every other stage's. A budget scales both to the time left.
-    let t = StageClock::start();
-    let flat: Vec<f64> = basis.iter().flatten().copied().collect();
-    let mut search_config = SearchConfig {
-        seed: config.seed,
-        ..config.search_config.clone()
+    let enumerated = run.enumerate(&basis)?;
+    let mut best = Best {
+        network: enumerated.network.clone(),
+        basis,
+        validation_mse: enumerated.validation_mse,
+        stage: Stage::Enumerate,
     };
-    if let Some(b) = budget {
-        search_config.budget = b.scaled(config.search_config.budget, 20.0, 16);
-        search_config.max_rows = b.scaled(search_config.max_rows, 5_000.0, 10_000);
-        if search_config.budget < config.search_config.budget {
-            budget_notes.push(format!(
-                "enumerate-and-test on {} candidates and {} rows",
-                search_config.budget, search_config.max_rows
-            ));
-        }
+    let sphere_net_mse = if config.sphere_net {
+        Some(run.sphere_net(&mut best)?)
+    } else {
+        None
+    };
+    let chosen = best.stage;
+    let descended = if config.descent {
+        Some(run.descent(&mut best)?)
+    } else {
+        None
+    };
+    let deep = if config.deep_widths.is_empty() {
+        DeepNetOutcome::default()
+    } else {
+        run.deep_net(&mut best, &enumerated, descended.as_ref())?
+    };
+    let mut fallback = deep.fallback;
+    let polished_mse = if config.polish {
+        Some(run.polish(&mut best, &mut fallback, enumerated.validation_pass)?)
+    } else {
+        None
+    };
+    if let Some(f) = fallback {
+        (best.network, best.validation_mse, best.stage) = (f.network, f.validation_mse, f.stage);
     }
-    let sub_rows = search_config.max_rows.max(1);
-    let sub_train = project_head(backend, &fit_rows, &flat, r, sub_rows)?;
-    let sub_val = project_head(backend, &val, &flat, r, sub_rows)?;
-    let found = search(backend, &sub_train, &sub_val, &search_config, None)?;
-    let enumerate_net = found.enumerate.network.clone();
-    // One pass over the validation split, timed: what the budget reserves for the last ones.
-    let scored = Instant::now();
-    let enumerate_mse = mse(
-        backend,
-        &Network::with_projection(&enumerate_net, &basis)?,
-        &val,
-    )?;
-    let validation_pass = scored.elapsed().as_secs_f64();
-    stages.push(stage(
-        Stage::Enumerate,
-        Pass::Evaluate,
-        sub_train.len() as u64,
-        sub_train.len() as u64,
-        t,
-        Some(enumerate_mse),
-    ));
-    announce_last(&stages, validation_var, None);
-
-    let mut sphere_net_mse = None;
-    let (mut network, mut validation_mse, mut chosen) =
-        (enumerate_net, enumerate_mse, Stage::Enumerate);
-    if config.sphere_net {
-        let t = StageClock::start();
-        let mut sphere_config = SphereNetConfig {
-            seed: config.seed,
-            ..config.sphere_config.clone()
-        };
-        if let Some(b) = budget {
-            let rows = b.scaled(n_fit, 10_000.0, 20_000);
-            if rows < n_fit.min(sphere_config.max_rows) {
-                sphere_config.max_rows = rows;
-                budget_notes.push(format!("the sphere-net fit on at most {rows} rows"));
-            }
-        }
-        let bar = crate::progress::bar(n_fit as u64, "sphere-net");
-        let fit = sphere_net_fit_streamed(backend, &fit_rows, &val, &basis, &sphere_config, &bar)?;
-        bar.finish_and_clear();
-        let m = fit.fit.validation_mse;
-        stages.push(stage(
-            Stage::SphereNet,
-            Pass::FeatureNormalEquations,
-            fit.rows,
-            fit.rows,
-            t,
-            Some(m),
-        ));
-        announce_last(&stages, validation_var, None);
-        sphere_net_mse = Some(m);
-        if m < validation_mse {
-            (network, validation_mse, chosen) = (fit.fit.network, m, Stage::SphereNet);
-        }
-    }
-    let mut final_stage = chosen;
-
-    let mut basis = basis;
-    let mut descent_mse = None;
-    let mut descent_curve = None;
-    let mut descent_cut = false;
-    if config.descent {
-        let t = StageClock::start();
-        let pc = PolishConfig {
-            seed: config.seed,
-            ..config.descent_config.clone()
-        };
-        let limits = Limits {
-            deadline: budget.map(|b| b.deadline(0.25)),
-            race: None,
-        };
-        let shape = FactoredShape::of(&network, d)?;
-        let start = shape.pack(&network, &basis)?;
-        let res = train::train_until(
-            backend, &fit_rows, &val, &shape, &start, false, &pc, &limits,
-        )?;
-        let errors = PolishedMse::from(&res);
-        stages.push(trained(Stage::Descent, &res, t));
-        announce_last(&stages, validation_var, Some(res.kept));
-        if res.kept {
-            network = shape.unpack(&res.params)?.1;
-            validation_mse = res.after;
-            final_stage = Stage::Descent;
-        }
-        descent_mse = Some(errors);
-        descent_cut = res.stop == StopReason::Deadline;
-        descent_curve = Some(res.curve);
-    }
-    let mut deep_net_mse = None;
-    // The better network the polish does not start from, when the deep net was kept within
-    // its margin: the model when the polish does not beat it.
-    let mut fallback: Option<(Network, f64, Stage)> = None;
-    let mut deep_net_decision = None;
-    let mut deep_net_evidence = None;
-    if !config.deep_widths.is_empty() {
-        // Whether it runs (see `gate`): the residual test first; without structure on z, a
-        // race against the descent's curve (or, under a budget, no stage at all).
-        let mut limits = Limits {
-            deadline: budget.map(|b| b.deadline(0.5)),
-            race: None,
-        };
-        let mut run = true;
-        if let (Some(gate), Some(curve)) = (&config.deep_gate, &descent_curve) {
-            let ev = gate::deep_net_evidence(
-                &network,
-                &sub_train,
-                &sub_val,
-                &SphereNetConfig {
-                    seed: config.seed,
-                    ..gate.features.clone()
-                },
-                gate,
-                validation_var,
-            )?;
-            let figures = ev.finding();
-            if budget.is_some() && (descent_cut || !ev.run) {
-                // A descent cut short leaves structure on z that more descent would take; and
-                // a budget has no time for a pilot.
-                run = false;
-                deep_net_decision = Some(if descent_cut {
-                    "skipped: the time budget cut the descent short, so its residual says nothing about a deeper network".to_string()
-                } else {
-                    format!(
-                        "skipped: {figures}, and under a time budget there is no time for a pilot"
-                    )
-                });
-                budget_notes.push("no deep-net stage".to_string());
-            } else if ev.run {
-                deep_net_decision = Some(format!("ran: {figures}"));
-            } else {
-                limits.race = Some(Race {
-                    at: gate.race_rows,
-                    against: curve.clone(),
-                    margin: gate.race_margin,
-                });
-                deep_net_decision = Some(format!(
-                    "raced the descent ({figures}): past {} row reads only when ahead of the descent after as many",
-                    crate::progress::count(gate.race_rows)
-                ));
-            }
-            deep_net_evidence = Some(ev);
-        }
-        if run {
-            let t = StageClock::start();
-            let pc = PolishConfig {
-                seed: config.seed ^ DEEP_NET_SEED,
-                ..config.deep_config.clone()
-            };
-            let start_net = random_start(r, &config.deep_widths, pc.seed)?;
-            let shape = FactoredShape::of(&start_net, d)?;
-            let start = shape.pack(&start_net, &basis)?;
-            let res = train::train_until(
-                backend, &fit_rows, &val, &shape, &start, false, &pc, &limits,
-            )?;
-            let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
-            let kept = res.kept && res.after < margin * validation_mse;
-            if res.stop == StopReason::Behind {
-                let at = res.curve.last();
-                deep_net_decision = Some(format!(
-                    "stopped after its pilot of {} row reads: the two-layer network from a random start was at validation MSE/Var {} where the descent had been at {} after as many, so the teacher is no deeper than the descent's network can fit; and {}",
-                    crate::progress::count(res.row_reads),
-                    num(at.map_or(f64::NAN, |c| c.best_mse) / validation_var.max(1e-300)),
-                    num(limits
-                        .race
-                        .as_ref()
-                        .and_then(|r| r.incumbent_at(res.row_reads))
-                        .unwrap_or(f64::NAN)
-                        / validation_var.max(1e-300)),
-                    deep_net_evidence.as_ref().map_or(String::new(), |e| e.finding())
-                ));
-            } else if limits.race.is_some() {
-                deep_net_decision = Some(format!(
-                    "ran: after its pilot of {} row reads the two-layer network from a random start was ahead of the descent after as many; and {}",
-                    crate::progress::count(limits.race.as_ref().map_or(0, |r| r.at)),
-                    deep_net_evidence.as_ref().map_or(String::new(), |e| e.finding())
-                ));
-            }
-            stages.push(trained(Stage::DeepNet, &res, t));
-            announce_last(&stages, validation_var, Some(kept));
-            deep_net_mse = Some(PolishedMse {
-                before: validation_mse,
-                after: res.after,
-                kept,
-            });
-            if kept {
-                // Within the margin but not better: the descent's network stays the fallback.
-                if res.after >= validation_mse {
-                    fallback = Some((network.clone(), validation_mse, final_stage));
-                }
-                network = shape.unpack(&res.params)?.1;
-                validation_mse = res.after;
-                final_stage = Stage::DeepNet;
-            }
-        }
-    }
-    let mut polished_mse = None;
-    if config.polish {
-        let t = StageClock::start();
-        let pc = PolishConfig {
-            seed: config.seed,
-            ..config.polish_config.clone()
-        };
-        let mut spare = config
-            .spare_rows
-            .unwrap_or_else(|| auto_spare_rows(r))
-            .min(max_dim.saturating_sub(r));
-        // Pruning spare rows costs a paired pass over the validation split each: under a
-        // budget only when they leave most of the time to the training.
-        if budget.is_some_and(|b| b.left() < 30.0 * validation_pass * (spare as f64 + 1.0)) {
-            if spare > 0 {
-                budget_notes.push("no spare rows in the polish".to_string());
-            }
-            spare = 0;
-        }
-        let (start_net, start_basis) = if spare > 0 {
-            grow::grow(&network, &basis, spare, GROW_SCALE, config.seed)?
-        } else {
-            (network.clone(), basis.clone())
-        };
-        // Fewer when d leaves less room.
-        let spare = start_basis.len() - basis.len();
-        // Under a budget it ends in time to prune the spare rows (a paired pass over the
-        // validation split each, two predictions a row) and score the result.
-        let limits = Limits {
-            deadline: budget.map(|b| {
-                b.end_less(validation_pass * (1.5 * spare as f64 + 1.5) + 0.03 * b.seconds())
-            }),
-            race: None,
-        };
-        let shape = FactoredShape::of(&start_net, d)?;
-        let start = shape.pack(&start_net, &start_basis)?;
-        let res = train::train_until(backend, &fit_rows, &val, &shape, &start, true, &pc, &limits)?;
-        let mut errors = PolishedMse {
-            before: validation_mse,
-            after: res.after,
-            kept: false,
-        };
-        if res.kept && res.after < validation_mse {
-            let (grown_basis, grown) = shape.unpack(&res.params)?;
-            let pruned = grow::prune(backend, &grown, &grown_basis, spare, PRUNE_Z, &val)?;
-            let after = if pruned.kept < spare {
-                mse(
-                    backend,
-                    &Network::with_projection(&pruned.network, &pruned.basis)?,
-                    &val,
-                )?
-            } else {
-                res.after
-            };
-            errors.after = after;
-            let bar = fallback.as_ref().map_or(validation_mse, |f| f.1);
-            if after < bar {
-                (network, basis) = (pruned.network, pruned.basis);
-                validation_mse = after;
-                final_stage = Stage::Polish;
-                errors.kept = true;
-                fallback = None;
-            }
-        }
-        stages.push(StageReport {
-            validation_mse: Some(errors.after),
-            ..trained(Stage::Polish, &res, t)
-        });
-        announce_last(&stages, validation_var, Some(errors.kept));
-        polished_mse = Some(errors);
-    }
-    if let Some((net, m, stage)) = fallback {
-        (network, validation_mse, final_stage) = (net, m, stage);
-    }
+    let Run {
+        stages,
+        mut budget_notes,
+        validation_var,
+        ..
+    } = run;
     if let Some(b) = budget {
         for st in &stages {
             if st.stopped == Some(StopReason::Deadline) {
@@ -1037,29 +1237,29 @@ fn learn_in(
             ));
         }
     }
-    let model = Network::with_projection(&network, &basis)?;
+    let model = Network::with_projection(&best.network, &best.basis)?;
     Ok(LearnReport {
         model,
         dimension: r,
         subspace,
-        validation_mse,
+        validation_mse: best.validation_mse,
         validation_var,
-        enumerate_mse,
+        enumerate_mse: enumerated.validation_mse,
         sphere_net_mse,
-        descent_mse,
-        deep_net_mse,
+        descent_mse: descended.map(|d| d.errors),
+        deep_net_mse: deep.errors,
         polished_mse,
         chosen,
-        final_stage,
-        candidates_evaluated: found.enumerate.candidates_evaluated,
-        full_net_log10: found.enumerate.full_net_log10,
+        final_stage: best.stage,
+        candidates_evaluated: enumerated.candidates_evaluated,
+        full_net_log10: enumerated.full_net_log10,
         train_rows: n_train,
         validation_rows: n_val,
         stages,
         backend: backend.description(),
         method: LearnMethod::Default,
-        deep_net_decision,
-        deep_net_evidence,
+        deep_net_decision: deep.decision,
+        deep_net_evidence: deep.evidence,
         time_budget: budget.map(Budget::seconds),
         budget_notes,
     })
