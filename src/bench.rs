@@ -460,6 +460,109 @@ pub struct KernelBench {
     pub gflops_per_cpu_second: Option<f64>,
 }
 
+impl KernelBench {
+    /// The JSON line of `bench kernel`: these fields, and the speed against the FMA peak
+    /// (`peak` GFLOP/s on all threads, `per_cpu_second` one core's per second of CPU time).
+    pub fn json_against(&self, peak: f64, per_cpu_second: Option<f64>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("numbers and strings");
+        v["peak_gflops"] = peak.into();
+        v["peak_fraction"] = (self.gflops / peak).into();
+        v["peak_gflops_per_cpu_second"] = per_cpu_second.into();
+        v["cpu_time_fraction"] = self
+            .gflops_per_cpu_second
+            .zip(per_cpu_second)
+            .map(|(g, p)| g / p)
+            .into();
+        v
+    }
+
+    /// One human line: the same against the same peak.
+    pub fn line_against(&self, peak: f64, per_cpu_second: Option<f64>) -> String {
+        let cpu = match (self.gflops_per_cpu_second, per_cpu_second) {
+            (Some(g), Some(p)) => format!(
+                " ({:.0}% of one core's peak per second of CPU time, {g:.1} of {p:.1})",
+                100.0 * g / p
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "{} kernel in cache ({} threads, {} rows of d = {} each, {} rows per thread): median {:.4} s, {:.1} GFLOP/s, {:.0}% of the FMA peak {peak:.1} GFLOP/s{cpu}",
+            self.kernel,
+            self.threads,
+            self.rows,
+            self.d,
+            self.passes_rows,
+            self.seconds,
+            self.gflops,
+            100.0 * self.gflops / peak
+        )
+    }
+}
+
+/// What `bench peak` measured: the FMA loop on each instruction set, the best of them, and the
+/// memory read bandwidth.
+pub struct PeakBench<'a> {
+    pub peaks: &'a [crate::backend::cpu::peak::FmaPeak],
+    /// The loop with the highest total (one of `peaks`).
+    pub best: &'a crate::backend::cpu::peak::FmaPeak,
+    /// One core's peak per second of CPU time ([`crate::backend::cpu::peak::best_of`]).
+    pub per_cpu_second: Option<f64>,
+    pub read_gbytes_per_s: f64,
+    /// Repeats of the read probe.
+    pub read_repeats: usize,
+}
+
+impl PeakBench<'_> {
+    /// The JSON line: the best loop's fields at the top (what `bench moments` compares with),
+    /// then each loop's.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.best).expect("numbers and strings");
+        v["gflops_per_cpu_second"] = self.per_cpu_second.into();
+        v["by_isa"] = serde_json::to_value(self.peaks).expect("numbers and strings");
+        v["read_gbytes_per_s"] = self.read_gbytes_per_s.into();
+        v
+    }
+
+    /// Human lines: one per loop, the peak, the read bandwidth.
+    pub fn lines(&self) -> String {
+        let mut s = String::new();
+        for p in self.peaks {
+            let per: Vec<String> = p
+                .gflops_per_thread
+                .iter()
+                .map(|g| format!("{g:.1}"))
+                .collect();
+            s += &format!(
+                "f32 FMA loop ({}, {} threads, best of {} repeats of {:.2} s): {} GFLOP/s per core, {:.1} GFLOP/s total{}\n",
+                p.isa,
+                p.threads,
+                p.repeats,
+                p.seconds,
+                per.join(", "),
+                p.gflops_total,
+                p.gflops_per_cpu_second.map_or(String::new(), |c| format!(
+                    "; {c:.1} GFLOP/s per second of CPU time on one core"
+                ))
+            );
+        }
+        s += &format!(
+            "peak: {:.1} GFLOP/s on all threads ({}){}\n",
+            self.best.gflops_total,
+            self.best.isa,
+            self.per_cpu_second.map_or(String::new(), |c| format!(
+                ", {c:.1} GFLOP/s per core per second of CPU time"
+            ))
+        );
+        s += &format!(
+            "memory read: {:.1} GB/s on all threads (a {} MiB buffer, best of {} repeats)\n",
+            self.read_gbytes_per_s,
+            crate::backend::cpu::peak::READ_PROBE_BYTES >> 20,
+            self.read_repeats
+        );
+        s
+    }
+}
+
 /// The moments kernel on data already in cache: each rayon thread runs the weighted SYRK
 /// (unit weights, K = 1, runs of `rows` rows added into f64) over its own `rows` x d standard
 /// normals until it has summed `total_rows` / threads rows; the median of `runs` timings. With

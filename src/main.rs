@@ -1431,35 +1431,9 @@ fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
     };
     let r = relu_fpt::bench::bench_kernel(isa, a.d, a.rows, a.n, a.runs)?;
     if a.json {
-        let mut v = serde_json::to_value(&r).expect("numbers and strings");
-        v["peak_gflops"] = peak.into();
-        v["peak_fraction"] = (r.gflops / peak).into();
-        v["peak_gflops_per_cpu_second"] = per_cpu_second.into();
-        v["cpu_time_fraction"] = r
-            .gflops_per_cpu_second
-            .zip(per_cpu_second)
-            .map(|(g, p)| g / p)
-            .into();
-        println!("{v}");
+        println!("{}", r.json_against(peak, per_cpu_second));
     } else {
-        let cpu = match (r.gflops_per_cpu_second, per_cpu_second) {
-            (Some(g), Some(p)) => format!(
-                " ({:.0}% of one core's peak per second of CPU time, {g:.1} of {p:.1})",
-                100.0 * g / p
-            ),
-            _ => String::new(),
-        };
-        println!(
-            "{} kernel in cache ({} threads, {} rows of d = {} each, {} rows per thread): median {:.4} s, {:.1} GFLOP/s, {:.0}% of the FMA peak {peak:.1} GFLOP/s{cpu}",
-            r.kernel,
-            r.threads,
-            r.rows,
-            r.d,
-            r.passes_rows,
-            r.seconds,
-            r.gflops,
-            100.0 * r.gflops / peak
-        );
+        println!("{}", r.line_against(peak, per_cpu_second));
     }
     Ok(())
 }
@@ -1482,45 +1456,17 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
         .iter()
         .find(|p| p.gflops_total == total)
         .expect("the best is one of them");
+    let bench = relu_fpt::bench::PeakBench {
+        peaks: &peaks,
+        best,
+        per_cpu_second,
+        read_gbytes_per_s: read,
+        read_repeats: a.repeats,
+    };
     if a.json {
-        // The best loop's fields at the top (what `bench moments` compares with), then each.
-        let mut v = serde_json::to_value(best).expect("numbers and strings");
-        v["gflops_per_cpu_second"] = per_cpu_second.into();
-        v["by_isa"] = serde_json::to_value(&peaks).expect("numbers and strings");
-        v["read_gbytes_per_s"] = read.into();
-        println!("{v}");
+        println!("{}", bench.json());
     } else {
-        for p in &peaks {
-            let per: Vec<String> = p
-                .gflops_per_thread
-                .iter()
-                .map(|g| format!("{g:.1}"))
-                .collect();
-            println!(
-                "f32 FMA loop ({}, {} threads, best of {} repeats of {:.2} s): {} GFLOP/s per core, {:.1} GFLOP/s total{}",
-                p.isa,
-                p.threads,
-                p.repeats,
-                p.seconds,
-                per.join(", "),
-                p.gflops_total,
-                p.gflops_per_cpu_second.map_or(String::new(), |c| format!(
-                    "; {c:.1} GFLOP/s per second of CPU time on one core"
-                ))
-            );
-        }
-        println!(
-            "peak: {total:.1} GFLOP/s on all threads ({}){}",
-            best.isa,
-            per_cpu_second.map_or(String::new(), |c| format!(
-                ", {c:.1} GFLOP/s per core per second of CPU time"
-            ))
-        );
-        println!(
-            "memory read: {read:.1} GB/s on all threads (a {} MiB buffer, best of {} repeats)",
-            peak::READ_PROBE_BYTES >> 20,
-            a.repeats
-        );
+        print!("{}", bench.lines());
     }
     Ok(())
 }
