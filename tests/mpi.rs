@@ -31,7 +31,6 @@ use relu_fpt::backend::mpi;
 use relu_fpt::backend::{
     Adam, Backend, CandidateBatch, CandidateStats, FactoredShape, ProjectedSamples, SphereFeatures,
 };
-use relu_fpt::data::whiten::Whitening;
 use relu_fpt::data::{
     for_each_chunk, open_samples, write_npy_f32, GaussianSource, MemorySource, NpySource,
     SampleRange, SampleSource,
@@ -39,6 +38,7 @@ use relu_fpt::data::{
 use relu_fpt::learn::{learn, train, LearnConfig, PolishConfig};
 use relu_fpt::moments::{BinSpec, FilteredMoments, SampleWeight};
 use relu_fpt::network::Network;
+use relu_fpt::subspace::estimate_whitening;
 use relu_fpt::subspace::{find_subspace, RoundKind, SubspaceConfig};
 use relu_fpt::teacher::{build, TeacherKind, TeacherSpec};
 use relu_fpt::Error;
@@ -594,8 +594,8 @@ fn rank_cases() {
         y,
     };
     let (w1, w2) = (
-        Whitening::estimate(&cpu, &aniso).unwrap(),
-        Whitening::estimate(split.as_ref(), &aniso).unwrap(),
+        estimate_whitening(&cpu, &aniso).unwrap(),
+        estimate_whitening(split.as_ref(), &aniso).unwrap(),
     );
     let (m1, m2) = (w1.map.as_ref().unwrap(), w2.map.as_ref().unwrap());
     let diff = max_abs(&w1.mean, &w2.mean).max(max_abs(&m1.concat(), &m2.concat()));

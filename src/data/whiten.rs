@@ -3,7 +3,9 @@
 //! whatever the mean and covariance of the raw inputs.
 //!
 //! One pass estimates mu and Sigma (the moments kernel with one bin, on rows centred by the
-//! mean of a pilot block so that the f32 sums do not cancel when |mu| >> the spread). Then:
+//! mean of a pilot block so that the f32 sums do not cancel when |mu| >> the spread; the pass
+//! is the subspace stage's, see `subspace::estimate_whitening` and filtered PCA's first pass),
+//! and [`Whitening::from_moments`] builds the map. Then:
 //! - directions whose variance is below [`CONDITION_LIMIT`] of the largest (constant or
 //!   duplicated columns, or a covariance too badly conditioned for the f32 sums to resolve) are
 //!   dropped, and said so: the whitened input has q <= d coordinates and is never NaN;
@@ -19,9 +21,7 @@
 //! into the same function of the raw x.
 
 use super::SampleSource;
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::moments::BinSpec;
 use crate::network::{row_space_basis, Network};
 use nalgebra::{DMatrix, SymmetricEigen};
 use rayon::prelude::*;
@@ -33,8 +33,6 @@ pub const CONDITION_LIMIT: f64 = 1e-5;
 /// Sigma and mu count as I and 0 when every |eigenvalue - 1| is within this many Marchenko-
 /// Pastur edges 2 sqrt(d/N) + d/N, and ||mu||^2 within this many squared of its d/N.
 pub const IDENTITY_TOLERANCE: f64 = 4.0;
-/// Rows of the pilot whose mean centres the estimating pass.
-const PILOT_ROWS: usize = 100_000;
 
 /// The whitening map of a data set.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,41 +65,6 @@ impl Whitening {
             distance_from_identity: (f64::NAN, f64::NAN),
             rows: 0,
         }
-    }
-
-    /// Estimates mu and Sigma from `source` (one pass, K = 1) and builds the map.
-    pub fn estimate(backend: &dyn Backend, source: &dyn SampleSource) -> Result<Self> {
-        let d = source.dim();
-        let n = source.len();
-        if n < 2 || d == 0 {
-            return Err(Error::invalid(format!(
-                "whitening: needs at least 2 rows of positive dimension (got {n} of d = {d})"
-            )));
-        }
-        let pilot_mean = pilot_mean(source, PILOT_ROWS)?;
-        let centred = CenteredSource::new(source, &pilot_mean);
-        let bar = crate::progress::bar(n, "whitening");
-        let m = backend.moments(
-            &centred,
-            &BinSpec::single(d),
-            crate::moments::SampleWeight::Unit,
-            &bar,
-        )?;
-        bar.finish_and_clear();
-        let total = m.total_count() as f64;
-        let shift: Vec<f64> = m.sum_x[..d].iter().map(|s| s / total).collect();
-        let mut sigma = m.second_moment(0..1) / total;
-        for i in 0..d {
-            for j in 0..d {
-                sigma[(i, j)] -= shift[i] * shift[j];
-            }
-        }
-        let mean: Vec<f64> = pilot_mean
-            .iter()
-            .zip(&shift)
-            .map(|(&p, s)| p as f64 + s)
-            .collect();
-        Ok(Self::from_moments(mean, sigma, n))
     }
 
     /// The map for a given mean and covariance estimated from `rows` samples.
@@ -304,34 +267,6 @@ impl Whitening {
             "sampling_edge": num(self.distance_from_identity.1),
         })
     }
-}
-
-/// Mean of the first `rows` rows, in f32 (the centring the estimating pass subtracts).
-fn pilot_mean(source: &dyn SampleSource, rows: usize) -> Result<Vec<f32>> {
-    let d = source.dim();
-    let mut sum = vec![0.0f64; d];
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let want = (rows as u64).min(source.len());
-    let mut at = 0u64;
-    while at < want {
-        let n = source.read(at, (want - at).min(1 << 16) as usize, &mut x, &mut y)?;
-        if n == 0 {
-            return Err(Error::invalid(format!(
-                "{} returned no rows at row {at}",
-                source.describe()
-            )));
-        }
-        for row in x.chunks_exact(d) {
-            for (s, &v) in sum.iter_mut().zip(row) {
-                *s += v as f64;
-            }
-        }
-        at += n as u64;
-    }
-    Ok(sum
-        .iter()
-        .map(|s| (s / want.max(1) as f64) as f32)
-        .collect())
 }
 
 /// x - c for a fixed centre c (f32), labels unchanged.

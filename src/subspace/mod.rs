@@ -44,8 +44,10 @@ mod paper;
 mod refine;
 mod report;
 mod sources;
+mod whiten;
 
 pub use report::{NoStructure, RefineStep, RoundKind, RoundReport, SubspaceReport};
+pub use whiten::estimate_whitening;
 
 use crate::backend::Backend;
 use crate::data::whiten::Whitening;
