@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod learn;
+pub mod linalg;
 pub mod metrics;
 pub mod moments;
 pub mod network;

@@ -8,7 +8,8 @@
 
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
-use crate::network::{dot, Network};
+use crate::linalg::dot;
+use crate::network::Network;
 
 /// Per-sample weight w_i.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

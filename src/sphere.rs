@@ -10,6 +10,7 @@
 use crate::backend::{Backend, ProjectedSamples, SphereFeatures};
 use crate::data::{SampleRange, SampleSource};
 use crate::error::{Error, Result};
+use crate::linalg::ridge_solve;
 use crate::network::{Layer, Network};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -107,30 +108,6 @@ pub(crate) fn random_unit(rank: usize, rng: &mut rand::rngs::StdRng) -> Vec<f64>
             return u.into_iter().map(|v| v / n).collect();
         }
     }
-}
-
-/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
-pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
-    let f = rhs.len();
-    let mut g = nalgebra::DMatrix::<f64>::zeros(f, f);
-    let mut k = 0;
-    for i in 0..f {
-        for j in i..f {
-            g[(i, j)] = packed[k];
-            g[(j, i)] = packed[k];
-            k += 1;
-        }
-    }
-    let scale = (0..f).map(|i| g[(i, i)]).sum::<f64>() / f.max(1) as f64;
-    let rho = ridge * scale.max(1e-300) + 1e-12;
-    for i in 0..f {
-        g[(i, i)] += rho;
-    }
-    let chol = nalgebra::linalg::Cholesky::new(g)?;
-    let a = chol.solve(&nalgebra::DVector::from_column_slice(rhs));
-    a.iter()
-        .all(|v| v.is_finite())
-        .then(|| a.iter().copied().collect())
 }
 
 /// Builds a [`Network`] on `rank` inputs from packed candidate parameters.

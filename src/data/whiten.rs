@@ -133,7 +133,7 @@ impl Whitening {
     /// W v for v in R^d.
     pub fn apply(&self, v: &[f64]) -> Vec<f64> {
         match &self.map {
-            Some(rows) => rows.iter().map(|r| crate::network::dot(r, v)).collect(),
+            Some(rows) => rows.iter().map(|r| crate::linalg::dot(r, v)).collect(),
             None => v.to_vec(),
         }
     }
@@ -144,7 +144,7 @@ impl Whitening {
             Some(rows) => {
                 let mut out = vec![0.0; self.input_dim];
                 for (r, &c) in rows.iter().zip(u) {
-                    crate::network::axpy(&mut out, c, r);
+                    crate::linalg::axpy(&mut out, c, r);
                 }
                 out
             }
@@ -205,7 +205,7 @@ impl Whitening {
         };
         let shift: Vec<f64> = rows
             .iter()
-            .map(|r| crate::network::dot(r, &self.mean))
+            .map(|r| crate::linalg::dot(r, &self.mean))
             .collect();
         let mut folded = Network::with_projection(&small, &rows)?;
         let first = &mut folded.layers[0];

@@ -10,6 +10,7 @@ mod format;
 pub use error::NetworkError;
 pub use format::{FORMAT, FORMAT_VERSION};
 
+use crate::linalg::{axpy, dot, dot_wide};
 use rayon::prelude::*;
 
 /// Rows per block in the batched forward passes (one rayon task per block).
@@ -196,36 +197,6 @@ impl Network {
         }
         cur[0]
     }
-}
-
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(p, q)| p * q).sum()
-}
-
-/// y += a x. Always inlined, so that callers compiled for wider vectors vectorise it for those.
-#[inline(always)]
-pub(crate) fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
-    y.iter_mut().zip(x).for_each(|(u, &v)| *u += a * v);
-}
-
-/// Dot product with four independent accumulators, so the compiler can vectorise it. Always
-/// inlined, so that callers compiled for wider vectors vectorise it for those.
-#[inline(always)]
-pub(crate) fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (a4, a_rest) = a.split_at(a.len() - a.len() % 4);
-    let (b4, b_rest) = b.split_at(a4.len());
-    for (p, q) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
-        acc[0] += p[0] * q[0];
-        acc[1] += p[1] * q[1];
-        acc[2] += p[2] * q[2];
-        acc[3] += p[3] * q[3];
-    }
-    let mut tail = 0.0;
-    for (p, q) in a_rest.iter().zip(b_rest) {
-        tail += p * q;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Orthonormal rows spanning the row space of a `rows x cols` row-major matrix: the right

@@ -33,8 +33,10 @@ pub use sweep::COARSE_POINTS;
 pub use evaluate_ref::reference_evaluate;
 // The sphere-net fit and the direction nets live below the stages that use them (filtered
 // PCA's refine steps, the search, the deep-net gate); here for the search's callers.
+use crate::linalg::dot;
+pub use crate::linalg::ridge_solve;
 pub use crate::sphere::{
-    covering_radius, label_variance, network_from_params, ridge_solve, sphere_net, sphere_net_fit,
+    covering_radius, label_variance, network_from_params, sphere_net, sphere_net_fit,
     sphere_net_fit_streamed, SphereNetConfig, SphereNetCost, SphereNetFit, StreamedSphereNetFit,
 };
 use crate::sphere::{norm, random_unit};
@@ -785,10 +787,6 @@ fn backward_select(
         }
     }
     Some(active.iter().map(|&i| dictionary[i].clone()).collect())
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Candidates for one unit from a Levenberg-Marquardt step on its inner weights: the partial

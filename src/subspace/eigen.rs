@@ -6,6 +6,7 @@
 //! Krylov method replaces the full eigendecomposition (O(d^3) per filter, plus two dense d x d
 //! products): about 30-60 matrix-vector products of O(d^2) each.
 
+use crate::linalg::{axpy, dot_lanes};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// Largest |lambda| first.
@@ -39,27 +40,6 @@ fn start_vector(n: usize, seed: u64) -> Vec<f64> {
     v
 }
 
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    // Four independent partial sums: the compiler vectorises this.
-    let mut s = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (p, q) in ca.zip(cb) {
-        s[0] += p[0] * q[0];
-        s[1] += p[1] * q[1];
-        s[2] += p[2] * q[2];
-        s[3] += p[3] * q[3];
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(p, q)| p * q).sum();
-    (s[0] + s[1]) + (s[2] + s[3]) + tail
-}
-
-pub(crate) fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
-    for (p, q) in y.iter_mut().zip(x) {
-        *p += a * q;
-    }
-}
-
 /// The eigenpairs of largest |lambda| of the symmetric operator `apply` (out = A v) on R^n:
 /// at least `want` of them (fewer only when n is smaller), sorted by decreasing |lambda|, with
 /// unit eigenvectors. Every returned pair has converged to the tolerance above.
@@ -84,17 +64,17 @@ pub fn top_eigenpairs(
     loop {
         let j = alpha.len();
         apply(&q[j], &mut w);
-        let a = dot(&q[j], &w);
+        let a = dot_lanes(&q[j], &w);
         alpha.push(a);
         // Full reorthogonalisation, twice (classical Gram-Schmidt is then as good as modified):
         // the Krylov basis stays orthonormal to rounding, so no ghost copies of converged pairs.
         for _ in 0..2 {
             for qi in &q {
-                let c = dot(qi, &w);
+                let c = dot_lanes(qi, &w);
                 axpy(&mut w, -c, qi);
             }
         }
-        let b = dot(&w, &w).sqrt();
+        let b = dot_lanes(&w, &w).sqrt();
         let steps = alpha.len();
         let scale = alpha
             .iter()
@@ -148,7 +128,7 @@ fn ritz(
         for (k, qk) in q.iter().take(m).enumerate() {
             axpy(&mut v, s[k], qk);
         }
-        let norm = dot(&v, &v).sqrt();
+        let norm = dot_lanes(&v, &v).sqrt();
         v.iter_mut().for_each(|a| *a /= norm);
         pairs.push((e.eigenvalues[i], v));
     }

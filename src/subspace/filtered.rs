@@ -173,7 +173,7 @@ fn round_bins(
             pilot
                 .x
                 .chunks_exact(d)
-                .map(|x| crate::network::dot(row, x))
+                .map(|x| crate::linalg::dot(row, x))
                 .collect()
         })
         .collect();
@@ -754,13 +754,13 @@ fn scan_filters(
                 let quotient: f64 = f
                     .pairs
                     .iter()
-                    .map(|(l, u)| l * super::eigen::dot(&v, u).powi(2))
+                    .map(|(l, u)| l * crate::linalg::dot_lanes(&v, u).powi(2))
                     .sum::<f64>()
                     .abs()
                     / f.edge
                     / bar.max(1e-300);
-                let mean =
-                    f.mean_score * super::eigen::dot(&v, &f.mean_dir).abs() / bar_mean.max(1e-300);
+                let mean = f.mean_score * crate::linalg::dot_lanes(&v, &f.mean_dir).abs()
+                    / bar_mean.max(1e-300);
                 quotient.max(mean)
             })
             .fold(0.0, f64::max);
@@ -859,7 +859,7 @@ fn merge(
         let mut gram = DMatrix::zeros(m, m);
         for i in 0..m {
             for j in 0..=i {
-                let g = crate::network::dot(&scaled[i], &scaled[j]);
+                let g = crate::linalg::dot(&scaled[i], &scaled[j]);
                 gram[(i, j)] = g;
                 gram[(j, i)] = g;
             }
@@ -872,7 +872,7 @@ fn merge(
             .map(|i| {
                 let mut v = vec![0.0; q];
                 for (k, s) in scaled.iter().enumerate() {
-                    crate::network::axpy(&mut v, e.eigenvectors[(k, i)], s);
+                    crate::linalg::axpy(&mut v, e.eigenvectors[(k, i)], s);
                 }
                 let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
                 v.iter_mut().for_each(|a| *a /= norm);
@@ -910,8 +910,8 @@ fn merge(
         }
         let mut w = v;
         for b in basis.iter().chain(&out) {
-            let dot = crate::network::dot(b, &w);
-            crate::network::axpy(&mut w, -dot, b);
+            let dot = crate::linalg::dot(b, &w);
+            crate::linalg::axpy(&mut w, -dot, b);
         }
         let norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
         // Drop a direction that is mostly inside what we already have (less than half of it

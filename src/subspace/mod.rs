@@ -369,8 +369,8 @@ impl<'a> Frame<'a> {
     pub(super) fn project_out(&self, basis: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
         let mut w = v.to_vec();
         for b in basis {
-            let c = eigen::dot(b, &w);
-            eigen::axpy(&mut w, -c, b);
+            let c = crate::linalg::dot_lanes(b, &w);
+            crate::linalg::axpy(&mut w, -c, b);
         }
         w
     }
@@ -398,7 +398,7 @@ fn filtered_pca(
             let rows = pilot.y.len().max(1) as f64;
             let mut mean = vec![0.0; d];
             for x in pilot.x.chunks_exact(d) {
-                eigen::axpy(&mut mean, 1.0 / rows, x);
+                crate::linalg::axpy(&mut mean, 1.0 / rows, x);
             }
             // Rounded to f32 as the passes subtract it.
             let mean = mean.iter().map(|&v| v as f32 as f64).collect();

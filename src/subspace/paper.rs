@@ -121,7 +121,7 @@ fn choose_cells(
             pilot
                 .x
                 .chunks_exact(d)
-                .map(|x| super::eigen::dot(row, x))
+                .map(|x| crate::linalg::dot_lanes(row, x))
                 .collect()
         })
         .collect();

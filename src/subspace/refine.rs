@@ -7,7 +7,8 @@ use super::{orthonormalise, Frame, Pilot, SubspaceConfig};
 use crate::backend::{Backend, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
-use crate::network::{dot, Network};
+use crate::linalg::dot;
+use crate::network::Network;
 use crate::sphere::{sphere_net_fit, SphereNetConfig};
 use nalgebra::DMatrix;
 
@@ -161,7 +162,7 @@ pub(super) fn relevant_directions(
         .map(|i| {
             let mut v = vec![0.0; frame.q];
             for (j, b) in basis.iter().enumerate() {
-                crate::network::axpy(&mut v, e.eigenvectors[(j, i)], b);
+                crate::linalg::axpy(&mut v, e.eigenvectors[(j, i)], b);
             }
             v
         })

@@ -4,8 +4,9 @@
 
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
+use crate::linalg::{axpy, dot};
 use crate::moments::{check_fit_request, FitMoments};
-use crate::network::{axpy, dot, Network};
+use crate::network::Network;
 use rayon::prelude::*;
 
 /// Rows per block: each block's partial sums are added in block order.

@@ -12,7 +12,8 @@ use super::project::{project_block, project_f64};
 use crate::backend::trainer::{Adam, FactoredShape, NormalEquations, SphereFeatures};
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::{Error, Result};
-use crate::network::{axpy, dot_wide, Network};
+use crate::linalg::{axpy, dot_wide};
+use crate::network::Network;
 use rayon::prelude::*;
 
 /// Parts of a minibatch: summed in order, so the gradient does not depend on the thread count.

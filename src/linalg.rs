@@ -1,0 +1,75 @@
+//! Small dense helpers in f64 that every stage uses: dot products, y += a x, and the ridge
+//! solve of packed normal equations. One home, below data, moments, subspace and search.
+
+/// Dot product, summed in order.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| p * q).sum()
+}
+
+/// y += a x. Always inlined, so that callers compiled for wider vectors vectorise it for those.
+#[inline(always)]
+pub fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    y.iter_mut().zip(x).for_each(|(u, &v)| *u += a * v);
+}
+
+/// Dot product with four independent accumulators, so the compiler can vectorise it. Always
+/// inlined, so that callers compiled for wider vectors vectorise it for those.
+#[inline(always)]
+pub fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (a4, a_rest) = a.split_at(a.len() - a.len() % 4);
+    let (b4, b_rest) = b.split_at(a4.len());
+    for (p, q) in a4.chunks_exact(4).zip(b4.chunks_exact(4)) {
+        acc[0] += p[0] * q[0];
+        acc[1] += p[1] * q[1];
+        acc[2] += p[2] * q[2];
+        acc[3] += p[3] * q[3];
+    }
+    let mut tail = 0.0;
+    for (p, q) in a_rest.iter().zip(b_rest) {
+        tail += p * q;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Dot product with four independent partial sums (the compiler vectorises it), as
+/// [`dot_wide`] but with the tail summed by `Iterator::sum`: the subspace stage's, kept as it was
+/// so that its results keep their bits.
+pub fn dot_lanes(a: &[f64], b: &[f64]) -> f64 {
+    // Four independent partial sums: the compiler vectorises this.
+    let mut s = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (p, q) in ca.zip(cb) {
+        s[0] += p[0] * q[0];
+        s[1] += p[1] * q[1];
+        s[2] += p[2] * q[2];
+        s[3] += p[3] * q[3];
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(p, q)| p * q).sum();
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
+}
+
+/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
+pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
+    let f = rhs.len();
+    let mut g = nalgebra::DMatrix::<f64>::zeros(f, f);
+    let mut k = 0;
+    for i in 0..f {
+        for j in i..f {
+            g[(i, j)] = packed[k];
+            g[(j, i)] = packed[k];
+            k += 1;
+        }
+    }
+    let scale = (0..f).map(|i| g[(i, i)]).sum::<f64>() / f.max(1) as f64;
+    let rho = ridge * scale.max(1e-300) + 1e-12;
+    for i in 0..f {
+        g[(i, i)] += rho;
+    }
+    let chol = nalgebra::linalg::Cholesky::new(g)?;
+    let a = chol.solve(&nalgebra::DVector::from_column_slice(rhs));
+    a.iter()
+        .all(|v| v.is_finite())
+        .then(|| a.iter().copied().collect())
+}
