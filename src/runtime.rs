@@ -67,3 +67,17 @@ pub fn launched_size() -> Option<usize> {
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Not launched by an MPI launcher (the unit tests never are): one rank, and it is root.
+    #[test]
+    fn without_mpi_there_is_one_rank_and_it_prints() {
+        if super::launched_size().is_some() {
+            return;
+        }
+        assert_eq!(super::world(), None);
+        assert_eq!((super::ranks(), super::rank()), (1, 0));
+        assert!(super::is_root());
+    }
+}
