@@ -714,6 +714,31 @@ impl Run<'_> {
         }
     }
 
+    /// Adam on the network on z = B x with the basis fixed (the descent and the deep net): the
+    /// outcome and the trained network.
+    fn train_on_z(
+        &self,
+        network: &Network,
+        basis: &[Vec<f64>],
+        pc: &PolishConfig,
+        limits: &Limits,
+    ) -> Result<(TrainOutcome, Network)> {
+        let shape = FactoredShape::of(network, self.d)?;
+        let start = shape.pack(network, basis)?;
+        let res = train::train_until(
+            self.backend,
+            &self.fit_rows,
+            &self.val,
+            &shape,
+            &start,
+            false,
+            pc,
+            limits,
+        )?;
+        let trained = shape.unpack(&res.params)?.1;
+        Ok((res, trained))
+    }
+
     /// A trainer stage's report from its outcome: its checks on the run's clock.
     fn trained(&self, name: Stage, res: &TrainOutcome, t: StageClock) -> StageReport {
         let report = self.stage(
@@ -854,23 +879,12 @@ impl Run<'_> {
             deadline: self.budget.map(|b| b.deadline(0.25)),
             race: None,
         };
-        let shape = FactoredShape::of(&best.network, self.d)?;
-        let start = shape.pack(&best.network, &best.basis)?;
-        let res = train::train_until(
-            self.backend,
-            &self.fit_rows,
-            &self.val,
-            &shape,
-            &start,
-            false,
-            &pc,
-            &limits,
-        )?;
+        let (res, trained) = self.train_on_z(&best.network, &best.basis, &pc, &limits)?;
         let errors = PolishedMse::from(&res);
         let report = self.trained(Stage::Descent, &res, t);
         self.record(report, Some(res.kept));
         if res.kept {
-            best.network = shape.unpack(&res.params)?.1;
+            best.network = trained;
             best.validation_mse = res.after;
             best.stage = Stage::Descent;
         }
@@ -947,18 +961,7 @@ impl Run<'_> {
             ..config.deep_config.clone()
         };
         let start_net = random_start(r, &config.deep_widths, pc.seed)?;
-        let shape = FactoredShape::of(&start_net, self.d)?;
-        let start = shape.pack(&start_net, &best.basis)?;
-        let res = train::train_until(
-            self.backend,
-            &self.fit_rows,
-            &self.val,
-            &shape,
-            &start,
-            false,
-            &pc,
-            &limits,
-        )?;
+        let (res, trained) = self.train_on_z(&start_net, &best.basis, &pc, &limits)?;
         let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
         let kept = res.kept && res.after < margin * best.validation_mse;
         let var = self.validation_var.max(1e-300);
@@ -1000,7 +1003,7 @@ impl Run<'_> {
                     stage: best.stage,
                 });
             }
-            best.network = shape.unpack(&res.params)?.1;
+            best.network = trained;
             best.validation_mse = res.after;
             best.stage = Stage::DeepNet;
         }
