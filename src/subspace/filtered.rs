@@ -5,7 +5,7 @@
 use super::eigen::{null_edge, packed_symmetric_matvec, top_eigenpairs};
 use super::report::{RoundKind, RoundReport};
 use super::sources::RoundSource;
-use super::{quantile_sorted, Frame, Pilot, SubspaceConfig};
+use super::{equal_mass_edges, quantile_sorted, Frame, Pilot, SubspaceConfig};
 use crate::backend::Backend;
 use crate::data::whiten::Whitening;
 use crate::error::Result;
@@ -178,16 +178,7 @@ fn round_bins(
         })
         .collect();
     // Equal-mass edges per axis from the pilot's own quantiles.
-    let axis_edges: Vec<Vec<f64>> = z
-        .iter()
-        .map(|zs| {
-            let mut s = zs.clone();
-            s.sort_by(|p, q| p.total_cmp(q));
-            (1..b)
-                .map(|j| quantile_sorted(&s, j as f64 / b as f64))
-                .collect()
-        })
-        .collect();
+    let axis_edges = equal_mass_edges(&z, b);
     let mut per_cell: Vec<Vec<f64>> = vec![Vec::new(); cells];
     for (i, &y) in labels.iter().enumerate() {
         let mut cell = 0;

@@ -541,6 +541,20 @@ fn recentre_pilot(pilot: &mut Pilot, d: usize, to: &[f64], from: Option<&[f64]>)
     }
 }
 
+/// Equal-mass cell edges per axis: for each axis's values, the `b - 1` inner quantiles
+/// j / b (j = 1 .. b - 1) of those values.
+pub(super) fn equal_mass_edges(z: &[Vec<f64>], b: usize) -> Vec<Vec<f64>> {
+    z.iter()
+        .map(|zs| {
+            let mut s = zs.clone();
+            s.sort_by(|p, q| p.total_cmp(q));
+            (1..b)
+                .map(|j| quantile_sorted(&s, j as f64 / b as f64))
+                .collect()
+        })
+        .collect()
+}
+
 /// Quantile of sorted data (linear interpolation). `sorted` must be non-empty.
 pub(super) fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;

@@ -31,7 +31,7 @@
 use super::filtered::{self, cell_edges, Filter, RoundBins, RoundOutcome};
 use super::report::{NoStructure, RoundKind, SubspaceReport};
 use super::sources::group_of;
-use super::{quantile_sorted, read_pilot, Frame, Method, Pilot, SubspaceConfig};
+use super::{equal_mass_edges, read_pilot, Frame, Method, Pilot, SubspaceConfig};
 use crate::backend::Backend;
 use crate::data::whiten::Whitening;
 use crate::data::SampleSource;
@@ -131,16 +131,7 @@ fn choose_cells(
         if (r as f64) * (b as f64).log2() > 126.0 {
             continue;
         }
-        let edges: Vec<Vec<f64>> = z
-            .iter()
-            .map(|zs| {
-                let mut s = zs.clone();
-                s.sort_by(|p, q| p.total_cmp(q));
-                (1..b)
-                    .map(|j| quantile_sorted(&s, j as f64 / b as f64))
-                    .collect()
-            })
-            .collect();
+        let edges = equal_mass_edges(&z, b);
         let mut counts: HashMap<u128, usize> = HashMap::new();
         for i in 0..rows {
             let mut key = 0u128;
