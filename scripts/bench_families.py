@@ -143,6 +143,15 @@ def case_data(name, spec, args, tmp):
     return n, path, teacher, xt, ft, gt
 
 
+def predict_test(model, xt, path):
+    """relu-fpt's predictions (f64) of `model` on the test rows xt, through `relu-fpt predict`."""
+    np.save(os.path.join(path, "xt.npy"), xt)
+    subprocess.run([BIN, "predict", "--model", model, "--x", os.path.join(path, "xt.npy"),
+                    "--out", os.path.join(path, "pt.npy"), "--backend", "cpu"],
+                   check=True, capture_output=True)
+    return np.load(os.path.join(path, "pt.npy")).astype(np.float64)
+
+
 def run_case(name, spec, args, tmp, have):
     """One case's row; with --resume the parts `have` already holds are not run again."""
     _, d, _, law, noise, widths = spec
@@ -162,11 +171,7 @@ def run_case(name, spec, args, tmp, have):
         del row["relu_fpt_seconds"]
     elif p.returncode == 0:
         rep = json.loads(p.stdout)
-        np.save(os.path.join(path, "xt.npy"), xt)
-        subprocess.run([BIN, "predict", "--model", model, "--x", os.path.join(path, "xt.npy"),
-                        "--out", os.path.join(path, "pt.npy"), "--backend", "cpu"],
-                       check=True, capture_output=True)
-        pred = np.load(os.path.join(path, "pt.npy")).astype(np.float64)
+        pred = predict_test(model, xt, path)
         m = json.load(open(model))
         row.update(relu_fpt=float(((pred - ft) ** 2).mean() / var),
                    dim=rep["model_dimension"], final_stage=rep["final_stage"],
@@ -249,11 +254,7 @@ def time_to_accuracy(name, spec, args, tmp):
         row.update(error=p.stderr.strip()[-300:])
         return row
     rep = json.loads(p.stdout)
-    np.save(os.path.join(path, "xt.npy"), xt)
-    subprocess.run([BIN, "predict", "--model", model, "--x", os.path.join(path, "xt.npy"),
-                    "--out", os.path.join(path, "pt.npy"), "--backend", "cpu"],
-                   check=True, capture_output=True)
-    pred = np.load(os.path.join(path, "pt.npy")).astype(np.float64)
+    pred = predict_test(model, xt, path)
     row["relu_fpt"] = float(((pred - ft) ** 2).mean() / var_f)
     row["relu_fpt_curve"] = [(s, m / rep["validation_var"]) for s, m in ours_curve(rep)]
     row["relu_fpt_validation"] = rep["validation_mse"] / rep["validation_var"]
