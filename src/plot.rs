@@ -133,6 +133,30 @@ impl Panel {
         H - BOTTOM - self.y.frac(v) * (H - TOP - BOTTOM)
     }
 
+    /// The dashed reference line from `a` to `b` (data coordinates).
+    fn reference_line(&self, svg: &mut String, a: (f64, f64), b: (f64, f64)) {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="5 3"/>"##,
+            self.px(a.0),
+            self.py(a.1),
+            self.px(b.0),
+            self.py(b.1)
+        );
+    }
+
+    /// One small translucent dot per sample (data coordinates).
+    fn samples(&self, svg: &mut String, points: &[(f64, f64)], colour: &str) {
+        for &(a, b) in points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="{colour}" fill-opacity="0.4"/>"#,
+                self.px(a),
+                self.py(b)
+            );
+        }
+    }
+
     /// Frame, grid, ticks with labels on both axes, axis titles and the panel title.
     fn axes(&self, svg: &mut String, title: &str, x_ticks: Option<&[(f64, String)]>) {
         let (l, r) = (self.x0 + LEFT, self.x0 + W - RIGHT);
@@ -393,22 +417,8 @@ fn scatter_panel(
         y: Axis::linear(lo, hi, y_label),
     };
     panel.axes(svg, title, None);
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="5 3"/>"##,
-        panel.px(lo),
-        panel.py(lo),
-        panel.px(hi),
-        panel.py(hi)
-    );
-    for &(a, b) in points {
-        let _ = writeln!(
-            svg,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="{POINTS}" fill-opacity="0.4"/>"#,
-            panel.px(a),
-            panel.py(b)
-        );
-    }
+    panel.reference_line(svg, (lo, lo), (hi, hi));
+    panel.samples(svg, points, POINTS);
     let text = format!("samples ({})", points.len());
     panel.legend(
         svg,
@@ -458,22 +468,8 @@ pub fn prediction_panels(points: &[(f64, f64)]) -> String {
         ),
         None,
     );
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="5 3"/>"##,
-        panel.px(lo),
-        panel.py(0.0),
-        panel.px(hi),
-        panel.py(0.0)
-    );
-    for &(y, e) in &residuals {
-        let _ = writeln!(
-            svg,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="{RESIDUALS}" fill-opacity="0.4"/>"#,
-            panel.px(y),
-            panel.py(e)
-        );
-    }
+    panel.reference_line(&mut svg, (lo, 0.0), (hi, 0.0));
+    panel.samples(&mut svg, &residuals, RESIDUALS);
     let text = format!("residual of each sample ({})", residuals.len());
     panel.legend(
         &mut svg,
