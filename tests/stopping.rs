@@ -125,17 +125,23 @@ fn a_stage_that_cannot_improve_stops_after_its_patience() {
     }
 }
 
+/// The teacher's shape with a fresh output layer far from the teacher's, so that training
+/// improves from its start: the layout and the packed start.
+fn fresh_start(small: &Network, basis: &[Vec<f64>]) -> (FactoredShape, Vec<f64>) {
+    let mut fresh = small.clone();
+    fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
+    let shape = FactoredShape::of(&fresh, D).unwrap();
+    let start = shape.pack(&fresh, basis).unwrap();
+    (shape, start)
+}
+
 /// A race against a curve that cannot be beaten stops after the pilot and says so; against
 /// one that is beaten at once, the stage runs on.
 #[test]
 fn a_stage_that_loses_its_race_stops_after_the_pilot() {
     let (small, basis, source) = noisy_teacher();
     let (train, val) = split(&source);
-    // A fresh network far from the teacher: it improves from its start.
-    let mut fresh = small.clone();
-    fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
-    let shape = FactoredShape::of(&fresh, D).unwrap();
-    let start = shape.pack(&fresh, &basis).unwrap();
+    let (shape, start) = fresh_start(&small, &basis);
     let cfg = PolishConfig {
         epochs: 12,
         ..config(false)
@@ -188,10 +194,7 @@ fn a_stage_that_loses_its_race_stops_after_the_pilot() {
 fn a_passed_deadline_ends_a_stage_after_one_window() {
     let (small, basis, source) = noisy_teacher();
     let (train, val) = split(&source);
-    let mut fresh = small.clone();
-    fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
-    let shape = FactoredShape::of(&fresh, D).unwrap();
-    let start = shape.pack(&fresh, &basis).unwrap();
+    let (shape, start) = fresh_start(&small, &basis);
     let cfg = PolishConfig {
         // Windows of one block, so that the first ends well before the epoch does.
         window_bytes: relu_fpt::learn::BLOCK_ROWS * D * 4,
