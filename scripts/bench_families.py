@@ -61,6 +61,9 @@ CASES = {
     "deep parity k=3, d=128": (["--teacher", "deep-parity", "--k", "3"], 128, 1_000_000, "gauss", 0, [6, 8]),
     "composite, d=128": (["--teacher", "composite"], 128, 1_000_000, "gauss", 0, [9]),
     "random [4,4] bias, d=128": (["--teacher", "random", "--widths", "4,4", "--bias"], 128, 1_000_000, "gauss", 0.0025, [4, 4]),
+    # Three hidden layers with biases and label noise of 10% of the label's standard deviation
+    # (issue 26): the one family where MLPRegressor once won.
+    "deep [8,8,8] bias, 10% noise, d=256": (["--teacher", "random", "--widths", "8,8,8", "--bias"], 256, 600_000, "gauss", 0.01, [16, 16, 16]),
 }
 
 

@@ -277,8 +277,8 @@ struct LearnArgs {
     spare_rows: Option<usize>,
     #[arg(long, help = cli_help("descent_epochs"))]
     descent_epochs: Option<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "32,32", help = cli_help("deep_widths"))]
-    deep_widths: Vec<usize>,
+    #[arg(long, value_delimiter = ',', help = cli_help("deep_widths"))]
+    deep_widths: Option<Vec<usize>>,
     #[arg(long, help = cli_help("deep_epochs"))]
     deep_epochs: Option<usize>,
     #[arg(long, help = cli_help("max_train_rows"))]

@@ -410,15 +410,18 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
             trainer(&config.descent_config, &config.search_config.hidden, 0.0),
         ));
     }
-    if !config.deep_widths.is_empty() {
+    // The largest candidate is the bound (the others train only a pilot).
+    if let Some(deep) = (config.deep_candidates.iter())
+        .max_by(|a, b| network_params(1.0, a).total_cmp(&network_params(1.0, b)))
+    {
         parts.push((
             format!(
                 "deep-net (--deep-widths {}, {} passes over {} rows)",
-                widths(&config.deep_widths),
+                widths(deep),
                 config.deep_config.epochs_for(fit.max(1)),
                 fit
             ),
-            trainer(&config.deep_config, &config.deep_widths, 0.0),
+            trainer(&config.deep_config, deep, 0.0),
         ));
     }
     if config.polish {
@@ -462,10 +465,8 @@ pub fn check_learn_work(config: &LearnConfig, n: u64, d: usize) -> Result<Option
         )));
     }
     // The trainers hold the parameters, their gradient and Adam's two moments in f64.
-    for (flag, w) in [
-        ("--hidden", &config.search_config.hidden),
-        ("--deep-widths", &config.deep_widths),
-    ] {
+    let nets = std::iter::once(("--hidden", &config.search_config.hidden));
+    for (flag, w) in nets.chain(config.deep_candidates.iter().map(|w| ("--deep-widths", w))) {
         let params = network_params(1.0, w);
         check_memory(
             (params * 8.0 * 4.0) as u128,

@@ -158,6 +158,7 @@ fn a_stage_that_loses_its_race_stops_after_the_pilot() {
             }],
             margin: 1.0,
         }),
+        ..Limits::default()
     };
     let lost = train_until(
         common::cpu(),
@@ -186,6 +187,24 @@ fn a_stage_that_loses_its_race_stops_after_the_pilot() {
     assert_ne!(won.stop, StopReason::Behind, "{won:?}");
     assert!(won.row_reads > 2 * N_TRAIN as u64);
     assert!(won.kept && won.after < won.before);
+    // A pilot ends at the first check after its row reads, scored like any stage.
+    let pilot = train_until(
+        common::cpu(),
+        &train,
+        &val,
+        &shape,
+        &start,
+        false,
+        &cfg,
+        &Limits {
+            pilot: Some(2 * N_TRAIN as u64),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(pilot.stop, StopReason::Pilot, "{pilot:?}");
+    assert_eq!(pilot.row_reads, 2 * N_TRAIN as u64);
+    assert!(pilot.kept && pilot.after < pilot.before);
 }
 
 /// A deadline that has passed ends a stage after its first window, with the best model of its
@@ -202,7 +221,7 @@ fn a_passed_deadline_ends_a_stage_after_one_window() {
     };
     let limits = Limits {
         deadline: Some(Instant::now()),
-        race: None,
+        ..Limits::default()
     };
     let out = train_until(
         common::cpu(),
@@ -289,10 +308,10 @@ fn learn_within_a_time_budget_says_what_it_cut() {
 
 /// A teacher the search's network fits exactly (one hidden layer without biases on one
 /// direction: the sphere-net features relu(+-z) represent it): the deep-net stage runs only
-/// its pilot, stops behind the descent, and the report says why, in the summary and the JSON
+/// its race, stops behind the descent, and the report says why, in the summary and the JSON
 /// alike.
 #[test]
-fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
+fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     let spec = relu_fpt::teacher::TeacherSpec {
         k: Some(1),
         widths: vec![3],
@@ -312,6 +331,7 @@ fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
     };
     let pilot = 64_000;
     cfg.deep_gate.as_mut().unwrap().race_rows = pilot;
+    cfg.deep_candidates = vec![vec![32, 32]];
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
     let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
     assert_eq!(
@@ -325,13 +345,54 @@ fn the_deep_net_stage_stops_after_its_pilot_when_it_cannot_help() {
     assert_ne!(rep.final_stage, "deep-net");
     let why = rep.deep_net_decision.clone().unwrap();
     assert!(
-        why.starts_with("stopped after its pilot of 64000 row reads"),
+        why.starts_with("stopped after its race of 64000 row reads"),
         "{why}"
     );
     assert!(why.contains("no structure on z"), "{why}");
     assert!(rep.summary().contains(&format!("deep-net stage: {why}")));
     assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
     assert_eq!(rep.to_json()["reproducible"], true);
+}
+
+/// With two candidate architectures the deep-net stage trains a pilot of each, trains the one
+/// chosen, counts the pilots' row reads as its own, and says what they found.
+#[test]
+fn the_deep_net_stage_chooses_its_widths_by_pilots() {
+    let source = random_teacher_source(40_000);
+    let pilot = 32_000;
+    let cfg = LearnConfig {
+        polish: false,
+        deep_gate: None,
+        deep_pilot_rows: pilot,
+        deep_candidates: vec![vec![8, 8], vec![8, 8, 8]],
+        seed: 4,
+        ..LearnConfig::default()
+    };
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let why = rep.deep_net_decision.clone().unwrap();
+    let chosen = ["[8, 8]", "[8, 8, 8]"]
+        .into_iter()
+        .find(|w| {
+            why.contains(&format!(
+                "hidden widths {w} chosen by pilots of 32000 row reads"
+            ))
+        })
+        .unwrap_or_else(|| panic!("{why}"));
+    assert!(
+        why.contains("[8, 8] ") && why.contains("[8, 8, 8] "),
+        "{why}"
+    );
+    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    // Two pilots and a whole stage (its first check is after one pass of 32000 rows).
+    assert!(deep.row_reads >= 3 * pilot, "{}", deep.row_reads);
+    if rep.final_stage == "deep-net" {
+        // The model: as many hidden layers as the widths chosen, and the output layer.
+        let depth = chosen.matches(',').count() + 1;
+        assert_eq!(rep.model.layers.len(), depth + 1, "{chosen}");
+    }
+    // Same seed, same choice.
+    let again = learn(common::cpu(), &source, &cfg).unwrap();
+    assert_eq!(again.deep_net_decision, rep.deep_net_decision);
 }
 
 fn bin() -> Command {

@@ -471,6 +471,47 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
     assert_eq!(both.model.layer_input_dim(), 2, "{}", both.summary());
 }
 
+/// A basis that lacks two of the teacher's four directions: the polish keeps both of its two
+/// default spare rows, so it runs again with two more, which find nothing and are pruned.
+#[test]
+fn the_polish_grows_again_while_every_spare_row_is_kept() {
+    let d = 10;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let small = Network::new(
+        4,
+        vec![random_layer(&mut rng, 4, 8), random_layer(&mut rng, 8, 1)],
+    )
+    .unwrap();
+    let e = |i: usize| -> Vec<f64> { (0..d).map(|j| f64::from(u8::from(i == j))).collect() };
+    let teacher = Network::with_projection(&small, &[e(0), e(1), e(2), e(3)]).unwrap();
+    let source = common::labelled_samples(&teacher, 30_000, 24);
+    let cfg = LearnConfig {
+        known_basis: Some(vec![e(0), e(1)]),
+        search_config: relu_fpt::search::SearchConfig {
+            budget: 100,
+            ..LearnConfig::default().search_config
+        },
+        polish_config: PolishConfig {
+            epochs: 25,
+            ..PolishConfig::default()
+        },
+        deep_candidates: Vec::new(),
+        seed: 5,
+        ..LearnConfig::default()
+    };
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let polishes = rep.stages.iter().filter(|s| s.stage == "polish").count();
+    assert_eq!(polishes, 2, "{}", rep.summary());
+    assert_eq!(rep.model.layer_input_dim(), 4, "{}", rep.summary());
+    let angles = relu_fpt::metrics::principal_angles(
+        rep.model.subspace.as_ref().unwrap(),
+        &[e(0), e(1), e(2), e(3)],
+    );
+    assert!(angles.iter().all(|&a| a < 0.1), "{angles:?}");
+    let polished = rep.polished_mse.unwrap();
+    assert!(polished.kept && polished.after == rep.validation_mse);
+}
+
 /// The polish's default spare rows: two for a small basis, as many as the basis has rows for a
 /// large one.
 #[test]

@@ -344,7 +344,7 @@ fn learn<'py>(
     polish: bool,
     polish_epochs: Option<usize>,
     descent_epochs: Option<usize>,
-    deep_widths: Vec<usize>,
+    deep_widths: Option<Vec<usize>>,
     deep_epochs: Option<usize>,
     refine_steps: usize,
     validation_fraction: f64,

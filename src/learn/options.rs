@@ -78,8 +78,10 @@ learn_options! {
         /// fit approximates a deep teacher poorly. It runs when the descent's residual shows
         /// structure on z, or for as long as it keeps ahead of the descent after as many row
         /// reads (the report's deep_net_decision says which). Widths of 0 are dropped; none
-        /// left: no deep-net stage.
-        pub deep_widths: Vec<usize>,
+        /// left: no deep-net stage. None given: [32, 32] and [32, 32, 32] each train a pilot
+        /// of 500,000 row reads and the one that validates better (the deeper by at least 20%)
+        /// is trained (without a time budget; with one, [32, 32]).
+        pub deep_widths: Option<Vec<usize>>,
         /// Most passes of the deep-net stage; 0: no deep-net stage (none given: as
         /// `descent_epochs` when that is given, else 60, fewer on more than about 170,000
         /// rows: at most 10 million row reads, at least three passes; a number given is not cut
@@ -121,7 +123,7 @@ impl Default for LearnOptions {
             polish_epochs: None,
             spare_rows: None,
             descent_epochs: None,
-            deep_widths: c.deep_widths,
+            deep_widths: None,
             deep_epochs: None,
             max_train_rows: None,
             refine_steps: c.subspace_config.refine_steps,
@@ -246,7 +248,17 @@ impl LearnOptions {
             seed: self.seed,
             validation_fraction: self.validation_fraction,
             polish: self.polish,
-            deep_widths: self.deep_widths.into_iter().filter(|&w| w > 0).collect(),
+            deep_candidates: match self.deep_widths {
+                None => LearnConfig::default().deep_candidates,
+                Some(w) => {
+                    let w: Vec<usize> = w.into_iter().filter(|&w| w > 0).collect();
+                    if w.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![w]
+                    }
+                }
+            },
             spare_rows: self.spare_rows,
             max_train_rows: self.max_train_rows,
             time_budget: self.time_budget,
@@ -271,7 +283,7 @@ impl LearnOptions {
             config.descent_config.row_budget = 0;
         }
         match self.deep_epochs.or(self.descent_epochs) {
-            Some(0) => config.deep_widths.clear(),
+            Some(0) => config.deep_candidates.clear(),
             Some(e) => {
                 config.deep_config.epochs = e;
                 config.deep_config.row_budget = 0;
@@ -321,14 +333,29 @@ mod tests {
             ..LearnOptions::default()
         }
         .into_config();
-        assert!(!c.descent && c.deep_widths.is_empty());
+        assert!(!c.descent && c.deep_candidates.is_empty());
         let c = LearnOptions {
             descent_epochs: Some(0),
             deep_epochs: Some(5),
             ..LearnOptions::default()
         }
         .into_config();
-        assert!(!c.descent && c.deep_widths == vec![32, 32] && c.deep_config.epochs == 5);
+        assert!(
+            !c.descent
+                && c.deep_candidates == LearnConfig::default().deep_candidates
+                && c.deep_config.epochs == 5
+        );
+        // Widths given: that network only; all zero: no deep-net stage.
+        let given = |w: Vec<usize>| {
+            LearnOptions {
+                deep_widths: Some(w),
+                ..LearnOptions::default()
+            }
+            .into_config()
+            .deep_candidates
+        };
+        assert_eq!(given(vec![64, 0, 64]), vec![vec![64, 64]]);
+        assert!(given(vec![0]).is_empty());
     }
 
     #[test]

@@ -242,6 +242,8 @@ pub enum StopReason {
     Diverged,
     /// It lost a [`Race`]: another stage was better after as many row reads.
     Behind,
+    /// It was a pilot ([`Limits::pilot`]) and read its row reads.
+    Pilot,
 }
 
 impl StopReason {
@@ -253,6 +255,7 @@ impl StopReason {
             StopReason::Deadline => "time budget",
             StopReason::Diverged => "diverged",
             StopReason::Behind => "behind the descent",
+            StopReason::Pilot => "pilot",
         }
     }
 }
@@ -359,7 +362,8 @@ impl Race {
     }
 }
 
-/// What may end a trainer stage besides its own rule: a wall-clock deadline, and a race.
+/// What may end a trainer stage besides its own rule: a wall-clock deadline, a race, and the
+/// length of a pilot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     /// The step size is made to reach zero by this time (at the speed measured so far in the
@@ -367,6 +371,8 @@ pub struct Limits {
     /// result depend on the machine's speed.
     pub deadline: Option<std::time::Instant>,
     pub race: Option<Race>,
+    /// The stage ends ([`StopReason::Pilot`]) at the first check after this many row reads.
+    pub pilot: Option<u64>,
 }
 
 /// [`train`] within [`Limits`].
@@ -425,10 +431,10 @@ pub fn train_until(
         patience_rows: u64::MAX,
         ..StopRule::default()
     };
-    let rule = config
-        .stop
-        .as_ref()
-        .or((deadline.is_some() || limits.race.is_some()).then_some(&checks_only));
+    let rule = config.stop.as_ref().or((deadline.is_some()
+        || limits.race.is_some()
+        || limits.pilot.is_some())
+    .then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
     // The check rows, and the best model on them (the start until a check beats it).
     let check_val = match rule {
@@ -615,6 +621,10 @@ pub fn train_until(
                         adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
                         end = cap;
                     }
+                }
+                if limits.pilot.is_some_and(|p| reads >= p) {
+                    reason = StopReason::Pilot;
+                    break 'epochs;
                 }
                 if let Some(race) = limits.race.as_ref().filter(|r| reads >= r.at && !raced) {
                     raced = true;
