@@ -471,22 +471,25 @@ fn the_polish_grows_a_missing_direction_and_prunes_useless_ones() {
     assert_eq!(both.model.layer_input_dim(), 2, "{}", both.summary());
 }
 
-/// A basis that lacks two of the teacher's four directions: the polish keeps both of its two
-/// default spare rows, so it runs again with two more, which find nothing and are pruned.
-#[test]
-fn the_polish_grows_again_while_every_spare_row_is_kept() {
-    let d = 10;
+/// Unit vector i of R^d.
+fn unit(d: usize, i: usize) -> Vec<f64> {
+    (0..d).map(|j| f64::from(u8::from(i == j))).collect()
+}
+
+/// A one-hidden-layer teacher on the first four coordinates of R^10, its samples, and a
+/// configuration that starts from two of its four directions.
+fn half_known_teacher() -> (MemorySource, LearnConfig) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     let small = Network::new(
         4,
         vec![random_layer(&mut rng, 4, 8), random_layer(&mut rng, 8, 1)],
     )
     .unwrap();
-    let e = |i: usize| -> Vec<f64> { (0..d).map(|j| f64::from(u8::from(i == j))).collect() };
-    let teacher = Network::with_projection(&small, &[e(0), e(1), e(2), e(3)]).unwrap();
+    let basis: Vec<Vec<f64>> = (0..4).map(|i| unit(10, i)).collect();
+    let teacher = Network::with_projection(&small, &basis).unwrap();
     let source = common::labelled_samples(&teacher, 30_000, 24);
     let cfg = LearnConfig {
-        known_basis: Some(vec![e(0), e(1)]),
+        known_basis: Some(basis[..2].to_vec()),
         search_config: relu_fpt::search::SearchConfig {
             budget: 100,
             ..LearnConfig::default().search_config
@@ -495,10 +498,22 @@ fn the_polish_grows_again_while_every_spare_row_is_kept() {
             epochs: 25,
             ..PolishConfig::default()
         },
-        deep_candidates: Vec::new(),
         seed: 5,
         ..LearnConfig::default()
     };
+    (source, cfg)
+}
+
+/// A basis that lacks two of the teacher's four directions: the polish keeps both of its two
+/// default spare rows, so it runs again with two more, which find nothing and are pruned.
+#[test]
+fn the_polish_grows_again_while_every_spare_row_is_kept() {
+    let (source, cfg) = half_known_teacher();
+    let cfg = LearnConfig {
+        deep_candidates: Vec::new(),
+        ..cfg
+    };
+    let e = |i| unit(10, i);
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
     let polishes = rep.stages.iter().filter(|s| s.stage == "polish").count();
     assert_eq!(polishes, 2, "{}", rep.summary());
@@ -510,6 +525,30 @@ fn the_polish_grows_again_while_every_spare_row_is_kept() {
     assert!(angles.iter().all(|&a| a < 0.1), "{angles:?}");
     let polished = rep.polished_mse.unwrap();
     assert!(polished.kept && polished.after == rep.validation_mse);
+}
+
+/// When the polish grew the basis and did not start from the deep net (here a deep net of one
+/// pass, which the descent beats), the deep net is trained again on the grown basis, and the
+/// report says so.
+#[test]
+fn the_deep_net_runs_again_on_a_basis_the_polish_grew() {
+    let (source, cfg) = half_known_teacher();
+    let cfg = LearnConfig {
+        deep_candidates: vec![vec![8, 8]],
+        deep_gate: None,
+        deep_config: PolishConfig {
+            epochs: 1,
+            row_budget: 0,
+            ..LearnConfig::default().deep_config
+        },
+        ..cfg
+    };
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let deep_stages = rep.stages.iter().filter(|s| s.stage == "deep-net").count();
+    let why = rep.deep_net_decision.clone().unwrap_or_default();
+    assert_eq!(deep_stages, 2, "{}", rep.summary());
+    assert!(why.contains("grew the basis to 4 rows"), "{why}");
+    assert_eq!(rep.model.layer_input_dim(), 4, "{}", rep.summary());
 }
 
 /// The polish's default spare rows: two for a small basis, as many as the basis has rows for a
