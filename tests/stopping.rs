@@ -352,6 +352,21 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     assert!(rep.summary().contains(&format!("deep-net stage: {why}")));
     assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
     assert_eq!(rep.to_json()["reproducible"], true);
+
+    // With two candidates, the chosen one's pilot is the race: behind, nothing more is
+    // trained (the stage reads the two pilots' row reads and no more).
+    cfg.deep_candidates = vec![vec![32, 32], vec![32, 32, 32]];
+    cfg.deep_pilot_rows = pilot;
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    let why = rep.deep_net_decision.clone().unwrap();
+    assert_eq!(deep.stopped, Some(StopReason::Behind), "{why}");
+    assert_eq!(deep.row_reads, 2 * pilot, "{why}");
+    assert!(
+        why.starts_with("stopped after its race of 64000 row reads"),
+        "{why}"
+    );
+    assert!(why.contains("chosen by pilots of 64000 row reads"), "{why}");
 }
 
 /// With two candidate architectures the deep-net stage trains a pilot of each, trains the one

@@ -712,9 +712,20 @@ struct DeepNetOutcome {
 struct DeepPilots {
     chosen: Vec<usize>,
     tried: Vec<(Vec<usize>, f64)>,
+    runs: Vec<PilotRun>,
     pilot_rows: u64,
     row_reads: u64,
     seconds: f64,
+}
+
+/// One pilot: its widths, outcome and trained network, and the row reads and seconds of the
+/// pilots before it.
+struct PilotRun {
+    widths: Vec<usize>,
+    outcome: TrainOutcome,
+    network: Network,
+    reads_before: u64,
+    seconds_before: f64,
 }
 
 impl DeepPilots {
@@ -1032,9 +1043,34 @@ impl Run<'_> {
         };
         let pilots = self.deep_pilots(&best.basis, &pc)?;
         let widths = pilots.chosen.clone();
-        let start_net = random_start(r, &widths, pc.seed)?;
-        let (mut res, trained) = self.train_on_z(&start_net, &best.basis, &pc, &limits)?;
         let net_name = format!("the network of hidden widths [{}]", list(&widths));
+        // The chosen pilot is the stage's own beginning (the same random start and sample
+        // order), so when it reached the race's row reads it decides the race: behind, it is
+        // the stage; ahead, the stage runs without the race.
+        let race = limits.race.take();
+        let pilot = (pilots.runs.iter())
+            .find(|p| p.widths == widths)
+            .filter(|p| race.as_ref().is_some_and(|rc| p.outcome.row_reads >= rc.at));
+        let behind = |rc: &Race, res: &TrainOutcome| {
+            let best = res.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
+            rc.incumbent_at(res.row_reads)
+                .is_some_and(|other| best >= rc.margin * other)
+        };
+        let (mut res, trained, offset) = match (pilot, &race) {
+            (Some(p), Some(rc)) if behind(rc, &p.outcome) => {
+                let res = TrainOutcome {
+                    stop: StopReason::Behind,
+                    ..p.outcome.clone()
+                };
+                (res, p.network.clone(), (p.reads_before, p.seconds_before))
+            }
+            _ => {
+                limits.race = race.clone().filter(|_| pilot.is_none());
+                let start_net = random_start(r, &widths, pc.seed)?;
+                let (res, trained) = self.train_on_z(&start_net, &best.basis, &pc, &limits)?;
+                (res, trained, (pilots.row_reads, pilots.seconds))
+            }
+        };
         let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
         let kept = res.kept && res.after < margin * best.validation_mse;
         let var = self.validation_var.max(1e-300);
@@ -1044,18 +1080,17 @@ impl Run<'_> {
                 "stopped after its race of {} row reads: {net_name} from a random start was at validation MSE/Var {} where the descent had been at {} after as many, so the teacher is no deeper than the descent's network can fit; and {}",
                 crate::progress::count(res.row_reads),
                 num(at.map_or(f64::NAN, |c| c.best_mse) / var),
-                num(limits
-                    .race
+                num(race
                     .as_ref()
                     .and_then(|r| r.incumbent_at(res.row_reads))
                     .unwrap_or(f64::NAN)
                     / var),
                 out.evidence.as_ref().map_or(String::new(), |e| e.finding())
             ));
-        } else if limits.race.is_some() {
+        } else if let Some(rc) = &race {
             out.decision = Some(format!(
                 "ran: after a race of {} row reads {net_name} from a random start was ahead of the descent after as many; and {}",
-                crate::progress::count(limits.race.as_ref().map_or(0, |r| r.at)),
+                crate::progress::count(pilot.map_or(rc.at, |p| p.outcome.row_reads)),
                 out.evidence.as_ref().map_or(String::new(), |e| e.finding())
             ));
         }
@@ -1064,10 +1099,10 @@ impl Run<'_> {
             out.decision = Some(format!("{why}; {note}"));
         }
         // The stage's reads and clock include the pilots'.
-        res.row_reads += pilots.row_reads;
+        res.row_reads = pilots.row_reads.max(res.row_reads + offset.0);
         for c in &mut res.curve {
-            c.row_reads += pilots.row_reads;
-            c.seconds += pilots.seconds;
+            c.row_reads += offset.0;
+            c.seconds += offset.1;
         }
         let report = self.trained(Stage::DeepNet, &res, t);
         self.record(report, Some(kept));
@@ -1118,9 +1153,16 @@ impl Run<'_> {
         };
         for widths in candidates {
             let start = random_start(basis.len(), widths, pc.seed)?;
-            let (res, _) = self.train_on_z(&start, basis, pc, &limits)?;
-            out.row_reads += res.row_reads;
-            out.tried.push((widths.clone(), res.after));
+            let (outcome, network) = self.train_on_z(&start, basis, pc, &limits)?;
+            out.tried.push((widths.clone(), outcome.after));
+            out.runs.push(PilotRun {
+                widths: widths.clone(),
+                reads_before: out.row_reads,
+                seconds_before: t.seconds(),
+                outcome,
+                network,
+            });
+            out.row_reads = out.runs.iter().map(|p| p.outcome.row_reads).sum();
         }
         out.chosen = chosen_widths(&out.tried).to_vec();
         out.seconds = t.seconds();
