@@ -32,24 +32,6 @@ pub fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// Dot product with four independent partial sums (the compiler vectorises it), as
-/// [`dot_wide`] but with the tail summed by `Iterator::sum`: the subspace stage's, kept as it was
-/// so that its results keep their bits.
-pub fn dot_lanes(a: &[f64], b: &[f64]) -> f64 {
-    // Four independent partial sums: the compiler vectorises this.
-    let mut s = [0.0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (p, q) in ca.zip(cb) {
-        s[0] += p[0] * q[0];
-        s[1] += p[1] * q[1];
-        s[2] += p[2] * q[2];
-        s[3] += p[3] * q[3];
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(p, q)| p * q).sum();
-    (s[0] + s[1]) + (s[2] + s[3]) + tail
-}
-
 /// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
 pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
     let f = rhs.len();

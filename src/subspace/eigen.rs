@@ -6,7 +6,7 @@
 //! Krylov method replaces the full eigendecomposition (O(d^3) per filter, plus two dense d x d
 //! products): about 30-60 matrix-vector products of O(d^2) each.
 
-use crate::linalg::{axpy, dot_lanes};
+use crate::linalg::{axpy, dot_wide};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 /// Largest |lambda| first.
@@ -64,17 +64,17 @@ pub fn top_eigenpairs(
     loop {
         let j = alpha.len();
         apply(&q[j], &mut w);
-        let a = dot_lanes(&q[j], &w);
+        let a = dot_wide(&q[j], &w);
         alpha.push(a);
         // Full reorthogonalisation, twice (classical Gram-Schmidt is then as good as modified):
         // the Krylov basis stays orthonormal to rounding, so no ghost copies of converged pairs.
         for _ in 0..2 {
             for qi in &q {
-                let c = dot_lanes(qi, &w);
+                let c = dot_wide(qi, &w);
                 axpy(&mut w, -c, qi);
             }
         }
-        let b = dot_lanes(&w, &w).sqrt();
+        let b = dot_wide(&w, &w).sqrt();
         let steps = alpha.len();
         let scale = alpha
             .iter()
@@ -128,7 +128,7 @@ fn ritz(
         for (k, qk) in q.iter().take(m).enumerate() {
             axpy(&mut v, s[k], qk);
         }
-        let norm = dot_lanes(&v, &v).sqrt();
+        let norm = dot_wide(&v, &v).sqrt();
         v.iter_mut().for_each(|a| *a /= norm);
         pairs.push((e.eigenvalues[i], v));
     }

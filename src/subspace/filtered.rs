@@ -745,12 +745,12 @@ fn scan_filters(
                 let quotient: f64 = f
                     .pairs
                     .iter()
-                    .map(|(l, u)| l * crate::linalg::dot_lanes(&v, u).powi(2))
+                    .map(|(l, u)| l * crate::linalg::dot_wide(&v, u).powi(2))
                     .sum::<f64>()
                     .abs()
                     / f.edge
                     / bar.max(1e-300);
-                let mean = f.mean_score * crate::linalg::dot_lanes(&v, &f.mean_dir).abs()
+                let mean = f.mean_score * crate::linalg::dot_wide(&v, &f.mean_dir).abs()
                     / bar_mean.max(1e-300);
                 quotient.max(mean)
             })

@@ -369,7 +369,7 @@ impl<'a> Frame<'a> {
     pub(super) fn project_out(&self, basis: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
         let mut w = v.to_vec();
         for b in basis {
-            let c = crate::linalg::dot_lanes(b, &w);
+            let c = crate::linalg::dot_wide(b, &w);
             crate::linalg::axpy(&mut w, -c, b);
         }
         w

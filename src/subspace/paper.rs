@@ -121,7 +121,7 @@ fn choose_cells(
             pilot
                 .x
                 .chunks_exact(d)
-                .map(|x| crate::linalg::dot_lanes(row, x))
+                .map(|x| crate::linalg::dot_wide(row, x))
                 .collect()
         })
         .collect();
