@@ -92,23 +92,12 @@ pub trait Backend: Send + Sync {
         fit: &Network,
         progress: &indicatif::ProgressBar,
     ) -> Result<FitMoments>;
-    /// Outputs of `network` on `rows` samples (x row-major, rows x input_dim). The default is
-    /// the CPU forward pass (all cores); a device backend overrides it.
-    fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        check_predict_input(network, x, rows)?;
-        Ok(network.forward_f32(x, rows))
-    }
+    /// Outputs of `network` on `rows` samples (x row-major, rows x input_dim).
+    fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>>;
 
     /// z = B x for `x` (rows x d, row-major) with B the r x d rows of `basis` (row-major):
-    /// rows x r values, each a dot product summed in f64 and rounded to f32. The default is
-    /// the CPU pass (all cores, SIMD).
-    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        check_projection(basis, x, rows)?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(cpu::project::project(basis, x.len() / rows, x))
-    }
+    /// rows x r values, each a dot product summed in f64 and rounded to f32.
+    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>>;
 
     /// Adam steps of the factorised model x -> B x -> small network over one window of
     /// training rows (`x`: rows x d, `y`: rows), which the backend may keep resident for the
@@ -117,7 +106,7 @@ pub trait Backend: Send + Sync {
     /// respect to `params` (layout in [`FactoredShape`]) as f64 sums, and calls
     /// `adam.step(gradient, rows, params)` on the host before the next minibatch. With
     /// `train_basis` false, B is held fixed (its gradient entries are zero), the descent on z.
-    /// The result must not depend on the thread count. The default is the CPU pass.
+    /// The result must not depend on the thread count.
     #[allow(clippy::too_many_arguments)]
     fn train_window(
         &self,
@@ -128,16 +117,13 @@ pub trait Backend: Send + Sync {
         batch_size: usize,
         params: &mut [f64],
         adam: &mut Adam,
-    ) -> Result<()> {
-        cpu::trainer::train_window(shape, train_basis, x, y, batch_size, params, adam)
-    }
+    ) -> Result<()>;
 
     /// The gradient of the summed squared error over the rows `x`, `y` with respect to `params`
     /// ([`FactoredShape`] layout, B's entries zero unless `train_basis`), as f64 sums: one
     /// minibatch of [`Backend::train_window`], for a caller that adds gradients from several
-    /// processes before the Adam step (the MPI backend). A backend that overrides
-    /// `train_window` overrides this too, with the same per-minibatch arithmetic, so that its
-    /// device also trains under MPI. The default is the CPU pass.
+    /// processes before the Adam step (the MPI backend), with the same per-minibatch
+    /// arithmetic as `train_window`, so that a device also trains under MPI.
     fn gradient_sum(
         &self,
         shape: &FactoredShape,
@@ -145,9 +131,7 @@ pub trait Backend: Send + Sync {
         x: &[f32],
         y: &[f32],
         params: &[f64],
-    ) -> Result<Vec<f64>> {
-        cpu::trainer::gradient_sum(shape, train_basis, x, y, params)
-    }
+    ) -> Result<Vec<f64>>;
 
     /// Whether this backend assembles training windows of `source` itself
     /// ([`Backend::train_window_of`]): a device that draws the rows of a built-in teacher, or
@@ -190,15 +174,13 @@ pub trait Backend: Send + Sync {
     }
 
     /// Normal equations (sum phi phi^T, sum phi y, in f64) of the sphere-net features of
-    /// z = B x over every row of `source`. The default is the CPU pass.
+    /// z = B x over every row of `source`.
     fn feature_normal_equations(
         &self,
         source: &dyn SampleSource,
         features: &SphereFeatures,
         progress: &indicatif::ProgressBar,
-    ) -> Result<NormalEquations> {
-        cpu::trainer::feature_normal_equations(source, features, progress)
-    }
+    ) -> Result<NormalEquations>;
 
     /// Summed squared error of each network over every row of `source` (validation scoring),
     /// in f64, chunks added in order. The default streams chunks through [`Backend::predict`].
@@ -232,14 +214,10 @@ pub trait Backend: Send + Sync {
         pass(source)
     }
 
-    /// The device that runs `pass` on this backend. The default says the trainer's passes
-    /// (projection, train windows, feature normal equations), whose defaults run on the CPU,
-    /// run there, and the others on this backend's device.
+    /// The device that runs `pass` on this backend (the default: this backend's own).
     fn device_of(&self, pass: Pass) -> Device {
-        match pass {
-            Pass::Project | Pass::TrainWindow | Pass::FeatureNormalEquations => Device::Cpu,
-            Pass::Moments | Pass::FitMoments | Pass::Evaluate | Pass::Predict => self.kind(),
-        }
+        let _ = pass;
+        self.kind()
     }
 }
 

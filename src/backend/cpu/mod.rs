@@ -8,7 +8,10 @@ pub mod project;
 pub mod syrk;
 pub mod trainer;
 
-use crate::backend::{Backend, CandidateBatch, CandidateStats, Device, ProjectedSamples};
+use crate::backend::{
+    Adam, Backend, CandidateBatch, CandidateStats, Device, FactoredShape, NormalEquations,
+    ProjectedSamples, SphereFeatures,
+};
 use crate::data::SampleSource;
 use crate::error::Result;
 use crate::moments::{BinSpec, FilteredMoments, FitMoments, SampleWeight};
@@ -79,5 +82,46 @@ impl Backend for CpuBackend {
     fn predict(&self, network: &Network, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         crate::backend::check_predict_input(network, x, rows)?;
         Ok(trainer::predict_compact(network, x).unwrap_or_else(|| network.forward_f32(x, rows)))
+    }
+
+    fn project(&self, basis: &[f64], x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        crate::backend::check_projection(basis, x, rows)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(project::project(basis, x.len() / rows, x))
+    }
+
+    fn train_window(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) -> Result<()> {
+        trainer::train_window(shape, train_basis, x, y, batch_size, params, adam)
+    }
+
+    fn gradient_sum(
+        &self,
+        shape: &FactoredShape,
+        train_basis: bool,
+        x: &[f32],
+        y: &[f32],
+        params: &[f64],
+    ) -> Result<Vec<f64>> {
+        trainer::gradient_sum(shape, train_basis, x, y, params)
+    }
+
+    fn feature_normal_equations(
+        &self,
+        source: &dyn SampleSource,
+        features: &SphereFeatures,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<NormalEquations> {
+        trainer::feature_normal_equations(source, features, progress)
     }
 }
