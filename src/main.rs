@@ -4,7 +4,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use relu_fpt::backend::{self, mpi, Backend, BackendChoice, Device};
+use relu_fpt::data::repeats::warn_repeated_rows;
 use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
+use relu_fpt::learn::work::check_learn_work;
 use relu_fpt::learn::{learn, LearnOptions, LearnReport};
 use relu_fpt::network::Network;
 use relu_fpt::predict::{predict_stream, ErrorSums};
@@ -149,13 +151,13 @@ struct Samples {
 }
 
 impl Samples {
-    /// The warning of [`safety::warn_repeated_rows`] for sample files (a teacher's samples
-    /// never repeat).
+    /// The warning of [`warn_repeated_rows`] for sample files (a teacher's samples never
+    /// repeat).
     fn repeated_rows_warning(&self) -> Result<Option<String>> {
         if self.teacher.is_some() {
             return Ok(None);
         }
-        safety::warn_repeated_rows(self.source.as_ref())
+        warn_repeated_rows(self.source.as_ref())
     }
 }
 
@@ -987,7 +989,7 @@ fn learn_cmd(a: LearnArgs) -> Result<()> {
     options.check_for_dim(d, &learn_spelling)?;
     let config = options.into_config();
     safety::check_subspace_memory(d, &samples.source.describe())?;
-    let note = safety::check_learn_work(&config, n, d)?;
+    let note = check_learn_work(&config, n, d)?;
     if mpi::is_root() {
         if let Some(note) = note {
             eprintln!("relu-fpt: {note}");

@@ -4,6 +4,7 @@
 pub mod gaussian;
 pub mod npy;
 pub mod philox;
+pub mod repeats;
 pub mod shards;
 pub mod synthetic;
 pub mod whiten;
