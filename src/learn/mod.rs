@@ -3,7 +3,10 @@
 //! sphere-net fit from normal equations streamed over the training rows, keeping whichever
 //! validates better), descend from it on z with B fixed, train a deeper network on z when the
 //! evidence says it can help ([`gate`]), polish the better network together with B, and return
-//! the compact model x -> small network(B x). The trainer stages are the streaming trainer
+//! the compact model x -> small network(B x). With whitening (on by default) filtered PCA
+//! estimates mu and Sigma from its first pass, the fitting stages read W (x - mu) through a
+//! view, and the map is folded into the model so that it acts on the raw x. The trainer
+//! stages are the streaming trainer
 //! ([`train`]) over every training row, each ending when its validation error stops improving
 //! ([`StopRule`]); every stage's result is scored on the whole validation split, streamed.
 //! Memory is bounded by a few chunks of rows and the model, whatever N: nothing holds x or z
@@ -17,7 +20,7 @@ mod paper;
 mod polish;
 mod stage;
 mod train;
-mod whitened;
+pub mod work;
 
 pub use budget::Budget;
 pub use gate::{DeepNetEvidence, DeepNetGate};
@@ -31,6 +34,7 @@ pub use train::{
 };
 
 use crate::backend::{Backend, Device, FactoredShape, Pass, ProjectedSamples};
+use crate::data::whiten::{WhitenedSource, Whitening};
 use crate::data::{for_each_chunk, SampleRange, SampleSource};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -535,11 +539,20 @@ fn random_start(r: usize, widths: &[usize], seed: u64) -> Result<Network> {
     Ok(Network::new(r, layers)?)
 }
 
-/// A basis (r rows of length d), filtered PCA's report when it ran, and what a budget changed.
-type FoundBasis = (Vec<Vec<f64>>, Option<SubspaceReport>, Option<String>);
+/// The subspace stage's result: the basis (r rows of the frame the fitting stages read),
+/// filtered PCA's report when it ran, the whitening that frame is (None: the raw x), and what
+/// a budget changed.
+struct FoundBasis {
+    basis: Vec<Vec<f64>>,
+    report: Option<SubspaceReport>,
+    whitening: Option<Whitening>,
+    note: Option<String>,
+}
 
-/// The subspace basis: the configured one, or filtered PCA on the training split (within its
-/// share of a budget, saying what the budget changed).
+/// The subspace basis: the configured one (on the raw x), or filtered PCA on the training
+/// split (within its share of a budget, saying what the budget changed). With whitening on,
+/// filtered PCA estimates mu and Sigma from its first pass and the basis is returned in the
+/// whitened frame, where the fitting stages then run.
 fn find_basis(
     backend: &dyn Backend,
     train: &dyn SampleSource,
@@ -547,7 +560,12 @@ fn find_basis(
     budget: Option<&Budget>,
 ) -> Result<FoundBasis> {
     if let Some(b) = &config.known_basis {
-        return Ok((b.clone(), None, None));
+        return Ok(FoundBasis {
+            basis: b.clone(),
+            report: None,
+            whitening: None,
+            note: None,
+        });
     }
     let sc = SubspaceConfig {
         seed: config.seed,
@@ -560,7 +578,14 @@ fn find_basis(
     if let Some(none) = report.no_structure() {
         return Err(Error::NoStructure(Box::new(none)));
     }
-    Ok((report.basis.clone(), Some(report), note))
+    // W = I and mu = 0: the raw rows are the whitened rows.
+    let whitening = (report.whitening.clone()).filter(|w| !w.is_identity());
+    Ok(FoundBasis {
+        basis: report.frame_basis.clone(),
+        report: Some(report),
+        whitening,
+        note,
+    })
 }
 
 /// z = B x for the first `rows` rows of `source` (the search's bounded subsample), on the
@@ -1314,8 +1339,7 @@ impl Run<'_> {
 }
 
 /// [`learn`] within an optional budget; `origin` is when the whole run began (the stages'
-/// start times count from it). The stages in order, each passing the best model so far to the
-/// next.
+/// start times count from it): the subspace, then the fitting stages on it.
 fn learn_in(
     backend: &dyn Backend,
     source: &dyn SampleSource,
@@ -1330,15 +1354,76 @@ fn learn_in(
             "learn: needs at least 2 samples of positive dimension (got {n} of dimension {d})"
         )));
     }
-    let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
+    let (n_train, _) = validation_split(n, config.validation_fraction)?;
     if config.method == LearnMethod::Paper {
         return paper::learn_paper(backend, source, config);
     }
-    // Whitening (on by default): the whitened pipeline runs this function on W (x - mu).
-    if config.subspace_config.whiten && config.known_basis.is_none() {
-        return whitened::learn_whitened(backend, source, config, budget, origin);
+    // The subspace.
+    let t = StageClock::start();
+    let found = find_basis(
+        backend,
+        &SampleRange::new(source, 0, n_train as u64)?,
+        config,
+        budget,
+    )?;
+    let subspace_stage = StageReport {
+        stage: Stage::Subspace,
+        device: backend.device_of(Pass::Moments),
+        rows: n_train as u64,
+        row_reads: found.report.as_ref().map_or(0, |s| s.samples_used),
+        seconds: t.seconds(),
+        host_cpu_seconds: t.cpu_seconds(),
+        validation_mse: None,
+        started: (origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
+        stopped: None,
+        curve: Vec::new(),
+    };
+    // A given basis has no stage to speak of.
+    if found.report.is_some() {
+        subspace_stage.announce(1.0, Some(found.basis.len()), None);
     }
-    let train = SampleRange::new(source, 0, n_train as u64)?;
+    // With whitening the fitting stages read W (x - mu), and the map is folded into the model
+    // so that it acts on the raw x.
+    let view = found
+        .whitening
+        .as_ref()
+        .map(|w| WhitenedSource::new(source, w))
+        .transpose()?;
+    let fit_source: &dyn SampleSource = match &view {
+        Some(v) => v,
+        None => source,
+    };
+    let mut out = fit_on_basis(
+        backend,
+        fit_source,
+        config,
+        budget,
+        origin,
+        found.basis,
+        subspace_stage,
+    )?;
+    if let Some(w) = &found.whitening {
+        out.model = w.fold(&out.model)?;
+    }
+    out.subspace = found.report;
+    out.budget_notes.splice(0..0, found.note);
+    Ok(out)
+}
+
+/// The fitting stages on a found basis (rows of `source`'s frame), in order, each passing the
+/// best model so far to the next; `subspace_stage` is the subspace stage's report.
+fn fit_on_basis(
+    backend: &dyn Backend,
+    source: &dyn SampleSource,
+    config: &LearnConfig,
+    budget: Option<&Budget>,
+    origin: Instant,
+    basis: Vec<Vec<f64>>,
+    subspace_stage: StageReport,
+) -> Result<LearnReport> {
+    let n = source.len() as usize;
+    let d = source.dim();
+    let (n_train, n_val) = validation_split(n, config.validation_fraction)?;
     // What the fitting stages read.
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
     let mut run = Run {
@@ -1354,11 +1439,6 @@ fn learn_in(
         stages: Vec::new(),
         budget_notes: Vec::new(),
     };
-
-    // The subspace.
-    let t = StageClock::start();
-    let (basis, subspace, note) = find_basis(backend, &train, config, budget)?;
-    run.budget_notes.extend(note);
     let r = basis.len();
     let max_dim = config.subspace_config.max_dim;
     if r == 0 || r > max_dim || basis.iter().any(|b| b.len() != d) {
@@ -1367,20 +1447,7 @@ fn learn_in(
             basis.first().map(|b| b.len()),
         )));
     }
-    let reads = subspace.as_ref().map_or(0, |s| s.samples_used);
-    let report = run.stage(
-        Stage::Subspace,
-        Pass::Moments,
-        n_train as u64,
-        reads,
-        t,
-        None,
-    );
-    run.stages.push(report);
-    // A given basis (the whitened pipeline's, announced there) has no stage to speak of.
-    if subspace.is_some() {
-        run.stages[0].announce(1.0, Some(r), None);
-    }
+    run.stages.push(subspace_stage);
     // Under a budget, fewer validation rows when the time left is short: every stage scores
     // its result on them, and the trainers their checks.
     if let Some(b) = budget {
@@ -1484,7 +1551,7 @@ fn learn_in(
     Ok(LearnReport {
         model,
         dimension: r,
-        subspace,
+        subspace: None,
         validation_mse: best.validation_mse,
         validation_var,
         enumerate_mse: enumerated.validation_mse,
