@@ -44,10 +44,13 @@ def test_learns_a_small_teacher(teacher_data, fitted):
     assert fitted.report_["dimension"] == 2
     report = fitted.report_
     stages = [s["stage"] for s in report["stages"]]
-    assert stages == ["subspace", "enumerate", "sphere-net", "descent", "deep-net", "polish"]
+    # In order; the polish may run again (more spare rows), and the deep net with it once the
+    # polish has grown the basis.
+    assert stages[:6] == ["subspace", "enumerate", "sphere-net", "descent", "deep-net", "polish"]
+    assert set(stages[6:]) <= {"deep-net", "polish"}
     assert report["final_stage"] in stages[1:]
-    (final,) = [s for s in report["stages"] if s["stage"] == report["final_stage"]]
-    assert final["validation_mse"] == pytest.approx(report["validation_mse"], rel=1e-12)
+    finals = [s for s in report["stages"] if s["stage"] == report["final_stage"]]
+    assert any(f["validation_mse"] == pytest.approx(report["validation_mse"], rel=1e-12) for f in finals)
     assert all(s["rows"] > 0 and s["seconds"] >= 0 and s["device"] == "cpu" for s in report["stages"])
     assert report["subspace"]["rounds"][0]["accepted"] == 2
     # The model reads B: the found rows plus any the polish kept.
