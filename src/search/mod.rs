@@ -899,24 +899,9 @@ fn residuals(
 /// The greedy generator: units one by one, backfitting sweeps, then deeper layers by least
 /// squares and joint refinement (see the module docs).
 fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
-    let train = scorer.train;
-    let r = train.rank;
+    let mut g = Greedy::new(scorer.train, config);
     let k1 = config.hidden[0];
     let deep = config.hidden.len() > 1;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let directions = Directions::new(r, config.sphere_delta, config.seed);
-    let extra: Vec<Vec<f64>> = config
-        .directions
-        .iter()
-        .filter(|d| norm(d) > 1e-12)
-        .flat_map(|d| {
-            let n = norm(d);
-            let u: Vec<f64> = d.iter().map(|v| v / n).collect();
-            [u.iter().map(|v| -v).collect(), u]
-        })
-        .collect();
-    // Biases while adding units: the coarse grid (twice the refinement spacing).
-    let coarse_biases = grid(config.bias_bound, 2.0 * config.grid_step);
     let shallow_budget = if deep {
         (config.budget as f64 * 0.6) as usize
     } else {
@@ -927,20 +912,94 @@ fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
     } else {
         (shallow_budget as f64 * config.coarse_fraction) as usize
     };
-    let per_step = (forward_budget / k1).max(1);
-    let mut history = Vec::new();
+    let mut best = g.forward(scorer, (forward_budget / k1).max(1))?;
+    if config.dictionary_directions > 0 {
+        g.backward_start(scorer, &mut best)?;
+    }
+    let sweeps = config.refine_rounds;
+    if sweeps > 0 {
+        let per_unit = shallow_budget.saturating_sub(scorer.evaluated) / (sweeps * k1);
+        g.backfit(scorer, &mut best, per_unit)?;
+    }
+    let points = g.directions.net.len();
+    if !deep {
+        return Ok(((best.mse, best.params), false, points, g.history));
+    }
+    let (mse, params) = g.deeper_layers(scorer, best.mse, best.params)?;
+    let layout = Layout::new(g.r, &config.hidden);
+    let mut pool = vec![(mse, params)];
+    joint_refine(
+        scorer,
+        &layout,
+        config,
+        config.budget,
+        0.25,
+        &mut pool,
+        &mut g.history,
+        &mut g.rng,
+    )?;
+    Ok((pool.swap_remove(0), false, points, g.history))
+}
 
-    // Candidate units for a residual: its moment directions and the extra ones with every
-    // coarse bias, then draws from the net with random biases; `count` in all (hints first,
-    // sampled when they alone exceed it).
-    let candidates = |e: &[f64], count: usize, rng: &mut rand::rngs::StdRng| -> Vec<Unit> {
-        let hint_rows = e.len();
-        let mut hints = residual_directions(&train.z[..hint_rows * r], e, r);
-        hints.extend(extra.iter().cloned());
+/// A one-hidden-layer network of the greedy generator: its validation error, its parameters
+/// and its units.
+struct Shallow {
+    mse: f64,
+    params: Vec<f32>,
+    units: Vec<Unit>,
+}
+
+/// What the greedy generator's phases share: the samples, the settings, the random stream
+/// (drawn in the phases' order, so the result depends on the seed alone), the directions it
+/// draws from and the best error after each step.
+struct Greedy<'a> {
+    train: &'a ProjectedSamples,
+    config: &'a SearchConfig,
+    r: usize,
+    rng: rand::rngs::StdRng,
+    directions: Directions,
+    /// The configured directions and their mirror images.
+    extra: Vec<Vec<f64>>,
+    /// Biases while adding units: the coarse grid (twice the refinement spacing).
+    coarse_biases: Vec<f64>,
+    history: Vec<f64>,
+}
+
+impl<'a> Greedy<'a> {
+    fn new(train: &'a ProjectedSamples, config: &'a SearchConfig) -> Self {
+        let extra = config
+            .directions
+            .iter()
+            .filter(|d| norm(d) > 1e-12)
+            .flat_map(|d| {
+                let n = norm(d);
+                let u: Vec<f64> = d.iter().map(|v| v / n).collect();
+                [u.iter().map(|v| -v).collect(), u]
+            })
+            .collect();
+        Greedy {
+            train,
+            config,
+            r: train.rank,
+            rng: rand::rngs::StdRng::seed_from_u64(config.seed),
+            directions: Directions::new(train.rank, config.sphere_delta, config.seed),
+            extra,
+            coarse_biases: grid(config.bias_bound, 2.0 * config.grid_step),
+            history: Vec::new(),
+        }
+    }
+
+    /// Candidate units for a residual: its moment directions and the extra ones with every
+    /// coarse bias, then draws from the net with random biases; `count` in all (hints first,
+    /// sampled when they alone exceed it).
+    fn candidates(&mut self, e: &[f64], count: usize) -> Vec<Unit> {
+        let r = self.r;
+        let mut hints = residual_directions(&self.train.z[..e.len() * r], e, r);
+        hints.extend(self.extra.iter().cloned());
         let mut units: Vec<Unit> = hints
             .iter()
             .flat_map(|d| {
-                coarse_biases.iter().map(|&b| Unit {
+                self.coarse_biases.iter().map(|&b| Unit {
                     dir: d.clone(),
                     bias: b,
                 })
@@ -949,65 +1008,72 @@ fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
         if units.len() > count {
             // Fisher-Yates prefix: a uniform sample of `count` hint units.
             for i in 0..count {
-                let j = rng.random_range(i..units.len());
+                let j = self.rng.random_range(i..units.len());
                 units.swap(i, j);
             }
             units.truncate(count);
         }
         while units.len() < count {
             units.push(Unit {
-                dir: directions.draw(rng),
-                bias: coarse_biases[rng.random_range(0..coarse_biases.len())],
+                dir: self.directions.draw(&mut self.rng),
+                bias: self.coarse_biases[self.rng.random_range(0..self.coarse_biases.len())],
             });
         }
         units
-    };
-
-    // Forward, a beam of `BEAM` partial networks: each step extends every member by the units
-    // that validate best with it and keeps the best `BEAM` extensions (a single best-first
-    // path often commits early to a unit's mirror image, relu(-s) in place of relu(s)).
-    const BEAM: usize = 3;
-    let mut beam: Vec<(f64, Vec<f32>, Vec<Unit>)> = vec![(f64::INFINITY, Vec::new(), Vec::new())];
-    for j in 1..=k1 {
-        let mut next: Vec<(f64, Vec<f32>, Vec<Unit>)> = Vec::new();
-        let share = (per_step / beam.len()).max(1);
-        for (_, params, units) in &beam {
-            let net = if j > 1 {
-                Some(network_from_params(r, &[j - 1], params)?)
-            } else {
-                None
-            };
-            let e = residuals(train, config.hint_rows, net.as_ref(), None);
-            let cands = candidates(&e, share, &mut rng);
-            let prefixes: Vec<Vec<f32>> = cands
-                .iter()
-                .map(|u| {
-                    let mut all = units.clone();
-                    all.push(u.clone());
-                    shallow_prefix(&all)
-                })
-                .collect();
-            for ((mse, params), u) in scorer.score(&[j], &prefixes)?.into_iter().zip(cands) {
-                let mut all = units.clone();
-                all.push(u);
-                next.push((mse, params, all));
-            }
-        }
-        next.sort_by(|x, y| x.0.total_cmp(&y.0));
-        // Distinct members only: equal errors are (almost always) the same network.
-        next.dedup_by(|x, y| x.0 == y.0);
-        next.truncate(BEAM);
-        history.push(next[0].0);
-        beam = next;
     }
-    let (mut best_mse, mut best_params, mut units) = beam.swap_remove(0);
 
-    // The backward start: k1 units out of a dictionary (the sphere net and the label's moment
-    // directions, times a few biases); kept when it validates better than the forward pass.
-    if config.dictionary_directions > 0 {
+    /// Forward, a beam of `BEAM` partial networks: each step extends every member by the units
+    /// that validate best with it and keeps the best `BEAM` extensions (a single best-first
+    /// path often commits early to a unit's mirror image, relu(-s) in place of relu(s)).
+    fn forward(&mut self, scorer: &mut Scorer, per_step: usize) -> Result<Shallow> {
+        const BEAM: usize = 3;
+        let (r, k1) = (self.r, self.config.hidden[0]);
+        let mut beam: Vec<(f64, Vec<f32>, Vec<Unit>)> =
+            vec![(f64::INFINITY, Vec::new(), Vec::new())];
+        for j in 1..=k1 {
+            let mut next: Vec<(f64, Vec<f32>, Vec<Unit>)> = Vec::new();
+            let share = (per_step / beam.len()).max(1);
+            for (_, params, units) in &beam {
+                let net = if j > 1 {
+                    Some(network_from_params(r, &[j - 1], params)?)
+                } else {
+                    None
+                };
+                let e = residuals(self.train, self.config.hint_rows, net.as_ref(), None);
+                let cands = self.candidates(&e, share);
+                let prefixes: Vec<Vec<f32>> = cands
+                    .iter()
+                    .map(|u| {
+                        let mut all = units.clone();
+                        all.push(u.clone());
+                        shallow_prefix(&all)
+                    })
+                    .collect();
+                for ((mse, params), u) in scorer.score(&[j], &prefixes)?.into_iter().zip(cands) {
+                    let mut all = units.clone();
+                    all.push(u);
+                    next.push((mse, params, all));
+                }
+            }
+            next.sort_by(|x, y| x.0.total_cmp(&y.0));
+            // Distinct members only: equal errors are (almost always) the same network.
+            next.dedup_by(|x, y| x.0 == y.0);
+            next.truncate(BEAM);
+            self.history.push(next[0].0);
+            beam = next;
+        }
+        let (mse, params, units) = beam.swap_remove(0);
+        Ok(Shallow { mse, params, units })
+    }
+
+    /// The backward start: k1 units out of a dictionary (the sphere net and the label's moment
+    /// directions, times a few biases); kept when it validates better than `best`.
+    fn backward_start(&mut self, scorer: &mut Scorer, best: &mut Shallow) -> Result<()> {
+        let (r, config, train) = (self.r, self.config, self.train);
+        let k1 = config.hidden[0];
         let e = residuals(train, config.hint_rows, None, None);
         let mut dirs = residual_directions(&train.z[..e.len() * r], &e, r);
-        dirs.extend(extra.iter().cloned());
+        dirs.extend(self.extra.iter().cloned());
         dirs.extend(sphere_net(
             r,
             config.sphere_delta,
@@ -1028,191 +1094,191 @@ fn greedy_search(scorer: &mut Scorer, config: &SearchConfig) -> Result<Found> {
         {
             let scored = scorer.score(&[k1], &[shallow_prefix(&chosen)])?;
             let (mse, params) = scored.into_iter().next().expect("one candidate");
-            if mse < best_mse {
-                units = chosen;
-                best_mse = mse;
-                best_params = params;
+            if mse < best.mse {
+                *best = Shallow {
+                    mse,
+                    params,
+                    units: chosen,
+                };
             }
-            history.push(best_mse);
+            self.history.push(best.mse);
         }
+        Ok(())
     }
 
-    // Backfitting: re-choose one unit at a time among perturbations of it (at three scales)
-    // and fresh units for its partial residual; shrink when a sweep gains under 1%.
-    let sweeps = config.refine_rounds;
-    let per_unit = if sweeps == 0 {
-        0
-    } else {
-        shallow_budget.saturating_sub(scorer.evaluated) / (sweeps * k1)
-    };
-    let mut angle = config.sphere_delta * 0.5;
-    let mut step = config.grid_step;
-    for _ in 0..sweeps {
-        if per_unit == 0 {
-            break;
-        }
-        let before = best_mse;
-        for i in 0..k1 {
-            let net = network_from_params(r, &[k1], &best_params)?;
-            let out_w = best_params[k1 * (r + 1) + i] as f64;
-            let e = residuals(
-                train,
-                config.hint_rows,
-                Some(&net),
-                Some((&units[i], out_w)),
-            );
-            // Least-squares steps for the unit's inner weights first, then fresh units for
-            // the partial residual, then perturbations.
-            let mut cands = gauss_newton_steps(train, &e, &units[i], out_w);
-            cands.truncate(per_unit / 2);
-            let fresh = per_unit / 4;
-            if fresh > 0 {
-                cands.extend(candidates(&e, fresh, &mut rng));
+    /// Backfitting: re-choose one unit at a time among perturbations of it (at three scales)
+    /// and fresh units for its partial residual, `per_unit` candidates each; shrink when a
+    /// sweep gains under 1%.
+    fn backfit(&mut self, scorer: &mut Scorer, best: &mut Shallow, per_unit: usize) -> Result<()> {
+        let (r, config) = (self.r, self.config);
+        let k1 = config.hidden[0];
+        let mut angle = config.sphere_delta * 0.5;
+        let mut step = config.grid_step;
+        for _ in 0..config.refine_rounds {
+            if per_unit == 0 {
+                break;
             }
-            let fresh = cands.len();
-            for c in 0..per_unit.saturating_sub(fresh) {
-                let s = [1.0, 0.25, 0.0625][c % 3];
-                let mut dir: Vec<f64> = units[i]
-                    .dir
+            let before = best.mse;
+            for i in 0..k1 {
+                let net = network_from_params(r, &[k1], &best.params)?;
+                let out_w = best.params[k1 * (r + 1) + i] as f64;
+                let e = residuals(
+                    self.train,
+                    config.hint_rows,
+                    Some(&net),
+                    Some((&best.units[i], out_w)),
+                );
+                // Least-squares steps for the unit's inner weights first, then fresh units for
+                // the partial residual, then perturbations.
+                let mut cands = gauss_newton_steps(self.train, &e, &best.units[i], out_w);
+                cands.truncate(per_unit / 2);
+                let fresh = per_unit / 4;
+                if fresh > 0 {
+                    cands.extend(self.candidates(&e, fresh));
+                }
+                let fresh = cands.len();
+                for c in 0..per_unit.saturating_sub(fresh) {
+                    let s = [1.0, 0.25, 0.0625][c % 3];
+                    let mut dir: Vec<f64> = best.units[i]
+                        .dir
+                        .iter()
+                        .map(|&v| {
+                            v + s * angle / (r as f64).sqrt()
+                                * self.rng.sample::<f64, _>(StandardNormal)
+                        })
+                        .collect();
+                    let n = norm(&dir).max(1e-12);
+                    dir.iter_mut().for_each(|v| *v /= n);
+                    let bias =
+                        best.units[i].bias + s * step * self.rng.sample::<f64, _>(StandardNormal);
+                    cands.push(Unit { dir, bias });
+                }
+                let prefixes: Vec<Vec<f32>> = cands
                     .iter()
-                    .map(|&v| {
-                        v + s * angle / (r as f64).sqrt() * rng.sample::<f64, _>(StandardNormal)
+                    .map(|u| {
+                        let mut all = best.units.clone();
+                        all[i] = u.clone();
+                        shallow_prefix(&all)
                     })
                     .collect();
-                let n = norm(&dir).max(1e-12);
-                dir.iter_mut().for_each(|v| *v /= n);
-                let bias = units[i].bias + s * step * rng.sample::<f64, _>(StandardNormal);
-                cands.push(Unit { dir, bias });
-            }
-            let prefixes: Vec<Vec<f32>> = cands
-                .iter()
-                .map(|u| {
-                    let mut all = units.clone();
-                    all[i] = u.clone();
-                    shallow_prefix(&all)
-                })
-                .collect();
-            if let Some((mse, params)) = scorer.best(&[k1], &prefixes)? {
-                if mse < best_mse {
-                    let at = prefixes
-                        .iter()
-                        .position(|p| p[..] == params[..p.len()])
-                        .expect("the best candidate is one of those scored");
-                    units[i] = cands[at].clone();
-                    best_mse = mse;
-                    best_params = params;
+                if let Some((mse, params)) = scorer.best(&[k1], &prefixes)? {
+                    if mse < best.mse {
+                        let at = prefixes
+                            .iter()
+                            .position(|p| p[..] == params[..p.len()])
+                            .expect("the best candidate is one of those scored");
+                        best.units[i] = cands[at].clone();
+                        best.mse = mse;
+                        best.params = params;
+                    }
                 }
             }
+            self.history.push(best.mse);
+            if best.mse > 0.99 * before {
+                angle *= 0.5;
+                step *= 0.5;
+            }
         }
-        history.push(best_mse);
-        if best_mse > 0.99 * before {
-            angle *= 0.5;
-            step *= 0.5;
-        }
-    }
-    if !deep {
-        let points = directions.net.len();
-        return Ok(((best_mse, best_params), false, points, history));
+        Ok(())
     }
 
-    // Deeper layers: layer l's first units carry +-(the fit so far), by least squares exactly
-    // representable (relu(f) - relu(-f) = f; one unit: relu(f + M) - M with M past the range of
-    // -f), the rest chosen greedily among perturbed copies; then joint refinement.
-    let sd_y = label_variance(&train.y[..train.len().min(config.hint_rows)])
-        .sqrt()
-        .max(1e-12);
-    let extra_budget = (config.budget as f64 * 0.75) as usize;
-    let mut hidden = vec![k1];
-    for l in 1..config.hidden.len() {
-        let width = config.hidden[l];
-        let prev = hidden[l - 1];
-        let base_len = Layout::new(r, &hidden).prefix;
-        let out_w: Vec<f64> = best_params[base_len..base_len + prev]
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let out_b = best_params[base_len + prev] as f64;
-        let mut rows: Vec<(Vec<f64>, f64)> = if width == 1 {
-            vec![(out_w.clone(), out_b + 4.0 * sd_y)]
-        } else {
-            vec![
-                (out_w.clone(), out_b),
-                (out_w.iter().map(|v| -v).collect(), -out_b),
-            ]
-        };
-        hidden.push(width);
-        let scale = norm(&out_w).max(1e-6);
-        let layer_prefix = |rows: &[(Vec<f64>, f64)], pad: usize| -> Vec<f32> {
-            let mut p = best_params[..base_len].to_vec();
-            for (w, _) in rows {
-                p.extend(w.iter().map(|&v| v as f32));
+    /// Deeper layers on the one-hidden-layer network (`best_mse`, `best_params`): layer l's
+    /// first units carry +-(the fit so far), by least squares exactly representable
+    /// (relu(f) - relu(-f) = f; one unit: relu(f + M) - M with M past the range of -f), the
+    /// rest chosen greedily among perturbed copies. Returns the deep network's error and
+    /// parameters (joint refinement follows).
+    fn deeper_layers(
+        &mut self,
+        scorer: &mut Scorer,
+        mut best_mse: f64,
+        mut best_params: Vec<f32>,
+    ) -> Result<(f64, Vec<f32>)> {
+        let (r, config, train) = (self.r, self.config, self.train);
+        let sd_y = label_variance(&train.y[..train.len().min(config.hint_rows)])
+            .sqrt()
+            .max(1e-12);
+        let extra_budget = (config.budget as f64 * 0.75) as usize;
+        let mut hidden = vec![config.hidden[0]];
+        for l in 1..config.hidden.len() {
+            let width = config.hidden[l];
+            let prev = hidden[l - 1];
+            let base_len = Layout::new(r, &hidden).prefix;
+            let out_w: Vec<f64> = best_params[base_len..base_len + prev]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let out_b = best_params[base_len + prev] as f64;
+            let mut rows: Vec<(Vec<f64>, f64)> = if width == 1 {
+                vec![(out_w.clone(), out_b + 4.0 * sd_y)]
+            } else {
+                vec![
+                    (out_w.clone(), out_b),
+                    (out_w.iter().map(|v| -v).collect(), -out_b),
+                ]
+            };
+            hidden.push(width);
+            let scale = norm(&out_w).max(1e-6);
+            let layer_prefix = |rows: &[(Vec<f64>, f64)], pad: usize| -> Vec<f32> {
+                let mut p = best_params[..base_len].to_vec();
+                for (w, _) in rows {
+                    p.extend(w.iter().map(|&v| v as f32));
+                }
+                p.extend(std::iter::repeat_n(0.0f32, pad * prev));
+                p.extend(rows.iter().map(|(_, b)| *b as f32));
+                p.extend(std::iter::repeat_n(0.0f32, pad));
+                p
+            };
+            let steps = width.saturating_sub(rows.len());
+            let per_extra = if steps == 0 {
+                0
+            } else {
+                (extra_budget.saturating_sub(scorer.evaluated)
+                    / (steps * (config.hidden.len() - l)))
+                    .max(1)
+            };
+            for _ in 0..steps {
+                let rng = &mut self.rng;
+                let cands: Vec<(Vec<f64>, f64)> = (0..per_extra)
+                    .map(|c| {
+                        let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+                        let tau = [0.5, 1.0, 2.0][c % 3];
+                        let xi = random_unit(prev, rng);
+                        let w: Vec<f64> = out_w
+                            .iter()
+                            .zip(&xi)
+                            .map(|(a, x)| sign * a + tau * scale * x)
+                            .collect();
+                        let b = sign * out_b
+                            + sd_y * config.bias_bound * (2.0 * rng.random::<f64>() - 1.0);
+                        (w, b)
+                    })
+                    .collect();
+                let pad = width - rows.len() - 1;
+                let prefixes: Vec<Vec<f32>> = cands
+                    .iter()
+                    .map(|c| {
+                        let mut all = rows.clone();
+                        all.push(c.clone());
+                        layer_prefix(&all, pad)
+                    })
+                    .collect();
+                let (_, params) = scorer
+                    .best(&hidden, &prefixes)?
+                    .expect("at least one candidate");
+                let at = prefixes
+                    .iter()
+                    .position(|p| p[..] == params[..p.len()])
+                    .expect("the best candidate is one of those scored");
+                rows.push(cands[at].clone());
             }
-            p.extend(std::iter::repeat_n(0.0f32, pad * prev));
-            p.extend(rows.iter().map(|(_, b)| *b as f32));
-            p.extend(std::iter::repeat_n(0.0f32, pad));
-            p
-        };
-        let steps = width.saturating_sub(rows.len());
-        let per_extra = if steps == 0 {
-            0
-        } else {
-            (extra_budget.saturating_sub(scorer.evaluated) / (steps * (config.hidden.len() - l)))
-                .max(1)
-        };
-        for _ in 0..steps {
-            let cands: Vec<(Vec<f64>, f64)> = (0..per_extra)
-                .map(|c| {
-                    let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
-                    let tau = [0.5, 1.0, 2.0][c % 3];
-                    let xi = random_unit(prev, &mut rng);
-                    let w: Vec<f64> = out_w
-                        .iter()
-                        .zip(&xi)
-                        .map(|(a, x)| sign * a + tau * scale * x)
-                        .collect();
-                    let b =
-                        sign * out_b + sd_y * config.bias_bound * (2.0 * rng.random::<f64>() - 1.0);
-                    (w, b)
-                })
-                .collect();
-            let pad = width - rows.len() - 1;
-            let prefixes: Vec<Vec<f32>> = cands
-                .iter()
-                .map(|c| {
-                    let mut all = rows.clone();
-                    all.push(c.clone());
-                    layer_prefix(&all, pad)
-                })
-                .collect();
-            let (_, params) = scorer
-                .best(&hidden, &prefixes)?
-                .expect("at least one candidate");
-            let at = prefixes
-                .iter()
-                .position(|p| p[..] == params[..p.len()])
-                .expect("the best candidate is one of those scored");
-            rows.push(cands[at].clone());
+            let scored = scorer.score(&hidden, &[layer_prefix(&rows, 0)])?;
+            let (mse, params) = scored.into_iter().next().expect("one candidate");
+            best_mse = mse;
+            best_params = params;
+            self.history.push(best_mse);
         }
-        let scored = scorer.score(&hidden, &[layer_prefix(&rows, 0)])?;
-        let (mse, params) = scored.into_iter().next().expect("one candidate");
-        best_mse = mse;
-        best_params = params;
-        history.push(best_mse);
+        Ok((best_mse, best_params))
     }
-    let layout = Layout::new(r, &config.hidden);
-    let mut pool = vec![(best_mse, best_params)];
-    joint_refine(
-        scorer,
-        &layout,
-        config,
-        config.budget,
-        0.25,
-        &mut pool,
-        &mut history,
-        &mut rng,
-    )?;
-    let points = directions.net.len();
-    Ok((pool.swap_remove(0), false, points, history))
 }
 
 /// A neighbour of `parent`: each first-layer row turned by about `angle` (and renormalised),
