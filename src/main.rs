@@ -670,7 +670,16 @@ fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<
     for (flag, path) in outputs {
         output::check_writable(path, flag)?;
     }
-    output::check_not_input(outputs, inputs)
+    // An input may be a shard pattern: every file it matches is compared.
+    let inputs: Vec<(&str, &Path, Vec<PathBuf>)> = inputs
+        .iter()
+        .map(|&(flag, path)| {
+            let files = relu_fpt::data::shards::expand_pattern(path, flag)
+                .unwrap_or_else(|_| vec![path.to_path_buf()]);
+            (flag, path, files)
+        })
+        .collect();
+    output::check_not_input(outputs, &inputs)
 }
 
 /// The directory an output file will be written in.

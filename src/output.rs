@@ -285,15 +285,16 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Refuses an output that is the same file as an input (which writing it would destroy) or as
-/// another output (one would overwrite the other). `outputs` and `inputs` are (flag, path);
-/// an input may be a shard pattern, whose every match is compared.
-pub fn check_not_input(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+/// another output (one would overwrite the other). `outputs` are (flag, path); `inputs` are
+/// (flag, path as given, the files it names: itself, or a shard pattern's every match).
+pub fn check_not_input(
+    outputs: &[(&str, &Path)],
+    inputs: &[(&str, &Path, Vec<PathBuf>)],
+) -> Result<()> {
     for (i, &(oflag, out)) in outputs.iter().enumerate() {
-        for &(iflag, input) in inputs {
-            let files = crate::data::shards::expand_pattern(input, iflag)
-                .unwrap_or_else(|_| vec![input.to_path_buf()]);
+        for (iflag, input, files) in inputs {
             if let Some(f) = files.iter().find(|f| same_file(out, f)) {
-                let which = if f.as_path() == input {
+                let which = if f.as_path() == *input {
                     String::new()
                 } else {
                     format!(" (matched by {iflag} '{}')", input.display())
@@ -575,9 +576,12 @@ mod tests {
         let new = dir.path().join("new.json");
         assert!(same_file(&new, &dir.path().join("sub/../new.json")));
         assert!(!same_file(&new, &a));
-        let e = check_not_input(&[("--out", &dir.path().join("h.npy"))], &[("--x", &a)])
-            .unwrap_err()
-            .to_string();
+        let e = check_not_input(
+            &[("--out", &dir.path().join("h.npy"))],
+            &[("--x", &a, vec![a.clone()])],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("--out") && e.contains("--x") && e.contains("same file"),
             "{e}"
