@@ -160,48 +160,31 @@ fn a_stage_that_loses_its_race_stops_after_the_pilot() {
         }),
         ..Limits::default()
     };
-    let lost = train_until(
-        common::cpu(),
-        &train,
-        &val,
-        &shape,
-        &start,
-        false,
-        &cfg,
-        &race(0.0),
-    )
-    .unwrap();
+    let run = |limits: &Limits| {
+        train_until(
+            common::cpu(),
+            &train,
+            &val,
+            &shape,
+            &start,
+            false,
+            &cfg,
+            limits,
+        )
+        .unwrap()
+    };
+    let lost = run(&race(0.0));
     assert_eq!(lost.stop, StopReason::Behind, "{lost:?}");
     assert_eq!(lost.row_reads, 2 * N_TRAIN as u64);
-    let won = train_until(
-        common::cpu(),
-        &train,
-        &val,
-        &shape,
-        &start,
-        false,
-        &cfg,
-        &race(1e9),
-    )
-    .unwrap();
+    let won = run(&race(1e9));
     assert_ne!(won.stop, StopReason::Behind, "{won:?}");
     assert!(won.row_reads > 2 * N_TRAIN as u64);
     assert!(won.kept && won.after < won.before);
     // A pilot ends at the first check after its row reads, scored like any stage.
-    let pilot = train_until(
-        common::cpu(),
-        &train,
-        &val,
-        &shape,
-        &start,
-        false,
-        &cfg,
-        &Limits {
-            pilot: Some(2 * N_TRAIN as u64),
-            ..Limits::default()
-        },
-    )
-    .unwrap();
+    let pilot = run(&Limits {
+        pilot: Some(2 * N_TRAIN as u64),
+        ..Limits::default()
+    });
     assert_eq!(pilot.stop, StopReason::Pilot, "{pilot:?}");
     assert_eq!(pilot.row_reads, 2 * N_TRAIN as u64);
     assert!(pilot.kept && pilot.after < pilot.before);
