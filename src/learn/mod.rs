@@ -731,12 +731,11 @@ struct DeepNetOutcome {
     evidence: Option<DeepNetEvidence>,
 }
 
-/// The deep-net stage's pilots ([`Run::deep_pilots`]): the widths chosen, and what each
-/// candidate's pilot reached (validation MSE on the whole split), in row reads and seconds.
+/// The deep-net stage's pilots ([`Run::deep_pilots`]): the widths chosen, each candidate's
+/// pilot, and their row reads and seconds in all.
 #[derive(Default)]
 struct DeepPilots {
     chosen: Vec<usize>,
-    tried: Vec<(Vec<usize>, f64)>,
     runs: Vec<PilotRun>,
     pilot_rows: u64,
     row_reads: u64,
@@ -756,9 +755,9 @@ struct PilotRun {
 impl DeepPilots {
     /// What the pilots found, for the report; None when there were none.
     fn finding(&self, var: f64) -> Option<String> {
-        (!self.tried.is_empty()).then(|| {
-            let each: Vec<String> = (self.tried.iter())
-                .map(|(w, mse)| format!("[{}] {}", list(w), num(mse / var)))
+        (!self.runs.is_empty()).then(|| {
+            let each: Vec<String> = (self.runs.iter())
+                .map(|p| format!("[{}] {}", list(&p.widths), num(p.outcome.after / var)))
                 .collect();
             format!(
                 "hidden widths [{}] chosen by pilots of {} row reads from random starts (validation MSE/Var {})",
@@ -770,8 +769,8 @@ impl DeepPilots {
     }
 }
 
-/// The pilots' pick (see [`DEEP_PILOT_MARGIN`]): candidates come cheapest first, and a later
-/// one must earn its cost.
+/// The pilots' pick from (widths, validation MSE on the whole split) (see
+/// [`DEEP_PILOT_MARGIN`]): candidates come cheapest first, and a later one must earn its cost.
 fn chosen_widths(tried: &[(Vec<usize>, f64)]) -> &[usize] {
     let mut chosen: (&[usize], f64) = (&[], f64::INFINITY);
     for (widths, mse) in tried {
@@ -1179,7 +1178,6 @@ impl Run<'_> {
         for widths in candidates {
             let start = random_start(basis.len(), widths, pc.seed)?;
             let (outcome, network) = self.train_on_z(&start, basis, pc, &limits)?;
-            out.tried.push((widths.clone(), outcome.after));
             out.runs.push(PilotRun {
                 widths: widths.clone(),
                 reads_before: out.row_reads,
@@ -1189,7 +1187,10 @@ impl Run<'_> {
             });
             out.row_reads = out.runs.iter().map(|p| p.outcome.row_reads).sum();
         }
-        out.chosen = chosen_widths(&out.tried).to_vec();
+        let tried: Vec<(Vec<usize>, f64)> = (out.runs.iter())
+            .map(|p| (p.widths.clone(), p.outcome.after))
+            .collect();
+        out.chosen = chosen_widths(&tried).to_vec();
         out.seconds = t.seconds();
         Ok(out)
     }
