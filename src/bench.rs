@@ -11,6 +11,7 @@ use crate::data::{GaussianSource, MemorySource, SampleSource};
 use crate::error::{Error, Result};
 use crate::moments::{BinSpec, SampleWeight};
 use crate::network::{Layer, Network};
+use crate::safety::{check_memory, widths, MAX_FLAG_FLOPS};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -643,4 +644,91 @@ pub fn bench_kernel(
         cpu_seconds,
         gflops_per_cpu_second: cpu_seconds.map(|c| flops / c / 1e9),
     })
+}
+
+/// `bench moments`' sizes, checked before the FMA peak is measured: positive, and the
+/// samples (held in host memory on the CPU) with every thread's accumulators within memory.
+pub fn check_bench_moments(n: u64, dims: &[usize], bins: &[usize]) -> Result<()> {
+    if n == 0 || dims.is_empty() || dims.contains(&0) || bins.is_empty() || bins.contains(&0) {
+        return Err(Error::invalid(format!(
+            "bench moments --n {n} --d {} --bins {}: every size must be at least 1",
+            widths(dims),
+            widths(bins)
+        )));
+    }
+    if bins.iter().any(|&k| k > 1) && dims.iter().any(|&d| d < 2) {
+        return Err(Error::invalid(
+            "bench moments: --bins above 1 use a rank-2 basis, so every --d must be at least 2",
+        ));
+    }
+    let threads = rayon::current_num_threads() as u128;
+    for &d in dims {
+        let d128 = d as u128;
+        let k = bins.iter().copied().max().unwrap_or(1) as u128;
+        let need = n as u128 * d128 * 4 + threads * k * (d128 * (d128 + 3) / 2 + 4) * 8;
+        check_memory(
+            need,
+            &format!("bench moments --n {n} --d {d} (the samples in host memory and {threads} threads' sums)"),
+            "lower --n or --d",
+        )?;
+    }
+    Ok(())
+}
+
+/// `bench kernel`'s sizes, checked before the FMA peak is measured.
+pub fn check_bench_kernel(d: usize, rows: usize, n: u64, runs: usize) -> Result<()> {
+    let most = crate::backend::cpu::syrk::RUN_ROWS;
+    if d == 0 || rows == 0 || rows > most || n == 0 || runs == 0 {
+        return Err(Error::invalid(format!(
+            "bench kernel --d {d} --rows {rows} --n {n} --runs {runs}: --d, --n and --runs must be at least 1 and --rows in 1..={most}"
+        )));
+    }
+    let threads = rayon::current_num_threads() as u128;
+    let (d, rows) = (d as u128, rows as u128);
+    let need = threads * (2 * rows * d * 4 + d * (d + 1) / 2 * 8 + d * 8);
+    check_memory(
+        need,
+        &format!(
+            "bench kernel --d {d} --rows {rows} ({threads} threads, each with its rows and d (d + 1) / 2 sums)"
+        ),
+        "lower --d (the kernel's in-cache figure needs only a few hundred)",
+    )?;
+    let flops = n as f64 * (d * d) as f64 * (runs as f64 + 1.0);
+    if flops > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "bench kernel --d {d} --n {n} --runs {runs}: {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n or --d",
+            crate::safety::flops(flops)
+        )));
+    }
+    Ok(())
+}
+
+/// `bench search`'s sizes, checked before any teacher is sampled: the rows of a case (its
+/// training rows and a quarter as many validation rows, 8 bytes each at the least) within
+/// memory, and the candidates' work within [`MAX_FLAG_FLOPS`].
+pub fn check_bench_search(rows: usize, budgets: &[usize]) -> Result<()> {
+    if rows == 0 || budgets.is_empty() || budgets.contains(&0) {
+        return Err(Error::invalid(format!(
+            "bench search --rows {rows} --budgets {}: --rows and every budget must be at least 1",
+            widths(budgets)
+        )));
+    }
+    let rows128 = rows as u128;
+    check_memory(
+        (rows128 + rows128 / 4) * 8,
+        &format!("bench search --rows {rows} (each case's samples in memory)"),
+        "lower --rows (default 80000)",
+    )?;
+    let work: f64 = budgets
+        .iter()
+        .map(|&b| b as f64 * 1.25 * rows as f64 * 20.0)
+        .sum();
+    if work > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "bench search --budgets {} --rows {rows}: at least {} per case; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --budgets or --rows",
+            widths(budgets),
+            crate::safety::flops(work)
+        )));
+    }
+    Ok(())
 }

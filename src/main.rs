@@ -111,8 +111,8 @@ impl TeacherFlags {
                 "--noise: must be a finite standard deviation >= 0",
             ));
         }
-        safety::check_teacher_size(self.d, &self.widths, self.k, self.m)?;
-        let note = safety::check_teacher_work(self.d, &self.widths, self.k, self.m, self.n)?;
+        teacher::check_teacher_size(self.d, &self.widths, self.k, self.m)?;
+        let note = teacher::check_teacher_work(self.d, &self.widths, self.k, self.m, self.n)?;
         if let (Some(note), true) = (note, mpi::is_root()) {
             eprintln!("relu-fpt: {note}");
         }
@@ -584,7 +584,7 @@ fn main() -> ExitCode {
     }
     // Errors about a file name the flag that gave it (see safety::with_flag).
     let files = cli.command.files();
-    let files: Vec<(&str, &Path)> = files.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    let files: Vec<(&str, Vec<PathBuf>)> = files.iter().map(|(f, p)| (*f, named(f, p))).collect();
     let outcome = match cli.command {
         Command::Demo(a) => demo(a),
         Command::Generate(a) => generate(a),
@@ -673,13 +673,14 @@ fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<
     // An input may be a shard pattern: every file it matches is compared.
     let inputs: Vec<(&str, &Path, Vec<PathBuf>)> = inputs
         .iter()
-        .map(|&(flag, path)| {
-            let files = relu_fpt::data::shards::expand_pattern(path, flag)
-                .unwrap_or_else(|_| vec![path.to_path_buf()]);
-            (flag, path, files)
-        })
+        .map(|&(flag, path)| (flag, path, named(flag, path)))
         .collect();
     output::check_not_input(outputs, &inputs)
+}
+
+/// The files an input flag names: a shard pattern's matches, else the path itself.
+fn named(flag: &str, path: &Path) -> Vec<PathBuf> {
+    relu_fpt::data::shards::expand_pattern(path, flag).unwrap_or_else(|_| vec![path.to_path_buf()])
 }
 
 /// The directory an output file will be written in.
@@ -1287,7 +1288,7 @@ fn demo(a: DemoArgs) -> Result<()> {
         )));
     }
     check_time_budget(a.time_budget)?;
-    safety::check_teacher_size(a.d, &[], Some(4), None)?;
+    teacher::check_teacher_size(a.d, &[], Some(4), None)?;
     safety::check_subspace_memory(a.d, "--d")?;
     let backend = open_backend(a.backend)?;
     let mut spec = TeacherSpec::new(TeacherKind::Parity, a.d);
@@ -1352,7 +1353,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 
 fn bench_moments(a: BenchMomentsArgs) -> Result<()> {
     // Sizes first: before the FMA peak is measured or any sample allocated.
-    safety::check_bench_moments(a.n, &a.d, &a.bins)?;
+    relu_fpt::bench::check_bench_moments(a.n, &a.d, &a.bins)?;
     if a.runs < relu_fpt::bench::MIN_TIMED_RUNS {
         return Err(Error::invalid(
             "--runs: at least 5 timed runs, so the median means something",
@@ -1429,7 +1430,7 @@ type CpuFacts = (
 fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
     use relu_fpt::backend::cpu::peak;
     one_process("bench kernel")?;
-    safety::check_bench_kernel(a.d, a.rows, a.n, a.runs)?;
+    relu_fpt::bench::check_bench_kernel(a.d, a.rows, a.n, a.runs)?;
     let isa = a.kernel.resolve()?;
     let (peak, per_cpu_second) = match a.peak_gflops {
         Some(p) if p.is_finite() && p > 0.0 => (p, None),
@@ -1485,7 +1486,7 @@ fn bench_peak(a: BenchPeakArgs) -> Result<()> {
 fn bench_search(a: BenchSearchArgs) -> Result<()> {
     use relu_fpt::search::bench::{bench_search, search_table, SearchBenchConfig};
     one_process("bench search")?;
-    safety::check_bench_search(a.rows, &a.budgets)?;
+    relu_fpt::bench::check_bench_search(a.rows, &a.budgets)?;
     let backend = backend::select(a.backend)?;
     let generators = a
         .generators

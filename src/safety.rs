@@ -8,7 +8,7 @@
 //! the figure and the fix.
 
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Flops a command may be asked to do by its size flags: above this, the request is refused
 /// (about a day at 100 GFLOP/s, many days on a laptop core).
@@ -140,8 +140,7 @@ pub fn reserve<T>(v: &mut Vec<T>, additional: usize, what: &str, fix: &str) -> R
 }
 
 /// Checks, before anything is opened, that each input (flag, path) names an existing regular
-/// file (a shard pattern is left to [`crate::data::shards::expand_pattern`], which reports its own
-/// misses). `positioned` inputs (sample files, read by position) must be regular files; the
+/// file (a shard pattern is left to the reader, which reports its own misses). `positioned` inputs (sample files, read by position) must be regular files; the
 /// others (JSON files, read once) may also be pipes such as `<(...)`.
 pub fn check_inputs(inputs: &[(&str, &Path, bool)]) -> Result<()> {
     for &(flag, path, positioned) in inputs {
@@ -187,11 +186,11 @@ pub fn check_inputs(inputs: &[(&str, &Path, bool)]) -> Result<()> {
     Ok(())
 }
 
-/// Names the flag in a file error: an error about one of `files` (flag, path; a pattern
-/// stands for each of its matches) that does not already name a flag gets it in front, so
+/// Names the flag in a file error: an error about one of `files` (flag, the files it names: a
+/// pattern's every match) that does not already name a flag gets it in front, so
 /// `x.npy: row 3, column 2 is NaN` becomes `--x x.npy: row 3, column 2 is NaN`. Other errors
 /// (GPU, no structure, other ranks) pass unchanged.
-pub fn with_flag(e: Error, files: &[(&str, &Path)]) -> Error {
+pub fn with_flag(e: Error, files: &[(&str, Vec<PathBuf>)]) -> Error {
     let fileish = matches!(
         e,
         Error::Data(_)
@@ -207,9 +206,7 @@ pub fn with_flag(e: Error, files: &[(&str, &Path)]) -> Error {
     if msg.starts_with("--") || msg.starts_with("environment variable") {
         return e;
     }
-    for &(flag, path) in files {
-        let candidates = crate::data::shards::expand_pattern(path, flag)
-            .unwrap_or_else(|_| vec![path.to_path_buf()]);
+    for (flag, candidates) in files {
         for c in candidates {
             let shown = c.display().to_string();
             if shown.is_empty() {
@@ -340,93 +337,6 @@ pub fn widths(w: &[usize]) -> String {
         .join(",")
 }
 
-/// `bench moments`' sizes, checked before the FMA peak is measured: positive, and the
-/// samples (held in host memory on the CPU) with every thread's accumulators within memory.
-pub fn check_bench_moments(n: u64, dims: &[usize], bins: &[usize]) -> Result<()> {
-    if n == 0 || dims.is_empty() || dims.contains(&0) || bins.is_empty() || bins.contains(&0) {
-        return Err(Error::invalid(format!(
-            "bench moments --n {n} --d {} --bins {}: every size must be at least 1",
-            widths(dims),
-            widths(bins)
-        )));
-    }
-    if bins.iter().any(|&k| k > 1) && dims.iter().any(|&d| d < 2) {
-        return Err(Error::invalid(
-            "bench moments: --bins above 1 use a rank-2 basis, so every --d must be at least 2",
-        ));
-    }
-    let threads = rayon::current_num_threads() as u128;
-    for &d in dims {
-        let d128 = d as u128;
-        let k = bins.iter().copied().max().unwrap_or(1) as u128;
-        let need = n as u128 * d128 * 4 + threads * k * (d128 * (d128 + 3) / 2 + 4) * 8;
-        check_memory(
-            need,
-            &format!("bench moments --n {n} --d {d} (the samples in host memory and {threads} threads' sums)"),
-            "lower --n or --d",
-        )?;
-    }
-    Ok(())
-}
-
-/// `bench kernel`'s sizes, checked before the FMA peak is measured.
-pub fn check_bench_kernel(d: usize, rows: usize, n: u64, runs: usize) -> Result<()> {
-    let most = crate::backend::cpu::syrk::RUN_ROWS;
-    if d == 0 || rows == 0 || rows > most || n == 0 || runs == 0 {
-        return Err(Error::invalid(format!(
-            "bench kernel --d {d} --rows {rows} --n {n} --runs {runs}: --d, --n and --runs must be at least 1 and --rows in 1..={most}"
-        )));
-    }
-    let threads = rayon::current_num_threads() as u128;
-    let (d, rows) = (d as u128, rows as u128);
-    let need = threads * (2 * rows * d * 4 + d * (d + 1) / 2 * 8 + d * 8);
-    check_memory(
-        need,
-        &format!(
-            "bench kernel --d {d} --rows {rows} ({threads} threads, each with its rows and d (d + 1) / 2 sums)"
-        ),
-        "lower --d (the kernel's in-cache figure needs only a few hundred)",
-    )?;
-    let flops = n as f64 * (d * d) as f64 * (runs as f64 + 1.0);
-    if flops > MAX_FLAG_FLOPS {
-        return Err(Error::invalid(format!(
-            "bench kernel --d {d} --n {n} --runs {runs}: {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n or --d",
-            self::flops(flops)
-        )));
-    }
-    Ok(())
-}
-
-/// `bench search`'s sizes, checked before any teacher is sampled: the rows of a case (its
-/// training rows and a quarter as many validation rows, 8 bytes each at the least) within
-/// memory, and the candidates' work within [`MAX_FLAG_FLOPS`].
-pub fn check_bench_search(rows: usize, budgets: &[usize]) -> Result<()> {
-    if rows == 0 || budgets.is_empty() || budgets.contains(&0) {
-        return Err(Error::invalid(format!(
-            "bench search --rows {rows} --budgets {}: --rows and every budget must be at least 1",
-            widths(budgets)
-        )));
-    }
-    let rows128 = rows as u128;
-    check_memory(
-        (rows128 + rows128 / 4) * 8,
-        &format!("bench search --rows {rows} (each case's samples in memory)"),
-        "lower --rows (default 80000)",
-    )?;
-    let work: f64 = budgets
-        .iter()
-        .map(|&b| b as f64 * 1.25 * rows as f64 * 20.0)
-        .sum();
-    if work > MAX_FLAG_FLOPS {
-        return Err(Error::invalid(format!(
-            "bench search --budgets {} --rows {rows}: at least {} per case; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --budgets or --rows",
-            widths(budgets),
-            flops(work)
-        )));
-    }
-    Ok(())
-}
-
 /// Memory a filtered-PCA or baseline run needs at the least for d inputs: a d x d symmetric
 /// matrix of f64 sums, its eigendecomposition's copy and one accumulator.
 pub fn subspace_bytes(d: usize) -> u128 {
@@ -443,70 +353,6 @@ pub fn check_subspace_memory(d: usize, origin: &str) -> Result<()> {
     )
 }
 
-/// Parameters the built-in teacher of these flags would have, as an upper bound (its first
-/// layer lifted to d inputs, its random rotation, and the widths of the random teacher).
-pub fn teacher_params(d: usize, widths_: &[usize], k: Option<usize>, m: Option<usize>) -> u128 {
-    let d = d as u128;
-    let first = widths_.first().copied().unwrap_or(4) as u128;
-    let k = k.unwrap_or(4) as u128;
-    let m = m.unwrap_or(4) as u128;
-    let rows = first.max(k).max(2 * m).max(16);
-    let deeper: u128 = widths_
-        .windows(2)
-        .map(|w| w[0] as u128 * w[1] as u128)
-        .sum();
-    rows * d + 3 * k.max(3) * d + deeper
-}
-
-/// Refuses a teacher network above [`MAX_TEACHER_PARAMS`] before it is built.
-pub fn check_teacher_size(
-    d: usize,
-    widths_: &[usize],
-    k: Option<usize>,
-    m: Option<usize>,
-) -> Result<()> {
-    let p = teacher_params(d, widths_, k, m);
-    if p > MAX_TEACHER_PARAMS {
-        return Err(Error::invalid(format!(
-            "--d {d} with --widths {}: the teacher would have about {p:.1e} parameters ({} in f64), above the {MAX_TEACHER_PARAMS:.0e} a built-in teacher may have; use a smaller --d or --widths",
-            widths(widths_),
-            bytes(p * 8),
-            p = p as f64,
-            MAX_TEACHER_PARAMS = MAX_TEACHER_PARAMS as f64
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses a built-in teacher whose construction and sampling (its scale is set on
-/// 65536 samples, then every one of `n` rows is a forward pass) would exceed
-/// [`MAX_FLAG_FLOPS`]; returns a note when the work is above 1e12 flops (the teacher's
-/// forward pass is a plain f64 loop of a few GFLOP/s).
-pub fn check_teacher_work(
-    d: usize,
-    widths_: &[usize],
-    k: Option<usize>,
-    m: Option<usize>,
-    n: u64,
-) -> Result<Option<String>> {
-    let params = teacher_params(d, widths_, k, m) as f64;
-    let work = 2.0 * params * (crate::teacher::NORMALISATION_SAMPLES as f64 + n as f64);
-    if work > MAX_FLAG_FLOPS {
-        return Err(Error::invalid(format!(
-            "--n {n} samples of a teacher of about {params:.1e} parameters (--d {d}, --widths {}): at least {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n, --d or --widths",
-            widths(widths_),
-            flops(work)
-        )));
-    }
-    Ok((work > 1e12).then(|| {
-        format!(
-            "note: a teacher of about {params:.1e} parameters (--widths {}) and --n {n} samples mean about {} of forward passes (the teacher's own loop runs a few GFLOP/s)",
-            widths(widths_),
-            flops(work)
-        )
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,13 +363,6 @@ mod tests {
         assert_eq!(bytes(64_000_000_000), "64.0 GB");
         assert!(flops(2.6e15).contains("7.2 hours"), "{}", flops(2.6e15));
         assert!(flops(1e19).contains("years"));
-    }
-
-    #[test]
-    fn teacher_sizes() {
-        assert!(check_teacher_size(128, &[4, 4], None, None).is_ok());
-        assert!(check_teacher_size(4_000_000_000, &[4, 4], None, None).is_err());
-        assert!(check_teacher_size(8, &[100_000_000], None, None).is_err());
     }
 
     #[test]

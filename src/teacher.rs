@@ -17,6 +17,7 @@
 
 use crate::error::{Error, Result};
 use crate::network::{Layer, Network};
+use crate::safety::{bytes, flops, widths, MAX_FLAG_FLOPS, MAX_TEACHER_PARAMS};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -464,4 +465,80 @@ fn normalised(mut net: Network, seed: u64) -> Result<Network> {
     last.weights.iter_mut().for_each(|w| *w /= std);
     last.bias.iter_mut().for_each(|b| *b /= std);
     Ok(net)
+}
+
+/// Parameters the built-in teacher of these flags would have, as an upper bound (its first
+/// layer lifted to d inputs, its random rotation, and the widths of the random teacher).
+pub fn teacher_params(d: usize, widths_: &[usize], k: Option<usize>, m: Option<usize>) -> u128 {
+    let d = d as u128;
+    let first = widths_.first().copied().unwrap_or(4) as u128;
+    let k = k.unwrap_or(4) as u128;
+    let m = m.unwrap_or(4) as u128;
+    let rows = first.max(k).max(2 * m).max(16);
+    let deeper: u128 = widths_
+        .windows(2)
+        .map(|w| w[0] as u128 * w[1] as u128)
+        .sum();
+    rows * d + 3 * k.max(3) * d + deeper
+}
+
+/// Refuses a teacher network above [`MAX_TEACHER_PARAMS`] before it is built.
+pub fn check_teacher_size(
+    d: usize,
+    widths_: &[usize],
+    k: Option<usize>,
+    m: Option<usize>,
+) -> Result<()> {
+    let p = teacher_params(d, widths_, k, m);
+    if p > MAX_TEACHER_PARAMS {
+        return Err(Error::invalid(format!(
+            "--d {d} with --widths {}: the teacher would have about {p:.1e} parameters ({} in f64), above the {MAX_TEACHER_PARAMS:.0e} a built-in teacher may have; use a smaller --d or --widths",
+            widths(widths_),
+            bytes(p * 8),
+            p = p as f64,
+            MAX_TEACHER_PARAMS = MAX_TEACHER_PARAMS as f64
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a built-in teacher whose construction and sampling (its scale is set on
+/// 65536 samples, then every one of `n` rows is a forward pass) would exceed
+/// [`MAX_FLAG_FLOPS`]; returns a note when the work is above 1e12 flops (the teacher's
+/// forward pass is a plain f64 loop of a few GFLOP/s).
+pub fn check_teacher_work(
+    d: usize,
+    widths_: &[usize],
+    k: Option<usize>,
+    m: Option<usize>,
+    n: u64,
+) -> Result<Option<String>> {
+    let params = teacher_params(d, widths_, k, m) as f64;
+    let work = 2.0 * params * (NORMALISATION_SAMPLES as f64 + n as f64);
+    if work > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "--n {n} samples of a teacher of about {params:.1e} parameters (--d {d}, --widths {}): at least {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --n, --d or --widths",
+            widths(widths_),
+            flops(work)
+        )));
+    }
+    Ok((work > 1e12).then(|| {
+        format!(
+            "note: a teacher of about {params:.1e} parameters (--widths {}) and --n {n} samples mean about {} of forward passes (the teacher's own loop runs a few GFLOP/s)",
+            widths(widths_),
+            flops(work)
+        )
+    }))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn teacher_sizes() {
+        assert!(check_teacher_size(128, &[4, 4], None, None).is_ok());
+        assert!(check_teacher_size(4_000_000_000, &[4, 4], None, None).is_err());
+        assert!(check_teacher_size(8, &[100_000_000], None, None).is_err());
+    }
 }
