@@ -1195,6 +1195,50 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// After a polish that grew the basis (not under a budget): when the polish had not
+    /// started from the deep net (it was not kept, or there was none to keep), the deep net's
+    /// verdict was made on a basis without the grown rows, so it is trained again on them and,
+    /// when kept, polished once more (the polish's errors then). On a deep teacher with biases
+    /// and 10% noise (d = 256, 6e5 rows: 5 of 8 directions found, 3 grown) the polish had
+    /// reached 3.0e-2 of Var(y) against a noise floor of 1e-2; the deep net on the 8 rows
+    /// 1.1e-2, and the polish after it 1.06e-2. The residual test saw no structure on the grown
+    /// z there (its ReLU features fit less than the wide network already had), so it does not
+    /// gate this.
+    fn deep_net_again(
+        &mut self,
+        best: &mut Best,
+        enumerated: &Enumerated,
+        deep: &mut DeepNetOutcome,
+        fallback: &mut Option<Best>,
+    ) -> Result<Option<PolishedMse>> {
+        if deep.errors.is_some_and(|e| e.kept) || self.config.deep_candidates.is_empty() {
+            return Ok(None);
+        }
+        let flat: Vec<f64> = best.basis.iter().flatten().copied().collect();
+        let rows = enumerated.sub_train.len().max(enumerated.sub_val.len());
+        let rank = best.basis.len();
+        let sub_train = project_head(self.backend, &self.fit_rows, &flat, rank, rows)?;
+        let sub_val = project_head(self.backend, &self.val, &flat, rank, rows)?;
+        let again = self.deep_net(best, (&sub_train, &sub_val), None)?;
+        deep.decision = Some(format!(
+            "{}; the polish grew the basis to {rank} rows, so it ran again on them{}",
+            deep.decision
+                .take()
+                .unwrap_or_else(|| "not run".to_string()),
+            (again.decision).map_or(String::new(), |why| format!(": {why}"))
+        ));
+        deep.errors = again.errors;
+        if !again.errors.is_some_and(|e| e.kept) {
+            return Ok(None);
+        }
+        *fallback = again.fallback;
+        Ok(Some(self.polish(
+            best,
+            fallback,
+            enumerated.validation_pass,
+        )?))
+    }
+
     /// The polish: the best network and B together, grown by spare rows that are kept only
     /// when they help; kept when it beats the best (or the fallback, when there is one). When
     /// it kept every spare row it grew, directions are likely still missing (a deep teacher
@@ -1493,38 +1537,9 @@ fn fit_on_basis(
     } else {
         None
     };
-    // The polish kept directions the subspace stage missed, and it polished the search's
-    // one-hidden-layer network (the deep net was not kept): the deep net's verdict was made on
-    // a basis without them. It is trained again on the grown basis and polished once more.
-    // On a deep teacher with biases and 10% noise (d = 256, 6e5 rows: 5 of 8 directions
-    // found, 3 grown) the polish had reached 3.0e-2 of Var(y) against a noise floor of 1e-2;
-    // the deep net on the 8 rows 1.1e-2, and the polish after it 1.06e-2. The residual test
-    // saw no structure on the grown z there (its ReLU features fit less than the wide
-    // network already had), so it does not gate this.
-    let first_kept = deep.errors.is_some_and(|e| e.kept);
-    let regrown = best.basis.len() > r && polished_mse.is_some_and(|p| p.kept);
-    if regrown && !first_kept && !config.deep_candidates.is_empty() && budget.is_none() {
-        let flat: Vec<f64> = best.basis.iter().flatten().copied().collect();
-        let rows = enumerated.sub_train.len().max(enumerated.sub_val.len());
-        let rank = best.basis.len();
-        let sub_train = project_head(backend, &run.fit_rows, &flat, rank, rows)?;
-        let sub_val = project_head(backend, &run.val, &flat, rank, rows)?;
-        let again = run.deep_net(&mut best, (&sub_train, &sub_val), None)?;
-        deep.decision = Some(format!(
-            "{}; the polish grew the basis to {rank} rows, so it ran again on them{}",
-            deep.decision
-                .take()
-                .unwrap_or_else(|| "not run".to_string()),
-            again
-                .decision
-                .map_or(String::new(), |why| format!(": {why}"))
-        ));
-        deep.errors = again.errors;
-        if again.errors.is_some_and(|e| e.kept) {
-            fallback = again.fallback;
-            polished_mse =
-                Some(run.polish(&mut best, &mut fallback, enumerated.validation_pass)?);
-        }
+    if best.basis.len() > r && polished_mse.is_some_and(|p| p.kept) && budget.is_none() {
+        let polished = run.deep_net_again(&mut best, &enumerated, &mut deep, &mut fallback)?;
+        polished_mse = polished.or(polished_mse);
     }
     if let Some(f) = fallback {
         (best.network, best.validation_mse, best.stage) = (f.network, f.validation_mse, f.stage);
