@@ -739,28 +739,32 @@ fn scan_filters(
     // the bar.
     let (proposed, scores) = merge(&scan.candidates, q, basis, room, c);
     for (v, score) in proposed.into_iter().zip(scores) {
-        let support = scored
-            .iter()
-            .map(|f| {
-                let quotient: f64 = f
-                    .pairs
-                    .iter()
-                    .map(|(l, u)| l * crate::linalg::dot_wide(&v, u).powi(2))
-                    .sum::<f64>()
-                    .abs()
-                    / f.edge
-                    / bar.max(1e-300);
-                let mean = f.mean_score * crate::linalg::dot_wide(&v, &f.mean_dir).abs()
-                    / bar_mean.max(1e-300);
-                quotient.max(mean)
-            })
-            .fold(0.0, f64::max);
-        if support >= 1.0 {
+        if support(&v, &scored, bar, bar_mean) >= 1.0 {
             scan.directions.push(v);
             scan.scores.push(score);
         }
     }
     scan
+}
+
+/// The largest support any one filter gives the unit direction `v`, in multiples of the bars:
+/// its Rayleigh quotient from the filter's computed eigenpairs (against `bar`) or its
+/// component of the filtered mean (against `bar_mean`); at least 1 clears.
+fn support(v: &[f64], scored: &[Scored], bar: f64, bar_mean: f64) -> f64 {
+    scored
+        .iter()
+        .map(|f| {
+            let quotient: f64 = (f.pairs.iter())
+                .map(|(l, u)| l * crate::linalg::dot_wide(v, u).powi(2))
+                .sum::<f64>()
+                .abs()
+                / f.edge
+                / bar.max(1e-300);
+            let mean =
+                f.mean_score * crate::linalg::dot_wide(v, &f.mean_dir).abs() / bar_mean.max(1e-300);
+            quotient.max(mean)
+        })
+        .fold(0.0, f64::max)
 }
 
 /// One filter's scores: its null contrasts' largest scores, its real matrix's leading
