@@ -160,132 +160,15 @@ impl Network {
                 })
             }
         };
-        let input_dim = match obj.get("input_dim") {
-            Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 => n as usize,
-                _ => {
-                    return Err(p.bad(
-                        "input_dim",
-                        format!(
-                            "is {}, expected an integer >= 1 (the length of x)",
-                            short(v)
-                        ),
-                    ))
-                }
-            },
-            None => {
-                return Err(p.bad(
-                    "input_dim",
-                    "is missing; add \"input_dim\": d (the length of x)",
-                ))
-            }
-        };
-        let layer_values = match obj.get("layers") {
-            Some(Value::Array(a)) if !a.is_empty() => a,
-            Some(v) => {
-                return Err(p.bad(
-                    "layers",
-                    format!(
-                    "is {}, expected a non-empty array of {{\"weights\": [[..]], \"bias\": [..]}}",
-                    short(v)
-                ),
-                ))
-            }
-            None => {
-                return Err(p.bad(
-                    "layers",
-                    "is missing; add \"layers\": [{\"weights\": [[..]], \"bias\": [..]}, ..]",
-                ))
-            }
-        };
-        let projection = match obj.get("projection") {
-            None | Some(Value::Null) => None,
-            Some(_) if version == Some(1) => {
-                return Err(p.bad(
-                    "projection",
-                    "is a version-2 field but the file says \"version\": 1; set \"version\": 2",
-                ))
-            }
-            Some(v) => {
-                let (rows, cols, flat) = p.matrix(v, "projection")?;
-                if rows == 0 || cols != input_dim {
-                    return Err(NetworkError::ShapeMismatch {
-                        origin: origin.to_string(),
-                        field: "projection".into(),
-                        detail: format!(
-                            "has {rows} rows of {cols} entries; give null or at least one row of input_dim = {input_dim} entries"
-                        ),
-                    });
-                }
-                Some(
-                    flat.chunks_exact(cols)
-                        .map(<[f64]>::to_vec)
-                        .collect::<Vec<_>>(),
-                )
-            }
-        };
+        let input_dim = p.input_dim(obj)?;
+        let layer_values = p.layer_values(obj)?;
+        let projection = p.projection(obj, version, input_dim)?;
         let mut layers = Vec::with_capacity(layer_values.len());
         let mut width = projection.as_ref().map_or(input_dim, Vec::len);
         for (li, lv) in layer_values.iter().enumerate() {
-            let field = format!("layers[{li}]");
-            let lobj = lv.as_object().ok_or_else(|| {
-                p.bad(
-                    &field,
-                    format!(
-                        "is {}, expected an object {{\"weights\": [[..]], \"bias\": [..]}}",
-                        describe(lv)
-                    ),
-                )
-            })?;
-            let wfield = format!("{field}.weights");
-            let wv = lobj.get("weights").ok_or_else(|| {
-                p.bad(
-                    &wfield,
-                    "is missing; add the weights as nested rows (outputs x inputs)",
-                )
-            })?;
-            let (outputs, cols, weights) = p.matrix(wv, &wfield)?;
-            if outputs == 0 {
-                return Err(p.bad(&wfield, "has no rows; a layer needs at least one output"));
-            }
-            if cols != width {
-                let from = if li == 0 && projection.is_some() {
-                    format!("the projection has {width} rows")
-                } else if li == 0 {
-                    format!("input_dim is {width}")
-                } else {
-                    format!("layers[{}] has {width} outputs", li - 1)
-                };
-                return Err(NetworkError::ShapeMismatch {
-                    origin: origin.to_string(),
-                    field: wfield,
-                    detail: format!(
-                        "rows have {cols} entries but {from}; each weight row needs one entry per input of the layer"
-                    ),
-                });
-            }
-            let bfield = format!("{field}.bias");
-            let bv = lobj.get("bias").ok_or_else(|| {
-                p.bad(&bfield, format!("is missing; add one bias per output ({outputs} numbers, zeros for a bias-free layer)"))
-            })?;
-            let bias = p.vector(bv, &bfield)?;
-            if bias.len() != outputs {
-                return Err(NetworkError::ShapeMismatch {
-                    origin: origin.to_string(),
-                    field: bfield,
-                    detail: format!(
-                        "has {} entries but {wfield} has {outputs} rows; give one bias per output",
-                        bias.len()
-                    ),
-                });
-            }
-            layers.push(Layer {
-                inputs: cols,
-                outputs,
-                weights,
-                bias,
-            });
-            width = outputs;
+            let layer = p.layer(li, lv, width, projection.is_some())?;
+            width = layer.outputs;
+            layers.push(layer);
         }
         if width != 1 {
             return Err(NetworkError::NotScalar {
@@ -294,32 +177,7 @@ impl Network {
                 outputs: width,
             });
         }
-        let subspace = match obj.get("subspace") {
-            None | Some(Value::Null) => None,
-            Some(sv) => {
-                let rows = sv.as_array().ok_or_else(|| {
-                    p.bad(
-                        "subspace",
-                        format!("is {}, expected null or an array of rows", describe(sv)),
-                    )
-                })?;
-                let mut out = Vec::with_capacity(rows.len());
-                for (i, rv) in rows.iter().enumerate() {
-                    let field = format!("subspace[{i}]");
-                    let row = p.vector(rv, &field)?;
-                    if row.len() != input_dim {
-                        return Err(NetworkError::SubspaceRow {
-                            origin: origin.to_string(),
-                            field,
-                            expected: input_dim,
-                            found: row.len(),
-                        });
-                    }
-                    out.push(row);
-                }
-                Some(out)
-            }
-        };
+        let subspace = p.subspace(obj, input_dim)?;
         let net = Network {
             input_dim,
             projection,
@@ -504,6 +362,182 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// `input_dim`: an integer >= 1.
+    fn input_dim(&self, obj: &serde_json::Map<String, Value>) -> Result<usize, NetworkError> {
+        match obj.get("input_dim") {
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Ok(n as usize),
+                _ => Err(self.bad(
+                    "input_dim",
+                    format!(
+                        "is {}, expected an integer >= 1 (the length of x)",
+                        short(v)
+                    ),
+                )),
+            },
+            None => Err(self.bad(
+                "input_dim",
+                "is missing; add \"input_dim\": d (the length of x)",
+            )),
+        }
+    }
+
+    /// `layers`: a non-empty array.
+    fn layer_values<'v>(
+        &self,
+        obj: &'v serde_json::Map<String, Value>,
+    ) -> Result<&'v Vec<Value>, NetworkError> {
+        match obj.get("layers") {
+            Some(Value::Array(a)) if !a.is_empty() => Ok(a),
+            Some(v) => Err(self.bad(
+                "layers",
+                format!(
+                    "is {}, expected a non-empty array of {{\"weights\": [[..]], \"bias\": [..]}}",
+                    short(v)
+                ),
+            )),
+            None => Err(self.bad(
+                "layers",
+                "is missing; add \"layers\": [{\"weights\": [[..]], \"bias\": [..]}, ..]",
+            )),
+        }
+    }
+
+    /// `projection` (version 2): null, or rows of input_dim entries.
+    fn projection(
+        &self,
+        obj: &serde_json::Map<String, Value>,
+        version: Option<u64>,
+        input_dim: usize,
+    ) -> Result<Option<Vec<Vec<f64>>>, NetworkError> {
+        match obj.get("projection") {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) if version == Some(1) => Err(self.bad(
+                "projection",
+                "is a version-2 field but the file says \"version\": 1; set \"version\": 2",
+            )),
+            Some(v) => {
+                let (rows, cols, flat) = self.matrix(v, "projection")?;
+                if rows == 0 || cols != input_dim {
+                    return Err(NetworkError::ShapeMismatch {
+                        origin: self.origin.to_string(),
+                        field: "projection".into(),
+                        detail: format!(
+                            "has {rows} rows of {cols} entries; give null or at least one row of input_dim = {input_dim} entries"
+                        ),
+                    });
+                }
+                Ok(Some(
+                    flat.chunks_exact(cols)
+                        .map(<[f64]>::to_vec)
+                        .collect::<Vec<_>>(),
+                ))
+            }
+        }
+    }
+
+    /// `layers[li]` on `width` inputs (the projection's rows, input_dim, or the previous
+    /// layer's outputs).
+    fn layer(
+        &self,
+        li: usize,
+        lv: &Value,
+        width: usize,
+        projected: bool,
+    ) -> Result<Layer, NetworkError> {
+        let field = format!("layers[{li}]");
+        let lobj = lv.as_object().ok_or_else(|| {
+            self.bad(
+                &field,
+                format!(
+                    "is {}, expected an object {{\"weights\": [[..]], \"bias\": [..]}}",
+                    describe(lv)
+                ),
+            )
+        })?;
+        let wfield = format!("{field}.weights");
+        let wv = lobj.get("weights").ok_or_else(|| {
+            self.bad(
+                &wfield,
+                "is missing; add the weights as nested rows (outputs x inputs)",
+            )
+        })?;
+        let (outputs, cols, weights) = self.matrix(wv, &wfield)?;
+        if outputs == 0 {
+            return Err(self.bad(&wfield, "has no rows; a layer needs at least one output"));
+        }
+        if cols != width {
+            let from = if li == 0 && projected {
+                format!("the projection has {width} rows")
+            } else if li == 0 {
+                format!("input_dim is {width}")
+            } else {
+                format!("layers[{}] has {width} outputs", li - 1)
+            };
+            return Err(NetworkError::ShapeMismatch {
+                origin: self.origin.to_string(),
+                field: wfield,
+                detail: format!(
+                    "rows have {cols} entries but {from}; each weight row needs one entry per input of the layer"
+                ),
+            });
+        }
+        let bfield = format!("{field}.bias");
+        let bv = lobj.get("bias").ok_or_else(|| {
+            self.bad(&bfield, format!("is missing; add one bias per output ({outputs} numbers, zeros for a bias-free layer)"))
+        })?;
+        let bias = self.vector(bv, &bfield)?;
+        if bias.len() != outputs {
+            return Err(NetworkError::ShapeMismatch {
+                origin: self.origin.to_string(),
+                field: bfield,
+                detail: format!(
+                    "has {} entries but {wfield} has {outputs} rows; give one bias per output",
+                    bias.len()
+                ),
+            });
+        }
+        Ok(Layer {
+            inputs: cols,
+            outputs,
+            weights,
+            bias,
+        })
+    }
+
+    /// `subspace`: null, or rows of input_dim entries.
+    fn subspace(
+        &self,
+        obj: &serde_json::Map<String, Value>,
+        input_dim: usize,
+    ) -> Result<Option<Vec<Vec<f64>>>, NetworkError> {
+        let sv = match obj.get("subspace") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(sv) => sv,
+        };
+        let rows = sv.as_array().ok_or_else(|| {
+            self.bad(
+                "subspace",
+                format!("is {}, expected null or an array of rows", describe(sv)),
+            )
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, rv) in rows.iter().enumerate() {
+            let field = format!("subspace[{i}]");
+            let row = self.vector(rv, &field)?;
+            if row.len() != input_dim {
+                return Err(NetworkError::SubspaceRow {
+                    origin: self.origin.to_string(),
+                    field,
+                    expected: input_dim,
+                    found: row.len(),
+                });
+            }
+            out.push(row);
+        }
+        Ok(Some(out))
+    }
+
     fn bad(&self, field: &str, problem: impl Into<String>) -> NetworkError {
         NetworkError::BadField {
             origin: self.origin.to_string(),
