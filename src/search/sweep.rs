@@ -323,25 +323,8 @@ pub(super) fn sweep_search(
     let exhaustive = net_log10 <= (config.sweep_starts.max(1) as f64).log10() + 1e-9;
 
     // 1. Start.
-    let starts: Vec<Units> = if exhaustive {
-        let mut all: Vec<Units> = vec![Vec::new()];
-        for (l, &h) in shape.hidden.iter().enumerate() {
-            for _ in 0..h {
-                let mut next = Vec::with_capacity(all.len() * nets[l].len());
-                for partial in &all {
-                    for p in &nets[l] {
-                        let mut u = partial.clone();
-                        if u.len() <= l {
-                            u.push(Vec::new());
-                        }
-                        u[l].push(p.clone());
-                        next.push(u);
-                    }
-                }
-                all = next;
-            }
-        }
-        all
+    let starts = if exhaustive {
+        every_start(&shape, &nets)
     } else {
         (0..config.sweep_starts.max(1))
             .map(|_| {
@@ -463,6 +446,28 @@ pub(super) fn sweep_search(
     }
     let best = rescore(scorer, &shape, layout, config, &units)?;
     Ok((best, false, nets[0].len(), history))
+}
+
+/// Every network of the coarse nets: each unit of layer l takes every point of `nets[l]`.
+fn every_start(shape: &Shape, nets: &[Vec<Vec<f64>>]) -> Vec<Units> {
+    let mut all: Vec<Units> = vec![Vec::new()];
+    for (l, &h) in shape.hidden.iter().enumerate() {
+        for _ in 0..h {
+            let mut next = Vec::with_capacity(all.len() * nets[l].len());
+            for partial in &all {
+                for p in &nets[l] {
+                    let mut u = partial.clone();
+                    if u.len() <= l {
+                        u.push(Vec::new());
+                    }
+                    u[l].push(p.clone());
+                    next.push(u);
+                }
+            }
+            all = next;
+        }
+    }
+    all
 }
 
 /// The pick scored through the backend, as every generator's pick is.
