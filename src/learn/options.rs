@@ -79,8 +79,9 @@ learn_options! {
         /// structure on z, or for as long as it keeps ahead of the descent after as many row
         /// reads (the report's deep_net_decision says which). Widths of 0 are dropped; none
         /// left: no deep-net stage. None given: [32, 32] and [32, 32, 32] each train a pilot
-        /// of 500,000 row reads and the one that validates better (the deeper by at least 20%)
-        /// is trained (without a time budget; with one, [32, 32]).
+        /// of 500,000 row reads (at most an eighth of the stage's) and the one that validates
+        /// better (the deeper by at least 20%) is trained (without a time budget; with one,
+        /// [32, 32]).
         pub deep_widths: Option<Vec<usize>>,
         /// Most passes of the deep-net stage; 0: no deep-net stage (none given: as
         /// `descent_epochs` when that is given, else 60, fewer on more than about 170,000
