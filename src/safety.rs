@@ -140,8 +140,9 @@ pub fn reserve<T>(v: &mut Vec<T>, additional: usize, what: &str, fix: &str) -> R
 }
 
 /// Checks, before anything is opened, that each input (flag, path) names an existing regular
-/// file (a shard pattern is left to the reader, which reports its own misses). `positioned` inputs (sample files, read by position) must be regular files; the
-/// others (JSON files, read once) may also be pipes such as `<(...)`.
+/// file (a shard pattern is left to the reader, which reports its own misses). `positioned`
+/// inputs (sample files, read by position) must be regular files; the others (JSON files,
+/// read once) may also be pipes such as `<(...)`.
 pub fn check_inputs(inputs: &[(&str, &Path, bool)]) -> Result<()> {
     for &(flag, path, positioned) in inputs {
         let text = path.to_string_lossy();

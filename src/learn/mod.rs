@@ -791,6 +791,34 @@ fn list(w: &[usize]) -> String {
         .join(", ")
 }
 
+impl StageReport {
+    /// A stage's report, its clock `t` read now; `origin` is when `learn` began.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        backend: &dyn Backend,
+        origin: Instant,
+        name: Stage,
+        pass: Pass,
+        rows: u64,
+        row_reads: u64,
+        t: StageClock,
+        mse: Option<f64>,
+    ) -> Self {
+        StageReport {
+            stage: name,
+            device: backend.device_of(pass),
+            rows,
+            row_reads,
+            seconds: t.seconds(),
+            host_cpu_seconds: t.cpu_seconds(),
+            validation_mse: mse,
+            started: (origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
+            stopped: None,
+            curve: Vec::new(),
+        }
+    }
+}
+
 impl Run<'_> {
     /// A stage's report, its clock read now.
     fn stage(
@@ -802,18 +830,16 @@ impl Run<'_> {
         t: StageClock,
         mse: Option<f64>,
     ) -> StageReport {
-        StageReport {
-            stage: name,
-            device: self.backend.device_of(pass),
+        StageReport::new(
+            self.backend,
+            self.origin,
+            name,
+            pass,
             rows,
             row_reads,
-            seconds: t.seconds(),
-            host_cpu_seconds: t.cpu_seconds(),
-            validation_mse: mse,
-            started: (self.origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
-            stopped: None,
-            curve: Vec::new(),
-        }
+            t,
+            mse,
+        )
     }
 
     /// Adam on the network on z = B x with the basis fixed (the descent and the deep net): the
@@ -1077,22 +1103,25 @@ impl Run<'_> {
             .filter(|p| race.as_ref().is_some_and(|rc| p.outcome.row_reads >= rc.at));
         let behind = |rc: &Race, res: &TrainOutcome| {
             let best = res.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
-            rc.incumbent_at(res.row_reads)
-                .is_some_and(|other| best >= rc.margin * other)
+            rc.behind(best, res.row_reads)
         };
-        let (mut res, trained, offset) = match (pilot, &race) {
+        // The stage's outcome, and where its checks stand among the pilots' row reads and
+        // seconds (the stage reads all of the pilots' row reads, and its own when it trains).
+        let (mut res, trained, offset, stage_reads) = match (pilot, &race) {
             (Some(p), Some(rc)) if behind(rc, &p.outcome) => {
                 let res = TrainOutcome {
                     stop: StopReason::Behind,
                     ..p.outcome.clone()
                 };
-                (res, p.network.clone(), (p.reads_before, p.seconds_before))
+                let offset = (p.reads_before, p.seconds_before);
+                (res, p.network.clone(), offset, pilots.row_reads)
             }
             _ => {
                 limits.race = race.clone().filter(|_| pilot.is_none());
                 let start_net = random_start(r, &widths, pc.seed)?;
                 let (res, trained) = self.train_on_z(&start_net, &best.basis, &pc, &limits)?;
-                (res, trained, (pilots.row_reads, pilots.seconds))
+                let reads = pilots.row_reads + res.row_reads;
+                (res, trained, (pilots.row_reads, pilots.seconds), reads)
             }
         };
         let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
@@ -1123,7 +1152,7 @@ impl Run<'_> {
             out.decision = Some(format!("{why}; {note}"));
         }
         // The stage's reads and clock include the pilots'.
-        res.row_reads = pilots.row_reads.max(res.row_reads + offset.0);
+        res.row_reads = stage_reads;
         for c in &mut res.curve {
             c.row_reads += offset.0;
             c.seconds += offset.1;
@@ -1176,16 +1205,17 @@ impl Run<'_> {
             ..Limits::default()
         };
         for widths in candidates {
+            let (reads_before, seconds_before) = (out.row_reads, t.seconds());
             let start = random_start(basis.len(), widths, pc.seed)?;
             let (outcome, network) = self.train_on_z(&start, basis, pc, &limits)?;
+            out.row_reads += outcome.row_reads;
             out.runs.push(PilotRun {
                 widths: widths.clone(),
-                reads_before: out.row_reads,
-                seconds_before: t.seconds(),
+                reads_before,
+                seconds_before,
                 outcome,
                 network,
             });
-            out.row_reads = out.runs.iter().map(|p| p.outcome.row_reads).sum();
         }
         let tried: Vec<(Vec<usize>, f64)> = (out.runs.iter())
             .map(|p| (p.widths.clone(), p.outcome.after))
@@ -1411,18 +1441,16 @@ fn learn_in(
         config,
         budget,
     )?;
-    let subspace_stage = StageReport {
-        stage: Stage::Subspace,
-        device: backend.device_of(Pass::Moments),
-        rows: n_train as u64,
-        row_reads: found.report.as_ref().map_or(0, |s| s.samples_used),
-        seconds: t.seconds(),
-        host_cpu_seconds: t.cpu_seconds(),
-        validation_mse: None,
-        started: (origin.elapsed().as_secs_f64() - t.seconds()).max(0.0),
-        stopped: None,
-        curve: Vec::new(),
-    };
+    let subspace_stage = StageReport::new(
+        backend,
+        origin,
+        Stage::Subspace,
+        Pass::Moments,
+        n_train as u64,
+        found.report.as_ref().map_or(0, |s| s.samples_used),
+        t,
+        None,
+    );
     // A given basis has no stage to speak of.
     if found.report.is_some() {
         subspace_stage.announce(1.0, Some(found.basis.len()), None);

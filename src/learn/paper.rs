@@ -68,17 +68,8 @@ pub(super) fn learn_paper(
     let n_fit = n_train.min(config.max_train_rows.unwrap_or(usize::MAX).max(1));
     let fit_rows = SampleRange::new(source, 0, n_fit as u64)?;
     let val = SampleRange::new(source, (n - n_val) as u64, n_val as u64)?;
-    let stage = |name: Stage, pass: Pass, rows: u64, t: StageClock, mse| StageReport {
-        stage: name,
-        device: backend.device_of(pass),
-        rows,
-        row_reads: rows,
-        seconds: t.seconds(),
-        host_cpu_seconds: t.cpu_seconds(),
-        validation_mse: mse,
-        started: origin.elapsed().as_secs_f64() - t.seconds(),
-        stopped: None,
-        curve: Vec::new(),
+    let stage = |name: Stage, pass: Pass, rows: u64, t: StageClock, mse| {
+        StageReport::new(backend, origin, name, pass, rows, rows, t, mse)
     };
 
     let t = StageClock::start();

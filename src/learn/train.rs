@@ -360,6 +360,12 @@ impl Race {
             .or(self.against.first())
             .map(|c| c.best_mse)
     }
+
+    /// Whether a stage whose best after `reads` row reads is `best` has lost the race.
+    pub fn behind(&self, best: f64, reads: u64) -> bool {
+        self.incumbent_at(reads)
+            .is_some_and(|other| best >= self.margin * other)
+    }
 }
 
 /// What may end a trainer stage besides its own rule: a wall-clock deadline, a race, and the
@@ -628,10 +634,7 @@ pub fn train_until(
                 }
                 if let Some(race) = limits.race.as_ref().filter(|r| reads >= r.at && !raced) {
                     raced = true;
-                    if race
-                        .incumbent_at(reads)
-                        .is_some_and(|other| best.0 >= race.margin * other)
-                    {
+                    if race.behind(best.0, reads) {
                         reason = StopReason::Behind;
                         break 'epochs;
                     }
