@@ -82,9 +82,9 @@ pub fn learn_work(config: &LearnConfig, n: u64, d: usize) -> Vec<(String, f64)> 
             trainer(&config.descent_config, &config.search_config.hidden, 0.0),
         ));
     }
-    // The largest candidate is the bound (the others train only a pilot).
+    // A lower bound: the cheapest candidate, which the pilots may choose.
     if let Some(deep) = (config.deep_candidates.iter())
-        .max_by(|a, b| network_params(1.0, a).total_cmp(&network_params(1.0, b)))
+        .min_by(|a, b| network_params(1.0, a).total_cmp(&network_params(1.0, b)))
     {
         parts.push((
             format!(
