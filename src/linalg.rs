@@ -1,5 +1,5 @@
-//! Small dense helpers in f64 that every stage uses: dot products, y += a x, and the ridge
-//! solve of packed normal equations. One home, below data, moments, subspace and search.
+//! Small dense helpers in f64 that every stage uses: dot products, y += a x, packed symmetric
+//! matrices and the ridge solve of packed normal equations. One home, below data, moments, subspace and search.
 
 /// Dot product, summed in order.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -32,18 +32,24 @@ pub fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
-pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
-    let f = rhs.len();
-    let mut g = nalgebra::DMatrix::<f64>::zeros(f, f);
+/// Unpacks a row-by-row upper triangle into a full symmetric matrix.
+pub fn unpack_upper(packed: &[f64], d: usize) -> nalgebra::DMatrix<f64> {
+    let mut m = nalgebra::DMatrix::zeros(d, d);
     let mut k = 0;
-    for i in 0..f {
-        for j in i..f {
-            g[(i, j)] = packed[k];
-            g[(j, i)] = packed[k];
+    for i in 0..d {
+        for j in i..d {
+            m[(i, j)] = packed[k];
+            m[(j, i)] = packed[k];
             k += 1;
         }
     }
+    m
+}
+
+/// Ridge solution of (G + rho I) a = g from a packed upper triangle; None if not positive definite.
+pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> {
+    let f = rhs.len();
+    let mut g = unpack_upper(packed, f);
     let scale = (0..f).map(|i| g[(i, i)]).sum::<f64>() / f.max(1) as f64;
     let rho = ridge * scale.max(1e-300) + 1e-12;
     for i in 0..f {

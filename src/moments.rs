@@ -9,6 +9,8 @@
 use crate::data::SampleSource;
 use crate::error::{Error, Result};
 use crate::linalg::dot;
+/// Packed statistics unpacked (its home is `linalg`).
+pub use crate::linalg::unpack_upper;
 use crate::network::Network;
 
 /// Per-sample weight w_i.
@@ -307,20 +309,6 @@ fn add(a: &mut [f64], b: &[f64]) {
     for (p, q) in a.iter_mut().zip(b) {
         *p += q;
     }
-}
-
-/// Unpacks a row-by-row upper triangle into a full symmetric matrix.
-pub fn unpack_upper(packed: &[f64], d: usize) -> nalgebra::DMatrix<f64> {
-    let mut m = nalgebra::DMatrix::zeros(d, d);
-    let mut k = 0;
-    for i in 0..d {
-        for j in i..d {
-            m[(i, j)] = packed[k];
-            m[(j, i)] = packed[k];
-            k += 1;
-        }
-    }
-    m
 }
 
 /// The f64 CPU twin: a plain, obviously correct loop. Tests hold both backends to it.
