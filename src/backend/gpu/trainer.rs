@@ -344,304 +344,482 @@ pub(crate) fn run_window(
     if rows == 0 {
         return Ok(());
     }
-    let (d, r, np) = (shape.input_dim, shape.rank(), shape.params());
-    let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
-    kp.check(ctx, &shape.widths)?;
-    let pipes = pipelines(ctx, cache, &kp)?;
-    let pkp = ProjectKernelParams::for_shape(ctx, r, d);
-    let projector = Projector::new(ctx, project_cache, &pkp, d)?;
-    let batch = batch_size.min(rows);
-    let layers = shape.layers();
-    let layout = net_layout(&layers, r, batch);
-    let too_large = |what: &str, bytes: u64| -> Error {
-        GpuError::TooLarge(format!(
-            "trainer: {what} needs {bytes} bytes; this adapter allows {} per binding",
-            ctx.max_binding()
-        ))
-        .into()
-    };
-    // Segments of whole minibatches whose x (and z) fit one binding and at most 256 MiB.
-    let row_bytes = (d * 4) as u64;
-    let cap = ctx.max_binding().min(256 << 20);
-    let per_segment = (cap / row_bytes).min(cap / (r as u64 * 4)) as usize / batch * batch;
-    if per_segment == 0 {
-        return Err(too_large("one minibatch of x", batch as u64 * row_bytes));
-    }
-    let segment = per_segment.min(rows);
-    if matches!(data, WindowRows::Device { .. }) && segment < rows {
-        return Err(too_large(
-            "a window drawn on the device",
-            rows as u64 * row_bytes,
-        ));
-    }
-    let scratch_bytes = (layout.planes * batch * 4) as u64;
-    if scratch_bytes > ctx.max_binding() {
-        return Err(too_large(
-            "the activation planes of one minibatch",
-            scratch_bytes,
-        ));
-    }
-    let chunks = batch.div_ceil(kp.chunk_rows as usize);
-    let partial_bytes = (chunks * np * 4) as u64;
-    if partial_bytes > ctx.max_binding() {
-        return Err(too_large(
-            "the gradient partials of one minibatch",
-            partial_bytes,
-        ));
-    }
-
-    let (x_buf, y_buf) = match &data {
-        WindowRows::Host { .. } => (
-            ctx.storage_buffer("trainer x", segment as u64 * row_bytes)?,
-            ctx.storage_buffer("trainer y", (segment * 4) as u64)?,
-        ),
-        WindowRows::Device { x, y, .. } => (x.clone(), y.clone()),
-    };
-    let z_buf = ctx.storage_buffer("trainer z", (segment * r * 4) as u64)?;
-    let params_buf = ctx.storage_buffer("trainer params", (np * 4) as u64)?;
-    let layer_buf = ctx.storage_buffer("trainer layers", (layout.table.len() * 4) as u64)?;
-    ctx.queue
-        .write_buffer(&layer_buf, 0, bytemuck::cast_slice(&layout.table));
-    let scratch_buf = ctx.storage_buffer("trainer scratch", scratch_bytes)?;
-    let partial_buf = ctx.storage_buffer("trainer partials", partial_bytes)?;
-    // Per-minibatch parameter blocks: one uniform slot each, at the adapter's offset alignment,
-    // so that a submission can hold many minibatches (one slot when the host steps).
+    let on_device = matches!(data, WindowRows::Device { .. });
+    let plan = WindowPlan::new(ctx, shape, train_basis, rows, batch_size, on_device)?;
+    let pipes = pipelines(ctx, cache, &plan.kp)?;
+    let pkp = ProjectKernelParams::for_shape(ctx, plan.r, plan.d);
+    let projector = Projector::new(ctx, project_cache, &pkp, plan.d)?;
     let slots = match steps {
         Steps::Host(_) => 1,
-        Steps::Device(_) => DEVICE_STEPS.min(segment.div_ceil(batch)),
+        Steps::Device(_) => DEVICE_STEPS.min(plan.segment.div_ceil(plan.batch)),
     };
-    let info_size = std::mem::size_of::<Info>() as u64;
-    let project_size = std::mem::size_of::<ProjectInfo>() as u64;
-    let slot_bytes = info_size
-        .max(project_size)
-        .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
-    let info_buf = ctx.uniform_buffer("trainer info", slots as u64 * slot_bytes);
-    let project_info_buf = ctx.uniform_buffer("trainer project info", slots as u64 * slot_bytes);
-    fn slot_of(
-        buf: &wgpu::Buffer,
-        k: usize,
-        size: u64,
-        slot_bytes: u64,
-    ) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: buf,
-            offset: k as u64 * slot_bytes,
-            size: std::num::NonZeroU64::new(size),
+    let bufs = WindowBuffers::new(ctx, &pipes, &projector, &plan, &data, slots)?;
+    let device_adam = match &mut steps {
+        Steps::Device(adam) => Some(bufs.upload_adam(ctx, &pipes, &plan, adam, params)?),
+        Steps::Host(_) => None,
+    };
+    let d = plan.d;
+    let mut grad = vec![0.0f64; plan.np];
+    for s0 in (0..rows).step_by(plan.segment) {
+        let seg = plan.segment.min(rows - s0);
+        if let WindowRows::Host { x, y } = &data {
+            ctx.queue
+                .write_buffer(&bufs.x, 0, bytemuck::cast_slice(&x[s0 * d..(s0 + seg) * d]));
+            ctx.queue
+                .write_buffer(&bufs.y, 0, bytemuck::cast_slice(&y[s0..s0 + seg]));
+        }
+        if !train_basis {
+            if let Steps::Host(_) = steps {
+                ctx.queue
+                    .write_buffer(&bufs.params, 0, bytemuck::cast_slice(&f32s(params)));
+            }
+            bufs.project_segment(ctx, &projector, &plan, seg)?;
+        }
+        // Minibatches in submissions of `slots`.
+        let starts: Vec<usize> = (0..seg).step_by(plan.batch).collect();
+        for group in starts.chunks(slots) {
+            let minibatches = Minibatches {
+                starts: group,
+                seg,
+                adam: device_adam.as_ref().map(|a| &a.binds[..]),
+            };
+            bufs.run_minibatches(
+                ctx,
+                &pipes,
+                &projector,
+                &plan,
+                &minibatches,
+                &mut steps,
+                params,
+                &mut grad,
+            )?;
+        }
+    }
+    if let (Steps::Device(adam), Some(state)) = (&mut steps, &device_adam) {
+        bufs.read_state(ctx, &plan, state, adam, params)?;
+    }
+    Ok(())
+}
+
+/// The sizes of one window's kernels, fixed for the whole window.
+struct WindowPlan {
+    d: usize,
+    r: usize,
+    /// Parameters in the [`FactoredShape`] layout.
+    np: usize,
+    rows: usize,
+    batch: usize,
+    /// Rows per upload: whole minibatches whose x (and z) fit one binding.
+    segment: usize,
+    /// The first trained parameter (entries below it, a fixed B, are not trained).
+    first: usize,
+    train_basis: bool,
+    layers: Vec<(usize, usize, usize)>,
+    layout: NetLayout,
+    kp: TrainerKernelParams,
+    /// Flops per row of one minibatch (for wait bounds).
+    row_flops: f64,
+}
+
+impl WindowPlan {
+    /// The plan for `rows` rows in minibatches of `batch_size`, checked against the adapter's
+    /// binding size (`on_device`: the window is one buffer already, so it must fit one segment).
+    fn new(
+        ctx: &GpuContext,
+        shape: &FactoredShape,
+        train_basis: bool,
+        rows: usize,
+        batch_size: usize,
+        on_device: bool,
+    ) -> Result<WindowPlan> {
+        let (d, r, np) = (shape.input_dim, shape.rank(), shape.params());
+        let kp = TrainerKernelParams::for_widths(ctx, &shape.widths);
+        kp.check(ctx, &shape.widths)?;
+        let batch = batch_size.min(rows);
+        let layers = shape.layers();
+        let layout = net_layout(&layers, r, batch);
+        let too_large = |what: &str, bytes: u64| -> Error {
+            GpuError::TooLarge(format!(
+                "trainer: {what} needs {bytes} bytes; this adapter allows {} per binding",
+                ctx.max_binding()
+            ))
+            .into()
+        };
+        // Segments of whole minibatches whose x (and z) fit one binding and at most 256 MiB.
+        let row_bytes = (d * 4) as u64;
+        let cap = ctx.max_binding().min(256 << 20);
+        let per_segment = (cap / row_bytes).min(cap / (r as u64 * 4)) as usize / batch * batch;
+        if per_segment == 0 {
+            return Err(too_large("one minibatch of x", batch as u64 * row_bytes));
+        }
+        let segment = per_segment.min(rows);
+        if on_device && segment < rows {
+            return Err(too_large(
+                "a window drawn on the device",
+                rows as u64 * row_bytes,
+            ));
+        }
+        let plan = WindowPlan {
+            d,
+            r,
+            np,
+            rows,
+            batch,
+            segment,
+            first: if train_basis { 0 } else { shape.basis_len() },
+            train_basis,
+            row_flops: 2.0 * (r * d) as f64 * if train_basis { 2.0 } else { 0.0 }
+                + 3.0 * small_flops(&layers),
+            layers,
+            layout,
+            kp,
+        };
+        if plan.scratch_bytes() > ctx.max_binding() {
+            return Err(too_large(
+                "the activation planes of one minibatch",
+                plan.scratch_bytes(),
+            ));
+        }
+        if plan.partial_bytes() > ctx.max_binding() {
+            return Err(too_large(
+                "the gradient partials of one minibatch",
+                plan.partial_bytes(),
+            ));
+        }
+        Ok(plan)
+    }
+
+    fn scratch_bytes(&self) -> u64 {
+        (self.layout.planes * self.batch * 4) as u64
+    }
+
+    fn partial_bytes(&self) -> u64 {
+        (self.batch.div_ceil(self.kp.chunk_rows as usize) * self.np * 4) as u64
+    }
+
+    /// The projection's parameter block for `n` rows from `row0` of the segment.
+    fn project_info(&self, row0: usize, n: usize) -> ProjectInfo {
+        ProjectInfo {
+            rows: n as u32,
+            d: self.d as u32,
+            r: self.r as u32,
+            x_row0: row0 as u32,
+            z_off: row0 as u32,
+            z_rs: 1,
+            z_cs: self.segment as u32,
+            basis_off: 0,
+        }
+    }
+
+    /// The kernels' parameter block for the minibatch of `len` rows from `m0` of the segment.
+    fn info(&self, m0: usize, len: usize) -> Info {
+        Info {
+            rows: len as u32,
+            depth: self.layers.len() as u32,
+            stride: self.batch as u32,
+            in_off: m0 as u32,
+            in_rs: 1,
+            in_cs: self.segment as u32,
+            y_off: m0 as u32,
+            x_off: (m0 * self.d) as u32,
+            d: self.d as u32,
+            r: self.r as u32,
+            first: self.first as u32,
+            params: self.np as u32,
+            dz_off: self.layout.dz_off,
+            sq_off: self.layout.sq_off,
+            slot: 0,
+            chunks: len.div_ceil(self.kp.chunk_rows as usize) as u32,
+            ..Info::default()
+        }
+    }
+}
+
+/// One submission's minibatches: their first rows in a segment of `seg` rows, and the Adam
+/// steps' bind groups when the device takes the steps.
+struct Minibatches<'a> {
+    starts: &'a [usize],
+    seg: usize,
+    adam: Option<&'a [wgpu::BindGroup]>,
+}
+
+/// The device's Adam moments and the bind groups of its steps, one per slot.
+struct DeviceAdam {
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
+    binds: Vec<wgpu::BindGroup>,
+}
+
+/// The buffers of one window, and the bind groups of its `slots` minibatch slots (one uniform
+/// parameter block each, at the adapter's offset alignment, so that a submission can hold many
+/// minibatches; one slot when the host steps).
+struct WindowBuffers {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    params: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    info: wgpu::Buffer,
+    project_info: wgpu::Buffer,
+    slot_bytes: u64,
+    forward_backward: Vec<wgpu::BindGroup>,
+    gradient: Vec<wgpu::BindGroup>,
+    project: Vec<wgpu::BindGroup>,
+}
+
+const INFO_SIZE: u64 = std::mem::size_of::<Info>() as u64;
+const PROJECT_INFO_SIZE: u64 = std::mem::size_of::<ProjectInfo>() as u64;
+
+impl WindowBuffers {
+    fn new(
+        ctx: &GpuContext,
+        pipes: &TrainerPipelines,
+        projector: &Projector,
+        plan: &WindowPlan,
+        data: &WindowRows,
+        slots: usize,
+    ) -> Result<WindowBuffers> {
+        let (x, y) = match data {
+            WindowRows::Host { .. } => (
+                ctx.storage_buffer("trainer x", (plan.segment * plan.d * 4) as u64)?,
+                ctx.storage_buffer("trainer y", (plan.segment * 4) as u64)?,
+            ),
+            WindowRows::Device { x, y, .. } => (x.clone(), y.clone()),
+        };
+        let z = ctx.storage_buffer("trainer z", (plan.segment * plan.r * 4) as u64)?;
+        let params = ctx.storage_buffer("trainer params", (plan.np * 4) as u64)?;
+        let table = ctx.storage_buffer("trainer layers", (plan.layout.table.len() * 4) as u64)?;
+        ctx.queue
+            .write_buffer(&table, 0, bytemuck::cast_slice(&plan.layout.table));
+        let scratch = ctx.storage_buffer("trainer scratch", plan.scratch_bytes())?;
+        let partials = ctx.storage_buffer("trainer partials", plan.partial_bytes())?;
+        let slot_bytes = INFO_SIZE
+            .max(PROJECT_INFO_SIZE)
+            .next_multiple_of(ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
+        let info = ctx.uniform_buffer("trainer info", slots as u64 * slot_bytes);
+        let project_info = ctx.uniform_buffer("trainer project info", slots as u64 * slot_bytes);
+        let buffer = wgpu::Buffer::as_entire_binding;
+        let (mut forward_backward, mut gradient, mut project) = (vec![], vec![], vec![]);
+        for k in 0..slots {
+            let info_k = slot_of(&info, k, INFO_SIZE, slot_bytes);
+            forward_backward.push(ctx.bind_group_with(
+                "trainer forward-backward",
+                &pipes.forward_backward,
+                vec![
+                    (0, info_k.clone()),
+                    (1, buffer(&z)),
+                    (3, buffer(&y)),
+                    (4, buffer(&params)),
+                    (5, buffer(&table)),
+                    (6, buffer(&scratch)),
+                ],
+            )?);
+            gradient.push(ctx.bind_group_with(
+                "trainer gradient",
+                &pipes.gradient,
+                vec![
+                    (0, info_k),
+                    (1, buffer(&z)),
+                    (2, buffer(&x)),
+                    (5, buffer(&table)),
+                    (6, buffer(&scratch)),
+                    (7, buffer(&partials)),
+                ],
+            )?);
+            let project_k = slot_of(&project_info, k, PROJECT_INFO_SIZE, slot_bytes);
+            project.push(projector.bind_with(ctx, project_k, &x, &params, &z)?);
+        }
+        Ok(WindowBuffers {
+            x,
+            y,
+            params,
+            partials,
+            info,
+            project_info,
+            slot_bytes,
+            forward_backward,
+            gradient,
+            project,
         })
     }
-    let buffer = wgpu::Buffer::as_entire_binding;
-    let mut fb_binds = Vec::with_capacity(slots);
-    let mut grad_binds = Vec::with_capacity(slots);
-    let mut project_binds = Vec::with_capacity(slots);
-    for k in 0..slots {
-        let info = slot_of(&info_buf, k, info_size, slot_bytes);
-        fb_binds.push(ctx.bind_group_with(
-            "trainer forward-backward",
-            &pipes.forward_backward,
-            vec![
-                (0, info.clone()),
-                (1, buffer(&z_buf)),
-                (3, buffer(&y_buf)),
-                (4, buffer(&params_buf)),
-                (5, buffer(&layer_buf)),
-                (6, buffer(&scratch_buf)),
-            ],
-        )?);
-        grad_binds.push(ctx.bind_group_with(
-            "trainer gradient",
-            &pipes.gradient,
-            vec![
-                (0, info),
-                (1, buffer(&z_buf)),
-                (2, buffer(&x_buf)),
-                (5, buffer(&layer_buf)),
-                (6, buffer(&scratch_buf)),
-                (7, buffer(&partial_buf)),
-            ],
-        )?);
-        project_binds.push(projector.bind_with(
-            ctx,
-            slot_of(&project_info_buf, k, project_size, slot_bytes),
-            &x_buf,
-            &params_buf,
-            &z_buf,
-        )?);
+
+    /// Slot `k` of the kernels' parameter blocks.
+    fn info_slot(&self, k: usize) -> wgpu::BindingResource<'_> {
+        slot_of(&self.info, k, INFO_SIZE, self.slot_bytes)
     }
-    // The device's Adam state, and its steps' bind groups.
-    let mut device_adam = None;
-    if let Steps::Device(adam) = &mut steps {
+
+    /// Uploads the parameters and Adam's moments for the device's steps, and binds the steps.
+    fn upload_adam(
+        &self,
+        ctx: &GpuContext,
+        pipes: &TrainerPipelines,
+        plan: &WindowPlan,
+        adam: &mut Adam,
+        params: &[f64],
+    ) -> Result<DeviceAdam> {
         let (m, v) = adam.moments_mut();
-        let m_buf = ctx.storage_buffer("trainer adam m", (np * 4) as u64)?;
-        let v_buf = ctx.storage_buffer("trainer adam v", (np * 4) as u64)?;
+        let m_buf = ctx.storage_buffer("trainer adam m", (plan.np * 4) as u64)?;
+        let v_buf = ctx.storage_buffer("trainer adam v", (plan.np * 4) as u64)?;
         ctx.queue
             .write_buffer(&m_buf, 0, bytemuck::cast_slice(&f32s(m)));
         ctx.queue
             .write_buffer(&v_buf, 0, bytemuck::cast_slice(&f32s(v)));
         ctx.queue
-            .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
-        let mut binds = Vec::with_capacity(slots);
-        for k in 0..slots {
-            binds.push(ctx.bind_group_with(
-                "trainer adam",
-                &pipes.adam_step,
-                vec![
-                    (0, slot_of(&info_buf, k, info_size, slot_bytes)),
-                    (7, buffer(&partial_buf)),
-                    (8, buffer(&params_buf)),
-                    (9, buffer(&m_buf)),
-                    (10, buffer(&v_buf)),
-                ],
-            )?);
-        }
-        device_adam = Some((m_buf, v_buf, binds));
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(&f32s(params)));
+        let buffer = wgpu::Buffer::as_entire_binding;
+        let binds = (0..self.forward_backward.len())
+            .map(|k| {
+                ctx.bind_group_with(
+                    "trainer adam",
+                    &pipes.adam_step,
+                    vec![
+                        (0, self.info_slot(k)),
+                        (7, buffer(&self.partials)),
+                        (8, buffer(&self.params)),
+                        (9, buffer(&m_buf)),
+                        (10, buffer(&v_buf)),
+                    ],
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(DeviceAdam {
+            m: m_buf,
+            v: v_buf,
+            binds,
+        })
     }
 
-    let first = if train_basis { 0 } else { shape.basis_len() };
-    let row_flops =
-        2.0 * (r * d) as f64 * if train_basis { 2.0 } else { 0.0 } + 3.0 * small_flops(&layers);
-    let mut grad = vec![0.0f64; np];
-    for s0 in (0..rows).step_by(segment) {
-        let seg = segment.min(rows - s0);
-        if let WindowRows::Host { x, y } = &data {
+    /// Projects the segment's first `seg` rows once (B fixed), in dispatches the device allows.
+    fn project_segment(
+        &self,
+        ctx: &GpuContext,
+        projector: &Projector,
+        plan: &WindowPlan,
+        seg: usize,
+    ) -> Result<()> {
+        let most = projector.max_rows(ctx, plan.r, plan.d);
+        for a in (0..seg).step_by(most) {
+            let info = plan.project_info(a, most.min(seg - a));
             ctx.queue
-                .write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[s0 * d..(s0 + seg) * d]));
-            ctx.queue
-                .write_buffer(&y_buf, 0, bytemuck::cast_slice(&y[s0..s0 + seg]));
-        }
-        let project_info = |row0: usize, n: usize| ProjectInfo {
-            rows: n as u32,
-            d: d as u32,
-            r: r as u32,
-            x_row0: row0 as u32,
-            z_off: row0 as u32,
-            z_rs: 1,
-            z_cs: segment as u32,
-            basis_off: 0,
-        };
-        if !train_basis {
-            // B is fixed: project the whole segment once (in dispatches the device allows).
-            if let Steps::Host(_) = steps {
-                ctx.queue
-                    .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
-            }
-            let most = projector.max_rows(ctx, r, d);
-            for a in (0..seg).step_by(most) {
-                let info = project_info(a, most.min(seg - a));
-                ctx.queue
-                    .write_buffer(&project_info_buf, 0, bytemuck::bytes_of(&info));
-                let mut enc = ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("trainer project"),
-                    });
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    projector.dispatch(ctx, &mut pass, &project_binds[0], &info);
-                }
-                ctx.submit("trainer project", enc)?;
-            }
-        }
-        // Minibatches in submissions of `slots`.
-        let starts: Vec<usize> = (0..seg).step_by(batch).collect();
-        for group in starts.chunks(slots) {
-            let mut infos = vec![0u8; (slots as u64 * slot_bytes) as usize];
-            let mut pinfos = infos.clone();
-            let mut work = Vec::with_capacity(group.len());
-            for (k, &m0) in group.iter().enumerate() {
-                let len = batch.min(seg - m0);
-                let used_chunks = len.div_ceil(kp.chunk_rows as usize);
-                let mut info = Info {
-                    rows: len as u32,
-                    depth: layers.len() as u32,
-                    stride: batch as u32,
-                    in_off: m0 as u32,
-                    in_rs: 1,
-                    in_cs: segment as u32,
-                    y_off: m0 as u32,
-                    x_off: (m0 * d) as u32,
-                    d: d as u32,
-                    r: r as u32,
-                    first: first as u32,
-                    params: np as u32,
-                    dz_off: layout.dz_off,
-                    sq_off: layout.sq_off,
-                    slot: 0,
-                    chunks: used_chunks as u32,
-                    ..Info::default()
-                };
-                if let Steps::Device(adam) = &mut steps {
-                    let st = adam.next_step();
-                    info.lr = st.learning_rate as f32;
-                    info.c1 = st.c1 as f32;
-                    info.c2 = st.c2 as f32;
-                    info.inv_rows = 1.0 / len as f32;
-                }
-                let at = k * slot_bytes as usize;
-                infos[at..at + info_size as usize].copy_from_slice(bytemuck::bytes_of(&info));
-                let pinfo = project_info(m0, len);
-                pinfos[at..at + project_size as usize].copy_from_slice(bytemuck::bytes_of(&pinfo));
-                work.push((len, used_chunks, pinfo));
-            }
-            if let Steps::Host(_) = steps {
-                ctx.queue
-                    .write_buffer(&params_buf, 0, bytemuck::cast_slice(&f32s(params)));
-            }
-            ctx.queue.write_buffer(&info_buf, 0, &infos);
-            if train_basis {
-                ctx.queue.write_buffer(&project_info_buf, 0, &pinfos);
-            }
+                .write_buffer(&self.project_info, 0, bytemuck::bytes_of(&info));
             let mut enc = ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("trainer minibatches"),
+                    label: Some("trainer project"),
                 });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                for (k, (len, used_chunks, pinfo)) in work.iter().enumerate() {
-                    if train_basis {
-                        projector.dispatch(ctx, &mut pass, &project_binds[k], pinfo);
-                    }
-                    let (gx, gy) = grid(ctx, len.div_ceil(kp.rows_per_group as usize));
-                    pass.set_pipeline(&pipes.forward_backward);
-                    pass.set_bind_group(0, &fb_binds[k], &[]);
-                    pass.dispatch_workgroups(gx, gy, 1);
-                    let (gx, gy) = grid(ctx, (np - first).div_ceil(kp.workgroup_size as usize));
-                    pass.set_pipeline(&pipes.gradient);
-                    pass.set_bind_group(0, &grad_binds[k], &[]);
-                    pass.dispatch_workgroups(gx, gy, *used_chunks as u32);
-                    if let Some((_, _, adam_binds)) = &device_adam {
-                        pass.set_pipeline(&pipes.adam_step);
-                        pass.set_bind_group(0, &adam_binds[k], &[]);
-                        pass.dispatch_workgroups(gx, gy, 1);
-                    }
-                }
+                projector.dispatch(ctx, &mut pass, &self.project[0], &info);
             }
-            let flops: f64 = work.iter().map(|w| w.0 as f64 * row_flops).sum();
-            match &mut steps {
-                Steps::Device(_) => {
-                    ctx.submit("trainer minibatches", enc)?;
+            ctx.submit("trainer project", enc)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one submission of minibatches: the device steps, or the host reads the one
+    /// minibatch's gradient back and steps.
+    #[allow(clippy::too_many_arguments)]
+    fn run_minibatches(
+        &self,
+        ctx: &GpuContext,
+        pipes: &TrainerPipelines,
+        projector: &Projector,
+        plan: &WindowPlan,
+        batches: &Minibatches,
+        steps: &mut Steps,
+        params: &mut [f64],
+        grad: &mut [f64],
+    ) -> Result<()> {
+        let slot = self.slot_bytes as usize;
+        let mut infos = vec![0u8; self.forward_backward.len() * slot];
+        let mut pinfos = infos.clone();
+        let mut work = Vec::with_capacity(batches.starts.len());
+        for (k, &m0) in batches.starts.iter().enumerate() {
+            let len = plan.batch.min(batches.seg - m0);
+            let mut info = plan.info(m0, len);
+            if let Steps::Device(adam) = steps {
+                let st = adam.next_step();
+                info.lr = st.learning_rate as f32;
+                info.c1 = st.c1 as f32;
+                info.c2 = st.c2 as f32;
+                info.inv_rows = 1.0 / len as f32;
+            }
+            let at = k * slot;
+            infos[at..at + INFO_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&info));
+            let pinfo = plan.project_info(m0, len);
+            pinfos[at..at + PROJECT_INFO_SIZE as usize].copy_from_slice(bytemuck::bytes_of(&pinfo));
+            work.push((len, info.chunks, pinfo));
+        }
+        if let Steps::Host(_) = steps {
+            ctx.queue
+                .write_buffer(&self.params, 0, bytemuck::cast_slice(&f32s(params)));
+        }
+        ctx.queue.write_buffer(&self.info, 0, &infos);
+        if plan.train_basis {
+            ctx.queue.write_buffer(&self.project_info, 0, &pinfos);
+        }
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("trainer minibatches"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for (k, (len, chunks, pinfo)) in work.iter().enumerate() {
+                if plan.train_basis {
+                    projector.dispatch(ctx, &mut pass, &self.project[k], pinfo);
                 }
-                Steps::Host(step) => {
-                    let (len, used_chunks, _) = work[0];
-                    let bytes = (used_chunks * np * 4) as u64;
-                    let staging = ctx.staging_buffer("trainer readback", bytes);
-                    enc.copy_buffer_to_buffer(&partial_buf, 0, &staging, 0, bytes);
-                    let partials: Vec<f32> =
-                        ctx.submit_and_read("trainer minibatch", enc, &staging, bytes, flops)?;
-                    grad.fill(0.0);
-                    for chunk in partials.chunks_exact(np) {
-                        grad[first..]
-                            .iter_mut()
-                            .zip(&chunk[first..])
-                            .for_each(|(g, &v)| *g += v as f64);
-                    }
-                    step(&grad, len, params);
+                let (gx, gy) = grid(ctx, len.div_ceil(plan.kp.rows_per_group as usize));
+                pass.set_pipeline(&pipes.forward_backward);
+                pass.set_bind_group(0, &self.forward_backward[k], &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+                let trained = plan.np - plan.first;
+                let (gx, gy) = grid(ctx, trained.div_ceil(plan.kp.workgroup_size as usize));
+                pass.set_pipeline(&pipes.gradient);
+                pass.set_bind_group(0, &self.gradient[k], &[]);
+                pass.dispatch_workgroups(gx, gy, *chunks);
+                if let Some(adam) = batches.adam {
+                    pass.set_pipeline(&pipes.adam_step);
+                    pass.set_bind_group(0, &adam[k], &[]);
+                    pass.dispatch_workgroups(gx, gy, 1);
                 }
             }
         }
+        let flops: f64 = work.iter().map(|w| w.0 as f64 * plan.row_flops).sum();
+        match steps {
+            Steps::Device(_) => {
+                ctx.submit("trainer minibatches", enc)?;
+                Ok(())
+            }
+            Steps::Host(step) => {
+                let (len, chunks, _) = work[0];
+                let bytes = chunks as u64 * plan.np as u64 * 4;
+                let staging = ctx.staging_buffer("trainer readback", bytes);
+                enc.copy_buffer_to_buffer(&self.partials, 0, &staging, 0, bytes);
+                let partials: Vec<f32> =
+                    ctx.submit_and_read("trainer minibatch", enc, &staging, bytes, flops)?;
+                grad.fill(0.0);
+                for chunk in partials.chunks_exact(plan.np) {
+                    grad[plan.first..]
+                        .iter_mut()
+                        .zip(&chunk[plan.first..])
+                        .for_each(|(g, &v)| *g += v as f64);
+                }
+                step(grad, len, params);
+                Ok(())
+            }
+        }
     }
-    // The device's steps: the trained parameters and Adam's moments come back once.
-    if let (Steps::Device(adam), Some((m_buf, v_buf, _))) = (&mut steps, &device_adam) {
+
+    /// Reads the trained parameters and Adam's moments back once, after the device's steps.
+    fn read_state(
+        &self,
+        ctx: &GpuContext,
+        plan: &WindowPlan,
+        state: &DeviceAdam,
+        adam: &mut Adam,
+        params: &mut [f64],
+    ) -> Result<()> {
+        let (np, first) = (plan.np, plan.first);
         let bytes = (np * 4) as u64;
         let staging = ctx.staging_buffer("trainer state readback", 3 * bytes);
         let mut enc = ctx
@@ -649,24 +827,33 @@ pub(crate) fn run_window(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("trainer state"),
             });
-        enc.copy_buffer_to_buffer(&params_buf, 0, &staging, 0, bytes);
-        enc.copy_buffer_to_buffer(m_buf, 0, &staging, bytes, bytes);
-        enc.copy_buffer_to_buffer(v_buf, 0, &staging, 2 * bytes, bytes);
-        let flops = rows as f64 * row_flops;
-        let state: Vec<f32> =
+        enc.copy_buffer_to_buffer(&self.params, 0, &staging, 0, bytes);
+        enc.copy_buffer_to_buffer(&state.m, 0, &staging, bytes, bytes);
+        enc.copy_buffer_to_buffer(&state.v, 0, &staging, 2 * bytes, bytes);
+        let flops = plan.rows as f64 * plan.row_flops;
+        let read: Vec<f32> =
             ctx.submit_and_read("trainer state", enc, &staging, 3 * bytes, flops)?;
         // Entries below `first` (a fixed B) are not trained: they keep their f64 values.
         let (m, v) = adam.moments_mut();
-        for (k, dst) in [&mut *params, m, v].into_iter().enumerate() {
+        for (k, dst) in [params, m, v].into_iter().enumerate() {
             for (t, &s) in dst[first..]
                 .iter_mut()
-                .zip(&state[k * np + first..(k + 1) * np])
+                .zip(&read[k * np + first..(k + 1) * np])
             {
                 *t = s as f64;
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Slot `k` (of `size` bytes, `slot_bytes` apart) of a buffer of uniform parameter blocks.
+fn slot_of(buf: &wgpu::Buffer, k: usize, size: u64, slot_bytes: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: k as u64 * slot_bytes,
+        size: std::num::NonZeroU64::new(size),
+    })
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
