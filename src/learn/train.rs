@@ -393,30 +393,12 @@ pub fn train_until(
     config: &PolishConfig,
     limits: &Limits,
 ) -> Result<TrainOutcome> {
-    let deadline = limits.deadline;
+    check_stage(train, val, shape, start, config)?;
     let clock = std::time::Instant::now();
-    let d = shape.input_dim;
-    if train.dim() != d || val.dim() != d || train.is_empty() || val.is_empty() {
-        return Err(Error::invalid(format!(
-            "trainer: training ({} rows of d = {}) and validation ({} rows of d = {}) samples must be non-empty and match the model's d = {d}",
-            train.len(),
-            train.dim(),
-            val.len(),
-            val.dim()
-        )));
-    }
-    if start.len() != shape.params() || config.batch_size == 0 {
-        return Err(Error::invalid(format!(
-            "trainer: {} start parameters for a shape with {}, batch size {}",
-            start.len(),
-            shape.params(),
-            config.batch_size
-        )));
-    }
     let n = (train.len() as usize).min(config.max_rows.max(1));
     let blocks = n.div_ceil(BLOCK_ROWS);
     let block_len = |b: usize| BLOCK_ROWS.min(n - b * BLOCK_ROWS);
-    let per_window = window_rows(d, config.window_bytes) / BLOCK_ROWS;
+    let per_window = window_rows(shape.input_dim, config.window_bytes) / BLOCK_ROWS;
     let epochs = config.epochs_for(n);
     let plan = epoch_windows(blocks, per_window, epochs, config.seed);
     let batch = config.batch_size;
@@ -427,7 +409,6 @@ pub fn train_until(
             .div_ceil(batch)
     };
     let total_steps: usize = plan.iter().flatten().map(|w| steps_of(w)).sum();
-    let planned_reads = (n * epochs) as u64;
 
     let before = validation_mse(backend, shape, start, val)?;
     let mut p = start.to_vec();
@@ -437,12 +418,12 @@ pub fn train_until(
         patience_rows: u64::MAX,
         ..StopRule::default()
     };
-    let rule = config.stop.as_ref().or((deadline.is_some()
+    let rule = config.stop.as_ref().or((limits.deadline.is_some()
         || limits.race.is_some()
         || limits.pilot.is_some())
     .then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
-    // The check rows, and the best model on them (the start until a check beats it).
+    // The check rows.
     let check_val = match rule {
         Some(r) => Some(crate::data::SampleRange::new(
             val,
@@ -451,28 +432,11 @@ pub fn train_until(
         )?),
         None => None,
     };
-    let mut best = (f64::INFINITY, p.clone());
-    let mut best_net = shape.compact(start)?;
-    // With a stop rule: whether a check's model replaced the start as the best.
-    let mut best_trained = false;
-    let mut curve = Vec::new();
-    let mut reason = StopReason::Planned;
-    let mut reads = 0u64;
-    let mut epochs_run = 0usize;
-    // Row reads at the last significant improvement (None before the first) and at the last
-    // check, and where the step size reaches zero (the plan's end, or sooner when a deadline
-    // says so).
     let waits = rule.is_some_and(|r| r.wait_for_gain);
-    let (mut last_gain, mut last_check, mut end) = ((!waits).then_some(0u64), 0u64, planned_reads);
-    let mut raced = false;
-    // Whether patience ran out and the stage is in its last stretch, and where the step size
-    // would reach zero without a deadline (the plan's end, or the last stretch's).
-    let mut finishing = false;
-    let mut cap = planned_reads;
-    // When and at how many row reads the first window ended (the deadline's speed counts from
-    // there).
-    let mut since: Option<(std::time::Instant, u64)> = None;
-    let check_every = rule.map(|r| r.check_rows.clamp(1, n as u64));
+    let planned_reads = (n * epochs) as u64;
+    let mut progress = Progress::new(clock, start, shape.compact(start)?, planned_reads, waits);
+    let check_every = rule.map_or(1, |r| r.check_rows.clamp(1, n as u64));
+    let mut epochs_run = 0usize;
     // A reader thread reads and shuffles the next window while the backend trains on this one
     // (two windows in flight, so memory stays bounded); the shuffles run in window order on
     // that one thread, so the order does not depend on timing.
@@ -482,34 +446,15 @@ pub fn train_until(
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window>>(1);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Window>();
-        let plan = &plan;
-        let block_len = &block_len;
-        scope.spawn(move || {
-            let mut blocks = vec![Window::default(); per_window];
-            let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-            for window in plan.iter().flatten() {
-                let out = back_rx.try_recv().unwrap_or_default();
-                let built = if assembled {
-                    Ok(Window {
-                        blocks: window
-                            .iter()
-                            .map(|&b| ((b * BLOCK_ROWS) as u64, block_len(b)))
-                            .collect(),
-                        order: window_order(window, block_len, &mut rng)
-                            .into_iter()
-                            .map(|k| k as u32)
-                            .collect(),
-                        ..Window::default()
-                    })
-                } else {
-                    read_window(train, window, block_len, &mut blocks, &mut rng, out)
-                };
-                let failed = built.is_err();
-                if tx.send(built).is_err() || failed {
-                    return;
-                }
-            }
-        });
+        let reader = WindowReader {
+            train,
+            plan: &plan,
+            per_window,
+            block_len: &block_len,
+            assembled,
+            seed: config.seed,
+        };
+        scope.spawn(move || reader.send_all(tx, back_rx));
         'epochs: for (epoch, count) in windows.into_iter().enumerate() {
             for k in 0..count {
                 let w = rx.recv().map_err(|_| {
@@ -537,107 +482,29 @@ pub fn train_until(
                         &mut adam,
                     )?;
                 }
-                reads += if assembled { w.order.len() } else { w.y.len() } as u64;
+                progress.reads += if assembled { w.order.len() } else { w.y.len() } as u64;
                 // The reader may be gone after the last window.
                 let _ = back_tx.send(w);
                 let Some(rule) = rule else {
                     continue;
                 };
                 if p.iter().any(|v| !v.is_finite()) {
-                    reason = StopReason::Diverged;
+                    progress.reason = StopReason::Diverged;
                     break 'epochs;
                 }
-                // The deadline: at the speed measured so far (from the end of the first window,
-                // so that the stage's start-up does not count), the rows left before it; the
-                // step size is made to reach zero there (never past the plan's end).
-                if let Some(t) = deadline {
-                    let now = std::time::Instant::now();
-                    let (t0, r0) = *since.get_or_insert((now, reads));
-                    let rate = if reads > r0 {
-                        (reads - r0) as f64 / (now - t0).as_secs_f64().max(1e-9)
-                    } else {
-                        reads as f64 / clock.elapsed().as_secs_f64().max(1e-9)
-                    };
-                    let secs = t.saturating_duration_since(now).as_secs_f64();
-                    let want = (reads + (secs * rate) as u64).min(cap);
-                    if secs <= 0.0 {
-                        // The time is up: this window's model is the stage's last.
-                        end = reads;
-                    } else if want.abs_diff(end) * 20 > end.saturating_sub(reads).max(1) {
-                        // Re-planned when it moves by more than 5% of what is left.
-                        let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
-                        let left = want.saturating_sub(reads).max(1);
-                        adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
-                        end = reads + left;
-                    }
+                if let Some(t) = limits.deadline {
+                    progress.follow_deadline(t, &mut adam);
                 }
-                let last = (epoch + 1 == epochs && k + 1 == count) || reads >= end;
-                if reads - last_check < check_every.unwrap_or(1) && !last {
+                let last =
+                    (epoch + 1 == epochs && k + 1 == count) || progress.reads >= progress.end;
+                if progress.reads - progress.last_check < check_every && !last {
                     continue;
                 }
-                last_check = reads;
-                let cur = shape.compact(&p)?;
                 let check = check_val.as_ref().expect("check rows with a stop rule");
-                let [rows, sse, sd, sd2] = paired_sums(backend, &cur, &best_net, check)?;
-                let rows = rows.max(1.0);
-                let mse = sse / rows;
-                let mean = sd / rows;
-                let se = ((sd2 / rows - mean * mean).max(0.0) / rows).sqrt();
-                // Before the first check, the start's error on the check rows.
-                let best_mse = if best.0.is_finite() {
-                    best.0
-                } else {
-                    mse - mean
-                };
-                if mean < -rule.z * se {
-                    last_gain = Some(reads);
-                }
-                if mse < best_mse {
-                    best = (mse, p.clone());
-                    best_net = cur;
-                    best_trained = true;
-                } else {
-                    best.0 = best_mse;
-                }
-                curve.push(Check {
-                    row_reads: reads,
-                    seconds: clock.elapsed().as_secs_f64(),
-                    validation_mse: mse,
-                    best_mse: best.0,
-                });
-                if reads >= end && reads < planned_reads {
-                    reason = if end < cap {
-                        StopReason::Deadline
-                    } else {
-                        StopReason::Plateau
-                    };
+                progress.check(backend, shape, &p, check, rule.z)?;
+                if let Some(reason) = progress.decide(rule, limits, check_every, &mut adam) {
+                    progress.reason = reason;
                     break 'epochs;
-                }
-                // Patience runs from the last significant gain (see `wait_for_gain`). When it
-                // runs out, the step size decays to zero over a last stretch (the gains of a
-                // decaying step size come at its end), and the stage ends there.
-                if !finishing && last_gain.is_some_and(|g| reads - g >= rule.patience_rows) {
-                    finishing = true;
-                    let left = ((rule.finish_fraction * reads as f64) as u64)
-                        .max(check_every.unwrap_or(1))
-                        .min(end - reads);
-                    cap = reads + left;
-                    if cap < end {
-                        let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
-                        adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
-                        end = cap;
-                    }
-                }
-                if limits.pilot.is_some_and(|p| reads >= p) {
-                    reason = StopReason::Pilot;
-                    break 'epochs;
-                }
-                if let Some(race) = limits.race.as_ref().filter(|r| reads >= r.at && !raced) {
-                    raced = true;
-                    if race.behind(best.0, reads) {
-                        reason = StopReason::Behind;
-                        break 'epochs;
-                    }
                 }
             }
             epochs_run = epoch + 1;
@@ -646,27 +513,20 @@ pub fn train_until(
             }
             if p.iter().any(|v| !v.is_finite()) {
                 // Diverged: no later epoch can recover, and the best so far stands.
-                reason = StopReason::Diverged;
+                progress.reason = StopReason::Diverged;
                 break;
             }
             let mse = validation_mse(backend, shape, &p, val)?;
-            if mse < best.0 {
-                best = (mse, p.clone());
-            }
-            curve.push(Check {
-                row_reads: reads,
-                seconds: clock.elapsed().as_secs_f64(),
-                validation_mse: mse,
-                best_mse: best.0,
-            });
+            progress.record(mse, &p);
         }
         Ok(())
     })?;
+    let best = progress.best;
     let after = match rule {
         None if epochs == 0 => before,
         None => best.0,
         // The best model on the whole split (the start when no check beat it).
-        Some(_) if best_trained => validation_mse(backend, shape, &best.1, val)?,
+        Some(_) if progress.best_trained => validation_mse(backend, shape, &best.1, val)?,
         Some(_) => before,
     };
     let kept = after < before;
@@ -678,8 +538,286 @@ pub fn train_until(
         epochs: epochs_run,
         rows: n as u64,
         steps: adam.steps(),
-        row_reads: reads,
-        stop: reason,
-        curve,
+        row_reads: progress.reads,
+        stop: progress.reason,
+        curve: progress.curve,
     })
+}
+
+/// The checks of a stage's inputs: non-empty samples of the model's d, parameters of its shape.
+fn check_stage(
+    train: &dyn SampleSource,
+    val: &dyn SampleSource,
+    shape: &FactoredShape,
+    start: &[f64],
+    config: &PolishConfig,
+) -> Result<()> {
+    let d = shape.input_dim;
+    if train.dim() != d || val.dim() != d || train.is_empty() || val.is_empty() {
+        return Err(Error::invalid(format!(
+            "trainer: training ({} rows of d = {}) and validation ({} rows of d = {}) samples must be non-empty and match the model's d = {d}",
+            train.len(),
+            train.dim(),
+            val.len(),
+            val.dim()
+        )));
+    }
+    if start.len() != shape.params() || config.batch_size == 0 {
+        return Err(Error::invalid(format!(
+            "trainer: {} start parameters for a shape with {}, batch size {}",
+            start.len(),
+            shape.params(),
+            config.batch_size
+        )));
+    }
+    Ok(())
+}
+
+/// The reader thread's work: each window of the plan in order, its rows read and shuffled (or,
+/// when the backend assembles windows, only its blocks and order).
+struct WindowReader<'a, F> {
+    train: &'a dyn SampleSource,
+    plan: &'a [Vec<Vec<usize>>],
+    per_window: usize,
+    block_len: &'a F,
+    assembled: bool,
+    seed: u64,
+}
+
+impl<F: Fn(usize) -> usize + Sync> WindowReader<'_, F> {
+    /// Sends the windows in order, reusing the buffers that come back; stops at the first
+    /// error or when the trainer hangs up.
+    fn send_all(
+        self,
+        tx: std::sync::mpsc::SyncSender<Result<Window>>,
+        back_rx: std::sync::mpsc::Receiver<Window>,
+    ) {
+        let mut blocks = vec![Window::default(); self.per_window];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        for window in self.plan.iter().flatten() {
+            let out = back_rx.try_recv().unwrap_or_default();
+            let built = if self.assembled {
+                Ok(Window {
+                    blocks: window
+                        .iter()
+                        .map(|&b| ((b * BLOCK_ROWS) as u64, (self.block_len)(b)))
+                        .collect(),
+                    order: window_order(window, self.block_len, &mut rng)
+                        .into_iter()
+                        .map(|k| k as u32)
+                        .collect(),
+                    ..Window::default()
+                })
+            } else {
+                read_window(
+                    self.train,
+                    window,
+                    self.block_len,
+                    &mut blocks,
+                    &mut rng,
+                    out,
+                )
+            };
+            let failed = built.is_err();
+            if tx.send(built).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// Where a stage stands: its row reads, its best model, its checks, and where its step size
+/// reaches zero.
+struct Progress {
+    clock: std::time::Instant,
+    /// Row reads the plan makes.
+    planned_reads: u64,
+    reads: u64,
+    /// The best (check error, parameters), and the best as a network (the start until a check
+    /// beats it; the error is infinite before the first check).
+    best: (f64, Vec<f64>),
+    best_net: Network,
+    /// With a stop rule: whether a check's model replaced the start as the best.
+    best_trained: bool,
+    curve: Vec<Check>,
+    reason: StopReason,
+    /// Row reads at the last significant improvement (None before the first) and at the last
+    /// check, and where the step size reaches zero (the plan's end, or sooner when a deadline
+    /// says so).
+    last_gain: Option<u64>,
+    last_check: u64,
+    end: u64,
+    raced: bool,
+    /// Whether patience ran out and the stage is in its last stretch, and where the step size
+    /// would reach zero without a deadline (the plan's end, or the last stretch's).
+    finishing: bool,
+    cap: u64,
+    /// When and at how many row reads the first window ended (the deadline's speed counts
+    /// from there).
+    since: Option<(std::time::Instant, u64)>,
+}
+
+impl Progress {
+    fn new(
+        clock: std::time::Instant,
+        start: &[f64],
+        start_net: Network,
+        planned_reads: u64,
+        waits: bool,
+    ) -> Self {
+        Progress {
+            clock,
+            planned_reads,
+            reads: 0,
+            best: (f64::INFINITY, start.to_vec()),
+            best_net: start_net,
+            best_trained: false,
+            curve: Vec::new(),
+            reason: StopReason::Planned,
+            last_gain: (!waits).then_some(0),
+            last_check: 0,
+            end: planned_reads,
+            raced: false,
+            finishing: false,
+            cap: planned_reads,
+            since: None,
+        }
+    }
+
+    /// The deadline: at the speed measured so far (from the end of the first window, so that
+    /// the stage's start-up does not count), the rows left before it; the step size is made to
+    /// reach zero there (never past the plan's end).
+    fn follow_deadline(&mut self, t: std::time::Instant, adam: &mut Adam) {
+        let reads = self.reads;
+        let now = std::time::Instant::now();
+        let (t0, r0) = *self.since.get_or_insert((now, reads));
+        let rate = if reads > r0 {
+            (reads - r0) as f64 / (now - t0).as_secs_f64().max(1e-9)
+        } else {
+            reads as f64 / self.clock.elapsed().as_secs_f64().max(1e-9)
+        };
+        let secs = t.saturating_duration_since(now).as_secs_f64();
+        let want = (reads + (secs * rate) as u64).min(self.cap);
+        if secs <= 0.0 {
+            // The time is up: this window's model is the stage's last.
+            self.end = reads;
+        } else if want.abs_diff(self.end) * 20 > self.end.saturating_sub(reads).max(1) {
+            // Re-planned when it moves by more than 5% of what is left.
+            let left = want.saturating_sub(reads).max(1);
+            decay_over_reads(adam, reads, left);
+            self.end = reads + left;
+        }
+    }
+
+    /// Scores the current parameters `p` on the check rows, paired with the best so far, and
+    /// keeps them when they are better; a significant gain resets the patience.
+    fn check(
+        &mut self,
+        backend: &dyn Backend,
+        shape: &FactoredShape,
+        p: &[f64],
+        check_rows: &dyn SampleSource,
+        z: f64,
+    ) -> Result<()> {
+        self.last_check = self.reads;
+        let cur = shape.compact(p)?;
+        let [rows, sse, sd, sd2] = paired_sums(backend, &cur, &self.best_net, check_rows)?;
+        let rows = rows.max(1.0);
+        let mse = sse / rows;
+        let mean = sd / rows;
+        let se = ((sd2 / rows - mean * mean).max(0.0) / rows).sqrt();
+        // Before the first check, the start's error on the check rows.
+        let best_mse = if self.best.0.is_finite() {
+            self.best.0
+        } else {
+            mse - mean
+        };
+        if mean < -z * se {
+            self.last_gain = Some(self.reads);
+        }
+        if mse < best_mse {
+            self.best = (mse, p.to_vec());
+            self.best_net = cur;
+            self.best_trained = true;
+        } else {
+            self.best.0 = best_mse;
+        }
+        self.push_check(mse);
+        Ok(())
+    }
+
+    /// After a check: why the stage ends now, if it does (its step size's end, a pilot's
+    /// length, a lost race). When patience has run out, the step size decays to zero over a
+    /// last stretch (the gains of a decaying step size come at its end), and the stage ends
+    /// there.
+    fn decide(
+        &mut self,
+        rule: &StopRule,
+        limits: &Limits,
+        check_every: u64,
+        adam: &mut Adam,
+    ) -> Option<StopReason> {
+        let reads = self.reads;
+        if reads >= self.end && reads < self.planned_reads {
+            return Some(if self.end < self.cap {
+                StopReason::Deadline
+            } else {
+                StopReason::Plateau
+            });
+        }
+        // Patience runs from the last significant gain (see `wait_for_gain`).
+        if !self.finishing
+            && self
+                .last_gain
+                .is_some_and(|g| reads - g >= rule.patience_rows)
+        {
+            self.finishing = true;
+            let left = ((rule.finish_fraction * reads as f64) as u64)
+                .max(check_every)
+                .min(self.end - reads);
+            self.cap = reads + left;
+            if self.cap < self.end {
+                decay_over_reads(adam, reads, left);
+                self.end = self.cap;
+            }
+        }
+        if limits.pilot.is_some_and(|p| reads >= p) {
+            return Some(StopReason::Pilot);
+        }
+        if let Some(race) = limits
+            .race
+            .as_ref()
+            .filter(|r| reads >= r.at && !self.raced)
+        {
+            self.raced = true;
+            if race.behind(self.best.0, reads) {
+                return Some(StopReason::Behind);
+            }
+        }
+        None
+    }
+
+    /// An epoch's end without a stop rule: the whole split's error `mse` of `p`.
+    fn record(&mut self, mse: f64, p: &[f64]) {
+        if mse < self.best.0 {
+            self.best = (mse, p.to_vec());
+        }
+        self.push_check(mse);
+    }
+
+    fn push_check(&mut self, mse: f64) {
+        self.curve.push(Check {
+            row_reads: self.reads,
+            seconds: self.clock.elapsed().as_secs_f64(),
+            validation_mse: mse,
+            best_mse: self.best.0,
+        });
+    }
+}
+
+/// Makes Adam's step size reach zero after `left` more row reads, at the steps per row read so
+/// far.
+fn decay_over_reads(adam: &mut Adam, reads: u64, left: u64) {
+    let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
+    adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
 }

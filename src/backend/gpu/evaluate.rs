@@ -185,154 +185,54 @@ pub fn evaluate_candidates_with(
     kp: &EvaluateKernelParams,
 ) -> Result<CandidateStats> {
     check_evaluation_inputs(samples, batch)?;
-    let wg = kp.workgroup_size;
-    let sb = kp.samples_per_tile;
-    if wg == 0
-        || sb == 0
-        || kp.chunk_len == 0
-        || !kp.chunk_len.is_multiple_of(sb)
-        || kp.max_chunks_per_dispatch == 0
-        || kp.max_candidates_per_dispatch == 0
-    {
-        return Err(Error::invalid(format!(
-            "evaluate kernel: sizes must be positive and the chunk a multiple of the tile: {kp:?}"
-        )));
-    }
-    ctx.check_workgroup_1d("evaluate kernel", wg)?;
-    let lim = &ctx.limits;
-    let f = batch.feature_dim();
-    let tri = tri_len(f);
-    let stat_len = stat_len(f);
-    let per_invocation = stat_len.div_ceil(wg as usize);
-    if per_invocation > MAX_STATS_PER_INVOCATION {
-        return Err(GpuError::TooLarge(format!(
-            "evaluate kernel: a last hidden layer of width {} gives {stat_len} statistics per \
-             candidate, more than {MAX_STATS_PER_INVOCATION} for each of {wg} invocations; use \
-             wider workgroups or the CPU backend",
-            f - 1
-        ))
-        .into());
-    }
-    let stride = plane_stride(batch);
-    let shared = 2 * sb as u64 * stride as u64 * 4;
-    if shared > lim.max_compute_workgroup_storage_size as u64 {
-        return Err(GpuError::TooLarge(format!(
-            "evaluate kernel: rank {} and hidden widths {:?} need {shared} bytes of workgroup \
-             memory for tiles of {sb} samples; this adapter has {} (use fewer samples per tile, \
-             or the CPU backend)",
-            batch.inputs, batch.hidden, lim.max_compute_workgroup_storage_size
-        ))
-        .into());
-    }
-    let count = batch.count();
-    let n = samples.len();
+    let (count, n, f) = (batch.count(), samples.len(), batch.feature_dim());
     let mut stats = CandidateStats {
         feature_dim: f,
         sse: vec![0.0; count],
-        gram: vec![0.0; count * tri],
+        gram: vec![0.0; count * tri_len(f)],
         feature_y: vec![0.0; count * f],
     };
+    let mut plan = EvaluatePlan::new(ctx, batch, kp)?;
     if count == 0 || n == 0 {
         return Ok(stats);
     }
-
-    // Tiles per chunk inside the loop budget.
-    let mut tiles = (kp.chunk_len / sb) as u64;
-    if let Some(budget) = kp.loop_budget {
-        let per_tile = loop_cost_per_tile(batch, wg as u64, sb as u64, per_invocation as u64);
-        let room = budget.saturating_sub(MAX_STATS_PER_INVOCATION as u64 * f as u64);
-        if per_tile > room {
-            return Err(GpuError::TooLarge(format!(
-                "this architecture needs {per_tile} loop iterations per tile of {sb} samples, \
-                 over the software adapter's budget of {budget}; use the CPU backend"
-            ))
-            .into());
-        }
-        tiles = tiles.min(room / per_tile).max(1);
-    }
-    let chunk = tiles as usize * sb as usize;
-
-    // Dispatch sizes within the binding limits and the workgroup grid.
-    let limit = ctx.max_binding();
-    ctx.check_binding("projected samples", (samples.z.len() * 4) as u64)?;
-    let stat_bytes = (stat_len * 4) as u64;
-    let per = batch.params_per_candidate();
-    let total_chunks = n.div_ceil(chunk);
-    let mut chunks_per = total_chunks.min(kp.max_chunks_per_dispatch as usize);
-    let mut cands_per = count.min(kp.max_candidates_per_dispatch);
-    cands_per = cands_per.min((limit / (chunks_per as u64 * stat_bytes)).max(1) as usize);
-    cands_per = cands_per.min((limit / (per as u64 * 4)).max(1) as usize);
-    if chunks_per as u64 * cands_per as u64 * stat_bytes > limit {
-        chunks_per = (limit / (cands_per as u64 * stat_bytes)).max(1) as usize;
-    }
-    let max_groups = lim.max_compute_workgroups_per_dimension as usize;
-    // Flops of one (candidate, sample): the hidden layers, the output, the statistics.
-    let mut pair_flops = 2.0 * (f + stat_len) as f64;
-    let mut width = batch.inputs;
-    for &h in &batch.hidden {
-        pair_flops += 2.0 * (width as f64 + 1.0) * h as f64;
-        width = h;
-    }
-    let max_flops = ctx.max_dispatch_flops();
-    let dispatch_flops =
-        |cands: usize, chunks: usize| cands as f64 * (chunks * chunk) as f64 * pair_flops;
-    // Workgroups of one dispatch as an x-by-y grid of at most max_groups^2, and no more work
-    // than a driver watchdog allows.
-    while cands_per * chunks_per > max_groups * max_groups
-        || (dispatch_flops(cands_per, chunks_per) > max_flops && cands_per * chunks_per > 1)
-    {
-        if chunks_per > 1 {
-            chunks_per = chunks_per.div_ceil(2);
-        } else {
-            cands_per = cands_per.div_ceil(2);
-        }
-    }
-
+    plan.fit_dispatches(ctx, samples, batch, kp)?;
     let pipes = pipelines(
         ctx,
-        (wg, sb, stride as u32, per_invocation as u32, tiles as u32),
+        (
+            kp.workgroup_size,
+            kp.samples_per_tile,
+            plan.stride as u32,
+            plan.per_invocation as u32,
+            plan.tiles as u32,
+        ),
     )?;
     let device = &ctx.device;
-    let z_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("evaluate z"),
-        contents: bytemuck::cast_slice(&samples.z),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let y_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("evaluate y"),
-        contents: bytemuck::cast_slice(&samples.y),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    // Per hidden layer: inputs, outputs, weight offset, bias offset (within a candidate).
-    let mut shape: Vec<u32> = Vec::new();
-    let mut width = batch.inputs;
-    let mut off = 0usize;
-    for &h in &batch.hidden {
-        shape.extend([width as u32, h as u32, off as u32, (off + h * width) as u32]);
-        off += h * width + h;
-        width = h;
-    }
-    shape.resize(shape.len().max(4), 0);
-    let shape_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("evaluate shape"),
-        contents: bytemuck::cast_slice(&shape),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-
-    let samples_per = chunks_per * chunk;
-    for c0 in (0..count).step_by(cands_per) {
-        let cc = cands_per.min(count - c0);
-        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("evaluate params"),
-            contents: bytemuck::cast_slice(&batch.params[c0 * per..(c0 + cc) * per]),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let init = |label: &str, contents: &[u8], usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage,
+        })
+    };
+    let storage = wgpu::BufferUsages::STORAGE;
+    let z_buf = init("evaluate z", bytemuck::cast_slice(&samples.z), storage);
+    let y_buf = init("evaluate y", bytemuck::cast_slice(&samples.y), storage);
+    let (table, out_off) = layer_table(batch);
+    let shape_buf = init("evaluate shape", bytemuck::cast_slice(&table), storage);
+    let per = batch.params_per_candidate();
+    let stat_bytes = (plan.stat_len * 4) as u64;
+    let samples_per = plan.chunks_per * plan.chunk;
+    for c0 in (0..count).step_by(plan.cands_per) {
+        let cc = plan.cands_per.min(count - c0);
+        let params = bytemuck::cast_slice(&batch.params[c0 * per..(c0 + cc) * per]);
+        let params_buf = init("evaluate params", params, storage);
         let out_bytes = cc as u64 * stat_bytes;
         let reduced = ctx.storage_buffer("evaluate reduced", out_bytes)?;
         let readback = ctx.staging_buffer("evaluate readback", out_bytes);
         for s0 in (0..n).step_by(samples_per) {
             let sc = samples_per.min(n - s0);
-            let kc = sc.div_ceil(chunk);
+            let kc = sc.div_ceil(plan.chunk);
             let info = Info {
                 sample_start: s0 as u32,
                 sample_count: sc as u32,
@@ -342,16 +242,16 @@ pub fn evaluate_candidates_with(
                 depth: batch.hidden.len() as u32,
                 params_per: per as u32,
                 feat: f as u32,
-                stat_len: stat_len as u32,
-                tri: tri as u32,
-                out_off: off as u32,
+                stat_len: plan.stat_len as u32,
+                tri: tri_len(f) as u32,
+                out_off: out_off as u32,
                 pad: 0,
             };
-            let info_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("evaluate info"),
-                contents: bytemuck::bytes_of(&info),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let info_buf = init(
+                "evaluate info",
+                bytemuck::bytes_of(&info),
+                wgpu::BufferUsages::UNIFORM,
+            );
             let partial = ctx.storage_buffer("evaluate partial", kc as u64 * out_bytes)?;
             let eval_bg = ctx.bind_group(
                 "evaluate bind group",
@@ -378,37 +278,201 @@ pub fn evaluate_candidates_with(
                     label: Some("evaluate"),
                     timestamp_writes: None,
                 });
+                let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
                 let groups = cc * kc;
                 let gx = groups.min(max_groups);
                 pass.set_pipeline(&pipes.evaluate);
                 pass.set_bind_group(0, &eval_bg, &[]);
                 pass.dispatch_workgroups(gx as u32, groups.div_ceil(gx) as u32, 1);
-                let groups = (cc * stat_len).div_ceil(wg as usize);
+                let groups = (cc * plan.stat_len).div_ceil(kp.workgroup_size as usize);
                 let gx = groups.min(max_groups);
                 pass.set_pipeline(&pipes.reduce);
                 pass.set_bind_group(0, &reduce_bg, &[]);
                 pass.dispatch_workgroups(gx as u32, groups.div_ceil(gx) as u32, 1);
             }
             enc.copy_buffer_to_buffer(&reduced, 0, &readback, 0, out_bytes);
-            let flops = dispatch_flops(cc, kc);
+            let flops = plan.dispatch_flops(cc, kc);
             let sums: Vec<f32> =
                 ctx.submit_and_read("evaluate", enc, &readback, out_bytes, flops)?;
             super::context::check_finite("candidate evaluation", &sums)?;
-            // Candidate-major: sums[ci * stat_len + k], k = 0 the SSE, then gram, then phi y.
-            for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
-                let c = c0 + ci;
-                stats.sse[c] += s[0] as f64;
-                for (g, &v) in stats.gram[c * tri..(c + 1) * tri].iter_mut().zip(&s[1..]) {
-                    *g += v as f64;
-                }
-                for (g, &v) in stats.feature_y[c * f..(c + 1) * f]
-                    .iter_mut()
-                    .zip(&s[1 + tri..])
-                {
-                    *g += v as f64;
-                }
-            }
+            add_block(&mut stats, c0, plan.stat_len, &sums);
         }
     }
     Ok(stats)
+}
+
+/// The sizes of one evaluation: statistics per candidate, the chunk inside the loop budget,
+/// and the candidates and chunks per dispatch within the binding limits and the grid.
+struct EvaluatePlan {
+    stat_len: usize,
+    per_invocation: usize,
+    stride: usize,
+    tiles: u64,
+    /// Samples per chunk (`tiles` tiles).
+    chunk: usize,
+    chunks_per: usize,
+    cands_per: usize,
+    /// Flops of one (candidate, sample): the hidden layers, the output, the statistics.
+    pair_flops: f64,
+}
+
+impl EvaluatePlan {
+    /// The kernel's tunables checked against the batch and the adapter (the dispatch sizes
+    /// come from [`Self::fit_dispatches`]).
+    fn new(
+        ctx: &GpuContext,
+        batch: &CandidateBatch,
+        kp: &EvaluateKernelParams,
+    ) -> Result<EvaluatePlan> {
+        let (wg, sb) = (kp.workgroup_size, kp.samples_per_tile);
+        if wg == 0
+            || sb == 0
+            || kp.chunk_len == 0
+            || !kp.chunk_len.is_multiple_of(sb)
+            || kp.max_chunks_per_dispatch == 0
+            || kp.max_candidates_per_dispatch == 0
+        {
+            return Err(Error::invalid(format!(
+                "evaluate kernel: sizes must be positive and the chunk a multiple of the tile: {kp:?}"
+            )));
+        }
+        ctx.check_workgroup_1d("evaluate kernel", wg)?;
+        let f = batch.feature_dim();
+        let stat_len = stat_len(f);
+        let per_invocation = stat_len.div_ceil(wg as usize);
+        if per_invocation > MAX_STATS_PER_INVOCATION {
+            return Err(GpuError::TooLarge(format!(
+                "evaluate kernel: a last hidden layer of width {} gives {stat_len} statistics per \
+                 candidate, more than {MAX_STATS_PER_INVOCATION} for each of {wg} invocations; use \
+                 wider workgroups or the CPU backend",
+                f - 1
+            ))
+            .into());
+        }
+        let stride = plane_stride(batch);
+        let shared = 2 * sb as u64 * stride as u64 * 4;
+        let room = ctx.limits.max_compute_workgroup_storage_size;
+        if shared > room as u64 {
+            return Err(GpuError::TooLarge(format!(
+                "evaluate kernel: rank {} and hidden widths {:?} need {shared} bytes of workgroup \
+                 memory for tiles of {sb} samples; this adapter has {room} (use fewer samples per \
+                 tile, or the CPU backend)",
+                batch.inputs, batch.hidden
+            ))
+            .into());
+        }
+        let mut pair_flops = 2.0 * (f + stat_len) as f64;
+        let mut width = batch.inputs;
+        for &h in &batch.hidden {
+            pair_flops += 2.0 * (width as f64 + 1.0) * h as f64;
+            width = h;
+        }
+        Ok(EvaluatePlan {
+            stat_len,
+            per_invocation,
+            stride,
+            tiles: 0,
+            chunk: 0,
+            chunks_per: 0,
+            cands_per: 0,
+            pair_flops,
+        })
+    }
+
+    /// The chunk inside the loop budget, and candidates and chunks per dispatch: within the
+    /// binding limit, as an x-by-y grid of at most max_groups^2 workgroups, and no more work
+    /// than a driver watchdog allows.
+    fn fit_dispatches(
+        &mut self,
+        ctx: &GpuContext,
+        samples: &ProjectedSamples,
+        batch: &CandidateBatch,
+        kp: &EvaluateKernelParams,
+    ) -> Result<()> {
+        // Tiles per chunk inside the loop budget.
+        let (wg, sb) = (kp.workgroup_size, kp.samples_per_tile);
+        let f = batch.feature_dim();
+        let mut tiles = (kp.chunk_len / sb) as u64;
+        if let Some(budget) = kp.loop_budget {
+            let per_tile =
+                loop_cost_per_tile(batch, wg as u64, sb as u64, self.per_invocation as u64);
+            let room = budget.saturating_sub(MAX_STATS_PER_INVOCATION as u64 * f as u64);
+            if per_tile > room {
+                return Err(GpuError::TooLarge(format!(
+                    "this architecture needs {per_tile} loop iterations per tile of {sb} samples, \
+                     over the software adapter's budget of {budget}; use the CPU backend"
+                ))
+                .into());
+            }
+            tiles = tiles.min(room / per_tile).max(1);
+        }
+        self.tiles = tiles;
+        self.chunk = tiles as usize * sb as usize;
+        let limit = ctx.max_binding();
+        ctx.check_binding("projected samples", (samples.z.len() * 4) as u64)?;
+        let stat_bytes = (self.stat_len * 4) as u64;
+        let per = batch.params_per_candidate();
+        let total_chunks = samples.len().div_ceil(self.chunk);
+        let mut chunks_per = total_chunks.min(kp.max_chunks_per_dispatch as usize);
+        let mut cands_per = batch.count().min(kp.max_candidates_per_dispatch);
+        cands_per = cands_per.min((limit / (chunks_per as u64 * stat_bytes)).max(1) as usize);
+        cands_per = cands_per.min((limit / (per as u64 * 4)).max(1) as usize);
+        if chunks_per as u64 * cands_per as u64 * stat_bytes > limit {
+            chunks_per = (limit / (cands_per as u64 * stat_bytes)).max(1) as usize;
+        }
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let max_flops = ctx.max_dispatch_flops();
+        while cands_per * chunks_per > max_groups * max_groups
+            || (self.dispatch_flops(cands_per, chunks_per) > max_flops
+                && cands_per * chunks_per > 1)
+        {
+            if chunks_per > 1 {
+                chunks_per = chunks_per.div_ceil(2);
+            } else {
+                cands_per = cands_per.div_ceil(2);
+            }
+        }
+        self.chunks_per = chunks_per;
+        self.cands_per = cands_per;
+        Ok(())
+    }
+
+    fn dispatch_flops(&self, cands: usize, chunks: usize) -> f64 {
+        cands as f64 * (chunks * self.chunk) as f64 * self.pair_flops
+    }
+}
+
+/// Per hidden layer: inputs, outputs, weight offset, bias offset (within a candidate); and the
+/// offset of the output weights.
+fn layer_table(batch: &CandidateBatch) -> (Vec<u32>, usize) {
+    let mut table: Vec<u32> = Vec::new();
+    let mut width = batch.inputs;
+    let mut off = 0usize;
+    for &h in &batch.hidden {
+        table.extend([width as u32, h as u32, off as u32, (off + h * width) as u32]);
+        off += h * width + h;
+        width = h;
+    }
+    table.resize(table.len().max(4), 0);
+    (table, off)
+}
+
+/// Adds one block's reduced sums (candidate-major from candidate `c0`: `sums[ci * stat_len +
+/// k]`, k = 0 the SSE, then the gram, then phi y) into the f64 totals.
+fn add_block(stats: &mut CandidateStats, c0: usize, stat_len: usize, sums: &[f32]) {
+    let f = stats.feature_dim;
+    let tri = tri_len(f);
+    for (ci, s) in sums.chunks_exact(stat_len).enumerate() {
+        let c = c0 + ci;
+        stats.sse[c] += s[0] as f64;
+        for (g, &v) in stats.gram[c * tri..(c + 1) * tri].iter_mut().zip(&s[1..]) {
+            *g += v as f64;
+        }
+        for (g, &v) in stats.feature_y[c * f..(c + 1) * f]
+            .iter_mut()
+            .zip(&s[1 + tri..])
+        {
+            *g += v as f64;
+        }
+    }
 }

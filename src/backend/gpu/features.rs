@@ -139,6 +139,128 @@ fn check_features(features: &SphereFeatures, d: usize) -> Result<()> {
     Ok(())
 }
 
+fn pipelines(
+    ctx: &GpuContext,
+    cache: &FeaturePipelineCache,
+    kp: &FeatureKernelParams,
+) -> Result<Arc<FeaturePipelines>> {
+    Ok(cache.get_or_build(
+        (kp.tile, kp.chunk),
+        || -> std::result::Result<_, GpuError> {
+            let constants = [("TILE", kp.tile as f64), ("CHUNK", kp.chunk as f64)];
+            let wgsl = include_str!("../../../shaders/features.wgsl");
+            Ok(FeaturePipelines {
+                gram: ctx.compute_pipeline("normal equations", wgsl, "gram", &constants)?,
+                reduce: ctx.compute_pipeline("normal equations", wgsl, "reduce", &constants)?,
+            })
+        },
+    )?)
+}
+
+/// The sizes of one pass: one chunk's partial must fit a binding; dispatches of at most
+/// `chunks` chunks (`dispatch_rows` rows) within the binding limit, the grid, the projection's
+/// limit and the watchdog.
+struct FeaturePlan {
+    /// Bytes of one (f + 1)^2 partial.
+    slot_bytes: u64,
+    chunk: usize,
+    chunks: usize,
+    row_flops: f64,
+    dispatch_rows: usize,
+    /// Tiles per side of the (f + 1)^2 sums.
+    tiles: usize,
+}
+
+impl FeaturePlan {
+    fn new(
+        ctx: &GpuContext,
+        kp: &FeatureKernelParams,
+        projector: &Projector,
+        features: &SphereFeatures,
+        d: usize,
+    ) -> Result<FeaturePlan> {
+        let (r, f) = (features.rank, features.len());
+        let m = features.directions.len() / r;
+        let nt = features.thresholds.len();
+        let na = f + 1;
+        let slot_bytes = (na * na * 4) as u64;
+        let max_binding = ctx.max_binding();
+        if slot_bytes > max_binding {
+            return Err(GpuError::TooLarge(format!(
+                "the normal equations of {f} features need {slot_bytes}-byte partials; this \
+                 adapter allows {max_binding} per binding"
+            ))
+            .into());
+        }
+        let chunk = kp.chunk as usize;
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let chunks = (kp.max_chunks as u64)
+            .min(max_binding / slot_bytes)
+            .min(max_groups as u64)
+            .max(1) as usize;
+        let row_flops = 2.0 * (r * d) as f64 + (na * na) as f64 + 2.0 * (m * nt * r) as f64;
+        let watchdog = (ctx.max_dispatch_flops() / row_flops).max(chunk as f64) as usize / chunk;
+        let chunks = chunks.min(watchdog.max(1));
+        let dispatch_rows = (chunks * chunk)
+            .min((max_binding / (r as u64 * 4)) as usize / chunk * chunk)
+            .min(projector.max_rows(ctx, r, d) / chunk * chunk)
+            .max(chunk);
+        let tiles = na.div_ceil(kp.tile as usize);
+        if tiles > max_groups {
+            return Err(GpuError::TooLarge(format!(
+                "{f} features need {tiles} tiles per side; this adapter allows {max_groups} workgroups per dimension"
+            ))
+            .into());
+        }
+        Ok(FeaturePlan {
+            slot_bytes,
+            chunk,
+            chunks,
+            row_flops,
+            dispatch_rows,
+            tiles,
+        })
+    }
+}
+
+/// The basis, and the directions followed by the thresholds, in f32 on the device.
+fn upload_features(
+    ctx: &GpuContext,
+    features: &SphereFeatures,
+) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let basis: Vec<f32> = features.basis.iter().map(|&v| v as f32).collect();
+    let basis_buf = ctx.storage_buffer("features basis", (basis.len() * 4) as u64)?;
+    ctx.queue
+        .write_buffer(&basis_buf, 0, bytemuck::cast_slice(&basis));
+    let feat: Vec<f32> = features
+        .directions
+        .iter()
+        .chain(&features.thresholds)
+        .map(|&v| v as f32)
+        .collect();
+    let feat_buf = ctx.storage_buffer("features directions", (feat.len() * 4) as u64)?;
+    ctx.queue
+        .write_buffer(&feat_buf, 0, bytemuck::cast_slice(&feat));
+    Ok((basis_buf, feat_buf))
+}
+
+/// Adds partial sums ((f + 1) x (f + 1) slots, row-major: the gram's upper triangle, then
+/// each row's last column the right-hand side) into the f64 totals.
+fn add_slots(total: &mut NormalEquations, sums: &[f32]) {
+    let f = total.features;
+    let na = f + 1;
+    for slot in sums.chunks_exact(na * na) {
+        let mut at = 0;
+        for i in 0..f {
+            for j in i..f {
+                total.gram[at] += slot[i * na + j] as f64;
+                at += 1;
+            }
+            total.rhs[i] += slot[i * na + f] as f64;
+        }
+    }
+}
+
 /// [`crate::backend::Backend::feature_normal_equations`] on the device with explicit tunables.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn normal_equations_with(
@@ -164,69 +286,26 @@ pub(crate) fn normal_equations_with(
     kp.check(ctx, r)?;
     let pkp = ProjectKernelParams::for_shape(ctx, r, d);
     let projector = Projector::new(ctx, project_cache, &pkp, d)?;
-    let pipes = cache.get_or_build(
-        (kp.tile, kp.chunk),
-        || -> std::result::Result<_, GpuError> {
-            let constants = [("TILE", kp.tile as f64), ("CHUNK", kp.chunk as f64)];
-            let wgsl = include_str!("../../../shaders/features.wgsl");
-            Ok(FeaturePipelines {
-                gram: ctx.compute_pipeline("normal equations", wgsl, "gram", &constants)?,
-                reduce: ctx.compute_pipeline("normal equations", wgsl, "reduce", &constants)?,
-            })
-        },
-    )?;
-    let pipes: Arc<FeaturePipelines> = pipes;
+    let pipes = pipelines(ctx, cache, kp)?;
 
-    // Sizes: one chunk's partial must fit a binding; dispatches of at most max_chunks chunks.
-    let slot_bytes = (na * na * 4) as u64;
-    let max_binding = ctx.max_binding();
-    if slot_bytes > max_binding {
-        return Err(GpuError::TooLarge(format!(
-            "the normal equations of {f} features need {slot_bytes}-byte partials; this adapter \
-             allows {max_binding} per binding"
-        ))
-        .into());
-    }
-    let chunk = kp.chunk as usize;
-    let chunks = (kp.max_chunks as u64)
-        .min(max_binding / slot_bytes)
-        .min(ctx.limits.max_compute_workgroups_per_dimension as u64)
-        .max(1) as usize;
-    let row_flops = 2.0 * (r * d) as f64 + (na * na) as f64 + 2.0 * (m * nt * r) as f64;
-    let watchdog = (ctx.max_dispatch_flops() / row_flops).max(chunk as f64) as usize / chunk;
-    let chunks = chunks.min(watchdog.max(1));
-    let dispatch_rows = (chunks * chunk)
-        .min((max_binding / (r as u64 * 4)) as usize / chunk * chunk)
-        .min(projector.max_rows(ctx, r, d) / chunk * chunk)
-        .max(chunk);
-    let tiles = na.div_ceil(kp.tile as usize);
+    let plan = FeaturePlan::new(ctx, kp, &projector, features, d)?;
+    let FeaturePlan {
+        slot_bytes,
+        chunk,
+        chunks,
+        row_flops,
+        dispatch_rows,
+        tiles,
+    } = plan;
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    if tiles > max_groups {
-        return Err(GpuError::TooLarge(format!(
-            "{f} features need {tiles} tiles per side; this adapter allows {max_groups} workgroups per dimension"
-        ))
-        .into());
-    }
 
-    let basis: Vec<f32> = features.basis.iter().map(|&v| v as f32).collect();
-    let basis_buf = ctx.storage_buffer("features basis", (basis.len() * 4) as u64)?;
-    ctx.queue
-        .write_buffer(&basis_buf, 0, bytemuck::cast_slice(&basis));
-    let feat: Vec<f32> = features
-        .directions
-        .iter()
-        .chain(&features.thresholds)
-        .map(|&v| v as f32)
-        .collect();
-    let feat_buf = ctx.storage_buffer("features directions", (feat.len() * 4) as u64)?;
-    ctx.queue
-        .write_buffer(&feat_buf, 0, bytemuck::cast_slice(&feat));
+    let (basis_buf, feat_buf) = upload_features(ctx, features)?;
     let z_buf = ctx.storage_buffer("features z", (dispatch_rows * r * 4) as u64)?;
     let partial_buf = ctx.storage_buffer("features partials", chunks as u64 * slot_bytes)?;
     let dispatches = (source.len() as usize).div_ceil(dispatch_rows);
     let slots = (dispatches as u64)
         .min((MAX_SUMS_BYTES / slot_bytes).max(1))
-        .min(max_binding / slot_bytes)
+        .min(ctx.max_binding() / slot_bytes)
         .max(1) as usize;
     let sums_buf = ctx.storage_buffer("features sums", slots as u64 * slot_bytes)?;
     let info_buf = ctx.uniform_buffer("features info", std::mem::size_of::<Info>() as u64);
@@ -249,16 +328,7 @@ pub(crate) fn normal_equations_with(
         enc.copy_buffer_to_buffer(&sums_buf, 0, &staging, 0, bytes);
         let sums: Vec<f32> =
             ctx.submit_and_read("normal equations", enc, &staging, bytes, flops)?;
-        for slot in sums.chunks_exact(na * na) {
-            let mut at = 0;
-            for i in 0..f {
-                for j in i..f {
-                    total.gram[at] += slot[i * na + j] as f64;
-                    at += 1;
-                }
-                total.rhs[i] += slot[i * na + f] as f64;
-            }
-        }
+        add_slots(total, &sums);
         Ok(())
     };
     for_each_batch(
