@@ -402,13 +402,14 @@ pub fn train_until(
     let epochs = config.epochs_for(n);
     let plan = epoch_windows(blocks, per_window, epochs, config.seed);
     let batch = config.batch_size;
-    let steps_of = |w: &[usize]| {
-        w.iter()
-            .map(|&b| block_len(b))
-            .sum::<usize>()
-            .div_ceil(batch)
-    };
-    let total_steps: usize = plan.iter().flatten().map(|w| steps_of(w)).sum();
+    let total_steps: usize = (plan.iter().flatten())
+        .map(|w| {
+            w.iter()
+                .map(|&b| block_len(b))
+                .sum::<usize>()
+                .div_ceil(batch)
+        })
+        .sum();
 
     let before = validation_mse(backend, shape, start, val)?;
     let mut p = start.to_vec();
@@ -418,10 +419,8 @@ pub fn train_until(
         patience_rows: u64::MAX,
         ..StopRule::default()
     };
-    let rule = config.stop.as_ref().or((limits.deadline.is_some()
-        || limits.race.is_some()
-        || limits.pilot.is_some())
-    .then_some(&checks_only));
+    let limited = limits.deadline.is_some() || limits.race.is_some() || limits.pilot.is_some();
+    let rule = config.stop.as_ref().or(limited.then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
     // The check rows.
     let check_val = match rule {

@@ -925,6 +925,65 @@ impl ScoredNet {
     }
 }
 
+/// Each network valid and on the source's d.
+fn check_scored(networks: &[&Network], source: &dyn SampleSource) -> Result<()> {
+    let d = source.dim();
+    for net in networks {
+        net.validate()?;
+        if net.input_dim != d {
+            return Err(Error::invalid(format!(
+                "scoring: a network on d = {} for samples of d = {d} ({})",
+                net.input_dim,
+                source.describe()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The sizes of a scoring pass: the largest rank and scratch planes of the networks, and the
+/// rows per piece (one dispatch) that their planes and projections allow.
+struct ScoreSizes {
+    r_max: usize,
+    planes: usize,
+    piece_cap: usize,
+}
+
+impl ScoreSizes {
+    fn new(ctx: &GpuContext, networks: &[&Network], kp: &TrainerKernelParams) -> Result<Self> {
+        let r_max = networks
+            .iter()
+            .map(|n| n.projection.as_ref().map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+        let planes = networks
+            .iter()
+            .map(|n| 2 * n.layers.iter().map(|l| l.outputs).sum::<usize>() + 1)
+            .max()
+            .unwrap_or(1);
+        let max_binding = ctx.max_binding();
+        let piece_cap = kp
+            .score_rows
+            .min((max_binding / (planes as u64 * 4)) as usize)
+            .min((max_binding / (r_max.max(1) as u64 * 4)) as usize)
+            .min(
+                ctx.limits.max_compute_workgroups_per_dimension as usize
+                    * kp.rows_per_group as usize,
+            );
+        if piece_cap == 0 {
+            return Err(GpuError::TooLarge(format!(
+                "scoring: one row's {planes} scratch words do not fit this adapter's binding limit of {max_binding} bytes"
+            ))
+            .into());
+        }
+        Ok(ScoreSizes {
+            r_max,
+            planes,
+            piece_cap,
+        })
+    }
+}
+
 /// Summed squared error of each network over every row of `source`, streamed through the
 /// batch feeder (see the module docs).
 #[allow(clippy::too_many_arguments)]
@@ -939,43 +998,17 @@ pub(crate) fn sse(
 ) -> Result<Vec<f64>> {
     let d = source.dim();
     let mut sums = vec![0.0f64; networks.len()];
-    for net in networks {
-        net.validate()?;
-        if net.input_dim != d {
-            return Err(Error::invalid(format!(
-                "scoring: a network on d = {} for samples of d = {d} ({})",
-                net.input_dim,
-                source.describe()
-            )));
-        }
-    }
+    check_scored(networks, source)?;
     if networks.is_empty() || source.is_empty() {
         return Ok(sums);
     }
     let kp = scoring_params(ctx, networks, kp)?;
     let pipes = pipelines(ctx, cache, &kp)?;
-    let r_max = networks
-        .iter()
-        .map(|n| n.projection.as_ref().map_or(0, Vec::len))
-        .max()
-        .unwrap_or(0);
-    let planes = networks
-        .iter()
-        .map(|n| 2 * n.layers.iter().map(|l| l.outputs).sum::<usize>() + 1)
-        .max()
-        .unwrap_or(1);
-    let max_binding = ctx.max_binding();
-    let piece_cap = kp
-        .score_rows
-        .min((max_binding / (planes as u64 * 4)) as usize)
-        .min((max_binding / (r_max.max(1) as u64 * 4)) as usize)
-        .min(ctx.limits.max_compute_workgroups_per_dimension as usize * kp.rows_per_group as usize);
-    if piece_cap == 0 {
-        return Err(GpuError::TooLarge(format!(
-            "scoring: one row's {planes} scratch words do not fit this adapter's binding limit of {max_binding} bytes"
-        ))
-        .into());
-    }
+    let ScoreSizes {
+        r_max,
+        planes,
+        piece_cap,
+    } = ScoreSizes::new(ctx, networks, &kp)?;
     let prepared = networks
         .iter()
         .map(|n| ScoredNet::new(ctx, project_cache, n, d, piece_cap))
