@@ -8,11 +8,12 @@ use relu_fpt::data::repeats::warn_repeated_rows;
 use relu_fpt::data::{for_each_chunk, GaussianSource, NpyWriter, SampleSource};
 use relu_fpt::learn::work::check_learn_work;
 use relu_fpt::learn::{learn, LearnOptions, LearnReport};
+use relu_fpt::metrics::TeacherComparison;
 use relu_fpt::network::Network;
 use relu_fpt::predict::{predict_stream, ErrorSums};
 use relu_fpt::subspace::{find_subspace, Method, SubspaceConfig};
 use relu_fpt::teacher::{self, Teacher, TeacherKind, TeacherSpec};
-use relu_fpt::{metrics, output, plot, progress, safety, Error, Result};
+use relu_fpt::{output, plot, progress, safety, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -872,14 +873,14 @@ fn subspace(a: SubspaceArgs) -> Result<()> {
     let truth = samples
         .teacher
         .as_ref()
-        .map(|t| teacher_metrics(t, &report.basis, a.seed));
+        .map(|t| TeacherComparison::new(&t.network, &report.basis, a.seed ^ 0x5eed));
     if a.json {
         let mut v = report.to_value();
         v["seconds"] = seconds.into();
         v["backend"] = backend.description().into();
         add_ranks(&mut v);
         if let Some(m) = &truth {
-            v["teacher"] = m.to_json();
+            v["teacher"] = serde_json::to_value(m).expect("numbers");
         }
         println!("{v}");
     } else {
@@ -920,51 +921,6 @@ fn subspace_plot(report: &relu_fpt::subspace::SubspaceReport) -> String {
         "|eigenvalue| / null edge",
         &groups,
     )
-}
-
-/// How a recovered basis compares with a known teacher (reported, never used by the method).
-struct TeacherComparison {
-    true_dim: usize,
-    found_dim: usize,
-    largest_angle: f64,
-    energy_missed: f64,
-}
-
-impl TeacherComparison {
-    fn line(&self) -> String {
-        format!(
-            "against the teacher: dimension {} found / {} true, largest principal angle {:.4} rad, gradient energy missed {:.2e}",
-            self.found_dim, self.true_dim, self.largest_angle, self.energy_missed
-        )
-    }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "true_dim": self.true_dim, "found_dim": self.found_dim,
-            "largest_angle": self.largest_angle, "gradient_energy_missed": self.energy_missed
-        })
-    }
-}
-
-fn teacher_metrics(teacher: &Teacher, basis: &[Vec<f64>], seed: u64) -> TeacherComparison {
-    let truth = teacher.network.first_layer_span();
-    let angles = metrics::principal_angles(basis, &truth);
-    // Missed directions count as right angles: compare the larger of the two dimensions.
-    let largest = if basis.len() < truth.len() || angles.is_empty() {
-        std::f64::consts::FRAC_PI_2
-    } else {
-        angles.iter().copied().fold(0.0, f64::max)
-    };
-    TeacherComparison {
-        true_dim: truth.len(),
-        found_dim: basis.len(),
-        largest_angle: largest,
-        energy_missed: metrics::gradient_energy_missed(
-            &teacher.network,
-            basis,
-            100_000,
-            seed ^ 0x5eed,
-        ),
-    }
 }
 
 /// `--time-budget` of `learn` and `demo`: a positive number of seconds, one process.
@@ -1181,13 +1137,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     add_ranks(&mut v);
     let mut lines = vec![evaluation.line()];
     if let Some(t) = &teacher {
-        let truth = t.first_layer_span();
         let found = model
             .subspace
             .clone()
             .unwrap_or_else(|| model.first_layer_span());
-        let angles = metrics::principal_angles(&found, &truth);
-        let missed = metrics::gradient_energy_missed(t, &found, 100_000, 7);
+        let cmp = TeacherComparison::new(t, &found, 7);
+        let (angles, missed) = (&cmp.principal_angles, cmp.gradient_energy_missed);
         v["principal_angles"] = serde_json::json!(angles);
         v["gradient_energy_missed"] = missed.into();
         lines.push(format!(
@@ -1253,24 +1208,13 @@ fn draw_demo_samples(
         return Ok(None);
     }
     let t = Instant::now();
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let fix = "lower --n or --d";
-    safety::reserve(&mut x, n as usize * d, "demo: the samples in memory", fix)?;
-    safety::reserve(&mut y, n as usize, "demo: the labels in memory", fix)?;
-    let (mut xb, mut yb) = (Vec::new(), Vec::new());
-    let mut start = 0u64;
-    while start < n {
-        let got = generator.read(start, 1 << 16, &mut xb, &mut yb)?;
-        x.extend_from_slice(&xb);
-        y.extend_from_slice(&yb);
-        start += got.max(1) as u64;
-    }
+    let samples = relu_fpt::data::MemorySource::read_all(generator, "lower --n or --d")?;
     println!(
         "demo: drew the {n} samples into memory ({}) in {:.1} s, before the clock starts: the time below is the learner's, not the generator's",
         safety::bytes(bytes),
         t.elapsed().as_secs_f64()
     );
-    Ok(Some(relu_fpt::data::MemorySource { dim: d, x, y }))
+    Ok(Some(samples))
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
@@ -1336,10 +1280,10 @@ fn demo(a: DemoArgs) -> Result<()> {
     if !mpi::is_root() {
         return Ok(());
     }
-    let cmp = teacher_metrics(
-        &teacher,
+    let cmp = TeacherComparison::new(
+        &teacher.network,
         report.model.subspace.as_deref().unwrap_or(&[]),
-        a.seed,
+        a.seed ^ 0x5eed,
     );
     println!("{}", cmp.line());
     println!(

@@ -132,3 +132,46 @@ pub fn gradient_energy_missed(
         0.0
     }
 }
+
+/// How a recovered basis compares with a known teacher's first-layer span (reported, never
+/// used by the method).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TeacherComparison {
+    pub true_dim: usize,
+    pub found_dim: usize,
+    /// Principal angles (radians) between the basis and the span.
+    pub principal_angles: Vec<f64>,
+    /// The largest principal angle; a right angle when a direction is missed.
+    pub largest_angle: f64,
+    /// [`gradient_energy_missed`] over 1e5 Gaussian rows.
+    pub gradient_energy_missed: f64,
+}
+
+impl TeacherComparison {
+    /// `basis` (orthonormal rows) against `teacher`, the energy from rows drawn with `seed`.
+    pub fn new(teacher: &Network, basis: &[Vec<f64>], seed: u64) -> Self {
+        let truth = teacher.first_layer_span();
+        let angles = principal_angles(basis, &truth);
+        // Missed directions count as right angles: compare the larger of the two dimensions.
+        let largest = if basis.len() < truth.len() || angles.is_empty() {
+            std::f64::consts::FRAC_PI_2
+        } else {
+            angles.iter().copied().fold(0.0, f64::max)
+        };
+        TeacherComparison {
+            true_dim: truth.len(),
+            found_dim: basis.len(),
+            largest_angle: largest,
+            gradient_energy_missed: gradient_energy_missed(teacher, basis, 100_000, seed),
+            principal_angles: angles,
+        }
+    }
+
+    /// One line: the dimensions, the largest angle and the energy missed.
+    pub fn line(&self) -> String {
+        format!(
+            "against the teacher: dimension {} found / {} true, largest principal angle {:.4} rad, gradient energy missed {:.2e}",
+            self.found_dim, self.true_dim, self.largest_angle, self.gradient_energy_missed
+        )
+    }
+}

@@ -154,6 +154,31 @@ pub struct MemorySource {
 }
 
 impl MemorySource {
+    /// Every row of `source` read into memory; the allocation is checked first against the
+    /// available memory (`fix` says what the user can change when it does not fit).
+    pub fn read_all(source: &dyn SampleSource, fix: &str) -> Result<MemorySource> {
+        let (n, d) = (source.len() as usize, source.dim());
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let what = format!("{}: the samples in memory", source.describe());
+        crate::safety::reserve(&mut x, n * d, &what, fix)?;
+        crate::safety::reserve(&mut y, n, &what, fix)?;
+        let (mut xb, mut yb) = (Vec::new(), Vec::new());
+        let mut start = 0usize;
+        while start < n {
+            let got = source.read(start as u64, 1 << 16, &mut xb, &mut yb)?;
+            if got == 0 {
+                return Err(Error::invalid(format!(
+                    "{} returned no rows at row {start} of {n}",
+                    source.describe()
+                )));
+            }
+            x.extend_from_slice(&xb);
+            y.extend_from_slice(&yb);
+            start += got;
+        }
+        Ok(MemorySource { dim: d, x, y })
+    }
+
     /// The rows as a borrowed source.
     fn view(&self) -> SliceSource<'_> {
         SliceSource {
