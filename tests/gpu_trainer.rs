@@ -12,7 +12,7 @@ use relu_fpt::backend::cpu::trainer::{feature_normal_equations, window_gradient}
 use relu_fpt::backend::gpu::{
     FeatureKernelParams, GpuBackend, ProjectKernelParams, TrainerKernelParams,
 };
-use relu_fpt::backend::{Adam, Backend, FactoredShape, Pass, SphereFeatures};
+use relu_fpt::backend::{Adam, Backend, Device, FactoredShape, Pass, SphereFeatures};
 use relu_fpt::data::{MemorySource, SampleSource};
 use relu_fpt::network::{Layer, Network};
 
@@ -347,8 +347,8 @@ fn every_pass_runs_on_the_gpu_backend() {
         Pass::TrainWindow,
         Pass::FeatureNormalEquations,
     ] {
-        assert_eq!(gpu().device_of(pass), "gpu", "{pass:?}");
-        assert_eq!(common::cpu().device_of(pass), "cpu", "{pass:?}");
+        assert_eq!(gpu().device_of(pass), Device::Gpu, "{pass:?}");
+        assert_eq!(common::cpu().device_of(pass), Device::Cpu, "{pass:?}");
     }
 }
 
@@ -402,7 +402,7 @@ fn learn_matches_the_cpu(spec: relu_fpt::teacher::TeacherSpec) {
     );
     assert_eq!(g.stages.len(), 6, "{}", g.summary());
     for st in &g.stages {
-        assert_eq!(st.device, "gpu", "{}: {}", teacher.name, g.summary());
+        assert_eq!(st.device, Device::Gpu, "{}: {}", teacher.name, g.summary());
     }
 }
 

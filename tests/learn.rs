@@ -15,7 +15,7 @@ mod common;
 use relu_fpt::backend::Backend;
 use relu_fpt::data::GaussianSource;
 use relu_fpt::data::MemorySource;
-use relu_fpt::learn::{dense_mse, learn, DenseSamples, LearnConfig, LearnReport};
+use relu_fpt::learn::{dense_mse, learn, DenseSamples, LearnConfig, LearnReport, Stage};
 use relu_fpt::metrics::principal_angles;
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::teacher::{build, TeacherKind, TeacherSpec};
@@ -131,7 +131,7 @@ fn learn_with_the_true_subspace_fits_width_two_teachers() {
             &format!("width-2 known basis seed {seed}"),
             &rep,
         );
-        assert_eq!(rep.chosen, "enumerate", "{}", rep.summary());
+        assert_eq!(rep.chosen, Stage::Enumerate, "{}", rep.summary());
         assert_eq!(rep.to_json()["chosen"], "enumerate");
         assert_eq!(rep.dimension, 2);
         assert_eq!(rep.model.input_dim, D);
@@ -262,7 +262,7 @@ fn learn_is_deterministic_and_runs_on_the_gpu_backend() {
     let gpu = common::gpu();
     let g = learn(gpu, &src, &cfg).unwrap();
     // Each report names the backend that ran it.
-    assert_eq!(gpu.kind(), "gpu");
+    assert_eq!(gpu.kind(), relu_fpt::backend::Device::Gpu);
     assert_eq!(g.backend, gpu.description(), "{}", g.summary());
     assert_eq!(a.backend, common::cpu().description());
     below(
@@ -286,7 +286,7 @@ fn learn_without_polish_reports_the_search_fit() {
     };
     let rep = learn(common::cpu(), &src, &cfg).unwrap();
     assert!(rep.polished_mse.is_none());
-    assert_eq!(rep.chosen, "enumerate", "{}", rep.summary());
+    assert_eq!(rep.chosen, Stage::Enumerate, "{}", rep.summary());
     // The descent on z starts from enumerate-and-test's network and is kept only when it
     // improves. (The same network scored by another summation order: equal to rounding.)
     let descent = rep.descent_mse.unwrap();

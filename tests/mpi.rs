@@ -35,7 +35,7 @@ use relu_fpt::data::{
     for_each_chunk, open_samples, write_npy_f32, GaussianSource, MemorySource, NpySource,
     SampleRange, SampleSource,
 };
-use relu_fpt::learn::{learn, train, LearnConfig, PolishConfig};
+use relu_fpt::learn::{learn, train, LearnConfig, PolishConfig, Stage};
 use relu_fpt::moments::{BinSpec, FilteredMoments, SampleWeight};
 use relu_fpt::network::Network;
 use relu_fpt::subspace::estimate_whitening;
@@ -654,7 +654,7 @@ fn rank_cases() {
     let all = learn(split.as_ref(), &aniso, &lc).unwrap();
     let whitening = all.subspace.as_ref().unwrap().whitening.as_ref().unwrap();
     assert!(whitening.map.is_some(), "{}", whitening.summary());
-    for stage in ["descent", "polish"] {
+    for stage in [Stage::Descent, Stage::Polish] {
         let st = all.stages.iter().find(|s| s.stage == stage).unwrap();
         assert!(st.row_reads > 0, "the {stage} stage trained");
     }

@@ -7,7 +7,7 @@ mod common;
 
 use relu_fpt::backend::Backend;
 use relu_fpt::data::{GaussianSource, MemorySource};
-use relu_fpt::learn::{learn, LearnConfig, LearnMethod};
+use relu_fpt::learn::{learn, LearnConfig, LearnMethod, Stage};
 use relu_fpt::metrics::principal_angles;
 use relu_fpt::search::bench::teacher_samples;
 use relu_fpt::search::{enumerate_and_test, label_variance, mse_of, Generator, SearchConfig};
@@ -209,7 +209,7 @@ fn learn_paper_end_to_end() {
     eprintln!("{}", report.summary());
     let stages: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     assert_eq!(stages, ["subspace", "enumerate"]);
-    assert_eq!(report.final_stage, "enumerate");
+    assert_eq!(report.final_stage, Stage::Enumerate);
     assert!(report.descent_mse.is_none() && report.polished_mse.is_none());
     let test = GaussianSource::new(t.network.clone(), 20_000, 99, 0.0).unwrap();
     let mse = relu_fpt::learn::mse(common::cpu(), &report.model, &test).unwrap();

@@ -7,10 +7,10 @@
 
 mod common;
 
-use relu_fpt::backend::FactoredShape;
+use relu_fpt::backend::{Device, FactoredShape};
 use relu_fpt::data::{write_npy_f32, GaussianSource, MemorySource, SampleRange, SampleSource};
 use relu_fpt::learn::{
-    learn, train_until, Check, LearnConfig, Limits, PolishConfig, Race, StopReason, StopRule,
+    learn, train_until, Check, LearnConfig, Limits, PolishConfig, Race, Stage, StopReason, StopRule,
 };
 use relu_fpt::network::{Layer, Network};
 use std::process::Command;
@@ -113,7 +113,7 @@ fn a_stage_that_cannot_improve_stops_after_its_patience() {
         assert_eq!(out.row_reads, out.curve.last().unwrap().row_reads);
         // Each check scored the check rows; the curve's best never rises.
         assert!(out.curve.windows(2).all(|w| w[1].best_mse <= w[0].best_mse));
-        if backend.kind() == "cpu" {
+        if backend.kind() == Device::Cpu {
             let three = run(3, &config(false));
             assert_eq!(out.params, three.params);
             assert_eq!(out.row_reads, three.row_reads);
@@ -269,7 +269,7 @@ fn learn_within_a_time_budget_says_what_it_cut() {
     assert_eq!(json["time_budget"], budget);
     // What became of the deep-net stage is said either way.
     let why = rep.deep_net_decision.clone().unwrap();
-    if !rep.stages.iter().any(|s| s.stage == "deep-net") {
+    if !rep.stages.iter().any(|s| s.stage == Stage::DeepNet) {
         assert!(why.starts_with("skipped"), "{why}");
     }
     // The curve: best validation error against seconds, in time order, never rising.
@@ -316,7 +316,11 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     cfg.deep_gate.as_mut().unwrap().race_rows = pilot;
     cfg.deep_candidates = vec![vec![32, 32]];
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    let deep = rep
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::DeepNet)
+        .unwrap();
     assert_eq!(
         deep.stopped.map(StopReason::as_str),
         Some("behind the descent"),
@@ -325,7 +329,7 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     );
     // The first check at or past the pilot's row reads (one per pass of 32000 rows).
     assert_eq!(deep.row_reads, pilot);
-    assert_ne!(rep.final_stage, "deep-net");
+    assert_ne!(rep.final_stage, Stage::DeepNet);
     let why = rep.deep_net_decision.clone().unwrap();
     assert!(
         why.starts_with("stopped after its race of 64000 row reads"),
@@ -341,7 +345,11 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     cfg.deep_candidates = vec![vec![32, 32], vec![32, 32, 32]];
     cfg.deep_pilot_rows = pilot;
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    let deep = rep
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::DeepNet)
+        .unwrap();
     let why = rep.deep_net_decision.clone().unwrap();
     assert_eq!(deep.stopped, Some(StopReason::Behind), "{why}");
     assert_eq!(deep.row_reads, 2 * pilot, "{why}");
@@ -380,10 +388,14 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
         why.contains("[8, 8] ") && why.contains("[8, 8, 8] "),
         "{why}"
     );
-    let deep = rep.stages.iter().find(|s| s.stage == "deep-net").unwrap();
+    let deep = rep
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::DeepNet)
+        .unwrap();
     // Two pilots and a whole stage (its first check is after one pass of 32000 rows).
     assert!(deep.row_reads >= 3 * pilot, "{}", deep.row_reads);
-    if rep.final_stage == "deep-net" {
+    if rep.final_stage == Stage::DeepNet {
         // The model: as many hidden layers as the widths chosen, and the output layer.
         let depth = chosen.matches(',').count() + 1;
         assert_eq!(rep.model.layers.len(), depth + 1, "{chosen}");

@@ -5,9 +5,13 @@
 mod common;
 
 use rand::{RngExt, SeedableRng};
-use relu_fpt::backend::{Adam, Backend, FactoredShape, NormalEquations, Pass, SphereFeatures};
+use relu_fpt::backend::{
+    Adam, Backend, Device, FactoredShape, NormalEquations, Pass, SphereFeatures,
+};
 use relu_fpt::data::{GaussianSource, MemorySource, SampleRange};
-use relu_fpt::learn::{learn, polish, train, DenseSamples, LearnConfig, PolishConfig, BLOCK_ROWS};
+use relu_fpt::learn::{
+    learn, polish, train, DenseSamples, LearnConfig, PolishConfig, Stage, BLOCK_ROWS,
+};
 use relu_fpt::network::{Layer, Network};
 use relu_fpt::search::SphereNetConfig;
 
@@ -139,7 +143,11 @@ fn streamed_training_equals_the_in_memory_trainer() {
             // 1e-6 move predictions by ~1e-6 |x|, against residuals of ~1e-2 here, so the
             // validation MSE by up to ~1e-4 of itself (lavapipe: 1.3e-5). The CPU agrees to
             // 4e-8.
-            let bound = if backend.kind() == "gpu" { 1e-4 } else { 1e-6 };
+            let bound = if backend.kind() == Device::Gpu {
+                1e-4
+            } else {
+                1e-6
+            };
             let rel = (out.after - reference.after).abs() / reference.after;
             assert!(rel < bound, "{} vs {}", out.after, reference.after);
             if !train_basis {
@@ -393,7 +401,11 @@ fn sse_of_several_networks_matches_f64_on_both_backends() {
             .sum();
         assert!((got[0] - want).abs() < 1e-5 * want, "{got:?} {want}");
         // f64 sums on the CPU, f32 partials of 512 rows on the GPU.
-        let tol = if backend.kind() == "cpu" { 1e-9 } else { 1e-6 };
+        let tol = if backend.kind() == Device::Cpu {
+            1e-9
+        } else {
+            1e-6
+        };
         assert!((got[1] - want_zero).abs() < tol * want_zero);
     }
 }
@@ -409,7 +421,7 @@ fn backends_say_which_device_runs_each_pass() {
         Pass::Project,
         Pass::Predict,
     ] {
-        assert_eq!(cpu.device_of(pass), "cpu");
+        assert_eq!(cpu.device_of(pass), Device::Cpu);
     }
     for pass in [
         Pass::Moments,
@@ -418,7 +430,7 @@ fn backends_say_which_device_runs_each_pass() {
         Pass::FeatureNormalEquations,
         Pass::Project,
     ] {
-        assert_eq!(gpu.device_of(pass), "gpu");
+        assert_eq!(gpu.device_of(pass), Device::Gpu);
     }
 }
 
@@ -515,7 +527,11 @@ fn the_polish_grows_again_while_every_spare_row_is_kept() {
     };
     let e = |i| unit(10, i);
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let polishes = rep.stages.iter().filter(|s| s.stage == "polish").count();
+    let polishes = rep
+        .stages
+        .iter()
+        .filter(|s| s.stage == Stage::Polish)
+        .count();
     assert_eq!(polishes, 2, "{}", rep.summary());
     assert_eq!(rep.model.layer_input_dim(), 4, "{}", rep.summary());
     let angles = relu_fpt::metrics::principal_angles(
@@ -544,7 +560,11 @@ fn the_deep_net_runs_again_on_a_basis_the_polish_grew() {
         ..cfg
     };
     let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let deep_stages = rep.stages.iter().filter(|s| s.stage == "deep-net").count();
+    let deep_stages = rep
+        .stages
+        .iter()
+        .filter(|s| s.stage == Stage::DeepNet)
+        .count();
     let why = rep.deep_net_decision.clone().unwrap_or_default();
     assert_eq!(deep_stages, 2, "{}", rep.summary());
     assert!(why.contains("grew the basis to 4 rows"), "{why}");
@@ -596,17 +616,17 @@ fn learn_reports_every_stage() {
     );
     assert_eq!((rep.train_rows, rep.validation_rows), (16_000, 4000));
     for s in &rep.stages {
-        assert_eq!(s.device, "cpu");
+        assert_eq!(s.device, Device::Cpu);
         assert!(s.row_reads >= s.rows, "{s:?}");
         // The cap holds in the fitting stages; filtered PCA reads every training row.
-        let most = if s.stage == "subspace" {
+        let most = if s.stage == Stage::Subspace {
             16_000
         } else {
             12_000
         };
         assert!(s.rows >= 1 && s.rows <= most, "{s:?}");
         assert!(s.seconds >= 0.0);
-        assert_eq!(s.validation_mse.is_none(), s.stage == "subspace");
+        assert_eq!(s.validation_mse.is_none(), s.stage == Stage::Subspace);
     }
     assert_eq!(rep.stages[1].validation_mse, Some(rep.enumerate_mse));
     assert_eq!(rep.stages[2].validation_mse, rep.sphere_net_mse);
@@ -636,7 +656,7 @@ fn learn_reports_every_stage() {
     } else {
         rep.chosen.as_str()
     };
-    assert_eq!(rep.final_stage, expected_final);
+    assert_eq!(rep.final_stage.as_str(), expected_final);
     let direct = relu_fpt::learn::mse(
         common::cpu(),
         &rep.model,

@@ -52,18 +52,6 @@ impl std::fmt::Display for Device {
     }
 }
 
-impl PartialEq<&str> for Device {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<str> for Device {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
 /// A device that computes the statistics of a pass over the data.
 pub trait Backend: Send + Sync {
     /// The device of this backend's own passes.

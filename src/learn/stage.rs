@@ -40,18 +40,6 @@ impl std::fmt::Display for Stage {
     }
 }
 
-impl PartialEq<&str> for Stage {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<str> for Stage {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Stage;
