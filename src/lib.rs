@@ -3,9 +3,13 @@
 //! Tractable" (arXiv 2009.13512): filtered PCA finds the span of the first-layer weights, then
 //! enumerate-and-test fits a network on that low-dimensional projection.
 //!
-//! The pipeline, one module per stage: [`data`] (samples) -> [`moments`] -> `subspace` ->
-//! `search` -> [`network`] (the model). Every pass over the data runs on a [`backend::Backend`],
-//! CPU or GPU (wgpu compute shaders in `shaders/`).
+//! The pipeline, one module per stage: [`data`] (samples) -> [`moments`] -> [`subspace`] ->
+//! [`search`] -> [`learn`], which returns the model, a [`network::Network`]. Every pass over
+//! the data runs on a [`backend::Backend`], CPU or GPU (wgpu compute shaders in `shaders/`).
+//! Imports run one way (`tests/layering.rs` holds the order): a stage uses the stages before it,
+//! never after; beneath them all sit what every stage shares ([`linalg`], [`network`]: the
+//! teacher that labels generated samples, the residual fits and the model are all networks),
+//! and only the error type names the errors of several modules.
 
 pub mod backend;
 pub mod bench;
