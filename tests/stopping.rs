@@ -405,6 +405,64 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
     assert_eq!(again.deep_net_decision, rep.deep_net_decision);
 }
 
+/// The deepen stage, on labels with noise (so the model stays above 1e-4 of Var(y)): when the
+/// model has fewer hidden layers than the deepest candidate it polishes once more with one
+/// more, and its result is the model only when it validates better; the report says what it
+/// did either way. Without deep-net candidates, or without the polish, it is not asked for.
+#[test]
+fn the_deepen_stage_keeps_one_more_layer_only_when_it_validates_better() {
+    let spec = relu_fpt::teacher::TeacherSpec {
+        k: Some(3),
+        widths: vec![4, 4],
+        seed: 5,
+        ..relu_fpt::teacher::TeacherSpec::new(relu_fpt::teacher::TeacherKind::Random, 16)
+    };
+    let teacher = relu_fpt::teacher::build(&spec).unwrap();
+    let source = GaussianSource::new(teacher.network, 40_000, 6, 0.2).unwrap();
+    let mut cfg = LearnConfig {
+        deep_gate: None,
+        deep_pilot_rows: 32_000,
+        deep_candidates: vec![vec![8, 8], vec![8, 8, 8]],
+        polish_config: PolishConfig {
+            epochs: 4,
+            ..LearnConfig::default().polish_config
+        },
+        seed: 4,
+        ..LearnConfig::default()
+    };
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    let why = rep.deepen_decision.clone().unwrap();
+    let depth = rep.model.layers.len() - 1;
+    assert!(rep.validation_mse > 1e-4 * rep.validation_var, "{why}");
+    let d = rep
+        .deepen_mse
+        .unwrap_or_else(|| panic!("{}", rep.summary()));
+    assert!(why.starts_with("ran: "), "{why}");
+    let last = rep.stages.last().unwrap();
+    assert_eq!(last.stage, Stage::Deepen);
+    assert_eq!(last.validation_mse, Some(d.after));
+    let before = if d.kept { depth - 1 } else { depth };
+    assert!(
+        why.contains(&format!("with {before} hidden layers")),
+        "{why}"
+    );
+    if d.kept {
+        assert!(d.after < d.before, "{why}");
+        assert_eq!(rep.final_stage, Stage::Deepen);
+        assert_eq!(rep.validation_mse, d.after);
+    } else {
+        assert_ne!(rep.final_stage, Stage::Deepen);
+        assert!(rep.validation_mse <= d.after, "{why}");
+    }
+    assert!(rep.summary().contains(&format!("deepen stage: {why}")));
+    assert_eq!(rep.to_json()["deepen_decision"], why.as_str());
+
+    cfg.polish = false;
+    let rep = learn(common::cpu(), &source, &cfg).unwrap();
+    assert!(rep.deepen_decision.is_none() && rep.deepen_mse.is_none());
+    assert!(rep.stages.iter().all(|s| s.stage != Stage::Deepen));
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
 }

@@ -11,6 +11,9 @@
 //! become one used row and one unused. Then the least used are dropped while the paired test
 //! allows: on every validation row, the squared error without the row minus with it; a row
 //! stays when the mean of that difference exceeds `z` standard errors.
+//!
+//! The network can grow deeper too ([`deepen`]): one more hidden layer that starts as the
+//! identity, so the polish resumes from the same function with more room.
 
 use crate::backend::Backend;
 use crate::data::{for_each_chunk, SampleSource};
@@ -18,6 +21,24 @@ use crate::error::Result;
 use crate::network::{Layer, Network};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
+
+/// The same function with one more hidden layer: an identity layer after the last hidden one,
+/// with zero biases (its inputs are ReLU outputs, so ReLU(I h + 0) = h exactly). A network with
+/// no hidden layer comes back unchanged.
+pub fn deepen(network: &Network) -> Result<Network> {
+    let mut deeper = network.clone();
+    let Some(last_hidden) = deeper.layers.len().checked_sub(2) else {
+        return Ok(deeper);
+    };
+    let w = deeper.layers[last_hidden].outputs;
+    let mut eye = vec![0.0; w * w];
+    for i in 0..w {
+        eye[i * w + i] = 1.0;
+    }
+    (deeper.layers).insert(last_hidden + 1, Layer::new(w, w, eye, vec![0.0; w])?);
+    deeper.validate()?;
+    Ok(deeper)
+}
 
 /// `network` (on r inputs) and `basis` (r rows) with `spare` more basis rows and first-layer
 /// inputs, started small (see the module docs); fewer when d - r is smaller (the caller reads
@@ -234,6 +255,32 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deepened_network_is_the_same_function_one_layer_deeper() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut draw =
+            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (d, h1, h2) = (5, 4, 3);
+        let net = Network::new(
+            d,
+            vec![
+                Layer::new(d, h1, draw(h1 * d), draw(h1)).unwrap(),
+                Layer::new(h1, h2, draw(h2 * h1), draw(h2)).unwrap(),
+                Layer::new(h2, 1, draw(h2), draw(1)).unwrap(),
+            ],
+        )
+        .unwrap();
+        let deeper = deepen(&net).unwrap();
+        assert_eq!(deeper.hidden_widths(), [h1, h2, h2]);
+        for _ in 0..50 {
+            let x = draw(d);
+            assert_eq!(net.forward_one_f64(&x), deeper.forward_one_f64(&x));
+        }
+        // No hidden layer: nothing to deepen.
+        let linear = Network::new(d, vec![Layer::new(d, 1, draw(d), draw(1)).unwrap()]).unwrap();
+        assert_eq!(deepen(&linear).unwrap(), linear);
+    }
 
     #[test]
     fn canonical_spare_rows_keep_the_function_and_are_orthonormal_off_b() {

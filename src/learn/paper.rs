@@ -137,6 +137,7 @@ pub(super) fn learn_paper(
         descent_mse: None,
         deep_net_mse: None,
         polished_mse: None,
+        deepen_mse: None,
         chosen: Stage::Enumerate,
         final_stage: Stage::Enumerate,
         candidates_evaluated: found.candidates_evaluated,
@@ -148,6 +149,7 @@ pub(super) fn learn_paper(
         method: LearnMethod::Paper,
         deep_net_decision: None,
         deep_net_evidence: None,
+        deepen_decision: None,
         time_budget: None,
         budget_notes: Vec::new(),
     })
@@ -217,6 +219,11 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
             "polish (Adam on B and the network)",
             false,
             stage(Stage::Polish),
+        ),
+        part(
+            "deepen (one more hidden layer, polished)",
+            false,
+            stage(Stage::Deepen),
         ),
     ]
 }

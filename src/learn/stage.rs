@@ -2,7 +2,7 @@
 //! [`super::LearnReport`] say ran, and which stage's result is the model.
 
 /// One stage of the pipeline, in the order the default pipeline runs them; reports write it as
-/// "subspace", "enumerate", "sphere-net", "descent", "deep-net" or "polish".
+/// "subspace", "enumerate", "sphere-net", "descent", "deep-net", "polish" or "deepen".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -18,6 +18,8 @@ pub enum Stage {
     DeepNet,
     /// Adam on the network and B together.
     Polish,
+    /// The polish again from the same function with one more hidden layer.
+    Deepen,
 }
 
 impl Stage {
@@ -30,6 +32,7 @@ impl Stage {
             Stage::Descent => "descent",
             Stage::DeepNet => "deep-net",
             Stage::Polish => "polish",
+            Stage::Deepen => "deepen",
         }
     }
 }
@@ -54,6 +57,7 @@ mod tests {
             Stage::Descent,
             Stage::DeepNet,
             Stage::Polish,
+            Stage::Deepen,
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
             assert_eq!(format!("{s}"), s.as_str());
