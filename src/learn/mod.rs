@@ -808,6 +808,12 @@ fn deepen_skipped(rel: f64, depth: usize, deepest: usize) -> Option<String> {
             num(rel),
             num(DEEPEN_BAR)
         ))
+    } else if rel >= 0.5 {
+        // Parity k = 10 at d = 64: 8 s for nothing.
+        Some(format!(
+            "the model is at validation MSE/Var {}: it explains less than half of Var(y), so a deeper start from it is little better than the deep-net stage's random start",
+            num(rel)
+        ))
     } else if depth == 0 || depth >= deepest {
         Some(format!(
             "the network has {depth} hidden layers and the deepest deep-net candidate {deepest}"
@@ -1447,8 +1453,8 @@ impl Run<'_> {
         Ok((errors, spare, kept))
     }
 
-    /// The deepen stage, last: when the model is above [`DEEPEN_BAR`] of Var(y) and has fewer
-    /// hidden layers than the deepest deep-net candidate, the polish once more from the same
+    /// The deepen stage, last: when the model is above [`DEEPEN_BAR`] of Var(y) (and explains
+    /// at least half of it) and has fewer hidden layers than the deepest deep-net candidate, the polish once more from the same
     /// function with one more hidden layer ([`grow::deepen`]), kept when it validates better.
     /// Not run under a time budget, nor without the polish or deep-net candidates (its errors
     /// and decision are None then). The deep-net pilots cannot tell the depths apart where the
@@ -1714,6 +1720,8 @@ mod tests {
     fn the_deepen_stage_runs_above_its_bar_below_the_deepest_candidate() {
         assert!(deepen_skipped(1.1e-2, 2, 3).is_none());
         assert!(deepen_skipped(2e-4, 1, 2).is_none());
+        let poor = deepen_skipped(0.9, 2, 3).unwrap();
+        assert!(poor.contains("less than half"), "{poor}");
         let done = deepen_skipped(1e-4, 2, 3).unwrap();
         assert!(done.contains("at or below"), "{done}");
         let deep = deepen_skipped(1e-2, 3, 3).unwrap();
