@@ -227,7 +227,9 @@ struct SubspaceArgs {
     /// Most residual rounds after the refine steps (filters on y - h(B x); 0: none).
     #[arg(long, default_value_t = 8)]
     residual_rounds: usize,
-    /// A direction must clear this multiple of the null maximum (>= 1).
+    /// A direction must clear this multiple of the null maximum (>= 1); with whitening, in a
+    /// round where no score clears it, the eigenvalues' margin shrinks like 1 / sqrt(d) above
+    /// d = 32.
     #[arg(long, default_value_t = 1.25)]
     null_margin: f64,
     /// Number of directions for pHd, SIR and SAVE.

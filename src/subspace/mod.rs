@@ -117,7 +117,10 @@ pub struct SubspaceConfig {
     /// (scripts/false_positives.py, 20 seeds each): the worst ratio was 1.02 at d = 16, 1.12
     /// at d = 32 with heavy-tailed x and y, 1.06 at d = 64 (Gaussian, anisotropic or t5 x);
     /// 1.25 stands above all of them, while a direction at 2-3x the Gaussian null edge (which
-    /// the old fixed multiple of 3 on a union-bound-corrected edge refused) clears it.
+    /// the old fixed multiple of 3 on a union-bound-corrected edge refused) clears it. This is
+    /// the margin up to d = 32: with whitening, in a round where no score clears it, its
+    /// excess over 1 shrinks like 1 / sqrt(d) above (`filtered::eigen_margin`: 1.125 at
+    /// d = 128).
     pub null_margin: f64,
     /// The same for the filtered means |m_T| (default 1.25, raised to 1 + 2 / sqrt(d) at small
     /// d, where the norm of a noise vector spreads more; see `filtered::mean_margin`).

@@ -117,7 +117,8 @@ pub struct SubspaceReport {
     pub samples_used: u64,
     /// Rows of the source.
     pub rows: u64,
-    /// The null margin the bar used.
+    /// The null margin given (`--null-margin`); the eigenvalues' bar uses less above d = 32
+    /// with whitening (see `SubspaceConfig::null_margin`).
     pub null_margin: f64,
     /// Rows a filter must hold to be scored (min_filter_factor x d; 0 for the baselines).
     pub min_filter_rows: u64,
