@@ -776,7 +776,7 @@ fn filtered_pca_on_the_gpu_backend_matches_the_cpu() {
 /// Few rows at large d (issue 26): parity k = 4 at d = 160 from 2e4 rows stands about 1.2
 /// times the null maximum, under the fixed margin of 1.25 and over the one that shrinks with
 /// d, so the label round finds directions the fixed margin refused (`scripts/few_rows.py`:
-/// `learn` fits 7 of 10 seeds to 1e-2 of Var(y) from such rows, none before), while labels
+/// `learn` fits 8 of 10 seeds to 1e-2 of Var(y) from such rows, none before), while labels
 /// independent of x at the same size still give nothing.
 #[test]
 fn parity_at_d160_from_2e4_rows_clears_the_shrinking_margin_and_noise_does_not() {
