@@ -225,6 +225,11 @@ fn a_passed_deadline_ends_a_stage_after_one_window() {
 
 /// The samples of a random [4, 4] teacher on a 3-dim subspace of R^16.
 fn random_teacher_source(n: u64) -> GaussianSource {
+    noisy_random_teacher_source(n, 0.0)
+}
+
+/// The same with label noise of standard deviation `noise_sd`.
+fn noisy_random_teacher_source(n: u64, noise_sd: f64) -> GaussianSource {
     let spec = relu_fpt::teacher::TeacherSpec {
         k: Some(3),
         widths: vec![4, 4],
@@ -232,7 +237,7 @@ fn random_teacher_source(n: u64) -> GaussianSource {
         ..relu_fpt::teacher::TeacherSpec::new(relu_fpt::teacher::TeacherKind::Random, 16)
     };
     let teacher = relu_fpt::teacher::build(&spec).unwrap();
-    GaussianSource::new(teacher.network, n, 6, 0.0).unwrap()
+    GaussianSource::new(teacher.network, n, 6, noise_sd).unwrap()
 }
 
 /// `learn` with a time budget returns a model well within a generous bound of it, says what the
@@ -411,14 +416,7 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
 /// did either way. Without deep-net candidates, or without the polish, it is not asked for.
 #[test]
 fn the_deepen_stage_keeps_one_more_layer_only_when_it_validates_better() {
-    let spec = relu_fpt::teacher::TeacherSpec {
-        k: Some(3),
-        widths: vec![4, 4],
-        seed: 5,
-        ..relu_fpt::teacher::TeacherSpec::new(relu_fpt::teacher::TeacherKind::Random, 16)
-    };
-    let teacher = relu_fpt::teacher::build(&spec).unwrap();
-    let source = GaussianSource::new(teacher.network, 40_000, 6, 0.2).unwrap();
+    let source = noisy_random_teacher_source(40_000, 0.2);
     let mut cfg = LearnConfig {
         deep_gate: None,
         deep_pilot_rows: 32_000,
