@@ -151,9 +151,20 @@ fn keep_permissions(tmp: &Path, path: &Path) {
 /// Removes every temporary output still in flight: what an interrupt handler calls before the
 /// process exits. Waits for a commit in progress to finish first.
 pub fn remove_in_flight() {
+    remove_in_flight_where(|_| true);
+}
+
+/// [`remove_in_flight`] for the paths `which` picks (the tests pick their own: the registry
+/// is process-wide, and other tests write files beside them).
+fn remove_in_flight_where(which: impl Fn(&Path) -> bool) {
     let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
-    let paths = std::mem::take(&mut *IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()));
-    for p in paths {
+    let mut registry = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    let (picked, kept): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut *registry)
+        .into_iter()
+        .partition(|p| which(p));
+    *registry = kept;
+    drop(registry);
+    for p in picked {
         let _ = remove_path(&p);
     }
 }
@@ -541,11 +552,13 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"done");
         assert!(IN_FLIGHT.lock().unwrap().iter().all(|p| p != &tmp));
 
-        // What an interrupt does (in this test only: the registry is process-wide).
+        // What an interrupt does, to this test's file only: the registry is process-wide, and
+        // removing every file in flight removed other tests' outputs as they wrote them.
         let tmp = begin(&dir.path().join("m.json")).unwrap();
         std::fs::write(&tmp, b"partial").unwrap();
-        remove_in_flight();
+        remove_in_flight_where(|p| p.starts_with(dir.path()));
         assert!(!tmp.exists());
+        assert!(IN_FLIGHT.lock().unwrap().iter().all(|p| p != &tmp));
     }
 
     #[test]
