@@ -362,6 +362,14 @@ pub fn for_each_chunk(
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut start = 0u64;
     while start < total {
+        // Rows held in memory are passed where they are, not copied.
+        if let Some((xs, ys)) = source.in_memory(start, chunk_rows) {
+            if !ys.is_empty() {
+                f(start, xs, ys)?;
+                start += ys.len() as u64;
+                continue;
+            }
+        }
         let n = source.read(start, chunk_rows, &mut x, &mut y)?;
         if n == 0 {
             return Err(Error::invalid(format!(

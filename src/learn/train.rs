@@ -116,23 +116,39 @@ fn read_window(
     mut out: Window,
 ) -> Result<Window> {
     let d = train.dim();
-    // The blocks in parallel: a generated block (a built-in teacher) is only two tasks of work,
-    // and files take parallel positioned reads.
-    window
-        .par_iter()
-        .zip(blocks.par_iter_mut())
-        .try_for_each(|(&b, buf)| -> Result<()> {
-            let want = block_len(b);
-            let got = train.read((b * BLOCK_ROWS) as u64, want, &mut buf.x, &mut buf.y)?;
-            if got != want {
-                return Err(Error::invalid(format!(
-                    "{} returned {got} rows at row {} where {want} were expected",
-                    train.describe(),
-                    b * BLOCK_ROWS
-                )));
-            }
-            Ok(())
-        })?;
+    // Rows held in memory are gathered from where they are: copying them into blocks first
+    // would double the memory traffic of an in-memory source.
+    let borrowed: Option<Vec<(&[f32], &[f32])>> = window
+        .iter()
+        .map(|&b| train.in_memory((b * BLOCK_ROWS) as u64, block_len(b)))
+        .collect();
+    if borrowed.is_none() {
+        // The blocks in parallel: a generated block (a built-in teacher) is only two tasks of
+        // work, and files take parallel positioned reads.
+        window
+            .par_iter()
+            .zip(blocks.par_iter_mut())
+            .try_for_each(|(&b, buf)| -> Result<()> {
+                let want = block_len(b);
+                train.read((b * BLOCK_ROWS) as u64, want, &mut buf.x, &mut buf.y)?;
+                Ok(())
+            })?;
+    }
+    let rows: Vec<(&[f32], &[f32])> = match borrowed {
+        Some(rows) => rows,
+        None => blocks.iter().map(|w| (&w.x[..], &w.y[..])).collect(),
+    };
+    for (&b, (_, y)) in window.iter().zip(&rows) {
+        let want = block_len(b);
+        if y.len() != want {
+            return Err(Error::invalid(format!(
+                "{} returned {} rows at row {} where {want} were expected",
+                train.describe(),
+                y.len(),
+                b * BLOCK_ROWS
+            )));
+        }
+    }
     let order = window_order(window, block_len, rng);
     let len = order.len();
     let at: Vec<(usize, usize)> = order
@@ -141,14 +157,13 @@ fn read_window(
         .collect();
     out.x.resize(len * d, 0.0);
     out.y.resize(len, 0.0);
-    let blocks = &*blocks;
     out.x
         .par_chunks_mut(d.max(1))
         .zip(out.y.par_iter_mut())
         .zip(at.par_iter())
         .for_each(|((x, y), &(j, i))| {
-            x.copy_from_slice(&blocks[j].x[i * d..(i + 1) * d]);
-            *y = blocks[j].y[i];
+            x.copy_from_slice(&rows[j].0[i * d..(i + 1) * d]);
+            *y = rows[j].1[i];
         });
     Ok(out)
 }
