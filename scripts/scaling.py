@@ -298,10 +298,12 @@ def draw(summary, time_rows, out, cases, methods, quick):
               "mlp": "MLP 64x64, Adam"}
     cols = min(len(cases), 2)
     rws = math.ceil(len(cases) / cols)
-    fig, axes = plt.subplots(rws, cols, figsize=(6.2 * cols, 4.6 * rws), squeeze=False)
+    fig, axes = plt.subplots(rws, cols, figsize=(6.2 * cols, 5.8 * rws), squeeze=False)
     for ax, case in zip(axes.flat, cases):
         name = case_name(case)
         for method in methods:
+            if method not in summary[name]:
+                continue  # a merged case that a method was not run on
             pts = summary[name][method]
             ds = [p["d"] for p in pts]
             mean = [p["log_mean"] for p in pts]
@@ -328,7 +330,8 @@ def draw(summary, time_rows, out, cases, methods, quick):
         ax.set_ylabel(f"rows needed (test MSE/Var <= {TARGET_MSE})")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        # Below the axes: inside, it hid points on some panels.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), framealpha=0.85)
     for ax in list(axes.flat)[len(cases):]:
         ax.axis("off")
     fig.suptitle("Rows needed against d (error bars: one geometric std over seeds)"
@@ -381,12 +384,12 @@ def main():
     ap.add_argument("--mlp-epochs", type=int, default=None)
     ap.add_argument("--time-d", type=int, default=None)
     ap.add_argument("--time-n", type=int, default=None)
-    ap.add_argument("--time-ks", default=None)
+    ap.add_argument("--time-ks", default=None, help="comma list of k, or none (default 2,4,6)")
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--redraw", nargs="+", metavar="JSON",
                     help="draw the figures from scaling.json files of earlier runs instead of "
-                         "running: a later file's (case, method) points replace an earlier "
-                         "file's, the first file's timing rows are kept")
+                         "running: a later file's (case, method) points (and runs) replace an "
+                         "earlier file's, the first file's timing rows are kept")
     a = ap.parse_args()
     if a.redraw:
         return redraw(a.redraw, a.out)
@@ -409,7 +412,9 @@ def main():
 
     time_d = a.time_d or (16 if q else 32)
     time_n = a.time_n or (20_000 if q else 100_000)
-    time_ks = [int(v) for v in (a.time_ks or ("2" if q else "2,4,6")).split(",")]
+    time_ks = a.time_ks or ("2" if q else "2,4,6")
+    # "none" skips the timing part (a run that only adds rows-needed points to merge).
+    time_ks = [] if time_ks == "none" else [int(v) for v in time_ks.split(",")]
     os.makedirs(a.out, exist_ok=True)
     began = time.time()
     runs = []
@@ -508,15 +513,22 @@ def redraw(paths, out):
     """The figures and a combined scaling.json from earlier runs' scaling.json files."""
     runs = [json.load(open(p)) for p in paths]
     base = runs[0]
-    summary = {case: dict(v, exponents=dict(v["exponents"])) for case, v in base["summary"].items()}
-    for extra in runs[1:]:
+    summary = {}
+    # Which file gives each (case, method) its points: only that file's runs of it are kept.
+    supplier = {}
+    for i, extra in enumerate(runs):
         for case, per in extra["summary"].items():
             into = summary.setdefault(case, {"exponents": {}})
             for method, pts in per.items():
                 if method != "exponents":
                     into[method] = pts
                     into["exponents"][method] = per["exponents"].get(method)
-        base["runs"] = base["runs"] + extra["runs"]
+                    supplier[(case, method)] = i
+    base["runs"] = [r for i, extra in enumerate(runs) for r in extra["runs"]
+                    if supplier.get((r["case"], r["method"])) == i]
+    base["seconds_per_file"] = [extra.get("seconds") for extra in runs]
+    base["dims"] = sorted({p["d"] for per in summary.values() for method, pts in per.items()
+                           if method != "exponents" for p in pts})
     methods = [m for m in ("default", "paper", "mlp")
                if any(m in per for per in summary.values())]
     cases = [(c.split()[0], int(c.split("=")[1])) if c.startswith("parity")
@@ -528,7 +540,7 @@ def redraw(paths, out):
     with open(os.path.join(out, "scaling.json"), "w") as f:
         json.dump(base, f, indent=1)
     for case, per in summary.items():
-        for method in methods:
+        for method in [m for m in methods if m in per]:
             exp = per["exponents"].get(method)
             print(f"  {case:14s} {method:8s} exponent {'-' if exp is None else f'{exp:.2f}'}")
 
