@@ -296,8 +296,8 @@ def draw(summary, time_rows, out, cases, methods, quick):
     colours = {"default": "#1f77b4", "paper": "#d62728", "mlp": "#2ca02c"}
     labels = {"default": "relu-fpt (default)", "paper": "relu-fpt --method paper",
               "mlp": "MLP 64x64, Adam"}
-    cols = min(len(cases), 2)
-    rws = math.ceil(len(cases) / cols)
+    cols = max(min(len(cases), 2), 1)
+    rws = max(math.ceil(len(cases) / cols), 1)
     fig, axes = plt.subplots(rws, cols, figsize=(6.2 * cols, 5.8 * rws), squeeze=False)
     for ax, case in zip(axes.flat, cases):
         name = case_name(case)
@@ -376,7 +376,8 @@ def main():
     ap.add_argument("--dims", default=None, help="comma list of d (default 16,32,64)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")
     ap.add_argument("--cases", default=None,
-                    help="comma list of parity:K or random:K (default parity:2,parity:4,random:4)")
+                    help="comma list of parity:K or random:K, or none "
+                         "(default parity:2,parity:4,random:4)")
     ap.add_argument("--methods", default="default,paper,mlp")
     ap.add_argument("--n0", type=int, default=None, help="smallest N of the grid")
     ap.add_argument("--steps", type=int, default=None, help="grid points (ratio 2)")
@@ -396,8 +397,10 @@ def main():
     q = a.quick
     dims = [int(v) for v in (a.dims or ("8,16" if q else "16,32,64")).split(",")]
     seeds = list(range(1, 1 + (a.seeds or (1 if q else 3))))
-    cases = [(c.split(":")[0], int(c.split(":")[1]))
-             for c in (a.cases or ("parity:2" if q else "parity:2,parity:4,random:4")).split(",")]
+    cases = a.cases or ("parity:2" if q else "parity:2,parity:4,random:4")
+    # "none" skips the rows-needed part (a run that only times learn against k).
+    cases = [] if cases == "none" else [(c.split(":")[0], int(c.split(":")[1]))
+                                        for c in cases.split(",")]
     methods = a.methods.split(",")
     n0 = a.n0 or (1000 if q else 250)
     steps = a.steps or (5 if q else 15)
@@ -484,13 +487,14 @@ def main():
     cpu = sum(getattr(resource.getrusage(who), f) for who in
               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
     load = os.getloadavg()
-    draw(summary, time_rows, a.out, cases, methods, q)
+    # The numbers first, so that a failure to draw loses no run.
     with open(os.path.join(a.out, "scaling.json"), "w") as f:
         json.dump({"quick": q, "dims": dims, "seeds": seeds, "grid": grid, "mlp_max_n": mlp_max,
                    "mlp_max_epochs": max_epochs, "target_mse": TARGET_MSE,
                    "target_angle": TARGET_ANGLE, "summary": summary, "time": time_rows,
                    "runs": runs, "seconds": total, "cpu_seconds": cpu,
                    "load_average_at_end": load}, f, indent=1)
+    draw(summary, time_rows, a.out, cases, methods, q)
     print(f"\nrows needed (geometric mean over seeds; '>' = not reached by the largest N tried), "
           f"{total:.0f} s wall, {cpu:.0f} s of CPU (this process and its children), load "
           f"average at the end {load[0]:.1f}")
