@@ -1474,7 +1474,8 @@ impl Run<'_> {
         let Some(deepest) = deepest.filter(|_| config.polish && self.budget.is_none()) else {
             return Ok((None, None));
         };
-        let rel = best.validation_mse / self.validation_var.max(1e-300);
+        let var = self.validation_var.max(1e-300);
+        let rel = best.validation_mse / var;
         let depth = best.network.layers.len() - 1;
         if let Some(why) = deepen_skipped(rel, depth, deepest) {
             return Ok((None, Some(format!("skipped: {why}"))));
@@ -1498,7 +1499,7 @@ impl Run<'_> {
             num(rel),
             num(DEEPEN_BAR),
             list(&widths),
-            num(errors.after / self.validation_var.max(1e-300)),
+            num(errors.after / var),
             if errors.kept { "kept" } else { "not kept" }
         );
         Ok((Some(errors), Some(why)))
