@@ -68,9 +68,10 @@ pub struct LearnConfig {
     /// (the "deep-net" stage) and kept when it validates better than the descent from the
     /// search's pick; empty: no such stage. A one-hidden-layer fit approximates a deep teacher
     /// poorly, and descent in r dimensions is cheap and benign. With more than one candidate
-    /// (cheapest first, and no time budget), each trains a pilot of `deep_pilot_rows` row
-    /// reads (to the first check after them) from its random start, and the one that validates
-    /// best by a margin ([`DEEP_PILOT_MARGIN`]) is trained.
+    /// (cheapest first, and no time budget), each but the first trains a pilot of
+    /// `deep_pilot_rows` row reads (to the first check after them) from its random start; the
+    /// first is the stage and goes on past as many row reads unless their pick validates better
+    /// by a margin ([`DEEP_PILOT_MARGIN`]), which is then trained instead.
     pub deep_candidates: Vec<Vec<usize>>,
     pub deep_pilot_rows: u64,
     /// The deep-net stage's trainer settings (its seed is derived from `seed`).
@@ -748,11 +749,12 @@ struct DeepNetOutcome {
     evidence: Option<DeepNetEvidence>,
 }
 
-/// The deep-net stage's pilots ([`Run::deep_pilots`]): the widths chosen, each candidate's
-/// pilot, and their row reads and seconds in all.
+/// The deep-net stage's pilots ([`Run::deep_pilots`]) of every candidate but the first: each
+/// one's run, the rival of the first (their pick, see [`chosen_widths`]), and their row reads
+/// and seconds in all.
 #[derive(Default)]
 struct DeepPilots {
-    chosen: Vec<usize>,
+    rival: Option<usize>,
     runs: Vec<PilotRun>,
     pilot_rows: u64,
     row_reads: u64,
@@ -770,15 +772,24 @@ struct PilotRun {
 }
 
 impl DeepPilots {
-    /// What the pilots found, for the report; None when there were none.
-    fn finding(&self, var: f64) -> Option<String> {
+    /// What the race of the `first` candidate (best `first_mse` on the check rows after the
+    /// pilots' row reads) against the pilots found, `chosen` being trained; None when there
+    /// were no pilots.
+    fn finding(
+        &self,
+        first: &[usize],
+        first_mse: f64,
+        chosen: &[usize],
+        var: f64,
+    ) -> Option<String> {
         (!self.runs.is_empty()).then(|| {
-            let each: Vec<String> = (self.runs.iter())
-                .map(|p| format!("[{}] {}", list(&p.widths), num(p.outcome.after / var)))
+            let best = |p: &PilotRun| p.outcome.curve.last().map_or(f64::NAN, |c| c.best_mse);
+            let each: Vec<String> = std::iter::once(format!("[{}] {}", list(first), num(first_mse / var)))
+                .chain((self.runs.iter()).map(|p| format!("[{}] {}", list(&p.widths), num(best(p) / var))))
                 .collect();
             format!(
-                "hidden widths [{}] chosen by pilots of {} row reads from random starts (validation MSE/Var {})",
-                list(&self.chosen),
+                "hidden widths [{}] chosen by a race of {} row reads from random starts, the first candidate's being the stage's own beginning (validation MSE/Var on the check rows {})",
+                list(chosen),
                 crate::progress::count(self.pilot_rows),
                 each.join(", ")
             )
@@ -786,7 +797,7 @@ impl DeepPilots {
     }
 }
 
-/// The pilots' pick from (widths, validation MSE on the whole split) (see
+/// The pilots' pick from (widths, best validation MSE on the check rows) (see
 /// [`DEEP_PILOT_MARGIN`]): candidates come cheapest first, and a later one must earn its cost.
 fn chosen_widths(tried: &[(Vec<usize>, f64)]) -> &[usize] {
     let mut chosen: (&[usize], f64) = (&[], f64::INFINITY);
@@ -1133,41 +1144,81 @@ impl Run<'_> {
             ..config.deep_config.clone()
         };
         let pilots = self.deep_pilots(&best.basis, &pc)?;
-        let widths = pilots.chosen.clone();
-        let net_name = format!("the network of hidden widths [{}]", list(&widths));
-        // The chosen pilot is the stage's own beginning (the same random start and sample
-        // order), so when it reached the race's row reads it decides the race: behind, it is
-        // the stage; ahead, the stage runs without the race.
         let race = limits.race.take();
-        let pilot = (pilots.runs.iter())
-            .find(|p| p.widths == widths)
-            .filter(|p| race.as_ref().is_some_and(|rc| p.outcome.row_reads >= rc.at));
         let behind = |rc: &Race, res: &TrainOutcome| {
             let best = res.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
             rc.behind(best, res.row_reads)
         };
-        // The stage's outcome, and where its checks stand among the pilots' row reads and
-        // seconds (the stage reads all of the pilots' row reads, and its own when it trains).
-        let (mut res, trained, offset, stage_reads) = match (pilot, &race) {
-            (Some(p), Some(rc)) if behind(rc, &p.outcome) => {
-                let res = TrainOutcome {
-                    stop: StopReason::Behind,
-                    ..p.outcome.clone()
-                };
-                let offset = (p.reads_before, p.seconds_before);
-                (res, p.network.clone(), offset, pilots.row_reads)
+        // The first (cheapest) candidate is the stage, racing the descent and the rival's
+        // pilot; only when the rival is ahead of it after as many row reads is the rival
+        // trained instead. Without a rival its first row reads are no pilot's again.
+        let rival = pilots.rival.map(|i| &pilots.runs[i]);
+        let first = &config.deep_candidates[0];
+        let first_limits = Limits {
+            race: race.clone(),
+            rival: rival.map(|p| Race {
+                at: pilots.pilot_rows,
+                against: p.outcome.curve.clone(),
+                margin: 1.0 / DEEP_PILOT_MARGIN,
+            }),
+            ..limits.clone()
+        };
+        let start_net = random_start(r, first, pc.seed)?;
+        let (first_res, first_net) =
+            self.train_on_z(&start_net, &best.basis, &pc, &first_limits)?;
+        let first_at_pilot = first_res
+            .curve
+            .iter()
+            .find(|c| c.row_reads >= pilots.pilot_rows)
+            .or(first_res.curve.last())
+            .map_or(f64::NAN, |c| c.best_mse);
+        // The run that decided the race with the descent (its curve), the stage's outcome, and
+        // where its checks stand among the stage's row reads and seconds.
+        let (decider, mut res, trained, offset, stage_reads, widths) = match rival {
+            Some(p) if first_res.stop == StopReason::Outpaced => {
+                let spent = (pilots.row_reads + first_res.row_reads, t.seconds());
+                match &race {
+                    // The rival's pilot reached the race's row reads: it decided the race.
+                    Some(rc) if p.outcome.row_reads >= rc.at && behind(rc, &p.outcome) => {
+                        let res = TrainOutcome {
+                            stop: StopReason::Behind,
+                            ..p.outcome.clone()
+                        };
+                        let offset = (p.reads_before, p.seconds_before);
+                        let net = p.network.clone();
+                        (Some(&p.outcome.curve), res, net, offset, spent.0, &p.widths)
+                    }
+                    _ => {
+                        let decided = race.as_ref().is_some_and(|rc| p.outcome.row_reads >= rc.at);
+                        let lim = Limits {
+                            race: race.clone().filter(|_| !decided),
+                            ..limits.clone()
+                        };
+                        let start_net = random_start(r, &p.widths, pc.seed)?;
+                        let (res, net) = self.train_on_z(&start_net, &best.basis, &pc, &lim)?;
+                        let reads = spent.0 + res.row_reads;
+                        let decider = decided.then_some(&p.outcome.curve);
+                        (decider, res, net, spent, reads, &p.widths)
+                    }
+                }
             }
             _ => {
-                limits.race = race.clone().filter(|_| pilot.is_none());
-                let start_net = random_start(r, &widths, pc.seed)?;
-                let (res, trained) = self.train_on_z(&start_net, &best.basis, &pc, &limits)?;
-                let reads = pilots.row_reads + res.row_reads;
-                (res, trained, (pilots.row_reads, pilots.seconds), reads)
+                let reads = pilots.row_reads + first_res.row_reads;
+                let offset = (pilots.row_reads, pilots.seconds);
+                (None, first_res, first_net, offset, reads, first)
             }
         };
+        let net_name = format!("the network of hidden widths [{}]", list(widths));
         let margin = config.deep_gate.as_ref().map_or(1.0, |g| g.keep_margin);
         let kept = res.kept && res.after < margin * best.validation_mse;
         let var = self.validation_var.max(1e-300);
+        // The first check at or past the race's row reads of the run that decided it.
+        let race_check = |rc: &Race| {
+            let curve = decider.unwrap_or(&res.curve);
+            (curve.iter().map(|c| c.row_reads))
+                .find(|&n| n >= rc.at)
+                .unwrap_or(rc.at)
+        };
         if res.stop == StopReason::Behind {
             let at = res.curve.last();
             out.decision = Some(format!(
@@ -1184,11 +1235,11 @@ impl Run<'_> {
         } else if let Some(rc) = &race {
             out.decision = Some(format!(
                 "ran: after a race of {} row reads {net_name} from a random start was ahead of the descent after as many; and {}",
-                crate::progress::count(pilot.map_or(rc.at, |p| p.outcome.row_reads)),
+                crate::progress::count(race_check(rc)),
                 out.evidence.as_ref().map_or(String::new(), |e| e.finding())
             ));
         }
-        if let Some(note) = pilots.finding(var) {
+        if let Some(note) = pilots.finding(first, first_at_pilot, widths, var) {
             let why = out.decision.take().unwrap_or_else(|| "ran".to_string());
             out.decision = Some(format!("{why}; {note}"));
         }
@@ -1222,14 +1273,12 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// The deep net's hidden widths: the only candidate (or, under a time budget, the first),
-    /// else the one whose pilot from its random start validates best after
-    /// `deep_pilot_rows` row reads (at most an eighth of the stage's), by
-    /// [`DEEP_PILOT_MARGIN`] over the cheaper ones.
+    /// Pilots of the deep net's candidates after the first (none with one candidate or under
+    /// a time budget), each from its random start for `deep_pilot_rows` row reads (at most an
+    /// eighth of the stage's); the first candidate races their pick ([`DEEP_PILOT_MARGIN`]).
     fn deep_pilots(&self, basis: &[Vec<f64>], pc: &PolishConfig) -> Result<DeepPilots> {
         let candidates = &self.config.deep_candidates;
         let mut out = DeepPilots {
-            chosen: candidates[0].clone(),
             pilot_rows: self.config.deep_pilot_rows,
             ..DeepPilots::default()
         };
@@ -1245,7 +1294,7 @@ impl Run<'_> {
             pilot: Some(out.pilot_rows),
             ..Limits::default()
         };
-        for widths in candidates {
+        for widths in &candidates[1..] {
             let (reads_before, seconds_before) = (out.row_reads, t.seconds());
             let start = random_start(basis.len(), widths, pc.seed)?;
             let (outcome, network) = self.train_on_z(&start, basis, pc, &limits)?;
@@ -1259,9 +1308,13 @@ impl Run<'_> {
             });
         }
         let tried: Vec<(Vec<usize>, f64)> = (out.runs.iter())
-            .map(|p| (p.widths.clone(), p.outcome.after))
+            .map(|p| {
+                let best = p.outcome.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
+                (p.widths.clone(), best)
+            })
             .collect();
-        out.chosen = chosen_widths(&tried).to_vec();
+        let pick = chosen_widths(&tried);
+        out.rival = out.runs.iter().position(|p| p.widths == pick);
         out.seconds = t.seconds();
         Ok(out)
     }

@@ -257,6 +257,9 @@ pub enum StopReason {
     Diverged,
     /// It lost a [`Race`]: another stage was better after as many row reads.
     Behind,
+    /// It lost to a rival ([`Limits::rival`]): another candidate's pilot was better after as
+    /// many row reads, so that candidate is trained instead.
+    Outpaced,
     /// It was a pilot ([`Limits::pilot`]) and read its row reads.
     Pilot,
 }
@@ -270,6 +273,7 @@ impl StopReason {
             StopReason::Deadline => "time budget",
             StopReason::Diverged => "diverged",
             StopReason::Behind => "behind the descent",
+            StopReason::Outpaced => "outpaced",
             StopReason::Pilot => "pilot",
         }
     }
@@ -394,6 +398,9 @@ pub struct Limits {
     pub race: Option<Race>,
     /// The stage ends ([`StopReason::Pilot`]) at the first check after this many row reads.
     pub pilot: Option<u64>,
+    /// A race against another candidate's pilot: lost, the stage ends
+    /// ([`StopReason::Outpaced`]) and the caller trains that candidate instead.
+    pub rival: Option<Race>,
 }
 
 /// [`train`] within [`Limits`].
@@ -434,7 +441,10 @@ pub fn train_until(
         patience_rows: u64::MAX,
         ..StopRule::default()
     };
-    let limited = limits.deadline.is_some() || limits.race.is_some() || limits.pilot.is_some();
+    let limited = limits.deadline.is_some()
+        || limits.race.is_some()
+        || limits.rival.is_some()
+        || limits.pilot.is_some();
     let rule = config.stop.as_ref().or(limited.then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
     // The check rows.
@@ -661,7 +671,9 @@ struct Progress {
     last_gain: Option<u64>,
     last_check: u64,
     end: u64,
+    /// Whether the race and the rival's race have been decided.
     raced: bool,
+    raced_rival: bool,
     /// Whether patience ran out and the stage is in its last stretch, and where the step size
     /// would reach zero without a deadline (the plan's end, or the last stretch's).
     finishing: bool,
@@ -692,6 +704,7 @@ impl Progress {
             last_check: 0,
             end: planned_reads,
             raced: false,
+            raced_rival: false,
             finishing: false,
             cap: planned_reads,
             since: None,
@@ -798,15 +811,18 @@ impl Progress {
         if limits.pilot.is_some_and(|p| reads >= p) {
             return Some(StopReason::Pilot);
         }
-        if let Some(race) = limits
-            .race
-            .as_ref()
-            .filter(|r| reads >= r.at && !self.raced)
-        {
-            self.raced = true;
-            if race.behind(self.best.0, reads) {
-                return Some(StopReason::Behind);
-            }
+        let best = self.best.0;
+        let lost = |race: Option<&Race>, decided: &mut bool| {
+            let due = race.filter(|r| reads >= r.at && !*decided);
+            *decided |= due.is_some();
+            due.is_some_and(|r| r.behind(best, reads))
+        };
+        // The rival first: outpaced, the rival's own pilot decides the other race.
+        if lost(limits.rival.as_ref(), &mut self.raced_rival) {
+            return Some(StopReason::Outpaced);
+        }
+        if lost(limits.race.as_ref(), &mut self.raced) {
+            return Some(StopReason::Behind);
         }
         None
     }

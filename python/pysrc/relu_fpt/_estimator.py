@@ -74,9 +74,10 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         approximates a deep teacher poorly. It runs when the descent's residual shows structure
         on z, or for as long as it keeps ahead of the descent after as many row reads (the
         report's deep_net_decision says which). Widths of 0 are dropped; none left: no deep-net
-        stage. None given: [32, 32] and [32, 32, 32] each train a pilot of 500,000 row reads (at
-        most an eighth of the stage's) and the one that validates better (the deeper by at least
-        20%) is trained (without a time budget; with one, [32, 32]).
+        stage. None given: [32, 32, 32] trains a pilot of 500,000 row reads (at most an eighth
+        of the stage's), then [32, 32] is trained and goes on past as many row reads unless that
+        pilot validates at least 20% better, when [32, 32, 32] is trained instead (without a
+        time budget; with one, [32, 32] and no pilot).
     deep_epochs : int or None, default=None
         Most passes of the deep-net stage; 0: no deep-net stage (none given: as
         ``descent_epochs`` when that is given, else 60, fewer on more than about 170,000 rows:
