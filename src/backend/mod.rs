@@ -130,6 +130,14 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether [`Backend::train_window`] is this process's CPU trainer
+    /// ([`cpu::trainer::train_window`]) and nothing else, so that the trainer may hand it
+    /// windows of z = B x it holds ([`cpu::trainer::train_window_on_z`]) when B is fixed. Not
+    /// for a backend that trains elsewhere or splits the rows (MPI).
+    fn trains_on_host(&self) -> bool {
+        false
+    }
+
     /// [`Backend::train_window`] over rows of `source` that the backend assembles itself: the
     /// rows of `blocks` ((first row, rows) each) concatenated, then taken in `order` (a
     /// permutation of the window's rows). Called only when [`Backend::assembles_windows`] says

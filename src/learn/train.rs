@@ -168,6 +168,73 @@ fn read_window(
     Ok(out)
 }
 
+/// The most bytes [`ResidentZ`] may hold: a bound that does not grow with N (at r = 4, 7e6
+/// training rows; beyond it the trainer reads and projects each window as before).
+const RESIDENT_Z_BYTES: u64 = 256 << 20;
+
+/// z = B x (f64, row by row as the CPU trainer computes it from a window of x) and the labels
+/// of the first rows of the training source, for a stage with B fixed on the host: each pass
+/// then reads r numbers of a row from memory instead of reading d from the source and
+/// projecting them again (the deep net reads 40 to 80 passes), and the windows, gathered in
+/// the same order, give the same steps and the same bits.
+struct ResidentZ {
+    rank: usize,
+    z: Vec<f64>,
+    y: Vec<f32>,
+}
+
+impl ResidentZ {
+    /// The first `n` rows of `train` for the basis in `start`; None when they would take
+    /// more than [`RESIDENT_Z_BYTES`] or a quarter of the memory available.
+    fn of(
+        train: &dyn SampleSource,
+        n: usize,
+        shape: &FactoredShape,
+        start: &[f64],
+    ) -> Result<Option<ResidentZ>> {
+        let (r, d) = (shape.rank(), shape.input_dim);
+        let bytes = (n * (8 * r + 4)) as u64;
+        let room = crate::safety::available_memory().map_or(u64::MAX, |m| m / 4);
+        if bytes > RESIDENT_Z_BYTES.min(room) {
+            return Ok(None);
+        }
+        let basis = &start[..shape.basis_len()];
+        let mut out = ResidentZ {
+            rank: r,
+            z: Vec::with_capacity(n * r),
+            y: Vec::with_capacity(n),
+        };
+        let rows = crate::data::SampleRange::new(train, 0, n as u64)?;
+        crate::data::for_each_chunk(&rows, 1 << 14, |_, x, y| {
+            out.z
+                .extend(crate::backend::cpu::project::project_f64(basis, d, x));
+            out.y.extend_from_slice(y);
+            Ok(())
+        })?;
+        Ok(Some(out))
+    }
+
+    /// The rows of window `w` (its blocks, taken in its order) into `out` (z, y).
+    fn gather(&self, w: &Window, out: &mut (Vec<f64>, Vec<f32>)) {
+        let r = self.rank;
+        let mut firsts = Vec::with_capacity(w.blocks.len());
+        let mut at = 0usize;
+        for &(first, len) in &w.blocks {
+            firsts.push((at, first as usize));
+            at += len;
+        }
+        out.0.clear();
+        out.1.clear();
+        for &k in &w.order {
+            let k = k as usize;
+            let j = firsts.partition_point(|&(start, _)| start <= k) - 1;
+            let row = firsts[j].1 + (k - firsts[j].0);
+            out.0.extend_from_slice(&self.z[row * r..(row + 1) * r]);
+            out.1.push(self.y[row]);
+        }
+    }
+}
+
 /// Which block of `window` (its position) and which row of it is row `k` of the window, the
 /// blocks taken in order.
 fn locate(window: &[usize], mut k: usize, block_len: &impl Fn(usize) -> usize) -> (usize, usize) {
@@ -465,8 +532,16 @@ pub fn train_until(
     // (two windows in flight, so memory stays bounded); the shuffles run in window order on
     // that one thread, so the order does not depend on timing.
     let windows = plan.iter().map(Vec::len).collect::<Vec<_>>();
-    // A backend that draws the rows itself gets only each window's blocks and order.
-    let assembled = backend.assembles_windows(train);
+    // With B fixed on a host trainer, z = B x of the rows is computed once and each window's
+    // rows gathered from it; a backend that draws the rows itself gets only each window's
+    // blocks and order. Either way the reader sends only those.
+    let resident = if train_basis || !backend.trains_on_host() {
+        None
+    } else {
+        ResidentZ::of(train, n, shape, start)?
+    };
+    let mut z_window = (Vec::new(), Vec::new());
+    let assembled = resident.is_some() || backend.assembles_windows(train);
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Window>>(1);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Window>();
@@ -484,7 +559,17 @@ pub fn train_until(
                 let w = rx.recv().map_err(|_| {
                     Error::invalid("trainer: the reader thread stopped without an error")
                 })??;
-                if assembled {
+                if let Some(z) = &resident {
+                    z.gather(&w, &mut z_window);
+                    crate::backend::cpu::trainer::train_window_on_z(
+                        shape,
+                        &z_window.0,
+                        &z_window.1,
+                        batch,
+                        &mut p,
+                        &mut adam,
+                    )?;
+                } else if assembled {
                     backend.train_window_of(
                         shape,
                         train_basis,
@@ -850,4 +935,68 @@ impl Progress {
 fn decay_over_reads(adam: &mut Adam, reads: u64, left: u64) {
     let steps_per_read = adam.steps() as f64 / reads.max(1) as f64;
     adam.decay_over(((left as f64 * steps_per_read).ceil() as usize).max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::MemorySource;
+
+    /// The windows [`ResidentZ`] gathers hold the rows, in the order, that [`read_window`]
+    /// reads: with an identity basis z is x itself.
+    #[test]
+    fn resident_windows_hold_the_rows_read_windows_hold() {
+        let (n, d) = (3 * BLOCK_ROWS + 100, 2);
+        let source = MemorySource {
+            dim: d,
+            x: (0..n * d).map(|i| i as f32).collect(),
+            y: (0..n).map(|i| -(i as f32)).collect(),
+        };
+        let net = Network::new(
+            d,
+            vec![
+                crate::network::Layer::new(d, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0.0; 2]).unwrap(),
+                crate::network::Layer::new(2, 1, vec![1.0, 1.0], vec![0.0]).unwrap(),
+            ],
+        )
+        .unwrap();
+        let shape = FactoredShape::of(&net, d).unwrap();
+        let eye = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let start = shape.pack(&net, &eye).unwrap();
+        let resident = ResidentZ::of(&source, n, &shape, &start).unwrap().unwrap();
+        let blocks = n.div_ceil(BLOCK_ROWS);
+        let block_len = |b: usize| BLOCK_ROWS.min(n - b * BLOCK_ROWS);
+        let plan = epoch_windows(blocks, 2, 2, 9);
+        let (mut read_rng, mut order_rng) = (
+            rand::rngs::StdRng::seed_from_u64(9),
+            rand::rngs::StdRng::seed_from_u64(9),
+        );
+        let mut bufs = vec![Window::default(); 2];
+        let mut gathered = (Vec::new(), Vec::new());
+        for window in plan.iter().flatten() {
+            let read = read_window(
+                &source,
+                window,
+                &block_len,
+                &mut bufs,
+                &mut read_rng,
+                Window::default(),
+            )
+            .unwrap();
+            let assembled = Window {
+                blocks: (window.iter())
+                    .map(|&b| ((b * BLOCK_ROWS) as u64, block_len(b)))
+                    .collect(),
+                order: window_order(window, &block_len, &mut order_rng)
+                    .into_iter()
+                    .map(|k| k as u32)
+                    .collect(),
+                ..Window::default()
+            };
+            resident.gather(&assembled, &mut gathered);
+            let x: Vec<f64> = read.x.iter().map(|&v| v as f64).collect();
+            assert_eq!(gathered.0, x);
+            assert_eq!(gathered.1, read.y);
+        }
+    }
 }

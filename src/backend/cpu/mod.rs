@@ -43,6 +43,10 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    fn trains_on_host(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> Device {
         Device::Cpu
     }

@@ -607,6 +607,45 @@ pub fn train_window(
     Ok(())
 }
 
+/// [`train_window`] with B fixed, on rows whose z = B x (f64, as [`train_window`] computes it
+/// from x) the caller holds: the same steps, so the same bits.
+pub fn train_window_on_z(
+    shape: &FactoredShape,
+    z: &[f64],
+    y: &[f32],
+    batch_size: usize,
+    params: &mut [f64],
+    adam: &mut Adam,
+) -> Result<()> {
+    let r = shape.rank();
+    if z.len() != y.len() * r {
+        return Err(Error::invalid(format!(
+            "train window: {} z values for {} rows of rank {r}",
+            z.len(),
+            y.len()
+        )));
+    }
+    check_window(shape, &[], &[], batch_size, params)?;
+    let model = Factored::new(shape, false);
+    let part_rows = batch_size.div_ceil(PARTS).max(1);
+    let mut window = WindowGradient {
+        p: vec![0.0; model.params()],
+        parts: (0..PARTS).map(|_| model.scratch(part_rows)).collect(),
+        sum: vec![0.0; model.params()],
+        model,
+        d: shape.input_dim,
+        z: Some(z.to_vec()),
+    };
+    let mut grad = vec![0.0; shape.params()];
+    let rows = y.len();
+    for start in (0..rows).step_by(batch_size) {
+        let len = batch_size.min(rows - start);
+        window.minibatch(&[], y, start, len, params, &mut grad);
+        adam.step(&grad, len, params);
+    }
+    Ok(())
+}
+
 /// [`crate::backend::Backend::gradient_sum`] on the CPU: one minibatch of [`train_window`].
 pub fn gradient_sum(
     shape: &FactoredShape,
@@ -782,6 +821,27 @@ mod tests {
             assert!(back[..skip].iter().all(|&v| v == 0.0));
             assert_eq!(back[skip..], canonical[skip..]);
         }
+    }
+
+    /// A window of z = B x handed over gives the bits of the same window of x with B fixed.
+    #[test]
+    fn a_window_on_z_gives_the_bits_of_a_window_on_x() {
+        let (net, basis) = example();
+        let shape = FactoredShape::of(&net, 3).unwrap();
+        let start = shape.pack(&net, &basis).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let rows = 300;
+        let x: Vec<f32> = (0..rows * 3).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let y: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let z = project_f64(&start[..shape.basis_len()], 3, &x);
+        let (mut on_x, mut on_z) = (start.clone(), start.clone());
+        let mut adam_x = Adam::new(start.len(), 1e-2, 10);
+        let mut adam_z = Adam::new(start.len(), 1e-2, 10);
+        train_window(&shape, false, &x, &y, 64, &mut on_x, &mut adam_x).unwrap();
+        train_window_on_z(&shape, &z, &y, 64, &mut on_z, &mut adam_z).unwrap();
+        assert_ne!(on_x, start);
+        assert_eq!(on_x, on_z);
+        assert!(train_window_on_z(&shape, &z[1..], &y, 64, &mut on_z, &mut adam_z).is_err());
     }
 
     #[test]
