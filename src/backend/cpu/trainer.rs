@@ -527,16 +527,39 @@ impl WindowGradient {
         params: &[f64],
     ) -> Self {
         let d = shape.input_dim;
-        let model = Factored::new(shape, train_basis);
         let z = (!train_basis).then(|| project_f64(&params[..shape.basis_len()], d, x));
+        Self::with_z(shape, z, rows)
+    }
+
+    /// With `z`, the window's z = B x (B fixed); without, B is trained on x.
+    fn with_z(shape: &FactoredShape, z: Option<Vec<f64>>, rows: usize) -> Self {
+        let model = Factored::new(shape, z.is_none());
         let part_rows = rows.div_ceil(PARTS).max(1);
         WindowGradient {
             p: vec![0.0; model.params()],
             parts: (0..PARTS).map(|_| model.scratch(part_rows)).collect(),
             sum: vec![0.0; model.params()],
             model,
-            d,
+            d: shape.input_dim,
             z,
+        }
+    }
+
+    /// An Adam step per minibatch of `batch_size` rows of the window, in order.
+    fn steps(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        batch_size: usize,
+        params: &mut [f64],
+        adam: &mut Adam,
+    ) {
+        let mut grad = vec![0.0; params.len()];
+        let rows = y.len();
+        for start in (0..rows).step_by(batch_size) {
+            let len = batch_size.min(rows - start);
+            self.minibatch(x, y, start, len, params, &mut grad);
+            adam.step(&grad, len, params);
         }
     }
 
@@ -596,14 +619,8 @@ pub fn train_window(
     adam: &mut Adam,
 ) -> Result<()> {
     check_window(shape, x, y, batch_size, params)?;
-    let mut window = WindowGradient::new(shape, train_basis, x, batch_size, params);
-    let mut grad = vec![0.0; shape.params()];
-    let rows = y.len();
-    for start in (0..rows).step_by(batch_size) {
-        let len = batch_size.min(rows - start);
-        window.minibatch(x, y, start, len, params, &mut grad);
-        adam.step(&grad, len, params);
-    }
+    WindowGradient::new(shape, train_basis, x, batch_size, params)
+        .steps(x, y, batch_size, params, adam);
     Ok(())
 }
 
@@ -626,23 +643,13 @@ pub fn train_window_on_z(
         )));
     }
     check_window(shape, &[], &[], batch_size, params)?;
-    let model = Factored::new(shape, false);
-    let part_rows = batch_size.div_ceil(PARTS).max(1);
-    let mut window = WindowGradient {
-        p: vec![0.0; model.params()],
-        parts: (0..PARTS).map(|_| model.scratch(part_rows)).collect(),
-        sum: vec![0.0; model.params()],
-        model,
-        d: shape.input_dim,
-        z: Some(z.to_vec()),
-    };
-    let mut grad = vec![0.0; shape.params()];
-    let rows = y.len();
-    for start in (0..rows).step_by(batch_size) {
-        let len = batch_size.min(rows - start);
-        window.minibatch(&[], y, start, len, params, &mut grad);
-        adam.step(&grad, len, params);
-    }
+    WindowGradient::with_z(shape, Some(z.to_vec()), batch_size).steps(
+        &[],
+        y,
+        batch_size,
+        params,
+        adam,
+    );
     Ok(())
 }
 
