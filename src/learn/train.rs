@@ -396,6 +396,47 @@ pub fn train(
     )
 }
 
+/// [`paired_sums`] with the best model's outputs on `val` kept from the check that made it the
+/// best (`best_out`; computed when None): the same sums in the same order, one prediction a
+/// check instead of two. Also returns cur's outputs. Only for a backend that scores `val` in
+/// one pass on this process (not split across MPI ranks).
+fn paired_sums_kept(
+    backend: &dyn Backend,
+    cur: &Network,
+    best: &Network,
+    best_out: &mut Option<Vec<f32>>,
+    val: &dyn SampleSource,
+) -> Result<([f64; 4], Vec<f32>)> {
+    use crate::backend::SCORE_CHUNK_ROWS;
+    use crate::data::for_each_chunk;
+    if best_out.is_none() {
+        let mut out = Vec::with_capacity(val.len() as usize);
+        for_each_chunk(val, SCORE_CHUNK_ROWS, |_, x, y| {
+            out.extend(backend.predict(best, x, y.len())?);
+            Ok(())
+        })?;
+        *best_out = Some(out);
+    }
+    let kept = best_out.as_deref().unwrap_or_default();
+    let mut s = [0f64; 4];
+    let mut cur_out = Vec::with_capacity(val.len() as usize);
+    for_each_chunk(val, SCORE_CHUNK_ROWS, |start, x, y| {
+        let pc = backend.predict(cur, x, y.len())?;
+        let pb = &kept[start as usize..start as usize + y.len()];
+        for ((&u, &v), &t) in pc.iter().zip(pb).zip(y) {
+            let ec = (u as f64 - t as f64).powi(2);
+            let diff = ec - (v as f64 - t as f64).powi(2);
+            s[0] += 1.0;
+            s[1] += ec;
+            s[2] += diff;
+            s[3] += diff * diff;
+        }
+        cur_out.extend_from_slice(&pc);
+        Ok(())
+    })?;
+    Ok((s, cur_out))
+}
+
 /// Squared-error sums of the model `cur` on `val`, paired row by row with `best`: rows, the sum
 /// of cur's squared errors, and the sum and the sum of squares of (cur's - best's).
 fn paired_sums(
@@ -526,6 +567,7 @@ pub fn train_until(
     let waits = rule.is_some_and(|r| r.wait_for_gain);
     let planned_reads = (n * epochs) as u64;
     let mut progress = Progress::new(clock, start, shape.compact(start)?, planned_reads, waits);
+    progress.keep_outputs = backend.trains_on_host();
     let check_every = rule.map_or(1, |r| r.check_rows.clamp(1, n as u64));
     let mut epochs_run = 0usize;
     // A reader thread reads and shuffles the next window while the backend trains on this one
@@ -746,6 +788,9 @@ struct Progress {
     /// beats it; the error is infinite before the first check).
     best: (f64, Vec<f64>),
     best_net: Network,
+    /// The best model's outputs on the check rows, when kept ([`paired_sums_kept`]).
+    keep_outputs: bool,
+    best_out: Option<Vec<f32>>,
     /// With a stop rule: whether a check's model replaced the start as the best.
     best_trained: bool,
     curve: Vec<Check>,
@@ -782,6 +827,8 @@ impl Progress {
             reads: 0,
             best: (f64::INFINITY, start.to_vec()),
             best_net: start_net,
+            keep_outputs: false,
+            best_out: None,
             best_trained: false,
             curve: Vec::new(),
             reason: StopReason::Planned,
@@ -833,7 +880,17 @@ impl Progress {
     ) -> Result<()> {
         self.last_check = self.reads;
         let cur = shape.compact(p)?;
-        let [rows, sse, sd, sd2] = paired_sums(backend, &cur, &self.best_net, check_rows)?;
+        let ([rows, sse, sd, sd2], cur_out) = if self.keep_outputs {
+            let best = &self.best_net;
+            let (sums, out) =
+                paired_sums_kept(backend, &cur, best, &mut self.best_out, check_rows)?;
+            (sums, Some(out))
+        } else {
+            (
+                paired_sums(backend, &cur, &self.best_net, check_rows)?,
+                None,
+            )
+        };
         let rows = rows.max(1.0);
         let mse = sse / rows;
         let mean = sd / rows;
@@ -850,6 +907,7 @@ impl Progress {
         if mse < best_mse {
             self.best = (mse, p.to_vec());
             self.best_net = cur;
+            self.best_out = cur_out;
             self.best_trained = true;
         } else {
             self.best.0 = best_mse;
@@ -941,6 +999,44 @@ fn decay_over_reads(adam: &mut Adam, reads: u64, left: u64) {
 mod tests {
     use super::*;
     use crate::data::MemorySource;
+
+    /// Keeping the best model's outputs gives the sums of predicting them again, bit for bit,
+    /// on rows in more than one scoring chunk.
+    #[test]
+    fn kept_outputs_give_the_paired_sums() {
+        let backend = crate::backend::cpu::CpuBackend::new();
+        let n = crate::backend::SCORE_CHUNK_ROWS + 1000;
+        let val = MemorySource {
+            dim: 2,
+            x: (0..2 * n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect(),
+            y: (0..n)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect(),
+        };
+        let net = |w: [f64; 2], b: f64| {
+            Network::new(
+                2,
+                vec![
+                    crate::network::Layer::new(2, 2, vec![w[0], 0.3, -0.2, w[1]], vec![b, 0.1])
+                        .unwrap(),
+                    crate::network::Layer::new(2, 1, vec![1.0, -0.5], vec![0.05]).unwrap(),
+                ],
+            )
+            .unwrap()
+        };
+        let (cur, best) = (net([0.9, 1.1], 0.2), net([1.0, 0.8], -0.1));
+        let direct = paired_sums(&backend, &cur, &best, &val).unwrap();
+        let mut kept = None;
+        let (first, cur_out) = paired_sums_kept(&backend, &cur, &best, &mut kept, &val).unwrap();
+        assert_eq!(first, direct);
+        assert_eq!(cur_out, backend.predict(&cur, &val.x, n).unwrap());
+        // Computed once: the kept outputs are used as they are.
+        let (again, _) = paired_sums_kept(&backend, &cur, &best, &mut kept, &val).unwrap();
+        assert_eq!(again, direct);
+        assert!(direct[2] != 0.0);
+    }
 
     /// The windows [`ResidentZ`] gathers hold the rows, in the order, that [`read_window`]
     /// reads: with an identity basis z is x itself.
