@@ -423,18 +423,24 @@ fn paired_sums_kept(
     for_each_chunk(val, SCORE_CHUNK_ROWS, |start, x, y| {
         let pc = backend.predict(cur, x, y.len())?;
         let pb = &kept[start as usize..start as usize + y.len()];
-        for ((&u, &v), &t) in pc.iter().zip(pb).zip(y) {
-            let ec = (u as f64 - t as f64).powi(2);
-            let diff = ec - (v as f64 - t as f64).powi(2);
-            s[0] += 1.0;
-            s[1] += ec;
-            s[2] += diff;
-            s[3] += diff * diff;
-        }
+        add_paired(&mut s, &pc, pb, y);
         cur_out.extend_from_slice(&pc);
         Ok(())
     })?;
     Ok((s, cur_out))
+}
+
+/// Adds to `s` the paired sums of [`paired_sums`] over rows with labels `y`, cur's outputs `pc`
+/// and best's `pb`, row after row.
+fn add_paired(s: &mut [f64], pc: &[f32], pb: &[f32], y: &[f32]) {
+    for ((&u, &v), &t) in pc.iter().zip(pb).zip(y) {
+        let ec = (u as f64 - t as f64).powi(2);
+        let diff = ec - (v as f64 - t as f64).powi(2);
+        s[0] += 1.0;
+        s[1] += ec;
+        s[2] += diff;
+        s[3] += diff * diff;
+    }
 }
 
 /// Squared-error sums of the model `cur` on `val`, paired row by row with `best`: rows, the sum
@@ -450,14 +456,7 @@ fn paired_sums(
         crate::data::for_each_chunk(rows, crate::backend::SCORE_CHUNK_ROWS, |_, x, y| {
             let pc = backend.predict(cur, x, y.len())?;
             let pb = backend.predict(best, x, y.len())?;
-            for ((&u, &v), &t) in pc.iter().zip(&pb).zip(y) {
-                let ec = (u as f64 - t as f64).powi(2);
-                let diff = ec - (v as f64 - t as f64).powi(2);
-                s[0] += 1.0;
-                s[1] += ec;
-                s[2] += diff;
-                s[3] += diff * diff;
-            }
+            add_paired(&mut s, &pc, &pb, y);
             Ok(())
         })?;
         Ok(s)
