@@ -93,6 +93,10 @@ pub struct RefineStep {
     /// from. When it is not below the previous step's, the previous update is undone and the
     /// steps end; the last step's update is kept without a further pass.
     pub residual_mse: f64,
+    /// The share of that residual's sum of squares the step's update promised to remove
+    /// (Gauss-Newton's linear model); None when the step computed none (its residual ended
+    /// the steps). Below 0.5% the update is kept and the steps end.
+    pub promised_gain: Option<f64>,
     /// Wall seconds: the fit and the pass.
     pub seconds: f64,
 }
@@ -299,7 +303,7 @@ impl SubspaceReport {
     /// "whitening": null | {..}, "rounds": [{"kind": "label" | "residual", "accepted": n,
     /// "scores": [..], "top_eigenvalues": [..], "null_edge": v, "best_score": s,
     /// "threshold": t, "null_max": m, "cell_axes": a, "bins": K, "seconds": s, ..}],
-    /// "refine": [{"residual_mse": e, "seconds": s}], "samples_used": N, "method": ".."}`.
+    /// "refine": [{"residual_mse": e, "promised_gain": g, "seconds": s}], "samples_used": N, "method": ".."}`.
     pub fn to_json(&self) -> String {
         self.to_value().to_string()
     }
@@ -342,6 +346,7 @@ impl SubspaceReport {
             .map(|s| {
                 serde_json::json!({
                     "residual_mse": json_f64(s.residual_mse),
+                    "promised_gain": s.promised_gain.map(json_f64),
                     "seconds": json_f64(s.seconds),
                 })
             })
@@ -438,7 +443,15 @@ impl SubspaceReport {
             let steps: Vec<String> = self
                 .refine
                 .iter()
-                .map(|r| format!("{:.4} ({:.1} s)", r.residual_mse, r.seconds))
+                .map(|r| match r.promised_gain {
+                    Some(g) => format!(
+                        "{:.4} ({:.1} s, promised {:.2}%)",
+                        r.residual_mse,
+                        r.seconds,
+                        100.0 * g
+                    ),
+                    None => format!("{:.4} ({:.1} s)", r.residual_mse, r.seconds),
+                })
                 .collect();
             s.push_str(&format!(
                 "  refine: residual MSE per Gauss-Newton step {}\n",
