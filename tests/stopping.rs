@@ -345,6 +345,24 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
     assert_eq!(rep.to_json()["reproducible"], true);
 
+    // A margin no pilot can miss: the stage goes on past its race, and says why.
+    let mut generous = cfg.clone();
+    generous.deep_gate.as_mut().unwrap().race_margin = 1e12;
+    let rep = learn(common::cpu(), &source, &generous).unwrap();
+    let deep = rep
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::DeepNet)
+        .unwrap();
+    let why = rep.deep_net_decision.clone().unwrap();
+    assert_ne!(deep.stopped, Some(StopReason::Behind), "{why}");
+    assert!(deep.row_reads > pilot, "{why}");
+    assert!(
+        why.starts_with("ran: after a race of 64000 row reads")
+            && why.contains("ahead of the descent after as many"),
+        "{why}"
+    );
+
     // With two candidates, the deeper one's pilot runs first and the first candidate's run
     // is the race: behind, nothing more is trained (the stage reads the pilot's row reads and
     // the race's, no more).
