@@ -369,8 +369,8 @@ fn learn_prints_a_line_per_stage_on_a_piped_stderr_and_quiet_silences_them() {
         names,
         [
             "subspace",
-            "enumerate",
             "sphere-net",
+            "enumerate",
             "descent",
             "deep-net",
             "polish",

@@ -476,8 +476,8 @@ fn cli_learn_on_the_gpu_reports_every_stage_on_the_device() {
         names,
         [
             "subspace",
-            "enumerate",
             "sphere-net",
+            "enumerate",
             "descent",
             "deep-net",
             "polish",

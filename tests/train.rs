@@ -607,8 +607,8 @@ fn learn_reports_every_stage() {
         names,
         [
             "subspace",
-            "enumerate",
             "sphere-net",
+            "enumerate",
             "descent",
             "deep-net",
             "polish"
@@ -628,8 +628,8 @@ fn learn_reports_every_stage() {
         assert!(s.seconds >= 0.0);
         assert_eq!(s.validation_mse.is_none(), s.stage == Stage::Subspace);
     }
-    assert_eq!(rep.stages[1].validation_mse, Some(rep.enumerate_mse));
-    assert_eq!(rep.stages[2].validation_mse, rep.sphere_net_mse);
+    assert_eq!(rep.stages[1].validation_mse, rep.sphere_net_mse);
+    assert_eq!(rep.stages[2].validation_mse, Some(rep.enumerate_mse));
     let descent = rep.descent_mse.unwrap();
     let deep = rep.deep_net_mse.unwrap();
     let polish = rep.polished_mse.unwrap();

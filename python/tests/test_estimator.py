@@ -46,7 +46,7 @@ def test_learns_a_small_teacher(teacher_data, fitted):
     stages = [s["stage"] for s in report["stages"]]
     # In order; the polish may run again (more spare rows), and the deep net with it once the
     # polish has grown the basis.
-    assert stages[:6] == ["subspace", "enumerate", "sphere-net", "descent", "deep-net", "polish"]
+    assert stages[:6] == ["subspace", "sphere-net", "enumerate", "descent", "deep-net", "polish"]
     assert set(stages[6:]) <= {"deep-net", "polish", "deepen"}
     assert report["final_stage"] in stages[1:]
     finals = [s for s in report["stages"] if s["stage"] == report["final_stage"]]
