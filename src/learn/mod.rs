@@ -1,9 +1,9 @@
 //! The whole pipeline: hold out a validation split (the last rows), find the subspace on the
 //! training split, search a network on z = B x (the sphere-net fit from normal equations
 //! streamed over the training rows, then enumerate-and-test on a bounded subsample, keeping
-//! whichever validates better), descend from it on z with B fixed, train a deeper network on z when the
-//! evidence says it can help ([`gate`]), polish the better network together with B, polish
-//! once more with one more hidden layer when the model is not done (the deepen stage), and
+//! whichever validates better), descend from it on z with B fixed, train a deeper network on z
+//! when the evidence says it can help ([`gate`]), polish the better network together with B,
+//! polish once more with one more hidden layer when the model is not done (the deepen stage), and
 //! return the compact model x -> small network(B x). With whitening (on by default) filtered PCA
 //! estimates mu and Sigma from its first pass, the fitting stages read W (x - mu) through a
 //! view, and the map is folded into the model so that it acts on the raw x. The trainer
