@@ -294,6 +294,24 @@ fn learn_within_a_time_budget_says_what_it_cut() {
     assert!(bad.unwrap_err().to_string().contains("time_budget"));
 }
 
+/// Learns with `cfg`: the report, its deep-net stage and the stage's decision.
+fn deep_net_run(
+    source: &GaussianSource,
+    cfg: &LearnConfig,
+) -> (
+    relu_fpt::learn::LearnReport,
+    relu_fpt::learn::StageReport,
+    String,
+) {
+    let rep = learn(common::cpu(), source, cfg).unwrap();
+    let deep = (rep.stages.iter())
+        .find(|s| s.stage == Stage::DeepNet)
+        .unwrap()
+        .clone();
+    let why = rep.deep_net_decision.clone().unwrap();
+    (rep, deep, why)
+}
+
 /// A teacher the search's network fits exactly (one hidden layer without biases on one
 /// direction: the sphere-net features relu(+-z) represent it): the deep-net stage runs only
 /// its race, stops behind the descent, and the report says why, in the summary and the JSON
@@ -320,12 +338,7 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     let pilot = 64_000;
     cfg.deep_gate.as_mut().unwrap().race_rows = pilot;
     cfg.deep_candidates = vec![vec![32, 32]];
-    let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let deep = rep
-        .stages
-        .iter()
-        .find(|s| s.stage == Stage::DeepNet)
-        .unwrap();
+    let (rep, deep, why) = deep_net_run(&source, &cfg);
     assert_eq!(
         deep.stopped.map(StopReason::as_str),
         Some("behind the descent"),
@@ -335,7 +348,6 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     // The first check at or past the pilot's row reads (one per pass of 32000 rows).
     assert_eq!(deep.row_reads, pilot);
     assert_ne!(rep.final_stage, Stage::DeepNet);
-    let why = rep.deep_net_decision.clone().unwrap();
     assert!(
         why.starts_with("stopped after its race of 64000 row reads"),
         "{why}"
@@ -348,13 +360,7 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     // A margin no pilot can miss: the stage goes on past its race, and says why.
     let mut generous = cfg.clone();
     generous.deep_gate.as_mut().unwrap().race_margin = 1e12;
-    let rep = learn(common::cpu(), &source, &generous).unwrap();
-    let deep = rep
-        .stages
-        .iter()
-        .find(|s| s.stage == Stage::DeepNet)
-        .unwrap();
-    let why = rep.deep_net_decision.clone().unwrap();
+    let (_, deep, why) = deep_net_run(&source, &generous);
     assert_ne!(deep.stopped, Some(StopReason::Behind), "{why}");
     assert!(deep.row_reads > pilot, "{why}");
     assert!(
@@ -368,13 +374,7 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     // the race's, no more).
     cfg.deep_candidates = vec![vec![32, 32], vec![32, 32, 32]];
     cfg.deep_pilot_rows = pilot;
-    let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let deep = rep
-        .stages
-        .iter()
-        .find(|s| s.stage == Stage::DeepNet)
-        .unwrap();
-    let why = rep.deep_net_decision.clone().unwrap();
+    let (_, deep, why) = deep_net_run(&source, &cfg);
     assert_eq!(deep.stopped, Some(StopReason::Behind), "{why}");
     assert_eq!(deep.row_reads, 2 * pilot, "{why}");
     assert!(
@@ -402,8 +402,7 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
         seed: 4,
         ..LearnConfig::default()
     };
-    let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let why = rep.deep_net_decision.clone().unwrap();
+    let (rep, deep, why) = deep_net_run(&source, &cfg);
     let chosen = ["[8, 8]", "[8, 8, 8]"]
         .into_iter()
         .find(|w| {
@@ -416,11 +415,6 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
         why.contains("[8, 8] ") && why.contains("[8, 8, 8] "),
         "{why}"
     );
-    let deep = rep
-        .stages
-        .iter()
-        .find(|s| s.stage == Stage::DeepNet)
-        .unwrap();
     // A pilot and a whole stage (its first check is after one pass of 32000 rows).
     assert!(deep.row_reads >= 2 * pilot, "{}", deep.row_reads);
     if rep.final_stage == Stage::DeepNet {
@@ -448,17 +442,11 @@ fn the_first_deep_net_candidate_gives_way_to_a_pilot_that_is_ahead() {
         seed: 4,
         ..LearnConfig::default()
     };
-    let rep = learn(common::cpu(), &source, &cfg).unwrap();
-    let why = rep.deep_net_decision.clone().unwrap();
+    let (rep, deep, why) = deep_net_run(&source, &cfg);
     assert!(
         why.contains("hidden widths [8, 8] chosen by a race of 32000 row reads"),
         "{why}"
     );
-    let deep = rep
-        .stages
-        .iter()
-        .find(|s| s.stage == Stage::DeepNet)
-        .unwrap();
     assert_ne!(deep.stopped, Some(StopReason::Outpaced), "{why}");
     assert!(deep.row_reads >= 3 * pilot, "{}", deep.row_reads);
     if rep.final_stage == Stage::DeepNet {
