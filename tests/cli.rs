@@ -383,6 +383,12 @@ fn learn_prints_a_line_per_stage_on_a_piped_stderr_and_quiet_silences_them() {
         "only stage lines: {}",
         stderr(&o)
     );
+    // First, the built-in teacher's samples drawn into memory once.
+    assert!(
+        lines[0].starts_with("  samples: 6000 rows drawn into memory, "),
+        "{lines:#?}"
+    );
+    let lines = &lines[1..];
     // The filtered-PCA rounds and refine steps first, then one line per stage, in order.
     let rounds = report["subspace"]["rounds"].as_array().unwrap().len();
     let refines = report["subspace"]["refine"].as_array().unwrap().len();
@@ -638,4 +644,71 @@ fn bench_moments_compares_the_cpu_with_the_gpu_in_one_table() {
     }
     assert_eq!(got, want);
     assert!(lines[4]["peak_gflops"].is_null() && lines[4]["data"] == "generated on the device");
+}
+
+/// A built-in teacher's samples are drawn into memory once (a line on stderr says so) and the
+/// model is the one learned from the same samples written to files.
+#[test]
+fn learn_from_a_teacher_draws_its_samples_once_and_learns_what_the_files_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "data", "20000", "4");
+    let small = [
+        "--hidden",
+        "2",
+        "--budget",
+        "64",
+        "--deep-widths",
+        "0",
+        "--polish-epochs",
+        "2",
+        "--backend",
+        "cpu",
+        "--seed",
+        "4",
+    ];
+    let from_files = dir.path().join("files.json");
+    let (x, y) = (data.join("x.npy"), data.join("y.npy"));
+    let mut args = vec![
+        "learn",
+        "--x",
+        x.to_str().unwrap(),
+        "--y",
+        y.to_str().unwrap(),
+        "--out",
+        from_files.to_str().unwrap(),
+    ];
+    args.extend(small);
+    let o = relu_fpt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("into memory"), "{}", stderr(&o));
+    let teacher = [
+        "--teacher",
+        "random",
+        "--d",
+        "12",
+        "--widths",
+        "3,3",
+        "--n",
+        "20000",
+    ];
+    let from_teacher = dir.path().join("teacher.json");
+    let mut args = vec!["learn", "--out", from_teacher.to_str().unwrap()];
+    args.extend(teacher);
+    args.extend(small);
+    let o = relu_fpt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("  samples: 20000 rows drawn into memory, "),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&from_files).unwrap(),
+        std::fs::read(&from_teacher).unwrap()
+    );
+    // --quiet says nothing about it.
+    args.push("--quiet");
+    let o = relu_fpt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("into memory"), "{}", stderr(&o));
 }
