@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::linalg::{axpy, dot_wide};
 use crate::network::Network;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Parts of a minibatch: summed in order, so the gradient does not depend on the thread count.
 pub(crate) const PARTS: usize = 8;
@@ -508,17 +509,18 @@ pub(crate) fn check_window(
 }
 
 /// One window's model and buffers, reused minibatch after minibatch.
-struct WindowGradient {
+struct WindowGradient<'a> {
     model: Factored,
     d: usize,
-    /// With B fixed the inputs are z = B x, computed once for the window.
-    z: Option<Vec<f64>>,
+    /// With B fixed the inputs are z = B x, computed once for the window (or held by the
+    /// caller, and borrowed).
+    z: Option<Cow<'a, [f64]>>,
     p: Vec<f64>,
     parts: Vec<Scratch>,
     sum: Vec<f64>,
 }
 
-impl WindowGradient {
+impl<'a> WindowGradient<'a> {
     fn new(
         shape: &FactoredShape,
         train_basis: bool,
@@ -528,11 +530,11 @@ impl WindowGradient {
     ) -> Self {
         let d = shape.input_dim;
         let z = (!train_basis).then(|| project_f64(&params[..shape.basis_len()], d, x));
-        Self::with_z(shape, z, rows)
+        Self::with_z(shape, z.map(Cow::Owned), rows)
     }
 
     /// With `z`, the window's z = B x (B fixed); without, B is trained on x.
-    fn with_z(shape: &FactoredShape, z: Option<Vec<f64>>, rows: usize) -> Self {
+    fn with_z(shape: &FactoredShape, z: Option<Cow<'a, [f64]>>, rows: usize) -> Self {
         let model = Factored::new(shape, z.is_none());
         let part_rows = rows.div_ceil(PARTS).max(1);
         WindowGradient {
@@ -643,7 +645,7 @@ pub fn train_window_on_z(
         )));
     }
     check_window(shape, &[], &[], batch_size, params)?;
-    WindowGradient::with_z(shape, Some(z.to_vec()), batch_size).steps(
+    WindowGradient::with_z(shape, Some(Cow::Borrowed(z)), batch_size).steps(
         &[],
         y,
         batch_size,
