@@ -387,6 +387,19 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     );
 }
 
+/// The deep-net stage alone after the descent (no gate, no polish): `candidates` raced by
+/// pilots of `pilot` row reads.
+fn pilot_race_config(candidates: Vec<Vec<usize>>, pilot: u64) -> LearnConfig {
+    LearnConfig {
+        polish: false,
+        deep_gate: None,
+        deep_pilot_rows: pilot,
+        deep_candidates: candidates,
+        seed: 4,
+        ..LearnConfig::default()
+    }
+}
+
 /// With two candidate architectures the deep-net stage trains a pilot of the second, races the
 /// first against it (the first's run going on as the stage unless the pilot is ahead), counts
 /// every row read as its own, and says what the race found.
@@ -394,14 +407,7 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
 fn the_deep_net_stage_chooses_its_widths_by_pilots() {
     let source = random_teacher_source(40_000);
     let pilot = 32_000;
-    let cfg = LearnConfig {
-        polish: false,
-        deep_gate: None,
-        deep_pilot_rows: pilot,
-        deep_candidates: vec![vec![8, 8], vec![8, 8, 8]],
-        seed: 4,
-        ..LearnConfig::default()
-    };
+    let cfg = pilot_race_config(vec![vec![8, 8], vec![8, 8, 8]], pilot);
     let (rep, deep, why) = deep_net_run(&source, &cfg);
     let chosen = ["[8, 8]", "[8, 8, 8]"]
         .into_iter()
@@ -434,14 +440,7 @@ fn the_deep_net_stage_chooses_its_widths_by_pilots() {
 fn the_first_deep_net_candidate_gives_way_to_a_pilot_that_is_ahead() {
     let source = random_teacher_source(40_000);
     let pilot = 32_000;
-    let cfg = LearnConfig {
-        polish: false,
-        deep_gate: None,
-        deep_pilot_rows: pilot,
-        deep_candidates: vec![vec![1], vec![8, 8]],
-        seed: 4,
-        ..LearnConfig::default()
-    };
+    let cfg = pilot_race_config(vec![vec![1], vec![8, 8]], pilot);
     let (rep, deep, why) = deep_net_run(&source, &cfg);
     assert!(
         why.contains("hidden widths [8, 8] chosen by a race of 32000 row reads"),
