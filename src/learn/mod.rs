@@ -783,7 +783,7 @@ impl DeepPilots {
         var: f64,
     ) -> Option<String> {
         (!self.runs.is_empty()).then(|| {
-            let best = |p: &PilotRun| p.outcome.curve.last().map_or(f64::NAN, |c| c.best_mse);
+            let best = |p: &PilotRun| p.outcome.best_checked().unwrap_or(f64::NAN);
             let each: Vec<String> = std::iter::once(format!("[{}] {}", list(first), num(first_mse / var)))
                 .chain((self.runs.iter()).map(|p| format!("[{}] {}", list(&p.widths), num(best(p) / var))))
                 .collect();
@@ -1142,8 +1142,7 @@ impl Run<'_> {
         let pilots = self.deep_pilots(&best.basis, &pc)?;
         let race = limits.race.take();
         let behind = |rc: &Race, res: &TrainOutcome| {
-            let best = res.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
-            rc.behind(best, res.row_reads)
+            rc.behind(res.best_checked().unwrap_or(f64::INFINITY), res.row_reads)
         };
         // The first (cheapest) candidate is the stage, racing the descent and the rival's
         // pilot; only when the rival is ahead of it after as many row reads is the rival
@@ -1305,7 +1304,7 @@ impl Run<'_> {
         }
         let tried: Vec<(Vec<usize>, f64)> = (out.runs.iter())
             .map(|p| {
-                let best = p.outcome.curve.last().map_or(f64::INFINITY, |c| c.best_mse);
+                let best = p.outcome.best_checked().unwrap_or(f64::INFINITY);
                 (p.widths.clone(), best)
             })
             .collect();

@@ -58,6 +58,14 @@ pub struct TrainOutcome {
     pub curve: Vec<Check>,
 }
 
+impl TrainOutcome {
+    /// The best validation MSE of its last check (on the check rows, what races compare);
+    /// None before any check.
+    pub fn best_checked(&self) -> Option<f64> {
+        self.curve.last().map(|c| c.best_mse)
+    }
+}
+
 /// Validation MSE of the compact network of `params` over every row of `val`.
 pub fn validation_mse(
     backend: &dyn Backend,
