@@ -213,9 +213,9 @@ struct SubspaceArgs {
     source: SourceFlags,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
-    /// Filtered PCA finds the dimension itself (`paper`: the paper's rounds alone, without
-    /// whitening, refine steps or residual rounds, so --no-whiten, --refine-steps and
-    /// --residual-rounds do not apply); pHd, SIR and SAVE need --dim.
+    /// Filtered PCA finds the dimension itself (`paper`: the paper's rounds, without
+    /// whitening or residual rounds, so --no-whiten and --residual-rounds do not apply, and
+    /// --refine-steps counts refine sweeps); pHd, SIR and SAVE need --dim.
     #[arg(long, value_enum, default_value = "filtered")]
     method: Method,
     /// Upper bound on the dimension filtered PCA may find.
@@ -236,6 +236,8 @@ struct SubspaceArgs {
     #[arg(long)]
     dim: Option<usize>,
     /// Gauss-Newton steps on the filtered-PCA basis after the rounds, one pass each (0: none).
+    /// With --method paper: at most this many refine sweeps, each finding every direction
+    /// again by the paper's round conditioned on the others, one pass per direction (0: none).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
     /// Seed (also of the teacher and samples, for synthetic sources).

@@ -38,9 +38,10 @@ learn_options! {
         /// PCA's label rounds, each after the first conditioned on cells of every direction
         /// found so far, then enumerate-and-test over the product net of bias-free networks of
         /// widths `hidden` as the final model); no sphere-net fit and no gradient stage, so
-        /// `whiten`, `refine_steps`, `descent_epochs`, `deep_widths`, `deep_epochs`, `polish`,
-        /// `polish_epochs` and `spare_rows` do not apply. Give `hidden` the architecture to
-        /// enumerate (e.g. 16 for a 16-unit teacher).
+        /// `whiten`, `descent_epochs`, `deep_widths`, `deep_epochs`, `polish`, `polish_epochs`
+        /// and `spare_rows` do not apply, and `refine_steps` counts refine sweeps (an
+        /// addition: the paper's round again on each direction, conditioned on the others).
+        /// Give `hidden` the architecture to enumerate (e.g. 16 for a 16-unit teacher).
         pub method: LearnMethod,
         /// Hidden widths of the candidate networks enumerate-and-test evaluates (each at least
         /// 1).
@@ -94,7 +95,9 @@ learn_options! {
         /// way.
         pub max_train_rows: Option<usize>,
         /// Gauss-Newton steps on the filtered-PCA basis after its rounds, one pass over the
-        /// data each (0: none).
+        /// data each (0: none). With method `paper`: at most this many refine sweeps, each
+        /// finding every direction again by the paper's round conditioned on the others, one
+        /// pass per direction (0: none, the paper's rounds alone).
         pub refine_steps: usize,
         /// Learn on the whitened inputs Sigma^(-1/2) (x - mu) rather than on the raw x (the
         /// model always reads the raw x); off: learn on the raw x.

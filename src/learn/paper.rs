@@ -203,6 +203,11 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
             sub.is_some_and(|s| !s.refine.is_empty()),
         ),
         part(
+            "refine sweeps (the paper's round on each direction, conditioned on the others)",
+            false,
+            sub.is_some_and(|s| s.rounds.iter().any(|r| r.kind == RoundKind::Refine)),
+        ),
+        part(
             "residual rounds",
             false,
             sub.is_some_and(|s| s.rounds.iter().any(|r| r.kind == RoundKind::Residual)),

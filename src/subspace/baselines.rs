@@ -106,6 +106,7 @@ pub(super) fn baseline(
             seconds,
             pass_seconds: f64::NAN,
             host_seconds: f64::NAN,
+            moved: None,
         }],
         refine: Vec::new(),
         samples_used: n * passes

@@ -348,6 +348,7 @@ pub(super) fn conclude(
         seconds: started.elapsed().as_secs_f64(),
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
+        moved: None,
     };
     announce_round(&report, index, n);
     RoundOutcome {

@@ -63,7 +63,8 @@ pub enum Method {
     /// Iterative filtered PCA with conditioning (finds the dimension itself).
     Filtered,
     /// The paper's filtered PCA as written: label rounds only, each conditioned on the cells
-    /// of every direction found before it; no whitening, refine steps or residual rounds.
+    /// of every direction found before it; no whitening, Gauss-Newton steps or residual
+    /// rounds. `refine_steps` counts refine sweeps of the paper's own round instead.
     Paper,
     /// Principal Hessian directions E[(y - mean y)(x x^T - I)] (a correlational baseline).
     Phd,
@@ -164,7 +165,8 @@ pub struct SubspaceConfig {
     /// after 0/1/2/3/5 steps): parity k = 4 0.078/0.042/0.025/0.019/0.018 rad, deep parity
     /// k = 3 0.051/0.012/0.0055/0.0050/0.0050. Re-estimating each direction by filtered PCA
     /// conditioned on the others, tried first, reached only 0.028 on
-    /// parity.
+    /// parity. With [`Method::Paper`], that re-estimation is what runs: at most this many
+    /// refine sweeps (see `paper::paper_pca`).
     pub refine_steps: usize,
     /// Rounds with filters on y (default 1): the first finds the strong directions; more
     /// condition on cells of the found ones before the refine steps have sharpened them (see

@@ -5,6 +5,9 @@
 //! inputs are N(0, I_d)), no Gauss-Newton refine steps, no residual rounds. What is kept from
 //! the default method is what the paper leaves open (its constants were not available to us,
 //! see the docs): the label quantiles and tails, the calibrated null and its margin, the merge.
+//! One addition, made of the paper's own step, runs after the rounds unless `refine_steps` is
+//! 0: refine sweeps, each finding every direction again by a round conditioned on the others
+//! (see [`paper_pca`]).
 //!
 //! **Cells.** An equal-mass grid with b cells per axis on all r found directions (edges at the
 //! pilot's quantiles j / b of each coordinate, Phi^-1(j / b) for Gaussian z) has b^r cells,
@@ -255,6 +258,56 @@ fn group_seed(c: &SubspaceConfig, index: usize) -> u64 {
     c.seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+/// The paper's step: a label round conditioned on (and orthogonal to) `basis`: on y alone
+/// when `basis` is empty, otherwise within the cells of z = B x on every row of `basis`. None
+/// when no cell of a sign grid can have bins of its own (see [`choose_cells`]). `step` is the
+/// pilot, the frame, the round's index and the configuration.
+fn paper_step(
+    backend: &dyn Backend,
+    source: &dyn SampleSource,
+    step: (&Pilot, &Frame, usize, &SubspaceConfig),
+    basis: &[Vec<f64>],
+    kind: RoundKind,
+    room: usize,
+) -> Result<Option<RoundOutcome>> {
+    let (pilot, frame, index, c) = step;
+    if basis.is_empty() {
+        let out = filtered::round(
+            backend,
+            source,
+            pilot,
+            frame,
+            basis,
+            &[],
+            None,
+            kind,
+            room,
+            index,
+            false,
+            c,
+        )?;
+        return Ok(Some(out));
+    }
+    let (d, n) = (source.dim(), source.len());
+    let Some(cells) = choose_cells(pilot, d, n, basis, c) else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let bins = cell_bins(pilot, d, &cells, c);
+    let view = CellView {
+        inner: source,
+        cells: &cells,
+        groups: bins.groups,
+        seed: group_seed(c, index),
+    };
+    let bar = crate::progress::bar(n, &format!("round {index}"));
+    let moments = backend.moments(&view, &bins.spec, SampleWeight::Unit, &bar)?;
+    bar.finish_and_clear();
+    Ok(Some(filtered::conclude(
+        &moments, &bins, frame, basis, kind, room, index, false, n, started, c,
+    )))
+}
+
 /// Filtered PCA as the paper describes it; see the module docs.
 pub(super) fn paper_pca(
     backend: &dyn Backend,
@@ -273,7 +326,7 @@ pub(super) fn paper_pca(
     let mut basis: Vec<Vec<f64>> = Vec::new();
     let mut rounds = Vec::new();
     let mut samples_used = pilot.y.len() as u64;
-    let stopped;
+    let mut stopped;
     loop {
         let index = rounds.len() + 1;
         if basis.len() >= max_dim {
@@ -281,56 +334,16 @@ pub(super) fn paper_pca(
             break;
         }
         let room = max_dim - basis.len();
-        let out: RoundOutcome = if basis.is_empty() {
-            filtered::round(
-                backend,
-                source,
-                &pilot,
-                &frame,
-                &basis,
-                &[],
-                None,
-                RoundKind::Label,
-                room,
-                index,
-                false,
-                c,
-            )?
-        } else {
-            let Some(cells) = choose_cells(&pilot, d, n, &basis, c) else {
-                stopped = format!(
-                    "round {index} not run: conditioning on all {} directions leaves no cell of a sign grid (2^{} cells) with the {} rows a cell needs (2 x {} per filter) among the {n}",
-                    basis.len(),
-                    basis.len(),
-                    2 * filtered::min_filter_rows(c, d),
-                    filtered::min_filter_rows(c, d)
-                );
-                break;
-            };
-            let started = std::time::Instant::now();
-            let bins = cell_bins(&pilot, d, &cells, c);
-            let view = CellView {
-                inner: source,
-                cells: &cells,
-                groups: bins.groups,
-                seed: group_seed(c, index),
-            };
-            let bar = crate::progress::bar(n, &format!("round {index}"));
-            let moments = backend.moments(&view, &bins.spec, SampleWeight::Unit, &bar)?;
-            bar.finish_and_clear();
-            filtered::conclude(
-                &moments,
-                &bins,
-                &frame,
-                &basis,
-                RoundKind::Label,
-                room,
-                index,
-                false,
-                n,
-                started,
-                c,
-            )
+        let step = (&pilot, &frame, index, c);
+        let Some(out) = paper_step(backend, source, step, &basis, RoundKind::Label, room)? else {
+            stopped = format!(
+                "round {index} not run: conditioning on all {} directions leaves no cell of a sign grid (2^{} cells) with the {} rows a cell needs (2 x {} per filter) among the {n}",
+                basis.len(),
+                basis.len(),
+                2 * filtered::min_filter_rows(c, d),
+                filtered::min_filter_rows(c, d)
+            );
+            break;
         };
         samples_used += n;
         let found = out.directions.len();
@@ -340,6 +353,48 @@ pub(super) fn paper_pca(
             break;
         }
         basis.extend(out.directions);
+    }
+    // Refine sweeps: each found direction is found again by the paper's step with the others
+    // as its basis (cells on them, the search orthogonal to them). Round 1 sees every direction
+    // at once through label filters alone, where the signal is weakest (parity k = 4 at d = 128
+    // from 1e6 rows: 0.065 to 0.081 rad); conditioned on the other directions' cells, the
+    // label filters see one direction with the others' dependence held nearly fixed, and the
+    // angle falls to 0.03 to 0.06 rad after two sweeps (test error 0.046 to 0.015, three
+    // seeds). A sweep's later directions use the earlier ones' new values.
+    // A sweep that moves no direction by more than SETTLED rad ends them: sin^2 of that is
+    // 1e-4, below what the enumerate-and-test resolves.
+    const SETTLED: f64 = 0.01;
+    let mut sweeps = 0;
+    let mut moved = f64::INFINITY;
+    while sweeps < c.refine_steps && !basis.is_empty() && moved > SETTLED {
+        sweeps += 1;
+        moved = 0.0;
+        for i in 0..basis.len() {
+            let others: Vec<Vec<f64>> = (basis.iter().enumerate())
+                .filter(|&(j, _)| j != i)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let step = (&pilot, &frame, rounds.len() + 1, c);
+            let Some(mut out) = paper_step(backend, source, step, &others, RoundKind::Refine, 1)?
+            else {
+                continue;
+            };
+            samples_used += n;
+            if let Some(v) = out.directions.pop() {
+                let angle = crate::linalg::dot(&basis[i], &v).abs().min(1.0).acos();
+                out.report.moved = Some(angle);
+                moved = moved.max(angle);
+                basis[i] = v;
+            }
+            rounds.push(out.report);
+        }
+    }
+    if sweeps > 0 {
+        stopped.push_str(&format!(
+            "; then {sweeps} refine sweep{} over the {} directions",
+            if sweeps == 1 { "" } else { "s" },
+            basis.len()
+        ));
     }
     Ok(SubspaceReport {
         input_dim: d,

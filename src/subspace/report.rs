@@ -11,14 +11,18 @@ pub enum RoundKind {
     Label,
     /// Filters on the residual e = y - h(B x) of a fit on the basis found so far.
     Residual,
+    /// `--method paper`'s refine sweeps: a label round on one found direction, conditioned on
+    /// (and orthogonal to) the others, whose direction replaces it.
+    Refine,
 }
 
 impl RoundKind {
-    /// "label" or "residual".
+    /// "label", "residual" or "refine".
     pub fn name(self) -> &'static str {
         match self {
             RoundKind::Label => "label",
             RoundKind::Residual => "residual",
+            RoundKind::Refine => "refine",
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct RoundReport {
     pub pass_seconds: f64,
     /// Of which the host's scoring and merge (eigen-solves of every filter and contrast).
     pub host_seconds: f64,
+    /// A refine round's (see [`RoundKind::Refine`]): the angle in radians between the
+    /// direction it refined and the one that replaced it.
+    pub moved: Option<f64>,
 }
 
 impl RoundReport {
@@ -300,7 +307,7 @@ impl SubspaceReport {
     }
 
     /// `{"format": "relu-fpt/subspace", "version": 2, "input_dim": d, "basis": [[..]],
-    /// "whitening": null | {..}, "rounds": [{"kind": "label" | "residual", "accepted": n,
+    /// "whitening": null | {..}, "rounds": [{"kind": "label" | "residual" | "refine", "accepted": n,
     /// "scores": [..], "top_eigenvalues": [..], "null_edge": v, "best_score": s,
     /// "threshold": t, "null_max": m, "cell_axes": a, "bins": K, "seconds": s, ..}],
     /// "refine": [{"residual_mse": e, "promised_gain": g, "seconds": s}], "samples_used": N, "method": ".."}`.
@@ -337,6 +344,7 @@ impl SubspaceReport {
                     "seconds": json_f64(r.seconds),
                     "pass_seconds": json_f64(r.pass_seconds),
                     "host_seconds": json_f64(r.host_seconds),
+                    "moved": r.moved.map(json_f64),
                 })
             })
             .collect();
@@ -417,6 +425,9 @@ impl SubspaceReport {
                 r.seconds,
                 r.host_seconds
             ));
+            if let Some(angle) = r.moved {
+                s.push_str(&format!("    refined direction moved {angle:.4} rad\n"));
+            }
             if r.cells > 1 {
                 s.push_str(&format!(
                     "    conditioned on {} cells ({} per axis on {} directions{}), {:.0}% of the pilot's rows in cells of their own, {} of accumulators\n",
@@ -434,7 +445,15 @@ impl SubspaceReport {
             }
         }
         if self.method == Method::Paper {
-            s.push_str("  the paper's algorithm: label rounds only, each after the first conditioned on cells of every direction found before it; not run: whitening, refine steps, residual rounds (additions of --method filtered)\n");
+            let sweeps = self.rounds.iter().any(|r| r.kind == RoundKind::Refine);
+            s.push_str(&format!(
+                "  the paper's algorithm: label rounds, each after the first conditioned on cells of every direction found before it{}; not run: whitening, Gauss-Newton refine steps, residual rounds (additions of --method filtered)\n",
+                if sweeps {
+                    ", then refine sweeps (an addition made of its own round: each direction found again conditioned on the others; --refine-steps 0 turns them off)"
+                } else {
+                    ""
+                }
+            ));
             if let Some(why) = &self.stopped {
                 s.push_str(&format!("  stopped: {why}\n"));
             }

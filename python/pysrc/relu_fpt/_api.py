@@ -54,7 +54,9 @@ def find_subspace(X, y, method="filtered", dim=None, max_dim=32, refine_steps=3,
     max_dim : int, default=32
         Largest dimension filtered PCA may find (a bound, not a limit of the method).
     refine_steps : int, default=3
-        Gauss-Newton steps sharpening the filtered-PCA basis (one pass each).
+        Gauss-Newton steps sharpening the filtered-PCA basis (one pass each); with
+        ``method="paper"``, at most this many refine sweeps, each direction found again by
+        the paper's round conditioned on the others (one pass per direction).
     backend : {"auto", "cpu", "gpu"}, default="auto"
     random_state : int, RandomState or None
 

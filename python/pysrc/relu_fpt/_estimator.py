@@ -85,7 +85,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         number of row reads).
     refine_steps : int, default=3
         Gauss-Newton steps on the filtered-PCA basis after its rounds, one pass over the data
-        each (0: none).
+        each (0: none). With method ``paper``: at most this many refine sweeps, each finding
+        every direction again by the paper's round conditioned on the others, one pass per
+        direction (0: none, the paper's rounds alone).
     time_budget : float or None, default=None
         Wall-clock seconds the learning may take: the stages are planned to end within it and
         the best model found is returned when it runs out (the report's budget_notes say what
@@ -102,13 +104,14 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     method : {"default", "paper"}, default="default"
         The pipeline. ``default``: filtered PCA with its additions (whitening, refine steps,
         residual rounds), enumerate-and-test and the sphere-net fit, then the gradient stages
-        (descent, deep net, polish). ``paper``: the paper's algorithm as written (filtered
-        PCA's label rounds, each after the first conditioned on cells of every direction found
-        so far, then enumerate-and-test over the product net of bias-free networks of widths
-        ``hidden`` as the final model); no sphere-net fit and no gradient stage, so ``whiten``,
-        ``refine_steps``, ``descent_epochs``, ``deep_widths``, ``deep_epochs``, ``polish``,
-        ``polish_epochs`` and ``spare_rows`` do not apply. Give ``hidden`` the architecture to
-        enumerate (e.g. 16 for a 16-unit teacher).
+        (descent, deep net, polish). ``paper``: the paper's algorithm as written (filtered PCA's
+        label rounds, each after the first conditioned on cells of every direction found so far,
+        then enumerate-and-test over the product net of bias-free networks of widths ``hidden``
+        as the final model); no sphere-net fit and no gradient stage, so ``whiten``,
+        ``descent_epochs``, ``deep_widths``, ``deep_epochs``, ``polish``, ``polish_epochs`` and
+        ``spare_rows`` do not apply, and ``refine_steps`` counts refine sweeps (an addition: the
+        paper's round again on each direction, conditioned on the others). Give ``hidden`` the
+        architecture to enumerate (e.g. 16 for a 16-unit teacher).
     spare_rows : int or None, default=None
         Spare basis rows the polish may grow into, each kept only when it lowers the validation
         error (at most ``max_dim`` rows in all; none given: 2, or r for r > 4 directions from
