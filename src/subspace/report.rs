@@ -80,7 +80,8 @@ pub struct RoundReport {
     /// Of which the host's scoring and merge (eigen-solves of every filter and contrast).
     pub host_seconds: f64,
     /// A refine round's (see [`RoundKind::Refine`]): the angle in radians between the
-    /// direction it refined and the one that replaced it.
+    /// direction it refined and the one that replaced it; 0 when the direction it found
+    /// scored lower than the rounds' direction it would replace, which was kept.
     pub moved: Option<f64>,
 }
 
@@ -425,8 +426,14 @@ impl SubspaceReport {
                 r.seconds,
                 r.host_seconds
             ));
-            if let Some(angle) = r.moved {
-                s.push_str(&format!("    refined direction moved {angle:.4} rad\n"));
+            match r.moved {
+                Some(a) if a > 0.0 => {
+                    s.push_str(&format!("    refined direction moved {a:.4} rad\n"))
+                }
+                Some(_) => s.push_str(
+                    "    kept the direction: it scored higher in the round that found it\n",
+                ),
+                None => {}
             }
             if r.cells > 1 {
                 s.push_str(&format!(
