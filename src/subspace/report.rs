@@ -426,15 +426,6 @@ impl SubspaceReport {
                 r.seconds,
                 r.host_seconds
             ));
-            match r.moved {
-                Some(a) if a > 0.0 => {
-                    s.push_str(&format!("    refined direction moved {a:.4} rad\n"))
-                }
-                Some(_) => s.push_str(
-                    "    kept the direction: it scored higher in the round that found it\n",
-                ),
-                None => {}
-            }
             if r.cells > 1 {
                 s.push_str(&format!(
                     "    conditioned on {} cells ({} per axis on {} directions{}), {:.0}% of the pilot's rows in cells of their own, {} of accumulators\n",
@@ -449,6 +440,15 @@ impl SubspaceReport {
                     100.0 * r.cell_coverage,
                     crate::safety::bytes(r.accumulator_bytes as u128)
                 ));
+            }
+            match r.moved {
+                Some(a) if a > 0.0 => {
+                    s.push_str(&format!("    refined direction moved {a:.4} rad\n"))
+                }
+                Some(_) => s.push_str(
+                    "    kept the direction: it scored higher in the round that found it\n",
+                ),
+                None => {}
             }
         }
         if self.method == Method::Paper {
