@@ -260,17 +260,20 @@ fn group_seed(c: &SubspaceConfig, index: usize) -> u64 {
 
 /// The paper's step: a label round conditioned on (and orthogonal to) `basis`: on y alone
 /// when `basis` is empty, otherwise within the cells of z = B x on every row of `basis`. None
-/// when no cell of a sign grid can have bins of its own (see [`choose_cells`]). `step` is the
-/// pilot, the frame, the round's index and the configuration.
+/// when no cell of a sign grid can have bins of its own (see [`choose_cells`]).
+// The pass's inputs (samples, pilot, frame, basis) and the round's bookkeeping, as `round`'s.
+#[allow(clippy::too_many_arguments)]
 fn paper_step(
     backend: &dyn Backend,
     source: &dyn SampleSource,
-    step: (&Pilot, &Frame, usize, &SubspaceConfig),
+    pilot: &Pilot,
+    frame: &Frame,
     basis: &[Vec<f64>],
     kind: RoundKind,
     room: usize,
+    index: usize,
+    c: &SubspaceConfig,
 ) -> Result<Option<RoundOutcome>> {
-    let (pilot, frame, index, c) = step;
     if basis.is_empty() {
         let out = filtered::round(
             backend,
@@ -337,8 +340,18 @@ pub(super) fn paper_pca(
             break;
         }
         let room = max_dim - basis.len();
-        let step = (&pilot, &frame, index, c);
-        let Some(out) = paper_step(backend, source, step, &basis, RoundKind::Label, room)? else {
+        let step = paper_step(
+            backend,
+            source,
+            &pilot,
+            &frame,
+            &basis,
+            RoundKind::Label,
+            room,
+            index,
+            c,
+        )?;
+        let Some(out) = step else {
             stopped = format!(
                 "round {index} not run: conditioning on all {} directions leaves no cell of a sign grid (2^{} cells) with the {} rows a cell needs (2 x {} per filter) among the {n}",
                 basis.len(),
@@ -384,9 +397,18 @@ pub(super) fn paper_pca(
                 .filter(|&(j, _)| j != i)
                 .map(|(_, b)| b.clone())
                 .collect();
-            let step = (&pilot, &frame, rounds.len() + 1, c);
-            let Some(mut out) = paper_step(backend, source, step, &others, RoundKind::Refine, 1)?
-            else {
+            let step = paper_step(
+                backend,
+                source,
+                &pilot,
+                &frame,
+                &others,
+                RoundKind::Refine,
+                1,
+                rounds.len() + 1,
+                c,
+            )?;
+            let Some(mut out) = step else {
                 continue;
             };
             samples_used += n;
