@@ -62,7 +62,10 @@ def main():
     ap.add_argument("--hidden", default="16", help="widths of the product net (paper method)")
     ap.add_argument("--json", default=None, help="write every run's numbers here")
     a = ap.parse_args()
-    flags = ["--teacher", a.teacher, "--d", str(a.d), "--k", str(a.k)]
+    flags = ["--teacher", a.teacher, "--d", str(a.d)]
+    # The fan and composite teachers have no k (relu-fpt refuses --k for them).
+    if a.teacher not in ("fan", "composite"):
+        flags += ["--k", str(a.k)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in a.seeds.split(",")]:
