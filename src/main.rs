@@ -237,7 +237,9 @@ struct SubspaceArgs {
     dim: Option<usize>,
     /// Gauss-Newton steps on the filtered-PCA basis after the rounds, one pass each (0: none).
     /// With --method paper: at most this many refine sweeps, each finding every direction
-    /// again by the paper's round conditioned on the others, one pass per direction (0: none).
+    /// again by the paper's round conditioned on the others (its filters' estimate or the cell
+    /// SIR of its bin means, whichever predicts the smaller angle), one pass per direction
+    /// (0: none).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
     /// Seed (also of the teacher and samples, for synthetic sources).

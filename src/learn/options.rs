@@ -40,7 +40,8 @@ learn_options! {
         /// widths `hidden` as the final model); no sphere-net fit and no gradient stage, so
         /// `whiten`, `descent_epochs`, `deep_widths`, `deep_epochs`, `polish`, `polish_epochs`
         /// and `spare_rows` do not apply, and `refine_steps` counts refine sweeps (an
-        /// addition: the paper's round again on each direction, conditioned on the others).
+        /// addition: the paper's round again on each direction, conditioned on the others,
+        /// with a cell SIR beside its filters).
         /// Give `hidden` the architecture to enumerate (e.g. 16 for a 16-unit teacher).
         pub method: LearnMethod,
         /// Hidden widths of the candidate networks enumerate-and-test evaluates (each at least
@@ -96,8 +97,9 @@ learn_options! {
         pub max_train_rows: Option<usize>,
         /// Gauss-Newton steps on the filtered-PCA basis after its rounds, one pass over the
         /// data each (0: none). With method `paper`: at most this many refine sweeps, each
-        /// finding every direction again by the paper's round conditioned on the others, one
-        /// pass per direction (0: none, the paper's rounds alone).
+        /// finding every direction again by the paper's round conditioned on the others (its
+        /// filters' estimate or the cell SIR of its bin means, whichever predicts the smaller
+        /// angle), one pass per direction (0: none, the paper's rounds alone).
         pub refine_steps: usize,
         /// Learn on the whitened inputs Sigma^(-1/2) (x - mu) rather than on the raw x (the
         /// model always reads the raw x); off: learn on the raw x.

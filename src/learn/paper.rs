@@ -203,7 +203,7 @@ pub fn parts(report: &LearnReport) -> Vec<Part> {
             sub.is_some_and(|s| !s.refine.is_empty()),
         ),
         part(
-            "refine sweeps (the paper's round on each direction, conditioned on the others)",
+            "refine sweeps (the paper's round on each direction, conditioned on the others, with a cell SIR beside its filters)",
             false,
             sub.is_some_and(|s| s.rounds.iter().any(|r| r.kind == RoundKind::Refine)),
         ),

@@ -107,6 +107,9 @@ pub(super) fn baseline(
             pass_seconds: f64::NAN,
             host_seconds: f64::NAN,
             moved: None,
+            refined_by: None,
+            predicted_angle: None,
+            sir_score: None,
         }],
         refine: Vec::new(),
         samples_used: n * passes

@@ -349,6 +349,9 @@ pub(super) fn conclude(
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
         moved: None,
+        refined_by: None,
+        predicted_angle: None,
+        sir_score: None,
     };
     announce_round(&report, index, n);
     RoundOutcome {

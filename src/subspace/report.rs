@@ -12,7 +12,7 @@ pub enum RoundKind {
     /// Filters on the residual e = y - h(B x) of a fit on the basis found so far.
     Residual,
     /// `--method paper`'s refine sweeps: a label round on one found direction, conditioned on
-    /// (and orthogonal to) the others, whose direction replaces it.
+    /// (and orthogonal to) the others, whose filters' direction or cell SIR may replace it.
     Refine,
 }
 
@@ -80,9 +80,38 @@ pub struct RoundReport {
     /// Of which the host's scoring and merge (eigen-solves of every filter and contrast).
     pub host_seconds: f64,
     /// A refine round's (see [`RoundKind::Refine`]): the angle in radians between the
-    /// direction it refined and the one that replaced it; 0 when the direction it found
-    /// scored lower than the rounds' direction it would replace, which was kept.
+    /// direction it refined and the one that replaced it; 0 when the direction was kept.
     pub moved: Option<f64>,
+    /// A refine round's: which estimate the direction is now.
+    pub refined_by: Option<RefineEstimate>,
+    /// A refine round's: the predicted angle (radians) of the estimate kept, and of the one
+    /// the direction had before (from the score of the round that found it).
+    pub predicted_angle: Option<(f64, f64)>,
+    /// A refine round's: the cell SIR's leading eigenvalue over its null edge (None when it
+    /// had no bins to use).
+    pub sir_score: Option<f64>,
+}
+
+/// The estimates a refine round chooses among, by the smallest predicted angle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefineEstimate {
+    /// The direction it had (the label rounds', or the alignment's mixture of them).
+    Kept,
+    /// The merged direction of the round's filtered second moments (the paper's statistic).
+    Filters,
+    /// The cell-conditioned SIR of the round's bin means (an addition).
+    CellSir,
+}
+
+impl RefineEstimate {
+    /// "kept", "filters" or "cell_sir".
+    pub fn name(self) -> &'static str {
+        match self {
+            RefineEstimate::Kept => "kept",
+            RefineEstimate::Filters => "filters",
+            RefineEstimate::CellSir => "cell_sir",
+        }
+    }
 }
 
 impl RoundReport {
@@ -346,6 +375,10 @@ impl SubspaceReport {
                     "pass_seconds": json_f64(r.pass_seconds),
                     "host_seconds": json_f64(r.host_seconds),
                     "moved": r.moved.map(json_f64),
+                    "refined_by": r.refined_by.map(RefineEstimate::name),
+                    "predicted_angle": r.predicted_angle.map(|p| json_f64(p.0)),
+                    "predicted_angle_before": r.predicted_angle.map(|p| json_f64(p.1)),
+                    "sir_score": r.sir_score.map(json_f64),
                 })
             })
             .collect();
@@ -441,14 +474,20 @@ impl SubspaceReport {
                     crate::safety::bytes(r.accumulator_bytes as u128)
                 ));
             }
-            match r.moved {
-                Some(a) if a > 0.0 => {
-                    s.push_str(&format!("    refined direction moved {a:.4} rad\n"))
-                }
-                Some(_) => s.push_str(
-                    "    kept the direction: it scored higher in the round that found it\n",
-                ),
-                None => {}
+            if let (Some(by), Some((now, before))) = (r.refined_by, r.predicted_angle) {
+                let sir = r
+                    .sir_score
+                    .map_or(String::new(), |v| format!("; cell SIR score {v:.1}"));
+                s.push_str(&match by {
+                    RefineEstimate::Kept => format!(
+                        "    kept the direction: predicted angle {before:.4} rad, no estimate of this round below it{sir}\n"
+                    ),
+                    _ => format!(
+                        "    refined direction moved {:.4} rad to the {} estimate: predicted angle {now:.4} rad against {before:.4}{sir}\n",
+                        r.moved.unwrap_or(0.0),
+                        if by == RefineEstimate::CellSir { "cell SIR" } else { "filters'" },
+                    ),
+                });
             }
         }
         if self.method == Method::Paper {
@@ -456,7 +495,7 @@ impl SubspaceReport {
             s.push_str(&format!(
                 "  the paper's algorithm: label rounds, each after the first conditioned on cells of every direction found before it{}; not run: whitening, Gauss-Newton refine steps, residual rounds (additions of --method filtered)\n",
                 if sweeps {
-                    ", then refine sweeps (an addition made of its own round: each direction found again conditioned on the others; --refine-steps 0 turns them off)"
+                    ", then refine sweeps (an addition made of its own round: each direction found again conditioned on the others, by its filters or by a cell SIR of its bin means, after turning the directions within their span; --refine-steps 0 turns them off)"
                 } else {
                     ""
                 }

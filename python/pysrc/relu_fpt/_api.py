@@ -56,7 +56,8 @@ def find_subspace(X, y, method="filtered", dim=None, max_dim=32, refine_steps=3,
     refine_steps : int, default=3
         Gauss-Newton steps sharpening the filtered-PCA basis (one pass each); with
         ``method="paper"``, at most this many refine sweeps, each direction found again by
-        the paper's round conditioned on the others (one pass per direction).
+        the paper's round conditioned on the others, its filters' estimate or a cell SIR
+        (one pass per direction).
     backend : {"auto", "cpu", "gpu"}, default="auto"
     random_state : int, RandomState or None
 

@@ -86,8 +86,9 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     refine_steps : int, default=3
         Gauss-Newton steps on the filtered-PCA basis after its rounds, one pass over the data
         each (0: none). With method ``paper``: at most this many refine sweeps, each finding
-        every direction again by the paper's round conditioned on the others, one pass per
-        direction (0: none, the paper's rounds alone).
+        every direction again by the paper's round conditioned on the others (its filters'
+        estimate or the cell SIR of its bin means, whichever predicts the smaller angle), one
+        pass per direction (0: none, the paper's rounds alone).
     time_budget : float or None, default=None
         Wall-clock seconds the learning may take: the stages are planned to end within it and
         the best model found is returned when it runs out (the report's budget_notes say what
@@ -110,7 +111,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         as the final model); no sphere-net fit and no gradient stage, so ``whiten``,
         ``descent_epochs``, ``deep_widths``, ``deep_epochs``, ``polish``, ``polish_epochs`` and
         ``spare_rows`` do not apply, and ``refine_steps`` counts refine sweeps (an addition: the
-        paper's round again on each direction, conditioned on the others). Give ``hidden`` the
+        paper's round again on each direction, conditioned on the others, with a cell SIR
+        beside its filters). Give ``hidden`` the
         architecture to enumerate (e.g. 16 for a 16-unit teacher).
     spare_rows : int or None, default=None
         Spare basis rows the polish may grow into, each kept only when it lowers the validation
