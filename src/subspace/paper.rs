@@ -525,7 +525,8 @@ fn cell_sir(
     if rows.is_empty() || dof == 0 {
         return None;
     }
-    // sigma^2: the mean variance of x on the complement, from the pass's totals.
+    // sigma^2: the mean variance of x on the complement, from the pass's totals (the paper
+    // method's frame is the identity, so the raw second moments are the frame's).
     let tri = moments.tri_len();
     let mut xx = vec![0.0; tri];
     let mut x = vec![0.0; side];
