@@ -718,13 +718,13 @@ pub(super) fn paper_pca(
     // angle, when that is below the predicted angle of the direction it had from the round
     // that found it (not an earlier refine round's: those were conditioned on worse
     // estimates of the others). A filters' direction predicts SCORE_ANGLE / score. Where round
-    // 1 already sees a direction strongly, conditioning only thins its rows and the direction
-    // is kept (the composite teacher's fan plane at d = 128 from 1e6 rows: round 1 scores 58, a
-    // refine round's filters 44; replacing it took the test error from 0.0085 to 0.015). Before
-    // the sweeps the directions are turned within their span for the cell SIR
+    // 1 already sees a direction strongly, conditioning only thins the filters' rows and the
+    // rule keeps it (the composite teacher's fan plane at d = 128 from 1e6 rows: round 1 scores
+    // 58, a refine round's filters 44; replacing it took the test error from 0.0085 to 0.015).
+    // Before the sweeps the directions are turned within their span for the cell SIR
     // ([`align_in_span`]). Parity k = 4 at d = 128 from 1e6 rows: test error 0.044-0.049 with
     // the rounds alone, 0.011-0.023 with the filters' estimates alone, 5.0e-3-6.7e-3 with
-    // both and the alignment, each at its basis floor (docs/measurements/
+    // both and the turn, each at its basis floor (docs/measurements/
     // 2026-12-06-paper-cell-sir.json). A sweep's later directions use the earlier ones' new
     // values. A sweep that moves no direction by more than SETTLED rad ends them: sin^2 of
     // that is 1e-4, below what the enumerate-and-test resolves.
