@@ -262,6 +262,22 @@ impl FilteredMoments {
         self.count.iter().sum()
     }
 
+    /// The sums over every bin, bin by bin: (sum_b S_b packed, sum_b s_b).
+    pub fn totals(&self) -> (Vec<f64>, Vec<f64>) {
+        let (tri, side) = (self.tri_len(), self.dim);
+        let mut xx = vec![0.0; tri];
+        let mut x = vec![0.0; side];
+        for b in 0..self.bins {
+            xx.iter_mut()
+                .zip(&self.sum_xx[b * tri..(b + 1) * tri])
+                .for_each(|(a, v)| *a += v);
+            x.iter_mut()
+                .zip(&self.sum_x[b * side..(b + 1) * side])
+                .for_each(|(a, v)| *a += v);
+        }
+        (xx, x)
+    }
+
     /// Sum of S_b over the given bins, unpacked to a full symmetric d x d matrix.
     pub fn second_moment<I: IntoIterator<Item = usize>>(&self, bins: I) -> nalgebra::DMatrix<f64> {
         let d = self.dim;

@@ -384,18 +384,8 @@ fn announce_round(report: &RoundReport, index: usize, rows: u64) {
 fn estimate_whitening(m: &FilteredMoments, frame: &Frame) -> Whitening {
     let side = m.dim;
     let d = frame.d;
-    let tri = m.tri_len();
     let total = m.total_count() as f64;
-    let mut xx = vec![0.0; tri];
-    let mut x = vec![0.0; side];
-    for b in 0..m.bins {
-        xx.iter_mut()
-            .zip(&m.sum_xx[b * tri..(b + 1) * tri])
-            .for_each(|(a, v)| *a += v);
-        x.iter_mut()
-            .zip(&m.sum_x[b * side..(b + 1) * side])
-            .for_each(|(a, v)| *a += v);
-    }
+    let (xx, x) = m.totals();
     let shift: Vec<f64> = x[..d].iter().map(|v| v / total).collect();
     let full = crate::moments::unpack_upper(&xx, side);
     let mut sigma = DMatrix::zeros(d, d);
@@ -638,20 +628,7 @@ fn scan_filters(
     let q = frame.q;
     let d_perp = (q - basis.len()).max(1) as f64;
     let total = moments.total_count() as f64;
-    let all = 0..moments.bins;
-    let tri = moments.tri_len();
-    let mut total_xx = vec![0.0; tri];
-    let mut total_x = vec![0.0; side];
-    for b in all {
-        total_xx
-            .iter_mut()
-            .zip(&moments.sum_xx[b * tri..(b + 1) * tri])
-            .for_each(|(a, v)| *a += v);
-        total_x
-            .iter_mut()
-            .zip(&moments.sum_x[b * side..(b + 1) * side])
-            .for_each(|(a, v)| *a += v);
-    }
+    let (total_xx, total_x) = moments.totals();
     let min_n = min_filter_rows(c, frame.d) as f64;
     let usable: Vec<&Filter> = bins
         .filters

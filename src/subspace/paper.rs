@@ -527,17 +527,7 @@ fn cell_sir(
     }
     // sigma^2: the mean variance of x on the complement, from the pass's totals (the paper
     // method's frame is the identity, so the raw second moments are the frame's).
-    let tri = moments.tri_len();
-    let mut xx = vec![0.0; tri];
-    let mut x = vec![0.0; side];
-    for b in 0..moments.bins {
-        xx.iter_mut()
-            .zip(&moments.sum_xx[b * tri..(b + 1) * tri])
-            .for_each(|(a, v)| *a += v);
-        x.iter_mut()
-            .zip(&moments.sum_x[b * side..(b + 1) * side])
-            .for_each(|(a, v)| *a += v);
-    }
+    let (xx, x) = moments.totals();
     let mut trace = 0.0;
     let mut k = 0;
     for i in 0..side {
