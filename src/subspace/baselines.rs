@@ -110,6 +110,7 @@ pub(super) fn baseline(
             refined_by: None,
             predicted_angle: None,
             sir_score: None,
+            sir_disagreement: None,
         }],
         refine: Vec::new(),
         samples_used: n * passes

@@ -352,6 +352,7 @@ pub(super) fn conclude(
         refined_by: None,
         predicted_angle: None,
         sir_score: None,
+        sir_disagreement: None,
     };
     announce_round(&report, index, n);
     RoundOutcome {

@@ -57,6 +57,18 @@ const MIN_COVERAGE: f64 = 0.5;
 /// 20.2-21.6 went with angles 0.065-0.084 (seeds 2, 3) and refine rounds' 19-46 with
 /// 0.073-0.031, score x angle 1.4-1.7 throughout.
 const SCORE_ANGLE: f64 = 1.5;
+/// A refine round's cell SIR is used only when it lies within SIR_AGREEMENT x the root-sum-
+/// square of both predicted angles of the filters' estimate (of the direction as it is, when
+/// the filters found none). Two unbiased estimates in d' dimensions lie about that root-sum-
+/// square apart (their errors are spread over d' directions, so the angle between them varies
+/// by about 1 / sqrt(2 d') of it); a cell SIR further off carries the leak of the other
+/// directions' errors that its predicted angle leaves out. Measured ratios: parity k = 4 at
+/// d = 128, 0.85-0.93 on every refine round; deep parity k = 3 at d = 64 from 3.2e5 rows, 0.5-1.3
+/// on a seed where the cell SIR helped, 1.6-2.8 on two where, used anyway, it drifted further
+/// with every sweep (0.063 -> 0.61 rad off the span on one). With the check, the gradient
+/// energy its bases miss over seeds 1-6 is below the filters' alone on five (5.1e-4 against
+/// 1.3e-3 on the first) and 1.8x above on one (2.0e-3 against 1.1e-3).
+const SIR_AGREEMENT: f64 = 1.5;
 
 /// The cells of one conditioned round: the grid, its own cells (by key) and the pooled rest.
 struct Cells {
@@ -761,15 +773,27 @@ pub(super) fn paper_pca(
             };
             samples_used += n;
             let before = SCORE_ANGLE / scores[i];
+            // The filters' estimate, or the direction as it is when they found none: what the
+            // cell SIR is checked against.
+            let mut reference = (before, basis[i].clone());
             let mut best = (before, RefineEstimate::Kept, None);
             if let (Some(v), Some(&score)) = (out.directions.pop(), out.report.scores.first()) {
+                reference = (SCORE_ANGLE / score, v.clone());
                 if SCORE_ANGLE / score < best.0 {
                     best = (SCORE_ANGLE / score, RefineEstimate::Filters, Some(v));
                 }
             }
             out.report.sir_score = sir.as_ref().map(|s| s.score);
             if let Some(sir) = sir.filter(|s| s.score >= c.null_margin && s.angle < best.0) {
-                best = (sir.angle, RefineEstimate::CellSir, Some(sir.direction));
+                let apart = crate::linalg::dot(&sir.direction, &reference.1)
+                    .abs()
+                    .min(1.0)
+                    .acos();
+                let disagreement = apart / reference.0.hypot(sir.angle);
+                out.report.sir_disagreement = Some(disagreement);
+                if disagreement <= SIR_AGREEMENT {
+                    best = (sir.angle, RefineEstimate::CellSir, Some(sir.direction));
+                }
             }
             let (predicted, by, direction) = best;
             let angle = direction.map_or(0.0, |v| {

@@ -90,6 +90,9 @@ pub struct RoundReport {
     /// A refine round's: the cell SIR's leading eigenvalue over its null edge (None when it
     /// had no bins to use).
     pub sir_score: Option<f64>,
+    /// A refine round's, when its cell SIR was a candidate: its angle to the filters' estimate
+    /// over the root-sum-square of their predicted angles (above 1.5 it is set aside).
+    pub sir_disagreement: Option<f64>,
 }
 
 /// The estimates a refine round chooses among, by the smallest predicted angle.
@@ -379,6 +382,7 @@ impl SubspaceReport {
                     "predicted_angle": r.predicted_angle.map(|p| json_f64(p.0)),
                     "predicted_angle_before": r.predicted_angle.map(|p| json_f64(p.1)),
                     "sir_score": r.sir_score.map(json_f64),
+                    "sir_disagreement": r.sir_disagreement.map(json_f64),
                 })
             })
             .collect();
@@ -475,9 +479,14 @@ impl SubspaceReport {
                 ));
             }
             if let (Some(by), Some((now, before))) = (r.refined_by, r.predicted_angle) {
-                let sir = r
+                let mut sir = r
                     .sir_score
                     .map_or(String::new(), |v| format!("; cell SIR score {v:.1}"));
+                if let Some(v) = r.sir_disagreement.filter(|_| by != RefineEstimate::CellSir) {
+                    sir.push_str(&format!(
+                        ", set aside: {v:.2} x the predicted angles away from the filters' estimate"
+                    ));
+                }
                 s.push_str(&match by {
                     RefineEstimate::Kept => format!(
                         "    kept the direction: predicted angle {before:.4} rad, no estimate of this round below it{sir}\n"
