@@ -58,16 +58,18 @@ const MIN_COVERAGE: f64 = 0.5;
 /// 0.073-0.031, score x angle 1.4-1.7 throughout.
 const SCORE_ANGLE: f64 = 1.5;
 /// A refine round's cell SIR is used only when it lies within SIR_AGREEMENT x the root-sum-
-/// square of both predicted angles of the filters' estimate (of the direction as it is, when
-/// the filters found none). Two unbiased estimates in d' dimensions lie about that root-sum-
-/// square apart (their errors are spread over d' directions, so the angle between them varies
-/// by about 1 / sqrt(2 d') of it); a cell SIR further off carries the leak of the other
-/// directions' errors that its predicted angle leaves out. Measured ratios: parity k = 4 at
-/// d = 128, 0.85-0.93 on every refine round; deep parity k = 3 at d = 64 from 3.2e5 rows, 0.5-1.3
-/// on a seed where the cell SIR helped, 1.6-2.8 on two where, used anyway, it drifted further
-/// with every sweep (0.063 -> 0.61 rad off the span on one). With the check, the gradient
-/// energy its bases miss over seeds 1-6 is below the filters' alone on five (5.1e-4 against
-/// 1.3e-3 on the first) and 1.8x above on one (2.0e-3 against 1.1e-3).
+/// square of its predicted angle and the direction's own from the direction as it is. Two
+/// unbiased estimates in d' dimensions lie about that root-sum-square apart (their errors are
+/// spread over d' directions, so the angle between them varies by about 1 / sqrt(2 d') of it);
+/// a cell SIR further off carries the leak of the other directions' errors that its predicted
+/// angle leaves out, and taking it feeds that leak into the next rounds' cells. Deep parity
+/// k = 3 at d = 64 from 3.2e5 rows without the check: on two seeds of six the sweeps drifted
+/// further with every round (one basis ending 0.61 rad off the span); with it the drift stops
+/// where the cell SIR leaves the direction (gradient energy missed 7.8e-3 and 8.4e-3 against
+/// 1.1e-1 and 1.7e-2, and 1.6e-3 and 1.1e-3 with the filters' estimate alone). Checked
+/// against the filters' estimate instead, the cell SIR was set aside at d = 512, where the
+/// filters' estimate was the one drifting (parity k = 4 from 4.1e6 rows: test MSE/Var 0.19
+/// against 4.6e-3).
 const SIR_AGREEMENT: f64 = 1.5;
 
 /// The cells of one conditioned round: the grid, its own cells (by key) and the pooled rest.
@@ -773,12 +775,10 @@ pub(super) fn paper_pca(
             };
             samples_used += n;
             let before = SCORE_ANGLE / scores[i];
-            // The filters' estimate, or the direction as it is when they found none: what the
-            // cell SIR is checked against.
-            let mut reference = (before, basis[i].clone());
+            // The direction as it is: what the cell SIR is checked against.
+            let reference = (before, basis[i].clone());
             let mut best = (before, RefineEstimate::Kept, None);
             if let (Some(v), Some(&score)) = (out.directions.pop(), out.report.scores.first()) {
-                reference = (SCORE_ANGLE / score, v.clone());
                 if SCORE_ANGLE / score < best.0 {
                     best = (SCORE_ANGLE / score, RefineEstimate::Filters, Some(v));
                 }

@@ -90,8 +90,8 @@ pub struct RoundReport {
     /// A refine round's: the cell SIR's leading eigenvalue over its null edge (None when it
     /// had no bins to use).
     pub sir_score: Option<f64>,
-    /// A refine round's, when its cell SIR was a candidate: its angle to the filters' estimate
-    /// over the root-sum-square of their predicted angles (above 1.5 it is set aside).
+    /// A refine round's, when its cell SIR was a candidate: its angle to the direction as it
+    /// was over the root-sum-square of their predicted angles (above 1.5 it is set aside).
     pub sir_disagreement: Option<f64>,
 }
 
@@ -484,7 +484,7 @@ impl SubspaceReport {
                     .map_or(String::new(), |v| format!("; cell SIR score {v:.1}"));
                 if let Some(v) = r.sir_disagreement.filter(|_| by != RefineEstimate::CellSir) {
                     sir.push_str(&format!(
-                        ", set aside: {v:.2} x the predicted angles away from the filters' estimate"
+                        ", set aside: {v:.2} x the predicted angles away from the direction"
                     ));
                 }
                 s.push_str(&match by {
