@@ -36,7 +36,7 @@
 use super::filtered::{self, cell_edges, Filter, RoundBins, RoundOutcome};
 use super::report::{NoStructure, RefineEstimate, RoundKind, SubspaceReport};
 use super::sources::group_of;
-use super::{equal_mass_edges, quantile_sorted, read_pilot, Frame, Method, Pilot, SubspaceConfig};
+use super::{equal_mass_edges, read_pilot, Frame, Method, Pilot, SubspaceConfig};
 use crate::backend::Backend;
 use crate::data::whiten::Whitening;
 use crate::data::SampleSource;
@@ -122,6 +122,18 @@ fn label_bins(c: &SubspaceConfig) -> usize {
     c.cell_quantiles.len() + 2 * c.cell_tails.len() + 3
 }
 
+/// z = B x of every pilot row on each row of `basis`: one column per row.
+fn pilot_projections(pilot: &Pilot, d: usize, basis: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    basis
+        .iter()
+        .map(|row| {
+            (pilot.x.chunks_exact(d))
+                .map(|x| crate::linalg::dot_wide(row, x))
+                .collect()
+        })
+        .collect()
+}
+
 /// The grid of a conditioned round on every row of `basis`, or None when no cell can have bins
 /// of its own (see the module docs).
 fn choose_cells(
@@ -141,16 +153,7 @@ fn choose_cells(
     let per_cell_bytes = c.cells_per_axis as u64 * label_bins(c) as u64 * bin_bytes(d);
     // Own cells the budget allows next to the pooled one.
     let budget_cells = (ACCUMULATOR_BUDGET / per_cell_bytes.max(1)).saturating_sub(1) as usize;
-    let z: Vec<Vec<f64>> = basis
-        .iter()
-        .map(|row| {
-            pilot
-                .x
-                .chunks_exact(d)
-                .map(|x| crate::linalg::dot_wide(row, x))
-                .collect()
-        })
-        .collect();
+    let z = pilot_projections(pilot, d, basis);
     let mut fallback = None;
     for b in (2..=c.cells_per_axis).rev() {
         // Keys must fit 128 bits: b^r < 2^127.
@@ -343,6 +346,14 @@ fn column_edges(column: &[f64], per_axis: usize) -> Vec<f64> {
         .collect()
 }
 
+/// (u, v) turned by angle a in their plane: (c u - s v, s u + c v).
+fn plane_turn(u: &[f64], v: &[f64], a: f64) -> (Vec<f64>, Vec<f64>) {
+    let (c, s) = (a.cos(), a.sin());
+    let first = u.iter().zip(v).map(|(p, q)| c * p - s * q).collect();
+    let second = u.iter().zip(v).map(|(p, q)| s * p + c * q).collect();
+    (first, second)
+}
+
 /// Turns the found directions within their span so that each is most visible to a cell SIR
 /// conditioned on the others: the largest [`alignment_objective`] on the pilot, by Jacobi
 /// sweeps of plane rotations over a grid of angles. Returns the turned basis and the
@@ -372,19 +383,8 @@ fn align_in_span(
     if r < 2 {
         return (basis.to_vec(), 0.0, 0.0);
     }
-    let mut t: Vec<Vec<f64>> = basis
-        .iter()
-        .map(|row| {
-            (pilot.x.chunks_exact(d))
-                .map(|x| crate::linalg::dot_wide(row, x))
-                .collect()
-        })
-        .collect();
-    let mut sorted = pilot.y.clone();
-    sorted.sort_by(|p, q| p.total_cmp(q));
-    let y_edges: Vec<f64> = (1..ALIGN_LABEL_BINS)
-        .map(|j| quantile_sorted(&sorted, j as f64 / ALIGN_LABEL_BINS as f64))
-        .collect();
+    let mut t = pilot_projections(pilot, d, basis);
+    let y_edges = equal_mass_edges(std::slice::from_ref(&pilot.y), ALIGN_LABEL_BINS).remove(0);
     let y_bin: Vec<usize> = pilot.y.iter().map(|&v| count_below(&y_edges, v)).collect();
     fn columns(t: &[Vec<f64>]) -> Vec<&[f64]> {
         t.iter().map(Vec::as_slice).collect()
@@ -394,12 +394,7 @@ fn align_in_span(
         .map(|i| (0..r).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
         .collect();
     let turn = |rows: &mut [Vec<f64>], i: usize, j: usize, a: f64| {
-        let (c, s) = (a.cos(), a.sin());
-        let (ri, rj) = (rows[i].clone(), rows[j].clone());
-        for k in 0..ri.len() {
-            rows[i][k] = c * ri[k] - s * rj[k];
-            rows[j][k] = s * ri[k] + c * rj[k];
-        }
+        (rows[i], rows[j]) = plane_turn(&rows[i], &rows[j], a);
     };
     let mut edges: Vec<Vec<f64>> = t.iter().map(|c| column_edges(c, per_axis)).collect();
     let start = alignment_objective(&columns(&t), &columns(&edges), &y_bin, per_axis);
@@ -419,13 +414,7 @@ fn align_in_span(
                             return (f64::NEG_INFINITY, a);
                         }
                         // Only the pair's two columns change.
-                        let (c, s) = (a.cos(), a.sin());
-                        let ti: Vec<f64> = (t[i].iter().zip(&t[j]))
-                            .map(|(u, v)| c * u - s * v)
-                            .collect();
-                        let tj: Vec<f64> = (t[i].iter().zip(&t[j]))
-                            .map(|(u, v)| s * u + c * v)
-                            .collect();
+                        let (ti, tj) = plane_turn(&t[i], &t[j], a);
                         let (ei, ej) = (column_edges(&ti, per_axis), column_edges(&tj, per_axis));
                         let (mut cols, mut cut) = (columns(&t), columns(&edges));
                         (cols[i], cols[j], cut[i], cut[j]) = (&ti, &tj, &ei, &ej);
