@@ -15,11 +15,14 @@ Rows needed: N runs over a grid (ratio 2 from `--n0`); for each (method, teacher
 search starts at a guess scaled from the previous d and walks up until the criteria hold (and
 down while they still do); the first N of the grid that passes is the figure. A point that
 fails at the method's largest N is censored (drawn as an open marker at that N, left out of
-the fit). Test error: 20 000 fresh rows drawn in numpy (seeded) and labelled with the teacher
+the fit); after two censored d in a row a method is not run at larger d for that teacher
+(more rows are needed as d grows, so it would fail there too), and the table says so. Test error: 20 000 fresh rows drawn in numpy (seeded) and labelled with the teacher
 read from `relu-fpt generate`'s teacher.json; the model is evaluated from its JSON, in numpy.
 
 Usage:
   python3 scripts/scaling.py [--quick] [--dims 32,64,128] [--seeds 3] [--out docs/figures]
+With no option it runs the study the README shows (d = 32 to 512, four teachers, three
+learners, three seeds, then the timing) in one invocation.
 Needs numpy and matplotlib. The binary is $RELU_FPT (default target/release/relu-fpt).
 Writes OUT/scaling_rows.png, OUT/scaling_time.png and OUT/scaling.json (every run's numbers).
 """
@@ -230,10 +233,11 @@ def passes(method, res):
     return ok
 
 
-def rows_needed(method, t, grid, start, tmp, log, epochs):
+def rows_needed(method, t, grid, start, tmp, log, epochs, step=2):
     """Smallest grid N that passes (None when even the last fails), and every run made. A
-    galloping search from `start` (steps of 4x, then the one grid point between), assuming
-    that more rows do not hurt."""
+    search from `start` in steps of `step` grid points (with 2, the one grid point between is
+    tried at the end), assuming that more rows do not hurt. A start scaled from the previous
+    d is usually one step from the answer, so it walks by 1: pass, then fail one below."""
     results = {}
 
     def attempt(i):
@@ -255,7 +259,7 @@ def rows_needed(method, t, grid, start, tmp, log, epochs):
         hi = i  # passes
         lo = None  # fails
         while hi > 0:
-            j = max(hi - 2, 0)
+            j = max(hi - step, 0)
             if attempt(j):
                 hi = j
             else:
@@ -265,14 +269,14 @@ def rows_needed(method, t, grid, start, tmp, log, epochs):
         lo = i
         hi = None
         while lo < last:
-            j = min(lo + 2, last)
+            j = min(lo + step, last)
             if attempt(j):
                 hi = j
                 break
             lo = j
         if hi is None:
             return None, list(results.values())
-    if lo is not None and hi - lo == 2 and attempt(lo + 1):
+    if lo is not None and hi - lo == 2 and step == 2 and attempt(lo + 1):
         hi = lo + 1
     return grid[hi], list(results.values())
 
@@ -318,12 +322,12 @@ def draw(summary, time_rows, out, cases, methods, quick):
                             color=colours[method], capsize=3, label=lab)
             else:
                 ax.plot([], [], "o-", color=colours[method], label=lab)
-            cens = [(p["d"], p["max_n"]) for p in pts if p["censored"]]
+            cens = [(p["d"], p["max_n"]) for p in pts if p["censored"] and not p.get("skipped")]
             if cens:
                 ax.plot([c[0] for c in cens], [c[1] for c in cens], "^", mfc="none", ms=9,
                         color=colours[method],
                         label=f"{labels[method]}: not reached by N = {cens[0][1]:.3g} "
-                              "(the largest it was given)")
+                              "(the largest it was given)" + skipped_note(pts))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("input dimension d")
@@ -362,6 +366,11 @@ def draw(summary, time_rows, out, cases, methods, quick):
     plt.close(fig)
 
 
+def skipped_note(pts):
+    skipped = [p["d"] for p in pts if p.get("skipped")]
+    return f"; not run at d >= {skipped[0]}" if skipped else ""
+
+
 def case_name(case):
     kind, k = case
     return f"parity k={k}" if kind == "parity" else f"random [{k},{k}]"
@@ -373,11 +382,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes, one seed: checks that the script runs (CI)")
-    ap.add_argument("--dims", default=None, help="comma list of d (default 16,32,64)")
+    ap.add_argument("--dims", default=None, help="comma list of d (default 32,64,128,256,512)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")
     ap.add_argument("--cases", default=None,
-                    help="comma list of parity:K or random:K, or none "
-                         "(default parity:2,parity:4,random:4)")
+                    help="comma list of parity:K or random:K, each optionally :MAX_D (the "
+                         "largest d it runs at), or none "
+                         "(default parity:2,parity:4,parity:6:128,random:4)")
     ap.add_argument("--methods", default="default,paper,mlp")
     ap.add_argument("--n0", type=int, default=None, help="smallest N of the grid")
     ap.add_argument("--steps", type=int, default=None, help="grid points (ratio 2)")
@@ -395,17 +405,19 @@ def main():
     if a.redraw:
         return redraw(a.redraw, a.out)
     q = a.quick
-    dims = [int(v) for v in (a.dims or ("8,16" if q else "16,32,64")).split(",")]
+    dims = [int(v) for v in (a.dims or ("8,16" if q else "32,64,128,256,512")).split(",")]
     seeds = list(range(1, 1 + (a.seeds or (1 if q else 3))))
-    cases = a.cases or ("parity:2" if q else "parity:2,parity:4,random:4")
-    # "none" skips the rows-needed part (a run that only times learn against k).
-    cases = [] if cases == "none" else [(c.split(":")[0], int(c.split(":")[1]))
-                                        for c in cases.split(",")]
+    cases = a.cases or ("parity:2" if q else "parity:2,parity:4,parity:6:128,random:4")
+    # "none" skips the rows-needed part (a run that only times learn against k). Parity k = 6
+    # stops at d = 128 by default: its rows needed pass 1e6 beyond, minutes a run.
+    cases = [] if cases == "none" else [c.split(":") for c in cases.split(",")]
+    max_d = {(c[0], int(c[1])): int(c[2]) if len(c) > 2 else None for c in cases}
+    cases = [(c[0], int(c[1])) for c in cases]
     methods = a.methods.split(",")
     n0 = a.n0 or (1000 if q else 250)
     steps = a.steps or (5 if q else 15)
     grid = [n0 * 2 ** i for i in range(steps)]
-    mlp_max = a.mlp_max_n or (8000 if q else 128_000)
+    mlp_max = a.mlp_max_n or (8000 if q else 1_024_000)
     # The MLP's passes: up to --mlp-epochs, fewer on many rows (at most 2.56e6 row reads,
     # at least 3 passes).
     max_epochs = a.mlp_epochs or (5 if q else 20)
@@ -431,6 +443,12 @@ def main():
               f"{res['seconds']:.1f} s -> {'pass' if res['pass'] else 'fail'}", file=sys.stderr)
 
     summary = {}
+
+    def save_partial():
+        # Every finished point so far, so that a run stopped midway loses nothing.
+        with open(os.path.join(a.out, "scaling.partial.json"), "w") as f:
+            json.dump({"summary": summary, "runs": runs, "seconds": time.time() - began}, f)
+
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             name = case_name(case)
@@ -442,7 +460,16 @@ def main():
                 first = min(range(len(mgrid)), key=lambda i: abs(mgrid[i] - 16_000))
                 guess = {s: first for s in seeds}
                 prev_d = None
+                censored_run = 0
                 for d in dims:
+                    if max_d[case] is not None and d > max_d[case]:
+                        break
+                    if censored_run >= 2:
+                        # Failed at its largest N at two smaller d: it would fail here too.
+                        pts.append({"d": d, "rows": [None] * len(seeds), "censored": True,
+                                    "skipped": True, "max_n": mgrid[-1], "floor": False,
+                                    "log_mean": None, "log_std": 0.0})
+                        continue
                     needed = []
                     for s in seeds:
                         t = Teacher(case[0], d, case[1], s, tmp)
@@ -451,7 +478,8 @@ def main():
                             # Rows needed grow with d: start one step above the last figure's
                             # share of the ratio (a censored seed starts at the largest N).
                             start = max(0, guess[s] + round(math.log2(d / prev_d)))
-                        n, _ = rows_needed(method, t, mgrid, start, tmp, log, mlp_epochs)
+                        n, _ = rows_needed(method, t, mgrid, start, tmp, log, mlp_epochs,
+                                           step=1 if prev_d is not None else 2)
                         needed.append(n)
                         if n is not None:
                             guess[s] = mgrid.index(n)
@@ -459,6 +487,7 @@ def main():
                             guess[s] = len(mgrid) - 1
                     logs = [math.log(n) for n in needed if n is not None]
                     censored = len(logs) < len(needed)
+                    censored_run = censored_run + 1 if not logs else 0
                     pts.append({
                         "d": d, "rows": needed, "censored": censored, "max_n": mgrid[-1],
                         # The smallest N of the grid passed: the figure is an upper bound.
@@ -467,6 +496,8 @@ def main():
                         "log_std": float(np.std(logs)) if logs and not censored else 0.0,
                     })
                     prev_d = d
+                    summary[name][method] = pts
+                    save_partial()
                 summary[name][method] = pts
                 summary[name]["exponents"][method] = fit_exponent(
                     [p["d"] for p in pts],
@@ -495,6 +526,9 @@ def main():
                    "runs": runs, "seconds": total, "cpu_seconds": cpu,
                    "load_average_at_end": load}, f, indent=1)
     draw(summary, time_rows, a.out, cases, methods, q)
+    partial = os.path.join(a.out, "scaling.partial.json")
+    if os.path.exists(partial):
+        os.remove(partial)
     print(f"\nrows needed (geometric mean over seeds; '>' = not reached by the largest N tried), "
           f"{total:.0f} s wall, {cpu:.0f} s of CPU (this process and its children), load "
           f"average at the end {load[0]:.1f}")
@@ -503,7 +537,9 @@ def main():
         for method in methods:
             cells = []
             for p in summary[name][method]:
-                if p["censored"]:
+                if p.get("skipped"):
+                    cells.append(f"d={p['d']}: not run")
+                elif p["censored"]:
                     cells.append(f"d={p['d']}: >{p['max_n']:.0e}")
                 else:
                     floor = "<=" if p["floor"] else ""
