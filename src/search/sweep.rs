@@ -160,11 +160,11 @@ fn unit_value(u: &[f64], a: &[f64], w: usize, bias: bool) -> f64 {
 }
 
 /// The fixed part of one unit's sweep on one split: the other units' features with the
-/// constant (n x h, row-major), their Gram matrix and their products with y.
+/// constant, their Gram matrix and their products with y.
 struct Fixed {
-    /// h x n: a column per row.
+    /// The features, h x n: a column per row.
     phi_t: DMatrix<f64>,
-    gram: nalgebra::DMatrix<f64>,
+    gram: DMatrix<f64>,
     phi_y: nalgebra::DVector<f64>,
     yy: f64,
 }
@@ -216,20 +216,16 @@ impl Fixed {
         block: &[Vec<f64>],
         bias: bool,
     ) -> Vec<(Vec<f64>, f64, f64)> {
-        let h = self.gram.nrows();
-        let (n, m) = (rows.n, block.len());
-        debug_assert_eq!((self.phi_t.nrows(), self.phi_t.ncols()), (h, n));
         // The block's features on every row.
-        let units = DMatrix::from_fn(w, m, |k, j| block[j][k]);
+        let units = DMatrix::from_fn(w, block.len(), |k, j| block[j][k]);
         let mut phi = &rows.by_column * units;
         for (mut col, u) in phi.column_iter_mut().zip(block) {
             let b = if bias { u[w] } else { 0.0 };
             col.apply(|t| *t = (*t + b).max(0.0));
         }
-        let mut g = DMatrix::zeros(h, m);
-        g.gemm(1.0, &self.phi_t, &phi, 0.0);
-        let y = DVectorView::from_slice(&rows.y, n);
-        (0..m)
+        let g = &self.phi_t * &phi;
+        let y = DVectorView::from_slice(&rows.y, rows.n);
+        (0..block.len())
             .map(|j| {
                 let col = phi.column(j);
                 (
