@@ -455,7 +455,8 @@ def main():
             summary[name] = {"exponents": {}}
             for method in methods:
                 mgrid = [n for n in grid if method != "mlp" or n <= mlp_max] or grid[:1]
-                pts = []
+                # Filled in place, so that each save_partial() has the points so far.
+                pts = summary[name][method] = []
                 # The first d starts from the middle of the grid (16 000 rows).
                 first = min(range(len(mgrid)), key=lambda i: abs(mgrid[i] - 16_000))
                 guess = {s: first for s in seeds}
@@ -496,9 +497,7 @@ def main():
                         "log_std": float(np.std(logs)) if logs and not censored else 0.0,
                     })
                     prev_d = d
-                    summary[name][method] = pts
                     save_partial()
-                summary[name][method] = pts
                 summary[name]["exponents"][method] = fit_exponent(
                     [p["d"] for p in pts],
                     [math.exp(p["log_mean"]) if p["log_mean"] is not None else None for p in pts])
