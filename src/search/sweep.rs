@@ -26,7 +26,10 @@
 //! units' features Phi_o fixed, each candidate costs one pass for Phi_o^T phi, phi^T phi and
 //! phi^T y (training and validation rows) and O(f^2) for the solve and the validation error,
 //! where the backend's batched evaluation costs f^2 / 2 per row (12x fewer operations for
-//! sixteen units, 36x for 64). Units of earlier layers change every feature and are scored
+//! sixteen units, 36x for 64). The current units' features, Gram matrix and products with y
+//! are kept and updated when a unit changes, and in the level-0 sweeps so are the coarse net's
+//! products with them: a net point then costs O(f) to gather and O(f^2) to score, with no
+//! pass over the rows. Units of earlier layers change every feature and are scored
 //! through the backend ([`crate::backend::Backend::evaluate_candidates`]). The pick is scored
 //! through the backend at the end, so its reported error is the same statistic the other
 //! generators report.
@@ -34,7 +37,7 @@
 use super::{random_unit, sphere_net, Found, Layout, Scorer, SearchConfig};
 use crate::backend::ProjectedSamples;
 use crate::error::Result;
-use nalgebra::{DMatrix, DVectorView};
+use nalgebra::{DMatrix, DVector, DVectorView};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
@@ -106,9 +109,7 @@ fn near(u: &[f64], delta: f64, count: usize, rng: &mut rand::rngs::StdRng) -> Ve
 
 /// Samples in f64 with the inputs of the last hidden layer under the current earlier units.
 struct Rows {
-    /// n x w inputs of the last hidden layer, row by row.
-    inputs: Vec<f64>,
-    /// The same, column by column (the layout matrix products take).
+    /// n x w inputs of the last hidden layer.
     by_column: DMatrix<f64>,
     y: Vec<f64>,
     n: usize,
@@ -127,7 +128,6 @@ impl Rows {
         }
         Rows {
             by_column: DMatrix::from_vec(n, width, transposed(&cur, n, width)),
-            inputs: cur,
             y: samples.y.iter().map(|&v| v as f64).collect(),
             n,
         }
@@ -159,82 +159,158 @@ fn unit_value(u: &[f64], a: &[f64], w: usize, bias: bool) -> f64 {
     t.max(0.0)
 }
 
-/// The fixed part of one unit's sweep on one split: the other units' features with the
-/// constant, their Gram matrix and their products with y.
-struct Fixed {
-    /// The features, h x n: a column per row.
-    phi_t: DMatrix<f64>,
-    gram: DMatrix<f64>,
-    phi_y: nalgebra::DVector<f64>,
-    yy: f64,
+/// A candidate's Phi_o^T phi, phi^T phi and phi^T y.
+type Products = (Vec<f64>, f64, f64);
+
+/// relu(u . a (+ bias)) of each of `units` on every row: n x units.len().
+fn features(rows: &Rows, w: usize, units: &[Vec<f64>], bias: bool) -> DMatrix<f64> {
+    let u = DMatrix::from_fn(w, units.len(), |k, j| units[j][k]);
+    let mut phi = &rows.by_column * u;
+    for (mut col, u) in phi.column_iter_mut().zip(units) {
+        let b = if bias { u[w] } else { 0.0 };
+        col.apply(|t| *t = (*t + b).max(0.0));
+    }
+    phi
 }
 
-impl Fixed {
-    fn new(rows: &Rows, w: usize, layer: &[Vec<f64>], skip: usize, bias: bool) -> Self {
+/// The last hidden layer on one split: its inputs, its current units' features (and the
+/// constant) with their Gram matrix and products with y, and, during the level-0 sweeps, the
+/// coarse net's products with them. Built when the layer's inputs change and updated a unit
+/// at a time: rebuilding the features and Gram for every unit visited was half the cost of a
+/// finer level's unit on parity k = 6 (64 units).
+struct LastLayer {
+    rows: Rows,
+    /// (h + 1) x n: a row per unit, then the constant.
+    phi_t: DMatrix<f64>,
+    gram: DMatrix<f64>,
+    phi_y: DVector<f64>,
+    yy: f64,
+    net: Option<NetProducts>,
+}
+
+impl LastLayer {
+    fn new(rows: Rows, w: usize, layer: &[Vec<f64>], bias: bool) -> Self {
         let h = layer.len();
-        let others: Vec<Vec<f64>> = layer
-            .iter()
-            .enumerate()
-            .filter(|&(k, _)| k != skip)
-            .map(|(_, u)| u.clone())
-            .collect();
-        // The other units' features and the constant: rows of h - 1 features become rows of h.
-        let phi = if h == 1 {
-            vec![1.0; rows.n]
-        } else {
-            let features = activations(&rows.inputs, rows.n, w, &others, bias);
-            let mut with_const = Vec::with_capacity(rows.n * h);
-            for row in features.chunks_exact(h - 1) {
-                with_const.extend_from_slice(row);
-                with_const.push(1.0);
-            }
-            with_const
-        };
-        // Rows of h values: the columns of an h x n matrix. Matrix products (matrixmultiply,
-        // through nalgebra) instead of loops over rows: the Gram loop was a third of the
-        // enumerate stage at h = 64.
-        let by_column = DMatrix::from_vec(rows.n, h, transposed(&phi, rows.n, h));
-        let phi_t = DMatrix::from_vec(h, rows.n, phi);
-        let gram = &phi_t * by_column;
+        let phi_t = features(&rows, w, layer, bias)
+            .insert_column(h, 1.0)
+            .transpose();
+        let gram = &phi_t * phi_t.transpose();
         let phi_y = &phi_t * DVectorView::from_slice(&rows.y, rows.n);
-        Fixed {
+        let yy = rows.y.iter().map(|v| v * v).sum();
+        LastLayer {
+            rows,
             phi_t,
             gram,
             phi_y,
-            yy: rows.y.iter().map(|v| v * v).sum(),
+            yy,
+            net: None,
         }
     }
 
-    /// Phi_o^T phi, phi^T phi and phi^T y for each candidate unit of a block, as two matrix
-    /// products (the block's features on every row, then Phi_o^T with them): a pass per
+    /// Unit `k` is now `u`.
+    fn set_unit(&mut self, w: usize, k: usize, u: &[f64], bias: bool) {
+        let f = features(&self.rows, w, std::slice::from_ref(&u.to_vec()), bias);
+        self.phi_t.set_row(k, &f.transpose().row(0));
+        let g = &self.phi_t * &f;
+        self.gram.set_row(k, &g.transpose().row(0));
+        self.gram.set_column(k, &g.column(0));
+        let fy = f.column(0).dot(&self.y());
+        self.phi_y[k] = fy;
+        if let Some(net) = &mut self.net {
+            net.cross.set_row(k, &f.tr_mul(&net.phi).row(0));
+        }
+    }
+
+    fn y(&self) -> DVectorView<'_, f64> {
+        DVectorView::from_slice(&self.rows.y, self.rows.n)
+    }
+
+    /// The Gram matrix and products with y of the other units and the constant (Phi_o).
+    fn others(&self, skip: usize) -> (DMatrix<f64>, DVector<f64>) {
+        (
+            self.gram.clone().remove_row(skip).remove_column(skip),
+            self.phi_y.clone().remove_row(skip),
+        )
+    }
+
+    /// The products of unit `skip` as it is.
+    fn own(&self, skip: usize) -> Products {
+        (
+            dropping(self.gram.column(skip).iter(), skip),
+            self.gram[(skip, skip)],
+            self.phi_y[skip],
+        )
+    }
+
+    /// The products of each candidate of a block for unit `skip`, as two matrix products (the
+    /// block's features on every row, then every unit's features with them): a pass per
     /// candidate ran at about 1.5 GFLOP/s, and on parity k = 6 (64 units) the paper method's
     /// enumerate-and-test took two minutes of a `learn` run.
-    fn products(
-        &self,
-        rows: &Rows,
-        w: usize,
-        block: &[Vec<f64>],
-        bias: bool,
-    ) -> Vec<(Vec<f64>, f64, f64)> {
-        // The block's features on every row.
-        let units = DMatrix::from_fn(w, block.len(), |k, j| block[j][k]);
-        let mut phi = &rows.by_column * units;
-        for (mut col, u) in phi.column_iter_mut().zip(block) {
-            let b = if bias { u[w] } else { 0.0 };
-            col.apply(|t| *t = (*t + b).max(0.0));
-        }
+    fn products(&self, w: usize, skip: usize, block: &[Vec<f64>], bias: bool) -> Vec<Products> {
+        let phi = features(&self.rows, w, block, bias);
         let g = &self.phi_t * &phi;
-        let y = DVectorView::from_slice(&rows.y, rows.n);
+        let y = self.y();
         (0..block.len())
             .map(|j| {
                 let col = phi.column(j);
                 (
-                    g.column(j).iter().copied().collect(),
+                    dropping(g.column(j).iter(), skip),
                     col.dot(&col),
                     col.dot(&y),
                 )
             })
             .collect()
+    }
+
+    /// The coarse net's products, computed on first use.
+    fn net(&mut self, w: usize, net: &[Vec<f64>], bias: bool) -> &NetProducts {
+        let (rows, phi_t) = (&self.rows, &self.phi_t);
+        self.net
+            .get_or_insert_with(|| NetProducts::new(rows, phi_t, w, net, bias))
+    }
+}
+
+/// The values but the one at `skip`.
+fn dropping<'a>(values: impl Iterator<Item = &'a f64>, skip: usize) -> Vec<f64> {
+    (values.enumerate())
+        .filter(|&(i, _)| i != skip)
+        .map(|(_, v)| *v)
+        .collect()
+}
+
+/// The coarse net's features on one split and their products with the current units'
+/// features and the constant: all a level-0 sweep over the last hidden layer needs, updated a
+/// row at a time when a unit changes. A unit's net points then cost O(h) to gather instead of
+/// two products over the rows each (parity k = 6: 64 units of 512 points per sweep).
+struct NetProducts {
+    /// n x P: the net points' features.
+    phi: DMatrix<f64>,
+    /// (h + 1) x P: each current unit's features (then the constant) against each point's.
+    cross: DMatrix<f64>,
+    /// Each point's phi^T phi and phi^T y.
+    square: Vec<f64>,
+    with_y: Vec<f64>,
+}
+
+impl NetProducts {
+    fn new(rows: &Rows, phi_t: &DMatrix<f64>, w: usize, net: &[Vec<f64>], bias: bool) -> Self {
+        let phi = features(rows, w, net, bias);
+        let y = DVectorView::from_slice(&rows.y, rows.n);
+        NetProducts {
+            square: phi.column_iter().map(|c| c.dot(&c)).collect(),
+            with_y: phi.column_iter().map(|c| c.dot(&y)).collect(),
+            cross: phi_t * &phi,
+            phi,
+        }
+    }
+
+    /// Net point p's products as a candidate for unit `skip`.
+    fn products(&self, skip: usize, p: usize) -> Products {
+        (
+            dropping(self.cross.column(p).iter(), skip),
+            self.square[p],
+            self.with_y[p],
+        )
     }
 }
 
@@ -258,58 +334,61 @@ fn transposed(a: &[f64], n: usize, h: usize) -> Vec<f64> {
     out
 }
 
-/// Candidates scored together in [`Fixed::products`].
+/// Candidates scored together in [`LastLayer::products`].
 const CANDIDATE_BLOCK: usize = 32;
 
 /// Validation MSE of every candidate for unit `skip` of the last hidden layer, the output
-/// layer solved by ridge on the training rows (see the module docs).
-#[allow(clippy::too_many_arguments)]
+/// layer solved by ridge on the training rows (see the module docs). The first candidate is
+/// the unit as it is; with `on_net` the others are the coarse net's points in order.
 fn score_last_layer(
-    train: &Rows,
-    val: &Rows,
+    (train, val): (&LastLayer, &LastLayer),
     w: usize,
-    layer: &[Vec<f64>],
     skip: usize,
     candidates: &[Vec<f64>],
     bias: bool,
     ridge: f64,
+    on_net: bool,
 ) -> Vec<f64> {
-    let ft = Fixed::new(train, w, layer, skip, bias);
-    let fv = Fixed::new(val, w, layer, skip, bias);
-    let h = ft.gram.nrows();
-    let rho = ridge * (0..h).map(|i| ft.gram[(i, i)]).sum::<f64>() / (h + 1) as f64 + 1e-12;
-    let mut g_oo = ft.gram.clone();
+    let (gram, phi_y) = train.others(skip);
+    let (gram_v, phi_y_v) = val.others(skip);
+    let h = gram.nrows();
+    let rho = ridge * (0..h).map(|i| gram[(i, i)]).sum::<f64>() / (h + 1) as f64 + 1e-12;
+    let mut g_oo = gram;
     for i in 0..h {
         g_oo[(i, i)] += rho;
     }
     let Some(chol) = nalgebra::linalg::Cholesky::new(g_oo) else {
         return vec![f64::INFINITY; candidates.len()];
     };
-    let a_star = chol.solve(&ft.phi_y);
-    let nv = val.n.max(1) as f64;
-    let products: Vec<_> = candidates
-        .par_chunks(CANDIDATE_BLOCK)
-        .flat_map_iter(|block| {
-            let train = ft.products(train, w, block, bias);
-            let val = fv.products(val, w, block, bias);
-            train.into_iter().zip(val)
-        })
-        .collect();
+    let a_star = chol.solve(&phi_y);
+    let nv = val.rows.n.max(1) as f64;
+    let rest = &candidates[1..];
+    let mut products = vec![(train.own(skip), val.own(skip))];
+    match (&train.net, &val.net) {
+        (Some(nt), Some(nv)) if on_net => {
+            products.extend((0..rest.len()).map(|p| (nt.products(skip, p), nv.products(skip, p))))
+        }
+        _ => products.par_extend(rest.par_chunks(CANDIDATE_BLOCK).flat_map_iter(|block| {
+            let t = train.products(w, skip, block, bias);
+            let v = val.products(w, skip, block, bias);
+            t.into_iter().zip(v)
+        })),
+    }
     products
         .into_par_iter()
         .map(|((g, cc, cy), (gv, ccv, cyv))| {
-            let g = nalgebra::DVector::from_vec(g);
+            let g = DVector::from_vec(g);
             let b = chol.solve(&g);
             let schur = cc + rho - g.dot(&b);
             let a_c = if schur > 1e-12 * (cc + rho) {
-                (cy - b.dot(&ft.phi_y)) / schur
+                (cy - b.dot(&phi_y)) / schur
             } else {
                 0.0
             };
             let a_o = &a_star - &b * a_c;
-            let gv = nalgebra::DVector::from_vec(gv);
-            let sse = fv.yy - 2.0 * (a_o.dot(&fv.phi_y) + a_c * cyv)
-                + a_o.dot(&(&fv.gram * &a_o))
+            let gv = DVector::from_vec(gv);
+            let sse = val.yy - 2.0 * (a_o.dot(&phi_y_v) + a_c * cyv)
+                + a_o.dot(&(&gram_v * &a_o))
                 + 2.0 * a_c * a_o.dot(&gv)
                 + a_c * a_c * ccv;
             let mse = sse.max(0.0) / nv;
@@ -385,7 +464,7 @@ pub(super) fn sweep_search(
     let mut units = starts[i].clone();
     let mut best = scored[i].clone();
     let mut history = vec![best.0];
-    let mut last_inputs: Option<(Rows, Rows)> = None;
+    let mut last: Option<(LastLayer, LastLayer)> = None;
     if exhaustive || total_units == 0 {
         return Ok((best, exhaustive, nets[0].len(), history));
     }
@@ -394,6 +473,12 @@ pub(super) fn sweep_search(
     let mut delta = config.sphere_delta;
     for level in 0..=config.sweep_levels {
         let before = best.0;
+        if level > 0 {
+            // Finer levels try points off the coarse net.
+            if let Some((t, v)) = &mut last {
+                (t.net, v.net) = (None, None);
+            }
+        }
         for _ in 0..config.sweep_max.max(1) {
             let mut changed = false;
             for l in 0..shape.hidden.len() {
@@ -419,23 +504,21 @@ pub(super) fn sweep_search(
                     points.truncate(room.saturating_sub(1));
                     points.insert(0, units[l][j].clone());
                     let scores: Vec<f64> = if l + 1 == shape.hidden.len() {
-                        let (tr, va) = last_inputs.get_or_insert_with(|| {
-                            (
-                                Rows::new(scorer.train, &shape, &units),
-                                Rows::new(scorer.val, &shape, &units),
-                            )
+                        let w = shape.inputs[l];
+                        let (tr, va) = last.get_or_insert_with(|| {
+                            let layer = |samples| {
+                                let rows = Rows::new(samples, &shape, &units);
+                                LastLayer::new(rows, w, &units[l], bias)
+                            };
+                            (layer(scorer.train), layer(scorer.val))
                         });
+                        let on_net = level == 0 && !nets[l].is_empty();
+                        if on_net {
+                            tr.net(w, &nets[l], bias);
+                            va.net(w, &nets[l], bias);
+                        }
                         scorer.evaluated += points.len();
-                        score_last_layer(
-                            tr,
-                            va,
-                            shape.inputs[l],
-                            &units[l],
-                            j,
-                            &points,
-                            bias,
-                            config.ridge,
-                        )
+                        score_last_layer((tr, va), w, j, &points, bias, config.ridge, on_net)
                     } else {
                         let prefixes: Vec<Vec<f32>> = points
                             .iter()
@@ -456,13 +539,18 @@ pub(super) fn sweep_search(
                         .enumerate()
                         .min_by(|a, b| a.1.total_cmp(b.1))
                         .expect("the current point at least");
-                    if k > 0 && s < scores[0] {
+                    // The current point is also on the coarse net, scored there by other sums:
+                    // a copy of it is no change.
+                    if k > 0 && s < scores[0] && points[k] != points[0] {
                         units[l][j] = points[k].clone();
                         best.0 = s;
                         changed = true;
                         if l + 1 < shape.hidden.len() {
                             // The last layer's inputs moved.
-                            last_inputs = None;
+                            last = None;
+                        } else if let Some((t, v)) = &mut last {
+                            t.set_unit(shape.inputs[l], j, &units[l][j], bias);
+                            v.set_unit(shape.inputs[l], j, &units[l][j], bias);
                         }
                     } else {
                         best.0 = best.0.min(scores[0]);
@@ -516,4 +604,86 @@ fn rescore(
     let prefix = shape.prefix(units, layout.prefix);
     let mut scored = scorer.score(&config.hidden, &[prefix])?;
     Ok(scored.swap_remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept products (the current units', the net's, a block's) are the sums over the
+    /// rows, before and after a unit changes: the twin the sweeps rely on.
+    #[test]
+    fn kept_products_are_the_sums_over_the_rows() {
+        let (n, r, h) = (300, 3, 4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let z: Vec<f32> = (0..n * r)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let y: Vec<f32> = z.chunks(r).map(|x| (x[0] * x[1]).abs()).collect();
+        let samples = ProjectedSamples { rank: r, z, y };
+        let shape = Shape::new(r, &[h], false);
+        let mut layer: Vec<Vec<f64>> = (0..h).map(|_| random_unit(r, &mut rng)).collect();
+        let net: Vec<Vec<f64>> = (0..20).map(|_| random_unit(r, &mut rng)).collect();
+        let rows = Rows::new(&samples, &shape, &vec![layer.clone()]);
+        let mut kept = LastLayer::new(rows, r, &layer, false);
+        kept.net(r, &net, false);
+        // The twin: a feature column by a loop over the rows (the constant for None).
+        let column = |u: Option<&Vec<f64>>| -> Vec<f64> {
+            (samples.z.chunks(r))
+                .map(|x| {
+                    u.map_or(1.0, |u| {
+                        unit_value(
+                            u,
+                            &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                            r,
+                            false,
+                        )
+                    })
+                })
+                .collect()
+        };
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        let y: Vec<f64> = samples.y.iter().map(|&v| v as f64).collect();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
+        let same = |got: &Products, u: &Vec<f64>, others: &[Option<&Vec<f64>>]| {
+            let c = column(Some(u));
+            let g: Vec<f64> = others.iter().map(|o| dot(&column(*o), &c)).collect();
+            assert_eq!(got.0.len(), g.len());
+            assert!(
+                got.0.iter().zip(&g).all(|(a, b)| close(*a, *b)),
+                "{:?} {g:?}",
+                got.0
+            );
+            assert!(close(got.1, dot(&c, &c)) && close(got.2, dot(&c, &y)));
+        };
+        for round in 0..2 {
+            if round == 1 {
+                layer[2] = net[5].clone();
+                kept.set_unit(r, 2, &layer[2], false);
+            }
+            for skip in 0..h {
+                let mut others: Vec<Option<&Vec<f64>>> = (layer.iter().enumerate())
+                    .filter(|&(k, _)| k != skip)
+                    .map(|(_, u)| Some(u))
+                    .collect();
+                others.push(None);
+                let (gram, phi_y) = kept.others(skip);
+                for (a, p) in others.iter().enumerate() {
+                    assert!(close(phi_y[a], dot(&column(*p), &y)));
+                    for (b, q) in others.iter().enumerate() {
+                        assert!(close(gram[(a, b)], dot(&column(*p), &column(*q))));
+                    }
+                }
+                same(&kept.own(skip), &layer[skip], &others);
+                let block = kept.products(r, skip, &net[..7], false);
+                for (p, got) in block.iter().enumerate() {
+                    same(got, &net[p], &others);
+                }
+                let cached = kept.net.as_ref().expect("built above");
+                for (p, u) in net.iter().enumerate() {
+                    same(&cached.products(skip, p), u, &others);
+                }
+            }
+        }
+    }
 }
