@@ -262,11 +262,11 @@ impl LastLayer {
             .collect()
     }
 
-    /// The coarse net's products, computed on first use.
-    fn net(&mut self, w: usize, net: &[Vec<f64>], bias: bool) -> &NetProducts {
-        let (rows, phi_t) = (&self.rows, &self.phi_t);
-        self.net
-            .get_or_insert_with(|| NetProducts::new(rows, phi_t, w, net, bias))
+    /// Computes the coarse net's products unless they are kept already.
+    fn keep_net(&mut self, w: usize, net: &[Vec<f64>], bias: bool) {
+        if self.net.is_none() {
+            self.net = Some(NetProducts::new(&self.rows, &self.phi_t, w, net, bias));
+        }
     }
 }
 
@@ -473,11 +473,9 @@ pub(super) fn sweep_search(
     let mut delta = config.sphere_delta;
     for level in 0..=config.sweep_levels {
         let before = best.0;
-        if level > 0 {
+        if let (true, Some((t, v))) = (level > 0, &mut last) {
             // Finer levels try points off the coarse net.
-            if let Some((t, v)) = &mut last {
-                (t.net, v.net) = (None, None);
-            }
+            (t.net, v.net) = (None, None);
         }
         for _ in 0..config.sweep_max.max(1) {
             let mut changed = false;
@@ -514,8 +512,8 @@ pub(super) fn sweep_search(
                         });
                         let on_net = level == 0 && !nets[l].is_empty();
                         if on_net {
-                            tr.net(w, &nets[l], bias);
-                            va.net(w, &nets[l], bias);
+                            tr.keep_net(w, &nets[l], bias);
+                            va.keep_net(w, &nets[l], bias);
                         }
                         scorer.evaluated += points.len();
                         score_last_layer((tr, va), w, j, &points, bias, config.ridge, on_net)
@@ -626,7 +624,7 @@ mod tests {
         let net: Vec<Vec<f64>> = (0..20).map(|_| random_unit(r, &mut rng)).collect();
         let rows = Rows::new(&samples, &shape, &vec![layer.clone()]);
         let mut kept = LastLayer::new(rows, r, &layer, false);
-        kept.net(r, &net, false);
+        kept.keep_net(r, &net, false);
         // The twin: a feature column by a loop over the rows (the constant for None).
         let column = |u: Option<&Vec<f64>>| -> Vec<f64> {
             (samples.z.chunks(r))
