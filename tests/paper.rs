@@ -112,7 +112,8 @@ fn paper_rounds_condition_on_every_found_direction() {
 /// conditioned on their cells, as its filters' direction or its cell SIR, whichever predicts
 /// the smaller angle. On parity k = 4 (d = 32, 4e5 rows) round 1 finds the four directions
 /// through label filters alone; the sweeps cut the largest angle. Measured over teacher seeds
-/// 1-5 (when three sweeps always ran): 0.060 -> 0.033, 0.060 -> 0.030, 0.053 -> 0.023, 0.056 -> 0.023, 0.063 -> 0.020 rad
+/// 1-5 (when three sweeps always ran): 0.060 -> 0.033, 0.060 -> 0.030, 0.053 -> 0.023,
+/// 0.056 -> 0.023, 0.063 -> 0.020 rad
 /// (seed 3: round 2 adds a fifth direction at 1.05 times the bar); with the filters' estimate
 /// alone the sweeps had reached 0.050, 0.040, 0.050, 0.039 on seeds 1-4. Asserted on seed 2:
 /// below 0.6 times the rounds' own. Each refine round says which estimate the direction now

@@ -724,8 +724,9 @@ pub(super) fn paper_pca(
     // more than the smallest angle the sweep predicted for its estimates: the moves are then
     // within the estimates' own noise. Parity k = 4 from 1e6 rows (seeds 1-3 at d = 128, seed 1
     // at 512), third sweeps moved 0.003-0.013 rad against predicted 0.024-0.055, and a cap of
-    // 2 sweeps left the test error within 2% of 3's (0.0051 / 0.0053 / 0.0069 against 0.0051 /
-    // 0.0052 / 0.0068 at d = 128, 0.0207 against 0.0205 at 512) for 27-32% less time.
+    // 2 sweeps left the validation error within 2% of 3's (0.0051 / 0.0053 / 0.0069 against
+    // 0.0051 / 0.0052 / 0.0068 at d = 128, 0.0207 against 0.0205 at 512) for 27-32% less
+    // time.
     const SETTLED: f64 = 0.01;
     let mut sweeps = 0;
     let mut moved = f64::INFINITY;
