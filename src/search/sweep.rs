@@ -120,57 +120,41 @@ impl Rows {
     fn new(samples: &ProjectedSamples, shape: &Shape, units: &Units) -> Self {
         let n = samples.len();
         let r = samples.rank;
-        let mut cur: Vec<f64> = samples.z.iter().map(|&v| v as f64).collect();
-        let mut width = r;
-        for layer in units.iter().take(shape.hidden.len() - 1) {
-            cur = activations(&cur, n, width, layer, shape.bias);
-            width = layer.len();
+        let z: Vec<f64> = samples.z.iter().map(|&v| v as f64).collect();
+        let mut by_column = DMatrix::from_vec(n, r, transposed(&z, n, r));
+        for (l, layer) in units.iter().take(shape.hidden.len() - 1).enumerate() {
+            by_column = relu_layer(&by_column, shape.inputs[l], layer, shape.bias);
         }
         Rows {
-            by_column: DMatrix::from_vec(n, width, transposed(&cur, n, width)),
+            by_column,
             y: samples.y.iter().map(|&v| v as f64).collect(),
             n,
         }
     }
-}
 
-/// relu(u . a (+ bias)) of every unit of a layer on n rows of width w.
-fn activations(a: &[f64], n: usize, w: usize, layer: &[Vec<f64>], bias: bool) -> Vec<f64> {
-    let h = layer.len();
-    let mut out = vec![0.0; n * h];
-    out.par_chunks_mut(h * 256)
-        .zip(a.par_chunks(w * 256))
-        .for_each(|(o, rows)| {
-            for (orow, arow) in o.chunks_exact_mut(h).zip(rows.chunks_exact(w)) {
-                for (v, u) in orow.iter_mut().zip(layer) {
-                    *v = unit_value(u, arow, w, bias);
-                }
-            }
-        });
-    out
-}
-
-#[inline]
-fn unit_value(u: &[f64], a: &[f64], w: usize, bias: bool) -> f64 {
-    let mut t = if bias { u[w] } else { 0.0 };
-    for (p, q) in u[..w].iter().zip(a) {
-        t += p * q;
+    fn y(&self) -> DVectorView<'_, f64> {
+        DVectorView::from_slice(&self.y, self.n)
     }
-    t.max(0.0)
 }
 
 /// A candidate's Phi_o^T phi, phi^T phi and phi^T y.
 type Products = (Vec<f64>, f64, f64);
 
-/// relu(u . a (+ bias)) of each of `units` on every row: n x units.len().
-fn features(rows: &Rows, w: usize, units: &[Vec<f64>], bias: bool) -> DMatrix<f64> {
+/// relu(u . a (+ bias)) of each of `units` on every row a of the n x w `inputs`:
+/// n x units.len().
+fn relu_layer(inputs: &DMatrix<f64>, w: usize, units: &[Vec<f64>], bias: bool) -> DMatrix<f64> {
     let u = DMatrix::from_fn(w, units.len(), |k, j| units[j][k]);
-    let mut phi = &rows.by_column * u;
+    let mut phi = inputs * u;
     for (mut col, u) in phi.column_iter_mut().zip(units) {
         let b = if bias { u[w] } else { 0.0 };
         col.apply(|t| *t = (*t + b).max(0.0));
     }
     phi
+}
+
+/// [`relu_layer`] of the last hidden layer's inputs.
+fn features(rows: &Rows, w: usize, units: &[Vec<f64>], bias: bool) -> DMatrix<f64> {
+    relu_layer(&rows.by_column, w, units, bias)
 }
 
 /// The last hidden layer on one split: its inputs, its current units' features (and the
@@ -195,7 +179,7 @@ impl LastLayer {
             .insert_column(h, 1.0)
             .transpose();
         let gram = &phi_t * phi_t.transpose();
-        let phi_y = &phi_t * DVectorView::from_slice(&rows.y, rows.n);
+        let phi_y = &phi_t * rows.y();
         let yy = rows.y.iter().map(|v| v * v).sum();
         LastLayer {
             rows,
@@ -214,15 +198,10 @@ impl LastLayer {
         let g = &self.phi_t * &f;
         self.gram.set_row(k, &g.transpose().row(0));
         self.gram.set_column(k, &g.column(0));
-        let fy = f.column(0).dot(&self.y());
-        self.phi_y[k] = fy;
+        self.phi_y[k] = f.column(0).dot(&self.rows.y());
         if let Some(net) = &mut self.net {
             net.cross.set_row(k, &f.tr_mul(&net.phi).row(0));
         }
-    }
-
-    fn y(&self) -> DVectorView<'_, f64> {
-        DVectorView::from_slice(&self.rows.y, self.rows.n)
     }
 
     /// The Gram matrix and products with y of the other units and the constant (Phi_o).
@@ -249,7 +228,7 @@ impl LastLayer {
     fn products(&self, w: usize, skip: usize, block: &[Vec<f64>], bias: bool) -> Vec<Products> {
         let phi = features(&self.rows, w, block, bias);
         let g = &self.phi_t * &phi;
-        let y = self.y();
+        let y = self.rows.y();
         (0..block.len())
             .map(|j| {
                 let col = phi.column(j);
@@ -295,7 +274,7 @@ struct NetProducts {
 impl NetProducts {
     fn new(rows: &Rows, phi_t: &DMatrix<f64>, w: usize, net: &[Vec<f64>], bias: bool) -> Self {
         let phi = features(rows, w, net, bias);
-        let y = DVectorView::from_slice(&rows.y, rows.n);
+        let y = rows.y();
         NetProducts {
             square: phi.column_iter().map(|c| c.dot(&c)).collect(),
             with_y: phi.column_iter().map(|c| c.dot(&y)).collect(),
@@ -607,6 +586,15 @@ fn rescore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// relu(u . a (+ bias)) by a loop: the twin of [`relu_layer`] on one row.
+    fn unit_value(u: &[f64], a: &[f64], w: usize, bias: bool) -> f64 {
+        let mut t = if bias { u[w] } else { 0.0 };
+        for (p, q) in u[..w].iter().zip(a) {
+            t += p * q;
+        }
+        t.max(0.0)
+    }
 
     /// The kept products (the current units', the net's, a block's) are the sums over the
     /// rows, before and after a unit changes: the twin the sweeps rely on.
