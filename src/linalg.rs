@@ -32,6 +32,49 @@ pub fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
+/// [`dot_wide`] of each of `W` rows with `b`, in one sweep over `b`: each result has the same
+/// bits as its own `dot_wide` (the same four accumulators, summed in the same order), but the
+/// `W` run side by side, so the core is not idle waiting on one accumulator's adds (a
+/// network's forward pass, two thirds of drawing a teacher's samples, ran 3x faster).
+pub fn dot_wide_rows<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f64; W] {
+    assert!(rows.iter().all(|r| r.len() == b.len()));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above) and every row is as long as b.
+        return unsafe { dot_wide_rows_avx(rows, b) };
+    }
+    rows.map(|r| dot_wide(r, b))
+}
+
+/// [`dot_wide_rows`] with one 4-lane register per row: lane j is `dot_wide`'s acc[j], with the
+/// same multiplies and adds (no fused multiply-add), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot_wide_rows_avx<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f64; W] {
+    use std::arch::x86_64::*;
+    let n4 = b.len() - b.len() % 4;
+    let mut acc = [_mm256_setzero_pd(); W];
+    let mut i = 0;
+    while i < n4 {
+        let q = _mm256_loadu_pd(b.as_ptr().add(i));
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            *a = _mm256_add_pd(*a, _mm256_mul_pd(_mm256_loadu_pd(row.as_ptr().add(i)), q));
+        }
+        i += 4;
+    }
+    let mut out = [0.0f64; W];
+    for ((o, a), row) in out.iter_mut().zip(&acc).zip(&rows) {
+        let mut lanes = [0.0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), *a);
+        let mut tail = 0.0;
+        for (p, q) in row[n4..].iter().zip(&b[n4..]) {
+            tail += p * q;
+        }
+        *o = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
+    }
+    out
+}
+
 /// Unpacks a row-by-row upper triangle into a full symmetric matrix.
 pub fn unpack_upper(packed: &[f64], d: usize) -> nalgebra::DMatrix<f64> {
     let mut m = nalgebra::DMatrix::zeros(d, d);
@@ -60,4 +103,28 @@ pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> 
     a.iter()
         .all(|v| v.is_finite())
         .then(|| a.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dot_wide, dot_wide_rows};
+
+    #[test]
+    fn dot_wide_rows_has_the_bits_of_dot_wide() {
+        // Lengths with every tail, values of mixed sign and scale so that the order of the
+        // additions shows in the last bits.
+        for len in 0..19 {
+            let row = |r: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|i| ((i * 7 + r * 13) % 11) as f64 * 1.3e-3_f64.powi((i % 3) as i32) - 0.4)
+                    .collect()
+            };
+            let b: Vec<f64> = (0..len).map(|i| (i as f64 * 0.77).sin() * 1e3).collect();
+            let rows: Vec<Vec<f64>> = (0..4).map(row).collect();
+            let many = dot_wide_rows(std::array::from_fn::<_, 4, _>(|k| &rows[k][..]), &b);
+            for (r, got) in rows.iter().zip(many) {
+                assert_eq!(got.to_bits(), dot_wide(r, &b).to_bits(), "length {len}");
+            }
+        }
+    }
 }

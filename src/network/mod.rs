@@ -10,7 +10,7 @@ mod format;
 pub use error::NetworkError;
 pub use format::{FORMAT, FORMAT_VERSION};
 
-use crate::linalg::{axpy, dot, dot_wide};
+use crate::linalg::{axpy, dot, dot_wide, dot_wide_rows};
 use rayon::prelude::*;
 
 /// Rows per block in the batched forward passes (one rayon task per block).
@@ -227,6 +227,22 @@ pub fn row_space_basis(matrix: &[f64], rows: usize, cols: usize, rel_tol: f64) -
         .collect()
 }
 
+/// out[o] = [`dot_wide`] of row(o) with `act` for every o, four rows at a time
+/// ([`dot_wide_rows`]: the same bits, several times faster).
+#[inline(always)]
+fn dots_wide<'a>(row: impl Fn(usize) -> &'a [f64], act: &[f64], out: &mut [f64]) {
+    let done = out.len() / 4 * 4;
+    for (i, dst) in out[..done].chunks_exact_mut(4).enumerate() {
+        dst.copy_from_slice(&dot_wide_rows(
+            std::array::from_fn::<_, 4, _>(|k| row(4 * i + k)),
+            act,
+        ));
+    }
+    for (k, v) in out.iter_mut().enumerate().skip(done) {
+        *v = dot_wide(row(k), act);
+    }
+}
+
 impl Network {
     /// Outputs of one block of rows (row-major `x`, `rows x input_dim`) in f64, written to `out`.
     /// Activations are kept row-major per layer; every dot product runs over contiguous memory.
@@ -234,10 +250,16 @@ impl Network {
         let rows = out.len();
         let last = self.layers.len() - 1;
         let mut cur: Vec<f64> = match &self.projection {
-            Some(p) => x
-                .chunks_exact(self.input_dim)
-                .flat_map(|row| p.iter().map(move |q| dot_wide(q, row)))
-                .collect(),
+            Some(p) => {
+                let mut z = vec![0.0; rows * p.len()];
+                for (row, dst) in x
+                    .chunks_exact(self.input_dim)
+                    .zip(z.chunks_exact_mut(p.len()))
+                {
+                    dots_wide(|o| &p[o], row, dst);
+                }
+                z
+            }
             None => x.to_vec(),
         };
         let mut width = self.layer_input_dim();
@@ -247,8 +269,9 @@ impl Network {
                 .chunks_exact(width)
                 .zip(next.chunks_exact_mut(layer.outputs))
             {
-                for (o, v) in dst.iter_mut().enumerate() {
-                    let pre = layer.bias[o] + dot_wide(layer.row(o), act);
+                dots_wide(|o| layer.row(o), act, dst);
+                for (v, b) in dst.iter_mut().zip(&layer.bias) {
+                    let pre = b + *v;
                     *v = if li < last { pre.max(0.0) } else { pre };
                 }
             }
