@@ -217,14 +217,33 @@ impl SampleSource for CellView<'_> {
         self.inner.len()
     }
     fn read(&self, start: u64, rows: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
-        let n = self.inner.read(start, rows, x, y)?;
         let d = self.inner.dim();
         let w = d + 1;
         let total = self.cells.count();
-        x.resize(n * w, 0.0);
-        // Widen each row by one column in place, last row first.
-        for i in (0..n).rev() {
-            x.copy_within(i * d..(i + 1) * d, i * w);
+        let n = match self.inner.in_memory(start, rows) {
+            // Rows in memory are copied once, straight to their widened places.
+            Some((xs, ys)) => {
+                let n = ys.len();
+                x.clear();
+                x.resize(n * w, 0.0);
+                for (to, from) in x.chunks_exact_mut(w).zip(xs.chunks_exact(d)) {
+                    to[..d].copy_from_slice(from);
+                }
+                y.clear();
+                y.extend_from_slice(ys);
+                n
+            }
+            None => {
+                let n = self.inner.read(start, rows, x, y)?;
+                x.resize(n * w, 0.0);
+                // Widen each row by one column in place, last row first.
+                for i in (0..n).rev() {
+                    x.copy_within(i * d..(i + 1) * d, i * w);
+                }
+                n
+            }
+        };
+        for i in 0..n {
             let row = &x[i * w..i * w + d];
             let cell = self.cells.cell_of(self.cells.key(|j| row[j] as f64, d));
             let g = group_of(self.seed, start + i as u64, self.groups);
@@ -1010,5 +1029,29 @@ mod tests {
                 &x32[(100 + i) * d..(101 + i) * d]
             );
         }
+        // A source that must be read (not in memory) gives the same rows and tags.
+        struct Streamed<'a>(&'a dyn SampleSource);
+        impl SampleSource for Streamed<'_> {
+            fn dim(&self) -> usize {
+                self.0.dim()
+            }
+            fn len(&self) -> u64 {
+                self.0.len()
+            }
+            fn read(&self, s: u64, r: usize, x: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<usize> {
+                self.0.read(s, r, x, y)
+            }
+            fn describe(&self) -> String {
+                self.0.describe()
+            }
+        }
+        let streamed = Streamed(&src);
+        let view = CellView {
+            inner: &streamed,
+            ..view
+        };
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        assert_eq!(view.read(100, 50, &mut xs, &mut ys).unwrap(), 50);
+        assert_eq!((xs, ys), (x, y));
     }
 }
