@@ -46,6 +46,34 @@ pub fn dot_wide_rows<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f64; W] {
     rows.map(|r| dot_wide(r, b))
 }
 
+/// `put(o, dot_wide(row(o), b))` for o in 0..count, four rows at a time through
+/// [`dot_wide_rows`] (the same bits as one `dot_wide` each).
+#[inline(always)]
+pub fn each_dot_wide<'a>(
+    count: usize,
+    row: impl Fn(usize) -> &'a [f64],
+    b: &[f64],
+    mut put: impl FnMut(usize, f64),
+) {
+    let eights = count / 8 * 8;
+    for o in (0..eights).step_by(8) {
+        let dots = dot_wide_rows(std::array::from_fn::<_, 8, _>(|k| row(o + k)), b);
+        for (k, v) in dots.into_iter().enumerate() {
+            put(o + k, v);
+        }
+    }
+    let grouped = count / 4 * 4;
+    for o in (eights..grouped).step_by(4) {
+        let dots = dot_wide_rows(std::array::from_fn::<_, 4, _>(|k| row(o + k)), b);
+        for (k, v) in dots.into_iter().enumerate() {
+            put(o + k, v);
+        }
+    }
+    for o in grouped..count {
+        put(o, dot_wide(row(o), b));
+    }
+}
+
 /// [`dot_wide_rows`] with one 4-lane register per row: lane j is `dot_wide`'s acc[j], with the
 /// same multiplies and adds (no fused multiply-add), so the same bits.
 #[cfg(target_arch = "x86_64")]
@@ -107,12 +135,12 @@ pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> 
 
 #[cfg(test)]
 mod tests {
-    use super::{dot_wide, dot_wide_rows};
+    use super::{dot_wide, each_dot_wide};
 
     #[test]
     fn dot_wide_rows_has_the_bits_of_dot_wide() {
         // Lengths with every tail, values of mixed sign and scale so that the order of the
-        // additions shows in the last bits.
+        // additions shows in the last bits; counts of rows through the groups of 8 and 4.
         for len in 0..19 {
             let row = |r: usize| -> Vec<f64> {
                 (0..len)
@@ -120,10 +148,13 @@ mod tests {
                     .collect()
             };
             let b: Vec<f64> = (0..len).map(|i| (i as f64 * 0.77).sin() * 1e3).collect();
-            let rows: Vec<Vec<f64>> = (0..4).map(row).collect();
-            let many = dot_wide_rows(std::array::from_fn::<_, 4, _>(|k| &rows[k][..]), &b);
-            for (r, got) in rows.iter().zip(many) {
-                assert_eq!(got.to_bits(), dot_wide(r, &b).to_bits(), "length {len}");
+            let rows: Vec<Vec<f64>> = (0..15).map(row).collect();
+            for count in 0..rows.len() {
+                let mut got = vec![f64::NAN; count];
+                each_dot_wide(count, |o| &rows[o], &b, |o, v| got[o] = v);
+                for (r, got) in rows.iter().zip(got) {
+                    assert_eq!(got.to_bits(), dot_wide(r, &b).to_bits(), "length {len}");
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ mod format;
 pub use error::NetworkError;
 pub use format::{FORMAT, FORMAT_VERSION};
 
-use crate::linalg::{axpy, dot, dot_wide, dot_wide_rows};
+use crate::linalg::{axpy, dot, dot_wide, each_dot_wide};
 use rayon::prelude::*;
 
 /// Rows per block in the batched forward passes (one rayon task per block).
@@ -227,22 +227,6 @@ pub fn row_space_basis(matrix: &[f64], rows: usize, cols: usize, rel_tol: f64) -
         .collect()
 }
 
-/// out[o] = [`dot_wide`] of row(o) with `act` for every o, four rows at a time
-/// ([`dot_wide_rows`]: the same bits, several times faster).
-#[inline(always)]
-fn dots_wide<'a>(row: impl Fn(usize) -> &'a [f64], act: &[f64], out: &mut [f64]) {
-    let done = out.len() / 4 * 4;
-    for (i, dst) in out[..done].chunks_exact_mut(4).enumerate() {
-        dst.copy_from_slice(&dot_wide_rows(
-            std::array::from_fn::<_, 4, _>(|k| row(4 * i + k)),
-            act,
-        ));
-    }
-    for (k, v) in out.iter_mut().enumerate().skip(done) {
-        *v = dot_wide(row(k), act);
-    }
-}
-
 impl Network {
     /// Outputs of one block of rows (row-major `x`, `rows x input_dim`) in f64, written to `out`.
     /// Activations are kept row-major per layer; every dot product runs over contiguous memory.
@@ -256,7 +240,7 @@ impl Network {
                     .chunks_exact(self.input_dim)
                     .zip(z.chunks_exact_mut(p.len()))
                 {
-                    dots_wide(|o| &p[o], row, dst);
+                    each_dot_wide(p.len(), |o| &p[o], row, |o, v| dst[o] = v);
                 }
                 z
             }
@@ -269,7 +253,7 @@ impl Network {
                 .chunks_exact(width)
                 .zip(next.chunks_exact_mut(layer.outputs))
             {
-                dots_wide(|o| layer.row(o), act, dst);
+                each_dot_wide(layer.outputs, |o| layer.row(o), act, |o, v| dst[o] = v);
                 for (v, b) in dst.iter_mut().zip(&layer.bias) {
                     let pre = b + *v;
                     *v = if li < last { pre.max(0.0) } else { pre };

@@ -12,7 +12,7 @@ use super::project::{project_block, project_f64};
 use crate::backend::trainer::{Adam, FactoredShape, NormalEquations, SphereFeatures};
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::{Error, Result};
-use crate::linalg::{axpy, dot_wide};
+use crate::linalg::{axpy, each_dot_wide};
 use crate::network::Network;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -233,9 +233,7 @@ impl Factored {
                 if slot.transposed {
                     add_scaled(out, ni, |k| (a[k], &w[k * no..(k + 1) * no]));
                 } else {
-                    for (v, wo) in out.iter_mut().zip(w.chunks_exact(ni)) {
-                        *v += dot_wide(wo, a);
-                    }
+                    each_dot_wide(no, |o| &w[o * ni..(o + 1) * ni], a, |o, v| out[o] += v);
                 }
                 if slot.relu {
                     out.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -289,9 +287,7 @@ impl Factored {
                     .zip(prev.chunks_exact_mut(ni))
                 {
                     if slot.transposed {
-                        for (v, wk) in pv.iter_mut().zip(w.chunks_exact(no)) {
-                            *v = dot_wide(wk, dl);
-                        }
+                        each_dot_wide(ni, |k| &w[k * no..(k + 1) * no], dl, |k, v| pv[k] = v);
                     } else {
                         pv.fill(0.0);
                         add_scaled(pv, no, |o| (dl[o], &w[o * ni..(o + 1) * ni]));
