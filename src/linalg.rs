@@ -34,8 +34,9 @@ pub fn dot_wide(a: &[f64], b: &[f64]) -> f64 {
 
 /// [`dot_wide`] of each of `W` rows with `b`, in one sweep over `b`: each result has the same
 /// bits as its own `dot_wide` (the same four accumulators, summed in the same order), but the
-/// `W` run side by side, so the core is not idle waiting on one accumulator's adds (a
-/// network's forward pass, two thirds of drawing a teacher's samples, ran 3x faster).
+/// `W` run side by side, so the core is not idle waiting on one accumulator's adds. Drawing a
+/// built-in teacher's samples spent two thirds of its time in the network's forward pass, one
+/// `dot_wide` at a time: parity k = 6 at d = 128, 4.1e6 rows, 6.95 s before, 4.3 s with this.
 pub fn dot_wide_rows<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f64; W] {
     assert!(rows.iter().all(|r| r.len() == b.len()));
     #[cfg(target_arch = "x86_64")]
@@ -46,8 +47,8 @@ pub fn dot_wide_rows<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f64; W] {
     rows.map(|r| dot_wide(r, b))
 }
 
-/// `put(o, dot_wide(row(o), b))` for o in 0..count, four rows at a time through
-/// [`dot_wide_rows`] (the same bits as one `dot_wide` each).
+/// `put(o, dot_wide(row(o), b))` for o in 0..count, eight rows at a time through
+/// [`dot_wide_rows`], then four, then one (the same bits as one `dot_wide` each).
 #[inline(always)]
 pub fn each_dot_wide<'a>(
     count: usize,
@@ -55,23 +56,24 @@ pub fn each_dot_wide<'a>(
     b: &[f64],
     mut put: impl FnMut(usize, f64),
 ) {
-    let eights = count / 8 * 8;
-    for o in (0..eights).step_by(8) {
-        let dots = dot_wide_rows(std::array::from_fn::<_, 8, _>(|k| row(o + k)), b);
-        for (k, v) in dots.into_iter().enumerate() {
-            put(o + k, v);
+    #[inline(always)]
+    fn groups<'a, const W: usize>(
+        range: std::ops::Range<usize>,
+        row: &impl Fn(usize) -> &'a [f64],
+        b: &[f64],
+        put: &mut impl FnMut(usize, f64),
+    ) {
+        for o in range.step_by(W) {
+            let dots = dot_wide_rows(std::array::from_fn::<_, W, _>(|k| row(o + k)), b);
+            for (k, v) in dots.into_iter().enumerate() {
+                put(o + k, v);
+            }
         }
     }
-    let grouped = count / 4 * 4;
-    for o in (eights..grouped).step_by(4) {
-        let dots = dot_wide_rows(std::array::from_fn::<_, 4, _>(|k| row(o + k)), b);
-        for (k, v) in dots.into_iter().enumerate() {
-            put(o + k, v);
-        }
-    }
-    for o in grouped..count {
-        put(o, dot_wide(row(o), b));
-    }
+    let (eights, fours) = (count / 8 * 8, count / 4 * 4);
+    groups::<8>(0..eights, &row, b, &mut put);
+    groups::<4>(eights..fours, &row, b, &mut put);
+    groups::<1>(fours..count, &row, b, &mut put);
 }
 
 /// [`dot_wide_rows`] with one 4-lane register per row: lane j is `dot_wide`'s acc[j], with the

@@ -27,7 +27,8 @@
 //! f64 each (G = `cells_per_axis` random groups for the null, C own cells, Y label bins per
 //! cell). Since every own cell expects 2 x min_filter_factor x d rows, C <= N / (2 x 20 d);
 //! and C is cut further (the least populous cells pooled) so that the accumulators stay within
-//! 1 GiB: bytes <= min(1 GiB, G Y (N / (40 d) + 1) (d + 2)^2 / 2 x 8), whatever r is.
+//! 1 GiB: bytes <= min(1 GiB, G Y (N / (40 d) + 1) (d + 2)^2 / 2 x 8), whatever r is. The CPU
+//! pass reads x in blocks at most as large as the accumulators (see the CPU moments module).
 //!
 //! The cell of a row is computed on the host, in the view that also tags the row with its
 //! group ([`CellView`]); both are folded into one extra column that the backend's moments pass

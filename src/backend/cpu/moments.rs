@@ -10,7 +10,8 @@
 //!   partitions are merged in order. The accumulators are one triangle each, so merging is
 //!   cheap.
 //! - **K > 1**: the rows are read in blocks of about [`BLOCK_BYTES`] of x, or with many bins
-//!   enough rows for [`ROWS_PER_BIN`] a bin up to [`MAX_BLOCK_BYTES`] (sub-chunks read and
+//!   enough rows for [`ROWS_PER_BIN`] a bin up to [`MAX_BLOCK_BYTES`] or the accumulators' size
+//!   (at most [`MAX_ACC_BLOCK_BYTES`]; sub-chunks read and
 //!   binned in parallel); per block, each bin's rows are listed by index (a counting sort of
 //!   indices, no copy of x) and packed by the kernel straight from where they lie. The work is
 //!   split by bin, and a bin's output rows into groups when there are few bins, so every output
@@ -47,8 +48,15 @@ pub const BLOCK_BYTES: usize = 32 << 20;
 /// pay for: at d = 256, K = 1008 the blocks of BLOCK_BYTES ran at 38 GFLOP/s, blocks of 512
 /// rows a bin at 110 (`relu-fpt bench moments --d 256 --bins 1008 --n 1000000`).
 pub const ROWS_PER_BIN: usize = 512;
-/// Most bytes of x per block (read into memory when the source is not already there).
+/// Most bytes of x per block (read into memory when the source is not already there), unless
+/// the pass's f64 accumulators take more: a block may then be as large as they are, up to
+/// [`MAX_ACC_BLOCK_BYTES`], so that the pass holds at most about twice its accumulators. With
+/// 256 MiB, the paper method's rounds at d = 512 (K = 1008, 1.1 GB of accumulators) had about
+/// 130 rows a bin: `bench moments --backend cpu --d 512 --bins 1008 --n 1000000` ran at
+/// 121 GFLOP/s, and at 151 with blocks of 1 GiB (512 rows a bin).
 pub const MAX_BLOCK_BYTES: usize = 256 << 20;
+/// Most bytes of x per block whatever the accumulators take.
+pub const MAX_ACC_BLOCK_BYTES: usize = 1 << 30;
 /// Work items per thread and block aimed at when K > 1 (load balance across unequal bins).
 const ITEMS_PER_THREAD: usize = 4;
 
@@ -256,7 +264,9 @@ fn binned(
     let tri = d * (d + 1) / 2;
     let sub = 1usize << (SUB_CHUNK_BYTES / (4 * d)).clamp(64, 4096).ilog2();
     let shift = sub.trailing_zeros();
-    let block_bytes = BLOCK_BYTES.max((bins * ROWS_PER_BIN * 4 * d).min(MAX_BLOCK_BYTES));
+    let acc_bytes = bins * 8 * (tri + d + 4);
+    let cap = MAX_BLOCK_BYTES.max(acc_bytes.min(MAX_ACC_BLOCK_BYTES));
+    let block_bytes = BLOCK_BYTES.max((bins * ROWS_PER_BIN * 4 * d).min(cap));
     let subs_per_block = (block_bytes / (sub * 4 * d)).max(1);
     let block = sub * subs_per_block;
     let weighted = weight != SampleWeight::Unit;
