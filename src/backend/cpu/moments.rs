@@ -11,9 +11,9 @@
 //!   cheap.
 //! - **K > 1**: the rows are read in blocks of about [`BLOCK_BYTES`] of x, or with many bins
 //!   enough rows for [`ROWS_PER_BIN`] a bin up to [`MAX_BLOCK_BYTES`] or the accumulators' size
-//!   (at most [`MAX_ACC_BLOCK_BYTES`]; sub-chunks read and
-//!   binned in parallel); per block, each bin's rows are listed by index (a counting sort of
-//!   indices, no copy of x) and packed by the kernel straight from where they lie. The work is
+//!   (at most [`MAX_ACC_BLOCK_BYTES`]); sub-chunks are read and binned in parallel; per block,
+//!   each bin's rows are listed by index (a counting sort of indices, no copy of x) and packed
+//!   by the kernel straight from where they lie. The work is
 //!   split by bin, and a bin's output rows into groups when there are few bins, so every output
 //!   value has one owner and no K-fold accumulators are merged.
 //!
@@ -53,7 +53,7 @@ pub const ROWS_PER_BIN: usize = 512;
 /// [`MAX_ACC_BLOCK_BYTES`], so that the pass holds at most about twice its accumulators. With
 /// 256 MiB, the paper method's rounds at d = 512 (K = 1008, 1.1 GB of accumulators) had about
 /// 130 rows a bin: `bench moments --backend cpu --d 512 --bins 1008 --n 1000000` ran at
-/// 121 GFLOP/s, and at 151 with blocks of 1 GiB (512 rows a bin).
+/// 121 GFLOP/s, and at 157 with blocks as large as the accumulators (512 rows a bin).
 pub const MAX_BLOCK_BYTES: usize = 256 << 20;
 /// Most bytes of x per block whatever the accumulators take.
 pub const MAX_ACC_BLOCK_BYTES: usize = 1 << 30;
