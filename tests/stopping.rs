@@ -125,6 +125,53 @@ fn a_stage_that_cannot_improve_stops_after_its_patience() {
     }
 }
 
+/// A start a little off the teacher (its output bias 0.05 high, label noise 0.3): the first
+/// checks find a gain the paired test calls significant (a few percent of the error), so the
+/// patience starts again there; a rule that also wants a material gain (more than two
+/// standard errors of the validation error itself) sees none and stops at its patience from
+/// the start, with the same model quality within that gain.
+#[test]
+fn a_gain_within_the_errors_own_noise_does_not_renew_patience() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    let mut off = small.clone();
+    off.layers[1].bias[0] += 0.05;
+    let shape = FactoredShape::of(&off, D).unwrap();
+    let start = shape.pack(&off, &basis).unwrap();
+    let run = |material: bool| {
+        let mut cfg = config(false);
+        if let Some(rule) = cfg.stop.as_mut() {
+            rule.material = material;
+        }
+        train_until(
+            common::cpu(),
+            &train,
+            &val,
+            &shape,
+            &start,
+            false,
+            &cfg,
+            &Limits::default(),
+        )
+        .unwrap()
+    };
+    let (paired, material) = (run(false), run(true));
+    assert_eq!(material.stop, StopReason::Plateau, "{material:?}");
+    assert_eq!(paired.stop, StopReason::Plateau, "{paired:?}");
+    // Patience 3 epochs from the start, then a last stretch of a quarter of that.
+    assert_eq!(material.row_reads, 4 * N_TRAIN as u64, "{material:?}");
+    assert!(paired.row_reads > material.row_reads, "{paired:?}");
+    // What the longer run gained is within the error's own noise.
+    let se = material.after * (2.0 / N_VAL as f64).sqrt();
+    assert!(
+        material.after - paired.after < 2.0 * se,
+        "{} {}",
+        material.after,
+        paired.after
+    );
+    assert!(material.kept && material.after < material.before);
+}
+
 /// The teacher's shape with a fresh output layer far from the teacher's, so that training
 /// improves from its start: the layout and the packed start.
 fn fresh_start(small: &Network, basis: &[Vec<f64>]) -> (FactoredShape, Vec<f64>) {

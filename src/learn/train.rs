@@ -303,6 +303,11 @@ pub struct StopRule {
     /// step size pays them back (the polish). Otherwise it runs from the stage's start, so a
     /// stage that starts where it cannot improve stops after `patience_rows`.
     pub wait_for_gain: bool,
+    /// A gain also has to be material: the best error must have fallen, since the last gain,
+    /// by more than `z` standard errors of the validation error itself (MSE sqrt(2 / rows)
+    /// for near-Gaussian residuals), not only of the paired difference, which on 32 768 rows
+    /// finds a 0.1% gain significant.
+    pub material: bool,
 }
 
 impl Default for StopRule {
@@ -314,6 +319,7 @@ impl Default for StopRule {
             check_val_rows: 32_768,
             finish_fraction: 0.25,
             wait_for_gain: false,
+            material: false,
         }
     }
 }
@@ -659,7 +665,7 @@ pub fn train_until(
                     continue;
                 }
                 let check = check_val.as_ref().expect("check rows with a stop rule");
-                progress.check(backend, shape, &p, check, rule.z)?;
+                progress.check(backend, shape, &p, check, rule)?;
                 if let Some(reason) = progress.decide(rule, limits, check_every, &mut adam) {
                     progress.reason = reason;
                     break 'epochs;
@@ -806,6 +812,8 @@ struct Progress {
     /// check, and where the step size reaches zero (the plan's end, or sooner when a deadline
     /// says so).
     last_gain: Option<u64>,
+    /// The best error at the last gain (the start's before the first).
+    gain_mse: f64,
     last_check: u64,
     end: u64,
     /// Whether the race and the rival's race have been decided.
@@ -840,6 +848,7 @@ impl Progress {
             curve: Vec::new(),
             reason: StopReason::Planned,
             last_gain: (!waits).then_some(0),
+            gain_mse: f64::INFINITY,
             last_check: 0,
             end: planned_reads,
             raced: false,
@@ -883,8 +892,9 @@ impl Progress {
         shape: &FactoredShape,
         p: &[f64],
         check_rows: &dyn SampleSource,
-        z: f64,
+        rule: &StopRule,
     ) -> Result<()> {
+        let z = rule.z;
         self.last_check = self.reads;
         let cur = shape.compact(p)?;
         let ([rows, sse, sd, sd2], cur_out) = if self.keep_outputs {
@@ -908,8 +918,11 @@ impl Progress {
         } else {
             mse - mean
         };
-        if mean < -z * se {
+        let reference = self.gain_mse.min(best_mse);
+        let material = !rule.material || reference - mse > z * mse * (2.0 / rows).sqrt();
+        if mean < -z * se && material {
             self.last_gain = Some(self.reads);
+            self.gain_mse = mse;
         }
         if mse < best_mse {
             self.best = (mse, p.to_vec());
