@@ -10,7 +10,8 @@ mod common;
 use relu_fpt::backend::{Device, FactoredShape};
 use relu_fpt::data::{write_npy_f32, GaussianSource, MemorySource, SampleRange, SampleSource};
 use relu_fpt::learn::{
-    learn, train_until, Check, LearnConfig, Limits, PolishConfig, Race, Stage, StopReason, StopRule,
+    learn, train_until, Check, LearnConfig, Limits, PolishConfig, Race, Stage, StopReason,
+    StopRule, TrainOutcome,
 };
 use relu_fpt::network::{Layer, Network};
 use std::process::Command;
@@ -79,8 +80,7 @@ fn split(source: &MemorySource) -> (SampleRange<'_>, SampleRange<'_>) {
 fn a_stage_that_cannot_improve_stops_after_its_patience() {
     let (small, basis, source) = noisy_teacher();
     let (train, val) = split(&source);
-    let shape = FactoredShape::of(&small, D).unwrap();
-    let start = shape.pack(&small, &basis).unwrap();
+    let (shape, start) = packed(&small, &basis);
     let planned = 40 * N_TRAIN as u64;
     for backend in common::backends() {
         let run = |threads: usize, cfg: &PolishConfig| {
@@ -136,24 +136,13 @@ fn a_gain_within_the_errors_own_noise_does_not_renew_patience() {
     let (train, val) = split(&source);
     let mut off = small.clone();
     off.layers[1].bias[0] += 0.05;
-    let shape = FactoredShape::of(&off, D).unwrap();
-    let start = shape.pack(&off, &basis).unwrap();
+    let (shape, start) = packed(&off, &basis);
     let run = |material: bool| {
         let mut cfg = config(false);
         if let Some(rule) = cfg.stop.as_mut() {
             rule.material = material;
         }
-        train_until(
-            common::cpu(),
-            &train,
-            &val,
-            &shape,
-            &start,
-            false,
-            &cfg,
-            &Limits::default(),
-        )
-        .unwrap()
+        run_on_cpu(&train, &val, &shape, &start, &cfg, &Limits::default())
     };
     let (paired, material) = (run(false), run(true));
     assert_eq!(material.stop, StopReason::Plateau, "{material:?}");
@@ -172,14 +161,31 @@ fn a_gain_within_the_errors_own_noise_does_not_renew_patience() {
     assert!(material.kept && material.after < material.before);
 }
 
+/// The layout of `net` on `basis` in R^D, and its packed parameters.
+fn packed(net: &Network, basis: &[Vec<f64>]) -> (FactoredShape, Vec<f64>) {
+    let shape = FactoredShape::of(net, D).unwrap();
+    let start = shape.pack(net, basis).unwrap();
+    (shape, start)
+}
+
 /// The teacher's shape with a fresh output layer far from the teacher's, so that training
 /// improves from its start: the layout and the packed start.
 fn fresh_start(small: &Network, basis: &[Vec<f64>]) -> (FactoredShape, Vec<f64>) {
     let mut fresh = small.clone();
     fresh.layers[1].weights = vec![0.1, 0.1, 0.1];
-    let shape = FactoredShape::of(&fresh, D).unwrap();
-    let start = shape.pack(&fresh, basis).unwrap();
-    (shape, start)
+    packed(&fresh, basis)
+}
+
+/// A stage with B fixed on the CPU backend.
+fn run_on_cpu(
+    train: &SampleRange<'_>,
+    val: &SampleRange<'_>,
+    shape: &FactoredShape,
+    start: &[f64],
+    cfg: &PolishConfig,
+    limits: &Limits,
+) -> TrainOutcome {
+    train_until(common::cpu(), train, val, shape, start, false, cfg, limits).unwrap()
 }
 
 /// A race against a curve that cannot be beaten stops after the pilot and says so; against
@@ -207,19 +213,7 @@ fn a_stage_that_loses_its_race_stops_after_the_pilot() {
         }),
         ..Limits::default()
     };
-    let run = |limits: &Limits| {
-        train_until(
-            common::cpu(),
-            &train,
-            &val,
-            &shape,
-            &start,
-            false,
-            &cfg,
-            limits,
-        )
-        .unwrap()
-    };
+    let run = |limits: &Limits| run_on_cpu(&train, &val, &shape, &start, &cfg, limits);
     let lost = run(&race(0.0));
     assert_eq!(lost.stop, StopReason::Behind, "{lost:?}");
     assert_eq!(lost.row_reads, 2 * N_TRAIN as u64);
