@@ -224,6 +224,12 @@ pub struct FilteredMoments {
 }
 
 impl FilteredMoments {
+    /// Bytes of one bin's accumulators for `dim` inputs (its triangle, its sums of x, and the
+    /// count, weight and label sums).
+    pub fn bin_bytes(dim: usize) -> usize {
+        8 * (dim * (dim + 1) / 2 + dim + 4)
+    }
+
     /// All-zero accumulators.
     pub fn zeros(dim: usize, bins: usize) -> Self {
         let tri = dim * (dim + 1) / 2;

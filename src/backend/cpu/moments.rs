@@ -153,7 +153,7 @@ fn single_bin(
     let n = source.len();
     let chunk = (SINGLE_BIN_CHUNK_BYTES / (4 * d)).clamp(256, RUN_ROWS);
     let chunks = n.div_ceil(chunk as u64);
-    let acc_bytes = 8 * (d * (d + 1) / 2 + d + 4);
+    let acc_bytes = FilteredMoments::bin_bytes(d);
     let parts = chunks
         .min(MAX_PARTITIONS)
         .min((PARTITION_BUDGET_BYTES / acc_bytes) as u64)
@@ -264,7 +264,7 @@ fn binned(
     let tri = d * (d + 1) / 2;
     let sub = 1usize << (SUB_CHUNK_BYTES / (4 * d)).clamp(64, 4096).ilog2();
     let shift = sub.trailing_zeros();
-    let acc_bytes = bins * 8 * (tri + d + 4);
+    let acc_bytes = bins * FilteredMoments::bin_bytes(d);
     let cap = MAX_BLOCK_BYTES.max(acc_bytes.min(MAX_ACC_BLOCK_BYTES));
     let block_bytes = BLOCK_BYTES.max((bins * ROWS_PER_BIN * 4 * d).min(cap));
     let subs_per_block = (block_bytes / (sub * 4 * d)).max(1);
