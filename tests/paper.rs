@@ -117,7 +117,8 @@ fn paper_rounds_condition_on_every_found_direction() {
 /// (seed 3: round 2 adds a fifth direction at 1.05 times the bar); with the filters' estimate
 /// alone the sweeps had reached 0.050, 0.040, 0.050, 0.039 on seeds 1-4. Asserted on seed 2:
 /// below 0.6 times the rounds' own. Each refine round says which estimate the direction now
-/// is, its predicted angle and how far it moved (0: kept).
+/// is, its predicted angle and how far it moved (0: kept), and whether it read the bin means
+/// alone.
 #[test]
 fn refine_sweeps_sharpen_the_paper_basis() {
     let mut spec = TeacherSpec::new(TeacherKind::Parity, 32);
@@ -151,9 +152,16 @@ fn refine_sweeps_sharpen_the_paper_basis() {
         .all(|r| r.kind == RoundKind::Label));
     let refine = &report.rounds[labels..];
     assert!(!refine.is_empty() && refine.len().is_multiple_of(4) && refine.len() <= 12);
+    // The first sweep's rounds read second moments (the paper's step); a later round reads
+    // the bin means alone where the filters of its direction's last round lost by a wide
+    // margin, as they do on this teacher.
+    assert!(refine[..4].iter().all(|r| !r.bin_means_only));
+    assert!(refine[4..].iter().any(|r| r.bin_means_only), "{refine:?}");
     for r in refine {
         assert_eq!(r.kind, RoundKind::Refine);
-        assert_eq!((r.cell_axes, r.accepted), (3, 1));
+        let filters = if r.bin_means_only { 0 } else { 1 };
+        assert_eq!((r.cell_axes, r.accepted), (3, filters));
+        assert_eq!(r.bin_means_only, r.filters == 0 && r.scores.is_empty());
         assert!(
             r.moved.is_some_and(|a| (0.0..0.5).contains(&a)),
             "{:?}",

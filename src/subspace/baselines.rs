@@ -111,6 +111,7 @@ pub(super) fn baseline(
             predicted_angle: None,
             sir_score: None,
             sir_disagreement: None,
+            bin_means_only: false,
         }],
         refine: Vec::new(),
         samples_used: n * passes

@@ -353,6 +353,7 @@ pub(super) fn conclude(
         predicted_angle: None,
         sir_score: None,
         sir_disagreement: None,
+        bin_means_only: false,
     };
     announce_round(&report, index, n);
     RoundOutcome {
@@ -362,12 +363,54 @@ pub(super) fn conclude(
     }
 }
 
+/// The report of a refine round whose pass read the bin means of `bins` alone (`bytes` of
+/// sums): no filters, so no scores; the caller fills in what its cell SIR did.
+pub(super) fn means_only_report(
+    bins: &RoundBins,
+    bytes: u64,
+    started: std::time::Instant,
+    pass_seconds: f64,
+    host: std::time::Instant,
+) -> RoundReport {
+    RoundReport {
+        kind: RoundKind::Refine,
+        accepted: 0,
+        scores: Vec::new(),
+        top_eigenvalues: Vec::new(),
+        null_edge: f64::NAN,
+        best_score: f64::NAN,
+        best_mean_score: f64::NAN,
+        null_max: f64::NAN,
+        null_max_mean: f64::NAN,
+        threshold: f64::NAN,
+        threshold_mean: f64::NAN,
+        filters: 0,
+        cell_axes: bins.cell_axes,
+        cells: bins.cells,
+        cells_per_axis: bins.cells_per_axis,
+        cell_coverage: bins.coverage,
+        bins: bins.cells * bins.y_bins,
+        accumulator_bytes: bytes,
+        candidates: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        pass_seconds,
+        host_seconds: host.elapsed().as_secs_f64(),
+        moved: None,
+        refined_by: None,
+        predicted_angle: None,
+        sir_score: None,
+        sir_disagreement: None,
+        bin_means_only: true,
+    }
+}
+
 /// The round's line on stderr (see [`crate::progress::stage_done`]): what it accepted, or how
 /// close it came to the bar, rows and seconds.
-fn announce_round(report: &RoundReport, index: usize, rows: u64) {
+pub(super) fn announce_round(report: &RoundReport, index: usize, rows: u64) {
     let name = format!("subspace round {index} ({})", report.kind.name());
     crate::progress::stage_done(&name, || {
         let found = match report.accepted {
+            _ if report.bin_means_only => "bin means only".to_string(),
             0 => format!("no direction (best {:.2} of the bar)", report.best_ratio()),
             1 => "1 direction".to_string(),
             k => format!("{k} directions"),

@@ -72,6 +72,13 @@ const SCORE_ANGLE: f64 = 1.5;
 /// filters' estimate was the one drifting (parity k = 4 from 4.1e6 rows: test MSE/Var 0.19
 /// against 4.6e-3).
 const SIR_AGREEMENT: f64 = 1.5;
+/// A refine round reads the bin means alone (a pass of N d instead of N d^2 / 2, for the cell
+/// SIR) when, in the direction's round of the sweep before, its filters' predicted angle was
+/// at least this many times the kept estimate's: they would need this many times the score to
+/// win. Chosen here: on parity k = 4 from 1e6 rows the filters of every refine round lost to
+/// the cell SIR, predicting 2.0-3.2x its angle at d = 128 and 5-7x at d = 512; where they
+/// compete (the composite teacher's fan plane, 1.3x) the rounds keep them.
+const FILTERS_BEHIND: f64 = 1.5;
 
 /// The cells of one conditioned round: the grid, its own cells (by key) and the pooled rest.
 struct Cells {
@@ -104,6 +111,13 @@ impl Cells {
             key = key * self.per_axis as u128 + count_below(edges, z) as u128;
         }
         key
+    }
+
+    /// The key of a row whose projections on the axes are `z`.
+    fn key_of(&self, z: &[f64]) -> u128 {
+        (z.iter().zip(&self.edges)).fold(0u128, |key, (&v, edges)| {
+            key * self.per_axis as u128 + count_below(edges, v) as u128
+        })
     }
 
     fn cell_of(&self, key: u128) -> usize {
@@ -490,34 +504,178 @@ struct CellSir {
     angle: f64,
 }
 
+/// What the cell SIR reads from a conditioned round's pass: per (cell, label bin) the count and
+/// the sum of x (the null groups pooled), and the totals its noise level needs. A full pass
+/// gives them with its second moments ([`BinMeans::of_moments`]); a refine round that needs
+/// nothing else reads them alone, in a pass of N d instead of N d^2 / 2 ([`BinMeans::read`]).
+struct BinMeans {
+    /// Label bins per cell; bin (c, j) is `c * y_bins + j`.
+    y_bins: usize,
+    count: Vec<u64>,
+    /// Sums of x per bin, row-major (bins x d).
+    sum: Vec<f64>,
+    /// Sum of x over every row.
+    sum_x: Vec<f64>,
+    /// Sum of |x|^2 over every row.
+    square: f64,
+    /// Per basis row u, the sum of (u . x)^2 over every row.
+    on_basis: Vec<f64>,
+}
+
+impl BinMeans {
+    fn total(&self) -> u64 {
+        self.count.iter().sum()
+    }
+
+    /// The groups of a full pass's bins pooled.
+    fn of_moments(
+        moments: &crate::moments::FilteredMoments,
+        bins: &RoundBins,
+        frame: &Frame,
+        basis: &[Vec<f64>],
+    ) -> BinMeans {
+        let (side, d) = (moments.dim, frame.d);
+        let (cells, y_bins) = (bins.cells, bins.y_bins);
+        let mut count = vec![0u64; cells * y_bins];
+        let mut sum = vec![0.0; cells * y_bins * d];
+        for g in 0..bins.groups {
+            for b in 0..cells * y_bins {
+                let src = g * cells * y_bins + b;
+                count[b] += moments.count[src];
+                let row = &moments.sum_x[src * side..src * side + d];
+                sum[b * d..(b + 1) * d]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, v)| *a += v);
+            }
+        }
+        // The paper method's frame is the identity, so the raw second moments are the frame's.
+        let (xx, x) = moments.totals();
+        let mut square = 0.0;
+        let mut k = 0;
+        for i in 0..d {
+            square += xx[k];
+            k += side - i;
+        }
+        let mut t = vec![0.0; d];
+        let on_basis = (frame.raw_rows(basis).iter())
+            .map(|u| {
+                super::eigen::packed_symmetric_matvec(&xx, side, d, u, &mut t);
+                crate::linalg::dot_wide(u, &t)
+            })
+            .collect();
+        BinMeans {
+            y_bins,
+            count,
+            sum,
+            sum_x: x[..d].to_vec(),
+            square,
+            on_basis,
+        }
+    }
+
+    /// One pass over `source` for the bins of `cells` (label edges per cell: `y_edges`; the
+    /// basis is the cells' axes), on the host through [`Backend::row_sums`] (so its sums are added across
+    /// MPI ranks). Rows are summed in blocks of fixed size, added in order: the result does not
+    /// depend on the thread count.
+    fn read(
+        backend: &dyn Backend,
+        source: &dyn SampleSource,
+        cells: &Cells,
+        y_edges: &[Vec<f64>],
+    ) -> Result<BinMeans> {
+        const BLOCK_ROWS: usize = 8192;
+        let d = source.dim();
+        let y_bins = y_edges[0].len() + 1;
+        let bins = cells.count() * y_bins;
+        // count | sums per bin | sum of x | sum of |x|^2 | sums of (u . x)^2
+        let (at_sum, at_x, at_square, at_basis) = (
+            bins,
+            bins + bins * d,
+            bins * (d + 1) + d,
+            bins * (d + 1) + d + 1,
+        );
+        let basis = &cells.axes;
+        let len = at_basis + basis.len();
+        let block = |x: &[f32], y: &[f32]| {
+            let mut acc = vec![0.0; len];
+            let mut z = vec![0.0; basis.len()];
+            for (row, &label) in x.chunks_exact(d).zip(y) {
+                let mut square = 0.0;
+                for (zj, u) in z.iter_mut().zip(basis) {
+                    *zj = dot_f32(u, row);
+                }
+                let cell = cells.cell_of(cells.key_of(&z));
+                let b = cell * y_bins + count_below(&y_edges[cell], label as f64);
+                acc[b] += 1.0;
+                for (s, &v) in acc[at_sum + b * d..at_sum + (b + 1) * d]
+                    .iter_mut()
+                    .zip(row)
+                {
+                    *s += v as f64;
+                }
+                for (s, &v) in acc[at_x..at_x + d].iter_mut().zip(row) {
+                    let v = v as f64;
+                    *s += v;
+                    square += v * v;
+                }
+                acc[at_square] += square;
+                for (s, zj) in acc[at_basis..].iter_mut().zip(&z) {
+                    *s += zj * zj;
+                }
+            }
+            acc
+        };
+        let sums = backend.row_sums(source, len, &mut |rows: &dyn SampleSource| {
+            let mut acc = vec![0.0; len];
+            crate::data::for_each_chunk(rows, 8 * BLOCK_ROWS, |_, x, y| {
+                let parts: Vec<Vec<f64>> =
+                    (x.par_chunks(BLOCK_ROWS * d).zip(y.par_chunks(BLOCK_ROWS)))
+                        .map(|(xb, yb)| block(xb, yb))
+                        .collect();
+                for p in parts {
+                    acc.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+                }
+                Ok(())
+            })?;
+            Ok(acc)
+        })?;
+        Ok(BinMeans {
+            y_bins,
+            count: sums[..bins].iter().map(|&v| v as u64).collect(),
+            sum: sums[at_sum..at_x].to_vec(),
+            sum_x: sums[at_x..at_square].to_vec(),
+            square: sums[at_square],
+            on_basis: sums[at_basis..].to_vec(),
+        })
+    }
+}
+
+/// u . x in f64 for a row of f32 (four running sums).
+fn dot_f32(u: &[f64], x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (u4, u_rest) = u.split_at(u.len() - u.len() % 4);
+    for (a, b) in u4.chunks_exact(4).zip(x.chunks_exact(4)) {
+        for l in 0..4 {
+            acc[l] += a[l] * b[l] as f64;
+        }
+    }
+    let tail: f64 = (u_rest.iter().zip(&x[u4.len()..]))
+        .map(|(a, &b)| a * b as f64)
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// See [`CellSir`]. None when no bin has rows or the complement is empty.
-fn cell_sir(
-    moments: &crate::moments::FilteredMoments,
-    bins: &RoundBins,
-    frame: &Frame,
-    basis: &[Vec<f64>],
-) -> Option<CellSir> {
-    let (side, d, q) = (moments.dim, frame.d, frame.q);
+fn cell_sir(means: &BinMeans, frame: &Frame, basis: &[Vec<f64>]) -> Option<CellSir> {
+    let (d, q) = (frame.d, frame.q);
     let d_perp = q.checked_sub(basis.len()).filter(|&v| v > 0)? as f64;
-    let total = moments.total_count() as f64;
+    let total = means.total() as f64;
     if total == 0.0 {
         return None;
     }
-    // Pool the groups: counts and sums of x per (cell, label bin).
-    let (cells, y_bins) = (bins.cells, bins.y_bins);
-    let mut count = vec![0u64; cells * y_bins];
-    let mut sum = vec![0.0; cells * y_bins * d];
-    for g in 0..bins.groups {
-        for b in 0..cells * y_bins {
-            let src = g * cells * y_bins + b;
-            count[b] += moments.count[src];
-            let row = &moments.sum_x[src * side..src * side + d];
-            sum[b * d..(b + 1) * d]
-                .iter_mut()
-                .zip(row)
-                .for_each(|(a, v)| *a += v);
-        }
-    }
+    let (y_bins, count, sum) = (means.y_bins, &means.count, &means.sum);
+    let cells = count.len() / y_bins;
     // Rows of A: sqrt(p_b) (m_b - m_c) in the frame, off the basis; M = A^T A.
     let mut rows: Vec<Vec<f64>> = Vec::new();
     let mut dof = 0usize;
@@ -548,23 +706,12 @@ fn cell_sir(
     if rows.is_empty() || dof == 0 {
         return None;
     }
-    // sigma^2: the mean variance of x on the complement, from the pass's totals (the paper
-    // method's frame is the identity, so the raw second moments are the frame's).
-    let (xx, x) = moments.totals();
-    let mut trace = 0.0;
-    let mut k = 0;
-    for i in 0..side {
-        if i < d {
-            trace += xx[k];
-        }
-        k += side - i;
+    // sigma^2: the mean variance of x on the complement.
+    let mut trace = means.square;
+    for v in &means.on_basis {
+        trace -= v;
     }
-    let mut t = vec![0.0; d];
-    for u in frame.raw_rows(basis) {
-        super::eigen::packed_symmetric_matvec(&xx, side, d, &u, &mut t);
-        trace -= crate::linalg::dot_wide(&u, &t);
-    }
-    let mean = frame.project_out(basis, &frame.to_frame(&x[..d]));
+    let mean = frame.project_out(basis, &frame.to_frame(&means.sum_x));
     let sigma2 = (trace / total - mean.iter().map(|v| (v / total).powi(2)).sum::<f64>()) / d_perp;
     let pairs = super::eigen::top_eigenpairs(
         q,
@@ -606,7 +753,9 @@ fn group_seed(c: &SubspaceConfig, index: usize) -> u64 {
 
 /// The paper's step: a label round conditioned on (and orthogonal to) `basis`: on y alone
 /// when `basis` is empty, otherwise within the cells of z = B x on every row of `basis`. None
-/// when no cell of a sign grid can have bins of its own (see [`choose_cells`]).
+/// when no cell of a sign grid can have bins of its own (see [`choose_cells`]). With
+/// `means_only` (a refine round), the pass reads the bin means alone, for the cell SIR: the
+/// round has no filters then.
 // The pass's inputs (samples, pilot, frame, basis) and the round's bookkeeping, as `round`'s.
 #[allow(clippy::too_many_arguments)]
 fn paper_step(
@@ -616,6 +765,7 @@ fn paper_step(
     frame: &Frame,
     basis: &[Vec<f64>],
     kind: RoundKind,
+    means_only: bool,
     room: usize,
     index: usize,
     c: &SubspaceConfig,
@@ -643,6 +793,27 @@ fn paper_step(
     };
     let started = std::time::Instant::now();
     let bins = cell_bins(pilot, d, &cells, c);
+    if means_only {
+        let y_edges = &bins.spec.y_edges[..bins.cells];
+        let means = BinMeans::read(backend, source, &cells, y_edges)?;
+        let pass_seconds = started.elapsed().as_secs_f64();
+        let host = std::time::Instant::now();
+        let sir = cell_sir(&means, frame, basis);
+        let report = filtered::means_only_report(
+            &bins,
+            (d * 8 * means.count.len()) as u64,
+            started,
+            pass_seconds,
+            host,
+        );
+        filtered::announce_round(&report, index, n);
+        let out = RoundOutcome {
+            report,
+            directions: Vec::new(),
+            whitening: None,
+        };
+        return Ok(Some((out, sir)));
+    }
     let view = CellView {
         inner: source,
         cells: &cells,
@@ -653,7 +824,13 @@ fn paper_step(
     let moments = backend.moments(&view, &bins.spec, SampleWeight::Unit, &bar)?;
     bar.finish_and_clear();
     let sir = (kind == RoundKind::Refine)
-        .then(|| cell_sir(&moments, &bins, frame, basis))
+        .then(|| {
+            cell_sir(
+                &BinMeans::of_moments(&moments, &bins, frame, basis),
+                frame,
+                basis,
+            )
+        })
         .flatten();
     let out = filtered::conclude(
         &moments, &bins, frame, basis, kind, room, index, false, n, started, c,
@@ -697,6 +874,7 @@ pub(super) fn paper_pca(
             &frame,
             &basis,
             RoundKind::Label,
+            false,
             room,
             index,
             c,
@@ -767,6 +945,9 @@ pub(super) fn paper_pca(
                 .for_each(|s| *s = SCORE_ANGLE / mean_square.sqrt());
         }
     }
+    // Per direction, its filters' predicted angle over the kept estimate's in its last round
+    // with filters (0 before any).
+    let mut filters_behind = vec![0.0; basis.len()];
     while sweeps < c.refine_steps && !basis.is_empty() && moved > SETTLED.max(noise) {
         sweeps += 1;
         moved = 0.0;
@@ -783,6 +964,7 @@ pub(super) fn paper_pca(
                 &frame,
                 &others,
                 RoundKind::Refine,
+                filters_behind[i] >= FILTERS_BEHIND,
                 1,
                 rounds.len() + 1,
                 c,
@@ -795,9 +977,11 @@ pub(super) fn paper_pca(
             // The direction as it is: what the cell SIR is checked against.
             let reference = (before, basis[i].clone());
             let mut best = (before, RefineEstimate::Kept, None);
+            let mut filters = f64::INFINITY;
             if let (Some(v), Some(&score)) = (out.directions.pop(), out.report.scores.first()) {
-                if SCORE_ANGLE / score < best.0 {
-                    best = (SCORE_ANGLE / score, RefineEstimate::Filters, Some(v));
+                filters = SCORE_ANGLE / score;
+                if filters < best.0 {
+                    best = (filters, RefineEstimate::Filters, Some(v));
                 }
             }
             out.report.sir_score = sir.as_ref().map(|s| s.score);
@@ -813,6 +997,9 @@ pub(super) fn paper_pca(
                 }
             }
             let (predicted, by, direction) = best;
+            if !out.report.bin_means_only {
+                filters_behind[i] = filters / predicted;
+            }
             noise = f64::min(noise, predicted);
             let angle = direction.map_or(0.0, |v| {
                 let angle = crate::linalg::dot(&basis[i], &v).abs().min(1.0).acos();
@@ -942,7 +1129,7 @@ mod tests {
     /// where y is even in x_0 (y = |x_0| + x_1) it has nothing to see: a score below the
     /// margin, while the round's filters (second moments) still find e_0. Measured (d = 16,
     /// 6e4 rows): score 470, predicted 0.020 rad, actual 0.017; even: score 0.79, the filters'
-    /// direction 0.025 rad off.
+    /// direction 0.025 rad off. A pass of the bin means alone gives the same cell SIR.
     #[test]
     fn cell_sir_sees_odd_dependence_and_predicts_its_angle() {
         let (d, n) = (16, 60_000);
@@ -954,7 +1141,7 @@ mod tests {
         let whitening = Whitening::identity(d);
         let frame = Frame::new(&whitening);
         let cpu = crate::backend::cpu::CpuBackend::new();
-        let found = |label: fn(&[f32]) -> f32| {
+        let step = |label: fn(&[f32]) -> f32, means_only: bool| {
             let y: Vec<f32> = x.chunks_exact(d).map(label).collect();
             let src = crate::data::SliceSource::new(d, &x, &y).unwrap();
             let p = read_pilot(&src, c.pilot_rows).unwrap();
@@ -965,12 +1152,27 @@ mod tests {
                 &frame,
                 &axes(2, d)[1..],
                 RoundKind::Refine,
+                means_only,
                 1,
                 2,
                 &c,
             );
             let (out, sir) = step.unwrap().unwrap();
+            assert_eq!(out.report.bin_means_only, means_only);
             (out.directions, sir.unwrap())
+        };
+        let found = |label: fn(&[f32]) -> f32| {
+            let (directions, sir) = step(label, false);
+            // The pass of bin means alone gives the same cell SIR and no filters (its noise
+            // level differs in the 8th digit: the full pass sums x x^T in f32 runs).
+            let (none, alone) = step(label, true);
+            assert!(none.is_empty());
+            let agree = crate::linalg::dot(&sir.direction, &alone.direction).abs();
+            assert!(1.0 - agree < 1e-12, "{agree}");
+            for (a, b) in [(sir.score, alone.score), (sir.angle, alone.angle)] {
+                assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} {b}");
+            }
+            (directions, sir)
         };
         let off_axis = |v: &[f64]| {
             (v[0].abs() / crate::linalg::dot(v, v).sqrt())

@@ -93,6 +93,10 @@ pub struct RoundReport {
     /// A refine round's, when its cell SIR was a candidate: its angle to the direction as it
     /// was over the root-sum-square of their predicted angles (above 1.5 it is set aside).
     pub sir_disagreement: Option<f64>,
+    /// A refine round's: its pass read the bin means alone, for the cell SIR (no filters, so
+    /// no scores), because the filters lost the direction's round of the sweep before by a
+    /// wide margin (`--method paper`).
+    pub bin_means_only: bool,
 }
 
 /// The estimates a refine round chooses among, by the smallest predicted angle.
@@ -383,6 +387,7 @@ impl SubspaceReport {
                     "predicted_angle_before": r.predicted_angle.map(|p| json_f64(p.1)),
                     "sir_score": r.sir_score.map(json_f64),
                     "sir_disagreement": r.sir_disagreement.map(json_f64),
+                    "bin_means_only": r.bin_means_only,
                 })
             })
             .collect();
@@ -442,7 +447,18 @@ impl SubspaceReport {
                 ));
                 continue;
             }
-            s.push_str(&format!(
+            if r.bin_means_only {
+                s.push_str(&format!(
+                    "  round {} (refine): bin means only, for the cell SIR (the filters lost this direction's round of the sweep before by a wide margin); {} cells ({} per axis on {} directions), {} bins, {:.1} s\n",
+                    i + 1,
+                    r.cells,
+                    r.cells_per_axis,
+                    r.cell_axes,
+                    r.bins,
+                    r.seconds
+                ));
+            } else {
+                s.push_str(&format!(
                 "  round {} ({}): +{} direction(s), scores [{}]; best filter {:.2} (|eig| [{}], null edge {:.3}) and mean {:.2} vs bar {:.2} / {:.2} (null max {:.2} / {:.2}); {} filters ({} candidates), {} cell axes, {} bins, {:.1} s ({:.1} s host)\n",
                 i + 1,
                 r.kind.name(),
@@ -463,8 +479,8 @@ impl SubspaceReport {
                 r.seconds,
                 r.host_seconds
             ));
-            if r.cells > 1 {
-                s.push_str(&format!(
+                if r.cells > 1 {
+                    s.push_str(&format!(
                     "    conditioned on {} cells ({} per axis on {} directions{}), {:.0}% of the pilot's rows in cells of their own, {} of accumulators\n",
                     r.cells,
                     r.cells_per_axis,
@@ -477,6 +493,7 @@ impl SubspaceReport {
                     100.0 * r.cell_coverage,
                     crate::safety::bytes(r.accumulator_bytes as u128)
                 ));
+                }
             }
             if let (Some(by), Some((now, before))) = (r.refined_by, r.predicted_angle) {
                 let mut sir = r
