@@ -9,7 +9,9 @@
 //! 0: refine sweeps, each finding every direction again by a round conditioned on the others
 //! (see [`paper_pca`]). Each refine round offers, beside its filters' direction, the cell SIR
 //! of its bin means ([`cell_sir`]), and before the sweeps the directions are turned within
-//! their span so that the cell SIR sees each ([`align_in_span`]); both are additions too.
+//! their span so that the cell SIR sees each ([`align_in_span`]); both are additions too. After
+//! the first sweep, a round whose direction's filters lost by a wide margin reads the bin means
+//! alone ([`FILTERS_BEHIND`], [`BinMeans::read`]).
 //!
 //! **Cells.** An equal-mass grid with b cells per axis on all r found directions (edges at the
 //! pilot's quantiles j / b of each coordinate, Phi^-1(j / b) for Gaussian z) has b^r cells,
