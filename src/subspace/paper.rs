@@ -79,7 +79,8 @@ const SIR_AGREEMENT: f64 = 1.5;
 /// at least this many times the kept estimate's: they would need this many times the score to
 /// win. Chosen here: on parity k = 4 from 1e6 rows the filters of every refine round lost to
 /// the cell SIR, predicting 2.0-3.2x its angle at d = 128 and 5-7x at d = 512; where they
-/// compete (the composite teacher's fan plane, 1.3x) the rounds keep them.
+/// come within 1.5x the rounds keep them (the composite teacher at d = 16 from 4e4 rows: two
+/// of its three directions in the second sweep).
 const FILTERS_BEHIND: f64 = 1.5;
 
 /// The cells of one conditioned round: the grid, its own cells (by key) and the pooled rest.
