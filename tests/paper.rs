@@ -155,36 +155,46 @@ fn refine_sweeps_sharpen_the_paper_basis() {
     // The first sweep's rounds read second moments (the paper's step); a later round reads
     // the bin means alone where the filters of its direction's last round lost by a wide
     // margin, as they do on this teacher.
-    assert!(refine[..4].iter().all(|r| !r.bin_means_only));
-    assert!(refine[4..].iter().any(|r| r.bin_means_only), "{refine:?}");
+    assert!(refine[..4].iter().all(|r| !r.refinement.bin_means_only));
+    assert!(
+        refine[4..].iter().any(|r| r.refinement.bin_means_only),
+        "{refine:?}"
+    );
     for r in refine {
         assert_eq!(r.kind, RoundKind::Refine);
-        let filters = if r.bin_means_only { 0 } else { 1 };
+        let filters = if r.refinement.bin_means_only { 0 } else { 1 };
         assert_eq!((r.cell_axes, r.accepted), (3, filters));
-        assert_eq!(r.bin_means_only, r.filters == 0 && r.scores.is_empty());
+        assert_eq!(
+            r.refinement.bin_means_only,
+            r.filters == 0 && r.scores.is_empty()
+        );
         assert!(
-            r.moved.is_some_and(|a| (0.0..0.5).contains(&a)),
+            r.refinement.moved.is_some_and(|a| (0.0..0.5).contains(&a)),
             "{:?}",
-            r.moved
+            r.refinement.moved
         );
         // A direction moves exactly when an estimate of the round predicts a smaller angle;
         // a cell SIR kept lies within 1.5x the predicted angles of the direction it refined.
-        let (now, before) = r.predicted_angle.unwrap();
-        let by = r.refined_by.unwrap();
+        let (now, before) = r.refinement.predicted_angle.unwrap();
+        let by = r.refinement.refined_by.unwrap();
         assert_eq!(
             by == RefineEstimate::Kept,
             now == before,
             "{by:?} {now} {before}"
         );
-        assert!(now <= before && r.sir_score.is_some());
+        assert!(now <= before && r.refinement.sir_score.is_some());
         if by == RefineEstimate::CellSir {
-            assert!(r.sir_disagreement.is_some_and(|v| v <= 1.5), "{r:?}");
+            assert!(
+                r.refinement.sir_disagreement.is_some_and(|v| v <= 1.5),
+                "{r:?}"
+            );
         }
     }
     // Parity is odd in each direction within the others' cells: the cell SIR sees it.
     assert!(refine
         .iter()
-        .any(|r| r.refined_by == Some(RefineEstimate::CellSir) && r.moved > Some(0.0)));
+        .any(|r| r.refinement.refined_by == Some(RefineEstimate::CellSir)
+            && r.refinement.moved > Some(0.0)));
     let text = report.summary();
     assert!(text.contains("then refine sweeps"), "{text}");
     assert!(text.contains("to the cell SIR estimate"), "{text}");
@@ -215,12 +225,12 @@ fn a_cell_sir_far_from_its_direction_is_set_aside() {
     };
     let report = find_subspace(common::cpu(), &source, &config).unwrap();
     let aside: Vec<_> = (report.rounds.iter())
-        .filter(|r| r.sir_disagreement.is_some_and(|v| v > 1.5))
+        .filter(|r| r.refinement.sir_disagreement.is_some_and(|v| v > 1.5))
         .collect();
     assert!(!aside.is_empty(), "{}", report.summary());
     assert!(aside
         .iter()
-        .all(|r| r.refined_by != Some(RefineEstimate::CellSir)));
+        .all(|r| r.refinement.refined_by != Some(RefineEstimate::CellSir)));
     assert!(report.summary().contains("set aside"));
     let angle = largest_angle(&report.basis, &truth);
     assert!(report.dim() == 3 && angle < 0.3, "{angle}");
@@ -426,15 +436,17 @@ fn paper_rounds_run_on_the_gpu_backend() {
         .filter(|(g, _)| g.kind == RoundKind::Refine)
         .collect();
     assert!(!refine.is_empty());
-    assert!(refine.iter().all(|(g, c)| g.refined_by == c.refined_by));
+    assert!(refine
+        .iter()
+        .all(|(g, c)| g.refinement.refined_by == c.refinement.refined_by));
     // Later sweeps' rounds that read the bin means alone (a host pass through the backend's
     // row sums) are the same rounds on both.
     assert!(refine
         .iter()
-        .all(|(g, c)| g.bin_means_only == c.bin_means_only));
-    assert!(refine.iter().any(|(g, _)| g.bin_means_only));
+        .all(|(g, c)| g.refinement.bin_means_only == c.refinement.bin_means_only));
+    assert!(refine.iter().any(|(g, _)| g.refinement.bin_means_only));
     let smallest = (refine.iter())
-        .map(|(_, c)| c.predicted_angle.unwrap().0)
+        .map(|(_, c)| c.refinement.predicted_angle.unwrap().0)
         .fold(f64::INFINITY, f64::min);
     let apart = principal_angles(&gpu.basis, &cpu.basis);
     assert!(

@@ -1,6 +1,6 @@
 //! The classical baselines pHd, SIR and SAVE, from the same accumulators as filtered PCA.
 
-use super::report::{NoStructure, RoundKind, RoundReport, SubspaceReport};
+use super::report::{NoStructure, Refinement, RoundKind, RoundReport, SubspaceReport};
 use super::{
     orthonormalise, quantile_sorted, read_pilot, sorted_by_magnitude, symmetric_eigen, Method,
     SubspaceConfig,
@@ -106,12 +106,7 @@ pub(super) fn baseline(
             seconds,
             pass_seconds: f64::NAN,
             host_seconds: f64::NAN,
-            moved: None,
-            refined_by: None,
-            predicted_angle: None,
-            sir_score: None,
-            sir_disagreement: None,
-            bin_means_only: false,
+            refinement: Refinement::default(),
         }],
         refine: Vec::new(),
         samples_used: n * passes

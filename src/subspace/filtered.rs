@@ -3,7 +3,7 @@
 //! merge of accepted directions.
 
 use super::eigen::{null_edge, packed_symmetric_matvec, top_eigenpairs};
-use super::report::{RoundKind, RoundReport};
+use super::report::{Refinement, RoundKind, RoundReport};
 use super::sources::RoundSource;
 use super::{equal_mass_edges, quantile_sorted, Frame, Method, Pilot, SubspaceConfig};
 use crate::backend::Backend;
@@ -348,12 +348,7 @@ pub(super) fn conclude(
         seconds: started.elapsed().as_secs_f64(),
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
-        moved: None,
-        refined_by: None,
-        predicted_angle: None,
-        sir_score: None,
-        sir_disagreement: None,
-        bin_means_only: false,
+        refinement: Refinement::default(),
     };
     announce_round(&report, index, n);
     RoundOutcome {
@@ -395,12 +390,10 @@ pub(super) fn means_only_report(
         seconds: started.elapsed().as_secs_f64(),
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
-        moved: None,
-        refined_by: None,
-        predicted_angle: None,
-        sir_score: None,
-        sir_disagreement: None,
-        bin_means_only: true,
+        refinement: Refinement {
+            bin_means_only: true,
+            ..Refinement::default()
+        },
     }
 }
 
@@ -410,7 +403,7 @@ pub(super) fn announce_round(report: &RoundReport, index: usize, rows: u64) {
     let name = format!("subspace round {index} ({})", report.kind.name());
     crate::progress::stage_done(&name, || {
         let found = match report.accepted {
-            _ if report.bin_means_only => "bin means only".to_string(),
+            _ if report.refinement.bin_means_only => "bin means only".to_string(),
             0 => format!("no direction (best {:.2} of the bar)", report.best_ratio()),
             1 => "1 direction".to_string(),
             k => format!("{k} directions"),

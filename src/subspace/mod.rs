@@ -46,7 +46,9 @@ mod report;
 mod sources;
 mod whiten;
 
-pub use report::{NoStructure, RefineEstimate, RefineStep, RoundKind, RoundReport, SubspaceReport};
+pub use report::{
+    NoStructure, RefineEstimate, RefineStep, Refinement, RoundKind, RoundReport, SubspaceReport,
+};
 pub use whiten::estimate_whitening;
 
 use crate::backend::Backend;

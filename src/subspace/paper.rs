@@ -987,20 +987,20 @@ pub(super) fn paper_pca(
                     best = (filters, RefineEstimate::Filters, Some(v));
                 }
             }
-            out.report.sir_score = sir.as_ref().map(|s| s.score);
+            out.report.refinement.sir_score = sir.as_ref().map(|s| s.score);
             if let Some(sir) = sir.filter(|s| s.score >= c.null_margin && s.angle < best.0) {
                 let apart = crate::linalg::dot(&sir.direction, &reference.1)
                     .abs()
                     .min(1.0)
                     .acos();
                 let disagreement = apart / reference.0.hypot(sir.angle);
-                out.report.sir_disagreement = Some(disagreement);
+                out.report.refinement.sir_disagreement = Some(disagreement);
                 if disagreement <= SIR_AGREEMENT {
                     best = (sir.angle, RefineEstimate::CellSir, Some(sir.direction));
                 }
             }
             let (predicted, by, direction) = best;
-            if !out.report.bin_means_only {
+            if !out.report.refinement.bin_means_only {
                 filters_behind[i] = filters / predicted;
             }
             noise = f64::min(noise, predicted);
@@ -1009,9 +1009,9 @@ pub(super) fn paper_pca(
                 basis[i] = v;
                 angle
             });
-            out.report.moved = Some(angle);
-            out.report.refined_by = Some(by);
-            out.report.predicted_angle = Some((predicted, before));
+            out.report.refinement.moved = Some(angle);
+            out.report.refinement.refined_by = Some(by);
+            out.report.refinement.predicted_angle = Some((predicted, before));
             moved = moved.max(angle);
             rounds.push(out.report);
         }
@@ -1161,7 +1161,7 @@ mod tests {
                 &c,
             );
             let (out, sir) = step.unwrap().unwrap();
-            assert_eq!(out.report.bin_means_only, means_only);
+            assert_eq!(out.report.refinement.bin_means_only, means_only);
             (out.directions, sir.unwrap())
         };
         let found = |label: fn(&[f32]) -> f32| {

@@ -79,23 +79,29 @@ pub struct RoundReport {
     pub pass_seconds: f64,
     /// Of which the host's scoring and merge (eigen-solves of every filter and contrast).
     pub host_seconds: f64,
-    /// A refine round's (see [`RoundKind::Refine`]): the angle in radians between the
-    /// direction it refined and the one that replaced it; 0 when the direction was kept.
+    /// What a refine round did with its direction (empty for other rounds).
+    pub refinement: Refinement,
+}
+
+/// What a refine round ([`RoundKind::Refine`], `--method paper`'s sweeps) did with its
+/// direction; the default (all empty) for every other round.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Refinement {
+    /// The angle in radians between the direction it refined and the one that replaced it; 0
+    /// when the direction was kept.
     pub moved: Option<f64>,
-    /// A refine round's: which estimate the direction is now.
+    /// Which estimate the direction is now.
     pub refined_by: Option<RefineEstimate>,
-    /// A refine round's: the predicted angle (radians) of the estimate kept, and of the one
-    /// the direction had before (from the score of the round that found it).
+    /// The predicted angle (radians) of the estimate kept, and of the one the direction had
+    /// before (from the score of the round that found it).
     pub predicted_angle: Option<(f64, f64)>,
-    /// A refine round's: the cell SIR's leading eigenvalue over its null edge (None when it
-    /// had no bins to use).
+    /// The cell SIR's leading eigenvalue over its null edge (None when it had no bins to use).
     pub sir_score: Option<f64>,
-    /// A refine round's, when its cell SIR was a candidate: its angle to the direction as it
-    /// was over the root-sum-square of their predicted angles (above 1.5 it is set aside).
+    /// When its cell SIR was a candidate: its angle to the direction as it was over the
+    /// root-sum-square of their predicted angles (above 1.5 it is set aside).
     pub sir_disagreement: Option<f64>,
-    /// A refine round's: its pass read the bin means alone, for the cell SIR (no filters, so
-    /// no scores), because the filters lost the direction's round of the sweep before by a
-    /// wide margin (`--method paper`).
+    /// Its pass read the bin means alone, for the cell SIR (no filters, so no scores), because
+    /// the filters lost the direction's last round with filters by a wide margin.
     pub bin_means_only: bool,
 }
 
@@ -381,13 +387,13 @@ impl SubspaceReport {
                     "seconds": json_f64(r.seconds),
                     "pass_seconds": json_f64(r.pass_seconds),
                     "host_seconds": json_f64(r.host_seconds),
-                    "moved": r.moved.map(json_f64),
-                    "refined_by": r.refined_by.map(RefineEstimate::name),
-                    "predicted_angle": r.predicted_angle.map(|p| json_f64(p.0)),
-                    "predicted_angle_before": r.predicted_angle.map(|p| json_f64(p.1)),
-                    "sir_score": r.sir_score.map(json_f64),
-                    "sir_disagreement": r.sir_disagreement.map(json_f64),
-                    "bin_means_only": r.bin_means_only,
+                    "moved": r.refinement.moved.map(json_f64),
+                    "refined_by": r.refinement.refined_by.map(RefineEstimate::name),
+                    "predicted_angle": r.refinement.predicted_angle.map(|p| json_f64(p.0)),
+                    "predicted_angle_before": r.refinement.predicted_angle.map(|p| json_f64(p.1)),
+                    "sir_score": r.refinement.sir_score.map(json_f64),
+                    "sir_disagreement": r.refinement.sir_disagreement.map(json_f64),
+                    "bin_means_only": r.refinement.bin_means_only,
                 })
             })
             .collect();
@@ -447,7 +453,7 @@ impl SubspaceReport {
                 ));
                 continue;
             }
-            if r.bin_means_only {
+            if r.refinement.bin_means_only {
                 s.push_str(&format!(
                     "  round {} (refine): bin means only, for the cell SIR (the filters lost this direction's round of the sweep before by a wide margin); {} cells ({} per axis on {} directions), {} bins, {:.1} s\n",
                     i + 1,
@@ -495,11 +501,15 @@ impl SubspaceReport {
                 ));
                 }
             }
-            if let (Some(by), Some((now, before))) = (r.refined_by, r.predicted_angle) {
-                let mut sir = r
+            let rf = &r.refinement;
+            if let (Some(by), Some((now, before))) = (rf.refined_by, rf.predicted_angle) {
+                let mut sir = rf
                     .sir_score
                     .map_or(String::new(), |v| format!("; cell SIR score {v:.1}"));
-                if let Some(v) = r.sir_disagreement.filter(|_| by != RefineEstimate::CellSir) {
+                if let Some(v) = rf
+                    .sir_disagreement
+                    .filter(|_| by != RefineEstimate::CellSir)
+                {
                     sir.push_str(&format!(
                         ", set aside: {v:.2} x the predicted angles away from the direction"
                     ));
@@ -510,7 +520,7 @@ impl SubspaceReport {
                     ),
                     _ => format!(
                         "    refined direction moved {:.4} rad to the {} estimate: predicted angle {now:.4} rad against {before:.4}{sir}\n",
-                        r.moved.unwrap_or(0.0),
+                        rf.moved.unwrap_or(0.0),
                         if by == RefineEstimate::CellSir { "cell SIR" } else { "filters'" },
                     ),
                 });
