@@ -3,7 +3,7 @@
 //! merge of accepted directions.
 
 use super::eigen::{null_edge, packed_symmetric_matvec, top_eigenpairs};
-use super::report::{Refinement, RoundKind, RoundReport};
+use super::report::{MeansOnly, Refinement, RoundKind, RoundReport};
 use super::sources::RoundSource;
 use super::{equal_mass_edges, quantile_sorted, Frame, Method, Pilot, SubspaceConfig};
 use crate::backend::Backend;
@@ -361,6 +361,7 @@ pub(super) fn conclude(
 /// The report of a refine round whose pass read the bin means of `bins` alone (`bytes` of
 /// sums): no filters, so no scores; the caller fills in what its cell SIR did.
 pub(super) fn means_only_report(
+    why: MeansOnly,
     bins: &RoundBins,
     bytes: u64,
     started: std::time::Instant,
@@ -391,7 +392,7 @@ pub(super) fn means_only_report(
         pass_seconds,
         host_seconds: host.elapsed().as_secs_f64(),
         refinement: Refinement {
-            bin_means_only: true,
+            bin_means: Some(why),
             ..Refinement::default()
         },
     }
@@ -403,7 +404,7 @@ pub(super) fn announce_round(report: &RoundReport, index: usize, rows: u64) {
     let name = format!("subspace round {index} ({})", report.kind.name());
     crate::progress::stage_done(&name, || {
         let found = match report.accepted {
-            _ if report.refinement.bin_means_only => "bin means only".to_string(),
+            _ if report.refinement.bin_means.is_some() => "bin means only".to_string(),
             0 => format!("no direction (best {:.2} of the bar)", report.best_ratio()),
             1 => "1 direction".to_string(),
             k => format!("{k} directions"),

@@ -47,7 +47,8 @@ mod sources;
 mod whiten;
 
 pub use report::{
-    NoStructure, RefineEstimate, RefineStep, Refinement, RoundKind, RoundReport, SubspaceReport,
+    MeansOnly, NoStructure, RefineEstimate, RefineStep, Refinement, RoundKind, RoundReport,
+    SubspaceReport,
 };
 pub use whiten::estimate_whitening;
 

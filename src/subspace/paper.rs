@@ -9,9 +9,11 @@
 //! 0: refine sweeps, each finding every direction again by a round conditioned on the others
 //! (see [`paper_pca`]). Each refine round offers, beside its filters' direction, the cell SIR
 //! of its bin means ([`cell_sir`]), and before the sweeps the directions are turned within
-//! their span so that the cell SIR sees each ([`align_in_span`]); both are additions too. After
-//! the first sweep, a round whose direction's filters lost by a wide margin reads the bin means
-//! alone ([`FILTERS_BEHIND`], [`BinMeans::read`]).
+//! their span so that the cell SIR sees each ([`align_in_span`]); both are additions too. A
+//! round reads the bin means alone ([`BinMeans::read`]) where its cell SIR leads by a wide
+//! margin: the first sweep reads them first and ends a round there when the cell SIR is far
+//! ahead of the direction's estimate ([`SIR_AHEAD`]), later sweeps where the direction's
+//! filters lost by a wide margin ([`FILTERS_BEHIND`]).
 //!
 //! **Cells.** An equal-mass grid with b cells per axis on all r found directions (edges at the
 //! pilot's quantiles j / b of each coordinate, Phi^-1(j / b) for Gaussian z) has b^r cells,
@@ -37,7 +39,7 @@
 //! bins on, so the pass runs on any backend (the GPU included, reading the rows from the host).
 
 use super::filtered::{self, cell_edges, Filter, RoundBins, RoundOutcome};
-use super::report::{NoStructure, RefineEstimate, RoundKind, SubspaceReport};
+use super::report::{MeansOnly, NoStructure, RefineEstimate, RoundKind, SubspaceReport};
 use super::sources::group_of;
 use super::{equal_mass_edges, read_pilot, Frame, Method, Pilot, SubspaceConfig};
 use crate::backend::Backend;
@@ -82,6 +84,16 @@ const SIR_AGREEMENT: f64 = 1.5;
 /// come within 1.5x the rounds keep them (the composite teacher at d = 16 from 4e4 rows: two
 /// of its three directions in the second sweep).
 const FILTERS_BEHIND: f64 = 1.5;
+/// The first sweep reads each direction's bin means first, and a round whose cell SIR (passing
+/// the null margin and the agreement check) predicts at most 1 / SIR_AHEAD of the angle of the
+/// direction's estimate from the round that found it ends there; otherwise a pass of second
+/// moments follows. The filters of that pass would have needed SIR_AHEAD times the score of the
+/// round that found the direction to win. Chosen here: in 80 first-sweep rounds (parity
+/// k = 2, 4, 6, composite, fan, random [4, 4], deep parity k = 3; d 16-128; two seeds each) the
+/// filters scored at most 1.44x that round's (parity k = 4 at d = 64) and never won; the cell
+/// SIR predicted 0.26-0.49 of the angle on parity k >= 4 and random [4, 4], 0.44-0.57 on deep
+/// parity and 0.56-0.78 on the composite (whose rounds keep their second moments).
+const SIR_AHEAD: f64 = 2.0;
 
 /// The cells of one conditioned round: the grid, its own cells (by key) and the pooled rest.
 struct Cells {
@@ -749,6 +761,16 @@ fn cell_sir(means: &BinMeans, frame: &Frame, basis: &[Vec<f64>]) -> Option<CellS
     })
 }
 
+/// The cell SIR's angle to the direction it refines over the root-sum-square of their
+/// predicted angles (`reference`: the direction's predicted angle and the direction).
+fn sir_disagreement(sir: &CellSir, reference: &(f64, Vec<f64>)) -> f64 {
+    let apart = crate::linalg::dot(&sir.direction, &reference.1)
+        .abs()
+        .min(1.0)
+        .acos();
+    apart / reference.0.hypot(sir.angle)
+}
+
 /// Seed of a round's random groups (as the default method's rounds).
 fn group_seed(c: &SubspaceConfig, index: usize) -> u64 {
     c.seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)
@@ -757,8 +779,8 @@ fn group_seed(c: &SubspaceConfig, index: usize) -> u64 {
 /// The paper's step: a label round conditioned on (and orthogonal to) `basis`: on y alone
 /// when `basis` is empty, otherwise within the cells of z = B x on every row of `basis`. None
 /// when no cell of a sign grid can have bins of its own (see [`choose_cells`]). With
-/// `means_only` (a refine round), the pass reads the bin means alone, for the cell SIR: the
-/// round has no filters then.
+/// `means_only` (a refine round, and why), the pass reads the bin means alone, for the cell
+/// SIR: the round has no filters then.
 // The pass's inputs (samples, pilot, frame, basis) and the round's bookkeeping, as `round`'s.
 #[allow(clippy::too_many_arguments)]
 fn paper_step(
@@ -768,7 +790,7 @@ fn paper_step(
     frame: &Frame,
     basis: &[Vec<f64>],
     kind: RoundKind,
-    means_only: bool,
+    means_only: Option<MeansOnly>,
     room: usize,
     index: usize,
     c: &SubspaceConfig,
@@ -796,13 +818,14 @@ fn paper_step(
     };
     let started = std::time::Instant::now();
     let bins = cell_bins(pilot, d, &cells, c);
-    if means_only {
+    if let Some(why) = means_only {
         let y_edges = &bins.spec.y_edges[..bins.cells];
         let means = BinMeans::read(backend, source, &cells, y_edges)?;
         let pass_seconds = started.elapsed().as_secs_f64();
         let host = std::time::Instant::now();
         let sir = cell_sir(&means, frame, basis);
         let report = filtered::means_only_report(
+            why,
             &bins,
             (d * 8 * means.count.len()) as u64,
             started,
@@ -877,7 +900,7 @@ pub(super) fn paper_pca(
             &frame,
             &basis,
             RoundKind::Label,
-            false,
+            None,
             room,
             index,
             c,
@@ -949,8 +972,8 @@ pub(super) fn paper_pca(
         }
     }
     // Per direction, its filters' predicted angle over the kept estimate's in its last round
-    // with filters (0 before any).
-    let mut filters_behind = vec![0.0; basis.len()];
+    // with filters, or as the first sweep predicted it (see SIR_AHEAD), and which of the two.
+    let mut behind: Vec<Option<(f64, MeansOnly)>> = vec![None; basis.len()];
     while sweeps < c.refine_steps && !basis.is_empty() && moved > SETTLED.max(noise) {
         sweeps += 1;
         moved = 0.0;
@@ -960,25 +983,51 @@ pub(super) fn paper_pca(
                 .filter(|&(j, _)| j != i)
                 .map(|(_, b)| b.clone())
                 .collect();
-            let step = paper_step(
-                backend,
-                source,
-                &pilot,
-                &frame,
-                &others,
-                RoundKind::Refine,
-                filters_behind[i] >= FILTERS_BEHIND,
-                1,
-                rounds.len() + 1,
-                c,
-            )?;
-            let Some((mut out, sir)) = step else {
-                continue;
-            };
-            samples_used += n;
             let before = SCORE_ANGLE / scores[i];
             // The direction as it is: what the cell SIR is checked against.
             let reference = (before, basis[i].clone());
+            let means_only = if sweeps == 1 {
+                Some(MeansOnly::SirFirst)
+            } else {
+                behind[i].and_then(|(ratio, why)| (ratio >= FILTERS_BEHIND).then_some(why))
+            };
+            let step = |means_only, index| {
+                paper_step(
+                    backend,
+                    source,
+                    &pilot,
+                    &frame,
+                    &others,
+                    RoundKind::Refine,
+                    means_only,
+                    1,
+                    index,
+                    c,
+                )
+            };
+            let Some((mut out, mut sir)) = step(means_only, rounds.len() + 1)? else {
+                continue;
+            };
+            samples_used += n;
+            if means_only == Some(MeansOnly::SirFirst) {
+                let settles = sir.as_ref().is_some_and(|s| {
+                    s.score >= c.null_margin
+                        && s.angle * SIR_AHEAD <= before
+                        && sir_disagreement(s, &reference) <= SIR_AGREEMENT
+                });
+                if settles {
+                    out.report.refinement.bin_means = Some(MeansOnly::SirAhead);
+                } else {
+                    out.report.refinement.sir_score = sir.as_ref().map(|s| s.score);
+                    out.report.refinement.sir_angle = sir.as_ref().map(|s| s.angle);
+                    rounds.push(out.report);
+                    let Some(full) = step(None, rounds.len() + 1)? else {
+                        continue;
+                    };
+                    samples_used += n;
+                    (out, sir) = full;
+                }
+            }
             let mut best = (before, RefineEstimate::Kept, None);
             let mut filters = f64::INFINITY;
             if let (Some(v), Some(&score)) = (out.directions.pop(), out.report.scores.first()) {
@@ -988,20 +1037,21 @@ pub(super) fn paper_pca(
                 }
             }
             out.report.refinement.sir_score = sir.as_ref().map(|s| s.score);
+            out.report.refinement.sir_angle = sir.as_ref().map(|s| s.angle);
             if let Some(sir) = sir.filter(|s| s.score >= c.null_margin && s.angle < best.0) {
-                let apart = crate::linalg::dot(&sir.direction, &reference.1)
-                    .abs()
-                    .min(1.0)
-                    .acos();
-                let disagreement = apart / reference.0.hypot(sir.angle);
+                let disagreement = sir_disagreement(&sir, &reference);
                 out.report.refinement.sir_disagreement = Some(disagreement);
                 if disagreement <= SIR_AGREEMENT {
                     best = (sir.angle, RefineEstimate::CellSir, Some(sir.direction));
                 }
             }
             let (predicted, by, direction) = best;
-            if !out.report.refinement.bin_means_only {
-                filters_behind[i] = filters / predicted;
+            match out.report.refinement.bin_means {
+                None => behind[i] = Some((filters / predicted, MeansOnly::FiltersBehind)),
+                Some(MeansOnly::SirAhead) => {
+                    behind[i] = Some((before / predicted, MeansOnly::SirAhead))
+                }
+                _ => {}
             }
             noise = f64::min(noise, predicted);
             let angle = direction.map_or(0.0, |v| {
@@ -1144,7 +1194,7 @@ mod tests {
         let whitening = Whitening::identity(d);
         let frame = Frame::new(&whitening);
         let cpu = crate::backend::cpu::CpuBackend::new();
-        let step = |label: fn(&[f32]) -> f32, means_only: bool| {
+        let step = |label: fn(&[f32]) -> f32, means_only: Option<MeansOnly>| {
             let y: Vec<f32> = x.chunks_exact(d).map(label).collect();
             let src = crate::data::SliceSource::new(d, &x, &y).unwrap();
             let p = read_pilot(&src, c.pilot_rows).unwrap();
@@ -1161,14 +1211,14 @@ mod tests {
                 &c,
             );
             let (out, sir) = step.unwrap().unwrap();
-            assert_eq!(out.report.refinement.bin_means_only, means_only);
+            assert_eq!(out.report.refinement.bin_means, means_only);
             (out.directions, sir.unwrap())
         };
         let found = |label: fn(&[f32]) -> f32| {
-            let (directions, sir) = step(label, false);
+            let (directions, sir) = step(label, None);
             // The pass of bin means alone gives the same cell SIR and no filters (its noise
             // level differs in the 8th digit: the full pass sums x x^T in f32 runs).
-            let (none, alone) = step(label, true);
+            let (none, alone) = step(label, Some(MeansOnly::FiltersBehind));
             assert!(none.is_empty());
             let agree = crate::linalg::dot(&sir.direction, &alone.direction).abs();
             assert!(1.0 - agree < 1e-12, "{agree}");

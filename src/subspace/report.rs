@@ -100,9 +100,51 @@ pub struct Refinement {
     /// When its cell SIR was a candidate: its angle to the direction as it was over the
     /// root-sum-square of their predicted angles (above 1.5 it is set aside).
     pub sir_disagreement: Option<f64>,
-    /// Its pass read the bin means alone, for the cell SIR (no filters, so no scores), because
-    /// the filters lost the direction's last round with filters by a wide margin.
-    pub bin_means_only: bool,
+    /// The cell SIR's predicted angle (radians), when it had bins to use.
+    pub sir_angle: Option<f64>,
+    /// Its pass read the bin means alone, for the cell SIR (no filters, so no scores), and why.
+    pub bin_means: Option<MeansOnly>,
+}
+
+/// Why a refine round's pass read the bin means alone (a pass of N d instead of N d^2 / 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeansOnly {
+    /// The filters of the direction's last round with filters predicted at least 1.5x the
+    /// angle of the estimate kept.
+    FiltersBehind,
+    /// First sweep: the cell SIR, read first, predicted at most half the angle of the
+    /// direction's estimate from the round that found it; the filters would have needed twice
+    /// that round's score to win, and later sweeps read the bin means alone too.
+    SirAhead,
+    /// First sweep: the cell SIR, read first, did not settle the round; a pass of second
+    /// moments (the filters and the cell SIR again) followed as the next round.
+    SirFirst,
+}
+
+impl MeansOnly {
+    /// "filters_behind", "sir_ahead" or "sir_first".
+    pub fn name(self) -> &'static str {
+        match self {
+            MeansOnly::FiltersBehind => "filters_behind",
+            MeansOnly::SirAhead => "sir_ahead",
+            MeansOnly::SirFirst => "sir_first",
+        }
+    }
+
+    /// Why, in words, for the summary.
+    fn why(self) -> &'static str {
+        match self {
+            MeansOnly::FiltersBehind => {
+                "the filters lost this direction's round of the sweep before by a wide margin"
+            }
+            MeansOnly::SirAhead => {
+                "in the first sweep, read first, its cell SIR predicted at most half the angle of the direction's estimate from the round that found it: the filters would need twice that round's score to win"
+            }
+            MeansOnly::SirFirst => {
+                "read first in the first sweep; its cell SIR did not settle the round, so the next one reads second moments"
+            }
+        }
+    }
 }
 
 /// The estimates a refine round chooses among, by the smallest predicted angle.
@@ -393,7 +435,9 @@ impl SubspaceReport {
                     "predicted_angle_before": r.refinement.predicted_angle.map(|p| json_f64(p.1)),
                     "sir_score": r.refinement.sir_score.map(json_f64),
                     "sir_disagreement": r.refinement.sir_disagreement.map(json_f64),
-                    "bin_means_only": r.refinement.bin_means_only,
+                    "sir_angle": r.refinement.sir_angle.map(json_f64),
+                    "bin_means_only": r.refinement.bin_means.is_some(),
+                    "bin_means_reason": r.refinement.bin_means.map(MeansOnly::name),
                 })
             })
             .collect();
@@ -453,10 +497,11 @@ impl SubspaceReport {
                 ));
                 continue;
             }
-            if r.refinement.bin_means_only {
+            if let Some(why) = r.refinement.bin_means {
                 s.push_str(&format!(
-                    "  round {} (refine): bin means only, for the cell SIR (the filters lost this direction's round of the sweep before by a wide margin); {} cells ({} per axis on {} directions), {} bins, {:.1} s\n",
+                    "  round {} (refine): bin means only, for the cell SIR ({}); {} cells ({} per axis on {} directions), {} bins, {:.1} s\n",
                     i + 1,
+                    why.why(),
                     r.cells,
                     r.cells_per_axis,
                     r.cell_axes,
@@ -524,6 +569,11 @@ impl SubspaceReport {
                         if by == RefineEstimate::CellSir { "cell SIR" } else { "filters'" },
                     ),
                 });
+            } else if let (Some(MeansOnly::SirFirst), Some(angle)) = (rf.bin_means, rf.sir_angle) {
+                s.push_str(&format!(
+                    "    cell SIR predicted angle {angle:.4} rad, score {:.1}\n",
+                    rf.sir_score.unwrap_or(f64::NAN)
+                ));
             }
         }
         if self.method == Method::Paper {
