@@ -239,7 +239,7 @@ struct SubspaceArgs {
     /// With --method paper: at most this many refine sweeps, each finding every direction
     /// again by the paper's round conditioned on the others (its filters' estimate or the cell
     /// SIR of its bin means, whichever predicts the smaller angle), one pass per direction
-    /// (0: none).
+    /// (two in the first sweep where the cell SIR, read first, does not settle it; 0: none).
     #[arg(long, default_value_t = 3)]
     refine_steps: usize,
     /// Seed (also of the teacher and samples, for synthetic sources).

@@ -99,7 +99,8 @@ learn_options! {
         /// data each (0: none). With method `paper`: at most this many refine sweeps, each
         /// finding every direction again by the paper's round conditioned on the others (its
         /// filters' estimate or the cell SIR of its bin means, whichever predicts the smaller
-        /// angle), one pass per direction (0: none, the paper's rounds alone).
+        /// angle), one pass per direction (two in the first sweep where the cell SIR, read
+        /// first, does not settle it; 0: none, the paper's rounds alone).
         pub refine_steps: usize,
         /// Learn on the whitened inputs Sigma^(-1/2) (x - mu) rather than on the raw x (the
         /// model always reads the raw x); off: learn on the raw x.

@@ -57,7 +57,8 @@ def find_subspace(X, y, method="filtered", dim=None, max_dim=32, refine_steps=3,
         Gauss-Newton steps sharpening the filtered-PCA basis (one pass each); with
         ``method="paper"``, at most this many refine sweeps, each direction found again by
         the paper's round conditioned on the others, its filters' estimate or a cell SIR
-        (one pass per direction).
+        (one pass per direction, two in the first sweep where the cell SIR, read first,
+        does not settle it).
     backend : {"auto", "cpu", "gpu"}, default="auto"
     random_state : int, RandomState or None
 
