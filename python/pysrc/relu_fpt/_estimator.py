@@ -88,7 +88,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         each (0: none). With method ``paper``: at most this many refine sweeps, each finding
         every direction again by the paper's round conditioned on the others (its filters'
         estimate or the cell SIR of its bin means, whichever predicts the smaller angle), one
-        pass per direction (0: none, the paper's rounds alone).
+        pass per direction (two in the first sweep where the cell SIR, read first, does not
+        settle it; 0: none, the paper's rounds alone).
     time_budget : float or None, default=None
         Wall-clock seconds the learning may take: the stages are planned to end within it and
         the best model found is returned when it runs out (the report's budget_notes say what
