@@ -765,6 +765,25 @@ mod tests {
         t.max(0.0)
     }
 
+    /// n rows of r standard normal coordinates, each labelled by `label`.
+    fn gaussian_samples(
+        n: usize,
+        r: usize,
+        rng: &mut rand::rngs::StdRng,
+        label: impl Fn(&[f32]) -> f32,
+    ) -> ProjectedSamples {
+        let z: Vec<f32> = (0..n * r)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let y = z.chunks(r).map(label).collect();
+        ProjectedSamples { rank: r, z, y }
+    }
+
+    /// a and b agree to 1e-9 of the larger (or absolutely, near 0).
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
+    }
+
     /// Products of candidates near a unit, from the difference to it, are those of the two
     /// matrix products over the rows (checked against the rows' sums below), with and without
     /// biases, near and far (where most rows change side).
@@ -772,11 +791,7 @@ mod tests {
     fn products_near_a_unit_are_the_full_products() {
         let (n, r, h) = (400, 3, 5);
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let z: Vec<f32> = (0..n * r)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        let y: Vec<f32> = z.chunks(r).map(|x| (x[0] * x[2]).abs() - x[1]).collect();
-        let samples = ProjectedSamples { rank: r, z, y };
+        let samples = gaussian_samples(n, r, &mut rng, |x| (x[0] * x[2]).abs() - x[1]);
         for bias in [false, true] {
             let shape = Shape::new(r, &[h], bias);
             let dim = shape.dim(0);
@@ -789,8 +804,6 @@ mod tests {
                     let pivot = kept.pivot(r, &layer[skip], bias, reach(&layer[skip], &block));
                     let full = kept.products(r, skip, &block, bias);
                     let fast = kept.near_products(skip, &pivot, &block);
-                    let close =
-                        |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
                     for (a, b) in full.iter().zip(&fast) {
                         assert!(
                             a.0.iter().zip(&b.0).all(|(p, q)| close(*p, *q)),
@@ -809,11 +822,7 @@ mod tests {
     fn kept_products_are_the_sums_over_the_rows() {
         let (n, r, h) = (300, 3, 4);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let z: Vec<f32> = (0..n * r)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        let y: Vec<f32> = z.chunks(r).map(|x| (x[0] * x[1]).abs()).collect();
-        let samples = ProjectedSamples { rank: r, z, y };
+        let samples = gaussian_samples(n, r, &mut rng, |x| (x[0] * x[1]).abs());
         let shape = Shape::new(r, &[h], false);
         let mut layer: Vec<Vec<f64>> = (0..h).map(|_| random_unit(r, &mut rng)).collect();
         let net: Vec<Vec<f64>> = (0..20).map(|_| random_unit(r, &mut rng)).collect();
@@ -837,7 +846,6 @@ mod tests {
         };
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
         let y: Vec<f64> = samples.y.iter().map(|&v| v as f64).collect();
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
         let same = |got: &Products, u: &Vec<f64>, others: &[Option<&Vec<f64>>]| {
             let c = column(Some(u));
             let g: Vec<f64> = others.iter().map(|o| dot(&column(*o), &c)).collect();
