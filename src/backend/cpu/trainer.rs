@@ -82,6 +82,8 @@ pub(crate) struct Scratch {
     acts: Vec<Vec<f64>>,
     delta: Vec<f64>,
     prev: Vec<f64>,
+    /// Indices of a row's active inputs to a layer, or of the nonzero terms of a sum.
+    active: Vec<usize>,
     /// Gradient of the summed squared error, in the CPU layout.
     pub(crate) grad: Vec<f64>,
 }
@@ -98,6 +100,7 @@ impl Factored {
             .enumerate()
             .map(|(i, &(inputs, outputs, canonical))| (inputs, outputs, canonical, true, i < last));
         for (inputs, outputs, canonical, bias, relu) in basis.into_iter().chain(small) {
+            let fed_by_relu = slots.last().is_some_and(|s: &Slot| s.relu);
             let s = Slot {
                 inputs,
                 outputs,
@@ -105,7 +108,10 @@ impl Factored {
                 canonical,
                 bias,
                 relu,
-                transposed: outputs > inputs,
+                // A layer fed by a ReLU skips its inactive inputs only when transposed (in
+                // the forward pass, the weight gradient and the input deltas), which beats
+                // the rows' longer dot products unless its outputs are too few to vectorise.
+                transposed: outputs > inputs || (fed_by_relu && outputs >= 8),
             };
             at += s.len();
             slots.push(s);
@@ -187,6 +193,7 @@ impl Factored {
                 .collect(),
             delta: vec![0.0; rows * self.widest],
             prev: vec![0.0; rows * self.widest],
+            active: Vec::with_capacity(self.widest),
             grad: vec![0.0; self.params],
         }
     }
@@ -203,6 +210,7 @@ impl Factored {
                 .collect(),
             delta: Vec::new(),
             prev: Vec::new(),
+            active: Vec::new(),
             grad: Vec::new(),
         }
     }
@@ -217,9 +225,15 @@ impl Factored {
     /// `s.acts`.
     #[inline(always)]
     fn forward_from(&self, first: usize, p: &[f64], rows: usize, s: &mut Scratch) {
+        let Scratch {
+            x,
+            acts,
+            active: live,
+            ..
+        } = s;
         for (l, slot) in self.slots.iter().enumerate().skip(first) {
-            let (before, rest) = s.acts.split_at_mut(l);
-            let input: &[f64] = if l == 0 { &s.x } else { &before[l - 1] };
+            let (before, rest) = acts.split_at_mut(l);
+            let input: &[f64] = if l == 0 { x } else { &before[l - 1] };
             let (ni, no) = (slot.inputs, slot.outputs);
             let w = &p[slot.at..slot.at + slot.weights()];
             let bias = &p[slot.at + slot.weights()..slot.at + slot.len()];
@@ -231,7 +245,7 @@ impl Factored {
                     out.fill(0.0);
                 }
                 if slot.transposed {
-                    add_scaled(out, ni, |k| (a[k], &w[k * no..(k + 1) * no]));
+                    add_scaled(out, ni, |k| (a[k], &w[k * no..(k + 1) * no]), live);
                 } else {
                     each_dot_wide(no, |o| &w[o * ni..(o + 1) * ni], a, |o, v| out[o] += v);
                 }
@@ -251,6 +265,7 @@ impl Factored {
             acts,
             delta,
             prev,
+            active,
             grad,
             ..
         } = s;
@@ -267,15 +282,17 @@ impl Factored {
                 let block = dl.len() / no;
                 if slot.transposed {
                     for (k, g) in gw.chunks_exact_mut(no).enumerate() {
-                        add_scaled(g, block, |j| (a[j * ni + k], &dl[j * no..(j + 1) * no]));
+                        let term = |j: usize| (a[j * ni + k], &dl[j * no..(j + 1) * no]);
+                        add_scaled(g, block, term, active);
                     }
                 } else {
                     for (o, g) in gw.chunks_exact_mut(ni).enumerate() {
-                        add_scaled(g, block, |j| (dl[j * no + o], &a[j * ni..(j + 1) * ni]));
+                        let term = |j: usize| (dl[j * no + o], &a[j * ni..(j + 1) * ni]);
+                        add_scaled(g, block, term, active);
                     }
                 }
                 if slot.bias {
-                    add_scaled(gb, block, |j| (1.0, &dl[j * no..(j + 1) * no]));
+                    add_scaled(gb, block, |j| (1.0, &dl[j * no..(j + 1) * no]), active);
                 }
             }
             if l > 0 {
@@ -286,11 +303,18 @@ impl Factored {
                     .zip(delta.chunks_exact(no))
                     .zip(prev.chunks_exact_mut(ni))
                 {
-                    if slot.transposed {
+                    if slot.transposed && masked {
+                        // Only the active inputs pass a gradient: their dot products alone.
+                        active.clear();
+                        active.extend((0..ni).filter(|&k| a[k] > 0.0));
+                        pv.fill(0.0);
+                        let row = |i: usize| &w[active[i] * no..(active[i] + 1) * no];
+                        each_dot_wide(active.len(), row, dl, |i, v| pv[active[i]] = v);
+                    } else if slot.transposed {
                         each_dot_wide(ni, |k| &w[k * no..(k + 1) * no], dl, |k, v| pv[k] = v);
                     } else {
                         pv.fill(0.0);
-                        add_scaled(pv, no, |o| (dl[o], &w[o * ni..(o + 1) * ni]));
+                        add_scaled(pv, no, |o| (dl[o], &w[o * ni..(o + 1) * ni]), active);
                     }
                     if masked {
                         for (v, &ak) in pv.iter_mut().zip(a) {
@@ -401,14 +425,23 @@ const ROW_BLOCK: usize = 8;
 /// inactive ReLU). Each element gets its terms in order of j, exactly as `terms` axpys one
 /// after another would (no FMA), but a stretch of g stays in registers across the terms:
 /// 32 lanes at a time (eight independent AVX2 accumulators, enough to hide the add's
-/// latency), then 8, then one.
+/// latency), then 8, 4 and one. The nonzero terms are listed once in `live` (a work buffer),
+/// so that no stretch branches on a half-random activity pattern.
 #[inline(always)]
-fn add_scaled<'a>(g: &mut [f64], terms: usize, term: impl Fn(usize) -> (f64, &'a [f64])) {
-    let wide = g.len() - g.len() % 32;
-    let narrow = g.len() - g.len() % 8;
-    add_scaled_lanes::<32>(&mut g[..wide], 0, terms, &term);
-    add_scaled_lanes::<8>(&mut g[wide..narrow], wide, terms, &term);
-    add_scaled_lanes::<1>(&mut g[narrow..], narrow, terms, &term);
+fn add_scaled<'a>(
+    g: &mut [f64],
+    terms: usize,
+    term: impl Fn(usize) -> (f64, &'a [f64]),
+    live: &mut Vec<usize>,
+) {
+    live.clear();
+    live.extend((0..terms).filter(|&j| term(j).0 != 0.0));
+    let n = g.len();
+    let (wide, eights, fours) = (n - n % 32, n - n % 8, n - n % 4);
+    add_scaled_lanes::<32>(&mut g[..wide], 0, live, &term);
+    add_scaled_lanes::<8>(&mut g[wide..eights], wide, live, &term);
+    add_scaled_lanes::<4>(&mut g[eights..fours], eights, live, &term);
+    add_scaled_lanes::<1>(&mut g[fours..], fours, live, &term);
 }
 
 /// [`add_scaled`] over `g` (a multiple of W long), which starts at `offset` in the terms.
@@ -416,20 +449,18 @@ fn add_scaled<'a>(g: &mut [f64], terms: usize, term: impl Fn(usize) -> (f64, &'a
 fn add_scaled_lanes<'a, const W: usize>(
     g: &mut [f64],
     offset: usize,
-    terms: usize,
+    live: &[usize],
     term: &impl Fn(usize) -> (f64, &'a [f64]),
 ) {
     for (c, stretch) in g.chunks_exact_mut(W).enumerate() {
         let at = offset + c * W;
         let mut t = [0.0f64; W];
         t.copy_from_slice(stretch);
-        for j in 0..terms {
+        for &j in live {
             let (a, v) = term(j);
-            if a != 0.0 {
-                let v = &v[at..at + W];
-                for i in 0..W {
-                    t[i] += a * v[i];
-                }
+            let v = &v[at..at + W];
+            for i in 0..W {
+                t[i] += a * v[i];
             }
         }
         stretch.copy_from_slice(&t);
@@ -898,7 +929,7 @@ mod tests {
 
     #[test]
     fn add_scaled_gives_the_bits_of_axpys_in_order() {
-        // 77 = 2 x 32 + 8 + 5: every lane width and a remainder; some coefficients zero.
+        // 77 = 2 x 32 + 8 + 4 + 1: every lane width; some coefficients zero.
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut draw =
             |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
@@ -915,10 +946,55 @@ mod tests {
             }
         }
         let mut got = start.clone();
-        add_scaled(&mut got, 9, |j| (coefs[j], &vs[j][..]));
+        add_scaled(&mut got, 9, |j| (coefs[j], &vs[j][..]), &mut Vec::new());
         assert_ne!(got, start);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want));
+    }
+
+    /// A layer fed by a ReLU is stored transposed, skipping inactive inputs; its gradient is the
+    /// rows layout's up to the order of the sums.
+    #[test]
+    fn a_relu_fed_layer_gives_the_rows_layouts_gradient() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut draw =
+            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (d, r, h) = (9, 3, 21);
+        let net = Network::new(
+            r,
+            vec![
+                Layer::new(r, h, draw(r * h), draw(h)).unwrap(),
+                Layer::new(h, h, draw(h * h), draw(h)).unwrap(),
+                Layer::new(h, 1, draw(h), draw(1)).unwrap(),
+            ],
+        )
+        .unwrap();
+        let basis: Vec<Vec<f64>> = (0..r).map(|_| draw(d)).collect();
+        let x: Vec<f32> = draw(d * 40).iter().map(|&v| v as f32).collect();
+        let y: Vec<f32> = draw(40).iter().map(|&v| v as f32).collect();
+        let shape = FactoredShape::of(&net, d).unwrap();
+        let canonical = shape.pack(&net, &basis).unwrap();
+        let skipping = Factored::new(&shape, true);
+        assert!(skipping.slots[2].transposed && !skipping.slots[3].transposed);
+        let mut rows = skipping.clone();
+        rows.slots[2].transposed = false;
+        let gradient = |model: &Factored| {
+            let mut p = vec![0.0; model.params()];
+            model.load(&canonical, &mut p);
+            let mut s = loaded(model, &x, &y);
+            model.gradient(&p, 40, &mut s);
+            let mut g = vec![0.0; shape.params()];
+            model.store(&s.grad, &mut g);
+            (g, s.acts[2].clone())
+        };
+        let ((a, acts), (b, _)) = (gradient(&skipping), gradient(&rows));
+        // Some of the middle layer's inputs are inactive, so something was skipped.
+        assert!(acts.contains(&0.0) && acts.iter().any(|&v| v > 0.0));
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() <= 1e-12 * scale, "{u} against {v}");
+        }
     }
 
     #[test]
@@ -927,13 +1003,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut draw =
             |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        // The middle layer is fed by a ReLU and wide enough to be stored transposed.
         let (d, r, h) = (41, 3, 37);
         let net = Network::new(
             r,
             vec![
                 Layer::new(r, h, draw(r * h), draw(h)).unwrap(),
-                Layer::new(h, 5, draw(h * 5), draw(5)).unwrap(),
-                Layer::new(5, 1, draw(5), draw(1)).unwrap(),
+                Layer::new(h, 11, draw(h * 11), draw(11)).unwrap(),
+                Layer::new(11, 1, draw(11), draw(1)).unwrap(),
             ],
         )
         .unwrap();
