@@ -128,6 +128,13 @@ impl Cells {
         key
     }
 
+    /// The projections of f32 rows (rows x d) on the axes, into `z` (rows x axes), in f64.
+    fn project(&self, rows: &[f32], d: usize, z: &mut Vec<f64>) {
+        use crate::backend::cpu::{project::project_block, trainer::avx2_available};
+        z.resize(rows.len() / d * self.axes.len(), 0.0);
+        project_block(avx2_available(), &self.axes.concat(), d, rows, z);
+    }
+
     /// The key of a row whose projections on the axes are `z`.
     fn key_of(&self, z: &[f64]) -> u128 {
         (z.iter().zip(&self.edges)).fold(0u128, |key, (&v, edges)| {
@@ -250,10 +257,13 @@ impl SampleSource for CellView<'_> {
         let d = self.inner.dim();
         let w = d + 1;
         let total = self.cells.count();
+        let r = self.cells.axes.len();
+        let mut z = Vec::new();
         let n = match self.inner.in_memory(start, rows) {
             // Rows in memory are copied once, straight to their widened places.
             Some((xs, ys)) => {
                 let n = ys.len();
+                self.cells.project(xs, d, &mut z);
                 x.clear();
                 x.resize(n * w, 0.0);
                 for (to, from) in x.chunks_exact_mut(w).zip(xs.chunks_exact(d)) {
@@ -265,6 +275,7 @@ impl SampleSource for CellView<'_> {
             }
             None => {
                 let n = self.inner.read(start, rows, x, y)?;
+                self.cells.project(&x[..n * d], d, &mut z);
                 x.resize(n * w, 0.0);
                 // Widen each row by one column in place, last row first.
                 for i in (0..n).rev() {
@@ -274,8 +285,9 @@ impl SampleSource for CellView<'_> {
             }
         };
         for i in 0..n {
-            let row = &x[i * w..i * w + d];
-            let cell = self.cells.cell_of(self.cells.key(|j| row[j] as f64, d));
+            let cell = self
+                .cells
+                .cell_of(self.cells.key_of(&z[i * r..(i + 1) * r]));
             let g = group_of(self.seed, start + i as u64, self.groups);
             x[i * w + d] = (g * total + cell) as f32;
         }
@@ -603,39 +615,22 @@ impl BinMeans {
         let d = source.dim();
         let y_bins = y_edges[0].len() + 1;
         let bins = cells.count() * y_bins;
-        // count | sums per bin | sum of x | sum of |x|^2 | sums of (u . x)^2
-        let (at_sum, at_x, at_square, at_basis) = (
-            bins,
-            bins + bins * d,
-            bins * (d + 1) + d,
-            bins * (d + 1) + d + 1,
-        );
-        let basis = &cells.axes;
-        let len = at_basis + basis.len();
+        // count | sums per bin | sum of |x|^2 | sums of (u . x)^2 (the sum of x is the bins')
+        let (at_sum, at_square, at_basis) = (bins, bins * (d + 1), bins * (d + 1) + 1);
+        let r = cells.axes.len();
+        let len = at_basis + r;
+        let avx2 = crate::backend::cpu::trainer::avx2_available();
         let block = |x: &[f32], y: &[f32]| {
             let mut acc = vec![0.0; len];
-            let mut z = vec![0.0; basis.len()];
-            for (row, &label) in x.chunks_exact(d).zip(y) {
-                let mut square = 0.0;
-                for (zj, u) in z.iter_mut().zip(basis) {
-                    *zj = dot_f32(u, row);
-                }
-                let cell = cells.cell_of(cells.key_of(&z));
+            let mut z = Vec::new();
+            cells.project(x, d, &mut z);
+            for (i, (row, &label)) in x.chunks_exact(d).zip(y).enumerate() {
+                let zr = &z[i * r..(i + 1) * r];
+                let cell = cells.cell_of(cells.key_of(zr));
                 let b = cell * y_bins + count_below(&y_edges[cell], label as f64);
                 acc[b] += 1.0;
-                for (s, &v) in acc[at_sum + b * d..at_sum + (b + 1) * d]
-                    .iter_mut()
-                    .zip(row)
-                {
-                    *s += v as f64;
-                }
-                for (s, &v) in acc[at_x..at_x + d].iter_mut().zip(row) {
-                    let v = v as f64;
-                    *s += v;
-                    square += v * v;
-                }
-                acc[at_square] += square;
-                for (s, zj) in acc[at_basis..].iter_mut().zip(&z) {
+                acc[at_square] += add_widened(avx2, &mut acc[at_sum + b * d..][..d], row);
+                for (s, zj) in acc[at_basis..].iter_mut().zip(zr) {
                     *s += zj * zj;
                 }
             }
@@ -655,30 +650,63 @@ impl BinMeans {
             })?;
             Ok(acc)
         })?;
+        let sum = sums[at_sum..at_square].to_vec();
+        let mut sum_x = vec![0.0; d];
+        for bin in sum.chunks_exact(d) {
+            sum_x.iter_mut().zip(bin).for_each(|(a, v)| *a += v);
+        }
         Ok(BinMeans {
             y_bins,
             count: sums[..bins].iter().map(|&v| v as u64).collect(),
-            sum: sums[at_sum..at_x].to_vec(),
-            sum_x: sums[at_x..at_square].to_vec(),
+            sum,
+            sum_x,
             square: sums[at_square],
             on_basis: sums[at_basis..].to_vec(),
         })
     }
 }
 
-/// u . x in f64 for a row of f32 (four running sums).
-fn dot_f32(u: &[f64], x: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (u4, u_rest) = u.split_at(u.len() - u.len() % 4);
-    for (a, b) in u4.chunks_exact(4).zip(x.chunks_exact(4)) {
-        for l in 0..4 {
-            acc[l] += a[l] * b[l] as f64;
+/// sum += row (widened to f64); returns |row|^2. Eight lanes, so that the AVX2 copy (chosen by
+/// `avx2`) runs two four-wide vectors: the bin-means pass spent most of its time here and in
+/// the dot products, one f64 at a time.
+fn add_widened(avx2: bool, sum: &mut [f64], row: &[f32]) -> f64 {
+    #[inline(always)]
+    fn body(sum: &mut [f64], row: &[f32]) -> f64 {
+        let mut square = [0.0f64; 8];
+        let mut sc = sum.chunks_exact_mut(8);
+        let mut rc = row.chunks_exact(8);
+        for (s, v) in (&mut sc).zip(&mut rc) {
+            for l in 0..8 {
+                let v = v[l] as f64;
+                s[l] += v;
+                square[l] += v * v;
+            }
         }
+        for (l, (s, &v)) in sc
+            .into_remainder()
+            .iter_mut()
+            .zip(rc.remainder())
+            .enumerate()
+        {
+            let v = v as f64;
+            *s += v;
+            square[l] += v * v;
+        }
+        ((square[0] + square[4]) + (square[1] + square[5]))
+            + ((square[2] + square[6]) + (square[3] + square[7]))
     }
-    let tail: f64 = (u_rest.iter().zip(&x[u4.len()..]))
-        .map(|(a, &b)| a * b as f64)
-        .sum();
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn body_avx2(sum: &mut [f64], row: &[f32]) -> f64 {
+        body(sum, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { body_avx2(sum, row) };
+    }
+    let _ = avx2;
+    body(sum, row)
 }
 
 /// See [`CellSir`]. None when no bin has rows or the complement is empty.
