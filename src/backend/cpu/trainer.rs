@@ -866,6 +866,33 @@ mod tests {
         s
     }
 
+    /// A network r -> h1 -> h2 -> 1 (`widths` = [r, h1, h2]), a basis of r rows on d inputs
+    /// and `rows` samples, all uniform on [-1, 1) from `seed`.
+    fn random_case(
+        seed: u64,
+        d: usize,
+        widths: [usize; 3],
+        rows: usize,
+    ) -> (Network, Vec<Vec<f64>>, Vec<f32>, Vec<f32>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut draw =
+            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let [r, h1, h2] = widths;
+        let net = Network::new(
+            r,
+            vec![
+                Layer::new(r, h1, draw(r * h1), draw(h1)).unwrap(),
+                Layer::new(h1, h2, draw(h1 * h2), draw(h2)).unwrap(),
+                Layer::new(h2, 1, draw(h2), draw(1)).unwrap(),
+            ],
+        )
+        .unwrap();
+        let basis = (0..r).map(|_| draw(d)).collect();
+        let x = draw(d * rows).iter().map(|&v| v as f32).collect();
+        let y = draw(rows).iter().map(|&v| v as f32).collect();
+        (net, basis, x, y)
+    }
+
     #[test]
     fn layouts_round_trip() {
         let (net, basis) = example();
@@ -989,22 +1016,8 @@ mod tests {
     /// rows layout's up to the order of the sums.
     #[test]
     fn a_relu_fed_layer_gives_the_rows_layouts_gradient() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-        let mut draw =
-            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let (d, r, h) = (9, 3, WIDE_RELU_FED + 3);
-        let net = Network::new(
-            r,
-            vec![
-                Layer::new(r, h, draw(r * h), draw(h)).unwrap(),
-                Layer::new(h, h, draw(h * h), draw(h)).unwrap(),
-                Layer::new(h, 1, draw(h), draw(1)).unwrap(),
-            ],
-        )
-        .unwrap();
-        let basis: Vec<Vec<f64>> = (0..r).map(|_| draw(d)).collect();
-        let x: Vec<f32> = draw(d * 40).iter().map(|&v| v as f32).collect();
-        let y: Vec<f32> = draw(40).iter().map(|&v| v as f32).collect();
+        let (d, h) = (9, WIDE_RELU_FED + 3);
+        let (net, basis, x, y) = random_case(8, d, [3, h, h], 40);
         let shape = FactoredShape::of(&net, d).unwrap();
         let canonical = shape.pack(&net, &basis).unwrap();
         let skipping = Factored::new(&shape, true);
@@ -1032,24 +1045,10 @@ mod tests {
 
     #[test]
     fn avx2_and_baseline_loops_give_the_same_bits() {
-        // Odd sizes, so that vector loops have remainders.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut draw =
-            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        // The middle layer is fed by a ReLU and wide enough to be stored transposed.
-        let (d, r, h, w) = (41, 3, 37, WIDE_RELU_FED + 3);
-        let net = Network::new(
-            r,
-            vec![
-                Layer::new(r, h, draw(r * h), draw(h)).unwrap(),
-                Layer::new(h, w, draw(h * w), draw(w)).unwrap(),
-                Layer::new(w, 1, draw(w), draw(1)).unwrap(),
-            ],
-        )
-        .unwrap();
-        let basis: Vec<Vec<f64>> = (0..r).map(|_| draw(d)).collect();
-        let x: Vec<f32> = draw(d * 50).iter().map(|&v| v as f32).collect();
-        let y: Vec<f32> = draw(50).iter().map(|&v| v as f32).collect();
+        // Odd sizes, so that vector loops have remainders; the middle layer is fed by a ReLU
+        // and wide enough to be stored transposed.
+        let (d, r) = (41, 3);
+        let (net, basis, x, y) = random_case(3, d, [r, 37, WIDE_RELU_FED + 3], 50);
         let shape = FactoredShape::of(&net, d).unwrap();
         let fast = Factored::new(&shape, true);
         let slow = Factored {
