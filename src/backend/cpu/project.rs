@@ -2,21 +2,11 @@
 //! dot product so that AVX2 code (chosen at run time) runs four-wide FMA-free f64 vectors. A
 //! row's result does not depend on which rows share its block or on the thread count.
 
+use super::trainer::avx2_available;
 use rayon::prelude::*;
 
 /// Rows per parallel task.
 const BLOCK_ROWS: usize = 256;
-
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Dot product of an f64 row with an f32 row, in eight f64 lanes summed pairwise at the end.
 #[inline(always)]
