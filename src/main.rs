@@ -298,6 +298,8 @@ struct LearnArgs {
     no_whiten: bool,
     #[arg(long, help = cli_help("time_budget"))]
     time_budget: Option<f64>,
+    #[arg(long, help = cli_help("target_error"))]
+    target_error: Option<f64>,
     #[arg(long, default_value_t = 1, help = cli_help("seed"))]
     seed: u64,
     /// No progress on stderr: neither the bars (shown on a terminal) nor the line each
@@ -371,6 +373,7 @@ impl LearnArgs {
             refine_steps: self.refine_steps,
             whiten: !self.no_whiten,
             time_budget: self.time_budget,
+            target_error: self.target_error,
             seed: self.seed,
         }
     }

@@ -598,3 +598,88 @@ fn the_time_budget_flag() {
         assert!(!model.exists(), "{bad}");
     }
 }
+
+/// A trainer stage told a target ends at its first check at or below it, on the check rows;
+/// a target no check reaches changes nothing.
+#[test]
+fn a_stage_ends_at_its_first_check_at_the_target() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    let (shape, start) = fresh_start(&small, &basis);
+    let cfg = PolishConfig {
+        epochs: 12,
+        ..config(true)
+    };
+    let free = run_on_cpu(&train, &val, &shape, &start, &cfg, &Limits::default());
+    // Halfway between the start's error and the best the stage reaches.
+    let first = free.curve.first().unwrap().best_mse;
+    let last = free.curve.last().unwrap().best_mse;
+    let target = 0.5 * (first + last);
+    let limits = |target: f64| Limits {
+        target: Some(target),
+        ..Limits::default()
+    };
+    let out = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits(target));
+    assert_eq!(out.stop, StopReason::Target, "{out:?}");
+    let at = out.curve.iter().position(|c| c.best_mse <= target).unwrap();
+    assert_eq!(at + 1, out.curve.len(), "{out:?}");
+    assert!(out.row_reads < free.row_reads, "{out:?}");
+    // Until it stopped, the same checks as the stage without a target.
+    let checks = |c: &[Check]| {
+        c.iter()
+            .map(|c| (c.row_reads, c.best_mse.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(checks(&out.curve), checks(&free.curve[..out.curve.len()]));
+    let unreached = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits(0.5 * last));
+    assert_eq!(unreached.stop, free.stop);
+    assert_eq!(unreached.params, free.params);
+}
+
+/// `learn` with a target error: the stages after the one whose model reached it do not run,
+/// and the report says so; a target that is not reached leaves the run as it was.
+#[test]
+fn learn_stops_at_its_target_error() {
+    let source = random_teacher_source(60_000);
+    let run = |target: Option<f64>| {
+        learn(
+            common::cpu(),
+            &source,
+            &LearnConfig {
+                target_error: target,
+                seed: 3,
+                ..LearnConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let full = run(None);
+    assert!(full.target_note.is_none());
+    let var = full.validation_var;
+    // The descent's error, which the polish lowers: a target just above it.
+    let descent = full.descent_mse.expect("a descent").after / var;
+    let polished = full.validation_mse / var;
+    assert!(polished < 0.5 * descent, "{}", full.summary());
+    let target = 1.2 * descent;
+    let cut = run(Some(target));
+    let names: Vec<Stage> = cut.stages.iter().map(|s| s.stage).collect();
+    assert!(!names.contains(&Stage::Polish), "{}", cut.summary());
+    assert!(!names.contains(&Stage::Deepen), "{}", cut.summary());
+    assert!(cut.validation_mse / var <= target, "{}", cut.summary());
+    let note = cut.target_note.clone().unwrap();
+    assert!(note.contains("did not run"), "{note}");
+    assert!(cut.summary().contains("target: "), "{}", cut.summary());
+    assert_eq!(cut.to_json()["target_error"], target);
+    // Far below what the data supports: every stage runs, as without a target.
+    let unreached = run(Some(1e-12));
+    assert!(unreached.target_note.unwrap().contains("not reached"));
+    assert_eq!(unreached.model, full.model);
+    for bad in [0.0, 1.0, -0.5, f64::NAN] {
+        let options = relu_fpt::learn::LearnOptions {
+            target_error: Some(bad),
+            ..Default::default()
+        };
+        let err = options.check().unwrap_err().to_string();
+        assert!(err.contains("target_error"), "{bad}: {err}");
+    }
+}

@@ -332,7 +332,7 @@ fn samples<'a>(
 /// run it), a ridge regression on x is returned instead and the report says why. Returns the
 /// network, the report as JSON text and filtered PCA's basis (r x d; 0 x d for the fallback).
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default", time_budget=None, spare_rows=None, max_train_rows=None, whiten=true))]
+#[pyo3(signature = (x, y, *, hidden, budget, max_dim, polish, polish_epochs, descent_epochs, deep_widths, deep_epochs, refine_steps, validation_fraction, seed, backend, method="default", time_budget=None, target_error=None, spare_rows=None, max_train_rows=None, whiten=true))]
 #[allow(clippy::too_many_arguments)]
 fn learn<'py>(
     py: Python<'py>,
@@ -352,6 +352,7 @@ fn learn<'py>(
     backend: &str,
     method: &str,
     time_budget: Option<f64>,
+    target_error: Option<f64>,
     spare_rows: Option<usize>,
     max_train_rows: Option<usize>,
     whiten: bool,
@@ -382,6 +383,7 @@ fn learn<'py>(
         refine_steps,
         whiten,
         time_budget,
+        target_error,
         seed,
     };
     options.check().map_err(py_err)?;

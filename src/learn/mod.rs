@@ -104,6 +104,9 @@ pub struct LearnConfig {
     /// Wall-clock seconds the whole pipeline may take ([`budget`]); `None`, the default: no
     /// limit, and the result depends only on the data, the settings and the seed.
     pub time_budget: Option<f64>,
+    /// Validation MSE/Var at which the pipeline stops ([`Run::reached`]): trainer stages end
+    /// at the first check at or below it and later stages do not run. `None`: no target.
+    pub target_error: Option<f64>,
 }
 
 impl Default for LearnConfig {
@@ -199,6 +202,7 @@ impl Default for LearnConfig {
             spare_rows: None,
             deep_gate: Some(DeepNetGate::default()),
             time_budget: None,
+            target_error: None,
         }
     }
 }
@@ -354,6 +358,10 @@ pub struct LearnReport {
     pub time_budget: Option<f64>,
     /// What the time budget changed, stage by stage (empty without one).
     pub budget_notes: Vec<String>,
+    /// The target validation MSE/Var ([`LearnConfig::target_error`]), when there was one.
+    pub target_error: Option<f64>,
+    /// Whether the target was reached, and which stages it left out (None without a target).
+    pub target_note: Option<String>,
 }
 
 impl LearnReport {
@@ -404,6 +412,9 @@ impl LearnReport {
                     self.budget_notes.join("; ")
                 }
             );
+        }
+        if let Some(note) = &self.target_note {
+            s += &format!("target: {note}\n");
         }
         s += &format!(
             "{:<11} {:<6} {:>10} {:>11} {:>8} {:>8} {:>11} {:>11}\n",
@@ -724,6 +735,8 @@ struct Run<'a> {
     validation_var: f64,
     stages: Vec<StageReport>,
     budget_notes: Vec<String>,
+    /// Set when the best model first reaches the target error ([`Run::reached`]).
+    target_note: Option<String>,
 }
 
 /// What enumerate-and-test leaves for the later stages: its bounded subsamples of z (the
@@ -967,6 +980,33 @@ impl Run<'_> {
         }
     }
 
+    /// Whether the best model is at or below the target error ([`LearnConfig::target_error`]),
+    /// so that no later stage runs; the first time, the note says after which stage.
+    fn reached(&mut self, best: &Best) -> bool {
+        let Some(target) = self.config.target_error else {
+            return false;
+        };
+        let rel = best.validation_mse / self.validation_var.max(1e-300);
+        if rel > target {
+            return false;
+        }
+        if self.target_note.is_none() {
+            let after = self.stages.last().map_or(Stage::Subspace, |s| s.stage);
+            self.target_note = Some(format!(
+                "validation MSE/Var {} at or below the target {} after the {after} stage: the stages after it did not run",
+                num(rel),
+                num(target)
+            ));
+        }
+        true
+    }
+
+    /// The target error as a validation MSE: a trainer stage ends at the first check at or
+    /// below it.
+    fn target_mse(&self) -> Option<f64> {
+        (self.config.target_error).map(|t| t * self.validation_var)
+    }
+
     /// Records a stage and prints its line.
     fn record(&mut self, report: StageReport, kept: Option<bool>) {
         self.stages.push(report);
@@ -1076,6 +1116,7 @@ impl Run<'_> {
         };
         let limits = Limits {
             deadline: self.budget.map(|b| b.deadline(0.25)),
+            target: self.target_mse(),
             ..Limits::default()
         };
         let (res, trained) = self.train_on_z(&best.network, &best.basis, &pc, &limits)?;
@@ -1110,6 +1151,7 @@ impl Run<'_> {
         let mut out = DeepNetOutcome::default();
         let mut limits = Limits {
             deadline: self.budget.map(|b| b.deadline(0.5)),
+            target: self.target_mse(),
             ..Limits::default()
         };
         let mut run = true;
@@ -1410,7 +1452,8 @@ impl Run<'_> {
                 && kept == offered
                 && best.basis.len() < max_dim
                 && config.spare_rows.is_none()
-                && self.budget.is_none();
+                && self.budget.is_none()
+                && !self.reached(best);
             if !again {
                 return Ok(PolishedMse {
                     before,
@@ -1476,6 +1519,7 @@ impl Run<'_> {
             deadline: self.budget.map(|b| {
                 b.end_less(validation_pass * (1.5 * spare as f64 + 1.5) + 0.03 * b.seconds())
             }),
+            target: self.target_mse(),
             ..Limits::default()
         };
         let shape = FactoredShape::of(&start_net, self.d)?;
@@ -1678,6 +1722,7 @@ fn fit_on_basis(
         validation_var: 0.0,
         stages: Vec::new(),
         budget_notes: Vec::new(),
+        target_note: None,
     };
     let r = basis.len();
     let max_dim = config.subspace_config.max_dim;
@@ -1725,35 +1770,54 @@ fn fit_on_basis(
         m
     });
     let chosen = best.stage;
-    let descended = if config.descent {
+    // With a target error, each stage runs only while the best model is above it.
+    let descended = if config.descent && !run.reached(&best) {
         Some(run.descent(&mut best)?)
     } else {
         None
     };
     let sub = (&enumerated.sub_train, &enumerated.sub_val);
-    let mut deep = if config.deep_candidates.is_empty() {
+    let mut deep = if config.deep_candidates.is_empty() || run.reached(&best) {
         DeepNetOutcome::default()
     } else {
         run.deep_net(&mut best, sub, descended.as_ref())?
     };
     let mut fallback = deep.fallback.take();
-    let mut polished_mse = if config.polish {
+    // The deep net's fallback is the better model when it was kept within its margin.
+    let reached = run.reached(fallback.as_ref().unwrap_or(&best));
+    let mut polished_mse = if config.polish && !reached {
         Some(run.polish(&mut best, &mut fallback, enumerated.validation_pass)?)
     } else {
         None
     };
-    if best.basis.len() > r && polished_mse.is_some_and(|p| p.kept) && budget.is_none() {
+    if best.basis.len() > r
+        && polished_mse.is_some_and(|p| p.kept)
+        && budget.is_none()
+        && !run.reached(&best)
+    {
         let polished = run.deep_net_again(&mut best, &enumerated, &mut deep, &mut fallback)?;
         polished_mse = polished.or(polished_mse);
     }
     if let Some(f) = fallback {
         (best.network, best.validation_mse, best.stage) = (f.network, f.validation_mse, f.stage);
     }
-    let (deepen_mse, deepen_decision) = run.deepen(&mut best, enumerated.validation_pass)?;
+    let (deepen_mse, deepen_decision) = if run.reached(&best) {
+        (None, None)
+    } else {
+        run.deepen(&mut best, enumerated.validation_pass)?
+    };
+    if let (Some(target), None) = (config.target_error, &run.target_note) {
+        run.target_note = Some(format!(
+            "validation MSE/Var {}: the target {} was not reached; every stage ran",
+            num(best.validation_mse / run.validation_var.max(1e-300)),
+            num(target)
+        ));
+    }
     let Run {
         stages,
         mut budget_notes,
         validation_var,
+        target_note,
         ..
     } = run;
     if let Some(b) = budget {
@@ -1796,6 +1860,8 @@ fn fit_on_basis(
         deepen_decision,
         time_budget: budget.map(Budget::seconds),
         budget_notes,
+        target_error: config.target_error,
+        target_note,
     })
 }
 

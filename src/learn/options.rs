@@ -111,6 +111,12 @@ learn_options! {
         /// so it is not reproducible across machines. None given: no limit; every trainer
         /// stage ends when its validation error stops improving, or after its passes.
         pub time_budget: Option<f64>,
+        /// Validation MSE/Var at which learning stops, strictly between 0 and 1: a trainer
+        /// stage ends at its first check at or below it, and the stages after the one whose
+        /// model reached it do not run (the report's target_note says which). For a user who
+        /// needs a given accuracy rather than the best the data supports. None given: no
+        /// target. Applies to the default method.
+        pub target_error: Option<f64>,
         /// Seed of every random choice: the same seed, data and options give the same model
         /// (without a time budget).
         pub seed: u64,
@@ -136,6 +142,7 @@ impl Default for LearnOptions {
             refine_steps: c.subspace_config.refine_steps,
             whiten: c.subspace_config.whiten,
             time_budget: None,
+            target_error: None,
             seed: c.seed,
         }
     }
@@ -223,6 +230,21 @@ impl LearnOptions {
                 )));
             }
         }
+        if let Some(t) = self.target_error {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(Error::invalid(format!(
+                    "{}: give a validation MSE/Var strictly between 0 and 1 (e.g. {}), or leave it out to learn to the accuracy the data supports",
+                    spell("target_error", &t.to_string()),
+                    spell("target_error", "0.01")
+                )));
+            }
+            if self.method == LearnMethod::Paper {
+                return Err(Error::invalid(format!(
+                    "{}: the paper's algorithm runs as written, with no stage to skip; a target error applies to the default method",
+                    spell("target_error", &t.to_string()),
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -269,6 +291,7 @@ impl LearnOptions {
             spare_rows: self.spare_rows,
             max_train_rows: self.max_train_rows,
             time_budget: self.time_budget,
+            target_error: self.target_error,
             ..LearnConfig::default()
         };
         if let Some(b) = self.budget {

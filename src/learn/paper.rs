@@ -152,6 +152,8 @@ pub(super) fn learn_paper(
         deepen_decision: None,
         time_budget: None,
         budget_notes: Vec::new(),
+        target_error: None,
+        target_note: None,
     })
 }
 

@@ -343,6 +343,8 @@ pub enum StopReason {
     Outpaced,
     /// It was a pilot ([`Limits::pilot`]) and read its row reads.
     Pilot,
+    /// A check reached the target error ([`Limits::target`]).
+    Target,
 }
 
 impl StopReason {
@@ -356,6 +358,7 @@ impl StopReason {
             StopReason::Behind => "behind the descent",
             StopReason::Outpaced => "outpaced",
             StopReason::Pilot => "pilot",
+            StopReason::Target => "target reached",
         }
     }
 }
@@ -522,6 +525,9 @@ pub struct Limits {
     /// A race against another candidate's pilot: lost, the stage ends
     /// ([`StopReason::Outpaced`]) and the caller trains that candidate instead.
     pub rival: Option<Race>,
+    /// The stage ends ([`StopReason::Target`]) at the first check whose validation MSE (on
+    /// the check rows) is at or below this.
+    pub target: Option<f64>,
 }
 
 /// [`train`] within [`Limits`].
@@ -565,7 +571,8 @@ pub fn train_until(
     let limited = limits.deadline.is_some()
         || limits.race.is_some()
         || limits.rival.is_some()
-        || limits.pilot.is_some();
+        || limits.pilot.is_some()
+        || limits.target.is_some();
     let rule = config.stop.as_ref().or(limited.then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
     // The check rows.
@@ -975,6 +982,9 @@ impl Progress {
             return Some(StopReason::Pilot);
         }
         let best = self.best.0;
+        if limits.target.is_some_and(|t| best <= t) {
+            return Some(StopReason::Target);
+        }
         let lost = |race: Option<&Race>, decided: &mut bool| {
             let due = race.filter(|r| reads >= r.at && !*decided);
             *decided |= due.is_some();

@@ -96,6 +96,12 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         the budget cut). A budgeted run depends on the machine's speed and load, so it is not
         reproducible across machines. None given: no limit; every trainer stage ends when its
         validation error stops improving, or after its passes.
+    target_error : float or None, default=None
+        Validation MSE/Var at which learning stops, strictly between 0 and 1: a trainer stage
+        ends at its first check at or below it, and the stages after the one whose model
+        reached it do not run (the report's target_note says which). For a user who needs a
+        given accuracy rather than the best the data supports. None given: no target. Applies
+        to the default method.
     validation_fraction : float, default=0.2
         Fraction of the rows (the last ones) held out for validation, strictly between 0 and 1.
     backend : {"auto", "cpu", "gpu"}, default="auto"
@@ -154,7 +160,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
     def __init__(self, hidden=(4,), max_dim=32, budget=None, polish=True, polish_epochs=None,
                  descent_epochs=None, deep_widths=None, deep_epochs=None, refine_steps=3,
                  validation_fraction=0.2, backend="auto", random_state=None, method="default",
-                 time_budget=None, spare_rows=None, max_train_rows=None, whiten=True):
+                 time_budget=None, target_error=None, spare_rows=None, max_train_rows=None,
+                 whiten=True):
         self.hidden = hidden
         self.max_dim = max_dim
         self.budget = budget
@@ -169,6 +176,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.method = method
         self.time_budget = time_budget
+        self.target_error = target_error
         self.spare_rows = spare_rows
         self.max_train_rows = max_train_rows
         self.whiten = whiten
@@ -222,6 +230,11 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
             not isinstance(tb, numbers.Real) or isinstance(tb, bool) or not 0.0 < tb < float("inf")
         ):
             raise ValueError(f"time_budget={tb!r}: expected None or a positive number of seconds")
+        te = self.target_error
+        if te is not None and (
+            not isinstance(te, numbers.Real) or isinstance(te, bool) or not 0.0 < te < 1.0
+        ):
+            raise ValueError(f"target_error={te!r}: expected None or a float in (0, 1)")
         return dict(
             hidden=hidden, budget=None if self.budget is None else count("budget", 1),
             max_dim=max_dim, polish=bool(self.polish), method=self.method,
@@ -232,6 +245,7 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
             max_train_rows=count_or_none("max_train_rows", 1), whiten=bool(self.whiten),
             refine_steps=count("refine_steps", 0), validation_fraction=float(vf),
             backend=self.backend, time_budget=None if tb is None else float(tb),
+            target_error=None if te is None else float(te),
         )
 
     def fit(self, X, y):
