@@ -261,6 +261,23 @@ def test_paper_method(teacher_data):
     assert est.score(X_test, y_test) > 0.9974
 
 
+def test_target_error_stops_the_stages(teacher_data):
+    """target_error: the stages after the one whose model reached it do not run, and the
+    report says which; outside (0, 1), or with method="paper", it is refused by name."""
+    X, y, _, _, _ = teacher_data
+    est = ReluNetRegressor(random_state=0, target_error=0.5, **FAST).fit(X, y)
+    report = est.report_
+    assert "did not run" in report["target_note"], report["target_note"]
+    assert report["target_error"] == 0.5
+    assert report["validation_mse"] <= 0.5 * report["validation_var"]
+    assert "polish" not in [s["stage"] for s in report["stages"]]
+    for bad in (0.0, 1.0, -1.0, "0.1"):
+        with pytest.raises(ValueError, match="target_error"):
+            ReluNetRegressor(target_error=bad, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="target_error"):
+        ReluNetRegressor(target_error=0.1, method="paper", backend="cpu").fit(X, y)
+
+
 def test_backend_choices(teacher_data):
     X, y, X_test, y_test, _ = teacher_data
     auto = _core.backend_description("auto")
