@@ -261,6 +261,23 @@ impl LastLayer {
     /// What [`LastLayer::near_products`] needs of a unit whose vector is `u`, for candidates
     /// at most `reach` from it.
     fn pivot(&self, w: usize, u: &[f64], bias: bool, reach: f64) -> Pivot {
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::cpu::trainer::avx2_available() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.pivot_avx2(w, u, bias, reach) };
+        }
+        self.pivot_body(w, u, bias, reach)
+    }
+
+    /// [`LastLayer::pivot`] compiled for AVX2 (no FMA: the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pivot_avx2(&self, w: usize, u: &[f64], bias: bool, reach: f64) -> Pivot {
+        self.pivot_body(w, u, bias, reach)
+    }
+
+    #[inline(always)]
+    fn pivot_body(&self, w: usize, u: &[f64], bias: bool, reach: f64) -> Pivot {
         let wb = w + usize::from(bias);
         let z = self.rows.by_column.as_slice();
         let n = self.rows.n;
@@ -332,6 +349,28 @@ impl LastLayer {
     /// its unit), and the rows that change side cost h + 1 each: the full products cost h + 1
     /// on every row.
     fn near_products(&self, skip: usize, pivot: &Pivot, block: &[Vec<f64>]) -> Vec<Products> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::cpu::trainer::avx2_available() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.near_products_avx2(skip, pivot, block) };
+        }
+        self.near_products_body(skip, pivot, block)
+    }
+
+    /// [`LastLayer::near_products`] compiled for AVX2 (no FMA: the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn near_products_avx2(
+        &self,
+        skip: usize,
+        pivot: &Pivot,
+        block: &[Vec<f64>],
+    ) -> Vec<Products> {
+        self.near_products_body(skip, pivot, block)
+    }
+
+    #[inline(always)]
+    fn near_products_body(&self, skip: usize, pivot: &Pivot, block: &[Vec<f64>]) -> Vec<Products> {
         let own = self.gram.column(skip);
         let wb = pivot.u.len();
         block
