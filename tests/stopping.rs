@@ -683,3 +683,33 @@ fn learn_stops_at_its_target_error() {
         assert!(err.contains("target_error"), "{bad}: {err}");
     }
 }
+
+/// Through the command line: `--target-error` outside (0, 1), or with `--method paper`, is
+/// refused by name before any work, with no output file.
+#[test]
+fn the_target_error_flag_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let learn_with = |extra: &[&str]| {
+        bin()
+            .args(["learn", "--backend", "cpu", "--quiet"])
+            .args(["--teacher", "parity", "--d", "8", "--k", "2", "--n", "2000"])
+            .args(extra)
+            .arg("--out")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    for bad in ["0", "1", "-0.5", "NaN"] {
+        let out = learn_with(&[&format!("--target-error={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--target-error"), "{bad}: {err}");
+        assert!(!model.exists(), "{bad}");
+    }
+    let out = learn_with(&["--target-error", "0.01", "--method", "paper"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("default method"), "{err}");
+    assert!(!model.exists());
+}

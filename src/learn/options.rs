@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn every_option_has_its_meaning() {
-        assert_eq!(LearnOptions::names().count(), 16);
+        assert_eq!(LearnOptions::names().count(), 17);
         for name in LearnOptions::names() {
             let doc = LearnOptions::doc(name);
             assert!(doc.len() > 20 && !doc.contains("  "), "{name}: {doc:?}");
