@@ -12,10 +12,13 @@ by Adam in numpy (fixed size, the same row budget):
 2. wall seconds of `learn` against k (parity teachers) at fixed d and N, for both methods.
 
 Rows needed: N runs over a grid (ratio 2 from `--n0`); for each (method, teacher, d, seed) the
-search starts at a guess scaled from the previous d (at the first d, from the middle of the
+search starts at the seed's figure at the previous d (at the first d, from the middle of the
 grid for the first seed and from the seed before's figure for the others) and walks up until
 the criteria hold (and down while they still do); the first N of the grid that passes is the
-figure. A point that fails at the method's largest N is censored (drawn as an open marker at
+figure. Each (learner, teacher) pair is a chain of such searches over d; `--jobs` chains run
+side by side (default 2, the cores shared between them: relu-fpt's threads via
+RAYON_NUM_THREADS, the MLP's numpy on one BLAS thread), which changes no figure, only the
+wall time (relu-fpt's results do not depend on its thread count). A point that fails at the method's largest N is censored (drawn as an open marker at
 that N, left out of the fit); a seed that failed at the largest N at two d in a row is not run
 at larger d (more rows are needed as d grows, so it would fail there too; such a point is
 censored), and when no seed is left the method is not run at larger d for that teacher, as the
@@ -36,11 +39,13 @@ Writes OUT/scaling_rows.png, OUT/scaling_time.png and OUT/scaling.json (every ru
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
@@ -99,8 +104,14 @@ class Teacher:
         self.kind, self.d, self.k, self.seed = kind, d, k, seed
         out = os.path.join(tmp, f"t_{kind}_{d}_{k}_{seed}")
         if not os.path.exists(os.path.join(out, "teacher.json")):
+            # Written aside and renamed: chains running side by side may draw the same teacher.
+            aside = tempfile.mkdtemp(dir=tmp)
             run([BIN, "generate", *teacher_flags(kind, d, k), "--n", "1", "--seed", str(seed),
-                 "--out", out])
+                 "--out", os.path.join(aside, "t")])
+            try:
+                os.rename(os.path.join(aside, "t"), out)
+            except OSError:
+                pass  # another chain's copy is there: the same seed, the same teacher
         self.net = load_net(os.path.join(out, "teacher.json"))
         rng = np.random.default_rng(10_000 + seed)
         self.x_test = rng.standard_normal((TEST_ROWS, d))
@@ -135,7 +146,7 @@ def run(cmd):
 # ---------------------------------------------------------------- the three learners
 
 def relu_fpt(method, t, n, tmp):
-    model = os.path.join(tmp, "model.json")
+    model = os.path.join(tmp, f"model_{os.getpid()}.json")
     cmd = [BIN, "learn", *teacher_flags(t.kind, t.d, t.k), "--n", str(n), "--seed", str(t.seed),
            "--backend", "cpu", "--quiet", "--json", "--out", model]
     if method == "paper":
@@ -247,8 +258,8 @@ def passes(method, res):
 def rows_needed(method, t, grid, start, tmp, log, epochs, step=2):
     """Smallest grid N that passes (None when even the last fails), and every run made. A
     search from `start` in steps of `step` grid points (with 2, the one grid point between is
-    tried at the end), assuming that more rows do not hurt. A start scaled from the previous
-    d is usually one step from the answer, so it walks by 1: pass, then fail one below."""
+    tried at the end), assuming that more rows do not hurt. A start from the previous d's
+    figure is usually at most one step from the answer, so it walks by 1."""
     results = {}
 
     def attempt(i):
@@ -290,6 +301,99 @@ def rows_needed(method, t, grid, start, tmp, log, epochs, step=2):
     if lo is not None and hi - lo == 2 and step == 2 and attempt(lo + 1):
         hi = lo + 1
     return grid[hi], list(results.values())
+
+
+# ---------------------------------------------------------------- one chain of the study
+
+# Learners in the order their chains start, the costliest first (see `main`).
+CHAIN_ORDER = ["paper", "default", "mlp"]
+
+
+def worker_setup(threads):
+    # relu-fpt's threads in this worker: the machine's cores shared between the workers.
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+
+
+def log_line(began, method, t, res):
+    ang = "-" if res["angle"] is None else f"{res['angle']:.3f}"
+    print(f"[{time.time() - began:6.0f} s] {method:7s} {case_name((t.kind, t.k)):14s} "
+          f"d={t.d:4d} seed={t.seed} N={res['n']:8d}: MSE/Var {res['mse']:.2e}, angle {ang}, "
+          f"{res['seconds']:.1f} s -> {'pass' if res['pass'] else 'fail'}", file=sys.stderr,
+          flush=True)
+
+
+def run_chain(case, method, dims, seeds, grid, mlp_max, max_d, max_epochs, tmp, began):
+    """Rows needed for one learner on one teacher at every d in turn (each d's search starts
+    from the one before's figures): the points, the fitted exponent and every run made."""
+    runs = []
+
+    def log(method, t, res):
+        runs.append({"method": method, "case": case_name((t.kind, t.k)), "d": t.d,
+                     "seed": t.seed, **res})
+        log_line(began, method, t, res)
+
+    def mlp_epochs(n):
+        # Up to max_epochs passes, fewer on many rows (at most 2.56e6 row reads, at least 3).
+        return max(3, min(max_epochs, 2_560_000 // n))
+
+    mgrid = [n for n in grid if method != "mlp" or n <= mlp_max] or grid[:1]
+    pts = []
+    # The first d starts from the middle of the grid (16 000 rows).
+    first = min(range(len(mgrid)), key=lambda i: abs(mgrid[i] - 16_000))
+    guess = {s: first for s in seeds}
+    prev_d = None
+    # Per seed, the d in a row at which it failed at the largest N.
+    failed_run = {s: 0 for s in seeds}
+    for d in dims:
+        if max_d is not None and d > max_d:
+            break
+        # A seed that failed at its largest N at the two d before would fail here too (more
+        # rows are needed as d grows): it is not run.
+        skipped = [s for s in seeds if failed_run[s] >= 2]
+        if len(skipped) == len(seeds):
+            pts.append({"d": d, "rows": [None] * len(seeds), "censored": True,
+                        "skipped": True, "skipped_seeds": skipped, "max_n": mgrid[-1],
+                        "floor": False, "log_mean": None, "log_std": 0.0})
+            continue
+        needed = []
+        for s in seeds:
+            if s in skipped:
+                needed.append(None)
+                continue
+            t = Teacher(case[0], d, case[1], s, tmp)
+            start, step = guess[s], 2
+            if prev_d is not None:
+                # Rows needed grow with d, but slower than d on most teachers: the search
+                # starts at the previous d's figure and walks (a step too low is a run at
+                # half the rows; a step too high, at twice). A censored seed starts at the
+                # largest N.
+                start, step = guess[s], 1
+            elif needed:
+                # The first d's later seeds start at the seed before's figure.
+                start, step = guess[seeds[len(needed) - 1]], 1
+            n, _ = rows_needed(method, t, mgrid, start, tmp, log, mlp_epochs, step=step)
+            needed.append(n)
+            if n is not None:
+                guess[s] = mgrid.index(n)
+                failed_run[s] = 0
+            else:
+                guess[s] = len(mgrid) - 1
+                failed_run[s] += 1
+        logs = [math.log(n) for n in needed if n is not None]
+        censored = len(logs) < len(needed)
+        pts.append({
+            "d": d, "rows": needed, "censored": censored, "max_n": mgrid[-1],
+            "skipped_seeds": skipped,
+            # The smallest N of the grid passed: the figure is an upper bound.
+            "floor": any(n == mgrid[0] for n in needed),
+            "log_mean": float(np.mean(logs)) if logs and not censored else None,
+            "log_std": float(np.std(logs)) if logs and not censored else 0.0,
+        })
+        prev_d = d
+    exponent = fit_exponent(
+        [p["d"] for p in pts],
+        [math.exp(p["log_mean"]) if p["log_mean"] is not None else None for p in pts])
+    return pts, exponent, runs
 
 
 def fit_exponent(ds, rows):
@@ -408,6 +512,9 @@ def main():
     ap.add_argument("--time-n", type=int, default=None)
     ap.add_argument("--time-ks", default=None, help="comma list of k, or none (default 2,4,6)")
     ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="chains (learner, teacher) run side by side, the cores shared between "
+                         "them (default 2)")
     ap.add_argument("--redraw", nargs="+", metavar="JSON",
                     help="draw the figures from scaling.json files of earlier runs instead of "
                          "running: a later file's (case, method) points (and runs) replace an "
@@ -429,12 +536,8 @@ def main():
     steps = a.steps or (5 if q else 15)
     grid = [n0 * 2 ** i for i in range(steps)]
     mlp_max = a.mlp_max_n or (8000 if q else 1_024_000)
-    # The MLP's passes: up to --mlp-epochs, fewer on many rows (at most 2.56e6 row reads,
-    # at least 3 passes).
+    # The MLP's passes: up to --mlp-epochs, fewer on many rows (see run_chain).
     max_epochs = a.mlp_epochs or (5 if q else 20)
-
-    def mlp_epochs(n):
-        return max(3, min(max_epochs, 2_560_000 // n))
 
     time_d = a.time_d or (16 if q else 32)
     time_n = a.time_n or (20_000 if q else 100_000)
@@ -443,87 +546,47 @@ def main():
     time_ks = [] if time_ks == "none" else [int(v) for v in time_ks.split(",")]
     os.makedirs(a.out, exist_ok=True)
     began = time.time()
+    jobs = max(1, a.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     runs = []
-
-    def log(method, t, res):
-        runs.append({"method": method, "case": case_name((t.kind, t.k)), "d": t.d,
-                     "seed": t.seed, **res})
-        ang = "-" if res["angle"] is None else f"{res['angle']:.3f}"
-        print(f"[{time.time() - began:6.0f} s] {method:7s} {case_name((t.kind, t.k)):14s} "
-              f"d={t.d:4d} seed={t.seed} N={res['n']:8d}: MSE/Var {res['mse']:.2e}, angle {ang}, "
-              f"{res['seconds']:.1f} s -> {'pass' if res['pass'] else 'fail'}", file=sys.stderr)
-
-    summary = {}
+    summary = {name: {"exponents": {}} for name in map(case_name, cases)}
 
     def save_partial():
-        # Every finished point so far, so that a run stopped midway loses nothing.
+        # Every finished chain so far, so that a run stopped midway loses only the chains
+        # under way.
         with open(os.path.join(a.out, "scaling.partial.json"), "w") as f:
             json.dump({"summary": summary, "runs": runs, "seconds": time.time() - began}, f)
 
+    # The chains that took longest in earlier studies first (larger k, relu-fpt before the
+    # MLP), so that the last one to start is short and the workers end together.
+    chains = sorted(((case, method) for case in cases for method in methods),
+                    key=lambda c: (-c[0][1], c[0][0] != "parity", CHAIN_ORDER.index(c[1])))
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases:
-            name = case_name(case)
-            summary[name] = {"exponents": {}}
-            for method in methods:
-                mgrid = [n for n in grid if method != "mlp" or n <= mlp_max] or grid[:1]
-                # Filled in place, so that each save_partial() has the points so far.
-                pts = summary[name][method] = []
-                # The first d starts from the middle of the grid (16 000 rows).
-                first = min(range(len(mgrid)), key=lambda i: abs(mgrid[i] - 16_000))
-                guess = {s: first for s in seeds}
-                prev_d = None
-                # Per seed, the d in a row at which it failed at the largest N.
-                failed_run = {s: 0 for s in seeds}
-                for d in dims:
-                    if max_d[case] is not None and d > max_d[case]:
-                        break
-                    # A seed that failed at its largest N at the two d before would fail here
-                    # too (more rows are needed as d grows): it is not run.
-                    skipped = [s for s in seeds if failed_run[s] >= 2]
-                    if len(skipped) == len(seeds):
-                        pts.append({"d": d, "rows": [None] * len(seeds), "censored": True,
-                                    "skipped": True, "skipped_seeds": skipped,
-                                    "max_n": mgrid[-1], "floor": False, "log_mean": None,
-                                    "log_std": 0.0})
-                        continue
-                    needed = []
-                    for s in seeds:
-                        if s in skipped:
-                            needed.append(None)
-                            continue
-                        t = Teacher(case[0], d, case[1], s, tmp)
-                        start, step = guess[s], 2
-                        if prev_d is not None:
-                            # Rows needed grow with d: start one step above the last figure's
-                            # share of the ratio (a censored seed starts at the largest N).
-                            start, step = max(0, guess[s] + round(math.log2(d / prev_d))), 1
-                        elif needed:
-                            # The first d's later seeds start at the seed before's figure.
-                            start, step = guess[seeds[len(needed) - 1]], 1
-                        n, _ = rows_needed(method, t, mgrid, start, tmp, log, mlp_epochs,
-                                           step=step)
-                        needed.append(n)
-                        if n is not None:
-                            guess[s] = mgrid.index(n)
-                            failed_run[s] = 0
-                        else:
-                            guess[s] = len(mgrid) - 1
-                            failed_run[s] += 1
-                    logs = [math.log(n) for n in needed if n is not None]
-                    censored = len(logs) < len(needed)
-                    pts.append({
-                        "d": d, "rows": needed, "censored": censored, "max_n": mgrid[-1],
-                        "skipped_seeds": skipped,
-                        # The smallest N of the grid passed: the figure is an upper bound.
-                        "floor": any(n == mgrid[0] for n in needed),
-                        "log_mean": float(np.mean(logs)) if logs and not censored else None,
-                        "log_std": float(np.std(logs)) if logs and not censored else 0.0,
-                    })
-                    prev_d = d
-                    save_partial()
-                summary[name]["exponents"][method] = fit_exponent(
-                    [p["d"] for p in pts],
-                    [math.exp(p["log_mean"]) if p["log_mean"] is not None else None for p in pts])
+        # BLAS in the workers on one thread: the MLP's numbers do not then depend on the
+        # machine's core count (the workers import numpy after this is set).
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=worker_setup,
+                                   initargs=(threads,),
+                                   mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            futures = {pool.submit(run_chain, case, method, dims, seeds, grid, mlp_max,
+                                   max_d[case], max_epochs, tmp, began): (case, method)
+                       for case, method in chains}
+            for done in as_completed(futures):
+                case, method = futures[done]
+                pts, exponent, chain_runs = done.result()
+                summary[case_name(case)][method] = pts
+                summary[case_name(case)]["exponents"][method] = exponent
+                runs.extend(chain_runs)
+                save_partial()
+        # In the order of the cases and methods, whichever chain ended first.
+        order = {(case_name(c), m): i for i, (c, m) in enumerate(
+            (c, m) for c in cases for m in methods)}
+        runs.sort(key=lambda r: order[(r["case"], r["method"])])
+        for name in summary:
+            summary[name] = {"exponents": {m: summary[name]["exponents"][m] for m in methods},
+                             **{m: summary[name][m] for m in methods}}
         time_rows = []
         for k in time_ks:
             for s in seeds:
