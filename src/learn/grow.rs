@@ -259,18 +259,10 @@ mod tests {
     #[test]
     fn a_deepened_network_is_the_same_function_one_layer_deeper() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let (d, h1, h2) = (5, 4, 3);
+        let net = crate::network::random_network(&mut rng, &[d, h1, h2, 1]);
         let mut draw =
             |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let (d, h1, h2) = (5, 4, 3);
-        let net = Network::new(
-            d,
-            vec![
-                Layer::new(d, h1, draw(h1 * d), draw(h1)).unwrap(),
-                Layer::new(h1, h2, draw(h2 * h1), draw(h2)).unwrap(),
-                Layer::new(h2, 1, draw(h2), draw(1)).unwrap(),
-            ],
-        )
-        .unwrap();
         let deeper = deepen(&net).unwrap();
         assert_eq!(deeper.hidden_widths(), [h1, h2, h2]);
         for _ in 0..50 {
@@ -285,17 +277,10 @@ mod tests {
     #[test]
     fn canonical_spare_rows_keep_the_function_and_are_orthonormal_off_b() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (d, r, spare, h) = (7, 2, 3, 5);
+        let net = crate::network::random_network(&mut rng, &[r + spare, h, 1]);
         let mut draw =
             |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let (d, r, spare, h) = (7, 2, 3, 5);
-        let net = Network::new(
-            r + spare,
-            vec![
-                Layer::new(r + spare, h, draw(h * (r + spare)), draw(h)).unwrap(),
-                Layer::new(h, 1, draw(h), draw(1)).unwrap(),
-            ],
-        )
-        .unwrap();
         let basis: Vec<Vec<f64>> = (0..r + spare).map(|_| draw(d)).collect();
         let (net2, basis2) = canonical_spare(&net, &basis, spare).unwrap();
         assert_eq!(basis2[..r], basis[..r]);

@@ -515,6 +515,20 @@ impl Network {
     }
 }
 
+/// For unit tests: a network through the widths `dims` (inputs first, then each layer's
+/// outputs), every weight and bias uniform on [-1, 1) from `rng`.
+#[cfg(test)]
+pub(crate) fn random_network(rng: &mut impl rand::RngExt, dims: &[usize]) -> Network {
+    let layers = dims
+        .windows(2)
+        .map(|io| {
+            let mut draw = |n: usize| (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            Layer::new(io[0], io[1], draw(io[0] * io[1]), draw(io[1])).unwrap()
+        })
+        .collect();
+    Network::new(dims[0], layers).unwrap()
+}
+
 /// For unit tests of the factorised model: a two-hidden-layer network on r = 2 inputs (its
 /// first layer wider than its input, so stored transposed) and a non-orthonormal 2 x 3 basis.
 #[cfg(test)]

@@ -854,7 +854,6 @@ pub fn feature_normal_equations(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::Layer;
     use rand::{RngExt, SeedableRng};
 
     use crate::network::two_layer_example as example;
@@ -875,18 +874,10 @@ mod tests {
         rows: usize,
     ) -> (Network, Vec<Vec<f64>>, Vec<f32>, Vec<f32>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let [r, h1, h2] = widths;
+        let net = crate::network::random_network(&mut rng, &[r, h1, h2, 1]);
         let mut draw =
             |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let [r, h1, h2] = widths;
-        let net = Network::new(
-            r,
-            vec![
-                Layer::new(r, h1, draw(r * h1), draw(h1)).unwrap(),
-                Layer::new(h1, h2, draw(h1 * h2), draw(h2)).unwrap(),
-                Layer::new(h2, 1, draw(h2), draw(1)).unwrap(),
-            ],
-        )
-        .unwrap();
         let basis = (0..r).map(|_| draw(d)).collect();
         let x = draw(d * rows).iter().map(|&v| v as f32).collect();
         let y = draw(rows).iter().map(|&v| v as f32).collect();
