@@ -18,11 +18,11 @@ the criteria hold (and down while they still do); the first N of the grid that p
 figure. Each (learner, teacher) pair is a chain of such searches over d; `--jobs` chains run
 side by side (default 2, the cores shared between them: relu-fpt's threads via
 RAYON_NUM_THREADS, the MLP's numpy on one BLAS thread), which changes no figure, only the
-wall time (relu-fpt's results do not depend on its thread count). A point that fails at the method's largest N is censored (drawn as an open marker at
-that N, left out of the fit); a seed that failed at the largest N at two d in a row is not run
-at larger d (more rows are needed as d grows, so it would fail there too; such a point is
-censored), and when no seed is left the method is not run at larger d for that teacher, as the
-table says. relu-fpt runs as a user gets it: `learn --target-error` would save time, but
+wall time (relu-fpt's results do not depend on its thread count). A point that fails at the
+method's largest N is censored (drawn as an open marker at that N, left out of the fit); a
+seed that failed at the largest N at two d in a row is not run at larger d (more rows are
+needed as d grows, so it would fail there too; such a point is censored), and when no seed is
+left the method is not run at larger d for that teacher, as the table says. relu-fpt runs as a user gets it: `learn --target-error` would save time, but
 stopping at an error target skips the stages that find weak directions, which the angle
 criterion needs (random [4, 4] at d = 32 from 64 000 rows: 3 of its 4 directions with it, 0.068
 rad without). Test error: 20 000 fresh rows drawn in numpy (seeded) and labelled with the
@@ -367,7 +367,7 @@ def run_chain(case, method, dims, seeds, grid, mlp_max, max_d, max_epochs, tmp, 
                 # starts at the previous d's figure and walks (a step too low is a run at
                 # half the rows; a step too high, at twice). A censored seed starts at the
                 # largest N.
-                start, step = guess[s], 1
+                step = 1
             elif needed:
                 # The first d's later seeds start at the seed before's figure.
                 start, step = guess[seeds[len(needed) - 1]], 1
