@@ -17,17 +17,17 @@ grid for the first seed and from the seed before's figure for the others) and wa
 the criteria hold (and down while they still do); the first N of the grid that passes is the
 figure. Each (learner, teacher) pair is a chain of such searches over d; `--jobs` chains run
 side by side (default 2, the cores shared between them: relu-fpt's threads via
-RAYON_NUM_THREADS, the MLP's numpy on one BLAS thread), which changes no figure, only the
-wall time (relu-fpt's results do not depend on its thread count). A point that fails at the
-method's largest N is censored (drawn as an open marker at that N, left out of the fit); a
-seed that failed at the largest N at two d in a row is not run at larger d (more rows are
-needed as d grows, so it would fail there too; such a point is censored), and when no seed is
-left the method is not run at larger d for that teacher, as the table says. relu-fpt runs as a user gets it: `learn --target-error` would save time, but
-stopping at an error target skips the stages that find weak directions, which the angle
-criterion needs (random [4, 4] at d = 32 from 64 000 rows: 3 of its 4 directions with it, 0.068
-rad without). Test error: 20 000 fresh rows drawn in numpy (seeded) and labelled with the
-teacher read from `relu-fpt generate`'s teacher.json; the model is evaluated from its JSON, in
-numpy.
+RAYON_NUM_THREADS, the MLP's numpy on one BLAS thread), which changes no figure, only the wall
+time (relu-fpt's results do not depend on its thread count). A point that fails at the method's
+largest N is censored (drawn as an open marker at that N, left out of the fit); a seed that
+failed at the largest N at two d in a row is not run at larger d (more rows are needed as d
+grows, so it would fail there too; such a point is censored), and when no seed is left the
+method is not run at larger d for that teacher, as the table says. relu-fpt runs as a user gets
+it: `learn --target-error` would save time, but stopping at an error target skips the stages
+that find weak directions, which the angle criterion needs (random [4, 4] at d = 32 from 64 000
+rows: 3 of its 4 directions with it, 0.068 rad without). Test error: 20 000 fresh rows drawn in
+numpy (seeded) and labelled with the teacher read from `relu-fpt generate`'s teacher.json; the
+model is evaluated from its JSON, in numpy.
 
 Usage:
   python3 scripts/scaling.py [--quick] [--dims 32,64,128] [--seeds 3] [--out docs/figures]
