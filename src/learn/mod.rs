@@ -980,13 +980,18 @@ impl Run<'_> {
         }
     }
 
+    /// A validation MSE as a fraction of the validation labels' variance.
+    fn relative(&self, mse: f64) -> f64 {
+        mse / self.validation_var.max(1e-300)
+    }
+
     /// Whether the best model is at or below the target error ([`LearnConfig::target_error`]),
     /// so that no later stage runs; the first time, the note says after which stage.
     fn reached(&mut self, best: &Best) -> bool {
         let Some(target) = self.config.target_error else {
             return false;
         };
-        let rel = best.validation_mse / self.validation_var.max(1e-300);
+        let rel = self.relative(best.validation_mse);
         if rel > target {
             return false;
         }
@@ -1592,8 +1597,7 @@ impl Run<'_> {
         let Some(deepest) = deepest.filter(|_| config.polish && self.budget.is_none()) else {
             return Ok((None, None));
         };
-        let var = self.validation_var.max(1e-300);
-        let rel = best.validation_mse / var;
+        let rel = self.relative(best.validation_mse);
         let depth = best.network.layers.len() - 1;
         if let Some(why) = deepen_skipped(rel, depth, deepest) {
             return Ok((None, Some(format!("skipped: {why}"))));
@@ -1617,7 +1621,7 @@ impl Run<'_> {
             num(rel),
             num(DEEPEN_BAR),
             list(&widths),
-            num(errors.after / var),
+            num(self.relative(errors.after)),
             if errors.kept { "kept" } else { "not kept" }
         );
         Ok((Some(errors), Some(why)))
@@ -1809,7 +1813,7 @@ fn fit_on_basis(
     if let (Some(target), None) = (config.target_error, &run.target_note) {
         run.target_note = Some(format!(
             "validation MSE/Var {}: the target {} was not reached; every stage ran",
-            num(best.validation_mse / run.validation_var.max(1e-300)),
+            num(run.relative(best.validation_mse)),
             num(target)
         ));
     }
