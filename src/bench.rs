@@ -703,6 +703,160 @@ pub fn check_bench_kernel(d: usize, rows: usize, n: u64, runs: usize) -> Result<
     Ok(())
 }
 
+/// Result of [`bench_trainer`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainerBench {
+    /// Threads of the pool the minibatches' parts are shared over.
+    pub threads: usize,
+    /// r, then the hidden widths, then 1: the network on z = B x that is trained (B fixed, as
+    /// in the descent and the deep-net stage).
+    pub widths: Vec<usize>,
+    pub rows: usize,
+    pub batch: usize,
+    /// Passes over the rows in one timed run.
+    pub passes: usize,
+    /// Median wall time of one timed run, seconds.
+    pub seconds: f64,
+    /// seconds / (passes rows), microseconds.
+    pub us_per_row: f64,
+    /// Multiplies and adds of a row's forward pass, weight gradient and input deltas (the first
+    /// layer's inputs, z, get none) over the median time, GFLOP/s.
+    pub gflops: f64,
+    /// A hash of the trained parameters' bits: the same on any thread count and machine.
+    pub params_hash: String,
+}
+
+/// `bench trainer`: Adam passes of the CPU trainer over `rows` fixed rows of z (normal, labels
+/// a fixed function of them) with B fixed, from one fixed start, `runs` timed runs (the median
+/// is reported) after one warm-up; each run starts from the same parameters.
+pub fn bench_trainer(
+    widths: &[usize],
+    rows: usize,
+    batch: usize,
+    passes: usize,
+    runs: usize,
+) -> Result<TrainerBench> {
+    use crate::backend::cpu::trainer::train_window_on_z;
+    use crate::backend::trainer::{Adam, FactoredShape};
+    check_bench_trainer(widths, rows, batch, passes, runs)?;
+    let r = widths[0];
+    let mut all = widths.to_vec();
+    all.push(1);
+    // d = r: B's entries are not read (z is given), only counted in the parameter vector.
+    let shape = FactoredShape {
+        input_dim: r,
+        widths: all.clone(),
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let z: Vec<f64> = (0..rows * r).map(|_| rng.sample(StandardNormal)).collect();
+    let y: Vec<f32> = z
+        .chunks_exact(r)
+        .map(|row| (row[0].abs() - 0.5 * row[r - 1]) as f32)
+        .collect();
+    let mut start = vec![0.0; shape.params()];
+    let mut at = shape.basis_len();
+    for w in all.windows(2) {
+        let scale = (2.0 / w[0] as f64).sqrt();
+        for _ in 0..w[0] * w[1] {
+            start[at] = scale * rng.sample::<f64, _>(StandardNormal);
+            at += 1;
+        }
+        at += w[1];
+    }
+    let steps = passes * rows.div_ceil(batch);
+    let run = || -> Result<Vec<f64>> {
+        let mut p = start.clone();
+        let mut adam = Adam::new(p.len(), 5e-3, steps);
+        for _ in 0..passes {
+            train_window_on_z(&shape, &z, &y, batch, &mut p, &mut adam)?;
+        }
+        Ok(p)
+    };
+    let mut last = run()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        last = run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    let macs: usize = all.windows(2).map(|w| w[0] * w[1]).sum::<usize>() * 3 - r * all[1];
+    let row_reads = (passes * rows) as f64;
+    let hash = last
+        .iter()
+        .fold(0u64, |h, v| h.rotate_left(5) ^ v.to_bits());
+    Ok(TrainerBench {
+        threads: rayon::current_num_threads(),
+        widths: all,
+        rows,
+        batch,
+        passes,
+        seconds,
+        us_per_row: seconds / row_reads * 1e6,
+        gflops: 2.0 * macs as f64 * row_reads / seconds / 1e9,
+        params_hash: format!("{hash:016x}"),
+    })
+}
+
+impl TrainerBench {
+    /// The line `bench trainer` prints.
+    pub fn line(&self) -> String {
+        format!(
+            "trainer widths [{}], {} rows, batch {}, {} passes, {} threads: {:.3} s a run, {:.3} us a row, {:.2} GFLOP/s (f64 multiplies and adds, no FMA); parameters {}",
+            widths(&self.widths),
+            self.rows,
+            self.batch,
+            self.passes,
+            self.threads,
+            self.seconds,
+            self.us_per_row,
+            self.gflops,
+            self.params_hash
+        )
+    }
+}
+
+/// `bench trainer`'s sizes, checked before anything is drawn.
+pub fn check_bench_trainer(
+    widths: &[usize],
+    rows: usize,
+    batch: usize,
+    passes: usize,
+    runs: usize,
+) -> Result<()> {
+    let bad = widths.len() < 2
+        || widths.len() > 9
+        || widths.iter().any(|&w| w == 0 || w > 1024)
+        || rows == 0
+        || batch == 0
+        || passes == 0
+        || runs == 0;
+    let flags = format!(
+        "bench trainer --widths {} --rows {rows} --batch {batch} --passes {passes} --runs {runs}",
+        crate::safety::widths(widths)
+    );
+    if bad {
+        return Err(Error::invalid(format!(
+            "{flags}: --widths needs r and 1 to 8 hidden widths, each in 1..=1024; --rows, --batch, --passes and --runs at least 1"
+        )));
+    }
+    check_memory(
+        rows as u128 * (widths[0] as u128 * 8 + 4),
+        &format!("{flags} (the rows of z and y in memory)"),
+        "lower --rows",
+    )?;
+    let macs: f64 = widths.windows(2).map(|w| (w[0] * w[1]) as f64).sum::<f64>() * 3.0;
+    let flops = 2.0 * macs * rows as f64 * passes as f64 * (runs as f64 + 1.0);
+    if flops > MAX_FLAG_FLOPS {
+        return Err(Error::invalid(format!(
+            "{flags}: {}; refused above {MAX_FLAG_FLOPS:.0e} flops: lower --rows or --passes",
+            crate::safety::flops(flops)
+        )));
+    }
+    Ok(())
+}
+
 /// `bench search`'s sizes, checked before any teacher is sampled: the rows of a case (its
 /// training rows and a quarter as many validation rows, 8 bytes each at the least) within
 /// memory, and the candidates' work within [`MAX_FLAG_FLOPS`].

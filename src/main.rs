@@ -67,6 +67,9 @@ enum BenchCommand {
     /// The CPU moments kernel on rows already in cache (its ceiling without the memory
     /// stream), as a fraction of the FMA peak.
     Kernel(BenchKernelArgs),
+    /// The CPU trainer's Adam passes over rows of z with B fixed (the descent's and the deep
+    /// net's work): microseconds a row and GFLOP/s.
+    Trainer(BenchTrainerArgs),
 }
 
 /// A teacher network: a random deep network or one of the hard constructions.
@@ -519,6 +522,28 @@ struct BenchKernelArgs {
 }
 
 #[derive(Args)]
+struct BenchTrainerArgs {
+    /// r, then the hidden widths (the deep-net stage's default network on four directions).
+    #[arg(long, value_delimiter = ',', default_value = "4,32,32")]
+    widths: Vec<usize>,
+    /// Rows of z in memory (a quarter-size benchmark case's training rows).
+    #[arg(long, default_value_t = 120_000)]
+    rows: usize,
+    /// Minibatch rows (learn's default).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Passes over the rows in one timed run.
+    #[arg(long, default_value_t = 5)]
+    passes: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Print exactly one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct BenchPeakArgs {
     /// Seconds per timed repeat.
     #[arg(long, default_value_t = 0.5)]
@@ -612,6 +637,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Kernel(a),
         } => bench_kernel(a),
+        Command::Bench {
+            what: BenchCommand::Trainer(a),
+        } => bench_trainer(a),
         Command::Bench {
             what: BenchCommand::Search(a),
         } => bench_search(a),
@@ -1465,6 +1493,20 @@ fn bench_kernel(a: BenchKernelArgs) -> Result<()> {
         println!("{}", r.json_against(peak, per_cpu_second));
     } else {
         println!("{}", r.line_against(peak, per_cpu_second));
+    }
+    Ok(())
+}
+
+fn bench_trainer(a: BenchTrainerArgs) -> Result<()> {
+    one_process("bench trainer")?;
+    let r = relu_fpt::bench::bench_trainer(&a.widths, a.rows, a.batch, a.passes, a.runs)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).expect("numbers and strings")
+        );
+    } else {
+        println!("{}", r.line());
     }
     Ok(())
 }

@@ -525,6 +525,35 @@ fn table_rows(stdout: &str) -> Vec<(usize, usize, Vec<String>)> {
         .collect()
 }
 
+#[test]
+fn bench_trainer_reports_its_speed_and_the_same_parameters_on_any_thread_count() {
+    let run = |threads: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_relu-fpt"))
+            .args(["bench", "trainer", "--widths", "3,16,8", "--rows", "3000"])
+            .args(["--batch", "64", "--passes", "2", "--runs", "1", "--json"])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("the binary runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let (one, two) = (run("1"), run("2"));
+    assert_eq!(one["threads"], 1);
+    assert_eq!(two["threads"], 2);
+    assert_eq!(one["widths"], serde_json::json!([3, 16, 8, 1]));
+    for r in [&one, &two] {
+        let us = r["us_per_row"].as_f64().unwrap();
+        let gflops = r["gflops"].as_f64().unwrap();
+        assert!(us > 0.0 && us.is_finite() && gflops > 0.0, "{r}");
+        // 6000 row reads of (3 x 16 + 16 x 8 + 8) x 3 - 3 x 16 multiply-adds in that time.
+        let want = 2.0 * 504.0 / us / 1e3;
+        assert!((gflops / want - 1.0).abs() < 1e-9, "{r}");
+    }
+    assert_eq!(one["params_hash"], two["params_hash"]);
+}
+
 const BENCH_SIZES: [&str; 8] = [
     "--n", "20000", "--d", "16,32", "--bins", "1,4", "--runs", "5",
 ];
