@@ -280,6 +280,71 @@ fn features(dirs: &[Vec<f64>], thresholds: &[f64], z: &[f32], out: &mut Vec<f64>
     out.push(1.0);
 }
 
+/// One block's normal equations for [`sphere_net_fit`]: the upper triangle of sum phi phi^T,
+/// packed row by row, and sum phi y, over the rows of `z` (r each) and `y` in order, skipping
+/// a row's zero features. The AVX2 copy runs the same operations in the same order (no FMA),
+/// so the same bits.
+fn normal_block(
+    avx2: bool,
+    dirs: &[Vec<f64>],
+    t: &[f64],
+    r: usize,
+    f: usize,
+    z: &[f32],
+    y: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { normal_block_avx2(dirs, t, r, f, z, y) };
+    }
+    normal_block_body(dirs, t, r, f, z, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn normal_block_avx2(
+    dirs: &[Vec<f64>],
+    t: &[f64],
+    r: usize,
+    f: usize,
+    z: &[f32],
+    y: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    normal_block_body(dirs, t, r, f, z, y)
+}
+
+#[inline(always)]
+fn normal_block_body(
+    dirs: &[Vec<f64>],
+    t: &[f64],
+    r: usize,
+    f: usize,
+    z: &[f32],
+    y: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    let mut g = vec![0.0f64; f * (f + 1) / 2];
+    let mut fy = vec![0.0f64; f];
+    let mut phi = Vec::with_capacity(f);
+    for (zr, &y) in z.chunks_exact(r).zip(y) {
+        features(dirs, t, zr, &mut phi);
+        let mut at = 0;
+        for i in 0..f {
+            let pi = phi[i];
+            let row = &mut g[at..at + f - i];
+            at += f - i;
+            if pi == 0.0 {
+                continue;
+            }
+            fy[i] += pi * y as f64;
+            for (gj, &pj) in row.iter_mut().zip(&phi[i..]) {
+                *gj += pi * pj;
+            }
+        }
+    }
+    (g, fy)
+}
+
 /// Fits sphere-net features by ridge on `train`, keeping the ridge that validates best.
 pub fn sphere_net_fit(
     train: &ProjectedSamples,
@@ -305,56 +370,32 @@ pub fn sphere_net_fit(
     // Fixed blocks summed in order afterwards: the same seed gives the same bits whatever the
     // thread timing (rayon's own reduce tree is not fixed).
     let block_rows = train.len().div_ceil(64).max(1);
+    let avx2 = crate::backend::cpu::trainer::avx2_available();
     let partials: Vec<(Vec<f64>, Vec<f64>)> = train
         .z
         .par_chunks(r * block_rows)
         .zip(train.y.par_chunks(block_rows))
-        .map(|(zb, yb)| {
-            let mut g = vec![0.0f64; f * f];
-            let mut fy = vec![0.0f64; f];
-            let mut phi = Vec::with_capacity(f);
-            for (zr, &y) in zb.chunks_exact(r).zip(yb) {
-                features(&dirs, t, zr, &mut phi);
-                for i in 0..f {
-                    let pi = phi[i];
-                    if pi == 0.0 {
-                        continue;
-                    }
-                    fy[i] += pi * y as f64;
-                    let row = &mut g[i * f..(i + 1) * f];
-                    for j in i..f {
-                        row[j] += pi * phi[j];
-                    }
-                }
-            }
-            (g, fy)
-        })
+        .map(|(zb, yb)| normal_block(avx2, &dirs, t, r, f, zb, yb))
         .collect();
-    let (mut gram, mut fy) = (vec![0.0; f * f], vec![0.0; f]);
+    let (mut packed, mut fy) = (vec![0.0; f * (f + 1) / 2], vec![0.0; f]);
     for (g2, fy2) in &partials {
-        gram.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
+        packed.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
         fy.iter_mut().zip(fy2).for_each(|(a, b)| *a += b);
     }
-    let mut packed = Vec::with_capacity(f * (f + 1) / 2);
-    for i in 0..f {
-        packed.extend_from_slice(&gram[i * f + i..(i + 1) * f]);
+    // Rows of f features one after another (one allocation, not one a row).
+    let mut val_phi = Vec::with_capacity(val.len() * f);
+    let mut p = Vec::with_capacity(f);
+    for zr in val.z.chunks_exact(r) {
+        features(&dirs, t, zr, &mut p);
+        val_phi.extend_from_slice(&p);
     }
-    let val_phi: Vec<Vec<f64>> = val
-        .z
-        .chunks_exact(r)
-        .map(|zr| {
-            let mut p = Vec::with_capacity(f);
-            features(&dirs, t, zr, &mut p);
-            p
-        })
-        .collect();
     let mut best: Option<(f64, f64, Vec<f64>)> = None;
     for &ridge in &config.ridges {
         let Some(a) = ridge_solve(&packed, &fy, ridge) else {
             continue;
         };
         let sse: f64 = val_phi
-            .iter()
+            .chunks_exact(f)
             .zip(&val.y)
             .map(|(p, &y)| {
                 let pred: f64 = p.iter().zip(&a).map(|(x, w)| x * w).sum();
