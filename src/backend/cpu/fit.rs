@@ -1,6 +1,12 @@
 //! [`FitMoments`] on all CPU cores: rows in fixed blocks (so the sums do not depend on thread
 //! timing), weights stored input-major so the small network's layers and the d x r cross
 //! products run as axpys over long, contiguous rows.
+//!
+//! For r <= [`LANES`] the dot products with r results (z = B x, and the gradient with respect
+//! to z pulled through the first layer) are summed as `dot` sums them, each from -0.0 with its
+//! terms in order, but all r side by side in registers instead of one long chain after another
+//! (the same additions, so the same bits, without waiting on each add's latency). An AVX2 copy
+//! of the block sums is chosen at run time (no FMA: the same bits again).
 
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
@@ -12,11 +18,44 @@ use rayon::prelude::*;
 /// Rows per block: each block's partial sums are added in block order.
 const BLOCK_ROWS: usize = 512;
 
+/// Results of the side-by-side dot products (see the module docs): r up to this many.
+const LANES: usize = 16;
+
+/// `rows` (count x n, row-major) transposed and padded to [`LANES`] columns: entry (i, j) is
+/// rows[j][i], zero for j >= count. None when count > LANES.
+fn lanes_of(rows: &[f64], count: usize, n: usize) -> Option<Vec<f64>> {
+    (count <= LANES).then(|| {
+        let mut t = vec![0.0; n * LANES];
+        for (j, row) in rows.chunks_exact(n).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                t[i * LANES + j] = v;
+            }
+        }
+        t
+    })
+}
+
+/// out[j] = dot(a, column j of `t`) for j < out.len(), `t` n x LANES as [`lanes_of`] makes it:
+/// each sum from -0.0 (as `dot`'s) with its terms in order, all in registers at once.
+#[inline(always)]
+fn dots_in_lanes(a: &[f64], t: &[f64], out: &mut [f64]) {
+    let mut acc = [-0.0f64; LANES];
+    for (&ai, ti) in a.iter().zip(t.chunks_exact(LANES)) {
+        for j in 0..LANES {
+            acc[j] += ti[j] * ai;
+        }
+    }
+    out.copy_from_slice(&acc[..out.len()]);
+}
+
 /// One layer with its weights transposed: `weights_t[i * outputs + o]` = W[o][i].
 struct LayerT {
     inputs: usize,
     outputs: usize,
     weights_t: Vec<f64>,
+    /// `weights_t` as [`lanes_of`] lays it out (entry (o, i) is W[o][i]), when the layer has
+    /// at most LANES inputs: the gradient's way down through it.
+    lanes: Option<Vec<f64>>,
     bias: Vec<f64>,
 }
 
@@ -33,6 +72,7 @@ fn transposed(fit: &Network) -> Vec<LayerT> {
             LayerT {
                 inputs: l.inputs,
                 outputs: l.outputs,
+                lanes: lanes_of(&weights_t, l.inputs, l.outputs),
                 weights_t,
                 bias: l.bias.clone(),
             }
@@ -88,15 +128,62 @@ fn value_and_gradient(layers: &[LayerT], s: &mut Scratch) -> f64 {
             }
         });
         s.below.clear();
-        s.below.extend(
-            (0..l.inputs).map(|i| dot(&s.grad, &l.weights_t[i * l.outputs..(i + 1) * l.outputs])),
-        );
+        match &l.lanes {
+            Some(t) => {
+                s.below.resize(l.inputs, 0.0);
+                dots_in_lanes(&s.grad, t, &mut s.below);
+            }
+            None => s.below.extend(
+                (0..l.inputs)
+                    .map(|i| dot(&s.grad, &l.weights_t[i * l.outputs..(i + 1) * l.outputs])),
+            ),
+        }
         std::mem::swap(&mut s.grad, &mut s.below);
     }
     value
 }
 
-fn block_sums(xs: &[f32], ys: &[f32], d: usize, basis: &[Vec<f64>], layers: &[LayerT]) -> Partial {
+/// [`block_sums_body`], its AVX2 copy where the CPU has AVX2.
+fn block_sums(
+    xs: &[f32],
+    ys: &[f32],
+    d: usize,
+    basis: &[Vec<f64>],
+    basis_lanes: Option<&[f64]>,
+    layers: &[LayerT],
+) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    if super::trainer::avx2_available() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { block_sums_avx2(xs, ys, d, basis, basis_lanes, layers) };
+    }
+    block_sums_body(xs, ys, d, basis, basis_lanes, layers)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sums_avx2(
+    xs: &[f32],
+    ys: &[f32],
+    d: usize,
+    basis: &[Vec<f64>],
+    basis_lanes: Option<&[f64]>,
+    layers: &[LayerT],
+) -> Partial {
+    block_sums_body(xs, ys, d, basis, basis_lanes, layers)
+}
+
+/// The sums of one block of rows; `basis_lanes` is B as [`lanes_of`] lays it out, when r is
+/// at most LANES.
+#[inline(always)]
+fn block_sums_body(
+    xs: &[f32],
+    ys: &[f32],
+    d: usize,
+    basis: &[Vec<f64>],
+    basis_lanes: Option<&[f64]>,
+    layers: &[LayerT],
+) -> Partial {
     let r = basis.len();
     let mut p = Partial {
         rows: 0,
@@ -116,8 +203,13 @@ fn block_sums(xs: &[f32], ys: &[f32], d: usize, basis: &[Vec<f64>], layers: &[La
     };
     for (row, &y) in xs.chunks_exact(d).zip(ys) {
         s.x.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
-        for (zj, b) in s.z.iter_mut().zip(basis) {
-            *zj = dot(b, &s.x);
+        match basis_lanes {
+            Some(t) => dots_in_lanes(&s.x, t, &mut s.z),
+            None => {
+                for (zj, b) in s.z.iter_mut().zip(basis) {
+                    *zj = dot(b, &s.x);
+                }
+            }
         }
         let e = y as f64 - value_and_gradient(layers, &mut s);
         p.rows += 1;
@@ -140,12 +232,14 @@ pub(crate) fn fit_moments(
     let d = source.dim();
     let r = basis.len();
     let layers = transposed(fit);
+    let flat: Vec<f64> = basis.concat();
+    let basis_lanes = lanes_of(&flat, r, d);
     let mut total = FitMoments::zeros(d, r);
     for_each_chunk(source, 1 << 16, |_, xs, ys| {
         let parts: Vec<Partial> = xs
             .par_chunks(BLOCK_ROWS * d)
             .zip(ys.par_chunks(BLOCK_ROWS))
-            .map(|(xb, yb)| block_sums(xb, yb, d, basis, &layers))
+            .map(|(xb, yb)| block_sums(xb, yb, d, basis, basis_lanes.as_deref(), &layers))
             .collect();
         for p in parts {
             total.rows += p.rows;
@@ -163,4 +257,38 @@ pub(crate) fn fit_moments(
         Ok(())
     })?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// The side-by-side dot products have the bits of `dot`, one result at a time, for every
+    /// count of results up to LANES (zeros among the terms included).
+    #[test]
+    fn dots_in_lanes_give_the_bits_of_dot() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let n = 37;
+        for count in 1..=LANES {
+            let rows: Vec<f64> = (0..count * n)
+                .map(|k| {
+                    if k % 7 == 0 {
+                        0.0
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            let a: Vec<f64> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let t = lanes_of(&rows, count, n).expect("count <= LANES");
+            let mut got = vec![0.0; count];
+            dots_in_lanes(&a, &t, &mut got);
+            for (j, g) in got.iter().enumerate() {
+                let want = dot(&rows[j * n..(j + 1) * n], &a);
+                assert_eq!(g.to_bits(), want.to_bits(), "count {count}, result {j}");
+            }
+        }
+        assert!(lanes_of(&vec![0.0; (LANES + 1) * n], LANES + 1, n).is_none());
+    }
 }
