@@ -281,66 +281,31 @@ fn features(dirs: &[Vec<f64>], thresholds: &[f64], z: &[f32], out: &mut Vec<f64>
 }
 
 /// One block's normal equations for [`sphere_net_fit`]: the upper triangle of sum phi phi^T,
-/// packed row by row, and sum phi y, over the rows of `z` (r each) and `y` in order, skipping
-/// a row's zero features. The AVX2 copy runs the same operations in the same order (no FMA),
-/// so the same bits.
+/// packed row by row (the streamed fit's [`add_outer`], AVX2 where present: the same bits),
+/// and sum phi y, over the rows of `z` (r each) and `y` in order, skipping a row's zero
+/// features.
+///
+/// [`add_outer`]: crate::backend::cpu::trainer::add_outer
 fn normal_block(
     avx2: bool,
     dirs: &[Vec<f64>],
     t: &[f64],
     r: usize,
-    f: usize,
     z: &[f32],
     y: &[f32],
 ) -> (Vec<f64>, Vec<f64>) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { normal_block_avx2(dirs, t, r, f, z, y) };
-    }
-    normal_block_body(dirs, t, r, f, z, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn normal_block_avx2(
-    dirs: &[Vec<f64>],
-    t: &[f64],
-    r: usize,
-    f: usize,
-    z: &[f32],
-    y: &[f32],
-) -> (Vec<f64>, Vec<f64>) {
-    normal_block_body(dirs, t, r, f, z, y)
-}
-
-#[inline(always)]
-fn normal_block_body(
-    dirs: &[Vec<f64>],
-    t: &[f64],
-    r: usize,
-    f: usize,
-    z: &[f32],
-    y: &[f32],
-) -> (Vec<f64>, Vec<f64>) {
+    let f = dirs.len() * t.len() + r + 1;
     let mut g = vec![0.0f64; f * (f + 1) / 2];
     let mut fy = vec![0.0f64; f];
     let mut phi = Vec::with_capacity(f);
     for (zr, &y) in z.chunks_exact(r).zip(y) {
         features(dirs, t, zr, &mut phi);
-        let mut at = 0;
-        for i in 0..f {
-            let pi = phi[i];
-            let row = &mut g[at..at + f - i];
-            at += f - i;
-            if pi == 0.0 {
-                continue;
-            }
-            fy[i] += pi * y as f64;
-            for (gj, &pj) in row.iter_mut().zip(&phi[i..]) {
-                *gj += pi * pj;
+        for (s, &p) in fy.iter_mut().zip(&phi) {
+            if p != 0.0 {
+                *s += p * y as f64;
             }
         }
+        crate::backend::cpu::trainer::add_outer(avx2, &phi, f, &mut g);
     }
     (g, fy)
 }
@@ -375,7 +340,7 @@ pub fn sphere_net_fit(
         .z
         .par_chunks(r * block_rows)
         .zip(train.y.par_chunks(block_rows))
-        .map(|(zb, yb)| normal_block(avx2, &dirs, t, r, f, zb, yb))
+        .map(|(zb, yb)| normal_block(avx2, &dirs, t, r, zb, yb))
         .collect();
     let (mut packed, mut fy) = (vec![0.0; f * (f + 1) / 2], vec![0.0; f]);
     for (g2, fy2) in &partials {

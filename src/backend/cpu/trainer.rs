@@ -805,7 +805,8 @@ unsafe fn add_outer_avx2(phi: &[f64], f: usize, gram: &mut [f64]) {
     add_outer_body(phi, f, gram)
 }
 
-fn add_outer(avx2: bool, phi: &[f64], f: usize, gram: &mut [f64]) {
+/// [`add_outer_body`], in its AVX2 copy when `avx2` (AVX2 detected by the caller).
+pub(crate) fn add_outer(avx2: bool, phi: &[f64], f: usize, gram: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: AVX2 was detected at run time.
