@@ -143,83 +143,74 @@ fn value_and_gradient(layers: &[LayerT], s: &mut Scratch) -> f64 {
     value
 }
 
-/// [`block_sums_body`], its AVX2 copy where the CPU has AVX2.
-fn block_sums(
-    xs: &[f32],
-    ys: &[f32],
+/// What every block of a pass reads: d, B (and B as [`lanes_of`] lays it out, when r is at
+/// most LANES), the fit's layers, and whether to run the AVX2 copy of the block sums.
+struct Pass<'a> {
     d: usize,
-    basis: &[Vec<f64>],
-    basis_lanes: Option<&[f64]>,
-    layers: &[LayerT],
-) -> Partial {
-    #[cfg(target_arch = "x86_64")]
-    if super::trainer::avx2_available() {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { block_sums_avx2(xs, ys, d, basis, basis_lanes, layers) };
+    basis: &'a [Vec<f64>],
+    basis_lanes: Option<Vec<f64>>,
+    layers: Vec<LayerT>,
+    avx2: bool,
+}
+
+impl Pass<'_> {
+    /// [`Pass::block_sums_body`], in its AVX2 copy when `avx2`.
+    fn block_sums(&self, xs: &[f32], ys: &[f32]) -> Partial {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: AVX2 was detected at run time.
+            return unsafe { self.block_sums_avx2(xs, ys) };
+        }
+        self.block_sums_body(xs, ys)
     }
-    block_sums_body(xs, ys, d, basis, basis_lanes, layers)
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_sums_avx2(
-    xs: &[f32],
-    ys: &[f32],
-    d: usize,
-    basis: &[Vec<f64>],
-    basis_lanes: Option<&[f64]>,
-    layers: &[LayerT],
-) -> Partial {
-    block_sums_body(xs, ys, d, basis, basis_lanes, layers)
-}
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_sums_avx2(&self, xs: &[f32], ys: &[f32]) -> Partial {
+        self.block_sums_body(xs, ys)
+    }
 
-/// The sums of one block of rows; `basis_lanes` is B as [`lanes_of`] lays it out, when r is
-/// at most LANES.
-#[inline(always)]
-fn block_sums_body(
-    xs: &[f32],
-    ys: &[f32],
-    d: usize,
-    basis: &[Vec<f64>],
-    basis_lanes: Option<&[f64]>,
-    layers: &[LayerT],
-) -> Partial {
-    let r = basis.len();
-    let mut p = Partial {
-        rows: 0,
-        sse: 0.0,
-        cross_t: vec![0.0; r * d],
-        gram: vec![0.0; r * r],
-    };
-    let mut s = Scratch {
-        x: vec![0.0; d],
-        z: vec![0.0; r],
-        acts: layers[..layers.len() - 1]
-            .iter()
-            .map(|l| Vec::with_capacity(l.outputs))
-            .collect(),
-        grad: Vec::new(),
-        below: Vec::new(),
-    };
-    for (row, &y) in xs.chunks_exact(d).zip(ys) {
-        s.x.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
-        match basis_lanes {
-            Some(t) => dots_in_lanes(&s.x, t, &mut s.z),
-            None => {
-                for (zj, b) in s.z.iter_mut().zip(basis) {
-                    *zj = dot(b, &s.x);
+    /// The sums of one block of rows.
+    #[inline(always)]
+    fn block_sums_body(&self, xs: &[f32], ys: &[f32]) -> Partial {
+        let (d, basis, layers) = (self.d, self.basis, &self.layers);
+        let r = basis.len();
+        let mut p = Partial {
+            rows: 0,
+            sse: 0.0,
+            cross_t: vec![0.0; r * d],
+            gram: vec![0.0; r * r],
+        };
+        let mut s = Scratch {
+            x: vec![0.0; d],
+            z: vec![0.0; r],
+            acts: layers[..layers.len() - 1]
+                .iter()
+                .map(|l| Vec::with_capacity(l.outputs))
+                .collect(),
+            grad: Vec::new(),
+            below: Vec::new(),
+        };
+        for (row, &y) in xs.chunks_exact(d).zip(ys) {
+            s.x.iter_mut().zip(row).for_each(|(a, &b)| *a = b as f64);
+            match &self.basis_lanes {
+                Some(t) => dots_in_lanes(&s.x, t, &mut s.z),
+                None => {
+                    for (zj, b) in s.z.iter_mut().zip(basis) {
+                        *zj = dot(b, &s.x);
+                    }
                 }
             }
+            let e = y as f64 - value_and_gradient(layers, &mut s);
+            p.rows += 1;
+            p.sse += e * e;
+            for (a, &ga) in s.grad.iter().enumerate() {
+                axpy(&mut p.gram[a * r..(a + 1) * r], ga, &s.grad);
+                axpy(&mut p.cross_t[a * d..(a + 1) * d], e * ga, &s.x);
+            }
         }
-        let e = y as f64 - value_and_gradient(layers, &mut s);
-        p.rows += 1;
-        p.sse += e * e;
-        for (a, &ga) in s.grad.iter().enumerate() {
-            axpy(&mut p.gram[a * r..(a + 1) * r], ga, &s.grad);
-            axpy(&mut p.cross_t[a * d..(a + 1) * d], e * ga, &s.x);
-        }
+        p
     }
-    p
 }
 
 pub(crate) fn fit_moments(
@@ -231,15 +222,19 @@ pub(crate) fn fit_moments(
     check_fit_request(source, basis, fit)?;
     let d = source.dim();
     let r = basis.len();
-    let layers = transposed(fit);
-    let flat: Vec<f64> = basis.concat();
-    let basis_lanes = lanes_of(&flat, r, d);
+    let pass = Pass {
+        d,
+        basis,
+        basis_lanes: lanes_of(&basis.concat(), r, d),
+        layers: transposed(fit),
+        avx2: super::trainer::avx2_available(),
+    };
     let mut total = FitMoments::zeros(d, r);
     for_each_chunk(source, 1 << 16, |_, xs, ys| {
         let parts: Vec<Partial> = xs
             .par_chunks(BLOCK_ROWS * d)
             .zip(ys.par_chunks(BLOCK_ROWS))
-            .map(|(xb, yb)| block_sums(xb, yb, d, basis, basis_lanes.as_deref(), &layers))
+            .map(|(xb, yb)| pass.block_sums(xb, yb))
             .collect();
         for p in parts {
             total.rows += p.rows;
