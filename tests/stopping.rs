@@ -636,6 +636,58 @@ fn a_stage_ends_at_its_first_check_at_the_target() {
     assert_eq!(unreached.params, free.params);
 }
 
+/// A stage told to catch up with another model's error ends at its first check at or below
+/// it (the checks until then as without it), but not before a rival's race is due: the race
+/// decides which network is the one caught up.
+#[test]
+fn a_stage_ends_when_it_catches_up_but_not_before_its_rival_race() {
+    let (small, basis, source) = noisy_teacher();
+    let (train, val) = split(&source);
+    let (shape, start) = fresh_start(&small, &basis);
+    let cfg = PolishConfig {
+        epochs: 12,
+        ..config(true)
+    };
+    let free = run_on_cpu(&train, &val, &shape, &start, &cfg, &Limits::default());
+    let first = free.curve.first().unwrap().best_mse;
+    let last = free.curve.last().unwrap().best_mse;
+    // Reached at the first check.
+    let level = first;
+    let caught = |rival: Option<Race>| Limits {
+        caught_up: Some(level),
+        rival,
+        ..Limits::default()
+    };
+    let out = run_on_cpu(&train, &val, &shape, &start, &cfg, &caught(None));
+    assert_eq!(out.stop, StopReason::CaughtUp, "{out:?}");
+    assert_eq!(out.curve.len(), 1, "{out:?}");
+    assert_eq!(out.row_reads, N_TRAIN as u64);
+    assert_eq!(out.curve[0].best_mse.to_bits(), first.to_bits());
+    // A rival race due at the third check (one no check loses): not before it.
+    let rival = Race {
+        at: 3 * N_TRAIN as u64,
+        against: vec![Check {
+            row_reads: N_TRAIN as u64,
+            seconds: 0.0,
+            validation_mse: 1e9,
+            best_mse: 1e9,
+        }],
+        margin: 1.0,
+    };
+    let raced = run_on_cpu(&train, &val, &shape, &start, &cfg, &caught(Some(rival)));
+    assert_eq!(raced.stop, StopReason::CaughtUp, "{raced:?}");
+    assert_eq!(raced.row_reads, 3 * N_TRAIN as u64, "{raced:?}");
+    assert_eq!(raced.curve.len(), 3);
+    // A level no check reaches changes nothing.
+    let limits = Limits {
+        caught_up: Some(0.5 * last),
+        ..Limits::default()
+    };
+    let unreached = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits);
+    assert_eq!(unreached.stop, free.stop);
+    assert_eq!(unreached.params, free.params);
+}
+
 /// `learn` with a target error: the stages after the one whose model reached it do not run,
 /// and the report says so; a target that is not reached leaves the run as it was.
 #[test]

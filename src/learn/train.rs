@@ -347,6 +347,8 @@ pub enum StopReason {
     Pilot,
     /// A check reached the target error ([`Limits::target`]).
     Target,
+    /// A check caught up with the best model so far ([`Limits::caught_up`]).
+    CaughtUp,
 }
 
 impl StopReason {
@@ -361,6 +363,7 @@ impl StopReason {
             StopReason::Outpaced => "outpaced",
             StopReason::Pilot => "pilot",
             StopReason::Target => "target reached",
+            StopReason::CaughtUp => "caught up",
         }
     }
 }
@@ -530,6 +533,10 @@ pub struct Limits {
     /// The stage ends ([`StopReason::Target`]) at the first check whose validation MSE (on
     /// the check rows) is at or below this.
     pub target: Option<f64>,
+    /// The stage ends ([`StopReason::CaughtUp`]) at the first check whose validation MSE (on
+    /// the check rows) is at or below this: the best model's so far, when what this stage
+    /// adds is a start for the next one rather than a lower error of its own.
+    pub caught_up: Option<f64>,
 }
 
 /// [`train`] within [`Limits`].
@@ -574,7 +581,8 @@ pub fn train_until(
         || limits.race.is_some()
         || limits.rival.is_some()
         || limits.pilot.is_some()
-        || limits.target.is_some();
+        || limits.target.is_some()
+        || limits.caught_up.is_some();
     let rule = config.stop.as_ref().or(limited.then_some(&checks_only));
     let mut adam = Adam::new(p.len(), config.learning_rate, total_steps);
     // The check rows.
@@ -1001,6 +1009,11 @@ impl Progress {
         }
         if lost(limits.race.as_ref(), &mut self.raced) {
             return Some(StopReason::Behind);
+        }
+        // Not before the rival's race is decided: that race picks the network caught up.
+        let rival_due = limits.rival.as_ref().is_some_and(|r| reads < r.at);
+        if !rival_due && limits.caught_up.is_some_and(|t| best <= t) {
+            return Some(StopReason::CaughtUp);
         }
         None
     }
