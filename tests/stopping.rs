@@ -428,6 +428,47 @@ fn the_deep_net_stage_stops_after_its_race_when_it_cannot_help() {
     );
 }
 
+/// Past its race, with no structure on z, the deep-net stage ends at its first check at or
+/// below the descent's error (what it would gain after that, the polish moves B for), reads
+/// fewer rows than its plan, and says so.
+#[test]
+fn the_deep_net_stage_ends_once_it_catches_up_with_the_descent() {
+    let source = random_teacher_source(40_000);
+    let mut cfg = LearnConfig {
+        polish: false,
+        seed: 2,
+        deep_candidates: vec![vec![8, 8]],
+        ..LearnConfig::default()
+    };
+    // A short descent that a deeper network catches up with; no residual counts as
+    // structure, so the stage takes the race's path, and no race is lost.
+    cfg.descent_config.epochs = 2;
+    cfg.descent_config.row_budget = 0;
+    let gate = cfg.deep_gate.as_mut().unwrap();
+    gate.min_share = f64::INFINITY;
+    gate.race_rows = 32_000;
+    gate.race_margin = 1e12;
+    let (rep, deep, why) = deep_net_run(&source, &cfg);
+    assert_eq!(
+        deep.stopped,
+        Some(StopReason::CaughtUp),
+        "{}",
+        rep.summary()
+    );
+    assert!(why.starts_with("ran until it caught up: "), "{why}");
+    assert!(
+        why.contains("where the descent stage's model is at"),
+        "{why}"
+    );
+    let descent = rep.descent_mse.expect("a descent").after;
+    let (last, before) = deep.curve.split_last().unwrap();
+    assert!(last.best_mse <= descent, "{why}");
+    assert!(before.iter().all(|c| c.best_mse > descent), "{why}");
+    let planned = cfg.deep_config.epochs_for(32_000) as u64 * 32_000;
+    assert!(deep.row_reads < planned, "{} of {planned}", deep.row_reads);
+    assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
+}
+
 /// The deep-net stage alone after the descent (no gate, no polish): `candidates` raced by
 /// pilots of `pilot` row reads.
 fn pilot_race_config(candidates: Vec<Vec<usize>>, pilot: u64) -> LearnConfig {

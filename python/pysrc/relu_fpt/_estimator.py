@@ -58,8 +58,8 @@ class ReluNetRegressor(RegressorMixin, BaseEstimator):
         Refine the network and the basis jointly (Adam on all weights and on B) after the
         search; off: no polish.
     polish_epochs : int or None, default=None
-        Most passes of the polish over the training rows, at least 1 (none given: 15, fewer on
-        more than 320,000 rows: at most 4.8 million row reads in all, at least one pass; a
+        Most passes of the polish over the training rows, at least 1 (none given: 30, fewer on
+        more than 160,000 rows: at most 4.8 million row reads in all, at least one pass; a
         number given is not cut to a number of row reads). Like every trainer stage it ends
         sooner when its validation error stops improving.
     descent_epochs : int or None, default=None
