@@ -14,6 +14,7 @@ use relu_fpt::learn::{
     StopRule, TrainOutcome,
 };
 use relu_fpt::network::{Layer, Network};
+use relu_fpt::progress::count;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -467,6 +468,29 @@ fn the_deep_net_stage_ends_once_it_catches_up_with_the_descent() {
     let planned = cfg.deep_config.epochs_for(32_000) as u64 * 32_000;
     assert!(deep.row_reads < planned, "{} of {planned}", deep.row_reads);
     assert_eq!(rep.to_json()["deep_net_decision"], why.as_str());
+    let left = planned - deep.row_reads;
+    let said = format!(
+        "with the {} row reads of this stage's plan left",
+        count(left)
+    );
+    assert!(why.contains(&said), "{why}");
+
+    // The first polish gets those row reads on top of its row budget (here two passes, and
+    // no stop rule, so that it reads exactly its plan): whole passes of 32000 rows.
+    cfg.polish = true;
+    cfg.polish_config.epochs = 1000;
+    cfg.polish_config.row_budget = 64_000;
+    cfg.polish_config.stop = None;
+    let (rep, _, _) = deep_net_run(&source, &cfg);
+    let polish = (rep.stages.iter())
+        .find(|s| s.stage == Stage::Polish)
+        .unwrap();
+    assert_eq!(
+        polish.row_reads,
+        (64_000 + left).div_ceil(32_000) * 32_000,
+        "{}",
+        rep.summary()
+    );
 }
 
 /// The deep-net stage alone after the descent (no gate, no polish): `candidates` raced by

@@ -168,7 +168,8 @@ impl Default for LearnConfig {
             },
             // 30 passes, at most 4.8e6 row reads (at least one pass): with the deep net ending
             // once it has caught up with the descent, the reads it no longer takes go here,
-            // where B moves too. On the quarter-size benchmark (one sitting each) 30 rather
+            // where B moves too (the first polish's row budget grows by what the deep net's
+            // plan had left, `Run::polish_bonus_reads`). On the quarter-size benchmark (one sitting each) 30 rather
             // than 15 passes after a deep net caught up took the test MSE/Var of the random
             // [6, 6] network from 2.5e-5 to 1.0e-6 and of parity k = 4 at d = 128 from 2.9e-6
             // to 5.8e-7, and the anisotropic case's back from 1.9e-5 to 6.0e-6 (3.7e-6 with the
@@ -742,6 +743,9 @@ struct Run<'a> {
     budget_notes: Vec<String>,
     /// Set when the best model first reaches the target error ([`Run::reached`]).
     target_note: Option<String>,
+    /// Row reads of its plan the deep net left when it caught up: the first polish's row
+    /// budget grows by them (still at most its passes).
+    polish_bonus_reads: u64,
 }
 
 /// What enumerate-and-test leaves for the later stages: its bounded subsamples of z (the
@@ -1312,12 +1316,16 @@ impl Run<'_> {
             ));
         } else if res.stop == StopReason::CaughtUp {
             let at = res.curve.last();
+            let n = (self.fit_rows.len() as usize).min(pc.max_rows.max(1));
+            let planned = (pc.epochs_for(n) * n) as u64;
+            self.polish_bonus_reads = planned.saturating_sub(stage_reads);
             out.decision = Some(format!(
-                "ran until it caught up: {net_name} from a random start was at validation MSE/Var {} after {} row reads, where the {} stage's model is at {}; the rest is the polish's, which starts from it; and {}",
+                "ran until it caught up: {net_name} from a random start was at validation MSE/Var {} after {} row reads, where the {} stage's model is at {}; the rest is the polish's, which starts from it with the {} row reads of this stage's plan left; and {}",
                 num(at.map_or(f64::NAN, |c| c.best_mse) / var),
                 crate::progress::count(at.map_or(0, |c| c.row_reads)),
                 best.stage,
                 num(best.validation_mse / var),
+                crate::progress::count(self.polish_bonus_reads),
                 out.evidence.as_ref().map_or(String::new(), |e| e.finding())
             ));
         } else if let Some(rc) = &race {
@@ -1518,6 +1526,11 @@ impl Run<'_> {
             seed: config.seed ^ round,
             ..config.polish_config.clone()
         };
+        // The row reads a caught-up deep net left (once; a row budget of 0 means the passes
+        // were given, and are not cut or grown).
+        if name == Stage::Polish && pc.row_budget > 0 {
+            pc.row_budget += std::mem::take(&mut self.polish_bonus_reads) as usize;
+        }
         if name == Stage::Deepen {
             pc.learning_rate *= deepen_step_scale(&best.network);
         }
@@ -1750,6 +1763,7 @@ fn fit_on_basis(
         stages: Vec::new(),
         budget_notes: Vec::new(),
         target_note: None,
+        polish_bonus_reads: 0,
     };
     let r = basis.len();
     let max_dim = config.subspace_config.max_dim;
