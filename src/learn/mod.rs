@@ -168,17 +168,17 @@ impl Default for LearnConfig {
             },
             // 30 passes, at most 4.8e6 row reads (at least one pass): with the deep net ending
             // once it has caught up with the descent, the reads it no longer takes go here,
-            // where B moves too (the first polish's row budget grows by what the deep net's
-            // plan had left, `Run::polish_bonus_reads`). On the quarter-size benchmark (one sitting each) 30 rather
-            // than 15 passes after a deep net caught up took the test MSE/Var of the random
-            // [6, 6] network from 2.5e-5 to 1.0e-6 and of parity k = 4 at d = 128 from 2.9e-6
-            // to 5.8e-7, and the anisotropic case's back from 1.9e-5 to 6.0e-6 (3.7e-6 with the
-            // deep net trained to its plateau and 15 passes).
-            // On more than 1.6e5 rows, passes over all rows adding up to 4.8e6 row reads. At
-            // d = 128, N = 1e6 (8e5 training rows), validation MSE/Var: parity 2.4e-6 after 6
-            // passes, 1.3e-5 after 3, 1.9e-5 after 15 passes over 1e5 rows; fan 1.4e-7, 1.2e-6
-            // and 2.0e-7. The polish is step-limited on smooth teachers. It ends sooner when
-            // its validation error stops improving.
+            // where B moves too (the first polish's row budget also grows by what the deep
+            // net's plan had left, `Run::polish_bonus_reads`). On the quarter-size benchmark
+            // (one sitting each, c56fa50) 30 rather than 15 passes after a deep net caught up
+            // took the test MSE/Var of the random [6, 6] network from 2.5e-5 to 1.0e-6 and of
+            // parity k = 4 at d = 128 from 2.9e-6 to 5.8e-7, and the anisotropic case's back
+            // from 1.9e-5 to 6.0e-6 (3.7e-6 with the deep net trained to its plateau and 15
+            // passes). On more than 1.6e5 rows, passes over all rows adding up to 4.8e6 row
+            // reads. At d = 128, N = 1e6 (8e5 training rows), validation MSE/Var: parity 2.4e-6
+            // after 6 passes, 1.3e-5 after 3, 1.9e-5 after 15 passes over 1e5 rows; fan
+            // 1.4e-7, 1.2e-6 and 2.0e-7. The polish is step-limited on smooth teachers. It
+            // ends sooner when its validation error stops improving.
             polish_config: PolishConfig {
                 epochs: 30,
                 row_budget: 4_800_000,
@@ -1207,9 +1207,10 @@ impl Run<'_> {
                 // moves: the deep net is trained for the polish to start from, and a network
                 // of its width at the descent's error is that start. Training it on towards
                 // its own plateau (random [6, 6] at d = 96: 3.0 s for 4.6e-3 -> 3.3e-3 of
-                // Var(y)) is slow; with those row reads the polish (30 passes, see
-                // `polish_config`) ended lower on 16 of the quarter-size benchmark's 19 cases,
-                // within 1% on two and 1.6x higher on one (the anisotropic inputs).
+                // Var(y)) is slow; with those row reads the polish (see `polish_config`) ended
+                // lower on 15 of the quarter-size benchmark's 19 cases than before, within 1%
+                // on two, 1.3x higher on the random [16, 8] network and 1.6x on the
+                // anisotropic inputs.
                 limits.caught_up = Some(best.validation_mse);
                 out.decision = Some(format!(
                     "raced the descent ({figures}): past {} row reads only when ahead of the descent after as many",
