@@ -668,6 +668,36 @@ fn the_time_budget_flag() {
 /// a target no check reaches changes nothing.
 #[test]
 fn a_stage_ends_at_its_first_check_at_the_target() {
+    with_a_free_stage(|free, run| {
+        // Halfway between the start's error and the best the stage reaches.
+        let first = free.curve.first().unwrap().best_mse;
+        let last = free.curve.last().unwrap().best_mse;
+        let target = 0.5 * (first + last);
+        let limits = |target: f64| Limits {
+            target: Some(target),
+            ..Limits::default()
+        };
+        let out = run(&limits(target));
+        assert_eq!(out.stop, StopReason::Target, "{out:?}");
+        let at = out.curve.iter().position(|c| c.best_mse <= target).unwrap();
+        assert_eq!(at + 1, out.curve.len(), "{out:?}");
+        assert!(out.row_reads < free.row_reads, "{out:?}");
+        // Until it stopped, the same checks as the stage without a target.
+        let checks = |c: &[Check]| {
+            c.iter()
+                .map(|c| (c.row_reads, c.best_mse.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(checks(&out.curve), checks(&free.curve[..out.curve.len()]));
+        let unreached = run(&limits(0.5 * last));
+        assert_eq!(unreached.stop, free.stop);
+        assert_eq!(unreached.params, free.params);
+    });
+}
+
+/// The noisy teacher's stage with a fresh output layer and 12 passes, trained without limits
+/// (`free`), and a runner of the same stage within given limits, for `f`.
+fn with_a_free_stage(f: impl FnOnce(&TrainOutcome, &dyn Fn(&Limits) -> TrainOutcome)) {
     let (small, basis, source) = noisy_teacher();
     let (train, val) = split(&source);
     let (shape, start) = fresh_start(&small, &basis);
@@ -676,29 +706,9 @@ fn a_stage_ends_at_its_first_check_at_the_target() {
         ..config(true)
     };
     let free = run_on_cpu(&train, &val, &shape, &start, &cfg, &Limits::default());
-    // Halfway between the start's error and the best the stage reaches.
-    let first = free.curve.first().unwrap().best_mse;
-    let last = free.curve.last().unwrap().best_mse;
-    let target = 0.5 * (first + last);
-    let limits = |target: f64| Limits {
-        target: Some(target),
-        ..Limits::default()
-    };
-    let out = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits(target));
-    assert_eq!(out.stop, StopReason::Target, "{out:?}");
-    let at = out.curve.iter().position(|c| c.best_mse <= target).unwrap();
-    assert_eq!(at + 1, out.curve.len(), "{out:?}");
-    assert!(out.row_reads < free.row_reads, "{out:?}");
-    // Until it stopped, the same checks as the stage without a target.
-    let checks = |c: &[Check]| {
-        c.iter()
-            .map(|c| (c.row_reads, c.best_mse.to_bits()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(checks(&out.curve), checks(&free.curve[..out.curve.len()]));
-    let unreached = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits(0.5 * last));
-    assert_eq!(unreached.stop, free.stop);
-    assert_eq!(unreached.params, free.params);
+    f(&free, &|limits| {
+        run_on_cpu(&train, &val, &shape, &start, &cfg, limits)
+    });
 }
 
 /// A stage told to catch up with another model's error ends at its first check at or below
@@ -706,51 +716,43 @@ fn a_stage_ends_at_its_first_check_at_the_target() {
 /// decides which network is the one caught up.
 #[test]
 fn a_stage_ends_when_it_catches_up_but_not_before_its_rival_race() {
-    let (small, basis, source) = noisy_teacher();
-    let (train, val) = split(&source);
-    let (shape, start) = fresh_start(&small, &basis);
-    let cfg = PolishConfig {
-        epochs: 12,
-        ..config(true)
-    };
-    let free = run_on_cpu(&train, &val, &shape, &start, &cfg, &Limits::default());
-    let first = free.curve.first().unwrap().best_mse;
-    let last = free.curve.last().unwrap().best_mse;
-    // Reached at the first check.
-    let level = first;
-    let caught = |rival: Option<Race>| Limits {
-        caught_up: Some(level),
-        rival,
-        ..Limits::default()
-    };
-    let out = run_on_cpu(&train, &val, &shape, &start, &cfg, &caught(None));
-    assert_eq!(out.stop, StopReason::CaughtUp, "{out:?}");
-    assert_eq!(out.curve.len(), 1, "{out:?}");
-    assert_eq!(out.row_reads, N_TRAIN as u64);
-    assert_eq!(out.curve[0].best_mse.to_bits(), first.to_bits());
-    // A rival race due at the third check (one no check loses): not before it.
-    let rival = Race {
-        at: 3 * N_TRAIN as u64,
-        against: vec![Check {
-            row_reads: N_TRAIN as u64,
-            seconds: 0.0,
-            validation_mse: 1e9,
-            best_mse: 1e9,
-        }],
-        margin: 1.0,
-    };
-    let raced = run_on_cpu(&train, &val, &shape, &start, &cfg, &caught(Some(rival)));
-    assert_eq!(raced.stop, StopReason::CaughtUp, "{raced:?}");
-    assert_eq!(raced.row_reads, 3 * N_TRAIN as u64, "{raced:?}");
-    assert_eq!(raced.curve.len(), 3);
-    // A level no check reaches changes nothing.
-    let limits = Limits {
-        caught_up: Some(0.5 * last),
-        ..Limits::default()
-    };
-    let unreached = run_on_cpu(&train, &val, &shape, &start, &cfg, &limits);
-    assert_eq!(unreached.stop, free.stop);
-    assert_eq!(unreached.params, free.params);
+    with_a_free_stage(|free, run| {
+        let first = free.curve.first().unwrap().best_mse;
+        let last = free.curve.last().unwrap().best_mse;
+        // Reached at the first check.
+        let caught = |rival: Option<Race>| Limits {
+            caught_up: Some(first),
+            rival,
+            ..Limits::default()
+        };
+        let out = run(&caught(None));
+        assert_eq!(out.stop, StopReason::CaughtUp, "{out:?}");
+        assert_eq!(out.curve.len(), 1, "{out:?}");
+        assert_eq!(out.row_reads, N_TRAIN as u64);
+        assert_eq!(out.curve[0].best_mse.to_bits(), first.to_bits());
+        // A rival race due at the third check (one no check loses): not before it.
+        let rival = Race {
+            at: 3 * N_TRAIN as u64,
+            against: vec![Check {
+                row_reads: N_TRAIN as u64,
+                seconds: 0.0,
+                validation_mse: 1e9,
+                best_mse: 1e9,
+            }],
+            margin: 1.0,
+        };
+        let raced = run(&caught(Some(rival)));
+        assert_eq!(raced.stop, StopReason::CaughtUp, "{raced:?}");
+        assert_eq!(raced.row_reads, 3 * N_TRAIN as u64, "{raced:?}");
+        assert_eq!(raced.curve.len(), 3);
+        // A level no check reaches changes nothing.
+        let unreached = run(&Limits {
+            caught_up: Some(0.5 * last),
+            ..Limits::default()
+        });
+        assert_eq!(unreached.stop, free.stop);
+        assert_eq!(unreached.params, free.params);
+    });
 }
 
 /// `learn` with a target error: the stages after the one whose model reached it do not run,

@@ -989,6 +989,12 @@ impl Run<'_> {
         }
     }
 
+    /// Row reads a trainer stage with settings `pc` plans over the training rows it reads.
+    fn planned_reads(&self, pc: &PolishConfig) -> u64 {
+        let n = (self.fit_rows.len() as usize).min(pc.max_rows.max(1));
+        (pc.epochs_for(n) * n) as u64
+    }
+
     /// A validation MSE as a fraction of the validation labels' variance.
     fn relative(&self, mse: f64) -> f64 {
         mse / self.validation_var.max(1e-300)
@@ -1317,9 +1323,7 @@ impl Run<'_> {
             ));
         } else if res.stop == StopReason::CaughtUp {
             let at = res.curve.last();
-            let n = (self.fit_rows.len() as usize).min(pc.max_rows.max(1));
-            let planned = (pc.epochs_for(n) * n) as u64;
-            self.polish_bonus_reads = planned.saturating_sub(stage_reads);
+            self.polish_bonus_reads = self.planned_reads(&pc).saturating_sub(stage_reads);
             out.decision = Some(format!(
                 "ran until it caught up: {net_name} from a random start was at validation MSE/Var {} after {} row reads, where the {} stage's model is at {}; the rest is the polish's, which starts from it with the {} row reads of this stage's plan left; and {}",
                 num(at.map_or(f64::NAN, |c| c.best_mse) / var),
@@ -1384,9 +1388,7 @@ impl Run<'_> {
         }
         let t = StageClock::start();
         // On few rows, at most an eighth of the stage's planned row reads.
-        let n = (self.fit_rows.len() as usize).min(pc.max_rows.max(1));
-        let planned = (pc.epochs_for(n) * n) as u64;
-        out.pilot_rows = out.pilot_rows.min(planned / 8).max(1);
+        out.pilot_rows = out.pilot_rows.min(self.planned_reads(pc) / 8).max(1);
         let limits = Limits {
             pilot: Some(out.pilot_rows),
             ..Limits::default()
