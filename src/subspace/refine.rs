@@ -7,7 +7,6 @@ use super::{orthonormalise, Frame, Pilot, SubspaceConfig};
 use crate::backend::{Backend, ProjectedSamples};
 use crate::data::SampleSource;
 use crate::error::Result;
-use crate::linalg::dot;
 use crate::network::Network;
 use crate::sphere::{sphere_net_fit, SphereNetConfig};
 use nalgebra::DMatrix;
@@ -116,12 +115,7 @@ pub(super) fn gauss_newton(
 
 /// z = B x on the pilot (its rows are centred raw x; B in the frame reads them as B W).
 pub(super) fn pilot_z(pilot: &Pilot, frame: &Frame, basis: &[Vec<f64>]) -> Vec<f64> {
-    let rows = frame.raw_rows(basis);
-    pilot
-        .x
-        .chunks_exact(frame.d)
-        .flat_map(|x| rows.iter().map(move |b| dot(b, x)))
-        .collect()
+    crate::linalg::dot_rows(&frame.raw_rows(basis), &pilot.x, frame.d)
 }
 
 /// The fit h of y on the pilot's z = B x: sphere-net features plus ridge, its ridge chosen on
