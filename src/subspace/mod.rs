@@ -463,10 +463,12 @@ fn filtered_pca(
         blocks.push(start..basis.len());
     }
     let frame = Frame::new(&whitening);
+    let mut fit_of_basis = None;
     if !basis.is_empty() && c.refine_steps > 0 {
-        let steps = refine::gauss_newton(backend, source, &pilot, &frame, &mut basis, c)?;
+        let (steps, fit) = refine::gauss_newton(backend, source, &pilot, &frame, &mut basis, c)?;
         samples_used += steps.len() as u64 * n;
         refine.extend(steps);
+        fit_of_basis = fit;
     }
     // Residual rounds: filters on e = y - h(B x), conditioned on what h uses most.
     // Without the refine steps the residual carries the basis's own error as structure in the
@@ -480,7 +482,10 @@ fn filtered_pca(
         if basis.is_empty() || basis.len() >= max_dim {
             break;
         }
-        let fit = refine::fit_on_pilot(&pilot, &frame, &basis, &c.fit_config)?;
+        let fit = match fit_of_basis.take() {
+            Some(fit) => fit,
+            None => refine::fit_on_pilot(&pilot, &frame, &basis, &c.fit_config)?,
+        };
         let relevance = refine::relevant_directions(&pilot, &frame, &basis, &fit);
         let model = Network::with_projection(&fit, &frame.raw_rows(&basis))?;
         let a = filtered::axes_budget(basis.len(), n, d, false, c);
@@ -508,9 +513,11 @@ fn filtered_pca(
         basis.extend(out.directions);
         blocks.push(start..basis.len());
         if c.refine_steps > 0 {
-            let steps = refine::gauss_newton(backend, source, &pilot, &frame, &mut basis, c)?;
+            let (steps, fit) =
+                refine::gauss_newton(backend, source, &pilot, &frame, &mut basis, c)?;
             samples_used += steps.len() as u64 * n;
             refine.extend(steps);
+            fit_of_basis = fit;
         }
     }
     let raw_basis = if whitening.map.is_none() {
