@@ -105,81 +105,73 @@ unsafe fn dot_wide_rows_avx<const W: usize>(rows: [&[f64]; W], b: &[f64]) -> [f6
     out
 }
 
+/// Results of the side-by-side dot products of [`dots_in_lanes`]: up to this many.
+pub const LANES: usize = 16;
+
+/// `rows` (count x n, row-major) transposed and padded to [`LANES`] columns: entry (i, j) is
+/// rows[j][i], zero for j >= count. None when count > LANES.
+pub fn lanes_of(rows: &[f64], count: usize, n: usize) -> Option<Vec<f64>> {
+    (count <= LANES).then(|| {
+        let mut t = vec![0.0; n * LANES];
+        for (j, row) in rows.chunks_exact(n).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                t[i * LANES + j] = v;
+            }
+        }
+        t
+    })
+}
+
+/// out[j] = dot(a, column j of `t`) for j < out.len(), `t` n x LANES as [`lanes_of`] makes it:
+/// each sum from -0.0 (as `dot`'s) with its terms in order, so the same bits as `dot`, but all
+/// side by side in registers instead of one chain of dependent adds after another. Always
+/// inlined, so that callers compiled for wider vectors vectorise it for those.
+#[inline(always)]
+pub fn dots_in_lanes(a: &[f64], t: &[f64], out: &mut [f64]) {
+    let mut acc = [-0.0f64; LANES];
+    for (&ai, ti) in a.iter().zip(t.chunks_exact(LANES)) {
+        for j in 0..LANES {
+            acc[j] += ti[j] * ai;
+        }
+    }
+    out.copy_from_slice(&acc[..out.len()]);
+}
+
 /// `dot(row, x)` for every row and every `d`-long x of `xs`, x-major (each x's dots in row
-/// order), with the same bits as `dot` (each sum in order, no fused multiply-add), but the
-/// sums of four x and up to eight rows run side by side: one `dot` at a time waits on its own
-/// adds, and z = B x on the subspace stage's pilot (1e5 rows, d = 256, 8 rows) took 0.27 s a
-/// call that way, a fifth of the stage on the random [16, 8] network.
+/// order), with the bits of `dot`: through [`dots_in_lanes`] for up to [`LANES`] rows. One
+/// `dot` at a time waits on its own adds: z = B x on the subspace stage's pilot (1e5 rows,
+/// d = 256, 8 rows) took 0.27 s a call that way, a fifth of the stage on the random [16, 8]
+/// network.
 pub fn dot_rows(rows: &[Vec<f64>], xs: &[f64], d: usize) -> Vec<f64> {
     assert!(d > 0 && xs.len().is_multiple_of(d) && rows.iter().all(|r| r.len() == d));
     let r = rows.len();
-    if r == 0 {
-        return Vec::new();
-    }
-    // Transposed rows, padded with zero rows to whole groups of LANES: for each i, the rows'
-    // i-th entries side by side.
-    let padded = r.div_ceil(LANES) * LANES;
-    let mut transposed = vec![0.0; d * padded];
-    for (j, b) in rows.iter().enumerate() {
-        for (i, v) in b.iter().enumerate() {
-            transposed[i * padded + j] = *v;
-        }
-    }
     let mut out = vec![0.0; xs.len() / d * r];
+    let Some(t) = lanes_of(&rows.concat(), r, d).filter(|_| r > 0) else {
+        for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(r.max(1))) {
+            o.iter_mut().zip(rows).for_each(|(o, b)| *o = dot(b, x));
+        }
+        return out;
+    };
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU has AVX (checked just above).
-        unsafe { dot_rows_avx(&transposed, padded, xs, d, r, &mut out) };
+        unsafe { dot_rows_avx(&t, xs, d, r, &mut out) };
         return out;
     }
-    dot_rows_into(&transposed, padded, xs, d, r, &mut out);
+    dot_rows_body(&t, xs, d, r, &mut out);
     out
 }
 
-/// How many rows [`dot_rows`] sums side by side.
-const LANES: usize = 8;
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn dot_rows_avx(
-    transposed: &[f64],
-    padded: usize,
-    xs: &[f64],
-    d: usize,
-    r: usize,
-    out: &mut [f64],
-) {
-    dot_rows_into(transposed, padded, xs, d, r, out)
+unsafe fn dot_rows_avx(t: &[f64], xs: &[f64], d: usize, r: usize, out: &mut [f64]) {
+    dot_rows_body(t, xs, d, r, out)
 }
 
 #[inline(always)]
-fn dot_rows_into(
-    transposed: &[f64],
-    padded: usize,
-    xs: &[f64],
-    d: usize,
-    r: usize,
-    out: &mut [f64],
-) {
-    for (x4, o4) in xs.chunks(4 * d).zip(out.chunks_mut(4 * r)) {
-        for lanes in (0..r).step_by(LANES) {
-            let mut acc = [[-0.0f64; LANES]; 4];
-            for i in 0..d {
-                let t: &[f64; LANES] = transposed[i * padded + lanes..][..LANES]
-                    .try_into()
-                    .expect("LANES entries");
-                for (a, x) in acc.iter_mut().zip(x4.chunks_exact(d)) {
-                    let xi = x[i];
-                    for (s, b) in a.iter_mut().zip(t) {
-                        *s += b * xi;
-                    }
-                }
-            }
-            let width = LANES.min(r - lanes);
-            for (a, o) in acc.iter().zip(o4.chunks_exact_mut(r)) {
-                o[lanes..lanes + width].copy_from_slice(&a[..width]);
-            }
-        }
+fn dot_rows_body(t: &[f64], xs: &[f64], d: usize, r: usize, out: &mut [f64]) {
+    for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(r)) {
+        dots_in_lanes(x, t, o);
     }
 }
 
@@ -215,15 +207,44 @@ pub fn ridge_solve(packed: &[f64], rhs: &[f64], ridge: f64) -> Option<Vec<f64>> 
 
 #[cfg(test)]
 mod tests {
-    use super::{dot, dot_rows, dot_wide, each_dot_wide};
+    use super::{dot, dot_rows, dot_wide, dots_in_lanes, each_dot_wide, lanes_of, LANES};
+    use rand::{RngExt, SeedableRng};
+
+    /// The side-by-side dot products have the bits of `dot`, one result at a time, for every
+    /// count of results up to LANES (zeros among the terms included).
+    #[test]
+    fn dots_in_lanes_give_the_bits_of_dot() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let n = 37;
+        for count in 1..=LANES {
+            let rows: Vec<f64> = (0..count * n)
+                .map(|k| {
+                    if k % 7 == 0 {
+                        0.0
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            let a: Vec<f64> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let t = lanes_of(&rows, count, n).expect("count <= LANES");
+            let mut got = vec![0.0; count];
+            dots_in_lanes(&a, &t, &mut got);
+            for (j, g) in got.iter().enumerate() {
+                let want = dot(&rows[j * n..(j + 1) * n], &a);
+                assert_eq!(g.to_bits(), want.to_bits(), "count {count}, result {j}");
+            }
+        }
+        assert!(lanes_of(&vec![0.0; (LANES + 1) * n], LANES + 1, n).is_none());
+    }
 
     #[test]
     fn dot_rows_has_the_bits_of_dot() {
-        // Row counts through one and two groups of lanes, x counts with every remainder of 4,
+        // Row counts up to LANES and beyond it (plain `dot`), x counts from none up,
         // values of mixed sign and scale so that the order of the additions shows in the last
         // bits, and a positive row times an x of -0.0 (a sum of -0.0 products keeps its sign only
         // when it starts from -0.0, as `sum` does).
-        for (d, r) in [(1, 1), (5, 3), (13, 8), (7, 11), (19, 17)] {
+        for (d, r) in [(1, 1), (5, 3), (13, 8), (7, 15), (19, 17)] {
             let mut rows: Vec<Vec<f64>> = (0..r)
                 .map(|j| {
                     (0..d)

@@ -34,8 +34,8 @@ pub(super) fn gauss_newton(
     c: &SubspaceConfig,
 ) -> Result<(Vec<RefineStep>, Option<Network>)> {
     let mut steps = Vec::new();
+    // The last step's residual MSE, basis and fit.
     let mut last: Option<(f64, Vec<Vec<f64>>, Network)> = None;
-    let mut fit_of_basis = None;
     let view = RoundSource::new(source, frame.centre());
     for step in 0..c.refine_steps {
         let started = std::time::Instant::now();
@@ -59,16 +59,15 @@ pub(super) fn gauss_newton(
                 format!("residual MSE {}", crate::progress::num(mse)),
             ]
         });
-        if let Some((prev, prev_basis, prev_fit)) = last.take() {
-            if mse >= prev {
-                *basis = prev_basis;
-                fit_of_basis = Some(prev_fit);
+        if let Some((prev, prev_basis, _)) = &last {
+            if mse >= *prev {
+                *basis = prev_basis.clone();
                 break;
             }
             // Converged: another step would move the basis by less than its noise, and cost
             // a pass.
             if mse > (1.0 - CONVERGED) * prev {
-                fit_of_basis = Some(fit);
+                last = Some((mse, basis.clone(), fit));
                 break;
             }
         }
@@ -116,8 +115,9 @@ pub(super) fn gauss_newton(
             break;
         }
     }
-    // A step that broke off before moving the basis leaves it as its fit found it.
-    let fit = fit_of_basis.or_else(|| last.filter(|(_, b, _)| b == basis).map(|(_, _, f)| f));
+    // Steps that end without moving the basis (converged, undone, or broken off) end on a
+    // basis they fitted.
+    let fit = last.filter(|(_, b, _)| b == basis).map(|(_, _, f)| f);
     Ok((steps, fit))
 }
 

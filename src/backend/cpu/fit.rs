@@ -2,7 +2,7 @@
 //! timing), weights stored input-major so the small network's layers and the d x r cross
 //! products run as axpys over long, contiguous rows.
 //!
-//! For r <= [`LANES`] the dot products with r results (z = B x, and the gradient with respect
+//! For r <= [`crate::linalg::LANES`] the dot products with r results (z = B x, and the gradient with respect
 //! to z pulled through the first layer) are summed as `dot` sums them, each from -0.0 with its
 //! terms in order, but all r side by side in registers instead of one long chain after another
 //! (the same additions, so the same bits, without waiting on each add's latency). An AVX2 copy
@@ -10,43 +10,13 @@
 
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
-use crate::linalg::{axpy, dot};
+use crate::linalg::{axpy, dot, dots_in_lanes, lanes_of};
 use crate::moments::{check_fit_request, FitMoments};
 use crate::network::Network;
 use rayon::prelude::*;
 
 /// Rows per block: each block's partial sums are added in block order.
 const BLOCK_ROWS: usize = 512;
-
-/// Results of the side-by-side dot products (see the module docs): r up to this many.
-const LANES: usize = 16;
-
-/// `rows` (count x n, row-major) transposed and padded to [`LANES`] columns: entry (i, j) is
-/// rows[j][i], zero for j >= count. None when count > LANES.
-fn lanes_of(rows: &[f64], count: usize, n: usize) -> Option<Vec<f64>> {
-    (count <= LANES).then(|| {
-        let mut t = vec![0.0; n * LANES];
-        for (j, row) in rows.chunks_exact(n).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                t[i * LANES + j] = v;
-            }
-        }
-        t
-    })
-}
-
-/// out[j] = dot(a, column j of `t`) for j < out.len(), `t` n x LANES as [`lanes_of`] makes it:
-/// each sum from -0.0 (as `dot`'s) with its terms in order, all in registers at once.
-#[inline(always)]
-fn dots_in_lanes(a: &[f64], t: &[f64], out: &mut [f64]) {
-    let mut acc = [-0.0f64; LANES];
-    for (&ai, ti) in a.iter().zip(t.chunks_exact(LANES)) {
-        for j in 0..LANES {
-            acc[j] += ti[j] * ai;
-        }
-    }
-    out.copy_from_slice(&acc[..out.len()]);
-}
 
 /// One layer with its weights transposed: `weights_t[i * outputs + o]` = W[o][i].
 struct LayerT {
@@ -252,38 +222,4 @@ pub(crate) fn fit_moments(
         Ok(())
     })?;
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
-
-    /// The side-by-side dot products have the bits of `dot`, one result at a time, for every
-    /// count of results up to LANES (zeros among the terms included).
-    #[test]
-    fn dots_in_lanes_give_the_bits_of_dot() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let n = 37;
-        for count in 1..=LANES {
-            let rows: Vec<f64> = (0..count * n)
-                .map(|k| {
-                    if k % 7 == 0 {
-                        0.0
-                    } else {
-                        rng.random_range(-1.0..1.0)
-                    }
-                })
-                .collect();
-            let a: Vec<f64> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let t = lanes_of(&rows, count, n).expect("count <= LANES");
-            let mut got = vec![0.0; count];
-            dots_in_lanes(&a, &t, &mut got);
-            for (j, g) in got.iter().enumerate() {
-                let want = dot(&rows[j * n..(j + 1) * n], &a);
-                assert_eq!(g.to_bits(), want.to_bits(), "count {count}, result {j}");
-            }
-        }
-        assert!(lanes_of(&vec![0.0; (LANES + 1) * n], LANES + 1, n).is_none());
-    }
 }
