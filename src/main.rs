@@ -312,6 +312,13 @@ struct LearnArgs {
     /// Print the report as one JSON line on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Read the samples on every pass instead of holding them in memory: memory then does not
+    /// grow with N. Without it the rows (from files or a built-in teacher) are held in memory
+    /// once when they take at most half the available memory (on the CPU backend, in one
+    /// process, without --time-budget), so that no pass copies or draws them again; the same
+    /// model either way.
+    #[arg(long)]
+    stream: bool,
     /// Where to write the model (relu-fpt/network JSON).
     #[arg(long)]
     out: PathBuf,
@@ -1008,24 +1015,30 @@ fn learn_cmd(a: LearnArgs) -> Result<()> {
         )?;
     }
     let backend = open_backend(a.backend)?;
-    // A built-in teacher's rows drawn once rather than on every pass, in one process and
-    // without a time budget (whose clock would not count the drawing).
-    let wanted = samples.teacher.is_some() && mpi::ranks() == 1 && config.time_budget.is_none();
+    // The rows drawn or read once rather than on every pass, in one process and without a
+    // time budget (whose clock would not count the drawing or reading).
+    let wanted = !a.stream && mpi::ranks() == 1 && config.time_budget.is_none();
     let drawn = match wanted
         .then(|| draw_samples(backend.as_ref(), samples.source.as_ref()))
         .transpose()?
     {
         Some(Drawn::Memory {
-            samples, seconds, ..
+            samples: rows,
+            seconds,
+            ..
         }) => {
+            let (how, again) = match samples.teacher {
+                Some(_) => ("drawn", "no pass draws them again"),
+                None => ("read", "no pass reads the files again"),
+            };
             progress::stage_done("samples", || {
                 vec![
-                    format!("{} rows drawn into memory", progress::count(n)),
+                    format!("{} rows {how} into memory", progress::count(n)),
                     progress::seconds(seconds),
-                    "no pass draws them again".to_string(),
+                    again.to_string(),
                 ]
             });
-            Some(samples)
+            Some(rows)
         }
         _ => None,
     };
@@ -1250,7 +1263,7 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// A built-in teacher's samples drawn into memory once, or why they are not.
+/// The samples (a built-in teacher's or a file's) in memory once, or why they are not.
 enum Drawn {
     /// In memory: the rows, their bytes, and the seconds the drawing took.
     Memory {
@@ -1265,10 +1278,13 @@ enum Drawn {
     TooBig(u128),
 }
 
-/// A built-in teacher's samples in memory when the backend reads rows on the host and they fit
-/// comfortably (at most half the available memory), so that every pass reads them instead of
-/// drawing them again: at d = 512 and 2.6e5 rows `learn` took 23 s instead of 48 s, the same
-/// model. A GPU draws a built-in teacher's rows on the device itself.
+/// The samples in memory when the backend reads rows on the host and they fit comfortably (at
+/// most half the available memory), so that every pass reads them there instead of drawing
+/// them again (a built-in teacher: at d = 512 and 2.6e5 rows `learn` took 23 s instead of
+/// 48 s) or copying them from the file again (each pass's positioned reads and, in the
+/// trainer, its reader thread's copies: a fifth of the polish's samples on the random [16, 8]
+/// network's 2.5e5 rows at d = 256). The same model either way. A GPU draws a built-in
+/// teacher's rows on the device itself.
 fn draw_samples(backend: &dyn Backend, generator: &dyn SampleSource) -> Result<Drawn> {
     let (n, d) = (generator.len(), generator.dim());
     let bytes = n as u128 * (d as u128 + 1) * 4;
@@ -1279,7 +1295,10 @@ fn draw_samples(backend: &dyn Backend, generator: &dyn SampleSource) -> Result<D
         return Ok(Drawn::TooBig(bytes));
     }
     let t = Instant::now();
-    let samples = relu_fpt::data::MemorySource::read_all(generator, "lower --n or --d")?;
+    let samples = relu_fpt::data::MemorySource::read_all(
+        generator,
+        "free some memory: the rows are held in memory only when they take at most half of what is available",
+    )?;
     Ok(Drawn::Memory {
         samples,
         bytes,

@@ -675,10 +675,10 @@ fn bench_moments_compares_the_cpu_with_the_gpu_in_one_table() {
     assert!(lines[4]["peak_gflops"].is_null() && lines[4]["data"] == "generated on the device");
 }
 
-/// A built-in teacher's samples are drawn into memory once (a line on stderr says so) and the
-/// model is the one learned from the same samples written to files.
+/// A built-in teacher's samples are drawn into memory once, and files read into memory once (a
+/// line on stderr says which), unless --stream; the model is the same all three ways.
 #[test]
-fn learn_from_a_teacher_draws_its_samples_once_and_learns_what_the_files_give() {
+fn learn_holds_its_samples_in_memory_once_and_learns_what_streaming_gives() {
     let dir = tempfile::tempdir().unwrap();
     let data = generate(dir.path(), "data", "20000", "4");
     let small = [
@@ -709,7 +709,21 @@ fn learn_from_a_teacher_draws_its_samples_once_and_learns_what_the_files_give() 
     args.extend(small);
     let o = relu_fpt(&args);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("  samples: 20000 rows read into memory, "),
+        "{}",
+        stderr(&o)
+    );
+    let streamed = dir.path().join("streamed.json");
+    args[6] = streamed.to_str().unwrap();
+    args.push("--stream");
+    let o = relu_fpt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("into memory"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&from_files).unwrap(),
+        std::fs::read(&streamed).unwrap()
+    );
     let teacher = [
         "--teacher",
         "random",
