@@ -2,8 +2,9 @@
 label-noise teacher with every row against the old 1e5-row cap, and learn's time.
 
 Parts (--parts, comma separated):
-  memory   peak RSS (GNU time's "Maximum resident set size") of learn, subspace, predict and
-           eval on the parity teacher at d = 128 for each N in --ns: the bound in README.
+  memory   peak RSS (GNU time's "Maximum resident set size") and seconds of learn --stream and
+           learn (rows held in memory), and peak RSS of subspace, predict and eval, on the
+           parity teacher at d = 128 for each N in --ns: the bound in README.
   predict  median wall seconds of `relu-fpt predict` on the largest N against `cat x.npy >
            /dev/null` (the file read once from the page cache, after a warm-up read).
   noise    the random [4, 4] teacher with label noise of 25% of the teacher's variance
@@ -51,19 +52,22 @@ def parity(base, n):
 
 
 def memory(base, ns):
-    print("| N | learn RSS (MiB) | learn s | subspace RSS (MiB) | predict RSS (MiB) | eval RSS (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print("| N | learn --stream RSS (MiB) | learn --stream s | learn RSS (MiB) | learn s "
+          "| subspace RSS (MiB) | predict RSS (MiB) | eval RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in ns:
         data = parity(base, n)
         x, y = os.path.join(data, "x.npy"), os.path.join(data, "y.npy")
         model = os.path.join(base, f"model-{n}.json")
-        ls, lr = timed([BIN, "learn", "--x", x, "--y", y, "--out", model, "--backend", "cpu"])
+        learn = [BIN, "learn", "--x", x, "--y", y, "--out", model, "--backend", "cpu"]
+        ss, sm = timed([*learn, "--stream"])
+        ls, lr = timed(learn)
         _, sr = timed([BIN, "subspace", "--x", x, "--y", y, "--out",
                        os.path.join(base, "sub.json"), "--backend", "cpu"])
         _, pr = timed([BIN, "predict", "--model", model, "--x", x, "--out",
                        os.path.join(base, "pred.npy"), "--backend", "cpu"])
         _, er = timed([BIN, "eval", "--model", model, "--x", x, "--y", y, "--backend", "cpu"])
-        print(f"| {n:.0e} | {lr:.0f} | {ls:.1f} | {sr:.0f} | {pr:.0f} | {er:.0f} |")
+        print(f"| {n:.0e} | {sm:.0f} | {ss:.1f} | {lr:.0f} | {ls:.1f} | {sr:.0f} | {pr:.0f} | {er:.0f} |")
 
 
 def predict(base, n, repeats):
