@@ -2,11 +2,12 @@
 //! timing), weights stored input-major so the small network's layers and the d x r cross
 //! products run as axpys over long, contiguous rows.
 //!
-//! For r <= [`crate::linalg::LANES`] the dot products with r results (z = B x, and the gradient with respect
-//! to z pulled through the first layer) are summed as `dot` sums them, each from -0.0 with its
-//! terms in order, but all r side by side in registers instead of one long chain after another
-//! (the same additions, so the same bits, without waiting on each add's latency). An AVX2 copy
-//! of the block sums is chosen at run time (no FMA: the same bits again).
+//! For r <= [`crate::linalg::LANES`] the dot products with r results (z = B x, and the gradient
+//! with respect to z pulled through the first layer) are summed as `dot` sums them, each from
+//! -0.0 with its terms in order, but all r side by side in registers instead of one long chain
+//! after another (`linalg::dots_in_lanes`: the same additions, so the same bits, without
+//! waiting on each add's latency). An AVX2 copy of the block sums is chosen at run time (no
+//! FMA: the same bits again).
 
 use crate::data::{for_each_chunk, SampleSource};
 use crate::error::Result;
