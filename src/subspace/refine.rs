@@ -59,19 +59,20 @@ pub(super) fn gauss_newton(
                 format!("residual MSE {}", crate::progress::num(mse)),
             ]
         });
-        if let Some((prev, prev_basis, _)) = &last {
-            if mse >= *prev {
+        let converged = match &last {
+            Some((prev, prev_basis, _)) if mse >= *prev => {
                 *basis = prev_basis.clone();
                 break;
             }
             // Converged: another step would move the basis by less than its noise, and cost
             // a pass.
-            if mse > (1.0 - CONVERGED) * prev {
-                last = Some((mse, basis.clone(), fit));
-                break;
-            }
-        }
+            Some((prev, ..)) => mse > (1.0 - CONVERGED) * prev,
+            None => false,
+        };
         last = Some((mse, basis.clone(), fit));
+        if converged {
+            break;
+        }
         let gram = DMatrix::from_row_slice(r, r, &m.gram);
         // A direction h barely uses has a tiny gradient: damp it rather than blow it up.
         let damping = 1e-6 * gram.trace() / r as f64;
