@@ -300,6 +300,13 @@ pub struct StopRule {
     /// Row reads of the last stretch once patience runs out, as a fraction of the row reads
     /// before it (at least one check's worth, at most what the plan has left).
     pub finish_fraction: f64,
+    /// When the checks since the last gain sat well above the best (their median error at
+    /// least this many times the best's), the step size, not the data, held the error up:
+    /// the decay is what pays, and a longer one pays more, so the last stretch is
+    /// `step_noise_finish_fraction` of the row reads before it instead. Infinite: never.
+    pub step_noise_ratio: f64,
+    /// See `step_noise_ratio`.
+    pub step_noise_finish_fraction: f64,
     /// Patience starts only at the first significant gain: for a stage that fine-tunes a
     /// trained model, whose first steps often cost more than they gain before the decaying
     /// step size pays them back (the polish). Otherwise it runs from the stage's start, so a
@@ -320,6 +327,8 @@ impl Default for StopRule {
             z: 2.0,
             check_val_rows: 32_768,
             finish_fraction: 0.25,
+            step_noise_ratio: f64::INFINITY,
+            step_noise_finish_fraction: 0.25,
             wait_for_gain: false,
             material: false,
         }
@@ -982,7 +991,13 @@ impl Progress {
                 .is_some_and(|g| reads - g >= rule.patience_rows)
         {
             self.finishing = true;
-            let left = ((rule.finish_fraction * reads as f64) as u64)
+            let since = self.last_gain.unwrap_or(0);
+            let fraction = if self.median_excess(since) >= rule.step_noise_ratio {
+                rule.step_noise_finish_fraction
+            } else {
+                rule.finish_fraction
+            };
+            let left = ((fraction * reads as f64) as u64)
                 .max(check_every)
                 .min(self.end - reads);
             self.cap = reads + left;
@@ -1024,6 +1039,21 @@ impl Progress {
             self.best = (mse, p.to_vec());
         }
         self.push_check(mse);
+    }
+
+    /// The median, over the checks after row read `from`, of each check's error over the best
+    /// one's so far (1 for a check that is the best): near 1 when the checks sit at the best,
+    /// well above it when the step size keeps the model bouncing above it. 1 without checks.
+    fn median_excess(&self, from: u64) -> f64 {
+        let mut ratios: Vec<f64> = (self.curve.iter())
+            .filter(|c| c.row_reads > from)
+            .map(|c| c.validation_mse / c.best_mse)
+            .collect();
+        if ratios.is_empty() {
+            return 1.0;
+        }
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
     }
 
     fn push_check(&mut self, mse: f64) {
@@ -1141,5 +1171,51 @@ mod tests {
             assert_eq!(assembled.z, x);
             assert_eq!(assembled.y, read.y);
         }
+    }
+
+    /// When patience runs out, the last stretch is long when the checks since the last gain
+    /// bounced well above the best (the step size held the error up) and short when they sat
+    /// at it (the data's floor).
+    #[test]
+    fn the_last_stretch_is_long_when_the_checks_bounce_above_the_best() {
+        let rule = StopRule {
+            check_rows: 100,
+            patience_rows: 300,
+            step_noise_ratio: 1.5,
+            step_noise_finish_fraction: 2.0,
+            ..StopRule::default()
+        };
+        let net = Network::new(
+            1,
+            vec![crate::network::Layer::new(1, 1, vec![1.0], vec![0.0]).unwrap()],
+        )
+        .unwrap();
+        // The stretch's end after checks at 100..=400 row reads of errors `mses` (a gain at
+        // the first), with 10_000 row reads planned.
+        let end = |mses: [f64; 4]| {
+            let mut p = Progress::new(
+                std::time::Instant::now(),
+                &[1.0],
+                net.clone(),
+                10_000,
+                false,
+            );
+            let mut adam = Adam::new(1, 1e-3, 10_000);
+            let mut best = f64::INFINITY;
+            for (i, &m) in mses.iter().enumerate() {
+                p.reads = 100 * (i as u64 + 1);
+                best = best.min(m);
+                p.best.0 = best;
+                p.push_check(m);
+                if i == 0 {
+                    p.last_gain = Some(p.reads);
+                }
+                assert_eq!(p.decide(&rule, &Limits::default(), 100, &mut adam), None);
+            }
+            assert!(p.finishing);
+            p.end
+        };
+        assert_eq!(end([1.0, 3.0, 2.0, 4.0]), 400 + 800);
+        assert_eq!(end([1.0, 1.1, 1.0, 1.2]), 400 + 100);
     }
 }
