@@ -482,11 +482,12 @@ fn filtered_pca(
         if basis.is_empty() || basis.len() >= max_dim {
             break;
         }
+        let z = refine::pilot_z(&pilot, &frame, &basis);
         let fit = match fit_of_basis.take() {
             Some(fit) => fit,
-            None => refine::fit_on_pilot(&pilot, &frame, &basis, &c.fit_config)?,
+            None => refine::fit_on_z(&pilot, &z, basis.len(), &c.fit_config)?,
         };
-        let relevance = refine::relevant_directions(&pilot, &frame, &basis, &fit);
+        let relevance = refine::relevant_directions(&z, &frame, &basis, &fit);
         let model = Network::with_projection(&fit, &frame.raw_rows(&basis))?;
         let a = filtered::axes_budget(basis.len(), n, d, false, c);
         let axes = filtered::choose_axes(&basis, &blocks, Some(&relevance), a);

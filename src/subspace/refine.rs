@@ -135,12 +135,18 @@ pub(super) fn fit_on_pilot(
     basis: &[Vec<f64>],
     config: &SphereNetConfig,
 ) -> Result<Network> {
-    let r = basis.len();
+    fit_on_z(pilot, &pilot_z(pilot, frame, basis), basis.len(), config)
+}
+
+/// [`fit_on_pilot`] from the pilot's z = B x ([`pilot_z`], r values a row).
+pub(super) fn fit_on_z(
+    pilot: &Pilot,
+    z: &[f64],
+    r: usize,
+    config: &SphereNetConfig,
+) -> Result<Network> {
     let n = pilot.y.len();
-    let z: Vec<f32> = pilot_z(pilot, frame, basis)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
+    let z: Vec<f32> = z.iter().map(|&v| v as f32).collect();
     let y: Vec<f32> = pilot.y.iter().map(|&v| v as f32).collect();
     let cut = n - n / 5;
     let train = ProjectedSamples {
@@ -157,15 +163,15 @@ pub(super) fn fit_on_pilot(
 }
 
 /// The directions of the frame that `fit` uses most, by decreasing weight: eigenvectors of its
-/// gradient Gram matrix E[grad h grad h^T] over the pilot, mapped from z to the frame.
+/// gradient Gram matrix E[grad h grad h^T] over the pilot's z = B x ([`pilot_z`]), mapped from
+/// z to the frame.
 pub(super) fn relevant_directions(
-    pilot: &Pilot,
+    z: &[f64],
     frame: &Frame,
     basis: &[Vec<f64>],
     fit: &Network,
 ) -> Vec<Vec<f64>> {
     let r = basis.len();
-    let z = pilot_z(pilot, frame, basis);
     // The gradients in parallel (one core took 0.15 s a round on a 1e5-row pilot at r = 8),
     // summed in row order as before.
     let grads: Vec<Vec<f64>> = z
