@@ -779,12 +779,12 @@ fn scan_filters(
             scan.candidates.push((f.mean_score, f.mean_dir.clone()));
         }
     }
-    // Every merged direction must (nearly, `MERGED_SUPPORT`) clear the bar on its own in some filter: its Rayleigh
-    // quotient (from the filter's computed eigenpairs, sum lambda_i (v . v_i)^2, which leaves
-    // out the bulk below them and so errs low) or its component of the filtered mean. The
-    // aggregate of many noisy copies of one strong direction has a second eigenvector made of
-    // their jitter, which can pass merge_fraction; its quotients are the jitter's, far below
-    // the bar.
+    // Every merged direction must (nearly: `MERGED_SUPPORT`) clear the bar on its own in some
+    // filter: its Rayleigh quotient (from the filter's computed eigenpairs, sum lambda_i
+    // (v . v_i)^2, which leaves out the bulk below them and so errs low) or its component of the
+    // filtered mean. The aggregate of many noisy copies of one strong direction has a second
+    // eigenvector made of their jitter, which can pass merge_fraction; its quotients are the
+    // jitter's, far below the bar.
     let (proposed, scores) = merge(&scan.candidates, q, basis, room, c);
     for (v, score) in proposed.into_iter().zip(scores) {
         if support(&v, &scored, bar, bar_mean) >= MERGED_SUPPORT {
@@ -815,7 +815,8 @@ const MERGED_SUPPORT: f64 = 0.9;
 
 /// The largest support any one filter gives the unit direction `v`, in multiples of the bars:
 /// its Rayleigh quotient from the filter's computed eigenpairs (against `bar`) or its
-/// component of the filtered mean (against `bar_mean`); at least 1 clears.
+/// component of the filtered mean (against `bar_mean`); at least 1 clears (a merged direction
+/// needs [`MERGED_SUPPORT`]).
 fn support(v: &[f64], scored: &[Scored], bar: f64, bar_mean: f64) -> f64 {
     scored
         .iter()
