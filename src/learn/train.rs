@@ -985,14 +985,11 @@ impl Progress {
             });
         }
         // Patience runs from the last significant gain (see `wait_for_gain`).
-        if !self.finishing
-            && self
-                .last_gain
-                .is_some_and(|g| reads - g >= rule.patience_rows)
-        {
+        let out_of_patience =
+            (self.last_gain).filter(|&g| !self.finishing && reads - g >= rule.patience_rows);
+        if let Some(gain) = out_of_patience {
             self.finishing = true;
-            let since = self.last_gain.unwrap_or(0);
-            let fraction = if self.median_excess(since) >= rule.step_noise_ratio {
+            let fraction = if self.median_excess(gain) >= rule.step_noise_ratio {
                 rule.step_noise_finish_fraction
             } else {
                 rule.finish_fraction
